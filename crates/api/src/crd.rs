@@ -1,0 +1,184 @@
+//! The `RemediationRequest` custom resource (K-RR-1).
+//!
+//! The spec is the signal as the gateway received and resolved it; it is
+//! written once at creation and never updated. The status is owned by two
+//! writers with disjoint fields: the controller (phase, conditions, stage
+//! results) and the gateway (`deduplication`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::phase::Phase;
+use crate::signal::SignalSource;
+
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "kubernaut.io",
+    version = "v1alpha1",
+    kind = "RemediationRequest",
+    plural = "remediationrequests",
+    singular = "remediationrequest",
+    shortname = "rr",
+    namespaced,
+    status = "RemediationRequestStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Signal","type":"string","jsonPath":".spec.signalName"}"#,
+    printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.target.kind"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target.name"}"#,
+    printcolumn = r#"{"name":"Seen","type":"integer","jsonPath":".status.deduplication.occurrenceCount"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationRequestSpec {
+    /// Lowercase hex SHA-256 of `[cluster:]namespace:kind:name` of `target` (K-GW-4).
+    pub fingerprint: String,
+    /// The signal's name (Alertmanager `alertname`, CloudWatch alarm name, event reason).
+    pub signal_name: String,
+    pub severity: String,
+    pub source: SignalSource,
+    /// Digest of the source's own identity of this signal instance
+    /// (Alertmanager fingerprint + startsAt, SNS MessageId, Event uid + count).
+    pub instance_id: String,
+    /// The top-level owner the fingerprint is computed from.
+    pub target: ObjectRef,
+    /// The resource the signal itself named (for example the crash-looping Pod).
+    pub signal_resource: ObjectRef,
+    /// Owner chain from `signal_resource` up to `target`, for the record.
+    #[serde(default)]
+    pub owner_chain: Vec<ObjectRef>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    pub firing_time: Time,
+    pub received_time: Time,
+    /// The signal exactly as received (JSON text of the single alert).
+    #[serde(default)]
+    pub original_payload: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub kind: String,
+    /// Empty for cluster-scoped objects.
+    #[serde(default)]
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
+        Self { kind: kind.into(), namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationRequestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Every phase change, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phase_history: Vec<PhaseTransition>,
+    /// Written by the gateway only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deduplication: Option<Deduplication>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing: Option<ProcessingStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<ExecutionStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseTransition {
+    pub phase: Phase,
+    pub time: Time,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deduplication {
+    pub occurrence_count: i64,
+    pub first_seen_at: Time,
+    pub last_seen_at: Time,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessingStatus {
+    pub environment: String,
+    /// P0 (most urgent) to P3, from environment and severity.
+    pub priority: String,
+    /// Why the target is in scope (which label opted it in).
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// Which path decided: `rules` (the deterministic table) for now.
+    pub decided_by: String,
+    /// The rule that matched, by its signal name.
+    pub rule: String,
+    pub action: String,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionStatus {
+    pub action: String,
+    pub target: ObjectRef,
+    /// UID of the object the action changed, recorded before the change so
+    /// that a resumed supervisor never acts on a replacement (K-RR-6).
+    #[serde(default)]
+    pub target_uid: String,
+    pub started_at: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// `Succeeded`, `AlreadyDone` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl RemediationRequest {
+    pub fn phase(&self) -> Phase {
+        self.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
+    }
+
+    /// The CRD as YAML, exactly as `deploy/crds/` holds it.
+    pub fn crd_yaml() -> Result<String, serde_norway::Error> {
+        use kube::CustomResourceExt;
+        serde_norway::to_string(&Self::crd())
+    }
+}

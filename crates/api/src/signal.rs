@@ -1,0 +1,174 @@
+//! Normalised signals, their fingerprint (K-GW-4), and the intake trait the
+//! gateway calls. Source adapters (Alertmanager, SNS, ...) turn their payloads
+//! into [`Signal`]s; the intake resolves, deduplicates and creates requests.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use jiff_ts::Timestamp;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::crd::ObjectRef;
+
+// k8s-openapi re-exports the jiff it was built with; using it keeps one version.
+use k8s_openapi::jiff as jiff_ts;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignalSource {
+    Alertmanager,
+    Cloudwatch,
+    KubernetesEvent,
+    Generic,
+}
+
+impl SignalSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalSource::Alertmanager => "alertmanager",
+            SignalSource::Cloudwatch => "cloudwatch",
+            SignalSource::KubernetesEvent => "kubernetes-event",
+            SignalSource::Generic => "generic",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalStatus {
+    Firing,
+    Resolved,
+}
+
+/// One signal after parsing, before target resolution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signal {
+    pub source: SignalSource,
+    pub status: SignalStatus,
+    pub name: String,
+    pub severity: String,
+    /// The source's own identity of this instance, already combined
+    /// (for Alertmanager: `fingerprint@startsAt`).
+    pub instance_key: String,
+    /// The resource the signal names (not yet resolved to its owner).
+    pub resource: ObjectRef,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub firing_time: Timestamp,
+    pub received_time: Timestamp,
+    pub raw: String,
+}
+
+impl Signal {
+    /// Digest of `instance_key` scoped by source, used as the request's
+    /// instance id and label.
+    pub fn instance_id(&self) -> String {
+        sha256_hex(&format!("{}:{}", self.source.as_str(), self.instance_key))
+    }
+}
+
+/// K-GW-4: lowercase hex SHA-256 of `[cluster:]namespace:kind:name` of the
+/// resolved top-level owner. The signal name is deliberately not part of it.
+pub fn fingerprint(cluster: Option<&str>, target: &ObjectRef) -> String {
+    let body = format!("{}:{}:{}", target.namespace, target.kind, target.name);
+    match cluster.filter(|c| !c.is_empty()) {
+        Some(c) => sha256_hex(&format!("{c}:{body}")),
+        None => sha256_hex(&body),
+    }
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// What became of one accepted signal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// A new request was created.
+    Created { request: String, namespace: String, fingerprint: String },
+    /// Counted on an existing request (K-GW-5).
+    Duplicate { request: String, namespace: String, fingerprint: String, occurrence_count: i64 },
+    /// Accepted but not acted on: out of scope, unknown target, resolved alert.
+    Rejected { reason: RejectReason, detail: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    OutOfScope,
+    ProtectedNamespace,
+    TargetNotFound,
+    /// The signal names no Kubernetes resource that can be resolved.
+    NoTarget,
+    Resolved,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::OutOfScope => "out_of_scope",
+            RejectReason::ProtectedNamespace => "protected_namespace",
+            RejectReason::TargetNotFound => "target_not_found",
+            RejectReason::NoTarget => "no_target",
+            RejectReason::Resolved => "resolved",
+        }
+    }
+}
+
+/// Failures the caller should retry (answered with 503 so that the source re-sends).
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("the Kubernetes API is unavailable: {0}")]
+    Unavailable(String),
+    #[error("gave up after repeated write conflicts on {0}")]
+    Conflict(String),
+}
+
+impl IntakeError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            IntakeError::Unavailable(_) => "unavailable",
+            IntakeError::Conflict(_) => "conflict",
+        }
+    }
+}
+
+/// Resolves a signal to its target, deduplicates it and creates or counts
+/// the request. Implemented over the Kubernetes API by the cluster crate.
+#[async_trait]
+pub trait SignalIntake: Send + Sync {
+    async fn ingest(&self, signal: Signal) -> Result<IngestOutcome, IntakeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_sha256_of_namespace_kind_name() {
+        let t = ObjectRef::new("Deployment", "shop", "cart");
+        // printf 'shop:Deployment:cart' | sha256sum
+        assert_eq!(
+            fingerprint(None, &t),
+            "3e1358e2c5121b674e7543f385ca3ff7d99cac5b91409d4af44a88248b4f3082"
+        );
+        assert_eq!(fingerprint(None, &t).len(), 64);
+        assert!(fingerprint(None, &t).chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn cluster_prefix_changes_the_fingerprint_and_empty_cluster_does_not() {
+        let t = ObjectRef::new("Deployment", "shop", "cart");
+        assert_ne!(fingerprint(Some("prod-eu"), &t), fingerprint(None, &t));
+        assert_eq!(fingerprint(Some(""), &t), fingerprint(None, &t));
+        assert_eq!(fingerprint(Some("prod-eu"), &t), sha256_hex("prod-eu:shop:Deployment:cart"));
+    }
+
+    #[test]
+    fn fingerprint_distinguishes_kind_namespace_and_name() {
+        let base = fingerprint(None, &ObjectRef::new("Deployment", "a", "b"));
+        assert_ne!(base, fingerprint(None, &ObjectRef::new("StatefulSet", "a", "b")));
+        assert_ne!(base, fingerprint(None, &ObjectRef::new("Deployment", "x", "b")));
+        assert_ne!(base, fingerprint(None, &ObjectRef::new("Deployment", "a", "c")));
+    }
+}

@@ -1,0 +1,239 @@
+//! The signal gateway (K-GW): HTTP endpoints that turn source payloads into
+//! [`Signal`](kubernaut_api::Signal)s and hand them to a
+//! [`SignalIntake`](kubernaut_api::SignalIntake). The gateway knows nothing of
+//! actors or storage; it answers each signal with 201 (created), 202
+//! (duplicate), 200 (rejected as out of scope), 207 (a batch), 4xx for bad
+//! input with an RFC 7807 body, and 503 when the signal must be sent again.
+
+pub mod alertmanager;
+pub mod metrics;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use kubernaut_api::k8s_openapi::jiff::Timestamp;
+use kubernaut_api::{IngestOutcome, RejectReason, SignalIntake, SignalStatus};
+use serde::Serialize;
+
+pub use metrics::Metrics;
+use problem::Problem;
+
+/// K-GW-7: the largest body accepted.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Seconds a 503 asks the sender to wait before re-sending.
+const RETRY_AFTER_SECS: u32 = 5;
+
+#[derive(Clone)]
+pub struct GatewayState {
+    pub intake: Arc<dyn SignalIntake>,
+    pub metrics: Metrics,
+}
+
+pub fn router(state: GatewayState) -> Router {
+    Router::new()
+        .route("/api/v1/signals/alertmanager", post(alertmanager))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The answer for one signal of a payload.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalResult {
+    pub status: u16,
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurrence_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl SignalResult {
+    fn empty(status: u16, result: &'static str) -> Self {
+        SignalResult {
+            status,
+            result,
+            request: None,
+            namespace: None,
+            fingerprint: None,
+            occurrence_count: None,
+            reason: None,
+            detail: None,
+        }
+    }
+
+    fn from_outcome(o: IngestOutcome) -> Self {
+        match o {
+            IngestOutcome::Created { request, namespace, fingerprint } => SignalResult {
+                status: 201,
+                result: "created",
+                request: Some(request),
+                namespace: Some(namespace),
+                fingerprint: Some(fingerprint),
+                occurrence_count: Some(1),
+                ..Self::empty(201, "created")
+            },
+            IngestOutcome::Duplicate { request, namespace, fingerprint, occurrence_count } => SignalResult {
+                status: 202,
+                result: "duplicate",
+                request: Some(request),
+                namespace: Some(namespace),
+                fingerprint: Some(fingerprint),
+                occurrence_count: Some(occurrence_count),
+                ..Self::empty(202, "duplicate")
+            },
+            IngestOutcome::Rejected { reason, detail } => SignalResult {
+                status: 200,
+                result: "rejected",
+                reason: Some(reason.as_str()),
+                detail: Some(detail),
+                ..Self::empty(200, "rejected")
+            },
+        }
+    }
+
+    fn invalid(detail: String) -> Self {
+        SignalResult { detail: Some(detail), ..Self::empty(400, "invalid") }
+    }
+}
+
+fn reject(reason: RejectReason, detail: &str) -> IngestOutcome {
+    IngestOutcome::Rejected { reason, detail: detail.to_string() }
+}
+
+#[derive(Serialize)]
+struct BatchResponse {
+    results: Vec<SignalResult>,
+}
+
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported Media Type",
+            format!("expected Content-Type application/json, got {:?}", ct),
+        ))
+    }
+}
+
+fn body_problem(rejection: BytesRejection) -> Problem {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        Problem::new(status, "Payload Too Large", format!("the body exceeds {MAX_BODY_BYTES} bytes"))
+    } else {
+        Problem::new(status, "Bad Request", rejection.body_text())
+    }
+}
+
+async fn alertmanager(
+    State(st): State<GatewayState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    const SOURCE: &str = "alertmanager";
+    let started = Instant::now();
+    let resp = handle_alertmanager(&st, &headers, body).await;
+    st.metrics
+        .latency
+        .get_or_create(&metrics::EndpointLabels { endpoint: SOURCE })
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn handle_alertmanager(
+    st: &GatewayState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    const SOURCE: &str = "alertmanager";
+    let payload = match check_json_content_type(headers)
+        .and_then(|()| body.map_err(body_problem))
+        .and_then(|b| {
+            alertmanager::parse(&b).map_err(|e| Problem::bad_request(format!("invalid Alertmanager payload: {e}")))
+        })
+        .and_then(|p| p.validate().map(|()| p).map_err(Problem::bad_request))
+    {
+        Ok(p) => p,
+        Err(problem) => {
+            st.metrics.count(SOURCE, "invalid", "");
+            return problem.into_response();
+        }
+    };
+    if payload.truncated_alerts > 0 {
+        tracing::warn!(truncated = payload.truncated_alerts, group = %payload.group_key, "Alertmanager truncated alerts of a group");
+    }
+
+    let mut results = Vec::with_capacity(payload.alerts.len());
+    for parsed in payload.signals(Timestamp::now()) {
+        let result = match parsed {
+            Err(alertmanager::AlertError::Invalid(detail)) => {
+                st.metrics.count(SOURCE, "invalid", "");
+                SignalResult::invalid(detail)
+            }
+            Err(alertmanager::AlertError::NoTarget) => {
+                st.metrics.count(SOURCE, "rejected", RejectReason::NoTarget.as_str());
+                SignalResult::from_outcome(reject(
+                    RejectReason::NoTarget,
+                    "the alert has no pod, deployment, statefulset, daemonset, job_name or node label",
+                ))
+            }
+            Ok(signal) if signal.status == SignalStatus::Resolved => {
+                // A resolution never starts a remediation (K-GW-2).
+                st.metrics.count(SOURCE, "rejected", RejectReason::Resolved.as_str());
+                SignalResult::from_outcome(reject(RejectReason::Resolved, "resolved alerts do not start remediations"))
+            }
+            Ok(signal) => match st.intake.ingest(signal).await {
+                Ok(outcome) => {
+                    match &outcome {
+                        IngestOutcome::Created { .. } => st.metrics.count(SOURCE, "created", ""),
+                        IngestOutcome::Duplicate { .. } => st.metrics.count(SOURCE, "duplicate", ""),
+                        IngestOutcome::Rejected { reason, .. } => st.metrics.count(SOURCE, "rejected", reason.as_str()),
+                    }
+                    SignalResult::from_outcome(outcome)
+                }
+                Err(e) => {
+                    // Nothing may be lost: the whole notification is refused so that
+                    // Alertmanager re-sends it; alerts already handled then count as
+                    // duplicates of their request.
+                    st.metrics.count(SOURCE, "error", e.metric_label());
+                    tracing::warn!(error = %e, "signal intake failed; asking the sender to retry");
+                    return Problem::unavailable(RETRY_AFTER_SECS).into_response();
+                }
+            },
+        };
+        results.push(result);
+    }
+
+    if results.len() == 1 {
+        let r = results.remove(0);
+        if r.status == 400 {
+            return Problem::bad_request(r.detail.unwrap_or_default()).into_response();
+        }
+        let code = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+        return (code, Json(r)).into_response();
+    }
+    (StatusCode::MULTI_STATUS, Json(BatchResponse { results })).into_response()
+}
+
+#[cfg(test)]
+mod tests;

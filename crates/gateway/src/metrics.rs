@@ -1,0 +1,45 @@
+//! Gateway metrics (K-OP-1): signals by source and outcome, intake errors,
+//! and request latency per endpoint.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    pub source: &'static str,
+    /// created, duplicate, rejected, invalid, error
+    pub outcome: &'static str,
+    /// The reject or error reason; empty otherwise.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub signals: Family<SignalLabels, Counter>,
+    pub latency: Family<EndpointLabels, Histogram>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let signals = Family::<SignalLabels, Counter>::default();
+        registry.register("signals", "Signals by source and outcome", signals.clone());
+        // 0.5 ms .. ~4 s: a request that creates a resource takes a few API calls.
+        let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+        });
+        registry.register("request_duration_seconds", "Gateway request handling time", latency.clone());
+        Self { signals, latency }
+    }
+
+    pub fn count(&self, source: &'static str, outcome: &'static str, reason: &'static str) {
+        self.signals.get_or_create(&SignalLabels { source, outcome, reason }).inc();
+    }
+}
