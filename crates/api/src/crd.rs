@@ -58,6 +58,7 @@ pub struct RemediationRequestSpec {
     pub received_time: Time,
     /// The signal exactly as received (JSON text of the single alert).
     #[serde(default)]
+    #[schemars(transform = no_schema_default)]
     pub original_payload: String,
 }
 
@@ -66,7 +67,8 @@ pub struct RemediationRequestSpec {
 pub struct ObjectRef {
     pub kind: String,
     /// Empty for cluster-scoped objects.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_schema_default)]
     pub namespace: String,
     pub name: String,
 }
@@ -90,8 +92,9 @@ impl std::fmt::Display for ObjectRef {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RemediationRequestStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Phase>,
+    /// Absent until the controller first writes, which reads as Pending.
+    #[serde(default)]
+    pub phase: Phase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -159,7 +162,8 @@ pub struct ExecutionStatus {
     pub target: ObjectRef,
     /// UID of the object the action changed, recorded before the change so
     /// that a resumed supervisor never acts on a replacement (K-RR-6).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_schema_default)]
     pub target_uid: String,
     pub started_at: Time,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,9 +175,17 @@ pub struct ExecutionStatus {
     pub message: String,
 }
 
+/// The v1.20 API server reads an empty string as null, both in a schema
+/// default and in a server-side apply body, and then refuses it as not a
+/// string. So empty strings are omitted when serialised, and carry no schema
+/// default; serde's default still fills them in when absent.
+fn no_schema_default(schema: &mut schemars::Schema) {
+    schema.remove("default");
+}
+
 impl RemediationRequest {
     pub fn phase(&self) -> Phase {
-        self.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
+        self.status.as_ref().map(|s| s.phase).unwrap_or_default()
     }
 
     /// The CRD as YAML, exactly as `deploy/crds/` holds it.

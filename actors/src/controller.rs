@@ -1,0 +1,49 @@
+//! The controller loop: the request watch feeds the registry until shutdown.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kubernaut_cluster::RequestEvent;
+use ractor::Actor;
+use tokio::sync::watch;
+
+use crate::Context;
+use crate::registry::{Registry, RegistryMsg};
+
+/// Runs until `shutdown` turns true. `synced` is set once the first full list
+/// of requests has been handed to the registry (the controller's readiness).
+pub async fn run(
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+    synced: impl Fn() + Send + 'static,
+) -> Result<(), ractor::SpawnErr> {
+    let (registry, handle) = Actor::spawn(Some("registry".into()), Registry, ctx.clone()).await?;
+    let events = ctx.cluster.request_events();
+    futures::pin_mut!(events);
+    let mut synced = Some(synced);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            ev = events.next() => {
+                let Some(ev) = ev else { break };
+                let msg = match ev {
+                    RequestEvent::Applied(rr) => RegistryMsg::Observed(rr),
+                    RequestEvent::Deleted { namespace, name } => RegistryMsg::Gone { namespace, name },
+                    RequestEvent::Synced => {
+                        if let Some(f) = synced.take() { f() }
+                        continue;
+                    }
+                };
+                if registry.send_message(msg).is_err() {
+                    tracing::error!("the registry stopped; the controller stops");
+                    break;
+                }
+            }
+        }
+    }
+    // Supervisors stop with their parent; their progress is in the status.
+    registry.stop_children_and_wait(None, None).await;
+    registry.stop(Some("shutdown".into()));
+    let _ = handle.await;
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! The controller's supervision tree (K-RR-3): a [`registry::Registry`] actor
+//! fed by the request watch spawns one [`supervisor::Supervisor`] per
+//! non-terminal `RemediationRequest`. A supervisor drives its request through
+//! Processing → Analyzing → Executing → Verifying → Completed, writing every
+//! transition to the status subresource and the audit log. Slow work (API
+//! calls) runs in tasks that report back as messages, so no handler blocks.
+
+pub mod controller;
+pub mod metrics;
+pub mod registry;
+pub mod rules;
+pub mod supervisor;
+
+use std::time::Duration;
+
+use kubernaut_cluster::Cluster;
+use kubernaut_store::AuditLog;
+
+pub use metrics::Metrics;
+pub use rules::Rule;
+
+/// What every actor of the tree shares: read-only handles.
+pub struct Context {
+    pub cluster: Cluster,
+    pub audit: AuditLog,
+    pub rules: Vec<Rule>,
+    pub metrics: Metrics,
+    pub settings: Settings,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long Verifying waits for the action to show its effect.
+    pub verify_timeout: Duration,
+    /// Supervisor restarts allowed per request before it is failed.
+    pub max_restarts: u32,
+    /// Global dry-run (K-EX-3): decide and record, change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { verify_timeout: Duration::from_secs(60), max_restarts: 3, dry_run: false }
+    }
+}

@@ -1,0 +1,103 @@
+//! The one crate that talks to the Kubernetes API on behalf of the control
+//! plane: resolving a signal's resource to its top-level owner, scope checks,
+//! creating and deduplicating `RemediationRequest`s (the gateway's intake),
+//! writing the controller's status, and executing actions.
+
+mod actions;
+mod intake;
+mod owners;
+mod status;
+mod watch;
+
+use std::time::Duration;
+
+pub use actions::{DeleteOutcome, PodState};
+pub use intake::{KubeIntake, Scope, request_name};
+pub use kube::Client;
+pub use owners::Resolved;
+pub use status::FIELD_MANAGER;
+pub use watch::RequestEvent;
+
+/// Every API call is bounded; a hung connection must not hang a request.
+pub const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Kubernetes API call timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("cannot resolve {0}: unsupported kind")]
+    UnsupportedKind(String),
+    #[error("could not serialise {0}: {1}")]
+    Serialize(&'static str, serde_json::Error),
+}
+
+impl Error {
+    /// A fixed label per variant, for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Timeout(_) => "timeout",
+            Error::UnsupportedKind(_) => "unsupported_kind",
+            Error::Serialize(..) => "serialize",
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 404)
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Bounds one API call by [`API_TIMEOUT`].
+pub(crate) async fn bounded<T>(fut: impl Future<Output = kube::Result<T>>) -> Result<T> {
+    match tokio::time::timeout(API_TIMEOUT, fut).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::Timeout(API_TIMEOUT)),
+    }
+}
+
+/// Cluster-facing settings shared by intake and controller.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Prefixed to fingerprints when set, so that one Kubernaut per cluster
+    /// reporting into shared storage never mixes incidents.
+    pub cluster_name: Option<String>,
+    /// Never remediated (kube-system always is one).
+    pub protected_namespaces: Vec<String>,
+    /// Where requests for cluster-scoped targets (Nodes) live.
+    pub cluster_scoped_namespace: String,
+}
+
+impl ClusterConfig {
+    pub fn is_protected(&self, namespace: &str) -> bool {
+        namespace == "kube-system" || self.protected_namespaces.iter().any(|n| n == namespace)
+    }
+}
+
+/// Handle to the cluster: a kube client plus settings. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+    config: ClusterConfig,
+}
+
+impl Cluster {
+    pub fn new(client: Client, config: ClusterConfig) -> Self {
+        Self { client, config }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+}

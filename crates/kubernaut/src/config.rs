@@ -1,0 +1,212 @@
+//! Configuration: one YAML file, then environment overrides, validated at
+//! start-up with errors that name the offending key.
+//!
+//! An override is `KUBERNAUT__<SECTION>__<KEY>=value`, keys in
+//! SCREAMING_SNAKE_CASE mapped to the file's camelCase (for example
+//! `KUBERNAUT__GATEWAY__LISTEN=0.0.0.0:8080`). The value is read as YAML, so
+//! numbers and booleans keep their types. `DATABASE_URL` also sets
+//! `store.databaseUrl`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use kubernaut_actors::Rule;
+use serde::{Deserialize, Serialize};
+use serde_norway::Value;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    pub gateway: Gateway,
+    pub admin: Admin,
+    pub cluster: Cluster,
+    pub store: Store,
+    pub controller: Controller,
+    pub logging: Logging,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Gateway {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cluster {
+    /// Prefixed to fingerprints; empty for a single cluster.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub protected_namespaces: Vec<String>,
+    pub cluster_scoped_namespace: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Store {
+    #[serde(default)]
+    pub database_url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Controller {
+    pub verify_timeout_seconds: u64,
+    pub max_supervisor_restarts: u32,
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Logging {
+    /// `text` or `json`.
+    pub format: String,
+    pub level: String,
+}
+
+impl Controller {
+    pub fn verify_timeout(&self) -> Duration {
+        Duration::from_secs(self.verify_timeout_seconds)
+    }
+}
+
+const ENV_PREFIX: &str = "KUBERNAUT__";
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        Self::from_yaml(&text, std::env::vars()).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    pub fn from_yaml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let mut doc: Value = serde_norway::from_str(text).context("the file is not valid YAML")?;
+        for (k, v) in env {
+            if k == "DATABASE_URL" {
+                set_path(&mut doc, &["store", "databaseUrl"], Value::String(v))?;
+            } else if let Some(rest) = k.strip_prefix(ENV_PREFIX) {
+                let keys: Vec<String> = rest.split("__").map(camel_case).collect();
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let value: Value = serde_norway::from_str(&v).unwrap_or(Value::String(v.clone()));
+                set_path(&mut doc, &keys, value).with_context(|| format!("applying {k}"))?;
+            }
+        }
+        let cfg: Config = serde_norway::from_value(doc).context("invalid configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        kubernaut_actors::rules::validate(&self.rules).map_err(anyhow::Error::msg).context("rules")?;
+        if !matches!(self.logging.format.as_str(), "text" | "json") {
+            bail!("logging.format must be \"text\" or \"json\", not {:?}", self.logging.format);
+        }
+        if self.store.database_url.is_empty() {
+            bail!("store.databaseUrl is empty: set it in the file or with DATABASE_URL");
+        }
+        if self.store.max_connections == 0 {
+            bail!("store.maxConnections must be at least 1");
+        }
+        if self.cluster.cluster_scoped_namespace.is_empty() {
+            bail!("cluster.clusterScopedNamespace must name a namespace");
+        }
+        Ok(())
+    }
+}
+
+fn camel_case(s: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in s.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+fn set_path(doc: &mut Value, keys: &[&str], value: Value) -> anyhow::Result<()> {
+    let Some((last, parents)) = keys.split_last() else { bail!("empty key") };
+    let mut cur = doc;
+    for k in parents {
+        let map = cur.as_mapping_mut().with_context(|| format!("{k} is not a section"))?;
+        cur = map.entry(Value::String(k.to_string())).or_insert_with(|| Value::Mapping(Default::default()));
+    }
+    let map = cur.as_mapping_mut().context("not a section")?;
+    map.insert(Value::String(last.to_string()), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: &str = include_str!("../../../config/default.yaml");
+    const DEV: &str = include_str!("../../../config/dev.yaml");
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn shipped_configs_load() {
+        let c = Config::from_yaml(DEFAULTS, env(&[("DATABASE_URL", "postgres://x/y")])).unwrap();
+        assert_eq!(c.gateway.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin.listen.to_string(), "0.0.0.0:9090");
+        assert!(c.rules.iter().any(|r| r.signal == "KubePodCrashLooping" && r.action == "restart_pod"));
+        let d = Config::from_yaml(DEV, env(&[("DATABASE_URL", "postgres://x/y")])).unwrap();
+        assert_eq!(d.gateway.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(d.admin.listen.to_string(), "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn environment_overrides_win_and_keep_types() {
+        let c = Config::from_yaml(
+            DEFAULTS,
+            env(&[
+                ("DATABASE_URL", "postgres://db/k"),
+                ("KUBERNAUT__GATEWAY__LISTEN", "127.0.0.1:18080"),
+                ("KUBERNAUT__CONTROLLER__DRY_RUN", "true"),
+                ("KUBERNAUT__STORE__MAX_CONNECTIONS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.store.database_url, "postgres://db/k");
+        assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:18080");
+        assert!(c.controller.dry_run);
+        assert_eq!(c.store.max_connections, 3);
+    }
+
+    #[test]
+    fn bad_configuration_is_a_clear_error() {
+        let e = Config::from_yaml(DEFAULTS, env(&[])).unwrap_err();
+        assert!(format!("{e:#}").contains("DATABASE_URL"), "{e:#}");
+        let e = Config::from_yaml(DEFAULTS, env(&[("DATABASE_URL", "x"), ("KUBERNAUT__GATEWAY__LISTEN", "nowhere")]))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("invalid configuration"), "{e:#}");
+        let e = Config::from_yaml(&format!("{DEFAULTS}\nsurprise: 1\n"), env(&[("DATABASE_URL", "x")])).unwrap_err();
+        assert!(format!("{e:#}").contains("surprise"), "{e:#}");
+        let e = Config::from_yaml(
+            &DEFAULTS.replace("action: restart_pod", "action: reboot_cluster"),
+            env(&[("DATABASE_URL", "x")]),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("reboot_cluster"), "{e:#}");
+    }
+}

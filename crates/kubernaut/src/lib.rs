@@ -1,0 +1,150 @@
+//! Wiring for the `kubernaut` binary: builds every component from the
+//! configuration and runs the gateway, the controller and the admin
+//! endpoints in one process, with one shutdown path for all of them.
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kube::Api;
+use kube::api::ListParams;
+use kubernaut_actors::{Context, Metrics as ControllerMetrics, Settings, controller};
+use kubernaut_api::RemediationRequest;
+use kubernaut_cluster::{Cluster, ClusterConfig, KubeIntake};
+use kubernaut_gateway::{GatewayState, Metrics as GatewayMetrics};
+use kubernaut_store::Store;
+use kubernaut_telemetry::{Readiness, admin_router};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+pub use config::Config;
+
+/// How long shutdown waits for in-flight HTTP requests and audit writes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running control plane.
+pub struct Running {
+    pub gateway_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub ready: Readiness,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting signals, stops the controller, drains the audit log.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("the control plane task panicked")?
+    }
+
+    /// Waits until the process stops on its own (a component failed).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the control plane task panicked")?
+    }
+
+    pub fn trigger_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running> {
+    let Config { gateway, admin, cluster, store, controller: ctl, logging: _, rules } = cfg;
+
+    let mut registry = Registry::with_prefix("kubernaut");
+    let gateway_metrics = GatewayMetrics::register(registry.sub_registry_with_prefix("gateway"));
+    let controller_metrics = ControllerMetrics::register(registry.sub_registry_with_prefix("controller"));
+
+    // The CRD must be servable before anything watches or creates requests.
+    Api::<RemediationRequest>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+        .context("RemediationRequests cannot be listed: is the CRD installed (kubernaut crds | kubectl apply -f -) and does the controller's role allow it?")?;
+
+    let db = Store::connect(&store.database_url, store.max_connections)
+        .await
+        .context("connecting to PostgreSQL")?;
+    db.migrate().await.context("running migrations")?;
+    let (audit, audit_task) = db.audit_log();
+
+    let cluster = Cluster::new(
+        client,
+        ClusterConfig {
+            cluster_name: Some(cluster.name).filter(|n| !n.is_empty()),
+            protected_namespaces: cluster.protected_namespaces,
+            cluster_scoped_namespace: cluster.cluster_scoped_namespace,
+        },
+    );
+    let ctx = Arc::new(Context {
+        cluster: cluster.clone(),
+        audit,
+        rules,
+        metrics: controller_metrics,
+        settings: Settings {
+            verify_timeout: ctl.verify_timeout(),
+            max_restarts: ctl.max_supervisor_restarts,
+            dry_run: ctl.dry_run,
+        },
+    });
+
+    let gw_listener = TcpListener::bind(gateway.listen).await.with_context(|| format!("binding the gateway to {}", gateway.listen))?;
+    let admin_listener = TcpListener::bind(admin.listen).await.with_context(|| format!("binding the admin port to {}", admin.listen))?;
+    let gateway_addr = gw_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let ready = Readiness::default();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let gw_app = kubernaut_gateway::router(GatewayState { intake: Arc::new(KubeIntake::new(cluster)), metrics: gateway_metrics });
+    let admin_app = admin_router(Arc::new(registry), ready.clone());
+
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let gw_server = axum::serve(gw_listener, gw_app).with_graceful_shutdown(wait(shutdown_rx.clone()));
+    let admin_server = axum::serve(admin_listener, admin_app).with_graceful_shutdown(wait(shutdown_rx.clone()));
+    let ready_flag = ready.clone();
+    let controller = controller::run(ctx, shutdown_rx.clone(), move || {
+        tracing::info!("initial request list synced; ready");
+        ready_flag.set(true);
+    });
+    let components: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
+        ("gateway", tokio::spawn(async move { Ok(gw_server.await?) }.instrument(tracing::info_span!("gateway")))),
+        ("admin", tokio::spawn(async move { Ok(admin_server.await?) }.instrument(tracing::info_span!("admin")))),
+        ("controller", tokio::spawn(async move { Ok(controller.await?) }.instrument(tracing::info_span!("controller")))),
+    ];
+    tracing::info!(gateway = %gateway_addr, admin = %admin_addr, "kubernaut serving");
+
+    let ready_down = ready.clone();
+    let shutdown_all = shutdown_tx.clone();
+    let task = tokio::spawn(async move {
+        // Any component ending ends the process: a half-running control plane
+        // is worse than a restarted one.
+        let (names, handles): (Vec<_>, Vec<_>) = components.into_iter().unzip();
+        let (first, index, rest) = futures::future::select_all(handles).await;
+        let name = names[index];
+        tracing::info!(component = name, "shutting down");
+        ready_down.set(false);
+        let _ = shutdown_all.send(true);
+        let drain = async {
+            futures::future::join_all(rest).await;
+            // The controller's context held the last audit handle; the
+            // writer ends once its queue is empty.
+            let _ = audit_task.await;
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+            tracing::warn!("drain timed out after {DRAIN_TIMEOUT:?}");
+        }
+        match first {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.context(format!("{name} failed"))),
+            Err(e) => Err(anyhow::Error::from(e).context(format!("{name} panicked"))),
+        }
+    });
+    Ok(Running { gateway_addr, admin_addr, ready, shutdown: shutdown_tx, task })
+}

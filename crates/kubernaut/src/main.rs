@@ -1,0 +1,84 @@
+//! `kubernaut`: `serve --config FILE`, `crds`, `version`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kubernaut::Config;
+use kubernaut_telemetry::{LogFormat, init_logging};
+
+#[derive(Parser)]
+#[command(name = "kubernaut", about = "Kubernetes remediation control plane", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway, the controller and the admin endpoints.
+    Serve {
+        #[arg(long, short, env = "KUBERNAUT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the CustomResourceDefinitions as YAML.
+    Crds,
+    /// Print the version.
+    Version,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kubernaut: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Version => {
+            println!("kubernaut {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Crds => {
+            print!("{}", kubernaut_api::RemediationRequest::crd_yaml()?);
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let cfg = Config::load(&config)?;
+            let format = if cfg.logging.format == "json" { LogFormat::Json } else { LogFormat::Text };
+            init_logging(format, &cfg.logging.level);
+            let client = kube::Client::try_default().await.context("building the Kubernetes client (KUBECONFIG or in-cluster)")?;
+            let running = kubernaut::start(cfg, client).await?;
+            let stop = running_stop_signal();
+            tokio::select! {
+                () = stop => {
+                    tracing::info!("signal received; draining");
+                    running.shutdown().await
+                }
+            }
+        }
+    }
+}
+
+async fn running_stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -1,0 +1,194 @@
+//! The audit trail in PostgreSQL (K-AU-1): one row per request and an
+//! append-only event per transition or action. Writers hand records to an
+//! [`AuditLog`], a bounded queue drained by one task that retries with
+//! backoff while PostgreSQL is down, so callers never wait on the database
+//! and nothing accepted is dropped while the process lives.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::sync::mpsc;
+
+/// Migrations embedded from the workspace's `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Queue capacity: about a minute of a heavy storm's transitions. When full,
+/// callers wait (backpressure) rather than lose records.
+const QUEUE_CAPACITY: usize = 10_000;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the audit writer has stopped")]
+    Closed,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Db(_) => "db",
+            Error::Migrate(_) => "migrate",
+            Error::Closed => "closed",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestRecord {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub fingerprint: String,
+    pub signal_name: String,
+    pub severity: String,
+    pub source: String,
+    pub target_kind: String,
+    pub target_namespace: String,
+    pub target_name: String,
+    pub phase: String,
+    pub firing_time: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    pub request_uid: String,
+    pub at: DateTime<Utc>,
+    /// `transition` or `action`.
+    pub kind: &'static str,
+    pub from_phase: Option<String>,
+    pub to_phase: Option<String>,
+    pub reason: String,
+    pub detail: serde_json::Value,
+}
+
+impl EventRecord {
+    fn dedup_key(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}",
+            self.request_uid,
+            self.kind,
+            self.from_phase.as_deref().unwrap_or(""),
+            self.to_phase.as_deref().unwrap_or(""),
+            self.reason
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AuditRecord {
+    /// Upserts the request row (its phase moves with it).
+    Request(RequestRecord),
+    Event(EventRecord),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn write(&self, record: &AuditRecord) -> Result<()> {
+        match record {
+            AuditRecord::Request(r) => {
+                sqlx::query(
+                    "INSERT INTO remediation_requests (uid, namespace, name, fingerprint, signal_name, severity, source,
+                       target_kind, target_namespace, target_name, phase, firing_time)
+                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)
+                     ON CONFLICT (uid) DO UPDATE SET phase = EXCLUDED.phase, updated_at = now()",
+                )
+                .bind(&r.uid)
+                .bind(&r.namespace)
+                .bind(&r.name)
+                .bind(&r.fingerprint)
+                .bind(&r.signal_name)
+                .bind(&r.severity)
+                .bind(&r.source)
+                .bind(&r.target_kind)
+                .bind(&r.target_namespace)
+                .bind(&r.target_name)
+                .bind(&r.phase)
+                .bind(r.firing_time)
+                .execute(&self.pool)
+                .await?;
+            }
+            AuditRecord::Event(e) => {
+                sqlx::query(
+                    "INSERT INTO remediation_events (request_uid, at, kind, from_phase, to_phase, reason, detail, dedup_key)
+                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (dedup_key) DO NOTHING",
+                )
+                .bind(&e.request_uid)
+                .bind(e.at)
+                .bind(e.kind)
+                .bind(&e.from_phase)
+                .bind(&e.to_phase)
+                .bind(&e.reason)
+                .bind(&e.detail)
+                .bind(e.dedup_key())
+                .execute(&self.pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the writer task and returns the handle callers log through.
+    pub fn audit_log(self) -> (AuditLog, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let task = tokio::spawn(drain(self, rx));
+        (AuditLog { tx }, task)
+    }
+}
+
+/// Cloneable handle to the audit writer.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<AuditRecord>,
+}
+
+impl AuditLog {
+    pub async fn record(&self, record: AuditRecord) -> Result<()> {
+        self.tx.send(record).await.map_err(|_| Error::Closed)
+    }
+
+    /// Records waiting to be written (the audit backlog, K-OP-1).
+    pub fn backlog(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+async fn drain(store: Store, mut rx: mpsc::Receiver<AuditRecord>) {
+    while let Some(record) = rx.recv().await {
+        let mut backoff = Duration::from_millis(100);
+        // Records are written in order: an event must follow its request row.
+        while let Err(e) = store.write(&record).await {
+            tracing::warn!(error = %e, retry_in = ?backoff, "audit write failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
