@@ -91,7 +91,9 @@ up() {
   "$ROOT/scripts/deps.sh"
   "$ROOT/scripts/build-k8s.sh"
   mkdir -p "$S"
-  exec 9>"$S/.lock"; flock 9  # concurrent test binaries call `up` together
+  # Concurrent test binaries call `up` together. Services are started with
+  # fd 9 closed, or they would hold the lock for as long as they run.
+  exec 9>"$S/.lock"; flock 9
   if status >/dev/null 2>&1; then return 0; fi
   log "starting the local stack in $S"
   gen_pki
@@ -113,7 +115,7 @@ up() {
       --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
       --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
       --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync \
-      > "$S/etcd.log" 2>&1 &
+      > "$S/etcd.log" 2>&1 9>&- &
     echo $! > "$S/etcd.pid"
     wait_for etcd 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
   fi
@@ -129,7 +131,7 @@ up() {
       --service-account-issuer https://kubernetes.default.svc \
       --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
       --allow-privileged=true --profiling=false \
-      > "$S/kube-apiserver.log" 2>&1 &
+      > "$S/kube-apiserver.log" 2>&1 9>&- &
     echo $! > "$S/kube-apiserver.pid"
     wait_for kube-apiserver 90 curl -sf --cacert "$S/pki/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
       "https://127.0.0.1:$API_PORT/readyz"
@@ -140,7 +142,7 @@ up() {
       --kubeconfig "$S/kcm.kubeconfig" --controllers '*,-nodeipam,-nodelifecycle' --leader-elect=false \
       --service-account-private-key-file "$S/pki/sa.key" --root-ca-file "$S/pki/ca.crt" \
       --port 0 --secure-port 0 \
-      > "$S/kube-controller-manager.log" 2>&1 &
+      > "$S/kube-controller-manager.log" 2>&1 9>&- &
     echo $! > "$S/kube-controller-manager.pid"
     # The service-account controller creating `default` shows it is working.
     wait_for kube-controller-manager 60 kubectl --kubeconfig "$S/admin.kubeconfig" get serviceaccount default -n default
@@ -154,7 +156,7 @@ up() {
     mkdir -p "$S/pgsock"; chown postgres "$S/pgsock" 2>/dev/null || true
     touch "$S/postgres.log"; chown postgres "$S/postgres.log" 2>/dev/null || true
     as_postgres "$PG_BIN/pg_ctl" -D "$S/pg" -l "$S/postgres.log" -w -t 60 \
-      -o "-p $PG_PORT -k $S/pgsock -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
+      -o "-p $PG_PORT -k $S/pgsock -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null 9>&-
     head -n1 "$S/pg/postmaster.pid" > "$S/postgres.pid"
     psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='kubernaut'" | grep -q 1 ||
       psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE kubernaut" >/dev/null
@@ -163,7 +165,7 @@ up() {
   if ! alive redis; then
     mkdir -p "$S/redis"
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$S/redis" --save '' --appendonly no \
-      --daemonize yes --pidfile "$S/redis.pid" --logfile "$S/redis.log"
+      --daemonize yes --pidfile "$S/redis.pid" --logfile "$S/redis.log" 9>&-
     wait_for redis 20 redis-cli -p "$REDIS_PORT" ping
   fi
 

@@ -40,6 +40,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { verify_timeout: Duration::from_secs(60), max_restarts: 3, dry_run: false }
+        Self {
+            verify_timeout: Duration::from_secs(60),
+            max_restarts: 3,
+            dry_run: false,
+        }
     }
 }

@@ -41,16 +41,38 @@ impl Metrics {
             live_supervisors: Gauge::default(),
             transitions: Family::default(),
             actions: Family::default(),
-            stage_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
+            stage_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
             supervisor_restarts: Counter::default(),
             status_write_errors: Counter::default(),
         };
-        registry.register("supervisors_live", "Live request supervisors", m.live_supervisors.clone());
-        registry.register("phase_transitions", "Request phase transitions", m.transitions.clone());
+        registry.register(
+            "supervisors_live",
+            "Live request supervisors",
+            m.live_supervisors.clone(),
+        );
+        registry.register(
+            "phase_transitions",
+            "Request phase transitions",
+            m.transitions.clone(),
+        );
         registry.register("actions", "Actions by type and result", m.actions.clone());
-        registry.register("stage_duration_seconds", "Time spent per stage", m.stage_seconds.clone());
-        registry.register("supervisor_restarts", "Supervisor restarts after failure", m.supervisor_restarts.clone());
-        registry.register("status_write_errors", "Failed status writes (retried)", m.status_write_errors.clone());
+        registry.register(
+            "stage_duration_seconds",
+            "Time spent per stage",
+            m.stage_seconds.clone(),
+        );
+        registry.register(
+            "supervisor_restarts",
+            "Supervisor restarts after failure",
+            m.supervisor_restarts.clone(),
+        );
+        registry.register(
+            "status_write_errors",
+            "Failed status writes (retried)",
+            m.status_write_errors.clone(),
+        );
         m
     }
 }

@@ -20,7 +20,10 @@ pub struct Registry;
 
 pub enum RegistryMsg {
     Observed(Box<RemediationRequest>),
-    Gone { namespace: String, name: String },
+    Gone {
+        namespace: String,
+        name: String,
+    },
     /// Number of live supervisors.
     Live(RpcReplyPort<usize>),
 }
@@ -37,15 +40,35 @@ impl Actor for Registry {
     type State = RegistryState;
     type Arguments = Arc<Context>;
 
-    async fn pre_start(&self, _myself: ActorRef<RegistryMsg>, ctx: Arc<Context>) -> Result<RegistryState, ActorProcessingErr> {
-        Ok(RegistryState { ctx, by_key: HashMap::new(), by_id: HashMap::new(), restarts: HashMap::new() })
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<RegistryMsg>,
+        ctx: Arc<Context>,
+    ) -> Result<RegistryState, ActorProcessingErr> {
+        Ok(RegistryState {
+            ctx,
+            by_key: HashMap::new(),
+            by_id: HashMap::new(),
+            restarts: HashMap::new(),
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<RegistryMsg>, msg: RegistryMsg, st: &mut RegistryState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<RegistryMsg>,
+        msg: RegistryMsg,
+        st: &mut RegistryState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegistryMsg::Observed(rr) => {
-                let key = (rr.metadata.namespace.clone().unwrap_or_default(), rr.metadata.name.clone().unwrap_or_default());
-                if rr.phase().is_terminal() || rr.metadata.deletion_timestamp.is_some() || st.by_key.contains_key(&key) {
+                let key = (
+                    rr.metadata.namespace.clone().unwrap_or_default(),
+                    rr.metadata.name.clone().unwrap_or_default(),
+                );
+                if rr.phase().is_terminal()
+                    || rr.metadata.deletion_timestamp.is_some()
+                    || st.by_key.contains_key(&key)
+                {
                     return Ok(());
                 }
                 spawn(&myself, st, key).await;
@@ -79,7 +102,9 @@ impl Actor for Registry {
                 }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
-                let Some(key) = st.by_id.remove(&cell.get_id()) else { return Ok(()) };
+                let Some(key) = st.by_id.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
                 st.by_key.remove(&key);
                 let n = st.restarts.entry(key.clone()).or_insert(0);
                 *n += 1;
@@ -99,13 +124,19 @@ impl Actor for Registry {
 }
 
 async fn spawn(myself: &ActorRef<RegistryMsg>, st: &mut RegistryState, key: Key) {
-    let args = supervisor::Args { namespace: key.0.clone(), name: key.1.clone(), ctx: st.ctx.clone() };
+    let args = supervisor::Args {
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        ctx: st.ctx.clone(),
+    };
     let name = format!("supervisor/{}/{}", key.0, key.1);
     match Actor::spawn_linked(Some(name), Supervisor, args, myself.get_cell()).await {
         Ok((sup, _join)) => {
             st.by_id.insert(sup.get_id(), key.clone());
             st.by_key.insert(key, sup);
         }
-        Err(e) => tracing::warn!(namespace = %key.0, name = %key.1, error = %e, "could not start a supervisor"),
+        Err(e) => {
+            tracing::warn!(namespace = %key.0, name = %key.1, error = %e, "could not start a supervisor")
+        }
     }
 }

@@ -28,8 +28,14 @@ pub struct Decision {
 pub enum RuleError {
     #[error("no rule for signal {0:?}")]
     NoRule(String),
-    #[error("parameter {param:?} of rule {rule:?} needs {placeholder}, which the signal does not carry")]
-    MissingValue { rule: String, param: String, placeholder: String },
+    #[error(
+        "parameter {param:?} of rule {rule:?} needs {placeholder}, which the signal does not carry"
+    )]
+    MissingValue {
+        rule: String,
+        param: String,
+        placeholder: String,
+    },
 }
 
 /// Actions the executor knows. Config naming anything else is refused at start-up.
@@ -38,7 +44,10 @@ pub const KNOWN_ACTIONS: &[&str] = &["restart_pod", "notify_only"];
 pub fn validate(rules: &[Rule]) -> Result<(), String> {
     for r in rules {
         if !KNOWN_ACTIONS.contains(&r.action.as_str()) {
-            return Err(format!("rule for {:?} names unknown action {:?} (known: {KNOWN_ACTIONS:?})", r.signal, r.action));
+            return Err(format!(
+                "rule for {:?} names unknown action {:?} (known: {KNOWN_ACTIONS:?})",
+                r.signal, r.action
+            ));
         }
     }
     Ok(())
@@ -51,13 +60,20 @@ pub fn decide(rules: &[Rule], spec: &RemediationRequestSpec) -> Result<Decision,
         .ok_or_else(|| RuleError::NoRule(spec.signal_name.clone()))?;
     let mut parameters = BTreeMap::new();
     for (k, template) in &rule.parameters {
-        parameters.insert(k.clone(), render(template, spec).map_err(|placeholder| RuleError::MissingValue {
-            rule: rule.signal.clone(),
-            param: k.clone(),
-            placeholder,
-        })?);
+        parameters.insert(
+            k.clone(),
+            render(template, spec).map_err(|placeholder| RuleError::MissingValue {
+                rule: rule.signal.clone(),
+                param: k.clone(),
+                placeholder,
+            })?,
+        );
     }
-    Ok(Decision { rule: rule.signal.clone(), action: rule.action.clone(), parameters })
+    Ok(Decision {
+        rule: rule.signal.clone(),
+        action: rule.action.clone(),
+        parameters,
+    })
 }
 
 fn render(template: &str, spec: &RemediationRequestSpec) -> Result<String, String> {
@@ -102,7 +118,10 @@ mod tests {
             target: ObjectRef::new("Deployment", "shop", "cart"),
             signal_resource: ObjectRef::new("Pod", "shop", "cart-1"),
             owner_chain: vec![],
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             annotations: Default::default(),
             firing_time: t.clone(),
             received_time: t,
@@ -114,14 +133,21 @@ mod tests {
         Rule {
             signal: "KubePodCrashLooping".into(),
             action: "restart_pod".into(),
-            parameters: [("pod".to_string(), "{{labels.pod}}".to_string()), ("ns".into(), "{{ target.namespace }}".into())]
-                .into(),
+            parameters: [
+                ("pod".to_string(), "{{labels.pod}}".to_string()),
+                ("ns".into(), "{{ target.namespace }}".into()),
+            ]
+            .into(),
         }
     }
 
     #[test]
     fn a_matching_rule_renders_its_parameters() {
-        let d = decide(&[crashloop_rule()], &spec("KubePodCrashLooping", &[("pod", "cart-1")])).unwrap();
+        let d = decide(
+            &[crashloop_rule()],
+            &spec("KubePodCrashLooping", &[("pod", "cart-1")]),
+        )
+        .unwrap();
         assert_eq!(d.action, "restart_pod");
         assert_eq!(d.parameters["pod"], "cart-1");
         assert_eq!(d.parameters["ns"], "shop");
@@ -129,9 +155,15 @@ mod tests {
 
     #[test]
     fn no_rule_and_missing_labels_are_errors() {
-        assert_eq!(decide(&[crashloop_rule()], &spec("Other", &[])), Err(RuleError::NoRule("Other".into())));
+        assert_eq!(
+            decide(&[crashloop_rule()], &spec("Other", &[])),
+            Err(RuleError::NoRule("Other".into()))
+        );
         let err = decide(&[crashloop_rule()], &spec("KubePodCrashLooping", &[])).unwrap_err();
-        assert!(matches!(err, RuleError::MissingValue { ref placeholder, .. } if placeholder == "{{labels.pod}}"), "{err}");
+        assert!(
+            matches!(err, RuleError::MissingValue { ref placeholder, .. } if placeholder == "{{labels.pod}}"),
+            "{err}"
+        );
     }
 
     #[test]

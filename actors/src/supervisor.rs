@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
 use kubernaut_api::{
-    AnalysisStatus, ENVIRONMENT_LABEL, ExecutionStatus, ObjectRef, Phase, PhaseTransition, ProcessingStatus,
-    RemediationRequest, RemediationRequestSpec, RemediationRequestStatus,
+    AnalysisStatus, ENVIRONMENT_LABEL, ExecutionStatus, ObjectRef, Phase, PhaseTransition,
+    ProcessingStatus, RemediationRequest, RemediationRequestSpec, RemediationRequestStatus,
 };
 use kubernaut_cluster::{Cluster, DeleteOutcome, PodState, Scope};
 use kubernaut_store::{AuditRecord, EventRecord, RequestRecord};
@@ -92,7 +92,11 @@ impl Actor for Supervisor {
     type State = State;
     type Arguments = Args;
 
-    async fn pre_start(&self, myself: ActorRef<Msg>, args: Args) -> Result<State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Msg>,
+        args: Args,
+    ) -> Result<State, ActorProcessingErr> {
         // Always start from what the cluster says, never from a cached copy.
         let rr: RemediationRequest = args
             .ctx
@@ -115,12 +119,21 @@ impl Actor for Supervisor {
         })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Msg>, state: &mut State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Msg>,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
         state.ctx.metrics.live_supervisors.dec();
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Msg>, msg: Msg, state: &mut State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Msg>,
+        msg: Msg,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             Msg::Advance if state.busy => Ok(()),
             Msg::Advance => advance(&myself, state).await,
@@ -140,22 +153,45 @@ async fn advance(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
         }
         Phase::Pending | Phase::Blocked => {
             audit_request(st, Phase::Pending).await;
-            commit(myself, st, Change { to: Some((Phase::Processing, "Started", String::new())) }, |_| {}).await
+            commit(
+                myself,
+                st,
+                Change {
+                    to: Some((Phase::Processing, "Started", String::new())),
+                },
+                |_| {},
+            )
+            .await
         }
         Phase::Processing => {
             let (cluster, spec) = (st.ctx.cluster.clone(), st.spec.clone());
-            run_stage(myself, st, async move { StageResult::Processed(process(&cluster, &spec).await) });
+            run_stage(myself, st, async move {
+                StageResult::Processed(process(&cluster, &spec).await)
+            });
             Ok(())
         }
         Phase::Analyzing => analyze(myself, st).await,
         Phase::Executing => execute(myself, st).await,
         Phase::Verifying => {
             let Some(exec) = st.status.execution.clone() else {
-                return fail(myself, st, "NoExecutionRecord", "Verifying without an execution record".into()).await;
+                return fail(
+                    myself,
+                    st,
+                    "NoExecutionRecord",
+                    "Verifying without an execution record".into(),
+                )
+                .await;
             };
             if exec.action != "restart_pod" {
-                return commit(myself, st, Change { to: Some((Phase::Completed, "NothingToVerify", String::new())) }, |_| {})
-                    .await;
+                return commit(
+                    myself,
+                    st,
+                    Change {
+                        to: Some((Phase::Completed, "NothingToVerify", String::new())),
+                    },
+                    |_| {},
+                )
+                .await;
             }
             let (cluster, timeout) = (st.ctx.cluster.clone(), st.ctx.settings.verify_timeout);
             run_stage(myself, st, async move {
@@ -164,7 +200,9 @@ async fn advance(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
             Ok(())
         }
         Phase::AwaitingApproval => Ok(()),
-        Phase::Completed | Phase::Failed | Phase::TimedOut | Phase::Skipped | Phase::Cancelled => Ok(()),
+        Phase::Completed | Phase::Failed | Phase::TimedOut | Phase::Skipped | Phase::Cancelled => {
+            Ok(())
+        }
     }
 }
 
@@ -182,7 +220,11 @@ async fn analyze(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
             };
             let msg = format!("rule {} chose {}", d.rule, d.action);
             let to = if st.ctx.settings.dry_run {
-                (Phase::Skipped, "DryRun", format!("{msg}; global dry-run is on, nothing was changed"))
+                (
+                    Phase::Skipped,
+                    "DryRun",
+                    format!("{msg}; global dry-run is on, nothing was changed"),
+                )
             } else {
                 (Phase::Executing, "ActionChosen", msg)
             };
@@ -194,22 +236,45 @@ async fn analyze(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
         }
         Err(RuleError::NoRule(name)) => {
             let msg = format!("no rule answers signal {name}; nothing to do automatically");
-            commit(myself, st, Change { to: Some((Phase::Skipped, "NoMatchingRule", msg)) }, |s| {
-                set_condition(s, "Analyzed", "False", "NoMatchingRule");
-            })
+            commit(
+                myself,
+                st,
+                Change {
+                    to: Some((Phase::Skipped, "NoMatchingRule", msg)),
+                },
+                |s| {
+                    set_condition(s, "Analyzed", "False", "NoMatchingRule");
+                },
+            )
             .await
         }
-        Err(e @ RuleError::MissingValue { .. }) => fail(myself, st, "RuleIncomplete", e.to_string()).await,
+        Err(e @ RuleError::MissingValue { .. }) => {
+            fail(myself, st, "RuleIncomplete", e.to_string()).await
+        }
     }
 }
 
 async fn execute(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProcessingErr> {
     let Some(analysis) = st.status.analysis.clone() else {
-        return fail(myself, st, "NoDecision", "Executing without an analysis".into()).await;
+        return fail(
+            myself,
+            st,
+            "NoDecision",
+            "Executing without an analysis".into(),
+        )
+        .await;
     };
     match (analysis.action.as_str(), st.status.execution.clone()) {
         (_, Some(exec)) if exec.result.is_some() => {
-            commit(myself, st, Change { to: Some((Phase::Verifying, "ActionFinished", String::new())) }, |_| {}).await
+            commit(
+                myself,
+                st,
+                Change {
+                    to: Some((Phase::Verifying, "ActionFinished", String::new())),
+                },
+                |_| {},
+            )
+            .await
         }
         ("notify_only", _) => {
             let now = now();
@@ -222,18 +287,36 @@ async fn execute(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
                 result: Some("Succeeded".into()),
                 message: "notification only; the cluster was not changed".into(),
             };
-            commit(myself, st, Change { to: Some((Phase::Verifying, "ActionFinished", String::new())) }, |s| {
-                s.execution = Some(exec);
-            })
+            commit(
+                myself,
+                st,
+                Change {
+                    to: Some((Phase::Verifying, "ActionFinished", String::new())),
+                },
+                |s| {
+                    s.execution = Some(exec);
+                },
+            )
             .await
         }
         ("restart_pod", None) => {
             let Some(pod) = st.target_pod() else {
-                return fail(myself, st, "RuleIncomplete", "restart_pod needs a pod parameter".into()).await;
+                return fail(
+                    myself,
+                    st,
+                    "RuleIncomplete",
+                    "restart_pod needs a pod parameter".into(),
+                )
+                .await;
             };
             let cluster = st.ctx.cluster.clone();
             run_stage(myself, st, async move {
-                StageResult::PodObserved(cluster.pod_state(&pod.namespace, &pod.name).await.map_err(|e| e.to_string()))
+                StageResult::PodObserved(
+                    cluster
+                        .pod_state(&pod.namespace, &pod.name)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
             });
             Ok(())
         }
@@ -243,39 +326,78 @@ async fn execute(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
             run_stage(myself, st, async move {
                 let t = &exec.target;
                 StageResult::Executed(
-                    cluster.delete_pod(&t.namespace, &t.name, &exec.target_uid).await.map_err(|e| e.to_string()),
+                    cluster
+                        .delete_pod(&t.namespace, &t.name, &exec.target_uid)
+                        .await
+                        .map_err(|e| e.to_string()),
                 )
             });
             Ok(())
         }
-        (other, _) => fail(myself, st, "UnknownAction", format!("no executor for action {other}")).await,
+        (other, _) => {
+            fail(
+                myself,
+                st,
+                "UnknownAction",
+                format!("no executor for action {other}"),
+            )
+            .await
+        }
     }
 }
 
-async fn on_stage_done(myself: &ActorRef<Msg>, st: &mut State, result: StageResult) -> Result<(), ActorProcessingErr> {
+async fn on_stage_done(
+    myself: &ActorRef<Msg>,
+    st: &mut State,
+    result: StageResult,
+) -> Result<(), ActorProcessingErr> {
     match result {
         StageResult::Processed(Ok(Processed::InScope(p))) => {
             observe_stage(st, "processing", st.stage_started);
             let msg = format!("environment {}, priority {}", p.environment, p.priority);
-            commit(myself, st, Change { to: Some((Phase::Analyzing, "Enriched", msg)) }, |s| {
-                s.processing = Some(p);
-                set_condition(s, "Processed", "True", "Enriched");
-            })
+            commit(
+                myself,
+                st,
+                Change {
+                    to: Some((Phase::Analyzing, "Enriched", msg)),
+                },
+                |s| {
+                    s.processing = Some(p);
+                    set_condition(s, "Processed", "True", "Enriched");
+                },
+            )
             .await
         }
         StageResult::Processed(Ok(Processed::OutOfScope(why))) => {
-            commit(myself, st, Change { to: Some((Phase::Skipped, "OutOfScope", why)) }, |s| {
-                set_condition(s, "Processed", "False", "OutOfScope");
-            })
+            commit(
+                myself,
+                st,
+                Change {
+                    to: Some((Phase::Skipped, "OutOfScope", why)),
+                },
+                |s| {
+                    set_condition(s, "Processed", "False", "OutOfScope");
+                },
+            )
             .await
         }
-        StageResult::Processed(Err(e)) | StageResult::PodObserved(Err(e)) => retry_later(myself, st, e),
+        StageResult::Processed(Err(e)) | StageResult::PodObserved(Err(e)) => {
+            retry_later(myself, st, e)
+        }
         StageResult::PodObserved(Ok(None)) => {
             let pod = st.target_pod().map(|p| p.to_string()).unwrap_or_default();
-            fail(myself, st, "TargetNotFound", format!("{pod} does not exist")).await
+            fail(
+                myself,
+                st,
+                "TargetNotFound",
+                format!("{pod} does not exist"),
+            )
+            .await
         }
         StageResult::PodObserved(Ok(Some(pod))) => {
-            let Some(target) = st.target_pod() else { return Ok(()) };
+            let Some(target) = st.target_pod() else {
+                return Ok(());
+            };
             let exec = ExecutionStatus {
                 action: "restart_pod".into(),
                 target: target.clone(),
@@ -291,7 +413,10 @@ async fn on_stage_done(myself: &ActorRef<Msg>, st: &mut State, result: StageResu
             }))
             .await;
             // Recorded before acting: a resumed supervisor acts on this UID only.
-            commit(myself, st, Change { to: None }, |s| s.execution = Some(exec)).await?;
+            commit(myself, st, Change { to: None }, |s| {
+                s.execution = Some(exec)
+            })
+            .await?;
             myself.send_message(Msg::Advance)?;
             Ok(())
         }
@@ -301,22 +426,60 @@ async fn on_stage_done(myself: &ActorRef<Msg>, st: &mut State, result: StageResu
                 DeleteOutcome::Deleted => "Succeeded",
                 DeleteOutcome::AlreadyGone => "AlreadyDone",
             };
-            let action = st.status.analysis.as_ref().map(|a| a.action.clone()).unwrap_or_default();
-            st.ctx.metrics.actions.get_or_create(&ActionLabels { action: action.clone(), result }).inc();
-            audit_event(st, "action", None, None, "ActionFinished", serde_json::json!({ "action": action, "result": result }))
-                .await;
-            commit(myself, st, Change { to: Some((Phase::Verifying, "ActionFinished", result.to_string())) }, |s| {
-                if let Some(e) = s.execution.as_mut() {
-                    e.result = Some(result.into());
-                    e.finished_at = Some(now());
-                }
-                set_condition(s, "Executed", "True", result);
-            })
+            let action = st
+                .status
+                .analysis
+                .as_ref()
+                .map(|a| a.action.clone())
+                .unwrap_or_default();
+            st.ctx
+                .metrics
+                .actions
+                .get_or_create(&ActionLabels {
+                    action: action.clone(),
+                    result,
+                })
+                .inc();
+            audit_event(
+                st,
+                "action",
+                None,
+                None,
+                "ActionFinished",
+                serde_json::json!({ "action": action, "result": result }),
+            )
+            .await;
+            commit(
+                myself,
+                st,
+                Change {
+                    to: Some((Phase::Verifying, "ActionFinished", result.to_string())),
+                },
+                |s| {
+                    if let Some(e) = s.execution.as_mut() {
+                        e.result = Some(result.into());
+                        e.finished_at = Some(now());
+                    }
+                    set_condition(s, "Executed", "True", result);
+                },
+            )
             .await
         }
         StageResult::Executed(Err(e)) => {
-            let action = st.status.analysis.as_ref().map(|a| a.action.clone()).unwrap_or_default();
-            st.ctx.metrics.actions.get_or_create(&ActionLabels { action, result: "Failed" }).inc();
+            let action = st
+                .status
+                .analysis
+                .as_ref()
+                .map(|a| a.action.clone())
+                .unwrap_or_default();
+            st.ctx
+                .metrics
+                .actions
+                .get_or_create(&ActionLabels {
+                    action,
+                    result: "Failed",
+                })
+                .inc();
             fail(myself, st, "ActionFailed", e).await
         }
         StageResult::Verified(Ok(v)) => {
@@ -325,9 +488,16 @@ async fn on_stage_done(myself: &ActorRef<Msg>, st: &mut State, result: StageResu
                 Verified::Replaced => "the pod was replaced by its controller",
                 Verified::Gone => "the pod is gone",
             };
-            commit(myself, st, Change { to: Some((Phase::Completed, "Verified", msg.into())) }, |s| {
-                set_condition(s, "Verified", "True", "Verified");
-            })
+            commit(
+                myself,
+                st,
+                Change {
+                    to: Some((Phase::Completed, "Verified", msg.into())),
+                },
+                |s| {
+                    set_condition(s, "Verified", "True", "Verified");
+                },
+            )
             .await
         }
         StageResult::Verified(Err(e)) => fail(myself, st, "VerificationFailed", e).await,
@@ -335,7 +505,11 @@ async fn on_stage_done(myself: &ActorRef<Msg>, st: &mut State, result: StageResu
 }
 
 /// Runs slow work off the handler; its result comes back as `StageDone`.
-fn run_stage(myself: &ActorRef<Msg>, st: &mut State, work: impl Future<Output = StageResult> + Send + 'static) {
+fn run_stage(
+    myself: &ActorRef<Msg>,
+    st: &mut State,
+    work: impl Future<Output = StageResult> + Send + 'static,
+) {
     st.busy = true;
     st.stage_started = Instant::now();
     let me = myself.clone();
@@ -346,16 +520,33 @@ fn run_stage(myself: &ActorRef<Msg>, st: &mut State, work: impl Future<Output = 
     });
 }
 
-fn retry_later(myself: &ActorRef<Msg>, st: &mut State, error: String) -> Result<(), ActorProcessingErr> {
+fn retry_later(
+    myself: &ActorRef<Msg>,
+    st: &mut State,
+    error: String,
+) -> Result<(), ActorProcessingErr> {
     tracing::warn!(request = %st.name, namespace = %st.namespace, phase = %st.phase(), %error, retry_in = ?st.retry, "stage failed; retrying");
     myself.send_after(st.retry, || Msg::Advance);
     st.retry = (st.retry * 2).min(RETRY_CAP);
     Ok(())
 }
 
-async fn fail(myself: &ActorRef<Msg>, st: &mut State, reason: &'static str, message: String) -> Result<(), ActorProcessingErr> {
+async fn fail(
+    myself: &ActorRef<Msg>,
+    st: &mut State,
+    reason: &'static str,
+    message: String,
+) -> Result<(), ActorProcessingErr> {
     tracing::warn!(request = %st.name, namespace = %st.namespace, reason, %message, "request failed");
-    commit(myself, st, Change { to: Some((Phase::Failed, reason, message)) }, |_| {}).await
+    commit(
+        myself,
+        st,
+        Change {
+            to: Some((Phase::Failed, reason, message)),
+        },
+        |_| {},
+    )
+    .await
 }
 
 /// Writes the edited status (and the phase change, if any) to the cluster,
@@ -374,23 +565,52 @@ async fn commit(
         // A refused transition is a bug in this actor: fail it loudly.
         let to = from.transition(*to)?;
         next.phase = to;
-        next.message = Some(if message.is_empty() { reason.to_string() } else { message.clone() });
-        next.phase_history.push(PhaseTransition { phase: to, time: now(), reason: reason.to_string(), message: message.clone() });
+        next.message = Some(if message.is_empty() {
+            reason.to_string()
+        } else {
+            message.clone()
+        });
+        next.phase_history.push(PhaseTransition {
+            phase: to,
+            time: now(),
+            reason: reason.to_string(),
+            message: message.clone(),
+        });
         if to.is_terminal() {
             next.completion_time = Some(now());
         }
     }
-    if let Err(e) = st.ctx.cluster.apply_status(&st.namespace, &st.name, &next).await {
+    if let Err(e) = st
+        .ctx
+        .cluster
+        .apply_status(&st.namespace, &st.name, &next)
+        .await
+    {
         st.ctx.metrics.status_write_errors.inc();
         return retry_later(myself, st, format!("status write failed: {e}"));
     }
     st.status = next;
     st.retry = RETRY_BASE;
     if let Some((to, reason, message)) = change.to {
-        st.ctx.metrics.transitions.get_or_create(&TransitionLabels { from: from.as_str(), to: to.as_str() }).inc();
+        st.ctx
+            .metrics
+            .transitions
+            .get_or_create(&TransitionLabels {
+                from: from.as_str(),
+                to: to.as_str(),
+            })
+            .inc();
         tracing::info!(request = %st.name, namespace = %st.namespace, %from, %to, reason, %message, "phase transition");
         audit_request(st, to).await;
-        audit_event(st, "transition", Some(from), Some(to), reason, serde_json::json!({ "message": message })).await;
+        audit_event(
+            st,
+            "transition",
+            Some(from),
+            Some(to),
+            reason,
+            serde_json::json!({ "message": message }),
+        )
+        .await;
         myself.send_message(Msg::Advance)?;
     }
     Ok(())
@@ -416,7 +636,14 @@ async fn audit_request(st: &State, phase: Phase) {
     }
 }
 
-async fn audit_event(st: &State, kind: &'static str, from: Option<Phase>, to: Option<Phase>, reason: &str, detail: serde_json::Value) {
+async fn audit_event(
+    st: &State,
+    kind: &'static str,
+    from: Option<Phase>,
+    to: Option<Phase>,
+    reason: &str,
+    detail: serde_json::Value,
+) {
     let rec = AuditRecord::Event(EventRecord {
         request_uid: st.uid.clone(),
         at: to_chrono(Timestamp::now()),
@@ -432,7 +659,11 @@ async fn audit_event(st: &State, kind: &'static str, from: Option<Phase>, to: Op
 }
 
 fn observe_stage(st: &State, stage: &'static str, started: Instant) {
-    st.ctx.metrics.stage_seconds.get_or_create(&StageLabels { stage }).observe(started.elapsed().as_secs_f64());
+    st.ctx
+        .metrics
+        .stage_seconds
+        .get_or_create(&StageLabels { stage })
+        .observe(started.elapsed().as_secs_f64());
 }
 
 fn now() -> Time {
@@ -440,7 +671,8 @@ fn now() -> Time {
 }
 
 fn to_chrono(ts: Timestamp) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp(ts.as_second(), ts.subsec_nanosecond().max(0) as u32).unwrap_or_default()
+    chrono::DateTime::from_timestamp(ts.as_second(), ts.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_default()
 }
 
 /// Keeps the one condition of a type, moving `lastTransitionTime` only when
@@ -472,25 +704,48 @@ fn set_condition(s: &mut RemediationRequestStatus, type_: &str, status: &str, re
 /// Processing (K-RR-3, first slice): scope re-checked (defence in depth),
 /// environment from the namespace label, priority from environment × severity.
 async fn process(cluster: &Cluster, spec: &RemediationRequestSpec) -> Result<Processed, String> {
-    let resolved = cluster.resolve(&spec.target).await.map_err(|e| e.to_string())?;
+    let resolved = cluster
+        .resolve(&spec.target)
+        .await
+        .map_err(|e| e.to_string())?;
     let Some(resolved) = resolved else {
-        return Ok(Processed::OutOfScope(format!("{} no longer exists", spec.target)));
+        return Ok(Processed::OutOfScope(format!(
+            "{} no longer exists",
+            spec.target
+        )));
     };
     let scope = match cluster.scope(&resolved).await.map_err(|e| e.to_string())? {
         Scope::Managed(why) => why,
-        Scope::Protected => return Ok(Processed::OutOfScope(format!("namespace {} is protected", spec.target.namespace))),
-        Scope::Unmanaged => return Ok(Processed::OutOfScope(format!("{} is not opted in", spec.target))),
+        Scope::Protected => {
+            return Ok(Processed::OutOfScope(format!(
+                "namespace {} is protected",
+                spec.target.namespace
+            )));
+        }
+        Scope::Unmanaged => {
+            return Ok(Processed::OutOfScope(format!(
+                "{} is not opted in",
+                spec.target
+            )));
+        }
     };
     let ns_labels = if spec.target.namespace.is_empty() {
         None
     } else {
-        cluster.namespace_labels(&spec.target.namespace).await.map_err(|e| e.to_string())?
+        cluster
+            .namespace_labels(&spec.target.namespace)
+            .await
+            .map_err(|e| e.to_string())?
     };
     let environment = ns_labels
         .and_then(|l| l.get(ENVIRONMENT_LABEL).cloned())
         .unwrap_or_else(|| "unknown".into());
     let priority = priority(&environment, &spec.severity).into();
-    Ok(Processed::InScope(ProcessingStatus { environment, priority, scope }))
+    Ok(Processed::InScope(ProcessingStatus {
+        environment,
+        priority,
+        scope,
+    }))
 }
 
 /// P0 is the most urgent. Unknown environments are treated like staging.
@@ -513,7 +768,11 @@ pub fn priority(environment: &str, severity: &str) -> &'static str {
     }
 }
 
-async fn verify_pod_replaced(cluster: &Cluster, exec: &ExecutionStatus, timeout: Duration) -> Result<Verified, String> {
+async fn verify_pod_replaced(
+    cluster: &Cluster,
+    exec: &ExecutionStatus,
+    timeout: Duration,
+) -> Result<Verified, String> {
     let t = &exec.target;
     let deadline = Instant::now() + timeout;
     loop {
@@ -521,7 +780,10 @@ async fn verify_pod_replaced(cluster: &Cluster, exec: &ExecutionStatus, timeout:
             Ok(Some(p)) if p.uid != exec.target_uid => return Ok(Verified::Replaced),
             Ok(None) => return Ok(Verified::Gone),
             Ok(Some(_)) | Err(_) if Instant::now() >= deadline => {
-                return Err(format!("{t} (uid {}) still exists after {timeout:?}", exec.target_uid));
+                return Err(format!(
+                    "{t} (uid {}) still exists after {timeout:?}",
+                    exec.target_uid
+                ));
             }
             _ => tokio::time::sleep(VERIFY_POLL).await,
         }

@@ -10,14 +10,15 @@ pub mod phase;
 pub mod signal;
 
 pub use crd::{
-    Deduplication, ExecutionStatus, ObjectRef, PhaseTransition, ProcessingStatus,
-    RemediationRequest, RemediationRequestSpec, RemediationRequestStatus, AnalysisStatus,
+    AnalysisStatus, Deduplication, ExecutionStatus, ObjectRef, PhaseTransition, ProcessingStatus,
+    RemediationRequest, RemediationRequestSpec, RemediationRequestStatus,
 };
 pub use k8s_openapi;
 pub use kube;
 pub use phase::{Phase, TransitionError};
 pub use signal::{
-    fingerprint, IngestOutcome, IntakeError, RejectReason, Signal, SignalIntake, SignalSource, SignalStatus,
+    IngestOutcome, IntakeError, RejectReason, Signal, SignalIntake, SignalSource, SignalStatus,
+    fingerprint,
 };
 
 /// Label on a namespace or resource that opts it in to remediation (K-GW-8).

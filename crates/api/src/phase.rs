@@ -113,7 +113,9 @@ mod tests {
 
     #[test]
     fn the_happy_path_is_allowed_step_by_step() {
-        let path = [Pending, Processing, Analyzing, Executing, Verifying, Completed];
+        let path = [
+            Pending, Processing, Analyzing, Executing, Verifying, Completed,
+        ];
         for w in path.windows(2) {
             assert_eq!(w[0].transition(w[1]), Ok(w[1]), "{} -> {}", w[0], w[1]);
         }
@@ -125,7 +127,10 @@ mod tests {
     fn terminal_phases_never_move() {
         for from in Phase::ALL.into_iter().filter(|p| p.is_terminal()) {
             for to in Phase::ALL {
-                assert!(from.transition(to).is_err(), "{from} -> {to} must be refused");
+                assert!(
+                    from.transition(to).is_err(),
+                    "{from} -> {to} must be refused"
+                );
             }
         }
     }

@@ -86,11 +86,23 @@ pub fn sha256_hex(s: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IngestOutcome {
     /// A new request was created.
-    Created { request: String, namespace: String, fingerprint: String },
+    Created {
+        request: String,
+        namespace: String,
+        fingerprint: String,
+    },
     /// Counted on an existing request (K-GW-5).
-    Duplicate { request: String, namespace: String, fingerprint: String, occurrence_count: i64 },
+    Duplicate {
+        request: String,
+        namespace: String,
+        fingerprint: String,
+        occurrence_count: i64,
+    },
     /// Accepted but not acted on: out of scope, unknown target, resolved alert.
-    Rejected { reason: RejectReason, detail: String },
+    Rejected {
+        reason: RejectReason,
+        detail: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +165,11 @@ mod tests {
             "3e1358e2c5121b674e7543f385ca3ff7d99cac5b91409d4af44a88248b4f3082"
         );
         assert_eq!(fingerprint(None, &t).len(), 64);
-        assert!(fingerprint(None, &t).chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            fingerprint(None, &t)
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
     }
 
     #[test]
@@ -161,14 +177,26 @@ mod tests {
         let t = ObjectRef::new("Deployment", "shop", "cart");
         assert_ne!(fingerprint(Some("prod-eu"), &t), fingerprint(None, &t));
         assert_eq!(fingerprint(Some(""), &t), fingerprint(None, &t));
-        assert_eq!(fingerprint(Some("prod-eu"), &t), sha256_hex("prod-eu:shop:Deployment:cart"));
+        assert_eq!(
+            fingerprint(Some("prod-eu"), &t),
+            sha256_hex("prod-eu:shop:Deployment:cart")
+        );
     }
 
     #[test]
     fn fingerprint_distinguishes_kind_namespace_and_name() {
         let base = fingerprint(None, &ObjectRef::new("Deployment", "a", "b"));
-        assert_ne!(base, fingerprint(None, &ObjectRef::new("StatefulSet", "a", "b")));
-        assert_ne!(base, fingerprint(None, &ObjectRef::new("Deployment", "x", "b")));
-        assert_ne!(base, fingerprint(None, &ObjectRef::new("Deployment", "a", "c")));
+        assert_ne!(
+            base,
+            fingerprint(None, &ObjectRef::new("StatefulSet", "a", "b"))
+        );
+        assert_ne!(
+            base,
+            fingerprint(None, &ObjectRef::new("Deployment", "x", "b"))
+        );
+        assert_ne!(
+            base,
+            fingerprint(None, &ObjectRef::new("Deployment", "a", "c"))
+        );
     }
 }

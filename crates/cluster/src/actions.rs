@@ -35,17 +35,34 @@ impl Cluster {
     }
 
     /// Deletes the pod `name` only if it is still the one with `uid`.
-    pub async fn delete_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<DeleteOutcome> {
+    pub async fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<DeleteOutcome> {
         let api: Api<Pod> = Api::namespaced(self.client().clone(), namespace);
-        let preconditions = Preconditions { uid: Some(uid.to_string()), resource_version: None };
-        let dry = DeleteParams { dry_run: true, preconditions: Some(preconditions.clone()), ..Default::default() };
-        let real = DeleteParams { preconditions: Some(preconditions), ..Default::default() };
+        let preconditions = Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        };
+        let dry = DeleteParams {
+            dry_run: true,
+            preconditions: Some(preconditions.clone()),
+            ..Default::default()
+        };
+        let real = DeleteParams {
+            preconditions: Some(preconditions),
+            ..Default::default()
+        };
         for params in [dry, real] {
             match bounded(api.delete(name, &params)).await {
                 Ok(_) => {}
                 // 404: gone; 409: the name now belongs to a replacement. Either
                 // way the pod we meant is no longer there.
-                Err(e) if e.is_not_found() || e.is_conflict() => return Ok(DeleteOutcome::AlreadyGone),
+                Err(e) if e.is_not_found() || e.is_conflict() => {
+                    return Ok(DeleteOutcome::AlreadyGone);
+                }
                 Err(e) => return Err(e),
             }
         }

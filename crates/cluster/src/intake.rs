@@ -41,11 +41,19 @@ impl Cluster {
         if !ns.is_empty() && self.config().is_protected(ns) {
             return Ok(Scope::Protected);
         }
-        let managed = |labels: &BTreeMap<String, String>| labels.get(MANAGED_LABEL).is_some_and(|v| v == "true");
+        let managed = |labels: &BTreeMap<String, String>| {
+            labels.get(MANAGED_LABEL).is_some_and(|v| v == "true")
+        };
         if let Some(i) = resolved.labels.iter().position(managed) {
             return Ok(Scope::Managed(format!("label on {}", resolved.chain[i])));
         }
-        if !ns.is_empty() && self.namespace_labels(ns).await?.as_ref().is_some_and(managed) {
+        if !ns.is_empty()
+            && self
+                .namespace_labels(ns)
+                .await?
+                .as_ref()
+                .is_some_and(managed)
+        {
             return Ok(Scope::Managed(format!("label on Namespace/{ns}")));
         }
         Ok(Scope::Unmanaged)
@@ -71,6 +79,28 @@ impl KubeIntake {
     }
 
     async fn ingest_inner(&self, signal: Signal) -> Result<IngestOutcome> {
+        let instance = signal.instance_id();
+        // A re-delivery of a signal instance is a duplicate whatever happened
+        // since (K-GW-5), even if the remediation already removed its pod, so
+        // it is looked up before the resource is resolved. Requests live in
+        // their target's namespace, which is the signal's for namespaced kinds.
+        let home = if signal.resource.namespace.is_empty() {
+            self.cluster.config().cluster_scoped_namespace.clone()
+        } else {
+            signal.resource.namespace.clone()
+        };
+        let home_api: Api<RemediationRequest> =
+            Api::namespaced(self.cluster.client().clone(), &home);
+        if let Some(existing) = find_instance(&home_api, &instance).await? {
+            let name = existing.metadata.name.clone().unwrap_or_default();
+            let count = count_occurrence(&home_api, &name, signal.received_time).await?;
+            return Ok(IngestOutcome::Duplicate {
+                request: name,
+                namespace: home,
+                fingerprint: existing.spec.fingerprint,
+                occurrence_count: count,
+            });
+        }
         let Some(resolved) = self.cluster.resolve(&signal.resource).await? else {
             return Ok(IngestOutcome::Rejected {
                 reason: RejectReason::TargetNotFound,
@@ -95,10 +125,12 @@ impl KubeIntake {
                 });
             }
         }
-        let fp = fingerprint(self.cluster.config().cluster_name.as_deref(), &resolved.target);
+        let fp = fingerprint(
+            self.cluster.config().cluster_name.as_deref(),
+            &resolved.target,
+        );
         let ns = self.request_namespace(&resolved);
         let api: Api<RemediationRequest> = Api::namespaced(self.cluster.client().clone(), &ns);
-        let instance = signal.instance_id();
 
         // Two rounds: a lost create race sends us back to find the winner.
         for _ in 0..2 {
@@ -118,7 +150,11 @@ impl KubeIntake {
                 Ok(_) => {
                     set_first_occurrence(&api, &name, signal.received_time).await?;
                     tracing::info!(request = %name, namespace = %ns, target = %resolved.target, signal = %signal.name, "request created");
-                    return Ok(IngestOutcome::Created { request: name, namespace: ns, fingerprint: fp });
+                    return Ok(IngestOutcome::Created {
+                        request: name,
+                        namespace: ns,
+                        fingerprint: fp,
+                    });
                 }
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(e),
@@ -138,6 +174,21 @@ impl SignalIntake for KubeIntake {
     }
 }
 
+async fn find_instance(
+    api: &Api<RemediationRequest>,
+    instance: &str,
+) -> Result<Option<RemediationRequest>> {
+    let lp = ListParams::default().labels(&format!(
+        "{INSTANCE_LABEL}={}",
+        &instance[..LABEL_DIGEST_LEN]
+    ));
+    Ok(bounded(api.list(&lp))
+        .await?
+        .items
+        .into_iter()
+        .find(|r| r.spec.instance_id == instance))
+}
+
 /// A request for this fingerprint that is either still open or was opened by
 /// this very signal instance (K-GW-5); the same instance wins.
 async fn find_open_or_same(
@@ -145,20 +196,40 @@ async fn find_open_or_same(
     fp: &str,
     instance: &str,
 ) -> Result<Option<RemediationRequest>> {
-    let lp = ListParams::default().labels(&format!("{FINGERPRINT_LABEL}={}", &fp[..LABEL_DIGEST_LEN]));
+    let lp =
+        ListParams::default().labels(&format!("{FINGERPRINT_LABEL}={}", &fp[..LABEL_DIGEST_LEN]));
     let list = bounded(api.list(&lp)).await?;
-    let mine: Vec<_> = list.items.into_iter().filter(|r| r.spec.fingerprint == fp).collect();
+    let mine: Vec<_> = list
+        .items
+        .into_iter()
+        .filter(|r| r.spec.fingerprint == fp)
+        .collect();
     if let Some(same) = mine.iter().find(|r| r.spec.instance_id == instance) {
         return Ok(Some(same.clone()));
     }
     Ok(mine.into_iter().find(|r| !r.phase().is_terminal()))
 }
 
-fn build_request(signal: &Signal, resolved: &Resolved, fp: &str, instance: &str, ns: &str) -> RemediationRequest {
+fn build_request(
+    signal: &Signal,
+    resolved: &Resolved,
+    fp: &str,
+    instance: &str,
+    ns: &str,
+) -> RemediationRequest {
     let mut labels = BTreeMap::new();
-    labels.insert(FINGERPRINT_LABEL.to_string(), fp[..LABEL_DIGEST_LEN].to_string());
-    labels.insert(INSTANCE_LABEL.to_string(), instance[..LABEL_DIGEST_LEN].to_string());
-    labels.insert("app.kubernetes.io/managed-by".to_string(), "kubernaut".to_string());
+    labels.insert(
+        FINGERPRINT_LABEL.to_string(),
+        fp[..LABEL_DIGEST_LEN].to_string(),
+    );
+    labels.insert(
+        INSTANCE_LABEL.to_string(),
+        instance[..LABEL_DIGEST_LEN].to_string(),
+    );
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_string(),
+        "kubernaut".to_string(),
+    );
     let spec = RemediationRequestSpec {
         fingerprint: fp.to_string(),
         signal_name: signal.name.clone(),
@@ -200,8 +271,16 @@ pub fn request_name(signal: &str, fp: &str, instance: &str) -> String {
     format!("{prefix}-{}-{}", &fp[..8], &instance[..8])
 }
 
-async fn set_first_occurrence(api: &Api<RemediationRequest>, name: &str, at: Timestamp) -> Result<()> {
-    let dedup = Deduplication { occurrence_count: 1, first_seen_at: Time(at), last_seen_at: Time(at) };
+async fn set_first_occurrence(
+    api: &Api<RemediationRequest>,
+    name: &str,
+    at: Timestamp,
+) -> Result<()> {
+    let dedup = Deduplication {
+        occurrence_count: 1,
+        first_seen_at: Time(at),
+        last_seen_at: Time(at),
+    };
     let patch = json!({ "status": { "deduplication": dedup } });
     bounded(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))).await?;
     Ok(())
@@ -214,15 +293,23 @@ async fn count_occurrence(api: &Api<RemediationRequest>, name: &str, at: Timesta
     for _ in 0..MAX_COUNT_RETRIES {
         let rr = bounded(api.get_status(name)).await?;
         let prev = rr.status.as_ref().and_then(|s| s.deduplication.clone());
-        let first = prev.as_ref().map(|d| d.first_seen_at.clone()).unwrap_or_else(|| rr.spec.received_time.clone());
+        let first = prev
+            .as_ref()
+            .map(|d| d.first_seen_at.clone())
+            .unwrap_or_else(|| rr.spec.received_time.clone());
         // A request whose first count was never written has been seen once.
         let count = prev.as_ref().map_or(1, |d| d.occurrence_count) + 1;
-        let dedup = Deduplication { occurrence_count: count, first_seen_at: first, last_seen_at: Time(at) };
+        let dedup = Deduplication {
+            occurrence_count: count,
+            first_seen_at: first,
+            last_seen_at: Time(at),
+        };
         let patch = json!({
             "metadata": { "resourceVersion": rr.metadata.resource_version },
             "status": { "deduplication": dedup },
         });
-        match bounded(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))).await {
+        match bounded(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))).await
+        {
             Ok(_) => return Ok(count),
             Err(e) if e.is_conflict() => last_err = Some(e),
             Err(e) => return Err(e),
@@ -239,8 +326,14 @@ mod tests {
     fn request_names_are_dns_safe_and_bounded() {
         let fp = "3e1358e2c5121b674e7543f385ca3ff7d99cac5b91409d4af44a88248b4f3082";
         let inst = "a1b2c3d4e5f6";
-        assert_eq!(request_name("KubePodCrashLooping", fp, inst), "kubepodcrashlooping-3e1358e2-a1b2c3d4");
-        assert_eq!(request_name("CPU > 90%", fp, inst), "cpu---90-3e1358e2-a1b2c3d4");
+        assert_eq!(
+            request_name("KubePodCrashLooping", fp, inst),
+            "kubepodcrashlooping-3e1358e2-a1b2c3d4"
+        );
+        assert_eq!(
+            request_name("CPU > 90%", fp, inst),
+            "cpu---90-3e1358e2-a1b2c3d4"
+        );
         assert_eq!(request_name("!!!", fp, inst), "signal-3e1358e2-a1b2c3d4");
         assert!(request_name(&"X".repeat(300), fp, inst).len() <= 58);
     }

@@ -33,11 +33,15 @@ impl Cluster {
         macro_rules! get {
             ($t:ty, namespaced) => {{
                 let api: Api<$t> = Api::namespaced(self.client.clone(), &obj.namespace);
-                bounded(api.get_metadata_opt(&obj.name)).await?.map(|m| m.metadata)
+                bounded(api.get_metadata_opt(&obj.name))
+                    .await?
+                    .map(|m| m.metadata)
             }};
             ($t:ty, cluster) => {{
                 let api: Api<$t> = Api::all(self.client.clone());
-                bounded(api.get_metadata_opt(&obj.name)).await?.map(|m| m.metadata)
+                bounded(api.get_metadata_opt(&obj.name))
+                    .await?
+                    .map(|m| m.metadata)
             }};
         }
         Ok(match obj.kind.as_str() {
@@ -68,7 +72,9 @@ impl Cluster {
             if current.kind == "Job" {
                 break;
             }
-            let Some(owner) = controller_owner(&meta, &current.namespace) else { break };
+            let Some(owner) = controller_owner(&meta, &current.namespace) else {
+                break;
+            };
             match self.metadata(&owner).await {
                 Ok(Some(m)) => {
                     labels.push(m.labels.clone().unwrap_or_default());
@@ -80,12 +86,21 @@ impl Cluster {
             }
         }
         let target = chain.last().cloned().unwrap_or_default();
-        Ok(Some(Resolved { target, chain, labels }))
+        Ok(Some(Resolved {
+            target,
+            chain,
+            labels,
+        }))
     }
 
-    pub async fn namespace_labels(&self, namespace: &str) -> Result<Option<BTreeMap<String, String>>> {
+    pub async fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<BTreeMap<String, String>>> {
         let api: Api<Namespace> = Api::all(self.client.clone());
-        Ok(bounded(api.get_metadata_opt(namespace)).await?.map(|m| m.metadata.labels.unwrap_or_default()))
+        Ok(bounded(api.get_metadata_opt(namespace))
+            .await?
+            .map(|m| m.metadata.labels.unwrap_or_default()))
     }
 }
 

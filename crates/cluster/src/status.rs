@@ -12,7 +12,12 @@ use crate::{Cluster, Error, Result, bounded};
 pub const FIELD_MANAGER: &str = "kubernaut-controller";
 
 impl Cluster {
-    pub async fn apply_status(&self, namespace: &str, name: &str, status: &RemediationRequestStatus) -> Result<()> {
+    pub async fn apply_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &RemediationRequestStatus,
+    ) -> Result<()> {
         let mut status = status.clone();
         status.deduplication = None;
         let body = json!({
@@ -26,7 +31,11 @@ impl Cluster {
         Ok(())
     }
 
-    pub async fn get_request(&self, namespace: &str, name: &str) -> Result<Option<RemediationRequest>> {
+    pub async fn get_request(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<RemediationRequest>> {
         let api: Api<RemediationRequest> = Api::namespaced(self.client().clone(), namespace);
         bounded(api.get_opt(name)).await
     }

@@ -4,8 +4,8 @@
 
 use futures::{Stream, StreamExt};
 use kube::Api;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kubernaut_api::RemediationRequest;
 
 use crate::Cluster;
@@ -13,7 +13,10 @@ use crate::Cluster;
 #[derive(Debug)]
 pub enum RequestEvent {
     Applied(Box<RemediationRequest>),
-    Deleted { namespace: String, name: String },
+    Deleted {
+        namespace: String,
+        name: String,
+    },
     /// The initial list (or a re-list) is complete.
     Synced,
 }

@@ -74,7 +74,10 @@ pub fn parse(body: &[u8]) -> Result<Payload, serde_json::Error> {
 impl Payload {
     pub fn validate(&self) -> Result<(), String> {
         if self.version != "4" {
-            return Err(format!("unsupported payload version {:?}; expected \"4\"", self.version));
+            return Err(format!(
+                "unsupported payload version {:?}; expected \"4\"",
+                self.version
+            ));
         }
         if self.alerts.is_empty() {
             return Err("the payload has no alerts".into());
@@ -84,14 +87,22 @@ impl Payload {
 
     /// One result per alert, in payload order.
     pub fn signals(&self, received: Timestamp) -> Vec<Result<Signal, AlertError>> {
-        self.alerts.iter().map(|a| self.signal(a, received)).collect()
+        self.alerts
+            .iter()
+            .map(|a| self.signal(a, received))
+            .collect()
     }
 
     fn signal(&self, alert: &Alert, received: Timestamp) -> Result<Signal, AlertError> {
         let mut labels = self.common_labels.clone();
         labels.extend(alert.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut annotations = self.common_annotations.clone();
-        annotations.extend(alert.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+        annotations.extend(
+            alert
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
 
         let name = labels
             .get("alertname")
@@ -108,7 +119,10 @@ impl Payload {
             }
         };
         let firing_time: Timestamp = alert.starts_at.parse().map_err(|e| {
-            AlertError::Invalid(format!("startsAt {:?} is not an RFC 3339 time: {e}", alert.starts_at))
+            AlertError::Invalid(format!(
+                "startsAt {:?} is not an RFC 3339 time: {e}",
+                alert.starts_at
+            ))
         })?;
         let resource = resource_of(&labels).ok_or(AlertError::NoTarget)?;
         // Alertmanager's fingerprint identifies the label set; with startsAt it
@@ -122,7 +136,10 @@ impl Payload {
         Ok(Signal {
             source: SignalSource::Alertmanager,
             status,
-            severity: labels.get("severity").cloned().unwrap_or_else(|| "unknown".into()),
+            severity: labels
+                .get("severity")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into()),
             name,
             instance_key: format!("{identity}@{}", firing_time),
             resource,
@@ -137,14 +154,16 @@ impl Payload {
 
 fn resource_of(labels: &BTreeMap<String, String>) -> Option<ObjectRef> {
     let namespace = labels.get("namespace").map(String::as_str).unwrap_or("");
-    RESOURCE_LABELS.iter().find_map(|(label, kind, namespaced)| {
-        let name = labels.get(*label).filter(|v| !v.is_empty())?;
-        if *namespaced && namespace.is_empty() {
-            return None;
-        }
-        let ns = if *namespaced { namespace } else { "" };
-        Some(ObjectRef::new(kind, ns, name))
-    })
+    RESOURCE_LABELS
+        .iter()
+        .find_map(|(label, kind, namespaced)| {
+            let name = labels.get(*label).filter(|v| !v.is_empty())?;
+            if *namespaced && namespace.is_empty() {
+                return None;
+            }
+            let ns = if *namespaced { namespace } else { "" };
+            Some(ObjectRef::new(kind, ns, name))
+        })
 }
 
 #[cfg(test)]
@@ -189,17 +208,32 @@ mod tests {
     #[test]
     fn the_same_alert_with_a_new_starts_at_is_a_new_instance() {
         let again = POD_ALERT.replace("03:00:00.000Z", "04:00:00.000Z");
-        let a = parse(payload(POD_ALERT).as_bytes()).unwrap().signals(now()).remove(0).unwrap();
-        let b = parse(payload(&again).as_bytes()).unwrap().signals(now()).remove(0).unwrap();
+        let a = parse(payload(POD_ALERT).as_bytes())
+            .unwrap()
+            .signals(now())
+            .remove(0)
+            .unwrap();
+        let b = parse(payload(&again).as_bytes())
+            .unwrap()
+            .signals(now())
+            .remove(0)
+            .unwrap();
         assert_ne!(a.instance_id(), b.instance_id());
-        let c = parse(payload(POD_ALERT).as_bytes()).unwrap().signals(now()).remove(0).unwrap();
+        let c = parse(payload(POD_ALERT).as_bytes())
+            .unwrap()
+            .signals(now())
+            .remove(0)
+            .unwrap();
         assert_eq!(a.instance_id(), c.instance_id());
     }
 
     #[test]
     fn resource_labels_are_chosen_most_specific_first() {
         let l = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         assert_eq!(
             resource_of(&l(&[("namespace", "a"), ("pod", "p"), ("node", "n1")])),
@@ -209,7 +243,10 @@ mod tests {
             resource_of(&l(&[("namespace", "a"), ("deployment", "d")])),
             Some(ObjectRef::new("Deployment", "a", "d"))
         );
-        assert_eq!(resource_of(&l(&[("node", "n1")])), Some(ObjectRef::new("Node", "", "n1")));
+        assert_eq!(
+            resource_of(&l(&[("node", "n1")])),
+            Some(ObjectRef::new("Node", "", "n1"))
+        );
         // A namespaced kind without a namespace cannot be resolved.
         assert_eq!(resource_of(&l(&[("pod", "p")])), None);
         assert_eq!(resource_of(&l(&[("instance", "10.0.0.1:9100")])), None);
@@ -224,7 +261,9 @@ mod tests {
 
         let bad_time = POD_ALERT.replace("2026-11-22T03:00:00.000Z", "yesterday");
         let p = parse(payload(&bad_time).as_bytes()).unwrap();
-        assert!(matches!(&p.signals(now())[0], Err(AlertError::Invalid(m)) if m.contains("startsAt")));
+        assert!(
+            matches!(&p.signals(now())[0], Err(AlertError::Invalid(m)) if m.contains("startsAt"))
+        );
 
         let no_target = POD_ALERT.replace(r#""pod":"cart-7d9f-abcde","#, "");
         let p = parse(payload(&no_target).as_bytes()).unwrap();
@@ -233,7 +272,12 @@ mod tests {
 
     #[test]
     fn version_and_empty_batches_are_validated() {
-        let p = parse(payload(POD_ALERT).replace(r#""version":"4""#, r#""version":"3""#).as_bytes()).unwrap();
+        let p = parse(
+            payload(POD_ALERT)
+                .replace(r#""version":"4""#, r#""version":"3""#)
+                .as_bytes(),
+        )
+        .unwrap();
         assert!(p.validate().unwrap_err().contains("version"));
         let p = parse(payload("").as_bytes()).unwrap();
         assert!(p.validate().unwrap_err().contains("no alerts"));

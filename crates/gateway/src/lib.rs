@@ -80,7 +80,11 @@ impl SignalResult {
 
     fn from_outcome(o: IngestOutcome) -> Self {
         match o {
-            IngestOutcome::Created { request, namespace, fingerprint } => SignalResult {
+            IngestOutcome::Created {
+                request,
+                namespace,
+                fingerprint,
+            } => SignalResult {
                 status: 201,
                 result: "created",
                 request: Some(request),
@@ -89,7 +93,12 @@ impl SignalResult {
                 occurrence_count: Some(1),
                 ..Self::empty(201, "created")
             },
-            IngestOutcome::Duplicate { request, namespace, fingerprint, occurrence_count } => SignalResult {
+            IngestOutcome::Duplicate {
+                request,
+                namespace,
+                fingerprint,
+                occurrence_count,
+            } => SignalResult {
                 status: 202,
                 result: "duplicate",
                 request: Some(request),
@@ -109,12 +118,18 @@ impl SignalResult {
     }
 
     fn invalid(detail: String) -> Self {
-        SignalResult { detail: Some(detail), ..Self::empty(400, "invalid") }
+        SignalResult {
+            detail: Some(detail),
+            ..Self::empty(400, "invalid")
+        }
     }
 }
 
 fn reject(reason: RejectReason, detail: &str) -> IngestOutcome {
-    IngestOutcome::Rejected { reason, detail: detail.to_string() }
+    IngestOutcome::Rejected {
+        reason,
+        detail: detail.to_string(),
+    }
 }
 
 #[derive(Serialize)]
@@ -123,7 +138,10 @@ struct BatchResponse {
 }
 
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if mime.eq_ignore_ascii_case("application/json") {
         Ok(())
@@ -139,7 +157,11 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
 fn body_problem(rejection: BytesRejection) -> Problem {
     let status = rejection.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        Problem::new(status, "Payload Too Large", format!("the body exceeds {MAX_BODY_BYTES} bytes"))
+        Problem::new(
+            status,
+            "Payload Too Large",
+            format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+        )
     } else {
         Problem::new(status, "Bad Request", rejection.body_text())
     }
@@ -169,7 +191,8 @@ async fn handle_alertmanager(
     let payload = match check_json_content_type(headers)
         .and_then(|()| body.map_err(body_problem))
         .and_then(|b| {
-            alertmanager::parse(&b).map_err(|e| Problem::bad_request(format!("invalid Alertmanager payload: {e}")))
+            alertmanager::parse(&b)
+                .map_err(|e| Problem::bad_request(format!("invalid Alertmanager payload: {e}")))
         })
         .and_then(|p| p.validate().map(|()| p).map_err(Problem::bad_request))
     {
@@ -191,7 +214,8 @@ async fn handle_alertmanager(
                 SignalResult::invalid(detail)
             }
             Err(alertmanager::AlertError::NoTarget) => {
-                st.metrics.count(SOURCE, "rejected", RejectReason::NoTarget.as_str());
+                st.metrics
+                    .count(SOURCE, "rejected", RejectReason::NoTarget.as_str());
                 SignalResult::from_outcome(reject(
                     RejectReason::NoTarget,
                     "the alert has no pod, deployment, statefulset, daemonset, job_name or node label",
@@ -199,15 +223,23 @@ async fn handle_alertmanager(
             }
             Ok(signal) if signal.status == SignalStatus::Resolved => {
                 // A resolution never starts a remediation (K-GW-2).
-                st.metrics.count(SOURCE, "rejected", RejectReason::Resolved.as_str());
-                SignalResult::from_outcome(reject(RejectReason::Resolved, "resolved alerts do not start remediations"))
+                st.metrics
+                    .count(SOURCE, "rejected", RejectReason::Resolved.as_str());
+                SignalResult::from_outcome(reject(
+                    RejectReason::Resolved,
+                    "resolved alerts do not start remediations",
+                ))
             }
             Ok(signal) => match st.intake.ingest(signal).await {
                 Ok(outcome) => {
                     match &outcome {
                         IngestOutcome::Created { .. } => st.metrics.count(SOURCE, "created", ""),
-                        IngestOutcome::Duplicate { .. } => st.metrics.count(SOURCE, "duplicate", ""),
-                        IngestOutcome::Rejected { reason, .. } => st.metrics.count(SOURCE, "rejected", reason.as_str()),
+                        IngestOutcome::Duplicate { .. } => {
+                            st.metrics.count(SOURCE, "duplicate", "")
+                        }
+                        IngestOutcome::Rejected { reason, .. } => {
+                            st.metrics.count(SOURCE, "rejected", reason.as_str())
+                        }
                     }
                     SignalResult::from_outcome(outcome)
                 }

@@ -35,11 +35,21 @@ impl Metrics {
         let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 14))
         });
-        registry.register("request_duration_seconds", "Gateway request handling time", latency.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Gateway request handling time",
+            latency.clone(),
+        );
         Self { signals, latency }
     }
 
     pub fn count(&self, source: &'static str, outcome: &'static str, reason: &'static str) {
-        self.signals.get_or_create(&SignalLabels { source, outcome, reason }).inc();
+        self.signals
+            .get_or_create(&SignalLabels {
+                source,
+                outcome,
+                reason,
+            })
+            .inc();
     }
 }

@@ -86,11 +86,16 @@ const ENV_PREFIX: &str = "KUBERNAUT__";
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-        Self::from_yaml(&text, std::env::vars()).with_context(|| format!("in config file {}", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        Self::from_yaml(&text, std::env::vars())
+            .with_context(|| format!("in config file {}", path.display()))
     }
 
-    pub fn from_yaml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+    pub fn from_yaml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
         let mut doc: Value = serde_norway::from_str(text).context("the file is not valid YAML")?;
         for (k, v) in env {
             if k == "DATABASE_URL" {
@@ -108,9 +113,14 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        kubernaut_actors::rules::validate(&self.rules).map_err(anyhow::Error::msg).context("rules")?;
+        kubernaut_actors::rules::validate(&self.rules)
+            .map_err(anyhow::Error::msg)
+            .context("rules")?;
         if !matches!(self.logging.format.as_str(), "text" | "json") {
-            bail!("logging.format must be \"text\" or \"json\", not {:?}", self.logging.format);
+            bail!(
+                "logging.format must be \"text\" or \"json\", not {:?}",
+                self.logging.format
+            );
         }
         if self.store.database_url.is_empty() {
             bail!("store.databaseUrl is empty: set it in the file or with DATABASE_URL");
@@ -142,11 +152,17 @@ fn camel_case(s: &str) -> String {
 }
 
 fn set_path(doc: &mut Value, keys: &[&str], value: Value) -> anyhow::Result<()> {
-    let Some((last, parents)) = keys.split_last() else { bail!("empty key") };
+    let Some((last, parents)) = keys.split_last() else {
+        bail!("empty key")
+    };
     let mut cur = doc;
     for k in parents {
-        let map = cur.as_mapping_mut().with_context(|| format!("{k} is not a section"))?;
-        cur = map.entry(Value::String(k.to_string())).or_insert_with(|| Value::Mapping(Default::default()));
+        let map = cur
+            .as_mapping_mut()
+            .with_context(|| format!("{k} is not a section"))?;
+        cur = map
+            .entry(Value::String(k.to_string()))
+            .or_insert_with(|| Value::Mapping(Default::default()));
     }
     let map = cur.as_mapping_mut().context("not a section")?;
     map.insert(Value::String(last.to_string()), value);
@@ -161,7 +177,10 @@ mod tests {
     const DEV: &str = include_str!("../../../config/dev.yaml");
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -169,7 +188,11 @@ mod tests {
         let c = Config::from_yaml(DEFAULTS, env(&[("DATABASE_URL", "postgres://x/y")])).unwrap();
         assert_eq!(c.gateway.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.admin.listen.to_string(), "0.0.0.0:9090");
-        assert!(c.rules.iter().any(|r| r.signal == "KubePodCrashLooping" && r.action == "restart_pod"));
+        assert!(
+            c.rules
+                .iter()
+                .any(|r| r.signal == "KubePodCrashLooping" && r.action == "restart_pod")
+        );
         let d = Config::from_yaml(DEV, env(&[("DATABASE_URL", "postgres://x/y")])).unwrap();
         assert_eq!(d.gateway.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(d.admin.listen.to_string(), "127.0.0.1:9090");
@@ -197,10 +220,20 @@ mod tests {
     fn bad_configuration_is_a_clear_error() {
         let e = Config::from_yaml(DEFAULTS, env(&[])).unwrap_err();
         assert!(format!("{e:#}").contains("DATABASE_URL"), "{e:#}");
-        let e = Config::from_yaml(DEFAULTS, env(&[("DATABASE_URL", "x"), ("KUBERNAUT__GATEWAY__LISTEN", "nowhere")]))
-            .unwrap_err();
+        let e = Config::from_yaml(
+            DEFAULTS,
+            env(&[
+                ("DATABASE_URL", "x"),
+                ("KUBERNAUT__GATEWAY__LISTEN", "nowhere"),
+            ]),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("invalid configuration"), "{e:#}");
-        let e = Config::from_yaml(&format!("{DEFAULTS}\nsurprise: 1\n"), env(&[("DATABASE_URL", "x")])).unwrap_err();
+        let e = Config::from_yaml(
+            &format!("{DEFAULTS}\nsurprise: 1\n"),
+            env(&[("DATABASE_URL", "x")]),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("surprise"), "{e:#}");
         let e = Config::from_yaml(
             &DEFAULTS.replace("action: restart_pod", "action: reboot_cluster"),

@@ -55,11 +55,20 @@ impl Running {
 }
 
 pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running> {
-    let Config { gateway, admin, cluster, store, controller: ctl, logging: _, rules } = cfg;
+    let Config {
+        gateway,
+        admin,
+        cluster,
+        store,
+        controller: ctl,
+        logging: _,
+        rules,
+    } = cfg;
 
     let mut registry = Registry::with_prefix("kubernaut");
     let gateway_metrics = GatewayMetrics::register(registry.sub_registry_with_prefix("gateway"));
-    let controller_metrics = ControllerMetrics::register(registry.sub_registry_with_prefix("controller"));
+    let controller_metrics =
+        ControllerMetrics::register(registry.sub_registry_with_prefix("controller"));
 
     // The CRD must be servable before anything watches or creates requests.
     Api::<RemediationRequest>::all(client.clone())
@@ -93,30 +102,54 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
         },
     });
 
-    let gw_listener = TcpListener::bind(gateway.listen).await.with_context(|| format!("binding the gateway to {}", gateway.listen))?;
-    let admin_listener = TcpListener::bind(admin.listen).await.with_context(|| format!("binding the admin port to {}", admin.listen))?;
+    let gw_listener = TcpListener::bind(gateway.listen)
+        .await
+        .with_context(|| format!("binding the gateway to {}", gateway.listen))?;
+    let admin_listener = TcpListener::bind(admin.listen)
+        .await
+        .with_context(|| format!("binding the admin port to {}", admin.listen))?;
     let gateway_addr = gw_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
     let ready = Readiness::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let gw_app = kubernaut_gateway::router(GatewayState { intake: Arc::new(KubeIntake::new(cluster)), metrics: gateway_metrics });
+    let gw_app = kubernaut_gateway::router(GatewayState {
+        intake: Arc::new(KubeIntake::new(cluster)),
+        metrics: gateway_metrics,
+    });
     let admin_app = admin_router(Arc::new(registry), ready.clone());
 
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let gw_server = axum::serve(gw_listener, gw_app).with_graceful_shutdown(wait(shutdown_rx.clone()));
-    let admin_server = axum::serve(admin_listener, admin_app).with_graceful_shutdown(wait(shutdown_rx.clone()));
+    let gw_server =
+        axum::serve(gw_listener, gw_app).with_graceful_shutdown(wait(shutdown_rx.clone()));
+    let admin_server =
+        axum::serve(admin_listener, admin_app).with_graceful_shutdown(wait(shutdown_rx.clone()));
     let ready_flag = ready.clone();
     let controller = controller::run(ctx, shutdown_rx.clone(), move || {
         tracing::info!("initial request list synced; ready");
         ready_flag.set(true);
     });
     let components: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
-        ("gateway", tokio::spawn(async move { Ok(gw_server.await?) }.instrument(tracing::info_span!("gateway")))),
-        ("admin", tokio::spawn(async move { Ok(admin_server.await?) }.instrument(tracing::info_span!("admin")))),
-        ("controller", tokio::spawn(async move { Ok(controller.await?) }.instrument(tracing::info_span!("controller")))),
+        (
+            "gateway",
+            tokio::spawn(
+                async move { Ok(gw_server.await?) }.instrument(tracing::info_span!("gateway")),
+            ),
+        ),
+        (
+            "admin",
+            tokio::spawn(
+                async move { Ok(admin_server.await?) }.instrument(tracing::info_span!("admin")),
+            ),
+        ),
+        (
+            "controller",
+            tokio::spawn(
+                async move { Ok(controller.await?) }.instrument(tracing::info_span!("controller")),
+            ),
+        ),
     ];
     tracing::info!(gateway = %gateway_addr, admin = %admin_addr, "kubernaut serving");
 
@@ -146,5 +179,11 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
             Err(e) => Err(anyhow::Error::from(e).context(format!("{name} panicked"))),
         }
     });
-    Ok(Running { gateway_addr, admin_addr, ready, shutdown: shutdown_tx, task })
+    Ok(Running {
+        gateway_addr,
+        admin_addr,
+        ready,
+        shutdown: shutdown_tx,
+        task,
+    })
 }

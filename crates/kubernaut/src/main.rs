@@ -8,7 +8,11 @@ use kubernaut::Config;
 use kubernaut_telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
-#[command(name = "kubernaut", about = "Kubernetes remediation control plane", version)]
+#[command(
+    name = "kubernaut",
+    about = "Kubernetes remediation control plane",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,9 +54,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { config } => {
             let cfg = Config::load(&config)?;
-            let format = if cfg.logging.format == "json" { LogFormat::Json } else { LogFormat::Text };
+            let format = if cfg.logging.format == "json" {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            };
             init_logging(format, &cfg.logging.level);
-            let client = kube::Client::try_default().await.context("building the Kubernetes client (KUBECONFIG or in-cluster)")?;
+            let client = kube::Client::try_default()
+                .await
+                .context("building the Kubernetes client (KUBECONFIG or in-cluster)")?;
             let running = kubernaut::start(cfg, client).await?;
             let stop = running_stop_signal();
             tokio::select! {

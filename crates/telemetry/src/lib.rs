@@ -22,7 +22,9 @@ pub enum LogFormat {
 /// Initialises logging once; a second call is a no-op. `RUST_LOG` overrides `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -69,7 +71,10 @@ async fn metrics(State(st): State<AdminState>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut body, &st.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         )
             .into_response(),
@@ -90,7 +95,10 @@ mod tests {
     use tower::ServiceExt;
 
     async fn get_path(app: Router, path: &str) -> (StatusCode, String) {
-        let resp = app.oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let resp = app
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
@@ -105,7 +113,10 @@ mod tests {
         let ready = Readiness::default();
         let app = admin_router(Arc::new(reg), ready.clone());
         assert_eq!(get_path(app.clone(), "/healthz").await.0, StatusCode::OK);
-        assert_eq!(get_path(app.clone(), "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get_path(app.clone(), "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         ready.set(true);
         assert_eq!(get_path(app.clone(), "/readyz").await.0, StatusCode::OK);
         let (s, body) = get_path(app, "/metrics").await;

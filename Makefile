@@ -1,0 +1,29 @@
+# The two commands of the README, and the pieces they are made of.
+# Cargo's target dir lives outside the clone so CI and fresh clones reuse it.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/kubernaut/target
+
+.PHONY: demo test stack stack-down lint unit e2e crds toolchain
+
+## The main job: local stack, control plane, a demo alert storm, the result table.
+demo: stack
+	bash scripts/demo.sh
+
+## Every test: formatting, lints, generated files, unit and end-to-end tests.
+test: toolchain stack lint
+	cargo nextest run --workspace --no-fail-fast
+
+stack:
+	bash scripts/stack.sh up
+
+stack-down:
+	bash scripts/stack.sh down
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+crds:
+	cargo run -q -p kubernaut -- crds > deploy/crds/remediationrequests.kubernaut.io.yaml
+
+toolchain:
+	@command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest

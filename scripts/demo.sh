@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The main job: the local stack, `kubernaut serve` with config/dev.yaml (as
+# the ServiceAccount deploy/ defines), a demo namespace with a few
+# Deployments, a small alert storm (firsts, re-deliveries, a burst, a
+# resolution, an out-of-scope alert), then the requests and their phases.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kubernaut/target}"
+S="${KUBERNAUT_STACK_DIR:-${TMPDIR:-/tmp}/kubernaut-stack}"
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+bash scripts/stack.sh up
+eval "$(bash scripts/stack.sh env)"
+CONTROLLER_KUBECONFIG=$(bash scripts/controller-kubeconfig.sh)
+
+say "building kubernaut"
+cargo build -q -p kubernaut
+BIN="$CARGO_TARGET_DIR/debug/kubernaut"
+
+say "demo workloads (namespace kubernaut-demo is opted in; demo-unmanaged is not)"
+kubectl delete namespace kubernaut-demo demo-unmanaged --ignore-not-found --wait=true >/dev/null
+kubectl create namespace kubernaut-demo >/dev/null
+kubectl label namespace kubernaut-demo kubernaut.io/managed=true kubernaut.io/environment=staging >/dev/null
+kubectl create namespace demo-unmanaged >/dev/null
+for d in cart:3 checkout:2 payments:2; do
+  kubectl -n kubernaut-demo create deployment "${d%%:*}" --image=registry.local/"${d%%:*}":1.0 --replicas="${d##*:}" >/dev/null
+done
+kubectl -n demo-unmanaged create deployment legacy --image=registry.local/legacy:1.0 >/dev/null
+for _ in $(seq 100); do
+  [ "$(kubectl get pods -A -l 'app in (cart,checkout,payments,legacy)' --no-headers 2>/dev/null | wc -l)" -ge 8 ] && break
+  sleep 0.2
+done
+kubectl -n kubernaut-demo get pods
+
+say "starting kubernaut serve --config config/dev.yaml (logs: $S/kubernaut.log)"
+KUBECONFIG="$CONTROLLER_KUBECONFIG" DATABASE_URL="$DATABASE_URL" "$BIN" serve --config config/dev.yaml >"$S/kubernaut.log" 2>&1 &
+KPID=$!
+trap 'kill $KPID 2>/dev/null || true; wait $KPID 2>/dev/null || true' EXIT
+for _ in $(seq 150); do curl -sf http://127.0.0.1:9090/readyz >/dev/null && break; sleep 0.2; done
+curl -sf http://127.0.0.1:9090/readyz >/dev/null || { echo "kubernaut did not become ready; see $S/kubernaut.log" >&2; exit 1; }
+
+pod() { kubectl -n "$1" get pods -l app="$2" -o jsonpath="{.items[$3].metadata.name}"; }
+alert() { # namespace pod alertname status startsAt
+  cat <<JSON
+{"status":"$4","labels":{"alertname":"$3","namespace":"$1","pod":"$2","severity":"warning"},"annotations":{"summary":"demo"},"startsAt":"$5","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"$(printf '%s' "$1/$2/$3" | sha256sum | cut -c1-16)"}
+JSON
+}
+fire() { # label, alerts...
+  local label=$1; shift
+  local IFS=,
+  local body="{\"version\":\"4\",\"groupKey\":\"demo\",\"truncatedAlerts\":0,\"status\":\"firing\",\"receiver\":\"kubernaut\",\"groupLabels\":{},\"commonLabels\":{},\"commonAnnotations\":{},\"externalURL\":\"\",\"alerts\":[$*]}"
+  printf '%-46s ' "$label"
+  curl -s -w ' [HTTP %{http_code}]\n' -H 'content-type: application/json' --data "$body" \
+    http://127.0.0.1:8080/api/v1/signals/alertmanager | cut -c1-140
+}
+T0=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+CART0=$(pod kubernaut-demo cart 0); CART1=$(pod kubernaut-demo cart 1)
+CHECKOUT0=$(pod kubernaut-demo checkout 0); PAY0=$(pod kubernaut-demo payments 0)
+LEGACY0=$(pod demo-unmanaged legacy 0)
+
+say "the alert storm"
+fire "cart crash-looping (first)" "$(alert kubernaut-demo "$CART0" KubePodCrashLooping firing "$T0")"
+fire "cart crash-looping (re-delivered)" "$(alert kubernaut-demo "$CART0" KubePodCrashLooping firing "$T0")"
+fire "cart: another pod, same incident" "$(alert kubernaut-demo "$CART1" KubePodNotReady firing "$T0")"
+fire "checkout + payments in one batch (207)" \
+  "$(alert kubernaut-demo "$CHECKOUT0" KubePodCrashLooping firing "$T0")" \
+  "$(alert kubernaut-demo "$PAY0" KubeDeploymentReplicasMismatch firing "$T0")"
+fire "payments resolved" "$(alert kubernaut-demo "$PAY0" KubePodCrashLooping resolved "$T0")"
+fire "legacy (namespace not opted in)" "$(alert demo-unmanaged "$LEGACY0" KubePodCrashLooping firing "$T0")"
+printf '%-46s ' "burst: checkout re-delivered 20x at once"
+for _ in $(seq 20); do
+  curl -s -o /dev/null -w '%{http_code}\n' -H 'content-type: application/json' \
+    --data "{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[$(alert kubernaut-demo "$CHECKOUT0" KubePodCrashLooping firing "$T0")]}" \
+    http://127.0.0.1:8080/api/v1/signals/alertmanager &
+done | sort | uniq -c | tr '\n' ' '; wait; echo
+fire "malformed JSON" '{"broken": '
+
+say "waiting for the requests to finish"
+for _ in $(seq 150); do
+  open=$(kubectl get rr -A -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -cvE '^(Completed|Failed|Skipped|TimedOut|Cancelled)$' || true)
+  [ "$open" -eq 0 ] && break
+  sleep 0.2
+done
+
+say "kubectl get rr -A"
+kubectl get rr -A
+say "pods after remediation (crash-looping pods were replaced)"
+kubectl -n kubernaut-demo get pods
+say "gateway and controller metrics"
+curl -s http://127.0.0.1:9090/metrics | grep -E '^kubernaut_(gateway_signals_total|controller_actions_total|controller_phase_transitions_total\{from="Verifying")' || true
+echo
+echo "The stack keeps running: \`eval \"\$(scripts/stack.sh env)\"\` to use kubectl; \`make stack-down\` stops it."
