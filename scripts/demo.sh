@@ -69,11 +69,12 @@ fire "checkout + payments in one batch (207)" \
 fire "payments resolved" "$(alert kubernaut-demo "$PAY0" KubePodCrashLooping resolved "$T0")"
 fire "legacy (namespace not opted in)" "$(alert demo-unmanaged "$LEGACY0" KubePodCrashLooping firing "$T0")"
 printf '%-46s ' "burst: checkout re-delivered 20x at once"
-for _ in $(seq 20); do
-  curl -s -o /dev/null -w '%{http_code}\n' -H 'content-type: application/json' \
-    --data "{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[$(alert kubernaut-demo "$CHECKOUT0" KubePodCrashLooping firing "$T0")]}" \
-    http://127.0.0.1:8080/api/v1/signals/alertmanager &
-done | sort | uniq -c | tr '\n' ' '; wait; echo
+# In a subshell, so that `wait` waits for the curls and not for kubernaut.
+( for _ in $(seq 20); do
+    curl -s -o /dev/null -w '%{http_code}\n' -H 'content-type: application/json' \
+      --data "{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[$(alert kubernaut-demo "$CHECKOUT0" KubePodCrashLooping firing "$T0")]}" \
+      http://127.0.0.1:8080/api/v1/signals/alertmanager &
+  done; wait ) | sort | uniq -c | sed 's/^ */HTTP /' | tr '\n' ' '; echo
 fire "malformed JSON" '{"broken": '
 
 say "waiting for the requests to finish"

@@ -24,7 +24,9 @@ use crate::{Cluster, Error, Resolved, Result, bounded};
 
 /// Optimistic-concurrency retries for the occurrence counter; each conflict
 /// means someone else wrote in between, so progress is guaranteed overall.
-const MAX_COUNT_RETRIES: usize = 10;
+/// A burst of re-deliveries contends on one object: a short jittered pause
+/// between attempts spreads the writers out.
+const MAX_COUNT_RETRIES: u32 = 30;
 
 /// Whether a resolved target may be remediated (K-GW-8).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -290,7 +292,16 @@ async fn set_first_occurrence(
 /// concurrency (the patch carries the resourceVersion it was computed from).
 async fn count_occurrence(api: &Api<RemediationRequest>, name: &str, at: Timestamp) -> Result<i64> {
     let mut last_err = None;
-    for _ in 0..MAX_COUNT_RETRIES {
+    for attempt in 0..MAX_COUNT_RETRIES {
+        if attempt > 0 {
+            let jitter = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() % 20);
+            tokio::time::sleep(std::time::Duration::from_millis(u64::from(
+                attempt.min(10) * 5 + jitter,
+            )))
+            .await;
+        }
         let rr = bounded(api.get_status(name)).await?;
         let prev = rr.status.as_ref().and_then(|s| s.deduplication.clone());
         let first = prev
