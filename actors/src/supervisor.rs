@@ -82,11 +82,6 @@ impl State {
     }
 }
 
-/// What a commit changes besides the status fields it edits.
-struct Change {
-    to: Option<(Phase, &'static str, String)>,
-}
-
 impl Actor for Supervisor {
     type Msg = Msg;
     type State = State;
@@ -156,9 +151,7 @@ async fn advance(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
             commit(
                 myself,
                 st,
-                Change {
-                    to: Some((Phase::Processing, "Started", String::new())),
-                },
+                Some((Phase::Processing, "Started", String::new())),
                 |_| {},
             )
             .await
@@ -186,9 +179,7 @@ async fn advance(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
                 return commit(
                     myself,
                     st,
-                    Change {
-                        to: Some((Phase::Completed, "NothingToVerify", String::new())),
-                    },
+                    Some((Phase::Completed, "NothingToVerify", String::new())),
                     |_| {},
                 )
                 .await;
@@ -228,7 +219,7 @@ async fn analyze(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
             } else {
                 (Phase::Executing, "ActionChosen", msg)
             };
-            commit(myself, st, Change { to: Some(to) }, |s| {
+            commit(myself, st, Some(to), |s| {
                 s.analysis = Some(analysis);
                 set_condition(s, "Analyzed", "True", "RuleMatched");
             })
@@ -239,9 +230,7 @@ async fn analyze(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
             commit(
                 myself,
                 st,
-                Change {
-                    to: Some((Phase::Skipped, "NoMatchingRule", msg)),
-                },
+                Some((Phase::Skipped, "NoMatchingRule", msg)),
                 |s| {
                     set_condition(s, "Analyzed", "False", "NoMatchingRule");
                 },
@@ -269,9 +258,7 @@ async fn execute(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
             commit(
                 myself,
                 st,
-                Change {
-                    to: Some((Phase::Verifying, "ActionFinished", String::new())),
-                },
+                Some((Phase::Verifying, "ActionFinished", String::new())),
                 |_| {},
             )
             .await
@@ -290,9 +277,7 @@ async fn execute(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
             commit(
                 myself,
                 st,
-                Change {
-                    to: Some((Phase::Verifying, "ActionFinished", String::new())),
-                },
+                Some((Phase::Verifying, "ActionFinished", String::new())),
                 |s| {
                     s.execution = Some(exec);
                 },
@@ -355,30 +340,16 @@ async fn on_stage_done(
         StageResult::Processed(Ok(Processed::InScope(p))) => {
             observe_stage(st, "processing", st.stage_started);
             let msg = format!("environment {}, priority {}", p.environment, p.priority);
-            commit(
-                myself,
-                st,
-                Change {
-                    to: Some((Phase::Analyzing, "Enriched", msg)),
-                },
-                |s| {
-                    s.processing = Some(p);
-                    set_condition(s, "Processed", "True", "Enriched");
-                },
-            )
+            commit(myself, st, Some((Phase::Analyzing, "Enriched", msg)), |s| {
+                s.processing = Some(p);
+                set_condition(s, "Processed", "True", "Enriched");
+            })
             .await
         }
         StageResult::Processed(Ok(Processed::OutOfScope(why))) => {
-            commit(
-                myself,
-                st,
-                Change {
-                    to: Some((Phase::Skipped, "OutOfScope", why)),
-                },
-                |s| {
-                    set_condition(s, "Processed", "False", "OutOfScope");
-                },
-            )
+            commit(myself, st, Some((Phase::Skipped, "OutOfScope", why)), |s| {
+                set_condition(s, "Processed", "False", "OutOfScope");
+            })
             .await
         }
         StageResult::Processed(Err(e)) | StageResult::PodObserved(Err(e)) => {
@@ -413,10 +384,7 @@ async fn on_stage_done(
             }))
             .await;
             // Recorded before acting: a resumed supervisor acts on this UID only.
-            commit(myself, st, Change { to: None }, |s| {
-                s.execution = Some(exec)
-            })
-            .await?;
+            commit(myself, st, None, |s| s.execution = Some(exec)).await?;
             myself.send_message(Msg::Advance)?;
             Ok(())
         }
@@ -452,9 +420,7 @@ async fn on_stage_done(
             commit(
                 myself,
                 st,
-                Change {
-                    to: Some((Phase::Verifying, "ActionFinished", result.to_string())),
-                },
+                Some((Phase::Verifying, "ActionFinished", result.to_string())),
                 |s| {
                     if let Some(e) = s.execution.as_mut() {
                         e.result = Some(result.into());
@@ -491,9 +457,7 @@ async fn on_stage_done(
             commit(
                 myself,
                 st,
-                Change {
-                    to: Some((Phase::Completed, "Verified", msg.into())),
-                },
+                Some((Phase::Completed, "Verified", msg.into())),
                 |s| {
                     set_condition(s, "Verified", "True", "Verified");
                 },
@@ -538,15 +502,7 @@ async fn fail(
     message: String,
 ) -> Result<(), ActorProcessingErr> {
     tracing::warn!(request = %st.name, namespace = %st.namespace, reason, %message, "request failed");
-    commit(
-        myself,
-        st,
-        Change {
-            to: Some((Phase::Failed, reason, message)),
-        },
-        |_| {},
-    )
-    .await
+    commit(myself, st, Some((Phase::Failed, reason, message)), |_| {}).await
 }
 
 /// Writes the edited status (and the phase change, if any) to the cluster,
@@ -555,13 +511,13 @@ async fn fail(
 async fn commit(
     myself: &ActorRef<Msg>,
     st: &mut State,
-    change: Change,
+    to: Option<(Phase, &'static str, String)>,
     edit: impl FnOnce(&mut RemediationRequestStatus),
 ) -> Result<(), ActorProcessingErr> {
     let from = st.phase();
     let mut next = st.status.clone();
     edit(&mut next);
-    if let Some((to, reason, message)) = &change.to {
+    if let Some((to, reason, message)) = &to {
         // A refused transition is a bug in this actor: fail it loudly.
         let to = from.transition(*to)?;
         next.phase = to;
@@ -591,7 +547,7 @@ async fn commit(
     }
     st.status = next;
     st.retry = RETRY_BASE;
-    if let Some((to, reason, message)) = change.to {
+    if let Some((to, reason, message)) = to {
         st.ctx
             .metrics
             .transitions
