@@ -22,7 +22,8 @@ done
 token=$(k -n kubernaut-system get secret "$secret" -o jsonpath='{.data.token}' | base64 -d)
 server=$(k config view --minify -o jsonpath='{.clusters[0].cluster.server}')
 out="$S/controller.kubeconfig"
-cat > "$out.tmp" <<KC
+tmp=$(mktemp "$out.XXXXXX")
+cat > "$tmp" <<KC
 apiVersion: v1
 kind: Config
 clusters:
@@ -39,5 +40,5 @@ contexts:
   context: {cluster: local, user: kubernaut, namespace: kubernaut-system}
 current-context: local
 KC
-mv "$out.tmp" "$out"
+mv "$tmp" "$out"
 echo "$out"

@@ -18,7 +18,9 @@ pub async fn run(
     synced: impl Fn() + Send + 'static,
 ) -> Result<(), ractor::SpawnErr> {
     let (registry, handle) = Actor::spawn(Some("registry".into()), Registry, ctx.clone()).await?;
-    let events = ctx.cluster.request_events();
+    let events = ctx
+        .cluster
+        .request_events(ctx.settings.watch_namespace.as_deref());
     futures::pin_mut!(events);
     let mut synced = Some(synced);
     loop {

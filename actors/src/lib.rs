@@ -36,6 +36,8 @@ pub struct Settings {
     pub max_restarts: u32,
     /// Global dry-run (K-EX-3): decide and record, change nothing.
     pub dry_run: bool,
+    /// Supervise only the requests of this namespace; `None` for all.
+    pub watch_namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -44,6 +46,7 @@ impl Default for Settings {
             verify_timeout: Duration::from_secs(60),
             max_restarts: 3,
             dry_run: false,
+            watch_namespace: None,
         }
     }
 }

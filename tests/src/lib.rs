@@ -2,11 +2,15 @@
 //! brings the stack up if needed (the script is idempotent and serialises
 //! concurrent callers), installs the CRD and the controller's RBAC from
 //! `deploy/`, and hands out clients for the admin and the controller
-//! identities, PostgreSQL, and the gateway over real HTTP.
+//! identities, PostgreSQL, and the gateway over real HTTP. It also starts a
+//! gateway on its own (without the controller, which is one per stack) and
+//! private Redis servers for tests that stop them.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -14,7 +18,16 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kubernaut_cluster::{Cluster, ClusterConfig};
+use kubernaut_intake::{Intake, IntakeMetrics, IntakeSettings};
+use kubernaut_store::index::{IndexTtl, SignalIndex};
+use prometheus_client::registry::Registry;
+use serde_json::json;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -169,4 +182,241 @@ pub fn unique(prefix: &str) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{prefix}-{:x}{:x}", std::process::id(), nanos)
+}
+
+/// A gateway replica on a free loopback port: the real router and intake,
+/// authenticated as the controller's ServiceAccount, without the controller.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub intake_metrics: IntakeMetrics,
+    pub registry: Arc<Registry>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// `redis_url: None` runs without Redis, as a replica whose Redis is gone.
+    pub async fn start(
+        stack: &Stack,
+        redis_url: Option<&str>,
+        holder: &str,
+    ) -> anyhow::Result<Self> {
+        let client = stack.controller_client().await?;
+        let cluster = Cluster::new(
+            client,
+            ClusterConfig {
+                cluster_name: None,
+                protected_namespaces: vec!["kubernaut-protected".into()],
+                cluster_scoped_namespace: "kubernaut-system".into(),
+                lease_namespace: "kubernaut-system".into(),
+            },
+        );
+        let index = match redis_url {
+            Some(url) => {
+                // One prefix for all test gateways: replicas share the index,
+                // and tests never share namespaces, hence fingerprints.
+                let index = SignalIndex::connect(url, "kubernaut-e2e", IndexTtl::default())?;
+                ensure!(
+                    index.wait_connected(Duration::from_secs(5)).await,
+                    "Redis at {url} is not reachable"
+                );
+                Some(index)
+            }
+            None => None,
+        };
+        let mut registry = Registry::with_prefix("kubernaut");
+        let gateway_metrics =
+            kubernaut_gateway::Metrics::register(registry.sub_registry_with_prefix("gateway"));
+        let intake_metrics = IntakeMetrics::register(registry.sub_registry_with_prefix("gateway"));
+        let intake = Intake::new(
+            cluster,
+            index,
+            IntakeSettings {
+                holder: holder.to_string(),
+                claim_ttl: Duration::from_secs(10),
+            },
+            intake_metrics.clone(),
+        );
+        let app = kubernaut_gateway::router(kubernaut_gateway::GatewayState {
+            intake: Arc::new(intake),
+            metrics: gateway_metrics,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            addr,
+            intake_metrics,
+            registry: Arc::new(registry),
+            task,
+        })
+    }
+
+    pub fn url(&self, source: &str) -> String {
+        format!("http://{}/api/v1/signals/{source}", self.addr)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A Redis server of the test's own, on a free port, so that the test can
+/// stop it without disturbing the shared stack.
+pub struct RedisServer {
+    pub url: String,
+    child: Child,
+    _dir: PathBuf,
+}
+
+impl RedisServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(unique("kubernaut-redis"));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server (scripts/deps.sh installs it)")?;
+        let url = format!("redis://127.0.0.1:{port}");
+        let server = Self {
+            url,
+            child,
+            _dir: dir,
+        };
+        eventually(
+            "redis-server to listen",
+            Duration::from_secs(10),
+            || async {
+                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(drop))
+            },
+        )
+        .await?;
+        Ok(server)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to the clients).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+/// Creates a namespace opted in to remediation, with the given environment.
+pub async fn managed_namespace(
+    admin: &kube::Client,
+    prefix: &str,
+    environment: &str,
+) -> anyhow::Result<String> {
+    let ns = unique(prefix);
+    Api::<Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns, "labels": {
+                "kubernaut.io/managed": "true", "kubernaut.io/environment": environment
+            }}}))?,
+        )
+        .await?;
+    Ok(ns)
+}
+
+pub fn deployment(name: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/app:1.0"}]}
+            }
+        }
+    }))
+    .unwrap_or_default()
+}
+
+/// Creates a Deployment and waits for kube-controller-manager to create its
+/// pods; returns their names.
+pub async fn deployment_with_pods(
+    admin: &kube::Client,
+    namespace: &str,
+    name: &str,
+    replicas: i32,
+) -> anyhow::Result<BTreeSet<String>> {
+    Api::<Deployment>::namespaced(admin.clone(), namespace)
+        .create(&PostParams::default(), &deployment(name, replicas))
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), namespace);
+    let want = usize::try_from(replicas).unwrap_or(0);
+    eventually(
+        &format!("{replicas} pods of {namespace}/{name}"),
+        Duration::from_secs(60),
+        || async {
+            let names: BTreeSet<String> = pods
+                .list(&ListParams::default().labels(&format!("app={name}")))
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            Ok((names.len() == want).then_some(names))
+        },
+    )
+    .await
+}
+
+/// An Alertmanager v4 notification with one alert per `(pod, fingerprint)`.
+pub fn alertmanager_payload(
+    alertname: &str,
+    namespace: &str,
+    alerts: &[(&str, &str)],
+    starts_at: &str,
+) -> String {
+    let alerts: Vec<_> = alerts
+        .iter()
+        .map(|(pod, fp)| {
+            json!({
+                "status": "firing",
+                "labels": {"alertname": alertname, "namespace": namespace, "pod": pod, "severity": "warning"},
+                "annotations": {"summary": format!("{alertname} on {pod}")},
+                "startsAt": starts_at,
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus.local/graph",
+                "fingerprint": fp,
+            })
+        })
+        .collect();
+    json!({
+        "version": "4",
+        "groupKey": format!("{{}}:{{alertname=\"{alertname}\"}}"),
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "kubernaut",
+        "groupLabels": {"alertname": alertname},
+        "commonLabels": {"alertname": alertname, "namespace": namespace},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.local",
+        "alerts": alerts,
+    })
+    .to_string()
 }

@@ -138,6 +138,12 @@ async fn e2e_alert_to_completed_restart_with_audit() -> anyhow::Result<()> {
                 "KUBERNAUT__ADMIN__LISTEN".to_string(),
                 "127.0.0.1:0".to_string(),
             ),
+            // Other tests' requests are theirs to drive.
+            (
+                "KUBERNAUT__CONTROLLER__WATCH_NAMESPACE".to_string(),
+                ns.clone(),
+            ),
+            ("REDIS_URL".to_string(), stack.redis_url.clone()),
         ],
     )?;
     let running = kubernaut::start(cfg, stack.controller_client().await?).await?;

@@ -137,6 +137,33 @@ pub struct Deduplication {
     pub occurrence_count: i64,
     pub first_seen_at: Time,
     pub last_seen_at: Time,
+    /// Signal instances counted on this request (newest last, at most
+    /// [`MAX_RECENT_INSTANCES`]), so that a re-delivery is recognised from
+    /// Kubernetes alone when the Redis index is empty or down (K-GW-5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_instances: Vec<String>,
+}
+
+/// Bound on [`Deduplication::recent_instances`]: an incident rarely has more
+/// distinct alerts than this, and a storm must not grow the object unboundedly.
+pub const MAX_RECENT_INSTANCES: usize = 32;
+
+impl Deduplication {
+    pub fn has_seen(&self, instance: &str) -> bool {
+        self.recent_instances.iter().any(|i| i == instance)
+    }
+
+    /// Remembers an instance, dropping the oldest beyond the bound.
+    pub fn remember(&mut self, instance: &str) {
+        if !self.has_seen(instance) {
+            self.recent_instances.push(instance.to_string());
+        }
+        let excess = self
+            .recent_instances
+            .len()
+            .saturating_sub(MAX_RECENT_INSTANCES);
+        self.recent_instances.drain(..excess);
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -10,8 +10,9 @@ pub mod phase;
 pub mod signal;
 
 pub use crd::{
-    AnalysisStatus, Deduplication, ExecutionStatus, ObjectRef, PhaseTransition, ProcessingStatus,
-    RemediationRequest, RemediationRequestSpec, RemediationRequestStatus,
+    AnalysisStatus, Deduplication, ExecutionStatus, MAX_RECENT_INSTANCES, ObjectRef,
+    PhaseTransition, ProcessingStatus, RemediationRequest, RemediationRequestSpec,
+    RemediationRequestStatus,
 };
 pub use k8s_openapi;
 pub use kube;
@@ -31,5 +32,70 @@ pub const FINGERPRINT_LABEL: &str = "kubernaut.io/fingerprint";
 /// Label on a request naming the source's own identity of the signal instance.
 pub const INSTANCE_LABEL: &str = "kubernaut.io/signal-instance";
 
+/// Where one request lives; the Redis index maps fingerprints and signal
+/// instances to these.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl RequestKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses the `namespace/name` form written by [`Display`](std::fmt::Display).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ns, name) = s.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| Self::new(ns, name))
+    }
+}
+
+impl std::fmt::Display for RequestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// Prefix length of a hex digest used as a label value (< 63 characters).
 pub const LABEL_DIGEST_LEN: usize = 40;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_keys_round_trip_and_reject_malformed_text() {
+        let k = RequestKey::new("shop", "oom-1234");
+        assert_eq!(k.to_string(), "shop/oom-1234");
+        assert_eq!(RequestKey::parse("shop/oom-1234"), Some(k));
+        for bad in ["", "shop", "/x", "shop/", "a/b/c"] {
+            assert_eq!(RequestKey::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn recent_instances_are_distinct_and_bounded() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let t = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let mut d = Deduplication {
+            occurrence_count: 1,
+            first_seen_at: t.clone(),
+            last_seen_at: t,
+            recent_instances: vec![],
+        };
+        d.remember("a");
+        d.remember("a");
+        assert_eq!(d.recent_instances, vec!["a"]);
+        for i in 0..100 {
+            d.remember(&i.to_string());
+        }
+        assert_eq!(d.recent_instances.len(), MAX_RECENT_INSTANCES);
+        assert!(!d.has_seen("a"), "the oldest is dropped first");
+        assert!(d.has_seen("99"));
+    }
+}

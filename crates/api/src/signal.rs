@@ -61,10 +61,17 @@ pub struct Signal {
 }
 
 impl Signal {
-    /// Digest of `instance_key` scoped by source, used as the request's
-    /// instance id and label.
+    /// Digest of `instance_key` scoped by source and resource, used as the
+    /// request's instance id and label. The resource is part of it so that a
+    /// sender that reuses its ids can never have one resource's signal
+    /// counted on another resource's request.
     pub fn instance_id(&self) -> String {
-        sha256_hex(&format!("{}:{}", self.source.as_str(), self.instance_key))
+        sha256_hex(&format!(
+            "{}:{}:{}",
+            self.source.as_str(),
+            self.resource,
+            self.instance_key
+        ))
     }
 }
 
@@ -170,6 +177,40 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         );
+    }
+
+    fn signal(resource: ObjectRef, key: &str) -> Signal {
+        Signal {
+            source: SignalSource::Alertmanager,
+            status: SignalStatus::Firing,
+            name: "KubePodCrashLooping".into(),
+            severity: "critical".into(),
+            instance_key: key.into(),
+            resource,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            firing_time: Timestamp::UNIX_EPOCH,
+            received_time: Timestamp::UNIX_EPOCH,
+            raw: String::new(),
+        }
+    }
+
+    #[test]
+    fn instance_ids_are_scoped_by_source_and_resource() {
+        let pod = ObjectRef::new("Pod", "shop", "cart-1");
+        let a = signal(pod.clone(), "f00d@2026-11-22T03:00:00Z");
+        assert_eq!(
+            a.instance_id(),
+            signal(pod.clone(), &a.instance_key).instance_id()
+        );
+        let other_ns = signal(ObjectRef::new("Pod", "bank", "cart-1"), &a.instance_key);
+        assert_ne!(a.instance_id(), other_ns.instance_id());
+        let generic = Signal {
+            source: SignalSource::Generic,
+            ..a.clone()
+        };
+        assert_ne!(a.instance_id(), generic.instance_id());
+        assert_eq!(a.instance_id().len(), 64);
     }
 
     #[test]

@@ -1,20 +1,25 @@
 //! The one crate that talks to the Kubernetes API on behalf of the control
 //! plane: resolving a signal's resource to its top-level owner, scope checks,
-//! creating and deduplicating `RemediationRequest`s (the gateway's intake),
-//! writing the controller's status, and executing actions.
+//! finding, creating and counting `RemediationRequest`s and claiming
+//! fingerprints (primitives of the gateway's intake), writing the
+//! controller's status, and executing actions.
 
 mod actions;
-mod intake;
+mod claims;
+mod occurrences;
 mod owners;
+mod requests;
 mod status;
 mod watch;
 
 use std::time::Duration;
 
 pub use actions::{DeleteOutcome, PodState};
-pub use intake::{KubeIntake, Scope, request_name};
+pub use claims::LeaseClaim;
 pub use kube::Client;
+pub use occurrences::{Counted, Occurrences, Require};
 pub use owners::Resolved;
+pub use requests::{Created, Scope, request_name};
 pub use status::FIELD_MANAGER;
 pub use watch::RequestEvent;
 
@@ -31,6 +36,8 @@ pub enum Error {
     UnsupportedKind(String),
     #[error("could not serialise {0}: {1}")]
     Serialize(&'static str, serde_json::Error),
+    #[error("counting an occurrence failed: {0}")]
+    Occurrence(String),
 }
 
 impl Error {
@@ -41,6 +48,7 @@ impl Error {
             Error::Timeout(_) => "timeout",
             Error::UnsupportedKind(_) => "unsupported_kind",
             Error::Serialize(..) => "serialize",
+            Error::Occurrence(_) => "occurrence",
         }
     }
 
@@ -73,6 +81,8 @@ pub struct ClusterConfig {
     pub protected_namespaces: Vec<String>,
     /// Where requests for cluster-scoped targets (Nodes) live.
     pub cluster_scoped_namespace: String,
+    /// Where the controller's own Leases (creation claims) live.
+    pub lease_namespace: String,
 }
 
 impl ClusterConfig {

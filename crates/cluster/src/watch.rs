@@ -22,8 +22,15 @@ pub enum RequestEvent {
 }
 
 impl Cluster {
-    pub fn request_events(&self) -> impl Stream<Item = RequestEvent> + Send + 'static {
-        let api: Api<RemediationRequest> = Api::all(self.client().clone());
+    /// Requests of one namespace, or of all when `namespace` is `None`.
+    pub fn request_events(
+        &self,
+        namespace: Option<&str>,
+    ) -> impl Stream<Item = RequestEvent> + Send + 'static {
+        let api: Api<RemediationRequest> = match namespace {
+            Some(ns) => Api::namespaced(self.client().clone(), ns),
+            None => Api::all(self.client().clone()),
+        };
         watcher::watcher(api, watcher::Config::default())
             .default_backoff()
             .filter_map(|ev| async move {

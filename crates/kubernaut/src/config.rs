@@ -5,7 +5,7 @@
 //! SCREAMING_SNAKE_CASE mapped to the file's camelCase (for example
 //! `KUBERNAUT__GATEWAY__LISTEN=0.0.0.0:8080`). The value is read as YAML, so
 //! numbers and booleans keep their types. `DATABASE_URL` also sets
-//! `store.databaseUrl`.
+//! `store.databaseUrl` and `REDIS_URL` sets `redis.url`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,6 +23,7 @@ pub struct Config {
     pub admin: Admin,
     pub cluster: Cluster,
     pub store: Store,
+    pub redis: Redis,
     pub controller: Controller,
     pub logging: Logging,
     #[serde(default)]
@@ -33,6 +34,26 @@ pub struct Config {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Gateway {
     pub listen: SocketAddr,
+    /// How long a creation claim on a fingerprint lives if its holder dies,
+    /// and how long a contender waits for it before answering 503.
+    pub claim_ttl_seconds: u64,
+}
+
+impl Gateway {
+    pub fn claim_ttl(&self) -> Duration {
+        Duration::from_secs(self.claim_ttl_seconds)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://host:port/db`; empty runs without Redis (every lookup goes to
+    /// the API server). `REDIS_URL` also sets it.
+    #[serde(default)]
+    pub url: String,
+    /// Prefix of every key, so installations can share one Redis.
+    pub key_prefix: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -50,6 +71,7 @@ pub struct Cluster {
     #[serde(default)]
     pub protected_namespaces: Vec<String>,
     pub cluster_scoped_namespace: String,
+    pub lease_namespace: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -66,6 +88,9 @@ pub struct Controller {
     pub verify_timeout_seconds: u64,
     pub max_supervisor_restarts: u32,
     pub dry_run: bool,
+    /// Supervise the requests of this namespace only; empty for all.
+    #[serde(default)]
+    pub watch_namespace: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -100,6 +125,8 @@ impl Config {
         for (k, v) in env {
             if k == "DATABASE_URL" {
                 set_path(&mut doc, &["store", "databaseUrl"], Value::String(v))?;
+            } else if k == "REDIS_URL" {
+                set_path(&mut doc, &["redis", "url"], Value::String(v))?;
             } else if let Some(rest) = k.strip_prefix(ENV_PREFIX) {
                 let keys: Vec<String> = rest.split("__").map(camel_case).collect();
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -130,6 +157,20 @@ impl Config {
         }
         if self.cluster.cluster_scoped_namespace.is_empty() {
             bail!("cluster.clusterScopedNamespace must name a namespace");
+        }
+        if self.cluster.lease_namespace.is_empty() {
+            bail!("cluster.leaseNamespace must name a namespace");
+        }
+        if self.gateway.claim_ttl_seconds == 0 {
+            bail!("gateway.claimTtlSeconds must be at least 1");
+        }
+        let url = &self.redis.url;
+        let redis_scheme = url.starts_with("redis://") || url.starts_with("rediss://");
+        if !url.is_empty() && !redis_scheme {
+            bail!("redis.url must start with redis:// or rediss://");
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
+            bail!("redis.keyPrefix must be a non-empty word");
         }
         Ok(())
     }
@@ -207,9 +248,11 @@ mod tests {
                 ("KUBERNAUT__GATEWAY__LISTEN", "127.0.0.1:18080"),
                 ("KUBERNAUT__CONTROLLER__DRY_RUN", "true"),
                 ("KUBERNAUT__STORE__MAX_CONNECTIONS", "3"),
+                ("REDIS_URL", "redis://127.0.0.1:6390/0"),
             ]),
         )
         .unwrap();
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6390/0");
         assert_eq!(c.store.database_url, "postgres://db/k");
         assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:18080");
         assert!(c.controller.dry_run);
@@ -241,5 +284,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("reboot_cluster"), "{e:#}");
+        let e = Config::from_yaml(
+            DEFAULTS,
+            env(&[("DATABASE_URL", "x"), ("REDIS_URL", "http://redis:6379")]),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("redis.url"), "{e:#}");
     }
 }

@@ -13,9 +13,11 @@ use kube::Api;
 use kube::api::ListParams;
 use kubernaut_actors::{Context, Metrics as ControllerMetrics, Settings, controller};
 use kubernaut_api::RemediationRequest;
-use kubernaut_cluster::{Cluster, ClusterConfig, KubeIntake};
+use kubernaut_cluster::{Cluster, ClusterConfig};
 use kubernaut_gateway::{GatewayState, Metrics as GatewayMetrics};
+use kubernaut_intake::{Intake, IntakeMetrics, IntakeSettings};
 use kubernaut_store::Store;
+use kubernaut_store::index::{IndexTtl, SignalIndex};
 use kubernaut_telemetry::{Readiness, admin_router};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -54,12 +56,23 @@ impl Running {
     }
 }
 
+/// Who holds a claim: the pod (or host) name, and a nonce that tells two
+/// processes on one host, or a restarted pod, apart.
+fn holder_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "kubernaut".into());
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &nonce[..8])
+}
+
 pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running> {
     let Config {
         gateway,
         admin,
         cluster,
         store,
+        redis,
         controller: ctl,
         logging: _,
         rules,
@@ -69,6 +82,7 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
     let gateway_metrics = GatewayMetrics::register(registry.sub_registry_with_prefix("gateway"));
     let controller_metrics =
         ControllerMetrics::register(registry.sub_registry_with_prefix("controller"));
+    let intake_metrics = IntakeMetrics::register(registry.sub_registry_with_prefix("gateway"));
 
     // The CRD must be servable before anything watches or creates requests.
     Api::<RemediationRequest>::all(client.clone())
@@ -88,7 +102,32 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
             cluster_name: Some(cluster.name).filter(|n| !n.is_empty()),
             protected_namespaces: cluster.protected_namespaces,
             cluster_scoped_namespace: cluster.cluster_scoped_namespace,
+            lease_namespace: cluster.lease_namespace,
         },
+    );
+    let index = if redis.url.is_empty() {
+        tracing::warn!(
+            "no Redis configured: every deduplication lookup goes to the Kubernetes API"
+        );
+        None
+    } else {
+        let index = SignalIndex::connect(&redis.url, &redis.key_prefix, IndexTtl::default())
+            .context("configuring the Redis client")?;
+        if !index.wait_connected(Duration::from_secs(2)).await {
+            tracing::warn!(
+                "Redis is not reachable yet; serving through the Kubernetes API until it is"
+            );
+        }
+        Some(index)
+    };
+    let intake = Intake::new(
+        cluster.clone(),
+        index,
+        IntakeSettings {
+            holder: holder_identity(),
+            claim_ttl: gateway.claim_ttl(),
+        },
+        intake_metrics,
     );
     let ctx = Arc::new(Context {
         cluster: cluster.clone(),
@@ -99,6 +138,7 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
             verify_timeout: ctl.verify_timeout(),
             max_restarts: ctl.max_supervisor_restarts,
             dry_run: ctl.dry_run,
+            watch_namespace: Some(ctl.watch_namespace).filter(|n| !n.is_empty()),
         },
     });
 
@@ -114,7 +154,7 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
     let ready = Readiness::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let gw_app = kubernaut_gateway::router(GatewayState {
-        intake: Arc::new(KubeIntake::new(cluster)),
+        intake: Arc::new(intake),
         metrics: gateway_metrics,
     });
     let admin_app = admin_router(Arc::new(registry), ready.clone());

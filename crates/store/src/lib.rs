@@ -1,8 +1,11 @@
-//! The audit trail in PostgreSQL (K-AU-1): one row per request and an
+//! Storage. [`index`] is the Redis signal index shared by gateway replicas.
+//! This module is the audit trail in PostgreSQL (K-AU-1): one row per request and an
 //! append-only event per transition or action. Writers hand records to an
 //! [`AuditLog`], a bounded queue drained by one task that retries with
 //! backoff while PostgreSQL is down, so callers never wait on the database
 //! and nothing accepted is dropped while the process lives.
+
+pub mod index;
 
 use std::time::Duration;
 

@@ -1,0 +1,209 @@
+//! The occurrence counter of duplicates (K-GW-5), written to
+//! `status.deduplication` with group commit.
+//!
+//! A storm of duplicates for one request must not become a storm of
+//! conflicting writes to one object: callers queue their occurrence, one
+//! writer per request and process turns everything queued into a single
+//! read-modify-write (optimistic concurrency on resourceVersion), and each
+//! caller is answered only once the write that includes it has landed. Under
+//! load that is one write per API round trip however many signals arrive,
+//! and conflicts happen only between replicas.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kubernaut_api::{Deduplication, RemediationRequest, RequestKey};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::{Cluster, Error, Result, bounded};
+
+/// Conflicts only come from other replicas' writers, so a few retries suffice.
+const MAX_WRITE_ATTEMPTS: u32 = 10;
+
+/// Which requests an occurrence may be counted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Require {
+    /// Any state: a re-delivery of a signal instance is always a duplicate.
+    Any,
+    /// Only a request that has not ended: a new signal for a fingerprint
+    /// whose request ended opens a new one.
+    Open,
+}
+
+/// One occurrence, counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counted {
+    pub count: i64,
+    pub fingerprint: String,
+}
+
+struct Waiter {
+    at: Timestamp,
+    instance: String,
+    require: Require,
+    reply: oneshot::Sender<Result<Option<Counted>, String>>,
+}
+
+/// A key is present while its writer task runs; arrivals join its queue.
+type Pending = Arc<Mutex<HashMap<RequestKey, Vec<Waiter>>>>;
+
+#[derive(Clone)]
+pub struct Occurrences {
+    cluster: Cluster,
+    pending: Pending,
+}
+
+impl Occurrences {
+    pub fn new(cluster: Cluster) -> Self {
+        Self {
+            cluster,
+            pending: Arc::default(),
+        }
+    }
+
+    /// Counts one occurrence of `instance` on `request`. `Ok(None)` when the
+    /// request does not exist, or has ended and `require` is [`Require::Open`].
+    pub async fn record(
+        &self,
+        request: &RequestKey,
+        at: Timestamp,
+        instance: &str,
+        require: Require,
+    ) -> Result<Option<Counted>> {
+        let (reply, rx) = oneshot::channel();
+        let waiter = Waiter {
+            at,
+            instance: instance.to_string(),
+            require,
+            reply,
+        };
+        let start_writer = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            match pending.entry(request.clone()) {
+                Entry::Occupied(mut e) => {
+                    e.get_mut().push(waiter);
+                    false
+                }
+                Entry::Vacant(e) => {
+                    e.insert(vec![waiter]);
+                    true
+                }
+            }
+        };
+        if start_writer {
+            // A task of its own: the write completes even if this caller goes away.
+            tokio::spawn(writer(
+                self.cluster.clone(),
+                self.pending.clone(),
+                request.clone(),
+            ));
+        }
+        match rx.await {
+            Ok(r) => r.map_err(Error::Occurrence),
+            Err(_) => Err(Error::Occurrence("the counter's writer stopped".into())),
+        }
+    }
+}
+
+async fn writer(cluster: Cluster, pending: Pending, request: RequestKey) {
+    let api: Api<RemediationRequest> =
+        Api::namespaced(cluster.client().clone(), &request.namespace);
+    loop {
+        let batch = {
+            let mut map = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            match map.get_mut(&request) {
+                Some(w) if !w.is_empty() => std::mem::take(w),
+                _ => {
+                    map.remove(&request);
+                    return;
+                }
+            }
+        };
+        write_batch(&api, &request.name, batch).await;
+    }
+}
+
+async fn write_batch(api: &Api<RemediationRequest>, name: &str, batch: Vec<Waiter>) {
+    let mut last_err = String::new();
+    for attempt in 0..MAX_WRITE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(jitter(attempt)).await;
+        }
+        let rr = match bounded(api.get_status(name)).await {
+            Ok(rr) => rr,
+            Err(e) if e.is_not_found() => return answer_all(batch, Ok(None)),
+            Err(e) => return answer_all(batch, Err(e.to_string())),
+        };
+        let ended = rr.phase().is_terminal();
+        let countable = |w: &Waiter| !(ended && w.require == Require::Open);
+        let n = batch.iter().filter(|w| countable(w)).count();
+        if n == 0 {
+            return answer_all(batch, Ok(None));
+        }
+        let prev = rr.status.as_ref().and_then(|s| s.deduplication.clone());
+        // A request whose first occurrence was never written has been seen once.
+        let base = prev.as_ref().map_or(1, |d| d.occurrence_count);
+        let mut dedup = prev.unwrap_or_else(|| Deduplication {
+            occurrence_count: 1,
+            first_seen_at: rr.spec.received_time.clone(),
+            last_seen_at: rr.spec.received_time.clone(),
+            recent_instances: vec![rr.spec.instance_id.clone()],
+        });
+        for w in batch.iter().filter(|w| countable(w)) {
+            dedup.remember(&w.instance);
+            if w.at > dedup.last_seen_at.0 {
+                dedup.last_seen_at = Time(w.at);
+            }
+        }
+        dedup.occurrence_count = base + n as i64;
+        let patch = json!({
+            "metadata": { "resourceVersion": rr.metadata.resource_version },
+            "status": { "deduplication": dedup },
+        });
+        match bounded(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))).await
+        {
+            Ok(_) => {
+                let fingerprint = rr.spec.fingerprint;
+                let mut next = base;
+                for w in batch {
+                    let r = if countable(&w) {
+                        next += 1;
+                        Some(Counted {
+                            count: next,
+                            fingerprint: fingerprint.clone(),
+                        })
+                    } else {
+                        None
+                    };
+                    let _ = w.reply.send(Ok(r));
+                }
+                return;
+            }
+            Err(e) if e.is_conflict() => last_err = e.to_string(),
+            Err(e) if e.is_not_found() => return answer_all(batch, Ok(None)),
+            Err(e) => return answer_all(batch, Err(e.to_string())),
+        }
+    }
+    answer_all(batch, Err(format!("write conflicts persisted: {last_err}")));
+}
+
+fn answer_all(batch: Vec<Waiter>, r: Result<Option<Counted>, String>) {
+    for w in batch {
+        let _ = w.reply.send(r.clone());
+    }
+}
+
+/// 5–25 ms, growing with the attempt: replicas that conflicted drift apart.
+fn jitter(attempt: u32) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    Duration::from_millis(u64::from(attempt.min(4) * 5 + nanos % 10))
+}

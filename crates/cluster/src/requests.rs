@@ -1,0 +1,266 @@
+//! Requests as the gateway's intake sees them: scope checks (K-GW-8),
+//! lookups by signal instance and fingerprint (K-GW-5; Kubernetes is the
+//! source of truth), and creation.
+//!
+//! Request names are derived from the fingerprint and the signal instance, so
+//! two concurrent deliveries of one signal collide on create and the loser
+//! finds the winner instead of opening a second request.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kubernaut_api::{
+    Deduplication, FINGERPRINT_LABEL, INSTANCE_LABEL, LABEL_DIGEST_LEN, MANAGED_LABEL, ObjectRef,
+    RemediationRequest, RemediationRequestSpec, RequestKey, Signal,
+};
+use serde_json::json;
+
+use crate::{Cluster, Resolved, Result, bounded};
+
+/// Whether a resolved target may be remediated (K-GW-8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Opted in; says by which label.
+    Managed(String),
+    Protected,
+    Unmanaged,
+}
+
+impl Cluster {
+    pub async fn scope(&self, resolved: &Resolved) -> Result<Scope> {
+        let ns = &resolved.target.namespace;
+        if !ns.is_empty() && self.config().is_protected(ns) {
+            return Ok(Scope::Protected);
+        }
+        let managed = |labels: &BTreeMap<String, String>| {
+            labels.get(MANAGED_LABEL).is_some_and(|v| v == "true")
+        };
+        if let Some(i) = resolved.labels.iter().position(managed) {
+            return Ok(Scope::Managed(format!("label on {}", resolved.chain[i])));
+        }
+        if !ns.is_empty()
+            && self
+                .namespace_labels(ns)
+                .await?
+                .as_ref()
+                .is_some_and(managed)
+        {
+            return Ok(Scope::Managed(format!("label on Namespace/{ns}")));
+        }
+        Ok(Scope::Unmanaged)
+    }
+}
+
+/// What [`Cluster::create_request`] did.
+#[derive(Debug)]
+pub enum Created {
+    Created(RequestKey),
+    /// A request of that name exists already: a concurrent creator won.
+    AlreadyExists(RequestKey),
+}
+
+impl Cluster {
+    /// Where requests for a resource live: its namespace, or the configured
+    /// one for cluster-scoped kinds.
+    pub fn request_namespace(&self, resource: &ObjectRef) -> String {
+        if resource.namespace.is_empty() {
+            self.config().cluster_scoped_namespace.clone()
+        } else {
+            resource.namespace.clone()
+        }
+    }
+
+    fn requests(&self, namespace: &str) -> Api<RemediationRequest> {
+        Api::namespaced(self.client().clone(), namespace)
+    }
+
+    /// The request created by this signal instance, if any.
+    pub async fn find_instance(
+        &self,
+        namespace: &str,
+        instance: &str,
+    ) -> Result<Option<RemediationRequest>> {
+        find_instance(&self.requests(namespace), instance).await
+    }
+
+    /// The request this signal counts on (K-GW-5): one that this very
+    /// instance created or was counted on, else an open one of the fingerprint.
+    pub async fn find_open_or_same(
+        &self,
+        namespace: &str,
+        fingerprint: &str,
+        instance: &str,
+    ) -> Result<Option<RemediationRequest>> {
+        find_open_or_same(&self.requests(namespace), fingerprint, instance).await
+    }
+
+    /// Creates the request for a resolved, in-scope signal and records its
+    /// first occurrence.
+    pub async fn create_request(
+        &self,
+        signal: &Signal,
+        resolved: &Resolved,
+        fingerprint: &str,
+    ) -> Result<Created> {
+        let ns = self.request_namespace(&resolved.target);
+        let api = self.requests(&ns);
+        let rr = build_request(signal, resolved, fingerprint, &signal.instance_id(), &ns);
+        let name = rr.metadata.name.clone().unwrap_or_default();
+        match bounded(api.create(&PostParams::default(), &rr)).await {
+            Ok(_) => {}
+            Err(e) if e.is_conflict() => {
+                return Ok(Created::AlreadyExists(RequestKey::new(ns, name)));
+            }
+            Err(e) => return Err(e),
+        }
+        set_first_occurrence(&api, &name, signal.received_time, &signal.instance_id()).await?;
+        tracing::info!(request = %name, namespace = %ns, target = %resolved.target, signal = %signal.name, "request created");
+        Ok(Created::Created(RequestKey::new(ns, name)))
+    }
+}
+
+async fn find_instance(
+    api: &Api<RemediationRequest>,
+    instance: &str,
+) -> Result<Option<RemediationRequest>> {
+    let lp = ListParams::default().labels(&format!(
+        "{INSTANCE_LABEL}={}",
+        &instance[..LABEL_DIGEST_LEN]
+    ));
+    Ok(bounded(api.list(&lp))
+        .await?
+        .items
+        .into_iter()
+        .find(|r| r.spec.instance_id == instance))
+}
+
+/// A request for this fingerprint that is either still open or was opened by
+/// this very signal instance (K-GW-5); the same instance wins.
+async fn find_open_or_same(
+    api: &Api<RemediationRequest>,
+    fp: &str,
+    instance: &str,
+) -> Result<Option<RemediationRequest>> {
+    let lp =
+        ListParams::default().labels(&format!("{FINGERPRINT_LABEL}={}", &fp[..LABEL_DIGEST_LEN]));
+    let list = bounded(api.list(&lp)).await?;
+    let mine: Vec<_> = list
+        .items
+        .into_iter()
+        .filter(|r| r.spec.fingerprint == fp)
+        .collect();
+    let seen = |r: &RemediationRequest| {
+        r.spec.instance_id == instance
+            || r.status
+                .as_ref()
+                .and_then(|s| s.deduplication.as_ref())
+                .is_some_and(|d| d.has_seen(instance))
+    };
+    if let Some(same) = mine.iter().find(|r| seen(r)) {
+        return Ok(Some(same.clone()));
+    }
+    Ok(mine.into_iter().find(|r| !r.phase().is_terminal()))
+}
+
+fn build_request(
+    signal: &Signal,
+    resolved: &Resolved,
+    fp: &str,
+    instance: &str,
+    ns: &str,
+) -> RemediationRequest {
+    let mut labels = BTreeMap::new();
+    labels.insert(
+        FINGERPRINT_LABEL.to_string(),
+        fp[..LABEL_DIGEST_LEN].to_string(),
+    );
+    labels.insert(
+        INSTANCE_LABEL.to_string(),
+        instance[..LABEL_DIGEST_LEN].to_string(),
+    );
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_string(),
+        "kubernaut".to_string(),
+    );
+    let spec = RemediationRequestSpec {
+        fingerprint: fp.to_string(),
+        signal_name: signal.name.clone(),
+        severity: signal.severity.clone(),
+        source: signal.source,
+        instance_id: instance.to_string(),
+        target: resolved.target.clone(),
+        signal_resource: signal.resource.clone(),
+        owner_chain: resolved.chain.clone(),
+        labels: signal.labels.clone(),
+        annotations: signal.annotations.clone(),
+        firing_time: Time(signal.firing_time),
+        received_time: Time(signal.received_time),
+        original_payload: signal.raw.clone(),
+    };
+    RemediationRequest {
+        metadata: ObjectMeta {
+            name: Some(request_name(&signal.name, fp, instance)),
+            namespace: Some(ns.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    }
+}
+
+/// `<signal>-<fp8>-<instance8>`: readable, unique per incident instance, and
+/// deterministic so that concurrent creates of one instance collide.
+pub fn request_name(signal: &str, fp: &str, instance: &str) -> String {
+    let mut prefix: String = signal
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    prefix.truncate(40);
+    let prefix = prefix.trim_matches('-');
+    let prefix = if prefix.is_empty() { "signal" } else { prefix };
+    format!("{prefix}-{}-{}", &fp[..8], &instance[..8])
+}
+
+async fn set_first_occurrence(
+    api: &Api<RemediationRequest>,
+    name: &str,
+    at: Timestamp,
+    instance: &str,
+) -> Result<()> {
+    let mut dedup = Deduplication {
+        occurrence_count: 1,
+        first_seen_at: Time(at),
+        last_seen_at: Time(at),
+        recent_instances: Vec::new(),
+    };
+    dedup.remember(instance);
+    let patch = json!({ "status": { "deduplication": dedup } });
+    bounded(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_name;
+
+    #[test]
+    fn request_names_are_dns_safe_and_bounded() {
+        let fp = "3e1358e2c5121b674e7543f385ca3ff7d99cac5b91409d4af44a88248b4f3082";
+        let inst = "a1b2c3d4e5f6";
+        assert_eq!(
+            request_name("KubePodCrashLooping", fp, inst),
+            "kubepodcrashlooping-3e1358e2-a1b2c3d4"
+        );
+        assert_eq!(
+            request_name("CPU > 90%", fp, inst),
+            "cpu---90-3e1358e2-a1b2c3d4"
+        );
+        assert_eq!(request_name("!!!", fp, inst), "signal-3e1358e2-a1b2c3d4");
+        assert!(request_name(&"X".repeat(300), fp, inst).len() <= 58);
+    }
+}

@@ -1,0 +1,66 @@
+//! Intake metrics (K-OP-1): Redis fallbacks per operation and the outcome of
+//! creation claims.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClaimLabels {
+    /// acquired, redis_contended, lease_contended
+    result: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub struct IntakeMetrics {
+    redis_fallbacks: Family<OpLabels, Counter>,
+    claims: Family<ClaimLabels, Counter>,
+}
+
+impl IntakeMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "intake_redis_fallbacks",
+            "Redis operations that failed and fell back to the Kubernetes API",
+            m.redis_fallbacks.clone(),
+        );
+        registry.register(
+            "intake_claims",
+            "Creation claims on a fingerprint, by result",
+            m.claims.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn redis_fallback(&self, op: &'static str) {
+        self.redis_fallbacks.get_or_create(&OpLabels { op }).inc();
+    }
+
+    pub(crate) fn claim(&self, result: &'static str) {
+        self.claims.get_or_create(&ClaimLabels { result }).inc();
+    }
+
+    /// Fallbacks so far, all operations together (for tests and logs).
+    pub fn redis_fallbacks_total(&self) -> u64 {
+        let mut total = 0;
+        for op in [
+            "instance_get",
+            "open_get",
+            "claim",
+            "release",
+            "remember_instance",
+            "remember_open",
+            "forget_open",
+        ] {
+            total += self.redis_fallbacks.get_or_create(&OpLabels { op }).get();
+        }
+        total
+    }
+}

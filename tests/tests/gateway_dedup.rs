@@ -1,0 +1,264 @@
+//! Deduplication across gateway replicas on the real stack (K-GW-5): Redis
+//! as the shared fast path, Kubernetes as the truth, Lease claims when Redis
+//! is gone. Every test counts requests in the API server and the occurrence
+//! count in their status: an accepted signal is a request or a counted
+//! duplicate, never lost and never doubled.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use futures::future::join_all;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use kubernaut_api::RemediationRequest;
+use kubernaut_e2e::{
+    Gateway, RedisServer, Reply, Stack, alertmanager_payload, deployment_with_pods,
+    managed_namespace, post,
+};
+use serde_json::json;
+
+const STARTS_AT: &str = "2026-11-22T03:00:00Z";
+
+async fn requests(admin: &kube::Client, ns: &str) -> anyhow::Result<Vec<RemediationRequest>> {
+    Ok(Api::<RemediationRequest>::namespaced(admin.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items)
+}
+
+fn occurrences(rr: &RemediationRequest) -> i64 {
+    rr.status
+        .as_ref()
+        .and_then(|s| s.deduplication.as_ref())
+        .map_or(0, |d| d.occurrence_count)
+}
+
+/// How many replies had each status code.
+fn codes(replies: &[Reply]) -> BTreeMap<u16, usize> {
+    let mut m = BTreeMap::new();
+    for r in replies {
+        *m.entry(r.status).or_default() += 1;
+    }
+    m
+}
+
+/// Posts every body concurrently, alternating between the gateways.
+async fn fire(gateways: &[&Gateway], bodies: &[String]) -> anyhow::Result<Vec<Reply>> {
+    let calls = bodies.iter().enumerate().map(|(i, body)| {
+        let url = gateways[i % gateways.len()].url("alertmanager");
+        async move { post(&url, "application/json", body.clone()).await }
+    });
+    join_all(calls).await.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_racing_100_identical_first_signals_create_one_request() -> anyhow::Result<()>
+{
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "dedup-race", "production").await?;
+    let pods = deployment_with_pods(&admin, &ns, "web", 1).await?;
+    let pod = pods.first().context("a pod")?;
+    let a = Gateway::start(stack, Some(&stack.redis_url), "gw-a").await?;
+    let b = Gateway::start(stack, Some(&stack.redis_url), "gw-b").await?;
+
+    let body = alertmanager_payload("KubePodCrashLooping", &ns, &[(pod, "aa01")], STARTS_AT);
+    let replies = fire(&[&a, &b], &vec![body; 100]).await?;
+
+    assert_eq!(
+        codes(&replies),
+        BTreeMap::from([(201, 1), (202, 99)]),
+        "{:?}",
+        replies.iter().map(|r| &r.text).collect::<Vec<_>>()
+    );
+    let rrs = requests(&admin, &ns).await?;
+    assert_eq!(rrs.len(), 1, "exactly one request");
+    assert_eq!(occurrences(&rrs[0]), 100);
+    let name = rrs[0].metadata.name.clone().unwrap_or_default();
+    assert!(replies.iter().all(|r| r.body["request"] == name.as_str()));
+    // Each duplicate got its own place in the count.
+    let mut counts: Vec<i64> = replies
+        .iter()
+        .filter_map(|r| r.body["occurrenceCount"].as_i64())
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=100).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn different_first_signals_for_one_target_open_one_request_even_without_redis()
+-> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "dedup-mixed", "staging").await?;
+    let pods: Vec<String> = deployment_with_pods(&admin, &ns, "api", 3)
+        .await?
+        .into_iter()
+        .collect();
+    // One replica has Redis, the other has lost it: only the Lease serialises them.
+    let with_redis = Gateway::start(stack, Some(&stack.redis_url), "gw-redis").await?;
+    let without = Gateway::start(stack, None, "gw-no-redis").await?;
+
+    let bodies: Vec<String> = (0..60)
+        .map(|i| {
+            let alert = ["KubePodCrashLooping", "KubePodNotReady", "OOMKilled"][i % 3];
+            let pod = &pods[i % pods.len()];
+            alertmanager_payload(alert, &ns, &[(pod, &format!("bb{i:02}"))], STARTS_AT)
+        })
+        .collect();
+    let replies = fire(&[&with_redis, &without], &bodies).await?;
+
+    assert_eq!(codes(&replies), BTreeMap::from([(201, 1), (202, 59)]));
+    let rrs = requests(&admin, &ns).await?;
+    assert_eq!(rrs.len(), 1, "pods of one Deployment are one incident");
+    assert_eq!(occurrences(&rrs[0]), 60);
+    assert_eq!(rrs[0].spec.target.kind, "Deployment");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_stopped_mid_test_keeps_deduplication_correct() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "dedup-redis-down", "production").await?;
+    let web: Vec<String> = deployment_with_pods(&admin, &ns, "web", 2)
+        .await?
+        .into_iter()
+        .collect();
+    let db: Vec<String> = deployment_with_pods(&admin, &ns, "db", 2)
+        .await?
+        .into_iter()
+        .collect();
+    let mut redis = RedisServer::start().await?;
+    let a = Gateway::start(stack, Some(&redis.url), "gw-a").await?;
+    let b = Gateway::start(stack, Some(&redis.url), "gw-b").await?;
+
+    // Redis up: ten signal instances, each delivered three times.
+    let first: Vec<String> = (0..30)
+        .map(|i| {
+            let n = i % 10;
+            alertmanager_payload(
+                "KubePodCrashLooping",
+                &ns,
+                &[(&web[n % 2], &format!("cc{n:02}"))],
+                STARTS_AT,
+            )
+        })
+        .collect();
+    let replies = fire(&[&a, &b], &first).await?;
+    assert_eq!(codes(&replies), BTreeMap::from([(201, 1), (202, 29)]));
+    let fallbacks_before =
+        a.intake_metrics.redis_fallbacks_total() + b.intake_metrics.redis_fallbacks_total();
+    assert_eq!(fallbacks_before, 0, "Redis was up");
+
+    redis.kill();
+
+    // Redis down: the same ten again, twenty new ones on the same target,
+    // and twenty first signals for another target racing on both replicas.
+    let mut second: Vec<String> = first[..10].to_vec();
+    second.extend((0..20).map(|i| {
+        alertmanager_payload(
+            "KubePodNotReady",
+            &ns,
+            &[(&web[i % 2], &format!("dd{i:02}"))],
+            STARTS_AT,
+        )
+    }));
+    second.extend((0..20).map(|i| {
+        alertmanager_payload(
+            "KubePodCrashLooping",
+            &ns,
+            &[(&db[i % 2], &format!("ee{i:02}"))],
+            STARTS_AT,
+        )
+    }));
+    let replies = fire(&[&a, &b], &second).await?;
+    assert_eq!(
+        codes(&replies),
+        BTreeMap::from([(201, 1), (202, 49)]),
+        "{:?}",
+        replies
+            .iter()
+            .filter(|r| r.status != 202)
+            .map(|r| &r.text)
+            .collect::<Vec<_>>()
+    );
+
+    let rrs = requests(&admin, &ns).await?;
+    let by_target: BTreeMap<String, i64> = rrs
+        .iter()
+        .map(|r| (r.spec.target.name.clone(), occurrences(r)))
+        .collect();
+    assert_eq!(
+        by_target,
+        BTreeMap::from([("db".to_string(), 20), ("web".to_string(), 60)])
+    );
+    assert!(
+        a.intake_metrics.redis_fallbacks_total() + b.intake_metrics.redis_fallbacks_total() > 0,
+        "the fallback was counted"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_request_ends_redeliveries_stay_duplicates_and_new_firings_open_a_new_one()
+-> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "dedup-ended", "development").await?;
+    let pods: Vec<String> = deployment_with_pods(&admin, &ns, "cart", 2)
+        .await?
+        .into_iter()
+        .collect();
+    // Without Redis, so that only what Kubernetes holds decides.
+    let gw = Gateway::start(stack, None, "gw-k8s-only").await?;
+    let url = gw.url("alertmanager");
+    let send = |alert: &str, pod: &str, fp: &str| {
+        let body = alertmanager_payload(alert, &ns, &[(pod, fp)], STARTS_AT);
+        let url = url.clone();
+        async move { post(&url, "application/json", body).await }
+    };
+
+    let created = send("KubePodCrashLooping", &pods[0], "ff01").await?;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let first = created.body["request"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let counted = send("KubePodNotReady", &pods[1], "ff02").await?;
+    assert_eq!(counted.status, 202, "{}", counted.text);
+    assert_eq!(counted.body["request"], first.as_str());
+
+    // The remediation ends.
+    Api::<RemediationRequest>::namespaced(admin.clone(), &ns)
+        .patch_status(
+            &first,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Completed"}})),
+        )
+        .await?;
+
+    // Alertmanager re-sends both alerts with their original startsAt.
+    for (alert, pod, fp) in [
+        ("KubePodCrashLooping", &pods[0], "ff01"),
+        ("KubePodNotReady", &pods[1], "ff02"),
+    ] {
+        let again = send(alert, pod, fp).await?;
+        assert_eq!(again.status, 202, "{alert}: {}", again.text);
+        assert_eq!(again.body["request"], first.as_str(), "{alert}");
+    }
+    // A new firing on the same target opens a new request.
+    let fresh = send("KubePodCrashLooping", &pods[0], "ff03").await?;
+    assert_eq!(fresh.status, 201, "{}", fresh.text);
+    assert_ne!(fresh.body["request"], first.as_str());
+
+    let rrs = requests(&admin, &ns).await?;
+    assert_eq!(rrs.len(), 2);
+    let ended = rrs
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some(first.as_str()))
+        .context("the first request")?;
+    assert_eq!(occurrences(ended), 4);
+    Ok(())
+}
