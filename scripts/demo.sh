@@ -34,12 +34,14 @@ done
 kubectl -n kubernaut-demo get pods
 
 say "starting kubernaut serve --config config/dev.yaml (logs: $S/kubernaut.log)"
-KUBECONFIG="$CONTROLLER_KUBECONFIG" DATABASE_URL="$DATABASE_URL" "$BIN" serve --config config/dev.yaml >"$S/kubernaut.log" 2>&1 &
+KUBECONFIG="$CONTROLLER_KUBECONFIG" DATABASE_URL="$DATABASE_URL" REDIS_URL="$REDIS_URL" "$BIN" serve --config config/dev.yaml >"$S/kubernaut.log" 2>&1 &
 KPID=$!
 trap 'kill $KPID 2>/dev/null || true; wait $KPID 2>/dev/null || true' EXIT
 for _ in $(seq 150); do curl -sf http://127.0.0.1:9090/readyz >/dev/null && break; sleep 0.2; done
 curl -sf http://127.0.0.1:9090/readyz >/dev/null || { echo "kubernaut did not become ready; see $S/kubernaut.log" >&2; exit 1; }
 
+# config/dev.yaml accepts this static token (K-GW-7: authentication is on).
+AUTH="Authorization: Bearer ${KUBERNAUT_DEV_TOKEN:-dev-token}"
 pod() { kubectl -n "$1" get pods -l app="$2" -o jsonpath="{.items[$3].metadata.name}"; }
 alert() { # namespace pod alertname status startsAt
   cat <<JSON
@@ -51,7 +53,7 @@ fire() { # label, alerts...
   local IFS=,
   local body="{\"version\":\"4\",\"groupKey\":\"demo\",\"truncatedAlerts\":0,\"status\":\"firing\",\"receiver\":\"kubernaut\",\"groupLabels\":{},\"commonLabels\":{},\"commonAnnotations\":{},\"externalURL\":\"\",\"alerts\":[$*]}"
   printf '%-46s ' "$label"
-  curl -s -w ' [HTTP %{http_code}]\n' -H 'content-type: application/json' --data "$body" \
+  curl -s -w ' [HTTP %{http_code}]\n' -H "$AUTH" -H 'content-type: application/json' --data "$body" \
     http://127.0.0.1:8080/api/v1/signals/alertmanager | cut -c1-140
 }
 T0=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -71,11 +73,14 @@ fire "legacy (namespace not opted in)" "$(alert demo-unmanaged "$LEGACY0" KubePo
 printf '%-46s ' "burst: checkout re-delivered 20x at once"
 # In a subshell, so that `wait` waits for the curls and not for kubernaut.
 ( for _ in $(seq 20); do
-    curl -s -o /dev/null -w '%{http_code}\n' -H 'content-type: application/json' \
+    curl -s -o /dev/null -w '%{http_code}\n' -H "$AUTH" -H 'content-type: application/json' \
       --data "{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[$(alert kubernaut-demo "$CHECKOUT0" KubePodCrashLooping firing "$T0")]}" \
       http://127.0.0.1:8080/api/v1/signals/alertmanager &
   done; wait ) | sort | uniq -c | sed 's/^ */HTTP /' | tr '\n' ' '; echo
 fire "malformed JSON" '{"broken": '
+printf '%-46s ' "no bearer token"
+curl -s -w ' [HTTP %{http_code}]\n' -H 'content-type: application/json' --data '{}' \
+  http://127.0.0.1:8080/api/v1/signals/alertmanager | cut -c1-140
 
 say "waiting for the requests to finish"
 for _ in $(seq 150); do

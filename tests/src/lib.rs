@@ -24,6 +24,7 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubernaut_cluster::{Cluster, ClusterConfig};
+use kubernaut_gateway::{Protection, ProtectionConfig};
 use kubernaut_intake::{Intake, IntakeMetrics, IntakeSettings};
 use kubernaut_store::index::{IndexTtl, SignalIndex};
 use prometheus_client::registry::Registry;
@@ -125,17 +126,35 @@ pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
 pub struct Reply {
     pub status: u16,
     pub content_type: String,
+    pub headers: hyper::HeaderMap,
     pub body: serde_json::Value,
     pub text: String,
 }
 
+/// The static token `config/dev.yaml` accepts when `KUBERNAUT_DEV_TOKEN` is unset.
+pub const DEV_TOKEN: &str = "dev-token";
+
+/// POSTs with the dev token.
 pub async fn post(url: &str, content_type: &str, body: impl Into<Bytes>) -> anyhow::Result<Reply> {
+    post_as(url, content_type, body, Some(DEV_TOKEN)).await
+}
+
+/// POSTs with the given bearer token, or none.
+pub async fn post_as(
+    url: &str,
+    content_type: &str,
+    body: impl Into<Bytes>,
+    token: Option<&str>,
+) -> anyhow::Result<Reply> {
     let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = hyper::Request::post(url)
-        .header("content-type", content_type)
-        .body(Full::new(body.into()))?;
+    let mut req = hyper::Request::post(url).header("content-type", content_type);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(body.into()))?;
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await??;
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let content_type = resp
         .headers()
         .get("content-type")
@@ -148,6 +167,7 @@ pub async fn post(url: &str, content_type: &str, body: impl Into<Bytes>) -> anyh
     Ok(Reply {
         status,
         content_type,
+        headers,
         body,
         text,
     })
@@ -195,10 +215,26 @@ pub struct Gateway {
 
 impl Gateway {
     /// `redis_url: None` runs without Redis, as a replica whose Redis is gone.
+    /// Accepts the static token [`DEV_TOKEN`], without rate limits.
     pub async fn start(
         stack: &Stack,
         redis_url: Option<&str>,
         holder: &str,
+    ) -> anyhow::Result<Self> {
+        let protection = ProtectionConfig {
+            auth_enabled: true,
+            static_tokens: vec![DEV_TOKEN.into()],
+            ..ProtectionConfig::open()
+        };
+        Self::start_with(stack, redis_url, holder, |_| protection).await
+    }
+
+    /// As [`Gateway::start`], with protection built from the gateway's cluster handle.
+    pub async fn start_with(
+        stack: &Stack,
+        redis_url: Option<&str>,
+        holder: &str,
+        protection: impl FnOnce(&Cluster) -> ProtectionConfig,
     ) -> anyhow::Result<Self> {
         let client = stack.controller_client().await?;
         let cluster = Cluster::new(
@@ -227,6 +263,7 @@ impl Gateway {
         let gateway_metrics =
             kubernaut_gateway::Metrics::register(registry.sub_registry_with_prefix("gateway"));
         let intake_metrics = IntakeMetrics::register(registry.sub_registry_with_prefix("gateway"));
+        let protection = Arc::new(Protection::new(protection(&cluster)));
         let intake = Intake::new(
             cluster,
             index,
@@ -239,10 +276,12 @@ impl Gateway {
         let app = kubernaut_gateway::router(kubernaut_gateway::GatewayState {
             intake: Arc::new(intake),
             metrics: gateway_metrics,
+            protection,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self {
@@ -419,4 +458,41 @@ pub fn alertmanager_payload(
         "alerts": alerts,
     })
     .to_string()
+}
+
+/// Creates a ServiceAccount and returns its token (the 1.20 token
+/// controller puts one in a Secret), for TokenReview tests.
+pub async fn service_account_token(
+    admin: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+    )
+    .await?;
+    let secret = eventually(
+        &format!("a token Secret for {namespace}/{name}"),
+        Duration::from_secs(30),
+        || async {
+            Ok(sas
+                .get(name)
+                .await?
+                .secrets
+                .and_then(|s| s.into_iter().next())
+                .and_then(|r| r.name))
+        },
+    )
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), namespace);
+    let token = secrets
+        .get(&secret)
+        .await?
+        .data
+        .and_then(|d| d.get("token").cloned())
+        .context("the token Secret has no token")?;
+    Ok(String::from_utf8(token.0)?)
 }

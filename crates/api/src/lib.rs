@@ -18,8 +18,8 @@ pub use k8s_openapi;
 pub use kube;
 pub use phase::{Phase, TransitionError};
 pub use signal::{
-    IngestOutcome, IntakeError, RejectReason, Signal, SignalIntake, SignalSource, SignalStatus,
-    fingerprint,
+    IngestOutcome, IntakeError, RejectReason, ReviewedUser, Signal, SignalIntake, SignalSource,
+    SignalStatus, TokenReviewer, fingerprint,
 };
 
 /// Label on a namespace or resource that opts it in to remediation (K-GW-8).

@@ -159,6 +159,21 @@ pub trait SignalIntake: Send + Sync {
     async fn ingest(&self, signal: Signal) -> Result<IngestOutcome, IntakeError>;
 }
 
+/// Who a bearer token belongs to, as the API server's TokenReview says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReviewedUser {
+    pub username: String,
+    pub groups: Vec<String>,
+}
+
+/// Asks the cluster who a bearer token belongs to (K-GW-7). Implemented
+/// with the TokenReview API by the cluster crate.
+#[async_trait]
+pub trait TokenReviewer: Send + Sync {
+    /// `Ok(None)`: the token is not valid. `Err`: the review could not be made.
+    async fn review(&self, token: &str) -> Result<Option<ReviewedUser>, String>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

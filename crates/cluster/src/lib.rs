@@ -10,6 +10,7 @@ mod occurrences;
 mod owners;
 mod requests;
 mod status;
+mod tokens;
 mod watch;
 
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use occurrences::{Counted, Occurrences, Require};
 pub use owners::Resolved;
 pub use requests::{Created, Scope, request_name};
 pub use status::FIELD_MANAGER;
+pub use tokens::KubeTokenReviewer;
 pub use watch::RequestEvent;
 
 /// Every API call is bounded; a hung connection must not hang a request.

@@ -8,6 +8,7 @@
 pub mod alertmanager;
 pub mod metrics;
 pub mod problem;
+pub mod protect;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +26,7 @@ use serde::Serialize;
 
 pub use metrics::Metrics;
 use problem::Problem;
+pub use protect::{Protection, ProtectionConfig, Rate, ReviewPolicy};
 
 /// K-GW-7: the largest body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -35,13 +37,48 @@ const RETRY_AFTER_SECS: u32 = 5;
 pub struct GatewayState {
     pub intake: Arc<dyn SignalIntake>,
     pub metrics: Metrics,
+    pub protection: Arc<Protection>,
 }
 
+/// The signal endpoints. Serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so that the
+/// per-source-IP rate limit sees the peer.
 pub fn router(state: GatewayState) -> Router {
+    let guard = axum::middleware::from_fn_with_state(
+        (state.protection.clone(), state.metrics.clone()),
+        protect::middleware,
+    );
     Router::new()
         .route("/api/v1/signals/alertmanager", post(alertmanager))
+        .route_layer(guard)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
         .with_state(state)
+}
+
+async fn method_not_allowed() -> Response {
+    let mut r = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed",
+        "signal endpoints accept POST only",
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::ALLOW, axum::http::HeaderValue::from_static("POST"));
+    r
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "Not Found",
+        format!(
+            "{} is not an endpoint; signals go to /api/v1/signals/{{alertmanager,cloudwatch,kubernetes-event,generic}}",
+            uri.path()
+        ),
+    )
+    .into_response()
 }
 
 /// The answer for one signal of a payload.
@@ -203,11 +240,13 @@ async fn handle_alertmanager(
         }
     };
     if payload.truncated_alerts > 0 {
+        st.metrics.truncated.inc_by(payload.truncated_alerts);
         tracing::warn!(truncated = payload.truncated_alerts, group = %payload.group_key, "Alertmanager truncated alerts of a group");
     }
 
     let mut results = Vec::with_capacity(payload.alerts.len());
     for parsed in payload.signals(Timestamp::now()) {
+        st.metrics.count(SOURCE, "received", "");
         let result = match parsed {
             Err(alertmanager::AlertError::Invalid(detail)) => {
                 st.metrics.count(SOURCE, "invalid", "");

@@ -10,7 +10,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignalLabels {
     pub source: &'static str,
-    /// created, duplicate, rejected, invalid, error
+    /// received, created, duplicate, rejected, invalid, unauthorized,
+    /// forbidden, rate_limited, error
     pub outcome: &'static str,
     /// The reject or error reason; empty otherwise.
     pub reason: &'static str,
@@ -25,6 +26,8 @@ pub struct EndpointLabels {
 pub struct Metrics {
     pub signals: Family<SignalLabels, Counter>,
     pub latency: Family<EndpointLabels, Histogram>,
+    /// Alerts Alertmanager left out of a notification (`truncatedAlerts`).
+    pub truncated: Counter,
 }
 
 impl Metrics {
@@ -40,7 +43,17 @@ impl Metrics {
             "Gateway request handling time",
             latency.clone(),
         );
-        Self { signals, latency }
+        let truncated = Counter::default();
+        registry.register(
+            "alertmanager_truncated_alerts",
+            "Alerts Alertmanager truncated from notifications (raise max_alerts on its receiver)",
+            truncated.clone(),
+        );
+        Self {
+            signals,
+            latency,
+            truncated,
+        }
     }
 
     pub fn count(&self, source: &'static str, outcome: &'static str, reason: &'static str) {

@@ -43,6 +43,19 @@ impl Problem {
     }
 }
 
+impl Problem {
+    pub fn too_many_requests(retry_after_secs: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests",
+                format!("rate limit exceeded; retry in {retry_after_secs} s"),
+            )
+        }
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -17,11 +17,15 @@ use super::*;
 struct Recorder {
     seen: Mutex<Vec<Signal>>,
     fail: bool,
+    delay: Option<std::time::Duration>,
 }
 
 #[async_trait]
 impl SignalIntake for Recorder {
     async fn ingest(&self, signal: Signal) -> Result<IngestOutcome, IntakeError> {
+        if let Some(d) = self.delay {
+            tokio::time::sleep(d).await;
+        }
         if self.fail {
             return Err(IntakeError::Unavailable("down".into()));
         }
@@ -47,10 +51,15 @@ impl SignalIntake for Recorder {
 }
 
 fn app(intake: Arc<Recorder>) -> Router {
+    app_with(intake, ProtectionConfig::open())
+}
+
+fn app_with(intake: Arc<Recorder>, protection: ProtectionConfig) -> Router {
     let mut reg = Registry::default();
     router(GatewayState {
         intake,
         metrics: Metrics::register(&mut reg),
+        protection: Arc::new(Protection::new(protection)),
     })
 }
 
@@ -142,6 +151,18 @@ async fn get_is_405() {
         .unwrap();
     let resp = app(Arc::default()).oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()["allow"], "POST");
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_problems() {
+    let req = Request::post("/api/v1/signals/pagerduty")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app(Arc::default()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
 }
 
 #[tokio::test]
@@ -183,4 +204,209 @@ async fn an_unavailable_intake_answers_503_with_retry_after() {
     let resp = app(intake).oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()["retry-after"], "5");
+}
+
+mod protection {
+    use std::num::NonZeroU32;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use kubernaut_api::{ReviewedUser, TokenReviewer};
+
+    use super::*;
+
+    /// A reviewer double: knows two tokens, counts how often it is asked.
+    #[derive(Default)]
+    struct Reviewer {
+        asked: AtomicUsize,
+        down: bool,
+    }
+
+    #[async_trait]
+    impl TokenReviewer for Reviewer {
+        async fn review(&self, token: &str) -> Result<Option<ReviewedUser>, String> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            if self.down {
+                return Err("connection refused".into());
+            }
+            Ok(match token {
+                "am-token" => Some(ReviewedUser {
+                    username: "system:serviceaccount:monitoring:alertmanager".into(),
+                    groups: vec!["system:serviceaccounts".into()],
+                }),
+                "other-token" => Some(ReviewedUser {
+                    username: "system:serviceaccount:shop:app".into(),
+                    groups: vec!["system:serviceaccounts".into()],
+                }),
+                _ => None,
+            })
+        }
+    }
+
+    fn rate(per_second: u32, burst: u32) -> Rate {
+        Rate {
+            per_second: NonZeroU32::new(per_second).unwrap(),
+            burst: NonZeroU32::new(burst).unwrap(),
+        }
+    }
+
+    fn guarded(reviewer: Option<Arc<Reviewer>>) -> ProtectionConfig {
+        ProtectionConfig {
+            auth_enabled: true,
+            static_tokens: vec!["s3cret".into()],
+            review: reviewer.map(|r| ReviewPolicy {
+                reviewer: r,
+                allowed_users: vec!["system:serviceaccount:monitoring:alertmanager".into()],
+                allowed_groups: vec![],
+            }),
+            ..ProtectionConfig::open()
+        }
+    }
+
+    async fn send(app: Router, token: Option<&str>) -> axum::response::Response {
+        let mut req = Request::post("/api/v1/signals/alertmanager")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Body::from(payload(&[alert("a", "firing")])))
+            .unwrap();
+        app.oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn missing_and_wrong_tokens_are_401_with_www_authenticate() {
+        let intake = Arc::new(Recorder::default());
+        let app = app_with(intake.clone(), guarded(None));
+        for token in [None, Some("guess"), Some("")] {
+            let resp = send(app.clone(), token).await;
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{token:?}");
+            assert_eq!(
+                resp.headers()["www-authenticate"],
+                "Bearer realm=\"kubernaut\""
+            );
+            assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        }
+        assert!(
+            intake.seen.lock().unwrap().is_empty(),
+            "nothing reached the intake"
+        );
+        let resp = send(app, Some("s3cret")).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+
+    #[tokio::test]
+    async fn reviewed_tokens_pass_only_for_allowed_identities_and_are_cached() {
+        let reviewer = Arc::new(Reviewer::default());
+        let app = app_with(Arc::default(), guarded(Some(reviewer.clone())));
+        assert_eq!(
+            send(app.clone(), Some("am-token")).await.status(),
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            send(app.clone(), Some("am-token")).await.status(),
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(
+            reviewer.asked.load(Ordering::SeqCst),
+            1,
+            "the answer is cached"
+        );
+        let resp = send(app.clone(), Some("other-token")).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            send(app.clone(), Some("nobody")).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        // Static tokens never go to the API server.
+        assert_eq!(
+            send(app, Some("s3cret")).await.status(),
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(reviewer.asked.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_token_review_is_503_and_not_cached() {
+        let reviewer = Arc::new(Reviewer {
+            down: true,
+            ..Default::default()
+        });
+        let app = app_with(Arc::default(), guarded(Some(reviewer.clone())));
+        for _ in 0..2 {
+            let resp = send(app.clone(), Some("am-token")).await;
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(resp.headers().contains_key("retry-after"));
+        }
+        assert_eq!(reviewer.asked.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_caller_over_its_rate_gets_429_with_retry_after() {
+        let app = app_with(
+            Arc::default(),
+            ProtectionConfig {
+                per_identity: rate(1, 3),
+                ..guarded(None)
+            },
+        );
+        let mut codes = Vec::new();
+        for _ in 0..5 {
+            let resp = send(app.clone(), Some("s3cret")).await;
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                assert_eq!(resp.headers()["retry-after"], "1");
+                assert_eq!(resp.headers()["content-type"], "application/problem+json");
+            }
+            codes.push(resp.status().as_u16());
+        }
+        assert_eq!(codes, [201, 202, 202, 429, 429]);
+    }
+
+    #[tokio::test]
+    async fn the_source_ip_limit_applies_before_authentication() {
+        let protection = Protection::new(ProtectionConfig {
+            per_source_ip: rate(1, 2),
+            ..guarded(None)
+        });
+        let ip = Some("10.0.0.7".parse().unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "Bearer wrong".parse().unwrap());
+        assert_eq!(
+            protection.admit(ip, &headers).await,
+            Err(protect::Refusal::InvalidToken)
+        );
+        assert_eq!(
+            protection.admit(ip, &headers).await,
+            Err(protect::Refusal::InvalidToken)
+        );
+        assert!(matches!(
+            protection.admit(ip, &headers).await,
+            Err(protect::Refusal::RateLimited(_))
+        ));
+        // Another address is not affected.
+        let other = Some("10.0.0.8".parse().unwrap());
+        assert_eq!(
+            protection.admit(other, &headers).await,
+            Err(protect::Refusal::InvalidToken)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_over_its_deadline_is_503() {
+        let slow = Arc::new(Recorder {
+            delay: Some(Duration::from_millis(300)),
+            ..Default::default()
+        });
+        let app = app_with(
+            slow,
+            ProtectionConfig {
+                request_timeout: Duration::from_millis(50),
+                ..ProtectionConfig::open()
+            },
+        );
+        let resp = send(app, None).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()["retry-after"], "5");
+    }
 }

@@ -37,12 +37,106 @@ pub struct Gateway {
     /// How long a creation claim on a fingerprint lives if its holder dies,
     /// and how long a contender waits for it before answering 503.
     pub claim_ttl_seconds: u64,
+    /// Deadline of one signal request; past it the sender is told to retry.
+    pub request_timeout_seconds: u64,
+    pub auth: Auth,
+    pub rate_limit: RateLimits,
 }
 
 impl Gateway {
     pub fn claim_ttl(&self) -> Duration {
         Duration::from_secs(self.claim_ttl_seconds)
     }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_seconds)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Auth {
+    pub enabled: bool,
+    /// Files with one bearer token per line (`#` comments), e.g. a mounted Secret.
+    #[serde(default)]
+    pub token_files: Vec<String>,
+    /// Inline tokens; `${VAR:-default}` is expanded from the environment.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    pub token_review: TokenReview,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenReview {
+    pub enabled: bool,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimits {
+    pub per_source_ip: RateLimit,
+    pub per_identity: RateLimit,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Auth {
+    /// Every static token: the inline ones, expanded, and those in the files.
+    pub fn static_tokens(
+        &self,
+        env: impl Fn(&str) -> Option<String> + Copy,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut out: Vec<String> = self.tokens.iter().map(|t| expand(t, env)).collect();
+        for f in &self.token_files {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading gateway.auth.tokenFiles entry {f}"))?;
+            out.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        out.retain(|t| !t.is_empty());
+        Ok(out)
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in `s`; anything else is literal.
+fn expand(s: &str, env: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let inner = &rest[start + 2..start + end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, d),
+            None => (inner, ""),
+        };
+        match env(name).filter(|v| !v.is_empty()) {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(default),
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -163,6 +257,33 @@ impl Config {
         }
         if self.gateway.claim_ttl_seconds == 0 {
             bail!("gateway.claimTtlSeconds must be at least 1");
+        }
+        if self.gateway.request_timeout_seconds == 0 {
+            bail!("gateway.requestTimeoutSeconds must be at least 1");
+        }
+        let auth = &self.gateway.auth;
+        if auth.enabled
+            && auth.tokens.is_empty()
+            && auth.token_files.is_empty()
+            && !auth.token_review.enabled
+        {
+            bail!(
+                "gateway.auth is enabled but accepts nothing: give tokens, tokenFiles or enable tokenReview"
+            );
+        }
+        if auth.token_review.enabled
+            && auth.token_review.allowed_users.is_empty()
+            && auth.token_review.allowed_groups.is_empty()
+        {
+            bail!("gateway.auth.tokenReview needs allowedUsers or allowedGroups");
+        }
+        for (key, r) in [
+            ("perSourceIp", self.gateway.rate_limit.per_source_ip),
+            ("perIdentity", self.gateway.rate_limit.per_identity),
+        ] {
+            if r.per_second == 0 || r.burst == 0 {
+                bail!("gateway.rateLimit.{key}: perSecond and burst must be at least 1");
+            }
         }
         let url = &self.redis.url;
         let redis_scheme = url.starts_with("redis://") || url.starts_with("rediss://");
@@ -290,5 +411,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("redis.url"), "{e:#}");
+        let e = Config::from_yaml(
+            DEFAULTS,
+            env(&[
+                ("DATABASE_URL", "x"),
+                ("KUBERNAUT__GATEWAY__RATE_LIMIT__PER_IDENTITY__BURST", "0"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("perIdentity"), "{e:#}");
+    }
+
+    #[test]
+    fn dev_tokens_come_from_the_environment_with_a_default() {
+        let d = Config::from_yaml(DEV, env(&[("DATABASE_URL", "x")])).unwrap();
+        let none = |_: &str| None;
+        assert_eq!(d.gateway.auth.static_tokens(none).unwrap(), ["dev-token"]);
+        let set = |k: &str| (k == "KUBERNAUT_DEV_TOKEN").then(|| "t0k3n".to_string());
+        assert_eq!(d.gateway.auth.static_tokens(set).unwrap(), ["t0k3n"]);
+        assert_eq!(expand("a${X}b${Y:-y}c${", |_| None), "abyc${");
+        let c = Config::from_yaml(DEFAULTS, env(&[("DATABASE_URL", "x")])).unwrap();
+        assert!(c.gateway.auth.enabled, "authentication is on by default");
+        let missing = Auth {
+            token_files: vec!["/nonexistent/tokens".into()],
+            ..c.gateway.auth
+        };
+        let e = missing.static_tokens(none).unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/tokens"), "{e:#}");
     }
 }

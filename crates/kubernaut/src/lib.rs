@@ -5,6 +5,7 @@
 pub mod config;
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,10 @@ use kube::Api;
 use kube::api::ListParams;
 use kubernaut_actors::{Context, Metrics as ControllerMetrics, Settings, controller};
 use kubernaut_api::RemediationRequest;
-use kubernaut_cluster::{Cluster, ClusterConfig};
-use kubernaut_gateway::{GatewayState, Metrics as GatewayMetrics};
+use kubernaut_cluster::{Cluster, ClusterConfig, KubeTokenReviewer};
+use kubernaut_gateway::{
+    GatewayState, Metrics as GatewayMetrics, Protection, ProtectionConfig, Rate, ReviewPolicy,
+};
 use kubernaut_intake::{Intake, IntakeMetrics, IntakeSettings};
 use kubernaut_store::Store;
 use kubernaut_store::index::{IndexTtl, SignalIndex};
@@ -54,6 +57,41 @@ impl Running {
     pub fn trigger_shutdown(&self) {
         let _ = self.shutdown.send(true);
     }
+}
+
+fn protection_config(
+    gateway: &config::Gateway,
+    cluster: &Cluster,
+) -> anyhow::Result<ProtectionConfig> {
+    let auth = &gateway.auth;
+    let static_tokens = auth.static_tokens(|k| std::env::var(k).ok())?;
+    if !auth.enabled {
+        tracing::warn!(
+            "gateway authentication is disabled: anyone who reaches the gateway can open remediations"
+        );
+    }
+    let review = auth.token_review.enabled.then(|| ReviewPolicy {
+        reviewer: Arc::new(KubeTokenReviewer::new(
+            cluster.clone(),
+            auth.token_review.audiences.clone(),
+        )),
+        allowed_users: auth.token_review.allowed_users.clone(),
+        allowed_groups: auth.token_review.allowed_groups.clone(),
+    });
+    let rate = |r: config::RateLimit| -> anyhow::Result<Rate> {
+        Ok(Rate {
+            per_second: NonZeroU32::new(r.per_second).context("rate of 0")?,
+            burst: NonZeroU32::new(r.burst).context("burst of 0")?,
+        })
+    };
+    Ok(ProtectionConfig {
+        auth_enabled: auth.enabled,
+        static_tokens,
+        review,
+        per_source_ip: rate(gateway.rate_limit.per_source_ip)?,
+        per_identity: rate(gateway.rate_limit.per_identity)?,
+        request_timeout: gateway.request_timeout(),
+    })
 }
 
 /// Who holds a claim: the pod (or host) name, and a nonce that tells two
@@ -129,6 +167,7 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
         },
         intake_metrics,
     );
+    let protection = protection_config(&gateway, &cluster)?;
     let ctx = Arc::new(Context {
         cluster: cluster.clone(),
         audit,
@@ -156,14 +195,18 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
     let gw_app = kubernaut_gateway::router(GatewayState {
         intake: Arc::new(intake),
         metrics: gateway_metrics,
+        protection: Arc::new(Protection::new(protection)),
     });
     let admin_app = admin_router(Arc::new(registry), ready.clone());
 
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let gw_server =
-        axum::serve(gw_listener, gw_app).with_graceful_shutdown(wait(shutdown_rx.clone()));
+    let gw_server = axum::serve(
+        gw_listener,
+        gw_app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(wait(shutdown_rx.clone()));
     let admin_server =
         axum::serve(admin_listener, admin_app).with_graceful_shutdown(wait(shutdown_rx.clone()));
     let ready_flag = ready.clone();

@@ -1,0 +1,326 @@
+//! Protection of the signal endpoints (K-GW-7), applied before any payload
+//! is read: a per-source-IP rate limit (which also bounds guessing tokens),
+//! bearer-token authentication against static tokens and the API server's
+//! TokenReview, a per-identity rate limit, and a deadline on the request.
+//! Every refusal is an RFC 7807 problem; 401 carries `WWW-Authenticate`, 429
+//! and 503 carry `Retry-After`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use kubernaut_api::TokenReviewer;
+use kubernaut_api::signal::sha256_hex;
+
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+
+/// How long a TokenReview answer is trusted: a revoked token stops working
+/// within a minute, and a storm does not turn into a storm of reviews.
+const REVIEW_TTL_OK: Duration = Duration::from_secs(60);
+const REVIEW_TTL_DENIED: Duration = Duration::from_secs(10);
+/// Bound on cached review answers; the cache starts over when full.
+const REVIEW_CACHE_MAX: usize = 10_000;
+/// Rate-limiter keys not seen for a while are dropped this often.
+const LIMITER_CLEANUP_EVERY: u64 = 10_000;
+
+/// Requests per second and burst for one key.
+#[derive(Clone, Copy, Debug)]
+pub struct Rate {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+/// Who may post signals when tokens are reviewed by the API server.
+#[derive(Clone)]
+pub struct ReviewPolicy {
+    pub reviewer: Arc<dyn TokenReviewer>,
+    /// Usernames allowed, e.g. `system:serviceaccount:monitoring:alertmanager`.
+    pub allowed_users: Vec<String>,
+    pub allowed_groups: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct ProtectionConfig {
+    /// Off only on a closed test network; everything is then "anonymous".
+    pub auth_enabled: bool,
+    pub static_tokens: Vec<String>,
+    pub review: Option<ReviewPolicy>,
+    pub per_source_ip: Rate,
+    pub per_identity: Rate,
+    pub request_timeout: Duration,
+}
+
+impl ProtectionConfig {
+    /// No authentication, generous limits: for unit tests and benchmarks.
+    pub fn open() -> Self {
+        let big = Rate {
+            per_second: NonZeroU32::MAX,
+            burst: NonZeroU32::MAX,
+        };
+        Self {
+            auth_enabled: false,
+            static_tokens: Vec::new(),
+            review: None,
+            per_source_ip: big,
+            per_identity: big,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a request was refused before its payload was read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    MissingToken,
+    InvalidToken,
+    Forbidden(String),
+    ReviewUnavailable(String),
+    RateLimited(Duration),
+}
+
+type Verdict = Result<String, Refusal>;
+
+pub struct Protection {
+    config: ProtectionConfig,
+    /// SHA-256 of each static token: lookups compare digests, never the
+    /// secret itself, so timing says nothing about a token's prefix.
+    static_digests: HashMap<String, usize>,
+    allowed_users: HashSet<String>,
+    allowed_groups: HashSet<String>,
+    reviews: Mutex<HashMap<String, (Instant, Verdict)>>,
+    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    per_identity: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+fn quota(rate: Rate) -> Quota {
+    Quota::per_second(rate.per_second).allow_burst(rate.burst)
+}
+
+impl Protection {
+    pub fn new(config: ProtectionConfig) -> Self {
+        let static_digests = config
+            .static_tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (sha256_hex(t), i))
+            .collect();
+        let (allowed_users, allowed_groups) = match &config.review {
+            Some(r) => (
+                r.allowed_users.iter().cloned().collect(),
+                r.allowed_groups.iter().cloned().collect(),
+            ),
+            None => Default::default(),
+        };
+        Self {
+            per_ip: RateLimiter::keyed(quota(config.per_source_ip)),
+            per_identity: RateLimiter::keyed(quota(config.per_identity)),
+            config,
+            static_digests,
+            allowed_users,
+            allowed_groups,
+            reviews: Mutex::default(),
+            clock: DefaultClock::default(),
+            seen: Default::default(),
+        }
+    }
+
+    fn limit<K: std::hash::Hash + Eq + Clone>(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<K>,
+        key: &K,
+    ) -> Result<(), Refusal> {
+        limiter
+            .check_key(key)
+            .map_err(|not_until| Refusal::RateLimited(not_until.wait_time_from(self.clock.now())))
+    }
+
+    /// The caller's identity, or why it is refused.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Verdict {
+        if !self.config.auth_enabled {
+            return Ok("anonymous".into());
+        }
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Refusal::MissingToken)?;
+        let digest = sha256_hex(token);
+        if let Some(i) = self.static_digests.get(&digest) {
+            return Ok(format!("static-token-{i}"));
+        }
+        let Some(policy) = &self.config.review else {
+            return Err(Refusal::InvalidToken);
+        };
+        if let Some(cached) = self.cached_review(&digest) {
+            return cached;
+        }
+        let verdict = match policy.reviewer.review(token).await {
+            Ok(None) => Err(Refusal::InvalidToken),
+            Ok(Some(user)) => {
+                let allowed = self.allowed_users.contains(&user.username)
+                    || user.groups.iter().any(|g| self.allowed_groups.contains(g));
+                if allowed {
+                    Ok(user.username)
+                } else {
+                    Err(Refusal::Forbidden(user.username))
+                }
+            }
+            // Not cached: the next request asks again.
+            Err(e) => return Err(Refusal::ReviewUnavailable(e)),
+        };
+        let ttl = if verdict.is_ok() {
+            REVIEW_TTL_OK
+        } else {
+            REVIEW_TTL_DENIED
+        };
+        let mut cache = self.reviews.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= REVIEW_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(digest, (Instant::now() + ttl, clone_verdict(&verdict)));
+        verdict
+    }
+
+    fn cached_review(&self, digest: &str) -> Option<Verdict> {
+        let cache = self.reviews.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .get(digest)
+            .filter(|(until, _)| *until > Instant::now())
+            .map(|(_, v)| clone_verdict(v))
+    }
+
+    /// Everything that happens before a payload is read.
+    pub async fn admit(&self, ip: Option<IpAddr>, headers: &HeaderMap) -> Verdict {
+        let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % LIMITER_CLEANUP_EVERY == LIMITER_CLEANUP_EVERY - 1 {
+            self.per_ip.retain_recent();
+            self.per_identity.retain_recent();
+        }
+        if let Some(ip) = ip {
+            self.limit(&self.per_ip, &ip)?;
+        }
+        let identity = self.authenticate(headers).await?;
+        self.limit(&self.per_identity, &identity)?;
+        Ok(identity)
+    }
+}
+
+fn clone_verdict(v: &Verdict) -> Verdict {
+    match v {
+        Ok(id) => Ok(id.clone()),
+        Err(Refusal::InvalidToken) => Err(Refusal::InvalidToken),
+        Err(Refusal::Forbidden(u)) => Err(Refusal::Forbidden(u.clone())),
+        Err(Refusal::MissingToken) => Err(Refusal::MissingToken),
+        Err(Refusal::ReviewUnavailable(e)) => Err(Refusal::ReviewUnavailable(e.clone())),
+        Err(Refusal::RateLimited(d)) => Err(Refusal::RateLimited(*d)),
+    }
+}
+
+fn retry_after(d: Duration) -> u32 {
+    u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+impl Refusal {
+    fn metric_outcome(&self) -> &'static str {
+        match self {
+            Refusal::MissingToken | Refusal::InvalidToken => "unauthorized",
+            Refusal::Forbidden(_) => "forbidden",
+            Refusal::ReviewUnavailable(_) => "error",
+            Refusal::RateLimited(_) => "rate_limited",
+        }
+    }
+
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::MissingToken | Refusal::InvalidToken => {
+                let detail = if self == Refusal::MissingToken {
+                    "a bearer token is required (Authorization: Bearer <token>)"
+                } else {
+                    "the bearer token is not valid"
+                };
+                let mut r =
+                    Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", detail.to_string())
+                        .into_response();
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"kubernaut\""),
+                );
+                r
+            }
+            Refusal::Forbidden(user) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("{user} may not post signals"),
+            )
+            .into_response(),
+            Refusal::ReviewUnavailable(e) => {
+                tracing::warn!(error = %e, "TokenReview failed; asking the sender to retry");
+                Problem::unavailable(5).into_response()
+            }
+            Refusal::RateLimited(wait) => {
+                Problem::too_many_requests(retry_after(wait)).into_response()
+            }
+        }
+    }
+}
+
+/// The source name of a signal endpoint path, for metrics.
+pub(crate) fn source_of(path: &str) -> &'static str {
+    match path.rsplit('/').next().unwrap_or("") {
+        "alertmanager" => "alertmanager",
+        "cloudwatch" => "cloudwatch",
+        "kubernetes-event" => "kubernetes-event",
+        "generic" => "generic",
+        _ => "unknown",
+    }
+}
+
+/// axum middleware over the signal routes.
+pub async fn middleware(
+    State((protection, metrics)): State<(Arc<Protection>, Metrics)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let source = source_of(req.uri().path());
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Err(refusal) = protection.admit(ip, req.headers()).await {
+        metrics.count(source, refusal.metric_outcome(), "");
+        return refusal.into_response();
+    }
+    let timeout = protection.config.request_timeout;
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            // Everything the intake does is idempotent: a re-send finds what
+            // this attempt got done and counts the rest.
+            metrics.count(source, "error", "timeout");
+            tracing::warn!(
+                ?timeout,
+                source,
+                "signal handling timed out; asking the sender to retry"
+            );
+            Problem::unavailable(5).into_response()
+        }
+    }
+}
