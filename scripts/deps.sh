@@ -5,7 +5,8 @@
 set -euo pipefail
 
 PKGS=(etcd-server postgresql redis-server openssl rsync golang-1.19-go
-      dpkg-dev curl jq ca-certificates golang-github-modern-go-reflect2-dev)
+      dpkg-dev curl jq ca-certificates golang-github-modern-go-reflect2-dev
+      prometheus-alertmanager)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -21,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The Debian packages start their own daemons; the stack runs private
   # instances on free ports, so the system ones are not needed.
-  for svc in postgresql redis-server etcd; do
+  for svc in postgresql redis-server etcd prometheus-alertmanager; do
     $SUDO service "$svc" stop >/dev/null 2>&1 || true
   done
 fi

@@ -496,3 +496,106 @@ pub async fn service_account_token(
         .context("the token Secret has no token")?;
     Ok(String::from_utf8(token.0)?)
 }
+
+/// GETs a URL; the status code (for readiness checks).
+pub async fn get_status(url: &str) -> anyhow::Result<u16> {
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = hyper::Request::get(url).body(Full::new(Bytes::new()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await??;
+    Ok(resp.status().as_u16())
+}
+
+/// A real Alertmanager (Debian's prometheus-alertmanager) on a free port,
+/// whose only receiver is a webhook to the gateway with a bearer token,
+/// grouping fast so that tests see notifications within a second or two.
+pub struct AlertmanagerServer {
+    pub url: String,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl AlertmanagerServer {
+    pub async fn start(webhook_url: &str, token: &str) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(unique("kubernaut-alertmanager"));
+        std::fs::create_dir_all(&dir)?;
+        let config = format!(
+            r#"route:
+  receiver: kubernaut
+  group_by: [alertname, namespace]
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: kubernaut
+    webhook_configs:
+      - url: {webhook_url}
+        send_resolved: true
+        max_alerts: 0
+        http_config:
+          authorization:
+            type: Bearer
+            credentials: {token}
+"#
+        );
+        std::fs::write(dir.join("alertmanager.yml"), config)?;
+        let log = std::fs::File::create(dir.join("alertmanager.log"))?;
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("alertmanager.yml").display()
+            ))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting prometheus-alertmanager (scripts/deps.sh installs it)")?;
+        let server = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            dir,
+        };
+        let ready = format!("{}/-/ready", server.url);
+        eventually(
+            "Alertmanager to be ready",
+            Duration::from_secs(30),
+            || async { Ok((get_status(&ready).await.ok() == Some(200)).then_some(())) },
+        )
+        .await?;
+        Ok(server)
+    }
+
+    /// Injects alerts through Alertmanager's API (`POST /api/v2/alerts`).
+    pub async fn post_alerts(&self, alerts: &serde_json::Value) -> anyhow::Result<()> {
+        let r = post_as(
+            &format!("{}/api/v2/alerts", self.url),
+            "application/json",
+            alerts.to_string(),
+            None,
+        )
+        .await?;
+        ensure!(
+            r.status == 200,
+            "Alertmanager refused the alerts: {} {}",
+            r.status,
+            r.text
+        );
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("alertmanager.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AlertmanagerServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -111,6 +111,10 @@ pub struct RemediationRequestStatus {
     /// Written by the gateway only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deduplication: Option<Deduplication>,
+    /// The source reported a signal of this request resolved (K-GW-2);
+    /// written by the gateway only, read by the effectiveness check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_resolution: Option<SignalResolution>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processing: Option<ProcessingStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,6 +146,14 @@ pub struct Deduplication {
     /// Kubernetes alone when the Redis index is empty or down (K-GW-5).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_instances: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalResolution {
+    pub resolved_at: Time,
+    /// The signal instance that resolved (the latest, if several did).
+    pub instance_id: String,
 }
 
 /// Bound on [`Deduplication::recent_instances`]: an incident rarely has more

@@ -12,7 +12,7 @@ pub mod signal;
 pub use crd::{
     AnalysisStatus, Deduplication, ExecutionStatus, MAX_RECENT_INSTANCES, ObjectRef,
     PhaseTransition, ProcessingStatus, RemediationRequest, RemediationRequestSpec,
-    RemediationRequestStatus,
+    RemediationRequestStatus, SignalResolution,
 };
 pub use k8s_openapi;
 pub use kube;

@@ -56,6 +56,8 @@ pub struct Signal {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub firing_time: Timestamp,
+    /// When the source says the condition ended (resolved signals).
+    pub ended_time: Option<Timestamp>,
     pub received_time: Timestamp,
     pub raw: String,
 }
@@ -105,11 +107,13 @@ pub enum IngestOutcome {
         fingerprint: String,
         occurrence_count: i64,
     },
-    /// Accepted but not acted on: out of scope, unknown target, resolved alert.
+    /// Accepted but not acted on: out of scope, unknown target.
     Rejected {
         reason: RejectReason,
         detail: String,
     },
+    /// A resolution, recorded on the request its signal belongs to, if any.
+    Resolved { request: Option<crate::RequestKey> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,7 +123,6 @@ pub enum RejectReason {
     TargetNotFound,
     /// The signal names no Kubernetes resource that can be resolved.
     NoTarget,
-    Resolved,
 }
 
 impl RejectReason {
@@ -129,7 +132,6 @@ impl RejectReason {
             RejectReason::ProtectedNamespace => "protected_namespace",
             RejectReason::TargetNotFound => "target_not_found",
             RejectReason::NoTarget => "no_target",
-            RejectReason::Resolved => "resolved",
         }
     }
 }
@@ -153,10 +155,16 @@ impl IntakeError {
 }
 
 /// Resolves a signal to its target, deduplicates it and creates or counts
-/// the request. Implemented over the Kubernetes API by the cluster crate.
+/// the request. Implemented over Redis and the Kubernetes API by the intake
+/// crate.
 #[async_trait]
 pub trait SignalIntake: Send + Sync {
+    /// A firing signal: a new request or a counted duplicate (K-GW-5).
     async fn ingest(&self, signal: Signal) -> Result<IngestOutcome, IntakeError>;
+
+    /// A resolved signal never starts a remediation; it is recorded on the
+    /// request it belongs to, which closes the loop for verification (K-GW-2).
+    async fn resolve(&self, signal: Signal) -> Result<IngestOutcome, IntakeError>;
 }
 
 /// Who a bearer token belongs to, as the API server's TokenReview says.
@@ -205,6 +213,7 @@ mod tests {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             firing_time: Timestamp::UNIX_EPOCH,
+            ended_time: None,
             received_time: Timestamp::UNIX_EPOCH,
             raw: String::new(),
         }

@@ -14,7 +14,7 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kubernaut_api::{
     Deduplication, FINGERPRINT_LABEL, INSTANCE_LABEL, LABEL_DIGEST_LEN, MANAGED_LABEL, ObjectRef,
-    RemediationRequest, RemediationRequestSpec, RequestKey, Signal,
+    RemediationRequest, RemediationRequestSpec, RequestKey, Signal, SignalResolution,
 };
 use serde_json::json;
 
@@ -97,6 +97,45 @@ impl Cluster {
         find_open_or_same(&self.requests(namespace), fingerprint, instance).await
     }
 
+    /// The request of the fingerprint that this signal instance created or
+    /// was counted on, whatever its state.
+    pub async fn find_seen(
+        &self,
+        namespace: &str,
+        fingerprint: &str,
+        instance: &str,
+    ) -> Result<Option<RemediationRequest>> {
+        let all = by_fingerprint(&self.requests(namespace), fingerprint).await?;
+        Ok(all.into_iter().find(|r| has_seen(r, instance)))
+    }
+
+    /// Records that the source resolved a signal of the request (K-GW-2).
+    /// `false` when the request no longer exists.
+    pub async fn record_resolution(
+        &self,
+        request: &RequestKey,
+        at: Timestamp,
+        instance: &str,
+    ) -> Result<bool> {
+        let resolution = SignalResolution {
+            resolved_at: Time(at),
+            instance_id: instance.to_string(),
+        };
+        let patch = json!({ "status": { "signalResolution": resolution } });
+        let api = self.requests(&request.namespace);
+        match bounded(api.patch_status(
+            &request.name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        ))
+        .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates the request for a resolved, in-scope signal and records its
     /// first occurrence.
     pub async fn create_request(
@@ -137,29 +176,39 @@ async fn find_instance(
         .find(|r| r.spec.instance_id == instance))
 }
 
+/// Every request of a fingerprint (the label holds a prefix; the spec decides).
+async fn by_fingerprint(
+    api: &Api<RemediationRequest>,
+    fp: &str,
+) -> Result<Vec<RemediationRequest>> {
+    let lp =
+        ListParams::default().labels(&format!("{FINGERPRINT_LABEL}={}", &fp[..LABEL_DIGEST_LEN]));
+    let list = bounded(api.list(&lp)).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|r| r.spec.fingerprint == fp)
+        .collect())
+}
+
+/// Whether this signal instance created or was counted on the request.
+fn has_seen(r: &RemediationRequest, instance: &str) -> bool {
+    r.spec.instance_id == instance
+        || r.status
+            .as_ref()
+            .and_then(|s| s.deduplication.as_ref())
+            .is_some_and(|d| d.has_seen(instance))
+}
+
 /// A request for this fingerprint that is either still open or was opened by
-/// this very signal instance (K-GW-5); the same instance wins.
+/// (or counted) this very signal instance (K-GW-5); the same instance wins.
 async fn find_open_or_same(
     api: &Api<RemediationRequest>,
     fp: &str,
     instance: &str,
 ) -> Result<Option<RemediationRequest>> {
-    let lp =
-        ListParams::default().labels(&format!("{FINGERPRINT_LABEL}={}", &fp[..LABEL_DIGEST_LEN]));
-    let list = bounded(api.list(&lp)).await?;
-    let mine: Vec<_> = list
-        .items
-        .into_iter()
-        .filter(|r| r.spec.fingerprint == fp)
-        .collect();
-    let seen = |r: &RemediationRequest| {
-        r.spec.instance_id == instance
-            || r.status
-                .as_ref()
-                .and_then(|s| s.deduplication.as_ref())
-                .is_some_and(|d| d.has_seen(instance))
-    };
-    if let Some(same) = mine.iter().find(|r| seen(r)) {
+    let mine = by_fingerprint(api, fp).await?;
+    if let Some(same) = mine.iter().find(|r| has_seen(r, instance)) {
         return Ok(Some(same.clone()));
     }
     Ok(mine.into_iter().find(|r| !r.phase().is_terminal()))

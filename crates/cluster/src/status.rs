@@ -1,6 +1,7 @@
 //! The controller's writes to `RemediationRequest` status. The controller
 //! restates all of its own fields with server-side apply under one field
-//! manager; `deduplication` belongs to the gateway and is never sent here.
+//! manager; `deduplication` and `signalResolution` belong to the gateway and
+//! are never sent here.
 
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -20,6 +21,7 @@ impl Cluster {
     ) -> Result<()> {
         let mut status = status.clone();
         status.deduplication = None;
+        status.signal_resolution = None;
         let body = json!({
             "apiVersion": "kubernaut.io/v1alpha1",
             "kind": "RemediationRequest",

@@ -146,6 +146,9 @@ impl Payload {
             labels,
             annotations,
             firing_time,
+            ended_time: (status == SignalStatus::Resolved)
+                .then(|| alert.ends_at.parse().ok())
+                .flatten(),
             received_time: received,
             raw,
         })

@@ -20,8 +20,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use futures::StreamExt;
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
-use kubernaut_api::{IngestOutcome, RejectReason, SignalIntake, SignalStatus};
+use kubernaut_api::{IngestOutcome, IntakeError, RejectReason, Signal, SignalIntake, SignalStatus};
 use serde::Serialize;
 
 pub use metrics::Metrics;
@@ -32,6 +33,9 @@ pub use protect::{Protection, ProtectionConfig, Rate, ReviewPolicy};
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Seconds a 503 asks the sender to wait before re-sending.
 const RETRY_AFTER_SECS: u32 = 5;
+/// Alerts of one notification handled at once: a large group is not handled
+/// one API round trip after another, nor all at once against the API server.
+const BATCH_CONCURRENCY: usize = 8;
 
 #[derive(Clone)]
 pub struct GatewayState {
@@ -151,6 +155,15 @@ impl SignalResult {
                 detail: Some(detail),
                 ..Self::empty(200, "rejected")
             },
+            IngestOutcome::Resolved { request } => SignalResult {
+                detail: Some(match &request {
+                    Some(_) => "the resolution was recorded on its request".to_string(),
+                    None => "no request of this signal is known; nothing to record".to_string(),
+                }),
+                namespace: request.as_ref().map(|k| k.namespace.clone()),
+                request: request.map(|k| k.name),
+                ..Self::empty(200, "resolved")
+            },
         }
     }
 
@@ -244,57 +257,40 @@ async fn handle_alertmanager(
         tracing::warn!(truncated = payload.truncated_alerts, group = %payload.group_key, "Alertmanager truncated alerts of a group");
     }
 
-    let mut results = Vec::with_capacity(payload.alerts.len());
-    for parsed in payload.signals(Timestamp::now()) {
-        st.metrics.count(SOURCE, "received", "");
-        let result = match parsed {
-            Err(alertmanager::AlertError::Invalid(detail)) => {
-                st.metrics.count(SOURCE, "invalid", "");
-                SignalResult::invalid(detail)
-            }
-            Err(alertmanager::AlertError::NoTarget) => {
-                st.metrics
-                    .count(SOURCE, "rejected", RejectReason::NoTarget.as_str());
-                SignalResult::from_outcome(reject(
-                    RejectReason::NoTarget,
-                    "the alert has no pod, deployment, statefulset, daemonset, job_name or node label",
-                ))
-            }
-            Ok(signal) if signal.status == SignalStatus::Resolved => {
-                // A resolution never starts a remediation (K-GW-2).
-                st.metrics
-                    .count(SOURCE, "rejected", RejectReason::Resolved.as_str());
-                SignalResult::from_outcome(reject(
-                    RejectReason::Resolved,
-                    "resolved alerts do not start remediations",
-                ))
-            }
-            Ok(signal) => match st.intake.ingest(signal).await {
-                Ok(outcome) => {
-                    match &outcome {
-                        IngestOutcome::Created { .. } => st.metrics.count(SOURCE, "created", ""),
-                        IngestOutcome::Duplicate { .. } => {
-                            st.metrics.count(SOURCE, "duplicate", "")
-                        }
-                        IngestOutcome::Rejected { reason, .. } => {
-                            st.metrics.count(SOURCE, "rejected", reason.as_str())
-                        }
-                    }
-                    SignalResult::from_outcome(outcome)
+    let handled = futures::stream::iter(payload.signals(Timestamp::now()))
+        .map(|parsed| async move {
+            st.metrics.count(SOURCE, "received", "");
+            match parsed {
+                Err(alertmanager::AlertError::Invalid(detail)) => {
+                    st.metrics.count(SOURCE, "invalid", "");
+                    Ok(SignalResult::invalid(detail))
                 }
-                Err(e) => {
-                    // Nothing may be lost: the whole notification is refused so that
-                    // Alertmanager re-sends it; alerts already handled then count as
-                    // duplicates of their request.
-                    st.metrics.count(SOURCE, "error", e.metric_label());
-                    tracing::warn!(error = %e, "signal intake failed; asking the sender to retry");
-                    return Problem::unavailable(RETRY_AFTER_SECS).into_response();
+                Err(alertmanager::AlertError::NoTarget) => {
+                    st.metrics
+                        .count(SOURCE, "rejected", RejectReason::NoTarget.as_str());
+                    Ok(SignalResult::from_outcome(reject(
+                        RejectReason::NoTarget,
+                        "the alert has no pod, deployment, statefulset, daemonset, job_name or node label",
+                    )))
                 }
-            },
-        };
-        results.push(result);
-    }
+                Ok(signal) => process(st, SOURCE, signal).await,
+            }
+        })
+        .buffered(BATCH_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    // Nothing may be lost: if any alert could not be handled, the whole
+    // notification is refused so that Alertmanager re-sends it; alerts
+    // already handled then count as duplicates of their request.
+    let results = match handled.into_iter().collect::<Result<Vec<_>, _>>() {
+        Ok(r) => r,
+        Err(_) => return Problem::unavailable(RETRY_AFTER_SECS).into_response(),
+    };
+    respond(results)
+}
 
+/// One result answers with its own code; several with 207.
+fn respond(mut results: Vec<SignalResult>) -> Response {
     if results.len() == 1 {
         let r = results.remove(0);
         if r.status == 400 {
@@ -304,6 +300,37 @@ async fn handle_alertmanager(
         return (code, Json(r)).into_response();
     }
     (StatusCode::MULTI_STATUS, Json(BatchResponse { results })).into_response()
+}
+
+/// One parsed signal through the intake, counted. A resolution never starts
+/// a remediation (K-GW-2): it is recorded on its request.
+async fn process(
+    st: &GatewayState,
+    source: &'static str,
+    signal: Signal,
+) -> Result<SignalResult, IntakeError> {
+    let outcome = if signal.status == SignalStatus::Resolved {
+        st.intake.resolve(signal).await
+    } else {
+        st.intake.ingest(signal).await
+    };
+    match outcome {
+        Ok(o) => {
+            let (outcome, reason) = match &o {
+                IngestOutcome::Created { .. } => ("created", ""),
+                IngestOutcome::Duplicate { .. } => ("duplicate", ""),
+                IngestOutcome::Rejected { reason, .. } => ("rejected", reason.as_str()),
+                IngestOutcome::Resolved { .. } => ("resolved", ""),
+            };
+            st.metrics.count(source, outcome, reason);
+            Ok(SignalResult::from_outcome(o))
+        }
+        Err(e) => {
+            st.metrics.count(source, "error", e.metric_label());
+            tracing::warn!(error = %e, source, "signal intake failed; asking the sender to retry");
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

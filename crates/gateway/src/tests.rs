@@ -22,6 +22,20 @@ struct Recorder {
 
 #[async_trait]
 impl SignalIntake for Recorder {
+    async fn resolve(&self, signal: Signal) -> Result<IngestOutcome, IntakeError> {
+        let known = self
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.instance_id() == signal.instance_id());
+        Ok(IngestOutcome::Resolved {
+            request: known.then(|| {
+                kubernaut_api::RequestKey::new("shop", format!("rr-{}", &signal.instance_id()[..8]))
+            }),
+        })
+    }
+
     async fn ingest(&self, signal: Signal) -> Result<IngestOutcome, IntakeError> {
         if let Some(d) = self.delay {
             tokio::time::sleep(d).await;
@@ -185,9 +199,10 @@ async fn a_batch_answers_207_with_a_result_per_alert() {
         .map(|r| r["status"].as_u64().unwrap())
         .collect();
     assert_eq!(codes, [201, 200, 200, 202]);
-    assert_eq!(v["results"][1]["reason"], "resolved");
+    assert_eq!(v["results"][1]["result"], "resolved");
+    assert!(v["results"][1].get("request").is_none(), "b never fired");
     assert_eq!(v["results"][2]["reason"], "no_target");
-    // The resolved alert and the one without a target never reach the intake.
+    // The resolved alert goes to resolve(); the one without a target nowhere.
     assert_eq!(intake.seen.lock().unwrap().len(), 2);
 }
 

@@ -178,7 +178,7 @@ impl Inner {
         }
 
         // 2. Resolution and scope.
-        let resolved = match self.resolve(&signal).await? {
+        let resolved = match self.resolve_target(&signal).await? {
             Ok(r) => r,
             Err(rejected) => return Ok(rejected),
         };
@@ -253,6 +253,66 @@ impl Inner {
         }
     }
 
+    async fn record_resolution(&self, signal: Signal) -> Result<IngestOutcome, IntakeError> {
+        let instance = signal.instance_id();
+        let at = signal.ended_time.unwrap_or(signal.received_time);
+        let Some(key) = self.request_of(&signal, &instance).await? else {
+            return Ok(IngestOutcome::Resolved { request: None });
+        };
+        let recorded = self
+            .cluster
+            .record_resolution(&key, at, &instance)
+            .await
+            .map_err(unavailable)?;
+        Ok(IngestOutcome::Resolved {
+            request: recorded.then_some(key),
+        })
+    }
+
+    /// The request a signal instance created or was counted on: Redis, the
+    /// creator label, then the requests of its target's fingerprint.
+    async fn request_of(
+        &self,
+        signal: &Signal,
+        instance: &str,
+    ) -> Result<Option<RequestKey>, IntakeError> {
+        if let Some(Some(key)) = self
+            .redis("instance_get", async |i| i.instance(instance).await)
+            .await
+        {
+            return Ok(Some(key));
+        }
+        let home = self.cluster.request_namespace(&signal.resource);
+        if let Some(rr) = self
+            .cluster
+            .find_instance(&home, instance)
+            .await
+            .map_err(unavailable)?
+        {
+            return Ok(Some(key_of(&rr)));
+        }
+        let Some(resolved) = self
+            .cluster
+            .resolve(&signal.resource)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let fp = fingerprint(
+            self.cluster.config().cluster_name.as_deref(),
+            &resolved.target,
+        );
+        let ns = self.cluster.request_namespace(&resolved.target);
+        Ok(self
+            .cluster
+            .find_seen(&ns, &fp, instance)
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .map(key_of))
+    }
+
     async fn count(
         &self,
         key: &RequestKey,
@@ -267,7 +327,7 @@ impl Inner {
     }
 
     /// The resolved target, or the rejection to answer.
-    async fn resolve(
+    async fn resolve_target(
         &self,
         signal: &Signal,
     ) -> Result<Result<Resolved, IngestOutcome>, IntakeError> {
@@ -394,5 +454,9 @@ fn unavailable(e: kubernaut_cluster::Error) -> IntakeError {
 impl SignalIntake for Intake {
     async fn ingest(&self, signal: Signal) -> Result<IngestOutcome, IntakeError> {
         self.inner.ingest(signal).await
+    }
+
+    async fn resolve(&self, signal: Signal) -> Result<IngestOutcome, IntakeError> {
+        self.inner.record_resolution(signal).await
     }
 }
