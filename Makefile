@@ -24,6 +24,7 @@ lint:
 
 crds:
 	cargo run -q -p kubernaut -- crds > deploy/crds/remediationrequests.kubernaut.io.yaml
+	cargo run -q -p kubernaut -- generic-schema > docs/generic-signal.schema.json
 
 toolchain:
 	@command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest

@@ -208,6 +208,10 @@ pub fn unique(prefix: &str) -> String {
 /// authenticated as the controller's ServiceAccount, without the controller.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// What the router serves with, for feeding signals from elsewhere (the event watch).
+    pub state: kubernaut_gateway::GatewayState,
+    /// The gateway's cluster handle (the controller's identity).
+    pub cluster: Cluster,
     pub intake_metrics: IntakeMetrics,
     pub registry: Arc<Registry>,
     task: tokio::task::JoinHandle<()>,
@@ -264,6 +268,7 @@ impl Gateway {
             kubernaut_gateway::Metrics::register(registry.sub_registry_with_prefix("gateway"));
         let intake_metrics = IntakeMetrics::register(registry.sub_registry_with_prefix("gateway"));
         let protection = Arc::new(Protection::new(protection(&cluster)));
+        let gateway_cluster = cluster.clone();
         let intake = Intake::new(
             cluster,
             index,
@@ -273,11 +278,12 @@ impl Gateway {
             },
             intake_metrics.clone(),
         );
-        let app = kubernaut_gateway::router(kubernaut_gateway::GatewayState {
+        let state = kubernaut_gateway::GatewayState {
             intake: Arc::new(intake),
             metrics: gateway_metrics,
             protection,
-        });
+        };
+        let app = kubernaut_gateway::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
@@ -286,6 +292,8 @@ impl Gateway {
         });
         Ok(Self {
             addr,
+            state,
+            cluster: gateway_cluster,
             intake_metrics,
             registry: Arc::new(registry),
             task,

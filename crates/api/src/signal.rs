@@ -123,6 +123,8 @@ pub enum RejectReason {
     TargetNotFound,
     /// The signal names no Kubernetes resource that can be resolved.
     NoTarget,
+    /// A Kubernetes event that is not a Warning.
+    NotWarning,
 }
 
 impl RejectReason {
@@ -132,17 +134,23 @@ impl RejectReason {
             RejectReason::ProtectedNamespace => "protected_namespace",
             RejectReason::TargetNotFound => "target_not_found",
             RejectReason::NoTarget => "no_target",
+            RejectReason::NotWarning => "not_warning",
         }
     }
 }
 
-/// Failures the caller should retry (answered with 503 so that the source re-sends).
+/// Why the intake could not handle a signal. All but [`IntakeError::Invalid`]
+/// are answered 503 so that the source re-sends.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     #[error("the Kubernetes API is unavailable: {0}")]
     Unavailable(String),
     #[error("gave up after repeated write conflicts on {0}")]
     Conflict(String),
+    /// The API server refused the request built from the signal; sending
+    /// it again would not help (answered 400 for that signal).
+    #[error("the request could not be stored: {0}")]
+    Invalid(String),
 }
 
 impl IntakeError {
@@ -150,6 +158,7 @@ impl IntakeError {
         match self {
             IntakeError::Unavailable(_) => "unavailable",
             IntakeError::Conflict(_) => "conflict",
+            IntakeError::Invalid(_) => "invalid",
         }
     }
 }

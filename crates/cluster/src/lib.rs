@@ -6,6 +6,7 @@
 
 mod actions;
 mod claims;
+mod events;
 mod occurrences;
 mod owners;
 mod requests;
@@ -56,6 +57,11 @@ impl Error {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 404)
+    }
+
+    /// 422: the API server refused the object itself.
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 422)
     }
 
     pub fn is_conflict(&self) -> bool {

@@ -243,8 +243,10 @@ fn build_request(
         target: resolved.target.clone(),
         signal_resource: signal.resource.clone(),
         owner_chain: resolved.chain.clone(),
-        labels: signal.labels.clone(),
-        annotations: signal.annotations.clone(),
+        // The 1.20 API server stores "" in a CRD's string map as null and then
+        // rejects it; an empty label says nothing anyway.
+        labels: non_empty(&signal.labels),
+        annotations: non_empty(&signal.annotations),
         firing_time: Time(signal.firing_time),
         received_time: Time(signal.received_time),
         original_payload: signal.raw.clone(),
@@ -259,6 +261,13 @@ fn build_request(
         spec,
         status: None,
     }
+}
+
+fn non_empty(m: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    m.iter()
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// `<signal>-<fp8>-<instance8>`: readable, unique per incident instance, and

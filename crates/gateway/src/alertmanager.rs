@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
 use kubernaut_api::{ObjectRef, Signal, SignalSource, SignalStatus};
+
+use crate::SignalError;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -47,14 +49,8 @@ pub struct Alert {
     pub fingerprint: String,
 }
 
-/// Why one alert of a payload could not become a signal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AlertError {
-    /// The alert is malformed: the caller sent something we cannot read.
-    Invalid(String),
-    /// The alert is well-formed but names no Kubernetes resource we know.
-    NoTarget,
-}
+const NO_TARGET: &str =
+    "the alert has no pod, deployment, statefulset, daemonset, job_name or node label";
 
 /// Labels naming the resource, most specific first. These are the labels
 /// kube-state-metrics and the kubernetes-mixin alerts carry.
@@ -86,14 +82,14 @@ impl Payload {
     }
 
     /// One result per alert, in payload order.
-    pub fn signals(&self, received: Timestamp) -> Vec<Result<Signal, AlertError>> {
+    pub fn signals(&self, received: Timestamp) -> Vec<Result<Signal, SignalError>> {
         self.alerts
             .iter()
             .map(|a| self.signal(a, received))
             .collect()
     }
 
-    fn signal(&self, alert: &Alert, received: Timestamp) -> Result<Signal, AlertError> {
+    fn signal(&self, alert: &Alert, received: Timestamp) -> Result<Signal, SignalError> {
         let mut labels = self.common_labels.clone();
         labels.extend(alert.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut annotations = self.common_annotations.clone();
@@ -108,23 +104,24 @@ impl Payload {
             .get("alertname")
             .filter(|n| !n.is_empty())
             .cloned()
-            .ok_or_else(|| AlertError::Invalid("alert has no alertname label".into()))?;
+            .ok_or_else(|| SignalError::Invalid("alert has no alertname label".into()))?;
         let status = match alert.status.as_str() {
             "firing" => SignalStatus::Firing,
             "resolved" => SignalStatus::Resolved,
             other => {
-                return Err(AlertError::Invalid(format!(
+                return Err(SignalError::Invalid(format!(
                     "alert status {other:?} is neither \"firing\" nor \"resolved\""
                 )));
             }
         };
         let firing_time: Timestamp = alert.starts_at.parse().map_err(|e| {
-            AlertError::Invalid(format!(
+            SignalError::Invalid(format!(
                 "startsAt {:?} is not an RFC 3339 time: {e}",
                 alert.starts_at
             ))
         })?;
-        let resource = resource_of(&labels).ok_or(AlertError::NoTarget)?;
+        let resource =
+            resource_of(&labels).ok_or_else(|| SignalError::NoTarget(NO_TARGET.into()))?;
         // Alertmanager's fingerprint identifies the label set; with startsAt it
         // identifies one firing. Older senders omit it: the labels stand in.
         let identity = if alert.fingerprint.is_empty() {
@@ -260,17 +257,20 @@ mod tests {
         let no_name = POD_ALERT.replace(r#""alertname":"KubePodCrashLooping","#, "");
         let mut p = parse(payload(&no_name).as_bytes()).unwrap();
         p.common_labels.remove("alertname");
-        assert!(matches!(p.signals(now())[0], Err(AlertError::Invalid(_))));
+        assert!(matches!(p.signals(now())[0], Err(SignalError::Invalid(_))));
 
         let bad_time = POD_ALERT.replace("2026-11-22T03:00:00.000Z", "yesterday");
         let p = parse(payload(&bad_time).as_bytes()).unwrap();
         assert!(
-            matches!(&p.signals(now())[0], Err(AlertError::Invalid(m)) if m.contains("startsAt"))
+            matches!(&p.signals(now())[0], Err(SignalError::Invalid(m)) if m.contains("startsAt"))
         );
 
         let no_target = POD_ALERT.replace(r#""pod":"cart-7d9f-abcde","#, "");
         let p = parse(payload(&no_target).as_bytes()).unwrap();
-        assert_eq!(p.signals(now())[0], Err(AlertError::NoTarget));
+        assert!(matches!(
+            &p.signals(now())[0],
+            Err(SignalError::NoTarget(_))
+        ));
     }
 
     #[test]

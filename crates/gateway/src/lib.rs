@@ -6,6 +6,8 @@
 //! input with an RFC 7807 body, and 503 when the signal must be sent again.
 
 pub mod alertmanager;
+pub mod generic;
+pub mod kubernetes_event;
 pub mod metrics;
 pub mod problem;
 pub mod protect;
@@ -54,6 +56,8 @@ pub fn router(state: GatewayState) -> Router {
     );
     Router::new()
         .route("/api/v1/signals/alertmanager", post(alertmanager))
+        .route("/api/v1/signals/kubernetes-event", post(kubernetes_event))
+        .route("/api/v1/signals/generic", post(generic))
         .route_layer(guard)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .method_not_allowed_fallback(method_not_allowed)
@@ -217,63 +221,111 @@ fn body_problem(rejection: BytesRejection) -> Problem {
     }
 }
 
+/// Why one signal of a payload could not be handed to the intake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalError {
+    /// Malformed: the caller sent something we cannot read (400).
+    Invalid(String),
+    /// Well-formed, but names no Kubernetes resource we know (200, rejected).
+    NoTarget(String),
+    /// Well-formed and deliberately not acted on (200, rejected).
+    Ignored(RejectReason, String),
+}
+
+/// What a source adapter makes of a body: one result per signal.
+pub type Parsed = Vec<Result<Signal, SignalError>>;
+
 async fn alertmanager(
     State(st): State<GatewayState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    const SOURCE: &str = "alertmanager";
+    let metrics = st.metrics.clone();
+    handle(&st, "alertmanager", &headers, body, |b| {
+        let payload = alertmanager::parse(b).map_err(|e| format!("invalid Alertmanager payload: {e}"))?;
+        payload.validate()?;
+        if payload.truncated_alerts > 0 {
+            metrics.truncated.inc_by(payload.truncated_alerts);
+            tracing::warn!(truncated = payload.truncated_alerts, group = %payload.group_key, "Alertmanager truncated alerts of a group");
+        }
+        Ok(payload.signals(Timestamp::now()))
+    })
+    .await
+}
+
+async fn kubernetes_event(
+    State(st): State<GatewayState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(&st, "kubernetes-event", &headers, body, |b| {
+        let event = kubernetes_event::parse(b)?;
+        Ok(vec![kubernetes_event::signal(&event, Timestamp::now())])
+    })
+    .await
+}
+
+async fn generic(
+    State(st): State<GatewayState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(&st, "generic", &headers, body, |b| {
+        generic::parse(b, Timestamp::now())
+    })
+    .await
+}
+
+/// The common path of every JSON source: content type, body, the source's
+/// parser, then each signal through the intake; timed per source.
+async fn handle(
+    st: &GatewayState,
+    source: &'static str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    parse: impl FnOnce(&[u8]) -> Result<Parsed, String>,
+) -> Response {
     let started = Instant::now();
-    let resp = handle_alertmanager(&st, &headers, body).await;
+    let resp = match check_json_content_type(headers)
+        .and_then(|()| body.map_err(body_problem))
+        .and_then(|b| parse(&b).map_err(Problem::bad_request))
+    {
+        Ok(signals) => handle_signals(st, source, signals).await,
+        Err(problem) => {
+            st.metrics.count(source, "invalid", "");
+            problem.into_response()
+        }
+    };
     st.metrics
         .latency
-        .get_or_create(&metrics::EndpointLabels { endpoint: SOURCE })
+        .get_or_create(&metrics::EndpointLabels { endpoint: source })
         .observe(started.elapsed().as_secs_f64());
     resp
 }
 
-async fn handle_alertmanager(
-    st: &GatewayState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    const SOURCE: &str = "alertmanager";
-    let payload = match check_json_content_type(headers)
-        .and_then(|()| body.map_err(body_problem))
-        .and_then(|b| {
-            alertmanager::parse(&b)
-                .map_err(|e| Problem::bad_request(format!("invalid Alertmanager payload: {e}")))
-        })
-        .and_then(|p| p.validate().map(|()| p).map_err(Problem::bad_request))
-    {
-        Ok(p) => p,
-        Err(problem) => {
-            st.metrics.count(SOURCE, "invalid", "");
-            return problem.into_response();
-        }
-    };
-    if payload.truncated_alerts > 0 {
-        st.metrics.truncated.inc_by(payload.truncated_alerts);
-        tracing::warn!(truncated = payload.truncated_alerts, group = %payload.group_key, "Alertmanager truncated alerts of a group");
+async fn handle_signals(st: &GatewayState, source: &'static str, signals: Parsed) -> Response {
+    if signals.is_empty() {
+        st.metrics.count(source, "invalid", "");
+        return Problem::bad_request("the payload holds no signal").into_response();
     }
-
-    let handled = futures::stream::iter(payload.signals(Timestamp::now()))
+    let handled = futures::stream::iter(signals)
         .map(|parsed| async move {
-            st.metrics.count(SOURCE, "received", "");
+            st.metrics.count(source, "received", "");
             match parsed {
-                Err(alertmanager::AlertError::Invalid(detail)) => {
-                    st.metrics.count(SOURCE, "invalid", "");
+                Err(SignalError::Invalid(detail)) => {
+                    st.metrics.count(source, "invalid", "");
                     Ok(SignalResult::invalid(detail))
                 }
-                Err(alertmanager::AlertError::NoTarget) => {
-                    st.metrics
-                        .count(SOURCE, "rejected", RejectReason::NoTarget.as_str());
-                    Ok(SignalResult::from_outcome(reject(
-                        RejectReason::NoTarget,
-                        "the alert has no pod, deployment, statefulset, daemonset, job_name or node label",
-                    )))
+                Err(SignalError::NoTarget(detail)) => {
+                    let reason = RejectReason::NoTarget;
+                    st.metrics.count(source, "rejected", reason.as_str());
+                    Ok(SignalResult::from_outcome(reject(reason, &detail)))
                 }
-                Ok(signal) => process(st, SOURCE, signal).await,
+                Err(SignalError::Ignored(reason, detail)) => {
+                    st.metrics.count(source, "rejected", reason.as_str());
+                    Ok(SignalResult::from_outcome(reject(reason, &detail)))
+                }
+                Ok(signal) => process(st, source, signal).await,
             }
         })
         .buffered(BATCH_CONCURRENCY)
@@ -324,6 +376,11 @@ async fn process(
             };
             st.metrics.count(source, outcome, reason);
             Ok(SignalResult::from_outcome(o))
+        }
+        Err(IntakeError::Invalid(detail)) => {
+            st.metrics.count(source, "invalid", "");
+            tracing::warn!(%detail, source, "the API server refused the request of a signal");
+            Ok(SignalResult::invalid(detail))
         }
         Err(e) => {
             st.metrics.count(source, "error", e.metric_label());

@@ -443,7 +443,9 @@ impl Inner {
 }
 
 fn unavailable(e: kubernaut_cluster::Error) -> IntakeError {
-    if e.is_conflict() {
+    if e.is_invalid() {
+        IntakeError::Invalid(e.to_string())
+    } else if e.is_conflict() {
         IntakeError::Conflict(e.to_string())
     } else {
         IntakeError::Unavailable(e.to_string())

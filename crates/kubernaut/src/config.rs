@@ -41,6 +41,18 @@ pub struct Gateway {
     pub request_timeout_seconds: u64,
     pub auth: Auth,
     pub rate_limit: RateLimits,
+    pub kubernetes_events: KubernetesEvents,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesEvents {
+    /// Watch the API server's Warning events as signals (opt-in).
+    pub watch: bool,
+    /// Older events (a re-list replays all that exist) are not signals.
+    pub max_age_seconds: u64,
+    /// One signal per involved object and reason within this window.
+    pub suppress_seconds: u64,
 }
 
 impl Gateway {

@@ -15,6 +15,7 @@ use kube::api::ListParams;
 use kubernaut_actors::{Context, Metrics as ControllerMetrics, Settings, controller};
 use kubernaut_api::RemediationRequest;
 use kubernaut_cluster::{Cluster, ClusterConfig, KubeTokenReviewer};
+use kubernaut_gateway::kubernetes_event::WatchSettings;
 use kubernaut_gateway::{
     GatewayState, Metrics as GatewayMetrics, Protection, ProtectionConfig, Rate, ReviewPolicy,
 };
@@ -192,11 +193,12 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
 
     let ready = Readiness::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let gw_app = kubernaut_gateway::router(GatewayState {
+    let gw_state = GatewayState {
         intake: Arc::new(intake),
         metrics: gateway_metrics,
         protection: Arc::new(Protection::new(protection)),
-    });
+    };
+    let gw_app = kubernaut_gateway::router(gw_state.clone());
     let admin_app = admin_router(Arc::new(registry), ready.clone());
 
     let wait = |mut rx: watch::Receiver<bool>| async move {
@@ -214,7 +216,7 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
         tracing::info!("initial request list synced; ready");
         ready_flag.set(true);
     });
-    let components: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
+    let mut components: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
         (
             "gateway",
             tokio::spawn(
@@ -234,6 +236,28 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
             ),
         ),
     ];
+    if gateway.kubernetes_events.watch {
+        let settings = WatchSettings {
+            max_age: Duration::from_secs(gateway.kubernetes_events.max_age_seconds),
+            suppress: Duration::from_secs(gateway.kubernetes_events.suppress_seconds),
+        };
+        let events = cluster.warning_events();
+        let mut stop = shutdown_rx.clone();
+        components.push((
+            "event-watch",
+            tokio::spawn(
+                async move {
+                    tokio::select! {
+                        () = kubernaut_gateway::kubernetes_event::pump(events, gw_state, settings) => {
+                            anyhow::bail!("the event watch ended")
+                        }
+                        _ = stop.wait_for(|s| *s) => Ok(()),
+                    }
+                }
+                .instrument(tracing::info_span!("event-watch")),
+            ),
+        ));
+    }
     tracing::info!(gateway = %gateway_addr, admin = %admin_addr, "kubernaut serving");
 
     let ready_down = ready.clone();

@@ -1,4 +1,4 @@
-//! `kubernaut`: `serve --config FILE`, `crds`, `version`.
+//! `kubernaut`: `serve --config FILE`, `crds`, `generic-schema`, `version`.
 
 use std::path::PathBuf;
 
@@ -27,6 +27,8 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
+    /// Print the JSON Schema of the generic webhook's signals.
+    GenericSchema,
     /// Print the version.
     Version,
 }
@@ -50,6 +52,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Crds => {
             print!("{}", kubernaut_api::RemediationRequest::crd_yaml()?);
+            Ok(())
+        }
+        Command::GenericSchema => {
+            print!("{}", kubernaut_gateway::generic::schema_json());
             Ok(())
         }
         Command::Serve { config } => {

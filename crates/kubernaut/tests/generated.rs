@@ -1,5 +1,5 @@
 //! Generated files in deploy/ must match their sources; regenerate with
-//! `make crds` (the CRD) or copy config/default.yaml into the ConfigMap.
+//! `make crds` (the CRD and the generic webhook's schema) or copy config/default.yaml into the ConfigMap.
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
@@ -14,6 +14,14 @@ fn deploy_crd_matches_the_rust_types() {
     assert!(
         read("deploy/crds/remediationrequests.kubernaut.io.yaml") == generated,
         "deploy/crds/ is stale: run `make crds`"
+    );
+}
+
+#[test]
+fn published_generic_schema_matches_the_rust_types() {
+    assert!(
+        read("docs/generic-signal.schema.json") == kubernaut_gateway::generic::schema_json(),
+        "docs/generic-signal.schema.json is stale: run `make crds`"
     );
 }
 

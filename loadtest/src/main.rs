@@ -1,0 +1,298 @@
+//! The alert-storm runner (K-OP-4): fires Alertmanager notifications at the
+//! gateway with a chosen concurrency or rate, set of targets and share of
+//! re-deliveries, and reports throughput, latency percentiles, status codes,
+//! and requests created against what was expected. `--svg` draws latency
+//! over time; `--csv` keeps every sample.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "Fire an alert storm at the Kubernaut gateway and report what happened")]
+struct Args {
+    /// The Alertmanager endpoint of the gateway.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8080/api/v1/signals/alertmanager"
+    )]
+    url: String,
+    /// Bearer token.
+    #[arg(long, env = "KUBERNAUT_DEV_TOKEN", default_value = "dev-token")]
+    token: String,
+    /// Namespace of the target pods.
+    #[arg(long)]
+    namespace: String,
+    /// Target pods, comma-separated (`kubectl get pods -o name` without `pod/`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pods: Vec<String>,
+    /// Notifications to send.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Notifications in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Notifications per second (open loop); 0 sends as fast as answers come.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Share (0..=1) of notifications that re-deliver an alert already sent.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_share: f64,
+    /// Alert names to cycle through.
+    #[arg(long, value_delimiter = ',', default_value = "KubePodCrashLooping")]
+    alertnames: Vec<String>,
+    /// Requests the storm should create (printed next to what it did create).
+    #[arg(long)]
+    expect_created: Option<usize>,
+    /// A label for this run in the report.
+    #[arg(long, default_value = "storm")]
+    label: String,
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+struct Sample {
+    at: Duration,
+    latency: Duration,
+    status: u16,
+}
+
+/// The alert of notification `i`: re-deliveries repeat an earlier alert's
+/// identity exactly (fingerprint and startsAt), new alerts get a new one.
+fn alert_for(args: &Args, i: usize, run: &str) -> serde_json::Value {
+    let share = args.duplicate_share.clamp(0.0, 1.0);
+    // Spread re-deliveries evenly: notification i is new when the count of
+    // new ones so far falls behind (1 - share) * (i + 1).
+    let new_before = ((1.0 - share) * i as f64).ceil() as usize;
+    let new_now = ((1.0 - share) * (i + 1) as f64).ceil() as usize;
+    let id = if new_now > new_before || new_before == 0 {
+        new_before
+    } else {
+        // Re-deliver one of the alerts sent so far, round robin.
+        i % new_before.max(1)
+    };
+    let pod = &args.pods[id % args.pods.len()];
+    let name = &args.alertnames[id % args.alertnames.len()];
+    json!({
+        "status": "firing",
+        "labels": {"alertname": name, "namespace": args.namespace, "pod": pod, "severity": "warning"},
+        "annotations": {"summary": format!("loadtest {run} alert {id}")},
+        "startsAt": "2026-11-22T03:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://loadtest.local",
+        "fingerprint": format!("{run}-{id:08}"),
+    })
+}
+
+fn notification(alert: serde_json::Value) -> String {
+    json!({
+        "version": "4", "groupKey": "loadtest", "truncatedAlerts": 0, "status": "firing",
+        "receiver": "kubernaut", "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://loadtest.local", "alerts": [alert],
+    })
+    .to_string()
+}
+
+async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    token: &str,
+    body: String,
+) -> u16 {
+    let req = match hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(body)))
+    {
+        Ok(r) => r,
+        Err(_) => return 0,
+    };
+    match tokio::time::timeout(Duration::from_secs(60), client.request(req)).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            // Read the body so that the connection goes back to the pool.
+            let _ = resp.into_body().collect().await;
+            status
+        }
+        // 0: no answer (connection error or 60 s timeout).
+        _ => 0,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn svg(samples: &[Sample], title: &str) -> String {
+    let (w, h, pad) = (800.0, 400.0, 50.0);
+    let max_t = samples.iter().map(|s| ms(s.at)).fold(1.0, f64::max);
+    let max_l = samples.iter().map(|s| ms(s.latency)).fold(1.0, f64::max);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{pad}" y="20">{title}: latency (ms, up to {max_l:.1}) over time (ms, up to {max_t:.0})</text>
+<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/>
+<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>
+"#,
+        h - pad,
+        w - pad / 2.0,
+        h - pad,
+        h - pad
+    );
+    for s in samples {
+        let x = pad + ms(s.at) / max_t * (w - 1.5 * pad);
+        let y = h - pad - ms(s.latency) / max_l * (h - 2.0 * pad);
+        let color = match s.status {
+            201 => "green",
+            202 => "steelblue",
+            200 | 207 => "gray",
+            _ => "red",
+        };
+        let _ = writeln!(
+            out,
+            r#"<circle cx="{x:.1}" cy="{y:.1}" r="1.5" fill="{color}"/>"#
+        );
+    }
+    out.push_str(
+        r#"<text x="60" y="390" fill="green">201 created</text><text x="160" y="390" fill="steelblue">202 duplicate</text><text x="270" y="390" fill="red">other</text></svg>"#,
+    );
+    out
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.concurrency == 0 || args.requests == 0 {
+        bail!("--concurrency and --requests must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&args.duplicate_share) {
+        bail!("--duplicate-share must be between 0 and 1");
+    }
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let bodies: Vec<String> = (0..args.requests)
+        .map(|i| notification(alert_for(&args, i, &run)))
+        .collect();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(args.concurrency)
+        .build(connector);
+
+    let started = Instant::now();
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+    let client_ref = &client;
+    let args_ref = &args;
+    let samples: Vec<Sample> = futures::stream::iter(bodies.into_iter().enumerate())
+        .map(|(i, body)| async move {
+            if let Some(every) = interval {
+                let due = started + every.mul_f64(i as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let sent = Instant::now();
+            let status = send(client_ref, &args_ref.url, &args_ref.token, body).await;
+            Sample {
+                at: sent - started,
+                latency: sent.elapsed(),
+                status,
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+
+    let mut codes: BTreeMap<u16, usize> = BTreeMap::new();
+    for s in &samples {
+        *codes.entry(s.status).or_default() += 1;
+    }
+    let mut lat: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    lat.sort_unstable();
+    let created = codes.get(&201).copied().unwrap_or(0);
+    println!("== loadtest: {}", args.label);
+    println!(
+        "sent {} notifications ({} alert each) to {} pods, concurrency {}, rate {}, duplicate share {:.2}",
+        args.requests,
+        1,
+        args.pods.len(),
+        args.concurrency,
+        if args.rate > 0.0 {
+            format!("{}/s", args.rate)
+        } else {
+            "unbounded".into()
+        },
+        args.duplicate_share
+    );
+    println!(
+        "elapsed {:.2} s, throughput {:.0} alerts/s",
+        elapsed.as_secs_f64(),
+        args.requests as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        ms(percentile(&lat, 50.0)),
+        ms(percentile(&lat, 90.0)),
+        ms(percentile(&lat, 99.0)),
+        ms(percentile(&lat, 100.0))
+    );
+    let codes_text: Vec<String> = codes
+        .iter()
+        .map(|(c, n)| {
+            if *c == 0 {
+                format!("no answer: {n}")
+            } else {
+                format!("{c}: {n}")
+            }
+        })
+        .collect();
+    println!("status codes: {}", codes_text.join(", "));
+    match args.expect_created {
+        Some(want) => println!("requests created: {created} (expected {want})"),
+        None => println!("requests created: {created}"),
+    }
+    if let Some(path) = &args.csv {
+        let mut out = String::from("sent_ms,latency_ms,status\n");
+        for s in &samples {
+            let _ = writeln!(out, "{:.3},{:.3},{}", ms(s.at), ms(s.latency), s.status);
+        }
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, svg(&samples, &args.label))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("plot: {}", path.display());
+    }
+    if let Some(want) = args.expect_created
+        && want != created
+    {
+        bail!("created {created} requests, expected {want}");
+    }
+    Ok(())
+}
