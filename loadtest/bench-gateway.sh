@@ -16,6 +16,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 N=${1:-200}
 DUPS=${DUPS:-5000}
+SLOW_DUPS=${SLOW_DUPS:-500}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kubernaut/target}"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -82,8 +83,8 @@ say "duplicate path (Redis): $DUPS re-deliveries of one alert, concurrency 32"
 stop
 
 serve REDIS_URL=
-say "duplicate path (no Redis): $DUPS re-deliveries of one alert, concurrency 32"
-"${LT[@]}" --label duplicate-no-redis --pods "$ONE" --requests "$DUPS" --concurrency 32 \
+say "duplicate path (no Redis): $SLOW_DUPS re-deliveries of one alert, concurrency 32"
+"${LT[@]}" --label duplicate-no-redis --pods "$ONE" --requests "$SLOW_DUPS" --concurrency 32 \
   --duplicate-share 1 --expect-created 0
 stop
 

@@ -4,11 +4,12 @@
 //! Kubernetes is the source of truth; Redis is the shared fast path in front
 //! of it. For each signal:
 //!
-//! 1. A known signal instance (Redis, else the request it created) is a
-//!    duplicate whatever the state of its request.
+//! 1. A known signal instance (Redis; when Redis cannot answer, the request
+//!    it created) is a duplicate whatever the state of its request.
 //! 2. The resource is resolved to its top-level owner and scope-checked.
 //! 3. An open request for the fingerprint named by Redis, once the API
-//!    server confirms it is open, takes the signal as a duplicate.
+//!    server confirms it is open, takes the signal as a duplicate; when
+//!    Redis is down, the fingerprint's requests are listed instead.
 //! 4. Otherwise the creator claims the fingerprint, first in Redis (`SET NX`,
 //!    so that contenders wait on Redis rather than on the API server), then
 //!    with a Lease, which holds even when Redis is down or lost its data.
@@ -20,7 +21,7 @@
 mod metrics;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -59,6 +60,8 @@ struct Inner {
     metrics: IntakeMetrics,
     /// Seconds since the epoch of the last "Redis unavailable" warning.
     last_redis_warning: AtomicU64,
+    /// The last Redis call failed.
+    redis_down: AtomicBool,
 }
 
 impl Intake {
@@ -78,6 +81,7 @@ impl Intake {
                 settings,
                 metrics,
                 last_redis_warning: AtomicU64::new(0),
+                redis_down: AtomicBool::new(false),
             }),
         }
     }
@@ -118,8 +122,12 @@ impl Inner {
     ) -> Option<T> {
         let index = self.index.as_ref()?;
         match call(index).await {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                self.redis_down.store(false, Ordering::Relaxed);
+                Some(v)
+            }
             Err(e) => {
+                self.redis_down.store(true, Ordering::Relaxed);
                 self.metrics.redis_fallback(op);
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -136,6 +144,11 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// Whether the last Redis call worked (false without Redis).
+    fn redis_available(&self) -> bool {
+        self.index.is_some() && !self.redis_down.load(Ordering::Relaxed)
     }
 
     async fn remember(&self, instance: &str, open: Option<&str>, key: &RequestKey) {
@@ -155,20 +168,24 @@ impl Inner {
 
         // 1. A re-delivery is a duplicate whatever happened since, even if
         // the remediation removed its pod, so it is looked up before the
-        // resource is resolved.
-        if let Some(Some(key)) = self
+        // resource is resolved. Kubernetes is only asked (a list, whose cost
+        // grows with the namespace's requests) when Redis cannot answer; a
+        // re-delivery Redis forgot is still found through its fingerprint.
+        let indexed = self
             .redis("instance_get", async |i| i.instance(&instance).await)
-            .await
-            && let Some(c) = self.count(&key, at, &instance, Require::Any).await?
+            .await;
+        if let Some(Some(key)) = &indexed
+            && let Some(c) = self.count(key, at, &instance, Require::Any).await?
         {
-            return Ok(duplicate(key, c));
+            return Ok(duplicate(key.clone(), c));
         }
         let home = self.cluster.request_namespace(&signal.resource);
-        if let Some(rr) = self
-            .cluster
-            .find_instance(&home, &instance)
-            .await
-            .map_err(unavailable)?
+        if indexed.is_none()
+            && let Some(rr) = self
+                .cluster
+                .find_instance(&home, &instance)
+                .await
+                .map_err(unavailable)?
         {
             let key = key_of(&rr);
             if let Some(c) = self.count(&key, at, &instance, Require::Any).await? {
@@ -187,9 +204,25 @@ impl Inner {
             &resolved.target,
         );
 
-        // 3. The open request Redis knows of.
-        if let Some(out) = self.count_on_indexed_open(&fp, &instance, at).await? {
-            return Ok(out);
+        // 3. The open request: as Redis knows it, or, when Redis cannot
+        // say, as Kubernetes does (no claim is needed to count).
+        if self.redis_available() {
+            if let Some(out) = self.count_on_indexed_open(&fp, &instance, at).await? {
+                return Ok(out);
+            }
+        } else {
+            let ns = self.cluster.request_namespace(&resolved.target);
+            if let Some(rr) = self
+                .cluster
+                .find_open_or_same(&ns, &fp, &instance)
+                .await
+                .map_err(unavailable)?
+            {
+                let key = key_of(&rr);
+                if let Some(c) = self.count(&key, at, &instance, Require::Any).await? {
+                    return Ok(duplicate(key, c));
+                }
+            }
         }
 
         // 4. Claim, then count or create.
