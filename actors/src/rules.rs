@@ -126,6 +126,7 @@ mod tests {
             firing_time: t.clone(),
             received_time: t,
             original_payload: String::new(),
+            storm: None,
         }
     }
 

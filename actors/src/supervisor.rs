@@ -198,6 +198,21 @@ async fn advance(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
 }
 
 async fn analyze(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProcessingErr> {
+    // A storm (K-GW-6) is escalated, never remediated target by target: it
+    // waits for a human.
+    if let Some(storm) = st.spec.storm.clone() {
+        let msg = format!(
+            "{:?} storm of {} in namespace {}: escalated, approval required",
+            storm.kind, storm.alert_name, storm.namespace
+        );
+        return commit(
+            myself,
+            st,
+            Some((Phase::AwaitingApproval, "StormEscalated", msg)),
+            |s| set_condition(s, "Analyzed", "True", "Storm"),
+        )
+        .await;
+    }
     let started = Instant::now();
     let decision = rules::decide(&st.ctx.rules, &st.spec);
     observe_stage(st, "analysis", started);

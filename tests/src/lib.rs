@@ -275,6 +275,7 @@ impl Gateway {
             IntakeSettings {
                 holder: holder.to_string(),
                 claim_ttl: Duration::from_secs(10),
+                storm: storm_settings(),
             },
             intake_metrics.clone(),
         );
@@ -606,4 +607,17 @@ impl Drop for AlertmanagerServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Storm detection as in config/dev.yaml, except that the thresholds of the
+/// `storm-test` environment are low: other tests' bursts (100 signals for
+/// one target) stay below the rate threshold, storm tests label their
+/// namespace `storm-test`.
+fn storm_settings() -> kubernaut_intake::StormSettings {
+    let mut s = kubernaut_intake::StormSettings {
+        rate_threshold: 1_000,
+        ..Default::default()
+    };
+    s.pattern_thresholds.insert("storm-test".into(), 5);
+    s
 }

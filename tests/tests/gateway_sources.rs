@@ -165,7 +165,14 @@ async fn the_generic_webhook_takes_batches_and_resolutions() -> anyhow::Result<(
         .as_array()
         .map(|a| a.iter().filter_map(|x| x["status"].as_u64()).collect())
         .unwrap_or_default();
-    assert_eq!(codes, [201, 202, 400]);
+    // The two firings race (a batch is handled concurrently): one creates,
+    // the other counts; the typo is refused on its own.
+    let mut firings = codes[..2].to_vec();
+    firings.sort_unstable();
+    assert_eq!(
+        (firings.as_slice(), codes.get(2)),
+        (&[201, 202][..], Some(&400))
+    );
     assert!(
         r.body["results"][2]["detail"]
             .as_str()

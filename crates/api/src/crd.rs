@@ -60,6 +60,70 @@ pub struct RemediationRequestSpec {
     #[serde(default)]
     #[schemars(transform = no_schema_default)]
     pub original_payload: String,
+    /// Set on a storm request (K-GW-6), which aggregates the signals of one
+    /// alert name in one namespace instead of remediating each target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StormSpec {
+    pub kind: StormKind,
+    pub alert_name: String,
+    pub namespace: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StormKind {
+    /// Too many signals of one alert name per minute.
+    Rate,
+    /// Too many distinct targets with one alert name within the window.
+    Pattern,
+}
+
+/// What a storm request aggregated; written by the gateway only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StormStatus {
+    pub total_signals: i64,
+    /// The first [`MAX_STORM_TARGETS`] distinct targets, with their counts.
+    #[serde(default)]
+    pub affected_targets: Vec<AffectedTarget>,
+    /// Signals for targets beyond the listed ones.
+    #[serde(default)]
+    pub unlisted_signals: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AffectedTarget {
+    pub target: ObjectRef,
+    pub signals: i64,
+}
+
+/// Bound on [`StormStatus::affected_targets`].
+pub const MAX_STORM_TARGETS: usize = 50;
+
+impl StormStatus {
+    pub fn add(&mut self, target: &ObjectRef) {
+        self.total_signals += 1;
+        if let Some(t) = self
+            .affected_targets
+            .iter_mut()
+            .find(|t| &t.target == target)
+        {
+            t.signals += 1;
+        } else if self.affected_targets.len() < MAX_STORM_TARGETS {
+            self.affected_targets.push(AffectedTarget {
+                target: target.clone(),
+                signals: 1,
+            });
+        } else {
+            self.unlisted_signals += 1;
+        }
+    }
 }
 
 #[derive(
@@ -115,6 +179,9 @@ pub struct RemediationRequestStatus {
     /// written by the gateway only, read by the effectiveness check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal_resolution: Option<SignalResolution>,
+    /// Storm requests only; written by the gateway only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processing: Option<ProcessingStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

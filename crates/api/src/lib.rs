@@ -10,9 +10,10 @@ pub mod phase;
 pub mod signal;
 
 pub use crd::{
-    AnalysisStatus, Deduplication, ExecutionStatus, MAX_RECENT_INSTANCES, ObjectRef,
-    PhaseTransition, ProcessingStatus, RemediationRequest, RemediationRequestSpec,
-    RemediationRequestStatus, SignalResolution,
+    AffectedTarget, AnalysisStatus, Deduplication, ExecutionStatus, MAX_RECENT_INSTANCES,
+    MAX_STORM_TARGETS, ObjectRef, PhaseTransition, ProcessingStatus, RemediationRequest,
+    RemediationRequestSpec, RemediationRequestStatus, SignalResolution, StormKind, StormSpec,
+    StormStatus,
 };
 pub use k8s_openapi;
 pub use kube;
@@ -76,6 +77,21 @@ mod tests {
         for bad in ["", "shop", "/x", "shop/", "a/b/c"] {
             assert_eq!(RequestKey::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn storm_targets_are_counted_and_the_list_is_bounded() {
+        let mut s = StormStatus::default();
+        let a = ObjectRef::new("Deployment", "shop", "a");
+        s.add(&a);
+        s.add(&a);
+        for i in 0..MAX_STORM_TARGETS + 5 {
+            s.add(&ObjectRef::new("Deployment", "shop", &format!("t{i}")));
+        }
+        assert_eq!(s.total_signals, 2 + MAX_STORM_TARGETS as i64 + 5);
+        assert_eq!(s.affected_targets.len(), MAX_STORM_TARGETS);
+        assert_eq!(s.affected_targets[0].signals, 2);
+        assert_eq!(s.unlisted_signals, 6);
     }
 
     #[test]

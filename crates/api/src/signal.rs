@@ -112,6 +112,14 @@ pub enum IngestOutcome {
         reason: RejectReason,
         detail: String,
     },
+    /// Aggregated into the storm request of its alert name and namespace
+    /// (K-GW-6); `created` when this signal opened the storm request.
+    Storm {
+        request: String,
+        namespace: String,
+        created: bool,
+        total_signals: i64,
+    },
     /// A resolution, recorded on the request its signal belongs to, if any.
     Resolved { request: Option<crate::RequestKey> },
 }

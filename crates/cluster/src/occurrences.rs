@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kubernaut_api::{Deduplication, RemediationRequest, RequestKey};
+use kubernaut_api::{Deduplication, ObjectRef, RemediationRequest, RequestKey};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -48,6 +48,8 @@ struct Waiter {
     at: Timestamp,
     instance: String,
     require: Require,
+    /// On a storm request: the target this signal is about.
+    storm_target: Option<ObjectRef>,
     reply: oneshot::Sender<Result<Option<Counted>, String>>,
 }
 
@@ -77,11 +79,25 @@ impl Occurrences {
         instance: &str,
         require: Require,
     ) -> Result<Option<Counted>> {
+        self.record_on(request, at, instance, require, None).await
+    }
+
+    /// As [`Occurrences::record`]; on a storm request, also counts the signal
+    /// against its target in `status.storm`.
+    pub async fn record_on(
+        &self,
+        request: &RequestKey,
+        at: Timestamp,
+        instance: &str,
+        require: Require,
+        storm_target: Option<ObjectRef>,
+    ) -> Result<Option<Counted>> {
         let (reply, rx) = oneshot::channel();
         let waiter = Waiter {
             at,
             instance: instance.to_string(),
             require,
+            storm_target,
             reply,
         };
         let start_writer = {
@@ -163,9 +179,26 @@ async fn write_batch(api: &Api<RemediationRequest>, name: &str, batch: Vec<Waite
             }
         }
         dedup.occurrence_count = base + n as i64;
+        let mut status = json!({ "deduplication": dedup });
+        let storm_targets: Vec<&ObjectRef> = batch
+            .iter()
+            .filter(|w| countable(w))
+            .filter_map(|w| w.storm_target.as_ref())
+            .collect();
+        if !storm_targets.is_empty() {
+            let mut storm = rr
+                .status
+                .as_ref()
+                .and_then(|s| s.storm.clone())
+                .unwrap_or_default();
+            for t in storm_targets {
+                storm.add(t);
+            }
+            status["storm"] = json!(storm);
+        }
         let patch = json!({
             "metadata": { "resourceVersion": rr.metadata.resource_version },
-            "status": { "deduplication": dedup },
+            "status": status,
         });
         match bounded(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))).await
         {

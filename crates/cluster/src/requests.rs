@@ -14,7 +14,8 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kubernaut_api::{
     Deduplication, FINGERPRINT_LABEL, INSTANCE_LABEL, LABEL_DIGEST_LEN, MANAGED_LABEL, ObjectRef,
-    RemediationRequest, RemediationRequestSpec, RequestKey, Signal, SignalResolution,
+    RemediationRequest, RemediationRequestSpec, RequestKey, Signal, SignalResolution, StormSpec,
+    StormStatus,
 };
 use serde_json::json;
 
@@ -137,16 +138,30 @@ impl Cluster {
     }
 
     /// Creates the request for a resolved, in-scope signal and records its
-    /// first occurrence.
+    /// first occurrence. A storm request lives in the storm's namespace and
+    /// starts its storm status with the signal's target (the first of
+    /// `resolved.chain`).
     pub async fn create_request(
         &self,
         signal: &Signal,
         resolved: &Resolved,
         fingerprint: &str,
+        storm: Option<&StormSpec>,
     ) -> Result<Created> {
-        let ns = self.request_namespace(&resolved.target);
+        let ns = match storm {
+            Some(s) => s.namespace.clone(),
+            None => self.request_namespace(&resolved.target),
+        };
         let api = self.requests(&ns);
-        let rr = build_request(signal, resolved, fingerprint, &signal.instance_id(), &ns);
+        let mut rr = build_request(signal, resolved, fingerprint, &signal.instance_id(), &ns);
+        if let Some(s) = storm {
+            rr.spec.storm = Some(s.clone());
+            rr.metadata.name = Some(request_name(
+                &format!("storm-{}", signal.name),
+                fingerprint,
+                &signal.instance_id(),
+            ));
+        }
         let name = rr.metadata.name.clone().unwrap_or_default();
         match bounded(api.create(&PostParams::default(), &rr)).await {
             Ok(_) => {}
@@ -155,7 +170,15 @@ impl Cluster {
             }
             Err(e) => return Err(e),
         }
-        set_first_occurrence(&api, &name, signal.received_time, &signal.instance_id()).await?;
+        let first_target = storm.and(resolved.chain.first());
+        set_first_occurrence(
+            &api,
+            &name,
+            signal.received_time,
+            &signal.instance_id(),
+            first_target,
+        )
+        .await?;
         tracing::info!(request = %name, namespace = %ns, target = %resolved.target, signal = %signal.name, "request created");
         Ok(Created::Created(RequestKey::new(ns, name)))
     }
@@ -250,6 +273,7 @@ fn build_request(
         firing_time: Time(signal.firing_time),
         received_time: Time(signal.received_time),
         original_payload: signal.raw.clone(),
+        storm: None,
     };
     RemediationRequest {
         metadata: ObjectMeta {
@@ -289,6 +313,7 @@ async fn set_first_occurrence(
     name: &str,
     at: Timestamp,
     instance: &str,
+    storm_target: Option<&ObjectRef>,
 ) -> Result<()> {
     let mut dedup = Deduplication {
         occurrence_count: 1,
@@ -297,7 +322,12 @@ async fn set_first_occurrence(
         recent_instances: Vec::new(),
     };
     dedup.remember(instance);
-    let patch = json!({ "status": { "deduplication": dedup } });
+    let mut patch = json!({ "status": { "deduplication": dedup } });
+    if let Some(t) = storm_target {
+        let mut storm = StormStatus::default();
+        storm.add(t);
+        patch["status"]["storm"] = json!(storm);
+    }
     bounded(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))).await?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The controller's writes to `RemediationRequest` status. The controller
 //! restates all of its own fields with server-side apply under one field
-//! manager; `deduplication` and `signalResolution` belong to the gateway and
-//! are never sent here.
+//! manager; `deduplication`, `signalResolution` and `storm` belong to the
+//! gateway and are never sent here.
 
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -22,6 +22,7 @@ impl Cluster {
         let mut status = status.clone();
         status.deduplication = None;
         status.signal_resolution = None;
+        status.storm = None;
         let body = json!({
             "apiVersion": "kubernaut.io/v1alpha1",
             "kind": "RemediationRequest",

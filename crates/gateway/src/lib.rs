@@ -89,7 +89,9 @@ async fn not_found(uri: axum::http::Uri) -> Response {
     .into_response()
 }
 
-/// The answer for one signal of a payload.
+/// The answer for one signal of a payload. `result` is created, duplicate,
+/// storm (aggregated into a storm request, K-GW-6), rejected, resolved or
+/// invalid.
 #[derive(Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SignalResult {
@@ -159,6 +161,23 @@ impl SignalResult {
                 detail: Some(detail),
                 ..Self::empty(200, "rejected")
             },
+            IngestOutcome::Storm {
+                request,
+                namespace,
+                created,
+                total_signals,
+            } => {
+                let status = if created { 201 } else { 202 };
+                SignalResult {
+                    request: Some(request),
+                    namespace: Some(namespace),
+                    occurrence_count: Some(total_signals),
+                    detail: Some(
+                        "aggregated into the storm request of this alert name and namespace".into(),
+                    ),
+                    ..Self::empty(status, "storm")
+                }
+            }
             IngestOutcome::Resolved { request } => SignalResult {
                 detail: Some(match &request {
                     Some(_) => "the resolution was recorded on its request".to_string(),
@@ -373,6 +392,7 @@ async fn process(
                 IngestOutcome::Duplicate { .. } => ("duplicate", ""),
                 IngestOutcome::Rejected { reason, .. } => ("rejected", reason.as_str()),
                 IngestOutcome::Resolved { .. } => ("resolved", ""),
+                IngestOutcome::Storm { .. } => ("storm_aggregated", ""),
             };
             st.metrics.count(source, outcome, reason);
             Ok(SignalResult::from_outcome(o))

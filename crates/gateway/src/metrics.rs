@@ -10,8 +10,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignalLabels {
     pub source: &'static str,
-    /// received, created, duplicate, rejected, invalid, unauthorized,
-    /// forbidden, rate_limited, error
+    /// received, created, duplicate, storm_aggregated, rejected, resolved,
+    /// invalid, unauthorized, forbidden, rate_limited, error
     pub outcome: &'static str,
     /// The reject or error reason; empty otherwise.
     pub reason: &'static str,

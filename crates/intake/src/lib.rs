@@ -20,24 +20,26 @@
 
 mod metrics;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
+use kubernaut_api::signal::sha256_hex;
 use kubernaut_api::{
-    IngestOutcome, IntakeError, MANAGED_LABEL, RejectReason, RemediationRequest, RequestKey,
-    Signal, SignalIntake, fingerprint,
+    ENVIRONMENT_LABEL, IngestOutcome, IntakeError, MANAGED_LABEL, ObjectRef, RejectReason,
+    RemediationRequest, RequestKey, Signal, SignalIntake, StormKind, StormSpec, fingerprint,
 };
 use kubernaut_cluster::{Cluster, Counted, Created, Occurrences, Require, Resolved, Scope};
-use kubernaut_store::index::{IndexResult, SignalIndex};
+use kubernaut_store::index::{IndexResult, SignalIndex, WindowCounts};
 
 pub use metrics::IntakeMetrics;
 
 type Result<T, E = kubernaut_cluster::Error> = std::result::Result<T, E>;
 
-/// Tunables of the claim protocol.
+/// Tunables of the claim protocol and storm detection.
 #[derive(Clone, Debug)]
 pub struct IntakeSettings {
     /// Identity written into claims: the replica's pod name and a nonce.
@@ -45,6 +47,76 @@ pub struct IntakeSettings {
     /// How long a claim lives if its holder dies; also how long a contender
     /// waits for the holder before asking the sender to retry (503).
     pub claim_ttl: Duration,
+    pub storm: StormSettings,
+}
+
+/// Storm detection (K-GW-6), per namespace and alert name.
+#[derive(Clone, Debug)]
+pub struct StormSettings {
+    pub enabled: bool,
+    pub rate_window: Duration,
+    /// More distinct signals than this in the rate window is a rate storm.
+    pub rate_threshold: u64,
+    pub pattern_window: Duration,
+    /// More distinct targets than this in the pattern window is a pattern
+    /// storm, per environment (namespace label `kubernaut.io/environment`).
+    pub pattern_thresholds: HashMap<String, u64>,
+    pub default_pattern_threshold: u64,
+}
+
+impl Default for StormSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate_window: Duration::from_secs(60),
+            rate_threshold: 10,
+            pattern_window: Duration::from_secs(120),
+            pattern_thresholds: [("production", 5), ("staging", 8), ("development", 10)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            default_pattern_threshold: 5,
+        }
+    }
+}
+
+/// Where a signal is counted or opened: its own fingerprint, or its storm's.
+struct Plan {
+    fp: String,
+    /// The namespace the request lives in.
+    ns: String,
+    resolved: Resolved,
+    storm: Option<StormSpec>,
+    /// On a storm plan, the signal's own target, counted in the storm status.
+    storm_target: Option<ObjectRef>,
+}
+
+/// Counting without a plan (re-deliveries, found before resolution).
+static NO_PLAN: Plan = Plan {
+    fp: String::new(),
+    ns: String::new(),
+    resolved: Resolved {
+        target: ObjectRef {
+            kind: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+        },
+        chain: Vec::new(),
+        labels: Vec::new(),
+    },
+    storm: None,
+    storm_target: None,
+};
+
+/// How long a namespace's environment label is trusted.
+const ENVIRONMENT_TTL: Duration = Duration::from_secs(30);
+
+/// Storm windows kept in memory while Redis is unavailable: per replica,
+/// so a storm split over replicas is seen later, but it is still seen.
+#[derive(Default)]
+struct LocalWindow {
+    signals: HashMap<String, Instant>,
+    targets: HashMap<String, Instant>,
 }
 
 #[derive(Clone)]
@@ -62,6 +134,8 @@ struct Inner {
     last_redis_warning: AtomicU64,
     /// The last Redis call failed.
     redis_down: AtomicBool,
+    local_windows: Mutex<HashMap<String, LocalWindow>>,
+    environments: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl Intake {
@@ -82,6 +156,8 @@ impl Intake {
                 metrics,
                 last_redis_warning: AtomicU64::new(0),
                 redis_down: AtomicBool::new(false),
+                local_windows: Mutex::default(),
+                environments: Mutex::default(),
             }),
         }
     }
@@ -100,6 +176,31 @@ fn duplicate(key: RequestKey, counted: Counted) -> IngestOutcome {
         namespace: key.namespace,
         fingerprint: counted.fingerprint,
         occurrence_count: counted.count,
+    }
+}
+
+fn storm_outcome(outcome: IngestOutcome) -> IngestOutcome {
+    match outcome {
+        IngestOutcome::Created {
+            request, namespace, ..
+        } => IngestOutcome::Storm {
+            request,
+            namespace,
+            created: true,
+            total_signals: 1,
+        },
+        IngestOutcome::Duplicate {
+            request,
+            namespace,
+            occurrence_count,
+            ..
+        } => IngestOutcome::Storm {
+            request,
+            namespace,
+            created: false,
+            total_signals: occurrence_count,
+        },
+        other => other,
     }
 }
 
@@ -146,6 +247,115 @@ impl Inner {
         }
     }
 
+    /// The storm this signal belongs to, if its alert name is storming in
+    /// its namespace (K-GW-6). Cluster-scoped targets are never aggregated.
+    async fn storm_of(
+        &self,
+        signal: &Signal,
+        resolved: &Resolved,
+        fp: &str,
+        instance: &str,
+    ) -> Result<Option<StormSpec>, IntakeError> {
+        let s = &self.settings.storm;
+        let ns = &resolved.target.namespace;
+        if !s.enabled || ns.is_empty() {
+            return Ok(None);
+        }
+        let scope = format!("{ns}/{}", signal.name);
+        let (rate, pattern) = (s.rate_window, s.pattern_window);
+        let counts = match self
+            .redis("storm_windows", async |i| {
+                i.storm_windows(&scope, instance, fp, rate, pattern).await
+            })
+            .await
+        {
+            Some(c) => c,
+            None => self.local_windows(&scope, instance, fp),
+        };
+        let env = self.environment(ns).await?;
+        let pattern_threshold = s
+            .pattern_thresholds
+            .get(&env)
+            .copied()
+            .unwrap_or(s.default_pattern_threshold);
+        let kind = if counts.targets > pattern_threshold {
+            StormKind::Pattern
+        } else if counts.signals > s.rate_threshold {
+            StormKind::Rate
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(StormSpec {
+            kind,
+            alert_name: signal.name.clone(),
+            namespace: ns.clone(),
+        }))
+    }
+
+    fn storm_plan(&self, storm: StormSpec, resolved: &Resolved) -> Plan {
+        let cluster = self.cluster.config().cluster_name.as_deref().unwrap_or("");
+        let fp = sha256_hex(&format!(
+            "storm:{cluster}:{}:{}",
+            storm.namespace, storm.alert_name
+        ));
+        Plan {
+            fp,
+            ns: storm.namespace.clone(),
+            resolved: Resolved {
+                target: ObjectRef::new("Namespace", "", &storm.namespace),
+                chain: vec![resolved.target.clone()],
+                labels: Vec::new(),
+            },
+            storm: Some(storm),
+            storm_target: Some(resolved.target.clone()),
+        }
+    }
+
+    fn local_windows(&self, scope: &str, instance: &str, target: &str) -> WindowCounts {
+        let s = &self.settings.storm;
+        let now = Instant::now();
+        let mut all = self
+            .local_windows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let w = all.entry(scope.to_string()).or_default();
+        w.signals.insert(instance.to_string(), now);
+        w.signals
+            .retain(|_, t| now.duration_since(*t) <= s.rate_window);
+        w.targets.insert(target.to_string(), now);
+        w.targets
+            .retain(|_, t| now.duration_since(*t) <= s.pattern_window);
+        WindowCounts {
+            signals: w.signals.len() as u64,
+            targets: w.targets.len() as u64,
+        }
+    }
+
+    /// The namespace's `kubernaut.io/environment` label, cached briefly.
+    async fn environment(&self, ns: &str) -> Result<String, IntakeError> {
+        if let Some((at, env)) = self
+            .environments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(ns)
+            && at.elapsed() < ENVIRONMENT_TTL
+        {
+            return Ok(env.clone());
+        }
+        let env = self
+            .cluster
+            .namespace_labels(ns)
+            .await
+            .map_err(unavailable)?
+            .and_then(|l| l.get(ENVIRONMENT_LABEL).cloned())
+            .unwrap_or_default();
+        self.environments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ns.to_string(), (Instant::now(), env.clone()));
+        Ok(env)
+    }
+
     /// Whether the last Redis call worked (false without Redis).
     fn redis_available(&self) -> bool {
         self.index.is_some() && !self.redis_down.load(Ordering::Relaxed)
@@ -175,7 +385,9 @@ impl Inner {
             .redis("instance_get", async |i| i.instance(&instance).await)
             .await;
         if let Some(Some(key)) = &indexed
-            && let Some(c) = self.count(key, at, &instance, Require::Any).await?
+            && let Some(c) = self
+                .count(&NO_PLAN, key, at, &instance, Require::Any)
+                .await?
         {
             return Ok(duplicate(key.clone(), c));
         }
@@ -188,7 +400,10 @@ impl Inner {
                 .map_err(unavailable)?
         {
             let key = key_of(&rr);
-            if let Some(c) = self.count(&key, at, &instance, Require::Any).await? {
+            if let Some(c) = self
+                .count(&NO_PLAN, &key, at, &instance, Require::Any)
+                .await?
+            {
                 self.remember(&instance, None, &key).await;
                 return Ok(duplicate(key, c));
             }
@@ -204,35 +419,57 @@ impl Inner {
             &resolved.target,
         );
 
-        // 3. The open request: as Redis knows it, or, when Redis cannot
-        // say, as Kubernetes does (no claim is needed to count).
+        // 3. A storm (K-GW-6) takes the signal into its storm request.
+        if let Some(storm) = self.storm_of(&signal, &resolved, &fp, &instance).await? {
+            let plan = self.storm_plan(storm, &resolved);
+            let outcome = self.count_or_open(&signal, &plan, &instance).await?;
+            return Ok(storm_outcome(outcome));
+        }
+        let plan = Plan {
+            ns: self.cluster.request_namespace(&resolved.target),
+            fp,
+            resolved,
+            storm: None,
+            storm_target: None,
+        };
+        self.count_or_open(&signal, &plan, &instance).await
+    }
+
+    /// Counts the signal on the plan's open request, or opens one:
+    /// 4. the open request as Redis knows it, or, when Redis cannot say, as
+    ///    Kubernetes does (no claim is needed to count);
+    /// 5. otherwise claim the fingerprint, then count or create.
+    async fn count_or_open(
+        &self,
+        signal: &Signal,
+        plan: &Plan,
+        instance: &str,
+    ) -> Result<IngestOutcome, IntakeError> {
+        let at = signal.received_time;
+        let fp = plan.fp.as_str();
         if self.redis_available() {
-            if let Some(out) = self.count_on_indexed_open(&fp, &instance, at).await? {
+            if let Some(out) = self.count_on_indexed_open(plan, instance, at).await? {
                 return Ok(out);
             }
-        } else {
-            let ns = self.cluster.request_namespace(&resolved.target);
-            if let Some(rr) = self
-                .cluster
-                .find_open_or_same(&ns, &fp, &instance)
-                .await
-                .map_err(unavailable)?
-            {
-                let key = key_of(&rr);
-                if let Some(c) = self.count(&key, at, &instance, Require::Any).await? {
-                    return Ok(duplicate(key, c));
-                }
+        } else if let Some(rr) = self
+            .cluster
+            .find_open_or_same(&plan.ns, fp, instance)
+            .await
+            .map_err(unavailable)?
+        {
+            let key = key_of(&rr);
+            if let Some(c) = self.count(plan, &key, at, instance, Require::Any).await? {
+                return Ok(duplicate(key, c));
             }
         }
 
-        // 4. Claim, then count or create.
         let deadline = Instant::now() + self.settings.claim_ttl;
         let mut round = 0;
         loop {
             let ttl = self.settings.claim_ttl;
             let holder = self.settings.holder.as_str();
             let redis_claim = self
-                .redis("claim", async |i| i.claim(&fp, holder, ttl).await)
+                .redis("claim", async |i| i.claim(fp, holder, ttl).await)
                 .await;
             if redis_claim == Some(false) {
                 self.metrics.claim("redis_contended");
@@ -243,17 +480,17 @@ impl Inner {
                 }
                 tokio::time::sleep(poll_pause(round)).await;
                 round += 1;
-                if let Some(out) = self.count_on_indexed_open(&fp, &instance, at).await? {
+                if let Some(out) = self.count_on_indexed_open(plan, instance, at).await? {
                     return Ok(out);
                 }
                 continue;
             }
-            let lease = match self.cluster.claim_fingerprint(&fp, holder, ttl).await {
+            let lease = match self.cluster.claim_fingerprint(fp, holder, ttl).await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
                     self.metrics.claim("lease_contended");
                     if redis_claim == Some(true) {
-                        self.redis("release", async |i| i.release(&fp, holder).await)
+                        self.redis("release", async |i| i.release(fp, holder).await)
                             .await;
                     }
                     if Instant::now() >= deadline {
@@ -267,19 +504,17 @@ impl Inner {
                 }
                 Err(e) => {
                     if redis_claim == Some(true) {
-                        self.redis("release", async |i| i.release(&fp, holder).await)
+                        self.redis("release", async |i| i.release(fp, holder).await)
                             .await;
                     }
                     return Err(unavailable(e));
                 }
             };
             self.metrics.claim("acquired");
-            let result = self
-                .count_or_create(&signal, &resolved, &fp, &instance)
-                .await;
+            let result = self.count_or_create(signal, plan, instance).await;
             lease.release().await;
             if redis_claim == Some(true) {
-                self.redis("release", async |i| i.release(&fp, holder).await)
+                self.redis("release", async |i| i.release(fp, holder).await)
                     .await;
             }
             return result;
@@ -346,15 +581,17 @@ impl Inner {
             .map(key_of))
     }
 
+    /// Counts an occurrence; on a storm plan, also against its target.
     async fn count(
         &self,
+        plan: &Plan,
         key: &RequestKey,
         at: Timestamp,
         instance: &str,
         require: Require,
     ) -> Result<Option<Counted>, IntakeError> {
         self.occurrences
-            .record(key, at, instance, require)
+            .record_on(key, at, instance, require, plan.storm_target.clone())
             .await
             .map_err(unavailable)
     }
@@ -398,17 +635,18 @@ impl Inner {
     /// confirms it is open; a stale entry is dropped.
     async fn count_on_indexed_open(
         &self,
-        fp: &str,
+        plan: &Plan,
         instance: &str,
         at: Timestamp,
     ) -> Result<Option<IngestOutcome>, IntakeError> {
+        let fp = plan.fp.as_str();
         let Some(Some(key)) = self
             .redis("open_get", async |i| i.open_request(fp).await)
             .await
         else {
             return Ok(None);
         };
-        match self.count(&key, at, instance, Require::Open).await? {
+        match self.count(plan, &key, at, instance, Require::Open).await? {
             Some(c) => {
                 self.remember(instance, None, &key).await;
                 Ok(Some(duplicate(key, c)))
@@ -425,21 +663,20 @@ impl Inner {
     async fn count_or_create(
         &self,
         signal: &Signal,
-        resolved: &Resolved,
-        fp: &str,
+        plan: &Plan,
         instance: &str,
     ) -> Result<IngestOutcome, IntakeError> {
         let at = signal.received_time;
-        let ns = self.cluster.request_namespace(&resolved.target);
+        let fp = plan.fp.as_str();
         if let Some(rr) = self
             .cluster
-            .find_open_or_same(&ns, fp, instance)
+            .find_open_or_same(&plan.ns, fp, instance)
             .await
             .map_err(unavailable)?
         {
             let key = key_of(&rr);
             let open = (!rr.phase().is_terminal()).then_some(fp);
-            if let Some(c) = self.count(&key, at, instance, Require::Any).await? {
+            if let Some(c) = self.count(plan, &key, at, instance, Require::Any).await? {
                 self.remember(instance, open, &key).await;
                 return Ok(duplicate(key, c));
             }
@@ -447,7 +684,7 @@ impl Inner {
         }
         let key = match self
             .cluster
-            .create_request(signal, resolved, fp)
+            .create_request(signal, &plan.resolved, fp, plan.storm.as_ref())
             .await
             .map_err(unavailable)?
         {
@@ -455,7 +692,7 @@ impl Inner {
             // Only a creator without our claims (an older version, or one
             // whose claim expired) gets here: count on its request.
             Created::AlreadyExists(key) => {
-                return match self.count(&key, at, instance, Require::Any).await? {
+                return match self.count(plan, &key, at, instance, Require::Any).await? {
                     Some(c) => {
                         self.remember(instance, Some(fp), &key).await;
                         Ok(duplicate(key, c))

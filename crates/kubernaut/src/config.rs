@@ -42,6 +42,32 @@ pub struct Gateway {
     pub auth: Auth,
     pub rate_limit: RateLimits,
     pub kubernetes_events: KubernetesEvents,
+    pub storm: Storm,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Storm {
+    pub enabled: bool,
+    pub rate_window_seconds: u64,
+    pub rate_threshold: u64,
+    pub pattern_window_seconds: u64,
+    /// Environment (namespace label) → distinct-target threshold.
+    pub pattern_thresholds: std::collections::HashMap<String, u64>,
+    pub default_pattern_threshold: u64,
+}
+
+impl Storm {
+    pub fn settings(&self) -> kubernaut_intake::StormSettings {
+        kubernaut_intake::StormSettings {
+            enabled: self.enabled,
+            rate_window: Duration::from_secs(self.rate_window_seconds),
+            rate_threshold: self.rate_threshold,
+            pattern_window: Duration::from_secs(self.pattern_window_seconds),
+            pattern_thresholds: self.pattern_thresholds.clone(),
+            default_pattern_threshold: self.default_pattern_threshold,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -269,6 +295,10 @@ impl Config {
         }
         if self.gateway.claim_ttl_seconds == 0 {
             bail!("gateway.claimTtlSeconds must be at least 1");
+        }
+        let storm = &self.gateway.storm;
+        if storm.rate_window_seconds == 0 || storm.pattern_window_seconds == 0 {
+            bail!("gateway.storm windows must be at least 1 second");
         }
         if self.gateway.request_timeout_seconds == 0 {
             bail!("gateway.requestTimeoutSeconds must be at least 1");

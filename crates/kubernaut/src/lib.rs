@@ -165,6 +165,7 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
         IntakeSettings {
             holder: holder_identity(),
             claim_ttl: gateway.claim_ttl(),
+            storm: gateway.storm.settings(),
         },
         intake_metrics,
     );

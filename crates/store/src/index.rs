@@ -28,6 +28,35 @@ end
 return 0
 ";
 
+/// Records one signal in the storm windows of its alert name (K-GW-6) and
+/// returns how many distinct signal instances the rate window holds and how
+/// many distinct targets the pattern window holds. Atomic, on Redis's clock,
+/// so every replica sees the same windows.
+/// KEYS: rate zset, pattern zset. ARGV: rate window ms, pattern window ms,
+/// instance, target.
+const STORM_WINDOWS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate_ms = tonumber(ARGV[1])
+local pattern_ms = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - rate_ms)
+redis.call('PEXPIRE', KEYS[1], rate_ms)
+redis.call('ZADD', KEYS[2], now, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - pattern_ms)
+redis.call('PEXPIRE', KEYS[2], pattern_ms)
+return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
+";
+
+/// What the storm windows of one alert name hold after a signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowCounts {
+    /// Distinct signal instances in the rate window.
+    pub signals: u64,
+    /// Distinct targets in the pattern window.
+    pub targets: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("Redis is unavailable: {0}")]
 pub struct IndexError(#[from] fred::error::Error);
@@ -60,6 +89,7 @@ pub struct SignalIndex {
     ttl: IndexTtl,
     prefix: String,
     compare_and_delete: Script,
+    storm_windows: Script,
 }
 
 impl SignalIndex {
@@ -90,6 +120,7 @@ impl SignalIndex {
             ttl,
             prefix: prefix.to_string(),
             compare_and_delete: Script::from_lua(COMPARE_AND_DELETE),
+            storm_windows: Script::from_lua(STORM_WINDOWS),
         })
     }
 
@@ -193,5 +224,35 @@ impl SignalIndex {
         self.delete_if(self.key("claim", fingerprint), holder.to_string())
             .await
             .map(drop)
+    }
+
+    /// Records a signal in the storm windows of `scope` (namespace and alert
+    /// name) and returns what they hold.
+    pub async fn storm_windows(
+        &self,
+        scope: &str,
+        instance: &str,
+        target: &str,
+        rate_window: Duration,
+        pattern_window: Duration,
+    ) -> IndexResult<WindowCounts> {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let (signals, targets): (u64, u64) = self
+            .storm_windows
+            .evalsha_with_reload(
+                &self.client,
+                vec![
+                    self.key("storm-rate", scope),
+                    self.key("storm-pattern", scope),
+                ],
+                vec![
+                    ms(rate_window).to_string(),
+                    ms(pattern_window).to_string(),
+                    instance.to_string(),
+                    target.to_string(),
+                ],
+            )
+            .await?;
+        Ok(WindowCounts { signals, targets })
     }
 }
