@@ -412,3 +412,6 @@ async fn process(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz;

@@ -14,7 +14,7 @@ use tower::ServiceExt;
 use super::*;
 
 #[derive(Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     seen: Mutex<Vec<Signal>>,
     fail: bool,
     delay: Option<std::time::Duration>,
@@ -64,7 +64,7 @@ impl SignalIntake for Recorder {
     }
 }
 
-fn app(intake: Arc<Recorder>) -> Router {
+pub(crate) fn app(intake: Arc<Recorder>) -> Router {
     app_with(intake, ProtectionConfig::open())
 }
 
