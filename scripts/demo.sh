@@ -68,7 +68,7 @@ fire "cart: another pod, same incident" "$(alert kubernaut-demo "$CART1" KubePod
 fire "checkout + payments in one batch (207)" \
   "$(alert kubernaut-demo "$CHECKOUT0" KubePodCrashLooping firing "$T0")" \
   "$(alert kubernaut-demo "$PAY0" KubeDeploymentReplicasMismatch firing "$T0")"
-fire "payments resolved" "$(alert kubernaut-demo "$PAY0" KubePodCrashLooping resolved "$T0")"
+fire "payments resolved (recorded on its request)" "$(alert kubernaut-demo "$PAY0" KubeDeploymentReplicasMismatch resolved "$T0")"
 fire "legacy (namespace not opted in)" "$(alert demo-unmanaged "$LEGACY0" KubePodCrashLooping firing "$T0")"
 printf '%-46s ' "burst: checkout re-delivered 20x at once"
 # In a subshell, so that `wait` waits for the curls and not for kubernaut.
