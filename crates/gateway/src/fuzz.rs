@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::tests::{Recorder, app};
-use crate::{alertmanager, generic, kubernetes_event};
+use crate::{alertmanager, generic, kubernetes_event, sns};
 
 fn now() -> Timestamp {
     Timestamp::UNIX_EPOCH
@@ -160,7 +160,19 @@ proptest! {
     }
 
     #[test]
+    fn sns_parsing_and_url_rules_never_panic(v in any_json(), url in ".{0,80}") {
+        let body = serde_json::to_vec(&v).unwrap_or_default();
+        if let Ok(m) = sns::parse(&body) {
+            let _ = m.string_to_sign();
+            let _ = sns::check_cert_url(&m.signing_cert_url);
+        }
+        let _ = sns::check_cert_url(&url);
+        let _ = sns::check_cert_url(&format!("https://sns.{url}.amazonaws.com/{url}.pem"));
+    }
+
+    #[test]
     fn raw_bytes_never_panic_a_parser(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = sns::parse(&bytes);
         let _ = alertmanager::parse(&bytes);
         let _ = kubernetes_event::parse(&bytes);
         let _ = generic::parse(&bytes, now());

@@ -11,6 +11,7 @@ pub mod kubernetes_event;
 pub mod metrics;
 pub mod problem;
 pub mod protect;
+pub mod sns;
 
 use std::sync::Arc;
 use std::time::Instant;
