@@ -8,6 +8,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 S="${KUBERNAUT_STACK_DIR:-${TMPDIR:-/tmp}/kubernaut-stack}"
 eval "$("$ROOT/scripts/stack.sh" env)"
 k() { kubectl --kubeconfig "$KUBECONFIG" "$@"; }
+# Test processes call this at once on a fresh stack; concurrent `kubectl
+# apply`s race on creating the same objects, so callers take turns.
+exec 8>"$S/.kubeconfig.lock"; flock 8
 
 k apply -f "$ROOT/deploy/crds/" -f "$ROOT/deploy/00-namespace.yaml" -f "$ROOT/deploy/10-rbac.yaml" >/dev/null
 k wait --for condition=established --timeout=30s crd/remediationrequests.kubernaut.io >/dev/null
