@@ -14,7 +14,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kubernaut::Config;
 use kubernaut_api::{Phase, RemediationRequest};
-use kubernaut_e2e::{Stack, eventually, post, repo_root, unique};
+use kubernaut_e2e::{Stack, deployment, eventually, post, repo_root, unique};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,22 +47,6 @@ fn alert_payload(namespace: &str, pod: &str, starts_at: &str) -> String {
         }]
     })
     .to_string()
-}
-
-fn deployment(name: &str, replicas: i32) -> Deployment {
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "registry.local/cart:1.0"}]}
-            }
-        }
-    }))
-    .expect("a valid Deployment")
 }
 
 async fn pod_names(pods: &Api<Pod>, app: &str) -> anyhow::Result<BTreeSet<String>> {

@@ -69,16 +69,6 @@ fn default_severity() -> String {
     "warning".into()
 }
 
-const KINDS: &[(&str, bool)] = &[
-    ("Pod", true),
-    ("Deployment", true),
-    ("ReplicaSet", true),
-    ("StatefulSet", true),
-    ("DaemonSet", true),
-    ("Job", true),
-    ("Node", false),
-];
-
 /// The JSON Schema of [`GenericSignal`], as published in `docs/`.
 pub fn schema_json() -> String {
     let schema = schemars::schema_for!(GenericSignal);
@@ -127,18 +117,18 @@ impl GenericSignal {
         if self.name.trim().is_empty() || self.id.trim().is_empty() {
             return Err(SignalError::Invalid("name and id must not be empty".into()));
         }
-        let Some((kind, namespaced)) = KINDS.iter().find(|(k, _)| *k == self.target.kind) else {
+        let Some((kind, namespaced)) = crate::target_kind(&self.target.kind) else {
             return Err(SignalError::NoTarget(format!(
                 "target kind {:?} is not one of Pod, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, Node",
                 self.target.kind
             )));
         };
-        if self.target.name.is_empty() || (*namespaced && self.target.namespace.is_empty()) {
+        if self.target.name.is_empty() || (namespaced && self.target.namespace.is_empty()) {
             return Err(SignalError::Invalid(
                 "target needs a name, and a namespace unless it is a Node".into(),
             ));
         }
-        let namespace = if *namespaced {
+        let namespace = if namespaced {
             self.target.namespace.as_str()
         } else {
             ""

@@ -16,17 +16,6 @@ use kubernaut_api::{ObjectRef, RejectReason, Signal, SignalSource, SignalStatus}
 
 use crate::{GatewayState, SignalError};
 
-/// Involved-object kinds a remediation can target.
-const KINDS: &[(&str, bool)] = &[
-    ("Pod", true),
-    ("Deployment", true),
-    ("ReplicaSet", true),
-    ("StatefulSet", true),
-    ("DaemonSet", true),
-    ("Job", true),
-    ("Node", false),
-];
-
 /// Settings of the event watcher's feed.
 #[derive(Clone, Copy, Debug)]
 pub struct WatchSettings {
@@ -115,12 +104,12 @@ pub fn signal(event: &Event, received: Timestamp) -> Result<Signal, SignalError>
     let obj = &event.involved_object;
     let obj_kind = obj.kind.as_deref().unwrap_or("");
     let obj_name = obj.name.as_deref().unwrap_or("");
-    let Some((_, namespaced)) = KINDS.iter().find(|(k, _)| *k == obj_kind) else {
+    let Some((_, namespaced)) = crate::target_kind(obj_kind) else {
         return Err(SignalError::NoTarget(format!(
             "events about {obj_kind:?} objects are not remediated"
         )));
     };
-    let namespace = if *namespaced {
+    let namespace = if namespaced {
         obj.namespace
             .as_deref()
             .or(event.metadata.namespace.as_deref())
@@ -128,7 +117,7 @@ pub fn signal(event: &Event, received: Timestamp) -> Result<Signal, SignalError>
     } else {
         ""
     };
-    if obj_name.is_empty() || (*namespaced && namespace.is_empty()) {
+    if obj_name.is_empty() || (namespaced && namespace.is_empty()) {
         return Err(SignalError::Invalid(
             "involvedObject needs a name (and a namespace for namespaced kinds)".into(),
         ));
@@ -149,12 +138,11 @@ pub fn signal(event: &Event, received: Timestamp) -> Result<Signal, SignalError>
     if !namespace.is_empty() {
         labels.insert("namespace".into(), namespace.to_string());
     }
-    let present = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
-    if let Some(c) = present(&event.source.as_ref().and_then(|s| s.component.clone())) {
+    if let Some(c) = event.source.as_ref().and_then(|s| s.component.clone()) {
         labels.insert("source_component".into(), c);
     }
-    if let Some(c) = present(&event.reporting_component) {
-        labels.insert("reporting_component".into(), c);
+    if let Some(c) = &event.reporting_component {
+        labels.insert("reporting_component".into(), c.clone());
     }
     let mut annotations = BTreeMap::new();
     if let Some(m) = &event.message {

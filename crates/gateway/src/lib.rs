@@ -252,6 +252,24 @@ pub enum SignalError {
     Ignored(RejectReason, String),
 }
 
+/// The kinds a signal may name as its target (the owner resolution in the
+/// cluster crate follows them), and whether each is namespaced.
+const TARGET_KINDS: &[(&str, bool)] = &[
+    ("Pod", true),
+    ("Deployment", true),
+    ("ReplicaSet", true),
+    ("StatefulSet", true),
+    ("DaemonSet", true),
+    ("Job", true),
+    ("Node", false),
+];
+
+/// The canonical spelling of a target kind and whether it is namespaced, or
+/// `None` for kinds Kubernaut does not remediate.
+pub(crate) fn target_kind(kind: &str) -> Option<(&'static str, bool)> {
+    TARGET_KINDS.iter().copied().find(|(k, _)| *k == kind)
+}
+
 /// What a source adapter makes of a body: one result per signal.
 pub type Parsed = Vec<Result<Signal, SignalError>>;
 

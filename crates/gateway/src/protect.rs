@@ -78,7 +78,7 @@ impl ProtectionConfig {
 }
 
 /// Why a request was refused before its payload was read.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     MissingToken,
     InvalidToken,
@@ -193,7 +193,7 @@ impl Protection {
         if cache.len() >= REVIEW_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(digest, (Instant::now() + ttl, clone_verdict(&verdict)));
+        cache.insert(digest, (Instant::now() + ttl, verdict.clone()));
         verdict
     }
 
@@ -202,7 +202,7 @@ impl Protection {
         cache
             .get(digest)
             .filter(|(until, _)| *until > Instant::now())
-            .map(|(_, v)| clone_verdict(v))
+            .map(|(_, v)| v.clone())
     }
 
     /// Everything that happens before a payload is read.
@@ -218,17 +218,6 @@ impl Protection {
         let identity = self.authenticate(headers).await?;
         self.limit(&self.per_identity, &identity)?;
         Ok(identity)
-    }
-}
-
-fn clone_verdict(v: &Verdict) -> Verdict {
-    match v {
-        Ok(id) => Ok(id.clone()),
-        Err(Refusal::InvalidToken) => Err(Refusal::InvalidToken),
-        Err(Refusal::Forbidden(u)) => Err(Refusal::Forbidden(u.clone())),
-        Err(Refusal::MissingToken) => Err(Refusal::MissingToken),
-        Err(Refusal::ReviewUnavailable(e)) => Err(Refusal::ReviewUnavailable(e.clone())),
-        Err(Refusal::RateLimited(d)) => Err(Refusal::RateLimited(*d)),
     }
 }
 

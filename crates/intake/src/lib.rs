@@ -91,23 +91,6 @@ struct Plan {
     storm_target: Option<ObjectRef>,
 }
 
-/// Counting without a plan (re-deliveries, found before resolution).
-static NO_PLAN: Plan = Plan {
-    fp: String::new(),
-    ns: String::new(),
-    resolved: Resolved {
-        target: ObjectRef {
-            kind: String::new(),
-            namespace: String::new(),
-            name: String::new(),
-        },
-        chain: Vec::new(),
-        labels: Vec::new(),
-    },
-    storm: None,
-    storm_target: None,
-};
-
 /// How long a namespace's environment label is trusted.
 const ENVIRONMENT_TTL: Duration = Duration::from_secs(30);
 
@@ -385,9 +368,7 @@ impl Inner {
             .redis("instance_get", async |i| i.instance(&instance).await)
             .await;
         if let Some(Some(key)) = &indexed
-            && let Some(c) = self
-                .count(&NO_PLAN, key, at, &instance, Require::Any)
-                .await?
+            && let Some(c) = self.count(key, at, &instance, Require::Any).await?
         {
             return Ok(duplicate(key.clone(), c));
         }
@@ -400,10 +381,7 @@ impl Inner {
                 .map_err(unavailable)?
         {
             let key = key_of(&rr);
-            if let Some(c) = self
-                .count(&NO_PLAN, &key, at, &instance, Require::Any)
-                .await?
-            {
+            if let Some(c) = self.count(&key, at, &instance, Require::Any).await? {
                 self.remember(&instance, None, &key).await;
                 return Ok(duplicate(key, c));
             }
@@ -458,7 +436,10 @@ impl Inner {
             .map_err(unavailable)?
         {
             let key = key_of(&rr);
-            if let Some(c) = self.count(plan, &key, at, instance, Require::Any).await? {
+            if let Some(c) = self
+                .count_in(plan, &key, at, instance, Require::Any)
+                .await?
+            {
                 return Ok(duplicate(key, c));
             }
         }
@@ -581,8 +562,23 @@ impl Inner {
             .map(key_of))
     }
 
-    /// Counts an occurrence; on a storm plan, also against its target.
+    /// Counts an occurrence on a request.
     async fn count(
+        &self,
+        key: &RequestKey,
+        at: Timestamp,
+        instance: &str,
+        require: Require,
+    ) -> Result<Option<Counted>, IntakeError> {
+        self.occurrences
+            .record(key, at, instance, require)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Counts an occurrence on the plan's request; on a storm plan, also
+    /// against the signal's target.
+    async fn count_in(
         &self,
         plan: &Plan,
         key: &RequestKey,
@@ -646,7 +642,10 @@ impl Inner {
         else {
             return Ok(None);
         };
-        match self.count(plan, &key, at, instance, Require::Open).await? {
+        match self
+            .count_in(plan, &key, at, instance, Require::Open)
+            .await?
+        {
             Some(c) => {
                 self.remember(instance, None, &key).await;
                 Ok(Some(duplicate(key, c)))
@@ -676,7 +675,10 @@ impl Inner {
         {
             let key = key_of(&rr);
             let open = (!rr.phase().is_terminal()).then_some(fp);
-            if let Some(c) = self.count(plan, &key, at, instance, Require::Any).await? {
+            if let Some(c) = self
+                .count_in(plan, &key, at, instance, Require::Any)
+                .await?
+            {
                 self.remember(instance, open, &key).await;
                 return Ok(duplicate(key, c));
             }
@@ -692,7 +694,10 @@ impl Inner {
             // Only a creator without our claims (an older version, or one
             // whose claim expired) gets here: count on its request.
             Created::AlreadyExists(key) => {
-                return match self.count(plan, &key, at, instance, Require::Any).await? {
+                return match self
+                    .count_in(plan, &key, at, instance, Require::Any)
+                    .await?
+                {
                     Some(c) => {
                         self.remember(instance, Some(fp), &key).await;
                         Ok(duplicate(key, c))
