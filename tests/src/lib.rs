@@ -24,7 +24,8 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubernaut_cluster::{Cluster, ClusterConfig};
-use kubernaut_gateway::{Protection, ProtectionConfig};
+use kubernaut_gateway::test_pki::Pki;
+use kubernaut_gateway::{CloudWatch, CloudWatchConfig, Protection, ProtectionConfig};
 use kubernaut_intake::{Intake, IntakeMetrics, IntakeSettings};
 use kubernaut_store::index::{IndexTtl, SignalIndex};
 use prometheus_client::registry::Registry;
@@ -146,10 +147,37 @@ pub async fn post_as(
     body: impl Into<Bytes>,
     token: Option<&str>,
 ) -> anyhow::Result<Reply> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    post_with(url, content_type, body, &headers).await
+}
+
+/// POSTs as SNS does: `text/plain`, the message type in a header, no token.
+pub async fn post_sns(
+    url: &str,
+    message_type: &str,
+    body: impl Into<Bytes>,
+) -> anyhow::Result<Reply> {
+    post_with(
+        url,
+        "text/plain; charset=UTF-8",
+        body,
+        &[("x-amz-sns-message-type", message_type)],
+    )
+    .await
+}
+
+/// POSTs with the given extra headers.
+pub async fn post_with(
+    url: &str,
+    content_type: &str,
+    body: impl Into<Bytes>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Reply> {
     let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = hyper::Request::post(url).header("content-type", content_type);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let req = req.body(Full::new(body.into()))?;
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await??;
@@ -279,10 +307,12 @@ impl Gateway {
             },
             intake_metrics.clone(),
         );
+        let cloudwatch = CloudWatch::new(&sns_config(), None).map_err(anyhow::Error::msg)?;
         let state = kubernaut_gateway::GatewayState {
             intake: Arc::new(intake),
             metrics: gateway_metrics,
             protection,
+            cloudwatch: Arc::new(cloudwatch),
         };
         let app = kubernaut_gateway::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -620,4 +650,170 @@ fn storm_settings() -> kubernaut_intake::StormSettings {
     };
     s.pattern_thresholds.insert("storm-test".into(), 5);
     s
+}
+
+/// Topics the test gateways accept from SNS (a prefix).
+pub const SNS_TOPICS: &str = "arn:aws:sns:eu-west-1:123456789012:kubernaut-*";
+/// An accepted topic.
+pub const SNS_TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:kubernaut-alarms";
+pub const SNS_CERT_URL: &str =
+    "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0000000000000000000000.pem";
+
+/// The CloudWatch settings of test gateways: as where AWS is unreachable,
+/// the test PKI's `signer` certificate is trusted and nothing is fetched;
+/// subscriptions are confirmed (the attempt fails here, without AWS).
+fn sns_config() -> CloudWatchConfig {
+    CloudWatchConfig {
+        topics: vec![SNS_TOPICS.into()],
+        trusted_certificate_files: vec![Pki::get().cert_path("signer")],
+        fetch_certificates: false,
+        confirm_subscriptions: true,
+        replay_window_seconds: 300,
+        targets: kubernaut_gateway::cloudwatch::container_insights_targets(),
+    }
+}
+
+/// An SNS delivery, signed as SNS signs it. The string to sign is built
+/// here from AWS's documentation, independently of the gateway's code.
+#[derive(Clone, Debug)]
+pub struct SnsDelivery {
+    pub kind: &'static str,
+    pub message_id: String,
+    pub topic_arn: String,
+    pub subject: Option<String>,
+    pub message: String,
+    pub timestamp: String,
+    pub token: Option<String>,
+    pub subscribe_url: Option<String>,
+    pub signature_version: &'static str,
+    pub cert_url: String,
+    /// `signer` (trusted) or `intruder` (a key of the same CA, not trusted).
+    pub key: &'static str,
+}
+
+impl SnsDelivery {
+    pub fn notification(message_id: &str, message: &str) -> Self {
+        Self {
+            kind: "Notification",
+            message_id: message_id.into(),
+            topic_arn: SNS_TOPIC.into(),
+            subject: Some("ALARM: kubernaut test".into()),
+            message: message.into(),
+            timestamp: now_rfc3339(),
+            token: None,
+            subscribe_url: None,
+            signature_version: "2",
+            cert_url: SNS_CERT_URL.into(),
+            key: "signer",
+        }
+    }
+
+    pub fn subscription(kind: &'static str, topic: &str) -> Self {
+        let token = "2336412f37fb687f5d51e6e2425f004aed1ce4c1a2d6a6e3";
+        Self {
+            kind,
+            subject: None,
+            token: Some(token.into()),
+            topic_arn: topic.into(),
+            subscribe_url: Some(format!(
+                "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={topic}&Token={token}"
+            )),
+            ..Self::notification(
+                &unique("sub"),
+                &format!("You have chosen to subscribe to the topic {topic}."),
+            )
+        }
+    }
+
+    fn string_to_sign(&self) -> String {
+        let mut fields: Vec<(&str, Option<&str>)> = vec![
+            ("Message", Some(self.message.as_str())),
+            ("MessageId", Some(self.message_id.as_str())),
+        ];
+        if self.kind == "Notification" {
+            fields.extend([
+                ("Subject", self.subject.as_deref()),
+                ("Timestamp", Some(self.timestamp.as_str())),
+            ]);
+        } else {
+            fields.extend([
+                ("SubscribeURL", self.subscribe_url.as_deref()),
+                ("Timestamp", Some(self.timestamp.as_str())),
+                ("Token", self.token.as_deref()),
+            ]);
+        }
+        fields.extend([
+            ("TopicArn", Some(self.topic_arn.as_str())),
+            ("Type", Some(self.kind)),
+        ]);
+        fields
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}\n{v}\n")))
+            .collect()
+    }
+
+    /// The JSON body SNS would POST, with a fresh signature.
+    pub fn body(&self) -> String {
+        let signature = Pki::get().sign(self.key, self.signature_version, &self.string_to_sign());
+        let mut v = json!({
+            "Type": self.kind,
+            "MessageId": self.message_id,
+            "TopicArn": self.topic_arn,
+            "Message": self.message,
+            "Timestamp": self.timestamp,
+            "SignatureVersion": self.signature_version,
+            "Signature": signature,
+            "SigningCertURL": self.cert_url,
+            "UnsubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=x",
+        });
+        for (k, val) in [
+            ("Subject", &self.subject),
+            ("Token", &self.token),
+            ("SubscribeURL", &self.subscribe_url),
+        ] {
+            if let Some(val) = val {
+                v[k] = json!(val);
+            }
+        }
+        v.to_string()
+    }
+}
+
+/// Now, as SNS writes it (`2026-11-22T03:00:00.000Z`).
+pub fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%3fZ")
+        .to_string()
+}
+
+/// A CloudWatch alarm as SNS carries it in `Message`, for a Container
+/// Insights metric with the given dimensions.
+pub fn cloudwatch_alarm(name: &str, state: &str, dimensions: &[(&str, &str)]) -> String {
+    let dims: Vec<_> = dimensions
+        .iter()
+        .map(|(n, v)| json!({"name": n, "value": v}))
+        .collect();
+    json!({
+        "AlarmName": name,
+        "AlarmDescription": "kubernaut test alarm",
+        "AWSAccountId": "123456789012",
+        "NewStateValue": state,
+        "NewStateReason": "Threshold Crossed: 1 datapoint [97.0] was greater than the threshold (90.0).",
+        "StateChangeTime": "2026-11-22T03:00:00.000+0000",
+        "Region": "EU (Ireland)",
+        "AlarmArn": format!("arn:aws:cloudwatch:eu-west-1:123456789012:alarm:{name}"),
+        "OldStateValue": "OK",
+        "Trigger": {
+            "MetricName": "pod_cpu_utilization",
+            "Namespace": "ContainerInsights",
+            "StatisticType": "Statistic",
+            "Statistic": "AVERAGE",
+            "Dimensions": dims,
+            "Period": 60,
+            "EvaluationPeriods": 1,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "Threshold": 90.0,
+        }
+    })
+    .to_string()
 }

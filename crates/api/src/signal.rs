@@ -133,6 +133,11 @@ pub enum RejectReason {
     NoTarget,
     /// A Kubernetes event that is not a Warning.
     NotWarning,
+    /// A CloudWatch state change that is neither ALARM nor OK
+    /// (INSUFFICIENT_DATA).
+    NotAlarm,
+    /// A CloudWatch alarm whose ClusterName dimension names another cluster.
+    OtherCluster,
 }
 
 impl RejectReason {
@@ -143,6 +148,8 @@ impl RejectReason {
             RejectReason::TargetNotFound => "target_not_found",
             RejectReason::NoTarget => "no_target",
             RejectReason::NotWarning => "not_warning",
+            RejectReason::NotAlarm => "not_alarm",
+            RejectReason::OtherCluster => "other_cluster",
         }
     }
 }

@@ -98,16 +98,25 @@ impl Cluster {
         find_open_or_same(&self.requests(namespace), fingerprint, instance).await
     }
 
-    /// The request of the fingerprint that this signal instance created or
-    /// was counted on, whatever its state.
-    pub async fn find_seen(
+    /// The request a resolution of `signal_name` belongs to: the one of the
+    /// fingerprint that this signal instance created or was counted on,
+    /// whatever its state; else the open one that a signal of that name
+    /// opened. The second case serves sources whose resolution is a new
+    /// message with its own identity (a CloudWatch OK has a new MessageId).
+    pub async fn find_resolvable(
         &self,
         namespace: &str,
         fingerprint: &str,
         instance: &str,
+        signal_name: &str,
     ) -> Result<Option<RemediationRequest>> {
         let all = by_fingerprint(&self.requests(namespace), fingerprint).await?;
-        Ok(all.into_iter().find(|r| has_seen(r, instance)))
+        if let Some(seen) = all.iter().find(|r| has_seen(r, instance)) {
+            return Ok(Some(seen.clone()));
+        }
+        Ok(all
+            .into_iter()
+            .find(|r| !r.phase().is_terminal() && r.spec.signal_name == signal_name))
     }
 
     /// Records that the source resolved a signal of the request (K-GW-2).

@@ -13,8 +13,10 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use crate::cloudwatch::tests::{cw, notification};
+use crate::sns_trust::SigningKey;
 use crate::tests::{Recorder, app};
-use crate::{alertmanager, generic, kubernetes_event, sns};
+use crate::{alertmanager, cloudwatch, generic, kubernetes_event, sns};
 
 fn now() -> Timestamp {
     Timestamp::UNIX_EPOCH
@@ -171,12 +173,64 @@ proptest! {
     }
 
     #[test]
+    fn cloudwatch_alarms_never_panic(v in prop_oneof![alarm_like(), any_json()], s in ".{0,40}") {
+        let message = serde_json::to_string(&v).unwrap_or_default();
+        for cluster in [None, Some("prod")] {
+            let _ = cw(cluster).signal(&notification(&message), now());
+        }
+        let _ = cloudwatch::parse_time(&s);
+        let _ = sns::check_subscribe_url(&s);
+        let _ = sns::check_subscribe_url(&format!("https://sns.{s}"));
+    }
+
+    #[test]
+    fn certificate_pem_never_panics(b64 in "[A-Za-z0-9+/=\n]{0,600}") {
+        let pem = format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n");
+        let _ = SigningKey::from_pem(pem.as_bytes());
+    }
+
+    #[test]
     fn raw_bytes_never_panic_a_parser(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = SigningKey::from_pem(&bytes);
         let _ = sns::parse(&bytes);
         let _ = alertmanager::parse(&bytes);
         let _ = kubernetes_event::parse(&bytes);
         let _ = generic::parse(&bytes, now());
     }
+}
+
+/// Shaped like a CloudWatch alarm, with arbitrary values.
+fn alarm_like() -> impl Strategy<Value = Value> {
+    let dims = prop::collection::vec(
+        (
+            prop_oneof![
+                Just("Namespace"),
+                Just("PodName"),
+                Just("FullPodName"),
+                Just("Service"),
+                Just("NodeName"),
+                Just("ClusterName")
+            ],
+            ".{0,10}",
+        )
+            .prop_map(|(n, v)| json!({"name": n, "value": v})),
+        0..5,
+    );
+    (
+        prop_oneof![
+            Just("ALARM".to_string()),
+            Just("OK".to_string()),
+            Just("INSUFFICIENT_DATA".to_string()),
+            ".{0,8}"
+        ],
+        ".{0,30}",
+        dims,
+        any_json(),
+    )
+        .prop_map(|(state, time, dims, extra)| {
+            json!({"AlarmName": "a", "NewStateValue": state, "StateChangeTime": time,
+                   "Trigger": {"MetricName": "m", "Dimensions": dims}, "Extra": extra})
+        })
 }
 
 proptest! {
@@ -185,17 +239,18 @@ proptest! {
     /// Through the whole router: every answer is a defined status code.
     #[test]
     fn the_router_answers_every_body_with_a_defined_code(
-        path in prop_oneof![Just("alertmanager"), Just("kubernetes-event"), Just("generic")],
+        path in prop_oneof![Just("alertmanager"), Just("kubernetes-event"), Just("generic"), Just("cloudwatch")],
         v in prop_oneof![alertmanager_like(), event_like(), generic_like(), any_json()],
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let status = rt.block_on(async {
             let req = Request::post(format!("/api/v1/signals/{path}"))
                 .header("content-type", "application/json")
+                .header("x-amz-sns-message-type", "Notification")
                 .body(Body::from(serde_json::to_vec(&v).unwrap_or_default()))
                 .unwrap();
             app(Arc::new(Recorder::default())).oneshot(req).await.unwrap().status().as_u16()
         });
-        prop_assert!(matches!(status, 200 | 201 | 202 | 207 | 400), "{status}");
+        prop_assert!(matches!(status, 200 | 201 | 202 | 207 | 400 | 403), "{status}");
     }
 }

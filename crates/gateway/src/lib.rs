@@ -6,12 +6,16 @@
 //! input with an RFC 7807 body, and 503 when the signal must be sent again.
 
 pub mod alertmanager;
+pub mod cloudwatch;
 pub mod generic;
 pub mod kubernetes_event;
 pub mod metrics;
 pub mod problem;
 pub mod protect;
 pub mod sns;
+pub mod sns_trust;
+#[cfg(any(test, feature = "test-pki"))]
+pub mod test_pki;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +32,7 @@ use kubernaut_api::k8s_openapi::jiff::Timestamp;
 use kubernaut_api::{IngestOutcome, IntakeError, RejectReason, Signal, SignalIntake, SignalStatus};
 use serde::Serialize;
 
+pub use cloudwatch::{CloudWatch, CloudWatchConfig, TargetRule};
 pub use metrics::Metrics;
 use problem::Problem;
 pub use protect::{Protection, ProtectionConfig, Rate, ReviewPolicy};
@@ -45,6 +50,7 @@ pub struct GatewayState {
     pub intake: Arc<dyn SignalIntake>,
     pub metrics: Metrics,
     pub protection: Arc<Protection>,
+    pub cloudwatch: Arc<CloudWatch>,
 }
 
 /// The signal endpoints. Serve with
@@ -59,6 +65,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/api/v1/signals/alertmanager", post(alertmanager))
         .route("/api/v1/signals/kubernetes-event", post(kubernetes_event))
         .route("/api/v1/signals/generic", post(generic))
+        .route("/api/v1/signals/cloudwatch", post(cloudwatch_sns))
         .route_layer(guard)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .method_not_allowed_fallback(method_not_allowed)
@@ -314,6 +321,28 @@ async fn generic(
     .await
 }
 
+async fn cloudwatch_sns(
+    State(st): State<GatewayState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let resp = cloudwatch::handle(&st, &headers, body).await;
+    observe(&st, "cloudwatch", started, &resp);
+    resp
+}
+
+/// Request latency per source and answer.
+fn observe(st: &GatewayState, source: &'static str, started: Instant, resp: &Response) {
+    st.metrics
+        .latency
+        .get_or_create(&metrics::EndpointLabels {
+            endpoint: source,
+            code: resp.status().as_u16(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+}
+
 /// The common path of every JSON source: content type, body, the source's
 /// parser, then each signal through the intake; timed per source.
 async fn handle(
@@ -334,10 +363,7 @@ async fn handle(
             problem.into_response()
         }
     };
-    st.metrics
-        .latency
-        .get_or_create(&metrics::EndpointLabels { endpoint: source })
-        .observe(started.elapsed().as_secs_f64());
+    observe(st, source, started, &resp);
     resp
 }
 

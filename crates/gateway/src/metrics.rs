@@ -20,6 +20,14 @@ pub struct SignalLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub endpoint: &'static str,
+    /// The HTTP status answered.
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    /// confirmed, confirm_failed, unconfirmed, unsubscribed
+    pub result: &'static str,
 }
 
 #[derive(Clone)]
@@ -28,6 +36,8 @@ pub struct Metrics {
     pub latency: Family<EndpointLabels, Histogram>,
     /// Alerts Alertmanager left out of a notification (`truncatedAlerts`).
     pub truncated: Counter,
+    /// SNS subscription confirmations and unsubscriptions.
+    pub sns_subscriptions: Family<SubscriptionLabels, Counter>,
 }
 
 impl Metrics {
@@ -49,11 +59,24 @@ impl Metrics {
             "Alerts Alertmanager truncated from notifications (raise max_alerts on its receiver)",
             truncated.clone(),
         );
+        let sns_subscriptions = Family::<SubscriptionLabels, Counter>::default();
+        registry.register(
+            "sns_subscriptions",
+            "SNS subscription confirmations and unsubscriptions by result",
+            sns_subscriptions.clone(),
+        );
         Self {
             signals,
             latency,
             truncated,
+            sns_subscriptions,
         }
+    }
+
+    pub fn sns_subscription(&self, result: &'static str) {
+        self.sns_subscriptions
+            .get_or_create(&SubscriptionLabels { result })
+            .inc();
     }
 
     pub fn count(&self, source: &'static str, outcome: &'static str, reason: &'static str) {

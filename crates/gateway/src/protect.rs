@@ -205,13 +205,34 @@ impl Protection {
             .map(|(_, v)| v.clone())
     }
 
-    /// Everything that happens before a payload is read.
-    pub async fn admit(&self, ip: Option<IpAddr>, headers: &HeaderMap) -> Verdict {
+    /// The per-identity limit alone, for endpoints that authenticate the
+    /// payload itself (SNS signatures) once it is read.
+    pub fn limit_identity(&self, identity: &str) -> Result<(), Refusal> {
+        self.limit(&self.per_identity, &identity.to_string())
+    }
+
+    /// Everything that happens before a payload is read. SNS cannot send a
+    /// bearer token: its messages are authenticated by their signature, so
+    /// for them only the per-IP limit applies here.
+    pub async fn admit_signed(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
+        self.tick();
+        match ip {
+            Some(ip) => self.limit(&self.per_ip, &ip),
+            None => Ok(()),
+        }
+    }
+
+    fn tick(&self) {
         let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if n % LIMITER_CLEANUP_EVERY == LIMITER_CLEANUP_EVERY - 1 {
             self.per_ip.retain_recent();
             self.per_identity.retain_recent();
         }
+    }
+
+    /// Everything that happens before a payload is read.
+    pub async fn admit(&self, ip: Option<IpAddr>, headers: &HeaderMap) -> Verdict {
+        self.tick();
         if let Some(ip) = ip {
             self.limit(&self.per_ip, &ip)?;
         }
@@ -235,6 +256,12 @@ impl Refusal {
             Refusal::ReviewUnavailable(_) => "error",
             Refusal::RateLimited(_) => "rate_limited",
         }
+    }
+
+    /// The refusal's answer, counted.
+    pub(crate) fn respond(self, metrics: &Metrics, source: &'static str) -> Response {
+        metrics.count(source, self.metric_outcome(), "");
+        self.into_response()
     }
 
     fn into_response(self) -> Response {
@@ -293,9 +320,13 @@ pub async fn middleware(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    if let Err(refusal) = protection.admit(ip, req.headers()).await {
-        metrics.count(source, refusal.metric_outcome(), "");
-        return refusal.into_response();
+    let admitted = if source == "cloudwatch" {
+        protection.admit_signed(ip).await.map(|()| String::new())
+    } else {
+        protection.admit(ip, req.headers()).await
+    };
+    if let Err(refusal) = admitted {
+        return refusal.respond(&metrics, source);
     }
     let timeout = protection.config.request_timeout;
     match tokio::time::timeout(timeout, next.run(req)).await {

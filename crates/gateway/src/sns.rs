@@ -1,7 +1,7 @@
-//! CloudWatch alarms through SNS (K-GW-3), the parts that need no network
-//! or cryptography: the SNS message, the exact string SNS signs, the rules
-//! for the signing certificate's URL, and the topic allow-list. Signature
-//! verification and the `/api/v1/signals/cloudwatch` endpoint build on these.
+//! The SNS delivery format (K-GW-3), the parts that need no network or
+//! cryptography: the SNS message, the exact string SNS signs, the rules for
+//! the URLs SNS hands us, and the topic allow-list. Signature verification
+//! (`sns_trust`) and the CloudWatch endpoint (`cloudwatch`) build on these.
 
 use serde::Deserialize;
 
@@ -72,18 +72,34 @@ impl SnsMessage {
 /// user info) and a path ending in `.pem` (no query or fragment).
 pub fn check_cert_url(url: &str) -> Result<(), String> {
     let refuse = |why: &str| Err(format!("SigningCertURL {url:?} refused: {why}"));
-    let Some(rest) = url.strip_prefix("https://") else {
-        return refuse("not https");
+    let path = match sns_path(url) {
+        Ok(p) => p,
+        Err(why) => return refuse(why),
     };
-    if rest.contains(['?', '#']) {
+    if path.contains(['?', '#']) {
         return refuse("has a query or fragment");
-    }
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if host.contains(['@', ':']) {
-        return refuse("user info or a port in the host");
     }
     if !path.ends_with(".pem") {
         return refuse("does not end in .pem");
+    }
+    Ok(())
+}
+
+/// A SubscribeURL is only ever fetched on an SNS host (the same host rule as
+/// the certificate); its query carries the subscription's token.
+pub fn check_subscribe_url(url: &str) -> Result<(), String> {
+    sns_path(url)
+        .map(|_| ())
+        .map_err(|why| format!("SubscribeURL {url:?} refused: {why}"))
+}
+
+/// The path (with query) of an `https` URL on an SNS host.
+fn sns_path(url: &str) -> Result<&str, &'static str> {
+    let rest = url.strip_prefix("https://").ok_or("not https")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, path) = rest.split_at(end);
+    if host.contains(['@', ':']) {
+        return Err("user info or a port in the host");
     }
     let host = host.strip_suffix(".cn").unwrap_or(host);
     let region = host
@@ -91,9 +107,9 @@ pub fn check_cert_url(url: &str) -> Result<(), String> {
         .and_then(|h| h.strip_suffix(".amazonaws.com"));
     match region {
         Some(r) if r.len() >= 3 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
-            Ok(())
+            Ok(path)
         }
-        _ => refuse("not an SNS host (sns.<region>.amazonaws.com)"),
+        _ => Err("not an SNS host (sns.<region>.amazonaws.com)"),
     }
 }
 
@@ -107,10 +123,10 @@ pub fn topic_allowed(topic_arn: &str, allowed: &[String]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const NOTIFICATION: &str = r#"{
+    pub(crate) const NOTIFICATION: &str = r#"{
         "Type": "Notification",
         "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
         "TopicArn": "arn:aws:sns:eu-west-1:123456789012:cloudwatch-alarms",
@@ -188,6 +204,25 @@ mod tests {
             "",
         ] {
             assert!(check_cert_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subscribe_urls_must_be_on_an_sns_host() {
+        assert_eq!(
+            check_subscribe_url(
+                "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=a&Token=t"
+            ),
+            Ok(())
+        );
+        for bad in [
+            "http://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription",
+            "https://sns.eu-west-1.amazonaws.com.evil.com/?Action=ConfirmSubscription",
+            "https://evil.com/?u=https://sns.eu-west-1.amazonaws.com/",
+            "https://sns.eu-west-1.amazonaws.com:444/",
+            "https://127.0.0.1/",
+        ] {
+            assert!(check_subscribe_url(bad).is_err(), "{bad}");
         }
     }
 

@@ -74,6 +74,7 @@ fn app_with(intake: Arc<Recorder>, protection: ProtectionConfig) -> Router {
         intake,
         metrics: Metrics::register(&mut reg),
         protection: Arc::new(Protection::new(protection)),
+        cloudwatch: Arc::new(crate::CloudWatch::disabled()),
     })
 }
 

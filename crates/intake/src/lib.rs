@@ -518,8 +518,10 @@ impl Inner {
         })
     }
 
-    /// The request a signal instance created or was counted on: Redis, the
-    /// creator label, then the requests of its target's fingerprint.
+    /// The request a resolution belongs to: the one its signal instance
+    /// created or was counted on (Redis, the creator label, then the
+    /// requests of its target's fingerprint), else the open request of that
+    /// fingerprint that a signal of the same name opened.
     async fn request_of(
         &self,
         signal: &Signal,
@@ -555,7 +557,7 @@ impl Inner {
         let ns = self.cluster.request_namespace(&resolved.target);
         Ok(self
             .cluster
-            .find_seen(&ns, &fp, instance)
+            .find_resolvable(&ns, &fp, instance, &signal.name)
             .await
             .map_err(unavailable)?
             .as_ref()

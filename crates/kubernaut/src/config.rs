@@ -43,6 +43,8 @@ pub struct Gateway {
     pub rate_limit: RateLimits,
     pub kubernetes_events: KubernetesEvents,
     pub storm: Storm,
+    /// CloudWatch alarms through SNS (K-GW-3).
+    pub cloudwatch: kubernaut_gateway::CloudWatchConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -303,6 +305,10 @@ impl Config {
         if self.gateway.request_timeout_seconds == 0 {
             bail!("gateway.requestTimeoutSeconds must be at least 1");
         }
+        self.gateway
+            .cloudwatch
+            .check()
+            .map_err(anyhow::Error::msg)?;
         let auth = &self.gateway.auth;
         if auth.enabled
             && auth.tokens.is_empty()
@@ -399,7 +405,25 @@ mod tests {
         );
         let d = Config::from_yaml(DEV, env(&[("DATABASE_URL", "postgres://x/y")])).unwrap();
         assert_eq!(d.gateway.listen.to_string(), "127.0.0.1:8080");
+        // The documented Container Insights mapping is the shipped one.
+        let ci = kubernaut_gateway::cloudwatch::container_insights_targets();
+        assert_eq!(c.gateway.cloudwatch.targets, ci);
+        assert_eq!(d.gateway.cloudwatch.targets, ci);
         assert_eq!(d.admin.listen.to_string(), "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn a_cloudwatch_rule_for_a_namespaced_kind_needs_a_namespace() {
+        let bad = DEFAULTS.replace(
+            "- {kind: Pod, namespace: Namespace, name: FullPodName}",
+            "- {kind: Pod, name: FullPodName}",
+        );
+        assert_ne!(bad, DEFAULTS);
+        let e = Config::from_yaml(&bad, env(&[("DATABASE_URL", "postgres://x/y")])).unwrap_err();
+        assert!(
+            e.to_string().contains("gateway.cloudwatch.targets[0]"),
+            "{e}"
+        );
     }
 
     #[test]

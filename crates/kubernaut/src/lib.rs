@@ -17,7 +17,8 @@ use kubernaut_api::RemediationRequest;
 use kubernaut_cluster::{Cluster, ClusterConfig, KubeTokenReviewer};
 use kubernaut_gateway::kubernetes_event::WatchSettings;
 use kubernaut_gateway::{
-    GatewayState, Metrics as GatewayMetrics, Protection, ProtectionConfig, Rate, ReviewPolicy,
+    CloudWatch, GatewayState, Metrics as GatewayMetrics, Protection, ProtectionConfig, Rate,
+    ReviewPolicy,
 };
 use kubernaut_intake::{Intake, IntakeMetrics, IntakeSettings};
 use kubernaut_store::Store;
@@ -170,6 +171,13 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
         intake_metrics,
     );
     let protection = protection_config(&gateway, &cluster)?;
+    let cloudwatch = CloudWatch::new(&gateway.cloudwatch, cluster.config().cluster_name.clone())
+        .map_err(anyhow::Error::msg)?;
+    if gateway.cloudwatch.topics.is_empty() {
+        tracing::info!(
+            "no SNS topic is allowed (gateway.cloudwatch.topics): CloudWatch alarms are refused"
+        );
+    }
     let ctx = Arc::new(Context {
         cluster: cluster.clone(),
         audit,
@@ -198,6 +206,7 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
         intake: Arc::new(intake),
         metrics: gateway_metrics,
         protection: Arc::new(Protection::new(protection)),
+        cloudwatch: Arc::new(cloudwatch),
     };
     let gw_app = kubernaut_gateway::router(gw_state.clone());
     let admin_app = admin_router(Arc::new(registry), ready.clone());
