@@ -232,6 +232,23 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:x}{:x}", std::process::id(), nanos)
 }
 
+/// A namespace every test cluster handle treats as protected.
+pub const PROTECTED_NAMESPACE: &str = "kubernaut-protected";
+
+/// The cluster handle of the controller's ServiceAccount (its real RBAC),
+/// configured as the test gateways and controllers are.
+pub async fn controller_cluster(stack: &Stack) -> anyhow::Result<Cluster> {
+    Ok(Cluster::new(
+        stack.controller_client().await?,
+        ClusterConfig {
+            cluster_name: None,
+            protected_namespaces: vec![PROTECTED_NAMESPACE.into()],
+            cluster_scoped_namespace: "kubernaut-system".into(),
+            lease_namespace: "kubernaut-system".into(),
+        },
+    ))
+}
+
 /// A gateway replica on a free loopback port: the real router and intake,
 /// authenticated as the controller's ServiceAccount, without the controller.
 pub struct Gateway {
@@ -268,16 +285,7 @@ impl Gateway {
         holder: &str,
         protection: impl FnOnce(&Cluster) -> ProtectionConfig,
     ) -> anyhow::Result<Self> {
-        let client = stack.controller_client().await?;
-        let cluster = Cluster::new(
-            client,
-            ClusterConfig {
-                cluster_name: None,
-                protected_namespaces: vec!["kubernaut-protected".into()],
-                cluster_scoped_namespace: "kubernaut-system".into(),
-                lease_namespace: "kubernaut-system".into(),
-            },
-        );
+        let cluster = controller_cluster(stack).await?;
         let index = match redis_url {
             Some(url) => {
                 // One prefix for all test gateways: replicas share the index,

@@ -36,9 +36,21 @@ impl Cluster {
         holder: &str,
         duration: Duration,
     ) -> Result<Option<LeaseClaim>> {
+        self.claim_lease(&format!("kubernaut-claim-{fingerprint}"), holder, duration)
+            .await
+    }
+
+    /// Tries to take the Lease `name` in the lease namespace for `holder`;
+    /// `None` while someone else holds it unexpired.
+    pub async fn claim_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        duration: Duration,
+    ) -> Result<Option<LeaseClaim>> {
         let api: Api<Lease> =
             Api::namespaced(self.client().clone(), &self.config().lease_namespace);
-        let name = format!("kubernaut-claim-{fingerprint}");
+        let name = name.to_string();
         let now = Timestamp::now();
         let spec = LeaseSpec {
             holder_identity: Some(holder.to_string()),

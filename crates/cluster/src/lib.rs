@@ -16,6 +16,10 @@ mod watch;
 
 use std::time::Duration;
 
+pub use actions::{
+    ActionCall, ActionError, ActionInfo, Bounds, Change, ExecSettings, Outcome, Risk, catalogue,
+    lock_name,
+};
 pub use actions::{DeleteOutcome, PodState};
 pub use claims::LeaseClaim;
 pub use kube::Client;

@@ -1,4 +1,5 @@
-//! `kubernaut`: `serve --config FILE`, `crds`, `generic-schema`, `version`.
+//! `kubernaut`: `serve --config FILE`, `crds`, `generic-schema`, `actions`,
+//! `version`.
 
 use std::path::PathBuf;
 
@@ -29,6 +30,8 @@ enum Command {
     Crds,
     /// Print the JSON Schema of the generic webhook's signals.
     GenericSchema,
+    /// Print the action catalogue: names, risk, parameter schemas (JSON).
+    Actions,
     /// Print the version.
     Version,
 }
@@ -52,6 +55,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Crds => {
             print!("{}", kubernaut_api::RemediationRequest::crd_yaml()?);
+            Ok(())
+        }
+        Command::Actions => {
+            let list = kubernaut_cluster::catalogue();
+            println!("{}", serde_json::to_string_pretty(&list)?);
             Ok(())
         }
         Command::GenericSchema => {

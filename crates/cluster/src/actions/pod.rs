@@ -1,6 +1,6 @@
-//! Actions against the cluster. Every mutating call is first made as a
-//! server-side dry run (K-EX-2), and is guarded by the UID observed before
-//! the action so that a resumed or repeated step never touches a replacement.
+//! Pod deletion as the supervisor's restart_pod uses it: guarded by the UID
+//! observed before the action, so that a resumed or repeated step never
+//! touches a replacement, and made as a server-side dry run first.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;

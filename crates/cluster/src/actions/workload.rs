@@ -1,0 +1,144 @@
+//! Workload actions: scale_deployment, scale_statefulset and
+//! rollout_restart.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kubernaut_api::ObjectRef;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{ActionError, Bounds, Change};
+use crate::Cluster;
+
+/// The annotation `kubectl rollout restart` sets on the pod template.
+const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+
+/// Parameters of scale_deployment and scale_statefulset.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    pub namespace: String,
+    pub name: String,
+    /// The wanted replicas, 0 up to the configured maximum.
+    pub replicas: i32,
+}
+
+impl Scale {
+    pub(super) fn check(&self, bounds: &Bounds) -> Result<(), String> {
+        if !(0..=bounds.max_replicas).contains(&self.replicas) {
+            return Err(format!(
+                "replicas {} is outside 0..={} (executor bounds)",
+                self.replicas, bounds.max_replicas
+            ));
+        }
+        Ok(())
+    }
+
+    /// The same scale, back to the replicas of `before` (1 when unset, as
+    /// the API server defaults it).
+    pub(super) fn restored(&self, before: &Value) -> Option<Scale> {
+        let replicas = match &before["spec"]["replicas"] {
+            Value::Null => 1,
+            v => i32::try_from(v.as_i64()?).ok()?,
+        };
+        Some(Scale {
+            replicas,
+            ..self.clone()
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// Parameters of rollout_restart.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRestart {
+    pub kind: WorkloadKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Cluster {
+    pub(super) async fn scale_deployment(
+        &self,
+        s: &Scale,
+        dry_run: bool,
+    ) -> Result<Option<Change>, ActionError> {
+        let api: Api<Deployment> = Api::namespaced(self.client().clone(), &s.namespace);
+        let object = ObjectRef::new("Deployment", &s.namespace, &s.name);
+        self.update_object(&api, &object, dry_run, |d: &mut Deployment| {
+            let spec = d.spec.get_or_insert_with(Default::default);
+            let changed = spec.replicas != Some(s.replicas);
+            spec.replicas = Some(s.replicas);
+            Ok(changed)
+        })
+        .await
+    }
+
+    pub(super) async fn scale_statefulset(
+        &self,
+        s: &Scale,
+        dry_run: bool,
+    ) -> Result<Option<Change>, ActionError> {
+        let api: Api<StatefulSet> = Api::namespaced(self.client().clone(), &s.namespace);
+        let object = ObjectRef::new("StatefulSet", &s.namespace, &s.name);
+        self.update_object(&api, &object, dry_run, |d: &mut StatefulSet| {
+            let spec = d.spec.get_or_insert_with(Default::default);
+            let changed = spec.replicas != Some(s.replicas);
+            spec.replicas = Some(s.replicas);
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// Stamps the pod template, as `kubectl rollout restart` does, so that
+    /// the workload's controller replaces its pods by its own strategy.
+    pub(super) async fn rollout_restart(
+        &self,
+        r: &RolloutRestart,
+        dry_run: bool,
+    ) -> Result<Option<Change>, ActionError> {
+        let object = ObjectRef::new(r.kind.as_str(), &r.namespace, &r.name);
+        let stamp = Timestamp::now().to_string();
+        let client = self.client().clone();
+        macro_rules! restart {
+            ($k:ty) => {{
+                let api: Api<$k> = Api::namespaced(client, &r.namespace);
+                self.update_object(&api, &object, dry_run, |w: &mut $k| {
+                    let template = &mut w.spec.get_or_insert_with(Default::default).template;
+                    template
+                        .metadata
+                        .get_or_insert_with(Default::default)
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .insert(RESTARTED_AT.to_string(), stamp.clone());
+                    Ok(true)
+                })
+                .await
+            }};
+        }
+        match r.kind {
+            WorkloadKind::Deployment => restart!(Deployment),
+            WorkloadKind::StatefulSet => restart!(StatefulSet),
+            WorkloadKind::DaemonSet => restart!(DaemonSet),
+        }
+    }
+}

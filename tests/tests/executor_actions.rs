@@ -1,0 +1,371 @@
+//! The action catalogue against the real API server and
+//! kube-controller-manager, as the controller's ServiceAccount: each action's
+//! effect on the real object (and the controller-manager's reaction where
+//! there is one), rollback, dry-run-only modes, scope and bounds refusals,
+//! the per-target lock, and conflict retries.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use kubernaut_api::ObjectRef;
+use kubernaut_cluster::{ActionCall, ActionError, Bounds, ExecSettings};
+use kubernaut_e2e::{
+    PROTECTED_NAMESPACE, Stack, controller_cluster, deployment, deployment_with_pods, eventually,
+    managed_namespace, unique,
+};
+use serde_json::json;
+
+fn settings(holder: &str) -> ExecSettings {
+    ExecSettings {
+        holder: holder.into(),
+        dry_run_only: false,
+        dry_run_namespaces: Vec::new(),
+        bounds: Bounds { max_replicas: 10 },
+        lock_ttl: Duration::from_secs(30),
+    }
+}
+
+fn call(action: &str, parameters: serde_json::Value) -> ActionCall {
+    ActionCall::parse(action, parameters).expect("a valid call")
+}
+
+async fn replicas(admin: &kube::Client, ns: &str, name: &str) -> anyhow::Result<i32> {
+    let d = Api::<Deployment>::namespaced(admin.clone(), ns)
+        .get(name)
+        .await?;
+    Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
+}
+
+async fn pod_count(admin: &kube::Client, ns: &str, app: &str) -> anyhow::Result<usize> {
+    Ok(Api::<Pod>::namespaced(admin.clone(), ns)
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_deployment_changes_replicas_and_rolls_back() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-scale", "staging").await?;
+    deployment_with_pods(&admin, &ns, "cart", 1).await?;
+
+    let scale = call(
+        "scale_deployment",
+        json!({"namespace": ns, "name": "cart", "replicas": 3}),
+    );
+    let out = cluster.run_action(&scale, &settings("rr-scale")).await?;
+    assert!(!out.dry_run);
+    assert_eq!(out.changes.len(), 1);
+    assert_eq!(out.changes[0].before["spec"]["replicas"], 1);
+    assert_eq!(out.changes[0].after["spec"]["replicas"], 3);
+    assert_eq!(replicas(&admin, &ns, "cart").await?, 3);
+    // The controller-manager acts on it: three pods.
+    eventually("3 pods of cart", Duration::from_secs(60), || async {
+        Ok((pod_count(&admin, &ns, "cart").await? == 3).then_some(()))
+    })
+    .await?;
+
+    // Running it again changes nothing.
+    let again = cluster.run_action(&scale, &settings("rr-scale")).await?;
+    assert!(again.changes.is_empty(), "{again:?}");
+
+    let undo = scale
+        .rollback(&out.changes[0])
+        .expect("scale can be undone");
+    cluster.run_action(&undo, &settings("rr-scale")).await?;
+    assert_eq!(replicas(&admin, &ns, "cart").await?, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_restart_makes_the_controller_manager_roll_a_new_replicaset() -> anyhow::Result<()>
+{
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-restart", "staging").await?;
+    deployment_with_pods(&admin, &ns, "api", 1).await?;
+    let rs = Api::<ReplicaSet>::namespaced(admin.clone(), &ns);
+    assert_eq!(rs.list(&ListParams::default()).await?.items.len(), 1);
+
+    let restart = call(
+        "rollout_restart",
+        json!({"kind": "Deployment", "namespace": ns, "name": "api"}),
+    );
+    let out = cluster
+        .run_action(&restart, &settings("rr-restart"))
+        .await?;
+    let stamp = &out.changes[0].after["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"];
+    assert!(stamp.is_string(), "{out:?}");
+    assert!(
+        restart.rollback(&out.changes[0]).is_none(),
+        "a restart is not undone"
+    );
+    eventually("a second ReplicaSet", Duration::from_secs(60), || async {
+        Ok((rs.list(&ListParams::default()).await?.items.len() == 2).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cordon_and_uncordon_a_managed_node() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let name = unique("node-cordon");
+    let nodes = Api::<Node>::all(admin.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name,
+                "labels": {"kubernaut.io/managed": "true"}}}))?,
+        )
+        .await?;
+    let unschedulable = |n: Node| n.spec.and_then(|s| s.unschedulable).unwrap_or(false);
+
+    let cordon = call("cordon_node", json!({"name": name}));
+    let out = cluster.run_action(&cordon, &settings("rr-node")).await?;
+    assert!(unschedulable(nodes.get(&name).await?));
+    let undo = cordon
+        .rollback(&out.changes[0])
+        .expect("a cordon can be undone");
+    assert_eq!(undo, call("uncordon_node", json!({"name": name})));
+    cluster.run_action(&undo, &settings("rr-node")).await?;
+    assert!(!unschedulable(nodes.get(&name).await?));
+
+    // A node without the label is out of scope.
+    let other = unique("node-unmanaged");
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": other}}))?,
+        )
+        .await?;
+    let r = cluster
+        .run_action(
+            &call("cordon_node", json!({"name": other})),
+            &settings("rr-node"),
+        )
+        .await;
+    assert!(matches!(r, Err(ActionError::Refused(_))), "{r:?}");
+    assert!(!unschedulable(nodes.get(&other).await?));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_only_modes_change_nothing_but_are_checked_by_the_server() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-dry", "staging").await?;
+    deployment_with_pods(&admin, &ns, "web", 1).await?;
+    let scale = call(
+        "scale_deployment",
+        json!({"namespace": ns, "name": "web", "replicas": 4}),
+    );
+
+    let global = ExecSettings {
+        dry_run_only: true,
+        ..settings("rr-dry")
+    };
+    let per_namespace = ExecSettings {
+        dry_run_namespaces: vec![ns.clone()],
+        ..settings("rr-dry")
+    };
+    for mode in [global, per_namespace] {
+        let out = cluster.run_action(&scale, &mode).await?;
+        assert!(out.dry_run);
+        assert_eq!(
+            out.changes[0].after["spec"]["replicas"], 4,
+            "the server's preview"
+        );
+        assert_eq!(replicas(&admin, &ns, "web").await?, 1, "nothing changed");
+    }
+
+    // A missing target is reported as such, never created.
+    let missing = call(
+        "scale_deployment",
+        json!({"namespace": ns, "name": "absent", "replicas": 2}),
+    );
+    let r = cluster.run_action(&missing, &settings("rr-dry")).await;
+    assert!(matches!(r, Err(ActionError::NotFound(_))), "{r:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_bounds_and_the_target_lock_refuse_before_any_change() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+
+    // Unmanaged namespace.
+    let plain = unique("act-plain");
+    Api::<Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": plain}}))?,
+        )
+        .await?;
+    Api::<Deployment>::namespaced(admin.clone(), &plain)
+        .create(&PostParams::default(), &deployment("db", 1))
+        .await?;
+    let r = cluster
+        .run_action(
+            &call(
+                "scale_deployment",
+                json!({"namespace": plain, "name": "db", "replicas": 2}),
+            ),
+            &settings("rr-scope"),
+        )
+        .await;
+    assert!(
+        matches!(&r, Err(ActionError::Refused(m)) if m.contains("kubernaut.io/managed")),
+        "{r:?}"
+    );
+    assert_eq!(replicas(&admin, &plain, "db").await?, 1);
+
+    // Protected namespace, even when labelled managed.
+    let namespaces = Api::<Namespace>::all(admin.clone());
+    if namespaces.get_opt(PROTECTED_NAMESPACE).await?.is_none() {
+        let _ = namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": PROTECTED_NAMESPACE,
+                    "labels": {"kubernaut.io/managed": "true"}}}))?,
+            )
+            .await;
+    }
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), PROTECTED_NAMESPACE);
+    let guarded = unique("guarded");
+    deployments
+        .create(&PostParams::default(), &deployment(&guarded, 1))
+        .await?;
+    let r = cluster
+        .run_action(
+            &call(
+                "scale_deployment",
+                json!({"namespace": PROTECTED_NAMESPACE, "name": guarded, "replicas": 0}),
+            ),
+            &settings("rr-scope"),
+        )
+        .await;
+    assert!(
+        matches!(&r, Err(ActionError::Refused(m)) if m.contains("protected")),
+        "{r:?}"
+    );
+    assert_eq!(replicas(&admin, PROTECTED_NAMESPACE, &guarded).await?, 1);
+
+    // Bounds.
+    let ns = managed_namespace(&admin, "act-bounds", "staging").await?;
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    let r = cluster
+        .run_action(
+            &call(
+                "scale_deployment",
+                json!({"namespace": ns, "name": "api", "replicas": 11}),
+            ),
+            &settings("rr-scope"),
+        )
+        .await;
+    assert!(
+        matches!(&r, Err(ActionError::Refused(m)) if m.contains("0..=10")),
+        "{r:?}"
+    );
+
+    // The per-target lock: another request holds it.
+    let target = ObjectRef::new("Deployment", &ns, "api");
+    let held = cluster
+        .claim_lease(
+            &kubernaut_cluster::lock_name(&target),
+            "rr-other",
+            Duration::from_secs(30),
+        )
+        .await?
+        .expect("the lock is free");
+    let r = cluster
+        .run_action(
+            &call(
+                "scale_deployment",
+                json!({"namespace": ns, "name": "api", "replicas": 2}),
+            ),
+            &settings("rr-mine"),
+        )
+        .await;
+    assert!(
+        matches!(&r, Err(ActionError::Busy(_, holder)) if holder == "rr-other"),
+        "{r:?}"
+    );
+    assert_eq!(replicas(&admin, &ns, "api").await?, 1);
+    held.release().await;
+    cluster
+        .run_action(
+            &call(
+                "scale_deployment",
+                json!({"namespace": ns, "name": "api", "replicas": 2}),
+            ),
+            &settings("rr-mine"),
+        )
+        .await?;
+    assert_eq!(
+        replicas(&admin, &ns, "api").await?,
+        2,
+        "released, the lock is free again"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_changed_between_read_and_write_is_read_again() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-conflict", "staging").await?;
+    let api = Api::<Deployment>::namespaced(stack.controller_client().await?, &ns);
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("cart", 1))
+        .await?;
+    let object = ObjectRef::new("Deployment", &ns, "cart");
+
+    let mut reads = 0;
+    let change = cluster
+        .update_object(&api, &object, false, |d: &mut Deployment| {
+            reads += 1;
+            if reads == 1 {
+                // Someone else writes after our read: our replace must conflict.
+                stack
+                    .kubectl(&["-n", &ns, "annotate", "deployment", "cart", "team=payments"])
+                    .map_err(|e| ActionError::Refused(e.to_string()))?;
+            }
+            d.spec.get_or_insert_with(Default::default).replicas = Some(2);
+            Ok(true)
+        })
+        .await?
+        .expect("a change");
+    assert_eq!(reads, 2, "the conflict made it read again");
+    let now = Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .get("cart")
+        .await?;
+    assert_eq!(now.spec.and_then(|s| s.replicas), Some(2));
+    assert_eq!(
+        now.metadata
+            .annotations
+            .unwrap_or_default()
+            .get("team")
+            .map(String::as_str),
+        Some("payments"),
+        "the other writer's change survived"
+    );
+    assert_eq!(change.before["metadata"]["annotations"]["team"], "payments");
+    Ok(())
+}
