@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod registry;
 pub mod rules;
 pub mod supervisor;
+pub mod workflow;
 
 use std::time::Duration;
 

@@ -8,6 +8,7 @@
 pub mod crd;
 pub mod phase;
 pub mod signal;
+pub mod workflow;
 
 pub use crd::{
     AffectedTarget, AnalysisStatus, Deduplication, ExecutionStatus, MAX_RECENT_INSTANCES,

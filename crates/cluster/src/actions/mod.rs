@@ -210,8 +210,13 @@ pub enum ActionError {
 const CONFLICT_RETRIES: usize = 5;
 
 impl ActionCall {
-    /// Parses `{"action": name, "parameters": {...}}` parts.
+    /// Parses `{"action": name, "parameters": {...}}` parts; absent
+    /// parameters (`null`) are an empty object.
     pub fn parse(action: &str, parameters: Value) -> Result<Self, String> {
+        let parameters = match parameters {
+            Value::Null => Value::Object(Default::default()),
+            p => p,
+        };
         serde_json::from_value(serde_json::json!({ "action": action, "parameters": parameters }))
             .map_err(|e| format!("action {action}: {e}"))
     }
@@ -469,6 +474,10 @@ mod tests {
         assert!(e.contains("Pod"), "{e}");
         assert_eq!(
             ActionCall::parse("notify_only", json!({})).unwrap(),
+            ActionCall::NotifyOnly(NotifyOnly::default())
+        );
+        assert_eq!(
+            ActionCall::parse("notify_only", Value::Null).unwrap(),
             ActionCall::NotifyOnly(NotifyOnly::default())
         );
     }

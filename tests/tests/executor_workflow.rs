@@ -1,0 +1,156 @@
+//! Workflows (K-EX-1) against the real API server: independent steps run,
+//! dependants wait for them, a failing step stops the workflow and the
+//! completed steps marked for rollback are undone in reverse order; an
+//! invalid workflow changes nothing.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::PostParams;
+use kubernaut_actors::workflow::{self, StepState};
+use kubernaut_api::workflow::Workflow;
+use kubernaut_cluster::{Bounds, ExecSettings};
+use kubernaut_e2e::{Stack, controller_cluster, deployment, managed_namespace, unique};
+use serde_json::json;
+
+fn settings() -> ExecSettings {
+    ExecSettings {
+        holder: unique("rr-wf"),
+        dry_run_only: false,
+        dry_run_namespaces: Vec::new(),
+        bounds: Bounds { max_replicas: 10 },
+        lock_ttl: Duration::from_secs(30),
+    }
+}
+
+async fn replicas(admin: &kube::Client, ns: &str, name: &str) -> anyhow::Result<i32> {
+    let d = Api::<Deployment>::namespaced(admin.clone(), ns)
+        .get(name)
+        .await?;
+    Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_rolls_back_the_completed_ones_in_reverse() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "wf-rollback", "staging").await?;
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("cart", 1))
+        .await?;
+    let node = unique("wf-node");
+    let nodes = Api::<Node>::all(admin.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": node,
+                "labels": {"kubernaut.io/managed": "true"}}}))?,
+        )
+        .await?;
+
+    let wf: Workflow = serde_json::from_value(json!({"steps": [
+        {"id": "scale", "action": "scale_deployment", "rollback": true,
+         "parameters": {"namespace": ns, "name": "cart", "replicas": 3}},
+        {"id": "cordon", "action": "cordon_node", "rollback": true,
+         "parameters": {"name": node}},
+        {"id": "broken", "action": "scale_deployment", "dependsOn": ["scale", "cordon"],
+         "parameters": {"namespace": ns, "name": "does-not-exist", "replicas": 2}},
+        {"id": "after", "action": "notify_only", "dependsOn": ["broken"]},
+    ]}))?;
+    let report = workflow::run(&cluster, &wf, &settings(), Duration::from_secs(20)).await?;
+
+    assert!(!report.succeeded);
+    let state = |id: &str| report.steps.iter().find(|s| s.id == id).map(|s| s.state);
+    assert_eq!(state("scale"), Some(StepState::RolledBack));
+    assert_eq!(state("cordon"), Some(StepState::RolledBack));
+    assert_eq!(state("broken"), Some(StepState::Failed));
+    assert_eq!(state("after"), Some(StepState::Skipped));
+    // The dependant started only after both of its dependencies finished.
+    assert_eq!(
+        report.completion_order.last().map(String::as_str),
+        Some("broken")
+    );
+    // Undone in reverse order of completion.
+    let done: Vec<&String> = report
+        .completion_order
+        .iter()
+        .filter(|id| *id == "scale" || *id == "cordon")
+        .collect();
+    let undone: Vec<&String> = report.rollback_order.iter().collect();
+    assert_eq!(undone, done.into_iter().rev().collect::<Vec<_>>());
+    // Undone for real.
+    assert_eq!(replicas(&admin, &ns, "cart").await?, 1);
+    let cordoned = nodes.get(&node).await?.spec.and_then(|s| s.unschedulable);
+    assert_ne!(cordoned, Some(true));
+    let scale = report.steps.iter().find(|s| s.id == "scale").unwrap();
+    assert_eq!(scale.rollback[0].changes[0].after["spec"]["replicas"], 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_workflow_runs_every_step_and_keeps_its_changes() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "wf-ok", "staging").await?;
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    let wf: Workflow = serde_json::from_value(json!({"steps": [
+        {"id": "tell", "action": "notify_only", "parameters": {"message": "scaling api"}},
+        {"id": "scale", "action": "scale_deployment", "rollback": true, "dependsOn": ["tell"],
+         "parameters": {"namespace": ns, "name": "api", "replicas": 2}},
+        {"id": "restart", "action": "rollout_restart", "dependsOn": ["scale"],
+         "parameters": {"kind": "Deployment", "namespace": ns, "name": "api"}},
+    ]}))?;
+    let report = workflow::run(&cluster, &wf, &settings(), Duration::from_secs(20)).await?;
+    assert!(report.succeeded, "{report:?}");
+    assert_eq!(report.completion_order, ["tell", "scale", "restart"]);
+    assert!(report.steps.iter().all(|s| s.state == StepState::Succeeded));
+    assert_eq!(
+        replicas(&admin, &ns, "api").await?,
+        2,
+        "kept: nothing failed"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_workflow_changes_nothing() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "wf-invalid", "staging").await?;
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    let scale = json!({"id": "scale", "action": "scale_deployment",
+        "parameters": {"namespace": ns, "name": "api", "replicas": 3}});
+    for (what, bad) in [
+        (
+            "an unknown action",
+            json!({"id": "x", "action": "reboot_cluster"}),
+        ),
+        (
+            "bad parameters",
+            json!({"id": "x", "action": "cordon_node", "parameters": {"node": "n"}}),
+        ),
+        (
+            "a cycle",
+            json!({"id": "x", "action": "notify_only", "dependsOn": ["x"]}),
+        ),
+    ] {
+        let wf: Workflow = serde_json::from_value(json!({"steps": [scale.clone(), bad]}))?;
+        let r = workflow::run(&cluster, &wf, &settings(), Duration::from_secs(20)).await;
+        assert!(r.is_err(), "{what}: {r:?}");
+        assert_eq!(
+            replicas(&admin, &ns, "api").await?,
+            1,
+            "{what}: nothing ran"
+        );
+    }
+    Ok(())
+}
