@@ -369,3 +369,178 @@ async fn an_object_changed_between_read_and_write_is_read_again() -> anyhow::Res
     assert_eq!(change.before["metadata"]["annotations"]["team"], "payments");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_pod_gets_a_replacement_from_the_controller_manager() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-pod", "staging").await?;
+    let pods = deployment_with_pods(&admin, &ns, "cart", 1).await?;
+    let old = pods.iter().next().cloned().expect("one pod");
+
+    let restart = call("restart_pod", json!({"namespace": ns, "name": old}));
+    let out = cluster.run_action(&restart, &settings("rr-pod")).await?;
+    assert_eq!(out.changes[0].before["metadata"]["name"], old.as_str());
+    assert!(out.changes[0].after.is_null());
+    let api = Api::<Pod>::namespaced(admin.clone(), &ns);
+    eventually("a replacement pod", Duration::from_secs(60), || async {
+        let names: Vec<String> = api
+            .list(&ListParams::default().labels("app=cart"))
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        Ok((names.len() == 1 && names[0] != old).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_job_removes_the_job() -> anyhow::Result<()> {
+    use k8s_openapi::api::batch::v1::Job;
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-job", "staging").await?;
+    let jobs = Api::<Job>::namespaced(admin.clone(), &ns);
+    jobs.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "migrate"}, "spec": {"template": {
+            "spec": {"restartPolicy": "Never",
+                     "containers": [{"name": "m", "image": "registry.local/migrate:1"}]}}}}),
+        )?,
+    )
+    .await?;
+    let out = cluster
+        .run_action(
+            &call("delete_job", json!({"namespace": ns, "name": "migrate"})),
+            &settings("rr-job"),
+        )
+        .await?;
+    assert_eq!(out.changes.len(), 1);
+    eventually("the job gone", Duration::from_secs(30), || async {
+        Ok(jobs.get_opt("migrate").await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_hpa_changes_its_bounds_and_rolls_back() -> anyhow::Result<()> {
+    use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-hpa", "staging").await?;
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), &ns);
+    hpas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "cart"}, "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "cart"},
+            "minReplicas": 2, "maxReplicas": 4}}))?,
+    )
+    .await?;
+    let bounds = |h: HorizontalPodAutoscaler| {
+        h.spec
+            .map(|s| (s.min_replicas.unwrap_or(1), s.max_replicas))
+            .unwrap_or_default()
+    };
+    let update = call(
+        "update_hpa",
+        json!({"namespace": ns, "name": "cart", "maxReplicas": 8}),
+    );
+    let out = cluster.run_action(&update, &settings("rr-hpa")).await?;
+    assert_eq!(bounds(hpas.get("cart").await?), (2, 8));
+    // A max below the current min is refused by the action itself.
+    let r = cluster
+        .run_action(
+            &call(
+                "update_hpa",
+                json!({"namespace": ns, "name": "cart", "maxReplicas": 1}),
+            ),
+            &settings("rr-hpa"),
+        )
+        .await;
+    assert!(matches!(r, Err(ActionError::Refused(_))), "{r:?}");
+    let undo = update.rollback(&out.changes[0]).expect("reversible");
+    cluster.run_action(&undo, &settings("rr-hpa")).await?;
+    assert_eq!(bounds(hpas.get("cart").await?), (2, 4));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_deployment_puts_the_previous_template_back() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-undo", "staging").await?;
+    deployment_with_pods(&admin, &ns, "api", 1).await?;
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
+    let image = |d: Deployment| {
+        d.spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers.into_iter().next())
+            .and_then(|c| c.image)
+            .unwrap_or_default()
+    };
+    let rollback = call(
+        "rollback_deployment",
+        json!({"namespace": ns, "name": "api"}),
+    );
+    // Only one revision: nothing to go back to.
+    let r = cluster.run_action(&rollback, &settings("rr-undo")).await;
+    assert!(
+        matches!(&r, Err(ActionError::Refused(m)) if m.contains("no revision")),
+        "{r:?}"
+    );
+
+    stack.kubectl(&[
+        "-n",
+        &ns,
+        "set",
+        "image",
+        "deployment/api",
+        "app=registry.local/app:2.0",
+    ])?;
+    let sets = Api::<ReplicaSet>::namespaced(admin.clone(), &ns);
+    eventually("revision 2", Duration::from_secs(60), || async {
+        Ok((sets.list(&ListParams::default()).await?.items.len() == 2).then_some(()))
+    })
+    .await?;
+    eventually(
+        "the deployment at revision 2",
+        Duration::from_secs(60),
+        || async {
+            let d = deployments.get("api").await?;
+            let rev = d
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .get("deployment.kubernetes.io/revision")
+                .cloned();
+            Ok((rev.as_deref() == Some("2")).then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        image(deployments.get("api").await?),
+        "registry.local/app:2.0"
+    );
+
+    let out = cluster.run_action(&rollback, &settings("rr-undo")).await?;
+    assert_eq!(out.changes.len(), 1);
+    let now = deployments.get("api").await?;
+    assert_eq!(image(now.clone()), "registry.local/app:1.0");
+    let labels = now
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    assert!(!labels.contains_key("pod-template-hash"), "{labels:?}");
+    Ok(())
+}

@@ -52,6 +52,10 @@ impl Cluster {
             "DaemonSet" => get!(DaemonSet, namespaced),
             "Job" => get!(Job, namespaced),
             "Node" => get!(Node, cluster),
+            "HorizontalPodAutoscaler" => get!(
+                k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler,
+                namespaced
+            ),
             other => return Err(Error::UnsupportedKind(other.to_string())),
         })
     }

@@ -15,6 +15,7 @@
 //! ([`ActionCall::rollback`]).
 
 mod node;
+mod objects;
 mod pod;
 mod workload;
 
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use node::NodeTarget;
+pub use objects::{Named, UpdateHpa};
 pub use pod::{DeleteOutcome, PodState};
 pub use workload::{RolloutRestart, Scale};
 
@@ -79,6 +81,10 @@ pub enum ActionCall {
     ScaleDeployment(Scale),
     ScaleStatefulset(Scale),
     RolloutRestart(RolloutRestart),
+    RollbackDeployment(Named),
+    RestartPod(Named),
+    DeleteJob(Named),
+    UpdateHpa(UpdateHpa),
     CordonNode(NodeTarget),
     UncordonNode(NodeTarget),
     NotifyOnly(NotifyOnly),
@@ -118,6 +124,34 @@ pub fn catalogue() -> Vec<ActionInfo> {
             "Restart a Deployment's, StatefulSet's or DaemonSet's pods through a rollout, as kubectl rollout restart does.",
             schema_of::<RolloutRestart>(),
             false,
+        ),
+        info(
+            "rollback_deployment",
+            Risk::High,
+            "Put back the pod template of a Deployment's previous revision (its ReplicaSet), as kubectl rollout undo does.",
+            schema_of::<Named>(),
+            false,
+        ),
+        info(
+            "restart_pod",
+            Risk::Low,
+            "Delete a pod (the one that exists now, by UID) so that its controller replaces it.",
+            schema_of::<Named>(),
+            false,
+        ),
+        info(
+            "delete_job",
+            Risk::Medium,
+            "Delete a Job and, in the background, its pods.",
+            schema_of::<Named>(),
+            false,
+        ),
+        info(
+            "update_hpa",
+            Risk::Medium,
+            "Set a HorizontalPodAutoscaler's minReplicas and/or maxReplicas (within bounds.maxReplicas).",
+            schema_of::<UpdateHpa>(),
+            true,
         ),
         info(
             "cordon_node",
@@ -226,6 +260,10 @@ impl ActionCall {
             ActionCall::ScaleDeployment(_) => "scale_deployment",
             ActionCall::ScaleStatefulset(_) => "scale_statefulset",
             ActionCall::RolloutRestart(_) => "rollout_restart",
+            ActionCall::RollbackDeployment(_) => "rollback_deployment",
+            ActionCall::RestartPod(_) => "restart_pod",
+            ActionCall::DeleteJob(_) => "delete_job",
+            ActionCall::UpdateHpa(_) => "update_hpa",
             ActionCall::CordonNode(_) => "cordon_node",
             ActionCall::UncordonNode(_) => "uncordon_node",
             ActionCall::NotifyOnly(_) => "notify_only",
@@ -247,6 +285,16 @@ impl ActionCall {
             ActionCall::CordonNode(n) | ActionCall::UncordonNode(n) => {
                 Some(ObjectRef::new("Node", "", &n.name))
             }
+            ActionCall::RollbackDeployment(d) => {
+                Some(ObjectRef::new("Deployment", &d.namespace, &d.name))
+            }
+            ActionCall::RestartPod(p) => Some(ObjectRef::new("Pod", &p.namespace, &p.name)),
+            ActionCall::DeleteJob(j) => Some(ObjectRef::new("Job", &j.namespace, &j.name)),
+            ActionCall::UpdateHpa(h) => Some(ObjectRef::new(
+                "HorizontalPodAutoscaler",
+                &h.namespace,
+                &h.name,
+            )),
             ActionCall::NotifyOnly(_) => None,
         }
     }
@@ -255,6 +303,7 @@ impl ActionCall {
     pub fn check(&self, bounds: &Bounds) -> Result<(), ActionError> {
         match self {
             ActionCall::ScaleDeployment(s) | ActionCall::ScaleStatefulset(s) => s.check(bounds),
+            ActionCall::UpdateHpa(h) => h.check(bounds),
             _ => Ok(()),
         }
         .map_err(ActionError::Refused)
@@ -269,6 +318,7 @@ impl ActionCall {
             ActionCall::ScaleStatefulset(s) => {
                 Some(ActionCall::ScaleStatefulset(s.restored(&change.before)?))
             }
+            ActionCall::UpdateHpa(h) => Some(ActionCall::UpdateHpa(h.restored(&change.before)?)),
             ActionCall::CordonNode(n) if !node::was_unschedulable(&change.before) => {
                 Some(ActionCall::UncordonNode(n.clone()))
             }
@@ -329,6 +379,10 @@ impl Cluster {
             ActionCall::ScaleDeployment(s) => self.scale_deployment(s, dry_run).await?,
             ActionCall::ScaleStatefulset(s) => self.scale_statefulset(s, dry_run).await?,
             ActionCall::RolloutRestart(r) => self.rollout_restart(r, dry_run).await?,
+            ActionCall::RollbackDeployment(d) => self.rollback_deployment(d, dry_run).await?,
+            ActionCall::RestartPod(p) => self.restart_pod(p, dry_run).await?,
+            ActionCall::DeleteJob(j) => self.delete_job(j, dry_run).await?,
+            ActionCall::UpdateHpa(h) => self.update_hpa(h, dry_run).await?,
             ActionCall::CordonNode(n) => self.set_unschedulable(&n.name, true, dry_run).await?,
             ActionCall::UncordonNode(n) => self.set_unschedulable(&n.name, false, dry_run).await?,
             ActionCall::NotifyOnly(_) => None,
@@ -437,7 +491,7 @@ impl Cluster {
     }
 }
 
-fn to_value<K: Serialize>(k: &K) -> Result<Value, ActionError> {
+pub(super) fn to_value<K: Serialize>(k: &K) -> Result<Value, ActionError> {
     serde_json::to_value(k).map_err(|e| ActionError::Api(Error::Serialize("object", e)))
 }
 
@@ -499,6 +553,13 @@ mod tests {
                 json!({"kind":"DaemonSet","namespace":"a","name":"b"}),
             ),
             ActionCall::parse("cordon_node", json!({"name":"n"})),
+            ActionCall::parse("rollback_deployment", json!({"namespace":"a","name":"b"})),
+            ActionCall::parse("restart_pod", json!({"namespace":"a","name":"b"})),
+            ActionCall::parse("delete_job", json!({"namespace":"a","name":"b"})),
+            ActionCall::parse(
+                "update_hpa",
+                json!({"namespace":"a","name":"b","maxReplicas":4}),
+            ),
             ActionCall::parse("uncordon_node", json!({"name":"n"})),
             ActionCall::parse("notify_only", json!({"message":"m"})),
         ] {
@@ -527,6 +588,23 @@ mod tests {
             .unwrap();
             assert_eq!(c.check(&bounds).is_ok(), ok, "{replicas}");
         }
+    }
+
+    #[test]
+    fn hpa_updates_are_bounded_and_consistent() {
+        let bounds = Bounds { max_replicas: 10 };
+        let hpa = |p: Value| {
+            let mut p = p;
+            p["namespace"] = json!("a");
+            p["name"] = json!("b");
+            ActionCall::parse("update_hpa", p).unwrap().check(&bounds)
+        };
+        assert!(hpa(json!({"minReplicas": 2, "maxReplicas": 10})).is_ok());
+        assert!(hpa(json!({"maxReplicas": 4})).is_ok());
+        assert!(hpa(json!({})).is_err(), "nothing to change");
+        assert!(hpa(json!({"minReplicas": 5, "maxReplicas": 4})).is_err());
+        assert!(hpa(json!({"maxReplicas": 11})).is_err());
+        assert!(hpa(json!({"minReplicas": 0})).is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Workload actions: scale_deployment, scale_statefulset and
 //! rollout_restart.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kubernaut_api::ObjectRef;
@@ -9,8 +9,16 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::objects::Named;
 use super::{ActionError, Bounds, Change};
-use crate::Cluster;
+use crate::{Cluster, bounded};
+
+/// The revision a Deployment and its ReplicaSets carry.
+const REVISION: &str = "deployment.kubernetes.io/revision";
+
+fn revision(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<u64> {
+    meta.annotations.as_ref()?.get(REVISION)?.parse().ok()
+}
 
 /// The annotation `kubectl rollout restart` sets on the pod template.
 const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
@@ -104,6 +112,65 @@ impl Cluster {
             let spec = d.spec.get_or_insert_with(Default::default);
             let changed = spec.replicas != Some(s.replicas);
             spec.replicas = Some(s.replicas);
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// Puts the pod template of the Deployment's previous revision back, as
+    /// `kubectl rollout undo` does: the ReplicaSet it owns with the highest
+    /// revision below the current one.
+    pub(super) async fn rollback_deployment(
+        &self,
+        d: &Named,
+        dry_run: bool,
+    ) -> Result<Option<Change>, ActionError> {
+        let object = ObjectRef::new("Deployment", &d.namespace, &d.name);
+        let api: Api<Deployment> = Api::namespaced(self.client().clone(), &d.namespace);
+        let Some(current) = bounded(api.get_opt(&d.name)).await? else {
+            return Err(ActionError::NotFound(object));
+        };
+        let uid = current.metadata.uid.clone();
+        let now = revision(&current.metadata).unwrap_or(0);
+        let sets: Api<ReplicaSet> = Api::namespaced(self.client().clone(), &d.namespace);
+        let previous = bounded(sets.list(&Default::default()))
+            .await?
+            .items
+            .into_iter()
+            .filter(|rs| {
+                rs.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+            })
+            .filter_map(|rs| Some((revision(&rs.metadata)?, rs)))
+            .filter(|(r, _)| *r < now)
+            .max_by_key(|(r, _)| *r);
+        let Some((rev, rs)) = previous else {
+            return Err(ActionError::Refused(format!(
+                "{object} has no revision before {now} to roll back to"
+            )));
+        };
+        let Some(mut template) = rs.spec.and_then(|s| s.template) else {
+            return Err(ActionError::Refused(format!(
+                "the ReplicaSet of revision {rev} has no pod template"
+            )));
+        };
+        // The ReplicaSet controller adds this label; the Deployment's
+        // template never carries it.
+        if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+            labels.remove("pod-template-hash");
+        }
+        self.update_object(&api, &object, dry_run, |dep: &mut Deployment| {
+            if dep.metadata.uid != uid {
+                return Err(ActionError::Refused(format!(
+                    "{object} was replaced while rolling it back"
+                )));
+            }
+            let spec = dep.spec.get_or_insert_with(Default::default);
+            let changed = spec.template != template;
+            spec.template = template.clone();
             Ok(changed)
         })
         .await

@@ -1,0 +1,187 @@
+//! Object actions: restart_pod (delete it; its controller replaces it),
+//! delete_job, and update_hpa.
+
+use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Preconditions, PropagationPolicy};
+use kube::{Api, Resource};
+use kubernaut_api::ObjectRef;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt::Debug;
+
+use super::{ActionError, Bounds, Change, to_value};
+use crate::{Cluster, Error, bounded};
+
+/// Parameters of actions on one namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Named {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Parameters of update_hpa (autoscaling/v1, which every supported API
+/// server serves). At least one bound; both within the executor's bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateHpa {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<i32>,
+}
+
+impl UpdateHpa {
+    pub(super) fn check(&self, bounds: &Bounds) -> Result<(), String> {
+        if self.min_replicas.is_none() && self.max_replicas.is_none() {
+            return Err("update_hpa needs minReplicas or maxReplicas".into());
+        }
+        for (field, v) in [
+            ("minReplicas", self.min_replicas),
+            ("maxReplicas", self.max_replicas),
+        ] {
+            if let Some(v) = v
+                && !(1..=bounds.max_replicas).contains(&v)
+            {
+                return Err(format!(
+                    "{field} {v} is outside 1..={} (executor bounds)",
+                    bounds.max_replicas
+                ));
+            }
+        }
+        if let (Some(min), Some(max)) = (self.min_replicas, self.max_replicas)
+            && min > max
+        {
+            return Err(format!("minReplicas {min} exceeds maxReplicas {max}"));
+        }
+        Ok(())
+    }
+
+    /// The same update, back to the bounds of `before`.
+    pub(super) fn restored(&self, before: &Value) -> Option<UpdateHpa> {
+        let spec = &before["spec"];
+        Some(UpdateHpa {
+            min_replicas: Some(i32::try_from(spec["minReplicas"].as_i64().unwrap_or(1)).ok()?),
+            max_replicas: Some(i32::try_from(spec["maxReplicas"].as_i64()?).ok()?),
+            ..self.clone()
+        })
+    }
+}
+
+impl Cluster {
+    /// Deletes the object `name` as it is now (its UID is a precondition,
+    /// so a replacement of the same name is never touched), dry run first.
+    /// `None` when it is already gone.
+    pub(super) async fn delete_object<K>(
+        &self,
+        api: &Api<K>,
+        object: &ObjectRef,
+        dry_run: bool,
+        propagation: Option<PropagationPolicy>,
+    ) -> Result<Option<Change>, ActionError>
+    where
+        K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+    {
+        let Some(before) = bounded(api.get_opt(&object.name)).await? else {
+            return Err(ActionError::NotFound(object.clone()));
+        };
+        if before.meta().deletion_timestamp.is_some() {
+            return Ok(None);
+        }
+        let params = |dry_run| DeleteParams {
+            dry_run,
+            propagation_policy: propagation.clone(),
+            preconditions: Some(Preconditions {
+                uid: before.meta().uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match bounded(api.delete(&object.name, &params(true))).await {
+            Ok(_) => {}
+            // Gone, or the name now belongs to a replacement: done already.
+            Err(e) if e.is_not_found() || e.is_conflict() => return Ok(None),
+            Err(Error::Kube(kube::Error::Api(s))) => {
+                return Err(ActionError::DryRunFailed(s.message));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if !dry_run {
+            match bounded(api.delete(&object.name, &params(false))).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() || e.is_conflict() => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(Change {
+            object: object.clone(),
+            before: to_value(&before)?,
+            after: Value::Null,
+        }))
+    }
+
+    pub(super) async fn restart_pod(
+        &self,
+        p: &Named,
+        dry_run: bool,
+    ) -> Result<Option<Change>, ActionError> {
+        let api: Api<Pod> = Api::namespaced(self.client().clone(), &p.namespace);
+        self.delete_object(
+            &api,
+            &ObjectRef::new("Pod", &p.namespace, &p.name),
+            dry_run,
+            None,
+        )
+        .await
+    }
+
+    /// Deletes a Job and, in the background, its pods.
+    pub(super) async fn delete_job(
+        &self,
+        j: &Named,
+        dry_run: bool,
+    ) -> Result<Option<Change>, ActionError> {
+        let api: Api<Job> = Api::namespaced(self.client().clone(), &j.namespace);
+        let object = ObjectRef::new("Job", &j.namespace, &j.name);
+        self.delete_object(&api, &object, dry_run, Some(PropagationPolicy::Background))
+            .await
+    }
+
+    pub(super) async fn update_hpa(
+        &self,
+        h: &UpdateHpa,
+        dry_run: bool,
+    ) -> Result<Option<Change>, ActionError> {
+        let api: Api<HorizontalPodAutoscaler> =
+            Api::namespaced(self.client().clone(), &h.namespace);
+        let object = ObjectRef::new("HorizontalPodAutoscaler", &h.namespace, &h.name);
+        self.update_object(
+            &api,
+            &object,
+            dry_run,
+            |hpa: &mut HorizontalPodAutoscaler| {
+                let spec = hpa.spec.get_or_insert_with(Default::default);
+                let (min, max) = (
+                    h.min_replicas.or(spec.min_replicas).unwrap_or(1),
+                    h.max_replicas.unwrap_or(spec.max_replicas),
+                );
+                if min > max {
+                    return Err(ActionError::Refused(format!(
+                        "minReplicas {min} would exceed maxReplicas {max}"
+                    )));
+                }
+                let changed = spec.min_replicas.unwrap_or(1) != min || spec.max_replicas != max;
+                spec.min_replicas = Some(min);
+                spec.max_replicas = max;
+                Ok(changed)
+            },
+        )
+        .await
+    }
+}
