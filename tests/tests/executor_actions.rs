@@ -352,7 +352,12 @@ async fn an_object_changed_between_read_and_write_is_read_again() -> anyhow::Res
         })
         .await?
         .expect("a change");
-    assert_eq!(reads, 2, "the conflict made it read again");
+    // At least once more; the deployment controller, which annotates a new
+    // Deployment, can cause one more conflict of its own.
+    assert!(
+        reads >= 2,
+        "the conflict made it read again ({reads} reads)"
+    );
     let now = Api::<Deployment>::namespaced(admin.clone(), &ns)
         .get("cart")
         .await?;
