@@ -549,3 +549,55 @@ async fn rollback_deployment_puts_the_previous_template_back() -> anyhow::Result
     assert!(!labels.contains_key("pod-template-hash"), "{labels:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_diagnostics_records_evidence_without_secrets_or_changes() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-diag", "staging").await?;
+    let mut d = deployment("cart", 2);
+    if let Some(c) = d
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|s| s.containers.first_mut())
+    {
+        c.env = Some(vec![serde_json::from_value(
+            json!({"name": "DB_PASSWORD", "value": "hunter2"}),
+        )?]);
+    }
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
+    deployments.create(&PostParams::default(), &d).await?;
+    eventually("2 pods of cart", Duration::from_secs(60), || async {
+        Ok((pod_count(&admin, &ns, "cart").await? == 2).then_some(()))
+    })
+    .await?;
+    // The generation counts spec changes; status updates do not move it.
+    let before = deployments.get("cart").await?.metadata.generation;
+
+    let out = cluster
+        .run_action(
+            &call(
+                "collect_diagnostics",
+                json!({"kind": "Deployment", "namespace": ns, "name": "cart"}),
+            ),
+            &settings("rr-diag"),
+        )
+        .await?;
+    assert!(out.changes.is_empty());
+    let evidence = out.evidence.to_string();
+    assert!(!evidence.contains("hunter2"), "env values are redacted");
+    assert!(!evidence.contains("managedFields"));
+    assert_eq!(out.evidence["object"]["metadata"]["name"], "cart");
+    assert_eq!(out.evidence["pods"].as_array().map(Vec::len), Some(2));
+    assert!(
+        out.evidence["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["reason"] == "ScalingReplicaSet")),
+        "the deployment controller's events: {}",
+        out.evidence["events"]
+    );
+    assert_eq!(deployments.get("cart").await?.metadata.generation, before);
+    Ok(())
+}

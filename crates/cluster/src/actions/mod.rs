@@ -14,6 +14,7 @@
 //! returned for the audit trail and for rollback, which is itself an action
 //! ([`ActionCall::rollback`]).
 
+mod diagnostics;
 mod node;
 mod objects;
 mod pod;
@@ -31,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use diagnostics::CollectDiagnostics;
 pub use node::NodeTarget;
 pub use objects::{Named, UpdateHpa};
 pub use pod::{DeleteOutcome, PodState};
@@ -87,6 +89,7 @@ pub enum ActionCall {
     UpdateHpa(UpdateHpa),
     CordonNode(NodeTarget),
     UncordonNode(NodeTarget),
+    CollectDiagnostics(CollectDiagnostics),
     NotifyOnly(NotifyOnly),
 }
 
@@ -168,6 +171,13 @@ pub fn catalogue() -> Vec<ActionInfo> {
             true,
         ),
         info(
+            "collect_diagnostics",
+            Risk::None,
+            "Record the object (env values redacted), its recent events and its pods' container states in the audit trail.",
+            schema_of::<CollectDiagnostics>(),
+            false,
+        ),
+        info(
             "notify_only",
             Risk::None,
             "Change nothing; record the decision for a human.",
@@ -218,6 +228,9 @@ pub struct Outcome {
     pub dry_run: bool,
     /// Empty when the target was already as the action wants it.
     pub changes: Vec<Change>,
+    /// What a read-only action found (collect_diagnostics).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub evidence: Value,
     pub message: String,
 }
 
@@ -266,6 +279,7 @@ impl ActionCall {
             ActionCall::UpdateHpa(_) => "update_hpa",
             ActionCall::CordonNode(_) => "cordon_node",
             ActionCall::UncordonNode(_) => "uncordon_node",
+            ActionCall::CollectDiagnostics(_) => "collect_diagnostics",
             ActionCall::NotifyOnly(_) => "notify_only",
         }
     }
@@ -295,6 +309,9 @@ impl ActionCall {
                 &h.namespace,
                 &h.name,
             )),
+            ActionCall::CollectDiagnostics(d) => {
+                Some(ObjectRef::new(&d.kind, &d.namespace, &d.name))
+            }
             ActionCall::NotifyOnly(_) => None,
         }
     }
@@ -350,10 +367,20 @@ impl Cluster {
             return Ok(Outcome {
                 dry_run: false,
                 changes: Vec::new(),
+                evidence: Value::Null,
                 message: "nothing to change".into(),
             });
         };
         self.check_scope(&target).await?;
+        if let ActionCall::CollectDiagnostics(d) = call {
+            // Read-only: no lock, and the same in dry-run mode.
+            return Ok(Outcome {
+                dry_run: false,
+                changes: Vec::new(),
+                evidence: self.collect_diagnostics(d).await?,
+                message: format!("collected diagnostics of {target}"),
+            });
+        }
         let dry_run = settings.dry_run_only
             || (!target.namespace.is_empty()
                 && settings.dry_run_namespaces.contains(&target.namespace));
@@ -385,7 +412,7 @@ impl Cluster {
             ActionCall::UpdateHpa(h) => self.update_hpa(h, dry_run).await?,
             ActionCall::CordonNode(n) => self.set_unschedulable(&n.name, true, dry_run).await?,
             ActionCall::UncordonNode(n) => self.set_unschedulable(&n.name, false, dry_run).await?,
-            ActionCall::NotifyOnly(_) => None,
+            ActionCall::CollectDiagnostics(_) | ActionCall::NotifyOnly(_) => None,
         };
         let message = match (&change, dry_run) {
             (None, _) => format!("{target} already as {} wants it", call.name()),
@@ -395,6 +422,7 @@ impl Cluster {
         Ok(Outcome {
             dry_run,
             changes: change.into_iter().collect(),
+            evidence: Value::Null,
             message,
         })
     }
@@ -562,6 +590,10 @@ mod tests {
             ),
             ActionCall::parse("uncordon_node", json!({"name":"n"})),
             ActionCall::parse("notify_only", json!({"message":"m"})),
+            ActionCall::parse(
+                "collect_diagnostics",
+                json!({"kind":"Pod","namespace":"a","name":"b"}),
+            ),
         ] {
             let call = call.unwrap();
             assert!(names.contains(&call.name()), "{}", call.name());

@@ -1,0 +1,177 @@
+//! collect_diagnostics: a read-only action whose result is the evidence
+//! (the object, its recent events, its pods' container states) recorded
+//! in the audit trail. Values of environment variables are redacted and
+//! `managedFields` dropped: evidence is read by people and, later, by the
+//! analysis prompt, and must never carry credentials.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::Api;
+use kube::api::ListParams;
+use kubernaut_api::ObjectRef;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::ActionError;
+use crate::{Cluster, bounded};
+
+/// The most events and pods kept.
+const MAX_EVENTS: usize = 20;
+const MAX_PODS: usize = 10;
+
+/// Parameters of collect_diagnostics.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CollectDiagnostics {
+    /// Pod, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job or Node.
+    pub kind: String,
+    /// Empty for Nodes.
+    #[serde(default)]
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Drops what must not be recorded: managed fields, env values.
+fn redact(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.remove("managedFields");
+            if let Some(Value::Array(env)) = map.get_mut("env") {
+                for e in env {
+                    if let Some(value) = e.get_mut("value") {
+                        *value = json!("<redacted>");
+                    }
+                }
+            }
+            map.values_mut().for_each(redact);
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+impl Cluster {
+    pub(super) async fn collect_diagnostics(
+        &self,
+        d: &CollectDiagnostics,
+    ) -> Result<Value, ActionError> {
+        let target = ObjectRef::new(&d.kind, &d.namespace, &d.name);
+        let client = self.client().clone();
+        macro_rules! get {
+            ($k:ty) => {{
+                let api: Api<$k> = Api::namespaced(client.clone(), &d.namespace);
+                bounded(api.get_opt(&d.name))
+                    .await?
+                    .map(|o| serde_json::to_value(o).unwrap_or(Value::Null))
+            }};
+        }
+        let object = match d.kind.as_str() {
+            "Pod" => get!(Pod),
+            "Deployment" => get!(Deployment),
+            "ReplicaSet" => get!(ReplicaSet),
+            "StatefulSet" => get!(StatefulSet),
+            "DaemonSet" => get!(DaemonSet),
+            "Job" => get!(Job),
+            "Node" => {
+                let api: Api<Node> = Api::all(client.clone());
+                bounded(api.get_opt(&d.name))
+                    .await?
+                    .map(|o| serde_json::to_value(o).unwrap_or(Value::Null))
+            }
+            other => {
+                return Err(ActionError::Refused(format!(
+                    "collect_diagnostics does not know kind {other}"
+                )));
+            }
+        };
+        let Some(mut object) = object else {
+            return Err(ActionError::NotFound(target));
+        };
+        redact(&mut object);
+
+        let events_api: Api<Event> = if d.namespace.is_empty() {
+            Api::all(client.clone())
+        } else {
+            Api::namespaced(client.clone(), &d.namespace)
+        };
+        let selector = format!(
+            "involvedObject.kind={},involvedObject.name={}",
+            d.kind, d.name
+        );
+        let mut events = bounded(events_api.list(&ListParams::default().fields(&selector)))
+            .await?
+            .items;
+        events.sort_by(|a, b| b.last_timestamp.cmp(&a.last_timestamp));
+        let events: Vec<Value> = events
+            .into_iter()
+            .take(MAX_EVENTS)
+            .map(|e| {
+                json!({
+                    "type": e.type_, "reason": e.reason, "message": e.message,
+                    "count": e.count, "lastTimestamp": e.last_timestamp,
+                })
+            })
+            .collect();
+
+        let pods = if d.kind == "Pod" {
+            vec![object.clone()]
+        } else if let Some(labels) = object["spec"]["selector"]["matchLabels"].as_object() {
+            let selector = labels
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",");
+            let api: Api<Pod> = Api::namespaced(client.clone(), &d.namespace);
+            bounded(
+                api.list(
+                    &ListParams::default()
+                        .labels(&selector)
+                        .limit(MAX_PODS as u32),
+                ),
+            )
+            .await?
+            .items
+            .into_iter()
+            .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
+            .collect()
+        } else {
+            Vec::new()
+        };
+        let pods: Vec<Value> = pods
+            .iter()
+            .take(MAX_PODS)
+            .map(|p| {
+                json!({
+                    "name": p["metadata"]["name"],
+                    "phase": p["status"]["phase"],
+                    "node": p["spec"]["nodeName"],
+                    "containerStatuses": p["status"]["containerStatuses"],
+                })
+            })
+            .collect();
+        Ok(json!({ "object": object, "events": events, "pods": pods }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_values_and_managed_fields_are_redacted_everywhere() {
+        let mut v = json!({"metadata": {"managedFields": [{"manager": "kubectl"}], "name": "p"},
+            "spec": {"template": {"spec": {"containers": [{"name": "app",
+                "env": [{"name": "DB_PASSWORD", "value": "hunter2"},
+                        {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}}}});
+        redact(&mut v);
+        let text = v.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("managedFields"), "{text}");
+        assert!(
+            text.contains("DB_PASSWORD") && text.contains("secretKeyRef"),
+            "{text}"
+        );
+    }
+}
