@@ -601,3 +601,63 @@ async fn collect_diagnostics_records_evidence_without_secrets_or_changes() -> an
     assert_eq!(deployments.get("cart").await?.metadata.generation, before);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_pod_leaves_its_service_and_is_replaced() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-quarantine", "staging").await?;
+    Api::<Service>::namespaced(admin.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}))?,
+        )
+        .await?;
+    let pods = deployment_with_pods(&admin, &ns, "web", 1).await?;
+    let suspect = pods.iter().next().cloned().expect("one pod");
+
+    let q = call("quarantine_pod", json!({"namespace": ns, "name": suspect}));
+    let out = cluster.run_action(&q, &settings("rr-quarantine")).await?;
+    assert_eq!(out.changes.len(), 1);
+    let api = Api::<Pod>::namespaced(admin.clone(), &ns);
+    let pod = api.get(&suspect).await?;
+    let labels = pod.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("kubernaut.io/quarantined").map(String::as_str),
+        Some("true")
+    );
+    assert!(!labels.contains_key("app"), "{labels:?}");
+    let kept = pod.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        kept.get("kubernaut.io/quarantined-labels")
+            .map(String::as_str),
+        Some(r#"{"app":"web"}"#)
+    );
+    // Its ReplicaSet no longer counts it and makes a replacement; it lives on.
+    eventually(
+        "a replacement in the service",
+        Duration::from_secs(60),
+        || async {
+            let serving: Vec<String> = api
+                .list(&ListParams::default().labels("app=web"))
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            Ok((serving.len() == 1 && serving[0] != suspect).then_some(()))
+        },
+    )
+    .await?;
+    assert!(
+        api.get_opt(&suspect).await?.is_some(),
+        "kept for inspection"
+    );
+    // Quarantined already: nothing more to do.
+    let again = cluster.run_action(&q, &settings("rr-quarantine")).await?;
+    assert!(again.changes.is_empty());
+    Ok(())
+}

@@ -85,6 +85,7 @@ pub enum ActionCall {
     RolloutRestart(RolloutRestart),
     RollbackDeployment(Named),
     RestartPod(Named),
+    QuarantinePod(Named),
     DeleteJob(Named),
     UpdateHpa(UpdateHpa),
     CordonNode(NodeTarget),
@@ -139,6 +140,13 @@ pub fn catalogue() -> Vec<ActionInfo> {
             "restart_pod",
             Risk::Low,
             "Delete a pod (the one that exists now, by UID) so that its controller replaces it.",
+            schema_of::<Named>(),
+            false,
+        ),
+        info(
+            "quarantine_pod",
+            Risk::Medium,
+            "Take a pod out of its Services (and its ReplicaSet, which replaces it) by moving the selected labels into an annotation; the pod keeps running for inspection.",
             schema_of::<Named>(),
             false,
         ),
@@ -275,6 +283,7 @@ impl ActionCall {
             ActionCall::RolloutRestart(_) => "rollout_restart",
             ActionCall::RollbackDeployment(_) => "rollback_deployment",
             ActionCall::RestartPod(_) => "restart_pod",
+            ActionCall::QuarantinePod(_) => "quarantine_pod",
             ActionCall::DeleteJob(_) => "delete_job",
             ActionCall::UpdateHpa(_) => "update_hpa",
             ActionCall::CordonNode(_) => "cordon_node",
@@ -302,7 +311,9 @@ impl ActionCall {
             ActionCall::RollbackDeployment(d) => {
                 Some(ObjectRef::new("Deployment", &d.namespace, &d.name))
             }
-            ActionCall::RestartPod(p) => Some(ObjectRef::new("Pod", &p.namespace, &p.name)),
+            ActionCall::RestartPod(p) | ActionCall::QuarantinePod(p) => {
+                Some(ObjectRef::new("Pod", &p.namespace, &p.name))
+            }
             ActionCall::DeleteJob(j) => Some(ObjectRef::new("Job", &j.namespace, &j.name)),
             ActionCall::UpdateHpa(h) => Some(ObjectRef::new(
                 "HorizontalPodAutoscaler",
@@ -408,6 +419,7 @@ impl Cluster {
             ActionCall::RolloutRestart(r) => self.rollout_restart(r, dry_run).await?,
             ActionCall::RollbackDeployment(d) => self.rollback_deployment(d, dry_run).await?,
             ActionCall::RestartPod(p) => self.restart_pod(p, dry_run).await?,
+            ActionCall::QuarantinePod(p) => self.quarantine_pod(p, dry_run).await?,
             ActionCall::DeleteJob(j) => self.delete_job(j, dry_run).await?,
             ActionCall::UpdateHpa(h) => self.update_hpa(h, dry_run).await?,
             ActionCall::CordonNode(n) => self.set_unschedulable(&n.name, true, dry_run).await?,
@@ -583,6 +595,7 @@ mod tests {
             ActionCall::parse("cordon_node", json!({"name":"n"})),
             ActionCall::parse("rollback_deployment", json!({"namespace":"a","name":"b"})),
             ActionCall::parse("restart_pod", json!({"namespace":"a","name":"b"})),
+            ActionCall::parse("quarantine_pod", json!({"namespace":"a","name":"b"})),
             ActionCall::parse("delete_job", json!({"namespace":"a","name":"b"})),
             ActionCall::parse(
                 "update_hpa",

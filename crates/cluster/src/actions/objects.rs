@@ -1,9 +1,9 @@
 //! Object actions: restart_pod (delete it; its controller replaces it),
-//! delete_job, and update_hpa.
+//! quarantine_pod, delete_job, and update_hpa.
 
 use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, Preconditions, PropagationPolicy};
 use kube::{Api, Resource};
 use kubernaut_api::ObjectRef;
@@ -15,6 +15,11 @@ use std::fmt::Debug;
 
 use super::{ActionError, Bounds, Change, to_value};
 use crate::{Cluster, Error, bounded};
+
+/// Label of a quarantined pod.
+pub const QUARANTINED: &str = "kubernaut.io/quarantined";
+/// Annotation keeping the labels quarantine_pod removed (JSON object).
+pub const QUARANTINED_LABELS: &str = "kubernaut.io/quarantined-labels";
 
 /// Parameters of actions on one namespaced object.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -138,6 +143,53 @@ impl Cluster {
             dry_run,
             None,
         )
+        .await
+    }
+
+    /// Takes a pod out of its Services (and so out of its ReplicaSet, which
+    /// replaces it) by moving the labels their selectors match into the
+    /// annotation [`QUARANTINED_LABELS`], and marks it
+    /// `kubernaut.io/quarantined=true`. The pod keeps running for inspection.
+    pub(super) async fn quarantine_pod(
+        &self,
+        p: &Named,
+        dry_run: bool,
+    ) -> Result<Option<Change>, ActionError> {
+        let services: Api<Service> = Api::namespaced(self.client().clone(), &p.namespace);
+        let selectors: Vec<std::collections::BTreeMap<String, String>> =
+            bounded(services.list(&Default::default()))
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|s| s.spec?.selector)
+                .filter(|sel| !sel.is_empty())
+                .collect();
+        let api: Api<Pod> = Api::namespaced(self.client().clone(), &p.namespace);
+        let object = ObjectRef::new("Pod", &p.namespace, &p.name);
+        self.update_object(&api, &object, dry_run, |pod: &mut Pod| {
+            let labels = pod.metadata.labels.get_or_insert_with(Default::default);
+            let selected: std::collections::BTreeSet<String> = selectors
+                .iter()
+                .filter(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                .flat_map(|sel| sel.keys().cloned())
+                .collect();
+            if selected.is_empty() {
+                return Ok(false);
+            }
+            let moved: std::collections::BTreeMap<String, String> = selected
+                .iter()
+                .filter_map(|k| Some((k.clone(), labels.remove(k)?)))
+                .collect();
+            labels.insert(QUARANTINED.into(), "true".into());
+            pod.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(
+                    QUARANTINED_LABELS.into(),
+                    serde_json::to_string(&moved).unwrap_or_default(),
+                );
+            Ok(true)
+        })
         .await
     }
 
