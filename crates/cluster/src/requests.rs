@@ -15,7 +15,6 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kubernaut_api::{
     Deduplication, FINGERPRINT_LABEL, INSTANCE_LABEL, LABEL_DIGEST_LEN, MANAGED_LABEL, ObjectRef,
     RemediationRequest, RemediationRequestSpec, RequestKey, Signal, SignalResolution, StormSpec,
-    StormStatus,
 };
 use serde_json::json;
 
@@ -172,17 +171,17 @@ impl Cluster {
             ));
         }
         let name = rr.metadata.name.clone().unwrap_or_default();
-        match bounded(api.create(&PostParams::default(), &rr)).await {
-            Ok(_) => {}
+        let created = match bounded(api.create(&PostParams::default(), &rr)).await {
+            Ok(created) => created,
             Err(e) if e.is_conflict() => {
                 return Ok(Created::AlreadyExists(RequestKey::new(ns, name)));
             }
             Err(e) => return Err(e),
-        }
+        };
         let first_target = storm.and(resolved.chain.first());
         set_first_occurrence(
             &api,
-            &name,
+            created,
             signal.received_time,
             &signal.instance_id(),
             first_target,
@@ -317,28 +316,57 @@ pub fn request_name(signal: &str, fp: &str, instance: &str) -> String {
     format!("{prefix}-{}-{}", &fp[..8], &instance[..8])
 }
 
+/// Records the creating signal in a new request's status. Duplicates may
+/// already have been counted on it (without Redis, a replica finds the
+/// request as soon as it exists): their writers count a missing
+/// `deduplication` as this first occurrence, so it is only written when
+/// still missing, and the write carries the `resourceVersion` read so that
+/// it never overwrites their counts.
 async fn set_first_occurrence(
     api: &Api<RemediationRequest>,
-    name: &str,
+    created: RemediationRequest,
     at: Timestamp,
     instance: &str,
     storm_target: Option<&ObjectRef>,
 ) -> Result<()> {
-    let mut dedup = Deduplication {
-        occurrence_count: 1,
-        first_seen_at: Time(at),
-        last_seen_at: Time(at),
-        recent_instances: Vec::new(),
-    };
-    dedup.remember(instance);
-    let mut patch = json!({ "status": { "deduplication": dedup } });
-    if let Some(t) = storm_target {
-        let mut storm = StormStatus::default();
-        storm.add(t);
-        patch["status"]["storm"] = json!(storm);
+    let name = created.metadata.name.clone().unwrap_or_default();
+    let mut current = created;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let status = current.status.clone().unwrap_or_default();
+        let mut patch = json!({
+            "metadata": { "resourceVersion": current.metadata.resource_version },
+            "status": {},
+        });
+        if status.deduplication.is_none() {
+            let mut dedup = Deduplication {
+                occurrence_count: 1,
+                first_seen_at: Time(at),
+                last_seen_at: Time(at),
+                recent_instances: Vec::new(),
+            };
+            dedup.remember(instance);
+            patch["status"]["deduplication"] = json!(dedup);
+        }
+        if let Some(t) = storm_target {
+            let mut storm = status.storm.unwrap_or_default();
+            storm.add(t);
+            patch["status"]["storm"] = json!(storm);
+        }
+        if patch["status"].as_object().is_some_and(|s| s.is_empty()) {
+            return Ok(());
+        }
+        match bounded(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))).await
+        {
+            Ok(_) => return Ok(()),
+            // Counters keep writing; each conflict means one of them won.
+            Err(e) if e.is_conflict() && attempts < 10 => {
+                current = bounded(api.get_status(&name)).await?;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    bounded(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))).await?;
-    Ok(())
 }
 
 #[cfg(test)]
