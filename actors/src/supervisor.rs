@@ -409,20 +409,7 @@ async fn on_stage_done(
                 DeleteOutcome::Deleted => "Succeeded",
                 DeleteOutcome::AlreadyGone => "AlreadyDone",
             };
-            let action = st
-                .status
-                .analysis
-                .as_ref()
-                .map(|a| a.action.clone())
-                .unwrap_or_default();
-            st.ctx
-                .metrics
-                .actions
-                .get_or_create(&ActionLabels {
-                    action: action.clone(),
-                    result,
-                })
-                .inc();
+            let action = count_action(st, result);
             audit_event(
                 st,
                 "action",
@@ -447,20 +434,7 @@ async fn on_stage_done(
             .await
         }
         StageResult::Executed(Err(e)) => {
-            let action = st
-                .status
-                .analysis
-                .as_ref()
-                .map(|a| a.action.clone())
-                .unwrap_or_default();
-            st.ctx
-                .metrics
-                .actions
-                .get_or_create(&ActionLabels {
-                    action,
-                    result: "Failed",
-                })
-                .inc();
+            count_action(st, "Failed");
             fail(myself, st, "ActionFailed", e).await
         }
         StageResult::Verified(Ok(v)) => {
@@ -759,6 +733,25 @@ async fn verify_pod_replaced(
             _ => tokio::time::sleep(VERIFY_POLL).await,
         }
     }
+}
+
+/// Counts the decided action's result; returns the action's name.
+fn count_action(st: &State, result: &'static str) -> String {
+    let action = st
+        .status
+        .analysis
+        .as_ref()
+        .map(|a| a.action.clone())
+        .unwrap_or_default();
+    st.ctx
+        .metrics
+        .actions
+        .get_or_create(&ActionLabels {
+            action: action.clone(),
+            result,
+        })
+        .inc();
+    action
 }
 
 #[cfg(test)]

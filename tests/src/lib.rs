@@ -825,3 +825,52 @@ pub fn cloudwatch_alarm(name: &str, state: &str, dimensions: &[(&str, &str)]) ->
     })
     .to_string()
 }
+
+/// The RemediationRequests of a namespace.
+pub async fn requests(
+    admin: &kube::Client,
+    ns: &str,
+) -> anyhow::Result<Vec<kubernaut_api::RemediationRequest>> {
+    Ok(
+        Api::<kubernaut_api::RemediationRequest>::namespaced(admin.clone(), ns)
+            .list(&ListParams::default())
+            .await?
+            .items,
+    )
+}
+
+/// A Deployment's `spec.replicas` (1 when unset, as the server defaults it).
+pub async fn deployment_replicas(
+    admin: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<i32> {
+    let d = Api::<Deployment>::namespaced(admin.clone(), ns)
+        .get(name)
+        .await?;
+    Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
+}
+
+/// A Node object (the stack has no kubelet) labelled managed; its name.
+pub async fn managed_node(admin: &kube::Client, prefix: &str) -> anyhow::Result<String> {
+    let name = unique(prefix);
+    Api::<k8s_openapi::api::core::v1::Node>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name,
+                "labels": {"kubernaut.io/managed": "true"}}}))?,
+        )
+        .await?;
+    Ok(name)
+}
+
+/// How the tests run actions: as `holder`, at most 10 replicas, 30 s locks.
+pub fn exec_settings(holder: &str) -> kubernaut_cluster::ExecSettings {
+    kubernaut_cluster::ExecSettings {
+        holder: holder.into(),
+        dry_run_only: false,
+        dry_run_namespaces: Vec::new(),
+        bounds: kubernaut_cluster::Bounds { max_replicas: 10 },
+        lock_ttl: Duration::from_secs(30),
+    }
+}

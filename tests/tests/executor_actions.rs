@@ -11,32 +11,15 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kubernaut_api::ObjectRef;
-use kubernaut_cluster::{ActionCall, ActionError, Bounds, ExecSettings};
+use kubernaut_cluster::{ActionCall, ActionError, ExecSettings};
 use kubernaut_e2e::{
-    PROTECTED_NAMESPACE, Stack, controller_cluster, deployment, deployment_with_pods, eventually,
-    managed_namespace, unique,
+    PROTECTED_NAMESPACE, Stack, controller_cluster, deployment, deployment_replicas,
+    deployment_with_pods, eventually, exec_settings, managed_namespace, managed_node, unique,
 };
 use serde_json::json;
 
-fn settings(holder: &str) -> ExecSettings {
-    ExecSettings {
-        holder: holder.into(),
-        dry_run_only: false,
-        dry_run_namespaces: Vec::new(),
-        bounds: Bounds { max_replicas: 10 },
-        lock_ttl: Duration::from_secs(30),
-    }
-}
-
 fn call(action: &str, parameters: serde_json::Value) -> ActionCall {
     ActionCall::parse(action, parameters).expect("a valid call")
-}
-
-async fn replicas(admin: &kube::Client, ns: &str, name: &str) -> anyhow::Result<i32> {
-    let d = Api::<Deployment>::namespaced(admin.clone(), ns)
-        .get(name)
-        .await?;
-    Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
 }
 
 async fn pod_count(admin: &kube::Client, ns: &str, app: &str) -> anyhow::Result<usize> {
@@ -61,12 +44,14 @@ async fn scale_deployment_changes_replicas_and_rolls_back() -> anyhow::Result<()
         "scale_deployment",
         json!({"namespace": ns, "name": "cart", "replicas": 3}),
     );
-    let out = cluster.run_action(&scale, &settings("rr-scale")).await?;
+    let out = cluster
+        .run_action(&scale, &exec_settings("rr-scale"))
+        .await?;
     assert!(!out.dry_run);
     assert_eq!(out.changes.len(), 1);
     assert_eq!(out.changes[0].before["spec"]["replicas"], 1);
     assert_eq!(out.changes[0].after["spec"]["replicas"], 3);
-    assert_eq!(replicas(&admin, &ns, "cart").await?, 3);
+    assert_eq!(deployment_replicas(&admin, &ns, "cart").await?, 3);
     // The controller-manager acts on it: three pods.
     eventually("3 pods of cart", Duration::from_secs(60), || async {
         Ok((pod_count(&admin, &ns, "cart").await? == 3).then_some(()))
@@ -74,14 +59,18 @@ async fn scale_deployment_changes_replicas_and_rolls_back() -> anyhow::Result<()
     .await?;
 
     // Running it again changes nothing.
-    let again = cluster.run_action(&scale, &settings("rr-scale")).await?;
+    let again = cluster
+        .run_action(&scale, &exec_settings("rr-scale"))
+        .await?;
     assert!(again.changes.is_empty(), "{again:?}");
 
     let undo = scale
         .rollback(&out.changes[0])
         .expect("scale can be undone");
-    cluster.run_action(&undo, &settings("rr-scale")).await?;
-    assert_eq!(replicas(&admin, &ns, "cart").await?, 1);
+    cluster
+        .run_action(&undo, &exec_settings("rr-scale"))
+        .await?;
+    assert_eq!(deployment_replicas(&admin, &ns, "cart").await?, 1);
     Ok(())
 }
 
@@ -101,7 +90,7 @@ async fn rollout_restart_makes_the_controller_manager_roll_a_new_replicaset() ->
         json!({"kind": "Deployment", "namespace": ns, "name": "api"}),
     );
     let out = cluster
-        .run_action(&restart, &settings("rr-restart"))
+        .run_action(&restart, &exec_settings("rr-restart"))
         .await?;
     let stamp = &out.changes[0].after["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"];
     assert!(stamp.is_string(), "{out:?}");
@@ -121,25 +110,20 @@ async fn cordon_and_uncordon_a_managed_node() -> anyhow::Result<()> {
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
     let cluster = controller_cluster(stack).await?;
-    let name = unique("node-cordon");
+    let name = managed_node(&admin, "node-cordon").await?;
     let nodes = Api::<Node>::all(admin.clone());
-    nodes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name,
-                "labels": {"kubernaut.io/managed": "true"}}}))?,
-        )
-        .await?;
     let unschedulable = |n: Node| n.spec.and_then(|s| s.unschedulable).unwrap_or(false);
 
     let cordon = call("cordon_node", json!({"name": name}));
-    let out = cluster.run_action(&cordon, &settings("rr-node")).await?;
+    let out = cluster
+        .run_action(&cordon, &exec_settings("rr-node"))
+        .await?;
     assert!(unschedulable(nodes.get(&name).await?));
     let undo = cordon
         .rollback(&out.changes[0])
         .expect("a cordon can be undone");
     assert_eq!(undo, call("uncordon_node", json!({"name": name})));
-    cluster.run_action(&undo, &settings("rr-node")).await?;
+    cluster.run_action(&undo, &exec_settings("rr-node")).await?;
     assert!(!unschedulable(nodes.get(&name).await?));
 
     // A node without the label is out of scope.
@@ -153,7 +137,7 @@ async fn cordon_and_uncordon_a_managed_node() -> anyhow::Result<()> {
     let r = cluster
         .run_action(
             &call("cordon_node", json!({"name": other})),
-            &settings("rr-node"),
+            &exec_settings("rr-node"),
         )
         .await;
     assert!(matches!(r, Err(ActionError::Refused(_))), "{r:?}");
@@ -175,11 +159,11 @@ async fn dry_run_only_modes_change_nothing_but_are_checked_by_the_server() -> an
 
     let global = ExecSettings {
         dry_run_only: true,
-        ..settings("rr-dry")
+        ..exec_settings("rr-dry")
     };
     let per_namespace = ExecSettings {
         dry_run_namespaces: vec![ns.clone()],
-        ..settings("rr-dry")
+        ..exec_settings("rr-dry")
     };
     for mode in [global, per_namespace] {
         let out = cluster.run_action(&scale, &mode).await?;
@@ -188,7 +172,11 @@ async fn dry_run_only_modes_change_nothing_but_are_checked_by_the_server() -> an
             out.changes[0].after["spec"]["replicas"], 4,
             "the server's preview"
         );
-        assert_eq!(replicas(&admin, &ns, "web").await?, 1, "nothing changed");
+        assert_eq!(
+            deployment_replicas(&admin, &ns, "web").await?,
+            1,
+            "nothing changed"
+        );
     }
 
     // A missing target is reported as such, never created.
@@ -196,7 +184,7 @@ async fn dry_run_only_modes_change_nothing_but_are_checked_by_the_server() -> an
         "scale_deployment",
         json!({"namespace": ns, "name": "absent", "replicas": 2}),
     );
-    let r = cluster.run_action(&missing, &settings("rr-dry")).await;
+    let r = cluster.run_action(&missing, &exec_settings("rr-dry")).await;
     assert!(matches!(r, Err(ActionError::NotFound(_))), "{r:?}");
     Ok(())
 }
@@ -224,14 +212,14 @@ async fn scope_bounds_and_the_target_lock_refuse_before_any_change() -> anyhow::
                 "scale_deployment",
                 json!({"namespace": plain, "name": "db", "replicas": 2}),
             ),
-            &settings("rr-scope"),
+            &exec_settings("rr-scope"),
         )
         .await;
     assert!(
         matches!(&r, Err(ActionError::Refused(m)) if m.contains("kubernaut.io/managed")),
         "{r:?}"
     );
-    assert_eq!(replicas(&admin, &plain, "db").await?, 1);
+    assert_eq!(deployment_replicas(&admin, &plain, "db").await?, 1);
 
     // Protected namespace, even when labelled managed.
     let namespaces = Api::<Namespace>::all(admin.clone());
@@ -255,14 +243,17 @@ async fn scope_bounds_and_the_target_lock_refuse_before_any_change() -> anyhow::
                 "scale_deployment",
                 json!({"namespace": PROTECTED_NAMESPACE, "name": guarded, "replicas": 0}),
             ),
-            &settings("rr-scope"),
+            &exec_settings("rr-scope"),
         )
         .await;
     assert!(
         matches!(&r, Err(ActionError::Refused(m)) if m.contains("protected")),
         "{r:?}"
     );
-    assert_eq!(replicas(&admin, PROTECTED_NAMESPACE, &guarded).await?, 1);
+    assert_eq!(
+        deployment_replicas(&admin, PROTECTED_NAMESPACE, &guarded).await?,
+        1
+    );
 
     // Bounds.
     let ns = managed_namespace(&admin, "act-bounds", "staging").await?;
@@ -275,7 +266,7 @@ async fn scope_bounds_and_the_target_lock_refuse_before_any_change() -> anyhow::
                 "scale_deployment",
                 json!({"namespace": ns, "name": "api", "replicas": 11}),
             ),
-            &settings("rr-scope"),
+            &exec_settings("rr-scope"),
         )
         .await;
     assert!(
@@ -299,14 +290,14 @@ async fn scope_bounds_and_the_target_lock_refuse_before_any_change() -> anyhow::
                 "scale_deployment",
                 json!({"namespace": ns, "name": "api", "replicas": 2}),
             ),
-            &settings("rr-mine"),
+            &exec_settings("rr-mine"),
         )
         .await;
     assert!(
         matches!(&r, Err(ActionError::Busy(_, holder)) if holder == "rr-other"),
         "{r:?}"
     );
-    assert_eq!(replicas(&admin, &ns, "api").await?, 1);
+    assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 1);
     held.release().await;
     cluster
         .run_action(
@@ -314,11 +305,11 @@ async fn scope_bounds_and_the_target_lock_refuse_before_any_change() -> anyhow::
                 "scale_deployment",
                 json!({"namespace": ns, "name": "api", "replicas": 2}),
             ),
-            &settings("rr-mine"),
+            &exec_settings("rr-mine"),
         )
         .await?;
     assert_eq!(
-        replicas(&admin, &ns, "api").await?,
+        deployment_replicas(&admin, &ns, "api").await?,
         2,
         "released, the lock is free again"
     );
@@ -385,7 +376,9 @@ async fn restart_pod_gets_a_replacement_from_the_controller_manager() -> anyhow:
     let old = pods.iter().next().cloned().expect("one pod");
 
     let restart = call("restart_pod", json!({"namespace": ns, "name": old}));
-    let out = cluster.run_action(&restart, &settings("rr-pod")).await?;
+    let out = cluster
+        .run_action(&restart, &exec_settings("rr-pod"))
+        .await?;
     assert_eq!(out.changes[0].before["metadata"]["name"], old.as_str());
     assert!(out.changes[0].after.is_null());
     let api = Api::<Pod>::namespaced(admin.clone(), &ns);
@@ -424,7 +417,7 @@ async fn delete_job_removes_the_job() -> anyhow::Result<()> {
     let out = cluster
         .run_action(
             &call("delete_job", json!({"namespace": ns, "name": "migrate"})),
-            &settings("rr-job"),
+            &exec_settings("rr-job"),
         )
         .await?;
     assert_eq!(out.changes.len(), 1);
@@ -459,7 +452,9 @@ async fn update_hpa_changes_its_bounds_and_rolls_back() -> anyhow::Result<()> {
         "update_hpa",
         json!({"namespace": ns, "name": "cart", "maxReplicas": 8}),
     );
-    let out = cluster.run_action(&update, &settings("rr-hpa")).await?;
+    let out = cluster
+        .run_action(&update, &exec_settings("rr-hpa"))
+        .await?;
     assert_eq!(bounds(hpas.get("cart").await?), (2, 8));
     // A max below the current min is refused by the action itself.
     let r = cluster
@@ -468,12 +463,12 @@ async fn update_hpa_changes_its_bounds_and_rolls_back() -> anyhow::Result<()> {
                 "update_hpa",
                 json!({"namespace": ns, "name": "cart", "maxReplicas": 1}),
             ),
-            &settings("rr-hpa"),
+            &exec_settings("rr-hpa"),
         )
         .await;
     assert!(matches!(r, Err(ActionError::Refused(_))), "{r:?}");
     let undo = update.rollback(&out.changes[0]).expect("reversible");
-    cluster.run_action(&undo, &settings("rr-hpa")).await?;
+    cluster.run_action(&undo, &exec_settings("rr-hpa")).await?;
     assert_eq!(bounds(hpas.get("cart").await?), (2, 4));
     Ok(())
 }
@@ -498,7 +493,9 @@ async fn rollback_deployment_puts_the_previous_template_back() -> anyhow::Result
         json!({"namespace": ns, "name": "api"}),
     );
     // Only one revision: nothing to go back to.
-    let r = cluster.run_action(&rollback, &settings("rr-undo")).await;
+    let r = cluster
+        .run_action(&rollback, &exec_settings("rr-undo"))
+        .await;
     assert!(
         matches!(&r, Err(ActionError::Refused(m)) if m.contains("no revision")),
         "{r:?}"
@@ -537,7 +534,9 @@ async fn rollback_deployment_puts_the_previous_template_back() -> anyhow::Result
         "registry.local/app:2.0"
     );
 
-    let out = cluster.run_action(&rollback, &settings("rr-undo")).await?;
+    let out = cluster
+        .run_action(&rollback, &exec_settings("rr-undo"))
+        .await?;
     assert_eq!(out.changes.len(), 1);
     let now = deployments.get("api").await?;
     assert_eq!(image(now.clone()), "registry.local/app:1.0");
@@ -582,7 +581,7 @@ async fn collect_diagnostics_records_evidence_without_secrets_or_changes() -> an
                 "collect_diagnostics",
                 json!({"kind": "Deployment", "namespace": ns, "name": "cart"}),
             ),
-            &settings("rr-diag"),
+            &exec_settings("rr-diag"),
         )
         .await?;
     assert!(out.changes.is_empty());
@@ -620,7 +619,9 @@ async fn quarantine_pod_leaves_its_service_and_is_replaced() -> anyhow::Result<(
     let suspect = pods.iter().next().cloned().expect("one pod");
 
     let q = call("quarantine_pod", json!({"namespace": ns, "name": suspect}));
-    let out = cluster.run_action(&q, &settings("rr-quarantine")).await?;
+    let out = cluster
+        .run_action(&q, &exec_settings("rr-quarantine"))
+        .await?;
     assert_eq!(out.changes.len(), 1);
     let api = Api::<Pod>::namespaced(admin.clone(), &ns);
     let pod = api.get(&suspect).await?;
@@ -657,7 +658,9 @@ async fn quarantine_pod_leaves_its_service_and_is_replaced() -> anyhow::Result<(
         "kept for inspection"
     );
     // Quarantined already: nothing more to do.
-    let again = cluster.run_action(&q, &settings("rr-quarantine")).await?;
+    let again = cluster
+        .run_action(&q, &exec_settings("rr-quarantine"))
+        .await?;
     assert!(again.changes.is_empty());
     Ok(())
 }

@@ -11,26 +11,11 @@ use kube::Api;
 use kube::api::PostParams;
 use kubernaut_actors::workflow::{self, StepState};
 use kubernaut_api::workflow::Workflow;
-use kubernaut_cluster::{Bounds, ExecSettings};
-use kubernaut_e2e::{Stack, controller_cluster, deployment, managed_namespace, unique};
+use kubernaut_e2e::{
+    Stack, controller_cluster, deployment, deployment_replicas, exec_settings, managed_namespace,
+    managed_node, unique,
+};
 use serde_json::json;
-
-fn settings() -> ExecSettings {
-    ExecSettings {
-        holder: unique("rr-wf"),
-        dry_run_only: false,
-        dry_run_namespaces: Vec::new(),
-        bounds: Bounds { max_replicas: 10 },
-        lock_ttl: Duration::from_secs(30),
-    }
-}
-
-async fn replicas(admin: &kube::Client, ns: &str, name: &str) -> anyhow::Result<i32> {
-    let d = Api::<Deployment>::namespaced(admin.clone(), ns)
-        .get(name)
-        .await?;
-    Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_step_rolls_back_the_completed_ones_in_reverse() -> anyhow::Result<()> {
@@ -41,15 +26,8 @@ async fn a_failing_step_rolls_back_the_completed_ones_in_reverse() -> anyhow::Re
     Api::<Deployment>::namespaced(admin.clone(), &ns)
         .create(&PostParams::default(), &deployment("cart", 1))
         .await?;
-    let node = unique("wf-node");
+    let node = managed_node(&admin, "wf-node").await?;
     let nodes = Api::<Node>::all(admin.clone());
-    nodes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": node,
-                "labels": {"kubernaut.io/managed": "true"}}}))?,
-        )
-        .await?;
 
     let wf: Workflow = serde_json::from_value(json!({"steps": [
         {"id": "scale", "action": "scale_deployment", "rollback": true,
@@ -60,7 +38,13 @@ async fn a_failing_step_rolls_back_the_completed_ones_in_reverse() -> anyhow::Re
          "parameters": {"namespace": ns, "name": "does-not-exist", "replicas": 2}},
         {"id": "after", "action": "notify_only", "dependsOn": ["broken"]},
     ]}))?;
-    let report = workflow::run(&cluster, &wf, &settings(), Duration::from_secs(20)).await?;
+    let report = workflow::run(
+        &cluster,
+        &wf,
+        &exec_settings(&unique("rr-wf")),
+        Duration::from_secs(20),
+    )
+    .await?;
 
     assert!(!report.succeeded);
     let state = |id: &str| report.steps.iter().find(|s| s.id == id).map(|s| s.state);
@@ -82,7 +66,7 @@ async fn a_failing_step_rolls_back_the_completed_ones_in_reverse() -> anyhow::Re
     let undone: Vec<&String> = report.rollback_order.iter().collect();
     assert_eq!(undone, done.into_iter().rev().collect::<Vec<_>>());
     // Undone for real.
-    assert_eq!(replicas(&admin, &ns, "cart").await?, 1);
+    assert_eq!(deployment_replicas(&admin, &ns, "cart").await?, 1);
     let cordoned = nodes.get(&node).await?.spec.and_then(|s| s.unschedulable);
     assert_ne!(cordoned, Some(true));
     let scale = report.steps.iter().find(|s| s.id == "scale").unwrap();
@@ -106,12 +90,18 @@ async fn a_successful_workflow_runs_every_step_and_keeps_its_changes() -> anyhow
         {"id": "restart", "action": "rollout_restart", "dependsOn": ["scale"],
          "parameters": {"kind": "Deployment", "namespace": ns, "name": "api"}},
     ]}))?;
-    let report = workflow::run(&cluster, &wf, &settings(), Duration::from_secs(20)).await?;
+    let report = workflow::run(
+        &cluster,
+        &wf,
+        &exec_settings(&unique("rr-wf")),
+        Duration::from_secs(20),
+    )
+    .await?;
     assert!(report.succeeded, "{report:?}");
     assert_eq!(report.completion_order, ["tell", "scale", "restart"]);
     assert!(report.steps.iter().all(|s| s.state == StepState::Succeeded));
     assert_eq!(
-        replicas(&admin, &ns, "api").await?,
+        deployment_replicas(&admin, &ns, "api").await?,
         2,
         "kept: nothing failed"
     );
@@ -144,10 +134,16 @@ async fn an_invalid_workflow_changes_nothing() -> anyhow::Result<()> {
         ),
     ] {
         let wf: Workflow = serde_json::from_value(json!({"steps": [scale.clone(), bad]}))?;
-        let r = workflow::run(&cluster, &wf, &settings(), Duration::from_secs(20)).await;
+        let r = workflow::run(
+            &cluster,
+            &wf,
+            &exec_settings(&unique("rr-wf")),
+            Duration::from_secs(20),
+        )
+        .await;
         assert!(r.is_err(), "{what}: {r:?}");
         assert_eq!(
-            replicas(&admin, &ns, "api").await?,
+            deployment_replicas(&admin, &ns, "api").await?,
             1,
             "{what}: nothing ran"
         );

@@ -3,21 +3,12 @@
 //! posts them (text/plain, no bearer token), turned into requests and
 //! resolutions; and every way a message is refused, with its status code.
 
-use kube::Api;
-use kube::api::ListParams;
-use kubernaut_api::{RemediationRequest, SignalSource};
+use kubernaut_api::SignalSource;
 use kubernaut_e2e::{
     Gateway, SNS_TOPIC, SnsDelivery, Stack, cloudwatch_alarm, deployment_with_pods,
-    managed_namespace, post_sns, post_with, unique,
+    managed_namespace, post_sns, post_with, requests, unique,
 };
 use kubernaut_gateway::metrics::SubscriptionLabels;
-
-async fn requests(admin: &kube::Client, ns: &str) -> anyhow::Result<Vec<RemediationRequest>> {
-    Ok(Api::<RemediationRequest>::namespaced(admin.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_from_sns_opens_a_request_and_its_ok_resolves_it() -> anyhow::Result<()> {

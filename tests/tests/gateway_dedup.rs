@@ -9,22 +9,15 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use futures::future::join_all;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kubernaut_api::RemediationRequest;
 use kubernaut_e2e::{
     Gateway, RedisServer, Reply, Stack, alertmanager_payload, deployment_with_pods,
-    managed_namespace, post,
+    managed_namespace, post, requests,
 };
 use serde_json::json;
 
 const STARTS_AT: &str = "2026-11-22T03:00:00Z";
-
-async fn requests(admin: &kube::Client, ns: &str) -> anyhow::Result<Vec<RemediationRequest>> {
-    Ok(Api::<RemediationRequest>::namespaced(admin.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items)
-}
 
 fn occurrences(rr: &RemediationRequest) -> i64 {
     rr.status

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
-use kubernaut_api::RemediationRequest;
+use kube::api::PostParams;
 use kubernaut_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kubernaut_e2e::{
     DEV_TOKEN, Gateway, Stack, deployment_with_pods, eventually, managed_namespace, post_as,
+    requests,
 };
 use kubernaut_gateway::kubernetes_event::{WatchSettings, pump};
 use serde_json::json;
@@ -33,13 +33,6 @@ fn event(
         "firstTimestamp": last.to_string(), "lastTimestamp": last.to_string(),
         "source": {"component": "kubelet"}
     })
-}
-
-async fn requests(admin: &kube::Client, ns: &str) -> anyhow::Result<Vec<RemediationRequest>> {
-    Ok(Api::<RemediationRequest>::namespaced(admin.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
 use kubernaut_api::{ObjectRef, RejectReason, Signal, SignalSource, SignalStatus};
@@ -341,30 +341,16 @@ fn invalid(st: &GatewayState, detail: String) -> Response {
     Problem::bad_request(detail).into_response()
 }
 
-/// SNS sends `text/plain; charset=UTF-8`; JSON is accepted too.
-fn content_type_ok(headers: &HeaderMap) -> bool {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    mime.eq_ignore_ascii_case("text/plain") || mime.eq_ignore_ascii_case("application/json")
-}
-
 /// The whole of `POST /api/v1/signals/cloudwatch`.
 pub(crate) async fn handle(
     st: &GatewayState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if !content_type_ok(headers) {
+    // SNS sends `text/plain; charset=UTF-8`.
+    if let Err(p) = crate::check_content_type(headers, &["text/plain", "application/json"]) {
         st.metrics.count(SOURCE, "invalid", "");
-        return Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Unsupported Media Type",
-            "expected Content-Type text/plain (as SNS sends) or application/json",
-        )
-        .into_response();
+        return p.into_response();
     }
     let body = match body {
         Ok(b) => b,

@@ -57,16 +57,22 @@ pub struct GatewayState {
 /// `into_make_service_with_connect_info::<SocketAddr>()` so that the
 /// per-source-IP rate limit sees the peer.
 pub fn router(state: GatewayState) -> Router {
-    let guard = axum::middleware::from_fn_with_state(
-        (state.protection.clone(), state.metrics.clone()),
-        protect::middleware,
-    );
-    Router::new()
+    let guard = |admission| {
+        axum::middleware::from_fn_with_state(
+            (state.protection.clone(), state.metrics.clone(), admission),
+            protect::middleware,
+        )
+    };
+    let bearer = Router::new()
         .route("/api/v1/signals/alertmanager", post(alertmanager))
         .route("/api/v1/signals/kubernetes-event", post(kubernetes_event))
         .route("/api/v1/signals/generic", post(generic))
+        .route_layer(guard(protect::Admission::Bearer));
+    let signed = Router::new()
         .route("/api/v1/signals/cloudwatch", post(cloudwatch_sns))
-        .route_layer(guard)
+        .route_layer(guard(protect::Admission::Signed));
+    bearer
+        .merge(signed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -218,19 +224,21 @@ struct BatchResponse {
     results: Vec<SignalResult>,
 }
 
-fn check_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+/// The Content-Type header without parameters, checked against `allowed`
+/// (415 otherwise).
+pub(crate) fn check_content_type(headers: &HeaderMap, allowed: &[&str]) -> Result<(), Problem> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
-    if mime.eq_ignore_ascii_case("application/json") {
+    if allowed.iter().any(|a| mime.eq_ignore_ascii_case(a)) {
         Ok(())
     } else {
         Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Unsupported Media Type",
-            format!("expected Content-Type application/json, got {:?}", ct),
+            format!("expected Content-Type {}, got {ct:?}", allowed.join(" or ")),
         ))
     }
 }
@@ -353,7 +361,7 @@ async fn handle(
     parse: impl FnOnce(&[u8]) -> Result<Parsed, String>,
 ) -> Response {
     let started = Instant::now();
-    let resp = match check_json_content_type(headers)
+    let resp = match check_content_type(headers, &["application/json"])
         .and_then(|()| body.map_err(body_problem))
         .and_then(|b| parse(&b).map_err(Problem::bad_request))
     {

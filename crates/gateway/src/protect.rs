@@ -309,9 +309,19 @@ pub(crate) fn source_of(path: &str) -> &'static str {
     }
 }
 
+/// How a route's callers are admitted before the payload is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Bearer token, then the per-identity limit.
+    Bearer,
+    /// The payload authenticates itself (SNS signatures): only the per-IP
+    /// limit here; the handler checks the rest once it has read the body.
+    Signed,
+}
+
 /// axum middleware over the signal routes.
 pub async fn middleware(
-    State((protection, metrics)): State<(Arc<Protection>, Metrics)>,
+    State((protection, metrics, admission)): State<(Arc<Protection>, Metrics, Admission)>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -320,10 +330,9 @@ pub async fn middleware(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let admitted = if source == "cloudwatch" {
-        protection.admit_signed(ip).await.map(|()| String::new())
-    } else {
-        protection.admit(ip, req.headers()).await
+    let admitted = match admission {
+        Admission::Bearer => protection.admit(ip, req.headers()).await.map(drop),
+        Admission::Signed => protection.admit_signed(ip).await,
     };
     if let Err(refusal) = admitted {
         return refusal.respond(&metrics, source);

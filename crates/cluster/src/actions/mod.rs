@@ -36,7 +36,7 @@ pub use diagnostics::CollectDiagnostics;
 pub use node::NodeTarget;
 pub use objects::{Named, UpdateHpa};
 pub use pod::{DeleteOutcome, PodState};
-pub use workload::{RolloutRestart, Scale};
+pub use workload::{RolloutRestart, Scale, WorkloadKind};
 
 use crate::{Cluster, Error, FIELD_MANAGER, Scope, bounded};
 
@@ -414,8 +414,12 @@ impl Cluster {
         dry_run: bool,
     ) -> Result<Outcome, ActionError> {
         let change = match call {
-            ActionCall::ScaleDeployment(s) => self.scale_deployment(s, dry_run).await?,
-            ActionCall::ScaleStatefulset(s) => self.scale_statefulset(s, dry_run).await?,
+            ActionCall::ScaleDeployment(s) => {
+                self.scale(WorkloadKind::Deployment, s, dry_run).await?
+            }
+            ActionCall::ScaleStatefulset(s) => {
+                self.scale(WorkloadKind::StatefulSet, s, dry_run).await?
+            }
             ActionCall::RolloutRestart(r) => self.rollout_restart(r, dry_run).await?,
             ActionCall::RollbackDeployment(d) => self.rollback_deployment(d, dry_run).await?,
             ActionCall::RestartPod(p) => self.restart_pod(p, dry_run).await?,

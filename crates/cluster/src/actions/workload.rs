@@ -85,36 +85,34 @@ pub struct RolloutRestart {
 }
 
 impl Cluster {
-    pub(super) async fn scale_deployment(
+    /// Sets the replicas of the Deployment or StatefulSet `s` names.
+    pub(super) async fn scale(
         &self,
+        kind: WorkloadKind,
         s: &Scale,
         dry_run: bool,
     ) -> Result<Option<Change>, ActionError> {
-        let api: Api<Deployment> = Api::namespaced(self.client().clone(), &s.namespace);
-        let object = ObjectRef::new("Deployment", &s.namespace, &s.name);
-        self.update_object(&api, &object, dry_run, |d: &mut Deployment| {
-            let spec = d.spec.get_or_insert_with(Default::default);
-            let changed = spec.replicas != Some(s.replicas);
-            spec.replicas = Some(s.replicas);
-            Ok(changed)
-        })
-        .await
-    }
-
-    pub(super) async fn scale_statefulset(
-        &self,
-        s: &Scale,
-        dry_run: bool,
-    ) -> Result<Option<Change>, ActionError> {
-        let api: Api<StatefulSet> = Api::namespaced(self.client().clone(), &s.namespace);
-        let object = ObjectRef::new("StatefulSet", &s.namespace, &s.name);
-        self.update_object(&api, &object, dry_run, |d: &mut StatefulSet| {
-            let spec = d.spec.get_or_insert_with(Default::default);
-            let changed = spec.replicas != Some(s.replicas);
-            spec.replicas = Some(s.replicas);
-            Ok(changed)
-        })
-        .await
+        let object = ObjectRef::new(kind.as_str(), &s.namespace, &s.name);
+        let client = self.client().clone();
+        macro_rules! scale {
+            ($k:ty) => {{
+                let api: Api<$k> = Api::namespaced(client, &s.namespace);
+                self.update_object(&api, &object, dry_run, |w: &mut $k| {
+                    let spec = w.spec.get_or_insert_with(Default::default);
+                    let changed = spec.replicas != Some(s.replicas);
+                    spec.replicas = Some(s.replicas);
+                    Ok(changed)
+                })
+                .await
+            }};
+        }
+        match kind {
+            WorkloadKind::Deployment => scale!(Deployment),
+            WorkloadKind::StatefulSet => scale!(StatefulSet),
+            WorkloadKind::DaemonSet => Err(ActionError::Refused(
+                "a DaemonSet runs one pod per node and has no replicas".into(),
+            )),
+        }
     }
 
     /// Puts the pod template of the Deployment's previous revision back, as
