@@ -16,6 +16,12 @@ CACHE="${KUBERNAUT_CACHE:-$HOME/.cache/kubernaut}"
 K8S_BIN="$CACHE/k8s-1.20.2/bin"
 PG_BIN=/usr/lib/postgresql/15/bin
 SERVICES=(etcd kube-apiserver kube-controller-manager postgres redis)
+# Kubernetes 1.20 has the TTL-after-finished controller (run_job's Jobs
+# clean themselves up, as on 1.21+) behind this gate.
+FEATURE_GATES=TTLAfterFinished=true
+# Bumped when the servers' flags change: a running stack with an older
+# revision has its API server and controller-manager restarted.
+STACK_REV=2
 
 log() { echo "stack: $*" >&2; }
 
@@ -94,6 +100,16 @@ up() {
   # Concurrent test binaries call `up` together. Services are started with
   # fd 9 closed, or they would hold the lock for as long as they run.
   exec 9>"$S/.lock"; flock 9
+  if [ "$(cat "$S/rev" 2>/dev/null)" != "$STACK_REV" ]; then
+    for svc in kube-controller-manager kube-apiserver; do
+      if alive "$svc"; then
+        log "restarting $svc with the flags of stack revision $STACK_REV"
+        kill "$(cat "$S/$svc.pid")" 2>/dev/null || true
+        for _ in $(seq 100); do alive "$svc" || break; sleep 0.1; done
+      fi
+    done
+    echo "$STACK_REV" > "$S/rev"
+  fi
   if status >/dev/null 2>&1; then return 0; fi
   log "starting the local stack in $S"
   gen_pki
@@ -130,7 +146,7 @@ up() {
       --service-account-key-file "$S/pki/sa.pub" --service-account-signing-key-file "$S/pki/sa.key" \
       --service-account-issuer https://kubernetes.default.svc \
       --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
-      --allow-privileged=true --profiling=false \
+      --allow-privileged=true --profiling=false --feature-gates "$FEATURE_GATES" \
       > "$S/kube-apiserver.log" 2>&1 9>&- &
     echo $! > "$S/kube-apiserver.pid"
     wait_for kube-apiserver 90 curl -sf --cacert "$S/pki/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
@@ -141,7 +157,7 @@ up() {
     nohup "$K8S_BIN/kube-controller-manager" \
       --kubeconfig "$S/kcm.kubeconfig" --controllers '*,-nodeipam,-nodelifecycle' --leader-elect=false \
       --service-account-private-key-file "$S/pki/sa.key" --root-ca-file "$S/pki/ca.crt" \
-      --port 0 --secure-port 0 \
+      --port 0 --secure-port 0 --feature-gates "$FEATURE_GATES" \
       > "$S/kube-controller-manager.log" 2>&1 9>&- &
     echo $! > "$S/kube-controller-manager.pid"
     # The service-account controller creating `default` shows it is working.

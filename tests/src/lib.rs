@@ -98,6 +98,10 @@ impl Stack {
         client_from(&self.controller_kubeconfig).await
     }
 
+    pub async fn controller_config(&self) -> anyhow::Result<kube::Config> {
+        config_from(&self.controller_kubeconfig).await
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new("kubectl")
             .arg("--kubeconfig")
@@ -117,9 +121,12 @@ impl Stack {
 }
 
 pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(config_from(path).await?)?)
+}
+
+pub async fn config_from(path: &Path) -> anyhow::Result<kube::Config> {
     let kc = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(cfg)?)
+    Ok(kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?)
 }
 
 /// A response from the gateway: status and body (JSON when it parses).
@@ -238,15 +245,15 @@ pub const PROTECTED_NAMESPACE: &str = "kubernaut-protected";
 /// The cluster handle of the controller's ServiceAccount (its real RBAC),
 /// configured as the test gateways and controllers are.
 pub async fn controller_cluster(stack: &Stack) -> anyhow::Result<Cluster> {
-    Ok(Cluster::new(
-        stack.controller_client().await?,
+    Ok(Cluster::connect(
+        stack.controller_config().await?,
         ClusterConfig {
             cluster_name: None,
             protected_namespaces: vec![PROTECTED_NAMESPACE.into()],
             cluster_scoped_namespace: "kubernaut-system".into(),
             lease_namespace: "kubernaut-system".into(),
         },
-    ))
+    )?)
 }
 
 /// A gateway replica on a free loopback port: the real router and intake,
@@ -864,13 +871,23 @@ pub async fn managed_node(admin: &kube::Client, prefix: &str) -> anyhow::Result<
     Ok(name)
 }
 
-/// How the tests run actions: as `holder`, at most 10 replicas, 30 s locks.
+/// How the tests run actions: as `holder`, at most 10 replicas, 30 s locks,
+/// one Job template (`flush-cache`).
 pub fn exec_settings(holder: &str) -> kubernaut_cluster::ExecSettings {
     kubernaut_cluster::ExecSettings {
         holder: holder.into(),
         dry_run_only: false,
         dry_run_namespaces: Vec::new(),
-        bounds: kubernaut_cluster::Bounds { max_replicas: 10 },
+        bounds: kubernaut_cluster::Bounds {
+            max_replicas: 10,
+            ..Default::default()
+        },
         lock_ttl: Duration::from_secs(30),
+        job_templates: serde_json::from_value(json!({"flush-cache": {"template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "flush", "image": "registry.local/redis:7",
+                            "args": ["redis-cli", "FLUSHALL"]}]}}}}))
+        .unwrap_or_default(),
+        job_ttl_seconds: 600,
     }
 }

@@ -130,7 +130,7 @@ async fn e2e_alert_to_completed_restart_with_audit() -> anyhow::Result<()> {
             ("REDIS_URL".to_string(), stack.redis_url.clone()),
         ],
     )?;
-    let running = kubernaut::start(cfg, stack.controller_client().await?).await?;
+    let running = kubernaut::start(cfg, stack.controller_config().await?).await?;
     let url = format!(
         "http://{}/api/v1/signals/alertmanager",
         running.gateway_addr

@@ -103,16 +103,27 @@ impl ClusterConfig {
     }
 }
 
-/// Handle to the cluster: a kube client plus settings. Cheap to clone.
+/// Handle to the cluster: kube clients plus settings. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
     client: Client,
+    /// Without kube's transparent retry of 429: for an eviction a 429 is
+    /// the answer (a disruption budget forbids it), not congestion, and
+    /// drain_node decides itself when to ask again.
+    no_retry: Client,
     config: ClusterConfig,
 }
 
 impl Cluster {
-    pub fn new(client: Client, config: ClusterConfig) -> Self {
-        Self { client, config }
+    pub fn connect(kube: kube::Config, config: ClusterConfig) -> Result<Self> {
+        let mut once = kube.clone();
+        once.default_retry = false;
+        let no_retry = Client::try_from(once)?;
+        Ok(Self {
+            client: Client::try_from(kube)?,
+            no_retry,
+            config,
+        })
     }
 
     pub fn client(&self) -> &Client {

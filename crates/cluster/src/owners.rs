@@ -56,6 +56,10 @@ impl Cluster {
                 k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler,
                 namespaced
             ),
+            "PersistentVolumeClaim" => get!(
+                k8s_openapi::api::core::v1::PersistentVolumeClaim,
+                namespaced
+            ),
             other => return Err(Error::UnsupportedKind(other.to_string())),
         })
     }

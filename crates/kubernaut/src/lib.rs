@@ -106,7 +106,7 @@ fn holder_identity() -> String {
     format!("{host}-{}", &nonce[..8])
 }
 
-pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running> {
+pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
     let Config {
         gateway,
         admin,
@@ -124,8 +124,18 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
         ControllerMetrics::register(registry.sub_registry_with_prefix("controller"));
     let intake_metrics = IntakeMetrics::register(registry.sub_registry_with_prefix("gateway"));
 
+    let cluster = Cluster::connect(
+        kube,
+        ClusterConfig {
+            cluster_name: Some(cluster.name).filter(|n| !n.is_empty()),
+            protected_namespaces: cluster.protected_namespaces,
+            cluster_scoped_namespace: cluster.cluster_scoped_namespace,
+            lease_namespace: cluster.lease_namespace,
+        },
+    )
+    .context("building the Kubernetes client")?;
     // The CRD must be servable before anything watches or creates requests.
-    Api::<RemediationRequest>::all(client.clone())
+    Api::<RemediationRequest>::all(cluster.client().clone())
         .list(&ListParams::default().limit(1))
         .await
         .context("RemediationRequests cannot be listed: is the CRD installed (kubernaut crds | kubectl apply -f -) and does the controller's role allow it?")?;
@@ -136,15 +146,6 @@ pub async fn start(cfg: Config, client: kube::Client) -> anyhow::Result<Running>
     db.migrate().await.context("running migrations")?;
     let (audit, audit_task) = db.audit_log();
 
-    let cluster = Cluster::new(
-        client,
-        ClusterConfig {
-            cluster_name: Some(cluster.name).filter(|n| !n.is_empty()),
-            protected_namespaces: cluster.protected_namespaces,
-            cluster_scoped_namespace: cluster.cluster_scoped_namespace,
-            lease_namespace: cluster.lease_namespace,
-        },
-    );
     let index = if redis.url.is_empty() {
         tracing::warn!(
             "no Redis configured: every deduplication lookup goes to the Kubernetes API"

@@ -74,10 +74,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 LogFormat::Text
             };
             init_logging(format, &cfg.logging.level);
-            let client = kube::Client::try_default()
+            let kube = kube::Config::infer()
                 .await
-                .context("building the Kubernetes client (KUBECONFIG or in-cluster)")?;
-            let running = kubernaut::start(cfg, client).await?;
+                .context("configuring the Kubernetes client (KUBECONFIG or in-cluster)")?;
+            let running = kubernaut::start(cfg, kube).await?;
             let stop = running_stop_signal();
             tokio::select! {
                 () = stop => {

@@ -15,13 +15,20 @@
 //! ([`ActionCall::rollback`]).
 
 mod diagnostics;
+mod drain;
+mod job;
 mod node;
 mod objects;
 mod pod;
+pub mod quantity;
+mod resources;
 mod workload;
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::JobSpec;
 
 use kube::api::PostParams;
 use kube::{Api, Resource};
@@ -33,9 +40,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use diagnostics::CollectDiagnostics;
+pub use drain::DrainNode;
+pub use job::RunJob;
 pub use node::NodeTarget;
 pub use objects::{Named, UpdateHpa};
 pub use pod::{DeleteOutcome, PodState};
+pub use quantity::Quantity;
+pub use resources::{ExpandPvc, IncreaseResources};
 pub use workload::{RolloutRestart, Scale, WorkloadKind};
 
 use crate::{Cluster, Error, FIELD_MANAGER, Scope, bounded};
@@ -77,7 +88,7 @@ pub struct NotifyOnly {
 /// An action with its parameters. Parsed from the analysis' or workflow's
 /// `{ "action": name, "parameters": {...} }`; unknown actions and unknown
 /// or missing parameters are errors.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "action", content = "parameters", rename_all = "snake_case")]
 pub enum ActionCall {
     ScaleDeployment(Scale),
@@ -87,9 +98,13 @@ pub enum ActionCall {
     RestartPod(Named),
     QuarantinePod(Named),
     DeleteJob(Named),
+    RunJob(RunJob),
+    IncreaseResources(IncreaseResources),
     UpdateHpa(UpdateHpa),
+    ExpandPvc(ExpandPvc),
     CordonNode(NodeTarget),
     UncordonNode(NodeTarget),
+    DrainNode(DrainNode),
     CollectDiagnostics(CollectDiagnostics),
     NotifyOnly(NotifyOnly),
 }
@@ -158,11 +173,32 @@ pub fn catalogue() -> Vec<ActionInfo> {
             false,
         ),
         info(
+            "run_job",
+            Risk::Medium,
+            "Create a Job from a template in executor.jobTemplates (one per request and template, removed after its TTL).",
+            schema_of::<RunJob>(),
+            false,
+        ),
+        info(
+            "increase_resources",
+            Risk::Medium,
+            "Multiply the cpu or memory requests and limits of one container of a Deployment, StatefulSet or DaemonSet (at most bounds.maxIncreaseFactor, capped at bounds.maxCpu/maxMemory); the workload rolls out.",
+            schema_of::<IncreaseResources>(),
+            true,
+        ),
+        info(
             "update_hpa",
             Risk::Medium,
             "Set a HorizontalPodAutoscaler's minReplicas and/or maxReplicas (within bounds.maxReplicas).",
             schema_of::<UpdateHpa>(),
             true,
+        ),
+        info(
+            "expand_pvc",
+            Risk::Medium,
+            "Raise a PersistentVolumeClaim's storage request, only when its StorageClass allows expansion (at most bounds.maxIncreaseFactor times, capped at bounds.maxStorage); claims never shrink.",
+            schema_of::<ExpandPvc>(),
+            false,
         ),
         info(
             "cordon_node",
@@ -176,6 +212,13 @@ pub fn catalogue() -> Vec<ActionInfo> {
             Risk::Medium,
             "Mark a Node schedulable again.",
             schema_of::<NodeTarget>(),
+            true,
+        ),
+        info(
+            "drain_node",
+            Risk::High,
+            "Cordon a Node and evict its pods through the Eviction API, honouring PodDisruptionBudgets; DaemonSet, mirror and protected-namespace pods stay; refused when a pod has no controller.",
+            schema_of::<DrainNode>(),
             true,
         ),
         info(
@@ -199,11 +242,24 @@ pub fn catalogue() -> Vec<ActionInfo> {
 #[derive(Clone, Debug)]
 pub struct Bounds {
     pub max_replicas: i32,
+    /// increase_resources and expand_pvc multiply by at most this.
+    pub max_increase_factor: f64,
+    /// No container request or limit is raised above these.
+    pub max_cpu: Quantity,
+    pub max_memory: Quantity,
+    /// No claim is expanded above this.
+    pub max_storage: Quantity,
 }
 
 impl Default for Bounds {
     fn default() -> Self {
-        Self { max_replicas: 50 }
+        Self {
+            max_replicas: 50,
+            max_increase_factor: 2.0,
+            max_cpu: Quantity::from_units(8),
+            max_memory: Quantity::from_units(32 << 30),
+            max_storage: Quantity::from_units(1 << 40),
+        }
     }
 }
 
@@ -219,6 +275,10 @@ pub struct ExecSettings {
     pub bounds: Bounds,
     /// A lock outlives a holder that died by this much at most.
     pub lock_ttl: Duration,
+    /// What run_job may create, by name.
+    pub job_templates: BTreeMap<String, JobSpec>,
+    /// `ttlSecondsAfterFinished` of run_job's Jobs whose template has none.
+    pub job_ttl_seconds: i32,
 }
 
 /// One object an action changed (or, in a dry run, would change).
@@ -255,6 +315,9 @@ pub enum ActionError {
     /// The API server's dry run refused the change; its message says why.
     #[error("the server-side dry run failed: {0}")]
     DryRunFailed(String),
+    /// The action did not finish in time; the message says how far it got.
+    #[error("timed out: {0}")]
+    Timeout(String),
     #[error("{0} kept changing under us: gave up after {1} conflicts")]
     Conflict(ObjectRef, usize),
     #[error(transparent)]
@@ -285,16 +348,25 @@ impl ActionCall {
             ActionCall::RestartPod(_) => "restart_pod",
             ActionCall::QuarantinePod(_) => "quarantine_pod",
             ActionCall::DeleteJob(_) => "delete_job",
+            ActionCall::RunJob(_) => "run_job",
+            ActionCall::IncreaseResources(_) => "increase_resources",
             ActionCall::UpdateHpa(_) => "update_hpa",
+            ActionCall::ExpandPvc(_) => "expand_pvc",
             ActionCall::CordonNode(_) => "cordon_node",
             ActionCall::UncordonNode(_) => "uncordon_node",
+            ActionCall::DrainNode(_) => "drain_node",
             ActionCall::CollectDiagnostics(_) => "collect_diagnostics",
             ActionCall::NotifyOnly(_) => "notify_only",
         }
     }
 
-    /// The object the action changes; `None` when it changes nothing.
+    /// The object the action changes; `None` when it changes nothing. The
+    /// Job of run_job is named after the request (`holder`).
     pub fn target(&self) -> Option<ObjectRef> {
+        self.target_for("")
+    }
+
+    fn target_for(&self, holder: &str) -> Option<ObjectRef> {
         match self {
             ActionCall::ScaleDeployment(s) => {
                 Some(ObjectRef::new("Deployment", &s.namespace, &s.name))
@@ -308,6 +380,16 @@ impl ActionCall {
             ActionCall::CordonNode(n) | ActionCall::UncordonNode(n) => {
                 Some(ObjectRef::new("Node", "", &n.name))
             }
+            ActionCall::DrainNode(d) => Some(ObjectRef::new("Node", "", &d.name)),
+            ActionCall::RunJob(r) => Some(ObjectRef::new("Job", &r.namespace, &r.job_name(holder))),
+            ActionCall::IncreaseResources(r) => {
+                Some(ObjectRef::new(r.kind.as_str(), &r.namespace, &r.name))
+            }
+            ActionCall::ExpandPvc(p) => Some(ObjectRef::new(
+                "PersistentVolumeClaim",
+                &p.namespace,
+                &p.name,
+            )),
             ActionCall::RollbackDeployment(d) => {
                 Some(ObjectRef::new("Deployment", &d.namespace, &d.name))
             }
@@ -332,6 +414,13 @@ impl ActionCall {
         match self {
             ActionCall::ScaleDeployment(s) | ActionCall::ScaleStatefulset(s) => s.check(bounds),
             ActionCall::UpdateHpa(h) => h.check(bounds),
+            ActionCall::IncreaseResources(r) => r.check(bounds),
+            ActionCall::DrainNode(d) => d.check(),
+            ActionCall::ExpandPvc(p) => p
+                .size
+                .parse::<Quantity>()
+                .map(drop)
+                .map_err(|e| format!("size: {e}")),
             _ => Ok(()),
         }
         .map_err(ActionError::Refused)
@@ -352,6 +441,18 @@ impl ActionCall {
             }
             ActionCall::UncordonNode(n) if node::was_unschedulable(&change.before) => {
                 Some(ActionCall::CordonNode(n.clone()))
+            }
+            // Evicted pods are replaced by their controllers; only the
+            // cordon can be undone.
+            ActionCall::DrainNode(d)
+                if change.object.kind == "Node" && !node::was_unschedulable(&change.before) =>
+            {
+                Some(ActionCall::UncordonNode(NodeTarget {
+                    name: d.name.clone(),
+                }))
+            }
+            ActionCall::IncreaseResources(r) => {
+                Some(ActionCall::IncreaseResources(r.restored(&change.before)?))
             }
             _ => None,
         }
@@ -374,7 +475,7 @@ impl Cluster {
         settings: &ExecSettings,
     ) -> Result<Outcome, ActionError> {
         call.check(&settings.bounds)?;
-        let Some(target) = call.target() else {
+        let Some(target) = call.target_for(&settings.holder) else {
             return Ok(Outcome {
                 dry_run: false,
                 changes: Vec::new(),
@@ -382,7 +483,11 @@ impl Cluster {
                 message: "nothing to change".into(),
             });
         };
-        self.check_scope(&target).await?;
+        match call {
+            // The Job does not exist yet: its namespace decides.
+            ActionCall::RunJob(r) => self.check_namespace_scope(&r.namespace).await?,
+            _ => self.check_scope(&target).await?,
+        }
         if let ActionCall::CollectDiagnostics(d) = call {
             // Read-only: no lock, and the same in dry-run mode.
             return Ok(Outcome {
@@ -402,7 +507,7 @@ impl Cluster {
             let holder = self.lock_holder(&target).await.unwrap_or_default();
             return Err(ActionError::Busy(target, holder));
         };
-        let result = self.run_locked(call, &target, dry_run).await;
+        let result = self.run_locked(call, &target, settings, dry_run).await;
         lock.release().await;
         result
     }
@@ -411,8 +516,19 @@ impl Cluster {
         &self,
         call: &ActionCall,
         target: &ObjectRef,
+        settings: &ExecSettings,
         dry_run: bool,
     ) -> Result<Outcome, ActionError> {
+        if let ActionCall::DrainNode(d) = call {
+            let (changes, message) = self.drain_node(d, dry_run).await?;
+            return Ok(Outcome {
+                dry_run,
+                changes,
+                evidence: Value::Null,
+                message,
+            });
+        }
+        let bounds = &settings.bounds;
         let change = match call {
             ActionCall::ScaleDeployment(s) => {
                 self.scale(WorkloadKind::Deployment, s, dry_run).await?
@@ -425,10 +541,15 @@ impl Cluster {
             ActionCall::RestartPod(p) => self.restart_pod(p, dry_run).await?,
             ActionCall::QuarantinePod(p) => self.quarantine_pod(p, dry_run).await?,
             ActionCall::DeleteJob(j) => self.delete_job(j, dry_run).await?,
+            ActionCall::RunJob(r) => self.run_job(r, settings, dry_run).await?,
+            ActionCall::IncreaseResources(r) => self.increase_resources(r, bounds, dry_run).await?,
             ActionCall::UpdateHpa(h) => self.update_hpa(h, dry_run).await?,
+            ActionCall::ExpandPvc(p) => self.expand_pvc(p, bounds, dry_run).await?,
             ActionCall::CordonNode(n) => self.set_unschedulable(&n.name, true, dry_run).await?,
             ActionCall::UncordonNode(n) => self.set_unschedulable(&n.name, false, dry_run).await?,
-            ActionCall::CollectDiagnostics(_) | ActionCall::NotifyOnly(_) => None,
+            ActionCall::CollectDiagnostics(_)
+            | ActionCall::NotifyOnly(_)
+            | ActionCall::DrainNode(_) => None,
         };
         let message = match (&change, dry_run) {
             (None, _) => format!("{target} already as {} wants it", call.name()),
@@ -451,6 +572,24 @@ impl Cluster {
             .ok()
             .flatten()
             .and_then(|l| l.spec?.holder_identity)
+    }
+
+    async fn check_namespace_scope(&self, namespace: &str) -> Result<(), ActionError> {
+        if self.config().is_protected(namespace) {
+            return Err(ActionError::Refused(format!(
+                "namespace {namespace} is protected"
+            )));
+        }
+        let managed = self.namespace_labels(namespace).await?.is_some_and(|l| {
+            l.get(kubernaut_api::MANAGED_LABEL)
+                .is_some_and(|v| v == "true")
+        });
+        if !managed {
+            return Err(ActionError::Refused(format!(
+                "namespace {namespace} is not labelled kubernaut.io/managed=true"
+            )));
+        }
+        Ok(())
     }
 
     /// Defence in depth (K-EX-3): the target is in scope now, whatever it
@@ -628,7 +767,10 @@ mod tests {
 
     #[test]
     fn replica_bounds_are_enforced_before_anything_is_read() {
-        let bounds = Bounds { max_replicas: 10 };
+        let bounds = Bounds {
+            max_replicas: 10,
+            ..Bounds::default()
+        };
         for (replicas, ok) in [(0, true), (10, true), (11, false), (-1, false)] {
             let c = ActionCall::parse(
                 "scale_statefulset",
@@ -641,7 +783,10 @@ mod tests {
 
     #[test]
     fn hpa_updates_are_bounded_and_consistent() {
-        let bounds = Bounds { max_replicas: 10 };
+        let bounds = Bounds {
+            max_replicas: 10,
+            ..Bounds::default()
+        };
         let hpa = |p: Value| {
             let mut p = p;
             p["namespace"] = json!("a");
