@@ -2,7 +2,8 @@
 # The main job: the local stack, `kubernaut serve` with config/dev.yaml (as
 # the ServiceAccount deploy/ defines), a demo namespace with a few
 # Deployments, a small alert storm (firsts, re-deliveries, a burst, a
-# resolution, an out-of-scope alert), then the requests and their phases.
+# resolution, an out-of-scope alert, an alert whose rule is a two-step
+# workflow), then the requests, their phases and the workflow's steps.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -23,12 +24,12 @@ kubectl delete namespace kubernaut-demo demo-unmanaged --ignore-not-found --wait
 kubectl create namespace kubernaut-demo >/dev/null
 kubectl label namespace kubernaut-demo kubernaut.io/managed=true kubernaut.io/environment=staging >/dev/null
 kubectl create namespace demo-unmanaged >/dev/null
-for d in cart:3 checkout:2 payments:2; do
+for d in cart:3 checkout:2 payments:2 search:1; do
   kubectl -n kubernaut-demo create deployment "${d%%:*}" --image=registry.local/"${d%%:*}":1.0 --replicas="${d##*:}" >/dev/null
 done
 kubectl -n demo-unmanaged create deployment legacy --image=registry.local/legacy:1.0 >/dev/null
 for _ in $(seq 100); do
-  [ "$(kubectl get pods -A -l 'app in (cart,checkout,payments,legacy)' --no-headers 2>/dev/null | wc -l)" -ge 8 ] && break
+  [ "$(kubectl get pods -A -l 'app in (cart,checkout,payments,search,legacy)' --no-headers 2>/dev/null | wc -l)" -ge 9 ] && break
   sleep 0.2
 done
 kubectl -n kubernaut-demo get pods
@@ -59,6 +60,7 @@ fire() { # label, alerts...
 T0=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 CART0=$(pod kubernaut-demo cart 0); CART1=$(pod kubernaut-demo cart 1)
 CHECKOUT0=$(pod kubernaut-demo checkout 0); PAY0=$(pod kubernaut-demo payments 0)
+SEARCH0=$(pod kubernaut-demo search 0)
 LEGACY0=$(pod demo-unmanaged legacy 0)
 
 say "the alert storm"
@@ -69,6 +71,7 @@ fire "checkout + payments in one batch (207)" \
   "$(alert kubernaut-demo "$CHECKOUT0" KubePodCrashLooping firing "$T0")" \
   "$(alert kubernaut-demo "$PAY0" KubeDeploymentReplicasMismatch firing "$T0")"
 fire "payments resolved (recorded on its request)" "$(alert kubernaut-demo "$PAY0" KubeDeploymentReplicasMismatch resolved "$T0")"
+fire "search error rate (a two-step workflow)" "$(alert kubernaut-demo "$SEARCH0" HighErrorRate firing "$T0")"
 fire "legacy (namespace not opted in)" "$(alert demo-unmanaged "$LEGACY0" KubePodCrashLooping firing "$T0")"
 printf '%-46s ' "burst: checkout re-delivered 20x at once"
 # In a subshell, so that `wait` waits for the curls and not for kubernaut.
@@ -91,6 +94,9 @@ done
 
 say "kubectl get rr -A"
 kubectl get rr -A
+say "the workflow: collect_diagnostics, then rollout_restart (steps in status.execution.steps)"
+kubectl get rr -A -o jsonpath='{range .items[?(@.spec.signalName=="HighErrorRate")]}{.metadata.name}{": "}{.status.phase}{" — "}{range .status.execution.steps[*]}{.id}{" ("}{.action}{") "}{.phase}{"; "}{end}{"\n"}{end}'
+kubectl -n kubernaut-demo get deployment search -o jsonpath='search pod template restartedAt: {.spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt}{"\n"}'
 say "pods after remediation (crash-looping pods were replaced)"
 kubectl -n kubernaut-demo get pods
 say "gateway and controller metrics"

@@ -2,8 +2,10 @@
 //! fed by the request watch spawns one [`supervisor::Supervisor`] per
 //! non-terminal `RemediationRequest`. A supervisor drives its request through
 //! Processing → Analyzing → Executing → Verifying → Completed, writing every
-//! transition to the status subresource and the audit log. Slow work (API
-//! calls) runs in tasks that report back as messages, so no handler blocks.
+//! transition to the status subresource and the audit log. Executing runs
+//! the analysis' workflow ([`workflow`]) over the action catalogue. Slow
+//! work (API calls) runs in tasks that report back as messages, so no
+//! handler blocks on the cluster.
 
 pub mod controller;
 pub mod metrics;
@@ -14,7 +16,7 @@ pub mod workflow;
 
 use std::time::Duration;
 
-use kubernaut_cluster::Cluster;
+use kubernaut_cluster::{Cluster, ExecSettings};
 use kubernaut_store::AuditLog;
 
 pub use metrics::Metrics;
@@ -35,8 +37,11 @@ pub struct Settings {
     pub verify_timeout: Duration,
     /// Supervisor restarts allowed per request before it is failed.
     pub max_restarts: u32,
-    /// Global dry-run (K-EX-3): decide and record, change nothing.
-    pub dry_run: bool,
+    /// How actions run (bounds, dry-run modes, locks, Job templates); the
+    /// holder is set per request.
+    pub executor: ExecSettings,
+    /// A workflow step's attempt timeout when the step gives none.
+    pub step_timeout: Duration,
     /// Supervise only the requests of this namespace; `None` for all.
     pub watch_namespace: Option<String>,
 }
@@ -46,7 +51,8 @@ impl Default for Settings {
         Self {
             verify_timeout: Duration::from_secs(60),
             max_restarts: 3,
-            dry_run: false,
+            executor: ExecSettings::default(),
+            step_timeout: Duration::from_secs(120),
             watch_namespace: None,
         }
     }

@@ -1,27 +1,46 @@
-//! The deterministic rule table of the Analysis stage: signal name → action
-//! with parameter templates. `{{labels.X}}`, `{{target.name}}` and
-//! `{{target.namespace}}` are filled from the request's spec.
-
-use std::collections::BTreeMap;
+//! The deterministic rule table of the Analysis stage: signal name → a
+//! workflow (one action, or several steps) with parameter templates.
+//! `{{labels.X}}`, `{{target.kind|name|namespace}}` and
+//! `{{resource.kind|name|namespace}}` in any string parameter are filled
+//! from the request's spec; other values keep their YAML types.
 
 use kubernaut_api::RemediationRequestSpec;
+use kubernaut_api::workflow::{Step, Workflow};
+use kubernaut_cluster::catalogue;
 use serde::Deserialize;
+use serde_json::Value;
 
+/// One rule: `action` with `parameters`, or a `workflow` of steps.
 #[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     /// The signal name this rule answers (Alertmanager `alertname`).
     pub signal: String,
-    pub action: String,
-    #[serde(default)]
-    pub parameters: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub parameters: Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workflow: Vec<Step>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub rule: String,
-    pub action: String,
-    pub parameters: BTreeMap<String, String>,
+    pub workflow: Workflow,
+}
+
+impl Decision {
+    /// The actions in the workflow's order, for the status and the audit.
+    pub fn summary(&self) -> String {
+        let names: Vec<&str> = self
+            .workflow
+            .steps
+            .iter()
+            .map(|s| s.action.as_str())
+            .collect();
+        names.join(", ")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -38,17 +57,41 @@ pub enum RuleError {
     },
 }
 
-/// Actions the executor knows. Config naming anything else is refused at start-up.
-pub const KNOWN_ACTIONS: &[&str] = &["restart_pod", "notify_only"];
-
-pub fn validate(rules: &[Rule]) -> Result<(), String> {
-    for r in rules {
-        if !KNOWN_ACTIONS.contains(&r.action.as_str()) {
-            return Err(format!(
-                "rule for {:?} names unknown action {:?} (known: {KNOWN_ACTIONS:?})",
-                r.signal, r.action
-            ));
+impl Rule {
+    fn workflow(&self) -> Workflow {
+        match &self.action {
+            Some(action) => Workflow::single(action, self.parameters.clone()),
+            None => Workflow {
+                steps: self.workflow.clone(),
+            },
         }
+    }
+}
+
+/// Checked at start-up: every rule is one action or one workflow, over
+/// actions of the catalogue, with a valid DAG. Parameters are checked
+/// against the actions' schemas once their placeholders are filled.
+pub fn validate(rules: &[Rule]) -> Result<(), String> {
+    let known: Vec<&str> = catalogue().iter().map(|a| a.name).collect();
+    for r in rules {
+        match (&r.action, r.workflow.is_empty()) {
+            (Some(_), false) => {
+                return Err(format!(
+                    "rule for {:?} has both action and workflow; give one",
+                    r.signal
+                ));
+            }
+            (None, true) => {
+                return Err(format!(
+                    "rule for {:?} has neither action nor workflow",
+                    r.signal
+                ));
+            }
+            _ => {}
+        }
+        r.workflow()
+            .validate(&known)
+            .map_err(|e| format!("rule for {:?}: {e}", r.signal))?;
     }
     Ok(())
 }
@@ -58,22 +101,59 @@ pub fn decide(rules: &[Rule], spec: &RemediationRequestSpec) -> Result<Decision,
         .iter()
         .find(|r| r.signal == spec.signal_name)
         .ok_or_else(|| RuleError::NoRule(spec.signal_name.clone()))?;
-    let mut parameters = BTreeMap::new();
-    for (k, template) in &rule.parameters {
-        parameters.insert(
-            k.clone(),
-            render(template, spec).map_err(|placeholder| RuleError::MissingValue {
+    let mut workflow = rule.workflow();
+    for step in &mut workflow.steps {
+        let id = step.id.clone();
+        fill(&mut step.parameters, spec, &mut |param, placeholder| {
+            RuleError::MissingValue {
                 rule: rule.signal.clone(),
-                param: k.clone(),
+                param: format!("{id}.{param}"),
                 placeholder,
-            })?,
-        );
+            }
+        })?;
     }
     Ok(Decision {
         rule: rule.signal.clone(),
-        action: rule.action.clone(),
-        parameters,
+        workflow,
     })
+}
+
+/// Renders every string in `value` (recursively), naming the path of the
+/// first one that cannot be filled.
+fn fill(
+    value: &mut Value,
+    spec: &RemediationRequestSpec,
+    error: &mut impl FnMut(String, String) -> RuleError,
+) -> Result<(), RuleError> {
+    fn walk(
+        value: &mut Value,
+        path: &str,
+        spec: &RemediationRequestSpec,
+    ) -> Result<(), (String, String)> {
+        match value {
+            Value::String(s) => {
+                *s = render(s, spec).map_err(|p| (path.to_string(), p))?;
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter_mut().enumerate() {
+                    walk(v, &format!("{path}[{i}]"), spec)?;
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(v, &p, spec)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    walk(value, "", spec).map_err(|(param, placeholder)| error(param, placeholder))
 }
 
 fn render(template: &str, spec: &RemediationRequestSpec) -> Result<String, String> {
@@ -85,11 +165,22 @@ fn render(template: &str, spec: &RemediationRequestSpec) -> Result<String, Strin
             return Err(rest[start..].to_string());
         };
         let key = rest[start + 2..start + end].trim();
+        if key.starts_with("steps.") {
+            // A dependency's result: the workflow runner fills it in.
+            out.push_str(&rest[start..start + end + 2]);
+            rest = &rest[start + end + 2..];
+            continue;
+        }
+        let object = |o: &kubernaut_api::ObjectRef, field: &str| match field {
+            "kind" => Some(o.kind.clone()),
+            "name" => Some(o.name.clone()),
+            "namespace" => Some(o.namespace.clone()),
+            _ => None,
+        };
         let value = match key.split_once('.') {
             Some(("labels", l)) => spec.labels.get(l).cloned(),
-            Some(("target", "name")) => Some(spec.target.name.clone()),
-            Some(("target", "namespace")) => Some(spec.target.namespace.clone()),
-            Some(("resource", "name")) => Some(spec.signal_resource.name.clone()),
+            Some(("target", f)) => object(&spec.target, f),
+            Some(("resource", f)) => object(&spec.signal_resource, f),
             _ => None,
         }
         .filter(|v| !v.is_empty())
@@ -131,15 +222,11 @@ mod tests {
     }
 
     fn crashloop_rule() -> Rule {
-        Rule {
-            signal: "KubePodCrashLooping".into(),
-            action: "restart_pod".into(),
-            parameters: [
-                ("pod".to_string(), "{{labels.pod}}".to_string()),
-                ("ns".into(), "{{ target.namespace }}".into()),
-            ]
-            .into(),
-        }
+        serde_json::from_value(serde_json::json!({
+            "signal": "KubePodCrashLooping", "action": "restart_pod",
+            "parameters": {"name": "{{labels.pod}}", "namespace": "{{ target.namespace }}"}
+        }))
+        .unwrap()
     }
 
     #[test]
@@ -149,9 +236,60 @@ mod tests {
             &spec("KubePodCrashLooping", &[("pod", "cart-1")]),
         )
         .unwrap();
-        assert_eq!(d.action, "restart_pod");
-        assert_eq!(d.parameters["pod"], "cart-1");
-        assert_eq!(d.parameters["ns"], "shop");
+        assert_eq!(d.summary(), "restart_pod");
+        assert_eq!(
+            d.workflow.steps[0].parameters,
+            serde_json::json!({"name": "cart-1", "namespace": "shop"})
+        );
+    }
+
+    #[test]
+    fn workflow_rules_fill_every_step_and_keep_value_types() {
+        let rule: Rule = serde_json::from_value(serde_json::json!({
+            "signal": "KubeDeploymentRolloutStuck",
+            "workflow": [
+                {"id": "look", "action": "collect_diagnostics", "parameters":
+                    {"kind": "{{target.kind}}", "namespace": "{{target.namespace}}", "name": "{{target.name}}"}},
+                {"id": "scale", "action": "scale_deployment", "dependsOn": ["look"], "parameters":
+                    {"namespace": "{{target.namespace}}", "name": "{{target.name}}", "replicas": 3}}
+            ]
+        }))
+        .unwrap();
+        assert!(validate(std::slice::from_ref(&rule)).is_ok());
+        let d = decide(&[rule], &spec("KubeDeploymentRolloutStuck", &[])).unwrap();
+        assert_eq!(d.summary(), "collect_diagnostics, scale_deployment");
+        assert_eq!(d.workflow.steps[0].parameters["kind"], "Deployment");
+        assert_eq!(d.workflow.steps[1].parameters["replicas"], 3);
+        assert_eq!(d.workflow.steps[1].depends_on, ["look"]);
+    }
+
+    #[test]
+    fn step_results_are_left_for_the_runner() {
+        let rule: Rule = serde_json::from_value(serde_json::json!({"signal": "S", "workflow": [
+            {"id": "job", "action": "run_job", "parameters": {"namespace": "{{target.namespace}}", "template": "t"}},
+            {"id": "look", "action": "collect_diagnostics", "dependsOn": ["job"], "parameters":
+                {"kind": "Job", "namespace": "{{target.namespace}}", "name": "{{ steps.job.target.name }}"}}]}))
+        .unwrap();
+        let d = decide(&[rule], &spec("S", &[])).unwrap();
+        assert_eq!(
+            d.workflow.steps[1].parameters["name"],
+            "{{ steps.job.target.name }}"
+        );
+        assert_eq!(d.workflow.steps[1].parameters["namespace"], "shop");
+    }
+
+    #[test]
+    fn actions_without_parameters_get_an_empty_object_the_crd_accepts() {
+        let rule: Rule =
+            serde_json::from_value(serde_json::json!({"signal": "S", "action": "notify_only"}))
+                .unwrap();
+        let d = decide(&[rule], &spec("S", &[])).unwrap();
+        assert_eq!(d.workflow.steps[0].parameters, serde_json::json!({}));
+        let step: kubernaut_api::workflow::Step = serde_json::from_value(
+            serde_json::json!({"id": "a", "action": "notify_only", "parameters": null}),
+        )
+        .unwrap();
+        assert_eq!(step.parameters, serde_json::json!({}));
     }
 
     #[test]
@@ -162,16 +300,32 @@ mod tests {
         );
         let err = decide(&[crashloop_rule()], &spec("KubePodCrashLooping", &[])).unwrap_err();
         assert!(
-            matches!(err, RuleError::MissingValue { ref placeholder, .. } if placeholder == "{{labels.pod}}"),
+            matches!(err, RuleError::MissingValue { ref placeholder, ref param, .. }
+                if placeholder == "{{labels.pod}}" && param == "restart_pod.name"),
             "{err}"
         );
     }
 
     #[test]
-    fn unknown_actions_are_refused_by_validation() {
+    fn unknown_actions_cycles_and_ambiguous_rules_are_refused_by_validation() {
         let mut r = crashloop_rule();
         assert!(validate(std::slice::from_ref(&r)).is_ok());
-        r.action = "reboot_cluster".into();
-        assert!(validate(&[r]).unwrap_err().contains("reboot_cluster"));
+        r.action = Some("reboot_cluster".into());
+        assert!(
+            validate(std::slice::from_ref(&r))
+                .unwrap_err()
+                .contains("reboot_cluster")
+        );
+        r.action = None;
+        assert!(
+            validate(std::slice::from_ref(&r))
+                .unwrap_err()
+                .contains("neither")
+        );
+        let cyclic: Rule = serde_json::from_value(serde_json::json!({"signal": "S", "workflow": [
+            {"id": "a", "action": "notify_only", "dependsOn": ["b"]},
+            {"id": "b", "action": "notify_only", "dependsOn": ["a"]}]}))
+        .unwrap();
+        assert!(validate(&[cyclic]).unwrap_err().contains("cycle"));
     }
 }

@@ -10,17 +10,21 @@ use std::time::{Duration, Instant};
 
 use kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
+use std::collections::BTreeMap;
+
+use kubernaut_api::workflow::Workflow;
 use kubernaut_api::{
-    AnalysisStatus, ENVIRONMENT_LABEL, ExecutionStatus, ObjectRef, Phase, PhaseTransition,
-    ProcessingStatus, RemediationRequest, RemediationRequestSpec, RemediationRequestStatus,
+    AnalysisStatus, ENVIRONMENT_LABEL, ExecutionStatus, Phase, PhaseTransition, ProcessingStatus,
+    RemediationRequest, RemediationRequestSpec, RemediationRequestStatus, StepPhase, StepStatus,
 };
-use kubernaut_cluster::{Cluster, DeleteOutcome, PodState, Scope};
+use kubernaut_cluster::{ActionCall, Cluster, ExecSettings, Scope, repeatable};
 use kubernaut_store::{AuditRecord, EventRecord, RequestRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::Context;
 use crate::metrics::{ActionLabels, StageLabels, TransitionLabels};
 use crate::rules::{self, RuleError};
+use crate::workflow::{self, Hooks, StepEvent, StepReport, WorkflowReport};
 
 /// First retry delay after a failed status write; doubles up to the cap.
 const RETRY_BASE: Duration = Duration::from_millis(200);
@@ -46,19 +50,24 @@ pub struct State {
     busy: bool,
     stage_started: Instant,
     retry: Duration,
+    /// What this run's workflow steps did, by step id, for Verifying. Kept
+    /// in memory only: full object states go to the audit trail, not into
+    /// the status.
+    outcomes: BTreeMap<String, kubernaut_cluster::Outcome>,
 }
 
 pub enum Msg {
     /// Do the next piece of work for the current phase.
     Advance,
     StageDone(StageResult),
+    /// A workflow step starts or settles; its supervisor records it.
+    Step(StepEvent),
 }
 
 pub enum StageResult {
     Processed(Result<Processed, String>),
-    PodObserved(Result<Option<PodState>, String>),
-    Executed(Result<DeleteOutcome, String>),
-    Verified(Result<Verified, String>),
+    Executed(Result<WorkflowReport, String>),
+    Verified(Result<String, String>),
 }
 
 pub enum Processed {
@@ -66,19 +75,17 @@ pub enum Processed {
     OutOfScope(String),
 }
 
-pub enum Verified {
-    Replaced,
-    Gone,
-}
-
 impl State {
     fn phase(&self) -> Phase {
         self.status.phase
     }
-    fn target_pod(&self) -> Option<ObjectRef> {
-        let a = self.status.analysis.as_ref()?;
-        let pod = a.parameters.get("pod")?;
-        Some(ObjectRef::new("Pod", &self.spec.target.namespace, pod))
+
+    /// How this request's actions run: as its own lock holder.
+    fn exec_settings(&self) -> ExecSettings {
+        ExecSettings {
+            holder: self.name.clone(),
+            ..self.ctx.settings.executor.clone()
+        }
     }
 }
 
@@ -111,6 +118,7 @@ impl Actor for Supervisor {
             busy: false,
             stage_started: Instant::now(),
             retry: RETRY_BASE,
+            outcomes: BTreeMap::new(),
         })
     }
 
@@ -136,6 +144,7 @@ impl Actor for Supervisor {
                 state.busy = false;
                 on_stage_done(&myself, state, result).await
             }
+            Msg::Step(event) => on_step(state, event).await,
         }
     }
 }
@@ -175,18 +184,16 @@ async fn advance(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
                 )
                 .await;
             };
-            if exec.action != "restart_pod" {
-                return commit(
-                    myself,
-                    st,
-                    Some((Phase::Completed, "NothingToVerify", String::new())),
-                    |_| {},
-                )
-                .await;
-            }
             let (cluster, timeout) = (st.ctx.cluster.clone(), st.ctx.settings.verify_timeout);
+            let workflow = st
+                .status
+                .analysis
+                .as_ref()
+                .map(|a| a.workflow.clone())
+                .unwrap_or_default();
+            let outcomes = st.outcomes.clone();
             run_stage(myself, st, async move {
-                StageResult::Verified(verify_pod_replaced(&cluster, &exec, timeout).await)
+                StageResult::Verified(verify(&cluster, &workflow, &exec, &outcomes, timeout).await)
             });
             Ok(())
         }
@@ -221,23 +228,22 @@ async fn analyze(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
             let analysis = AnalysisStatus {
                 decided_by: "rules".into(),
                 rule: d.rule.clone(),
-                action: d.action.clone(),
-                parameters: d.parameters.clone(),
+                action: d.summary(),
+                workflow: d.workflow.clone(),
             };
-            let msg = format!("rule {} chose {}", d.rule, d.action);
-            let to = if st.ctx.settings.dry_run {
-                (
-                    Phase::Skipped,
-                    "DryRun",
-                    format!("{msg}; global dry-run is on, nothing was changed"),
-                )
-            } else {
-                (Phase::Executing, "ActionChosen", msg)
-            };
-            commit(myself, st, Some(to), |s| {
-                s.analysis = Some(analysis);
-                set_condition(s, "Analyzed", "True", "RuleMatched");
-            })
+            let mut msg = format!("rule {} chose {}", d.rule, d.summary());
+            if st.ctx.settings.executor.dry_run_only {
+                msg.push_str(" (global dry-run: server-side dry runs only)");
+            }
+            commit(
+                myself,
+                st,
+                Some((Phase::Executing, "ActionChosen", msg)),
+                |s| {
+                    s.analysis = Some(analysis);
+                    set_condition(s, "Analyzed", "True", "RuleMatched");
+                },
+            )
             .await
         }
         Err(RuleError::NoRule(name)) => {
@@ -268,8 +274,8 @@ async fn execute(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
         )
         .await;
     };
-    match (analysis.action.as_str(), st.status.execution.clone()) {
-        (_, Some(exec)) if exec.result.is_some() => {
+    match st.status.execution.clone() {
+        Some(exec) if exec.result.is_some() => {
             commit(
                 myself,
                 st,
@@ -278,72 +284,208 @@ async fn execute(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
             )
             .await
         }
-        ("notify_only", _) => {
-            let now = now();
+        None => {
+            // The plan is recorded before any step runs.
             let exec = ExecutionStatus {
                 action: analysis.action.clone(),
                 target: st.spec.target.clone(),
                 target_uid: String::new(),
-                started_at: now.clone(),
-                finished_at: Some(now),
-                result: Some("Succeeded".into()),
-                message: "notification only; the cluster was not changed".into(),
+                started_at: now(),
+                finished_at: None,
+                result: None,
+                message: String::new(),
+                steps: analysis
+                    .workflow
+                    .steps
+                    .iter()
+                    .map(|s| StepStatus {
+                        id: s.id.clone(),
+                        action: s.action.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
             };
-            commit(
-                myself,
-                st,
-                Some((Phase::Verifying, "ActionFinished", String::new())),
-                |s| {
-                    s.execution = Some(exec);
-                },
-            )
-            .await
-        }
-        ("restart_pod", None) => {
-            let Some(pod) = st.target_pod() else {
-                return fail(
-                    myself,
-                    st,
-                    "RuleIncomplete",
-                    "restart_pod needs a pod parameter".into(),
-                )
-                .await;
-            };
-            let cluster = st.ctx.cluster.clone();
-            run_stage(myself, st, async move {
-                StageResult::PodObserved(
-                    cluster
-                        .pod_state(&pod.namespace, &pod.name)
-                        .await
-                        .map_err(|e| e.to_string()),
-                )
-            });
+            commit(myself, st, None, |s| s.execution = Some(exec)).await?;
+            if st.status.execution.is_some() {
+                myself.send_message(Msg::Advance)?;
+            }
             Ok(())
         }
-        ("restart_pod", Some(exec)) => {
-            // Resumed or freshly recorded: act only on the pod with the recorded UID.
+        Some(exec) => {
             let cluster = st.ctx.cluster.clone();
+            let settings = st.exec_settings();
+            let timeout = st.ctx.settings.step_timeout;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let me = myself.clone();
             run_stage(myself, st, async move {
-                let t = &exec.target;
-                StageResult::Executed(
-                    cluster
-                        .delete_pod(&t.namespace, &t.name, &exec.target_uid)
-                        .await
-                        .map_err(|e| e.to_string()),
-                )
+                let settled =
+                    resume(&cluster, &analysis.workflow, &exec, &settings.holder, &tx).await;
+                let hooks = Hooks {
+                    settled,
+                    events: Some(tx),
+                };
+                let run =
+                    workflow::run_with(&cluster, &analysis.workflow, &settings, timeout, &hooks);
+                tokio::pin!(run);
+                // Step events are forwarded by this task, which also sends
+                // the result afterwards: the supervisor sees them in order.
+                let result = loop {
+                    tokio::select! {
+                        biased;
+                        Some(event) = rx.recv() => {
+                            let _ = me.send_message(Msg::Step(event));
+                        }
+                        result = &mut run => break result,
+                    }
+                };
+                while let Ok(event) = rx.try_recv() {
+                    let _ = me.send_message(Msg::Step(event));
+                }
+                StageResult::Executed(result.map_err(|e| e.to_string()))
             });
             Ok(())
-        }
-        (other, _) => {
-            fail(
-                myself,
-                st,
-                "UnknownAction",
-                format!("no executor for action {other}"),
-            )
-            .await
         }
     }
+}
+
+/// The steps a restart left settled, and the interrupted ones reconciled
+/// with the cluster (K-RR-6): an interrupted step whose action is safe to
+/// repeat runs again; another one counts as done when its target was
+/// deleted, replaced or changed since its intent was recorded, and runs
+/// again when the target is exactly as it was.
+async fn resume(
+    cluster: &Cluster,
+    workflow: &Workflow,
+    exec: &ExecutionStatus,
+    holder: &str,
+    events: &tokio::sync::mpsc::UnboundedSender<StepEvent>,
+) -> BTreeMap<String, StepPhase> {
+    let mut settled = BTreeMap::new();
+    for step in &exec.steps {
+        let state = match step.phase {
+            StepPhase::Pending => continue,
+            StepPhase::Running => {
+                if repeatable(&step.action) {
+                    continue;
+                }
+                let target = step.target.clone().or_else(|| {
+                    let s = workflow.steps.iter().find(|s| s.id == step.id)?;
+                    ActionCall::parse(&s.action, s.parameters.clone())
+                        .ok()?
+                        .target_of(holder)
+                });
+                let Some(target) = target else { continue };
+                let Ok(now) = cluster.metadata(&target).await else {
+                    // Unknown: never repeat blindly; the runner's own
+                    // attempt will report the API's error.
+                    continue;
+                };
+                let unchanged = now.as_ref().is_some_and(|m| {
+                    m.uid.as_deref() == Some(step.target_uid.as_str())
+                        && m.generation == step.target_generation
+                        && m.deletion_timestamp.is_none()
+                });
+                if unchanged {
+                    continue;
+                }
+                let _ = events.send(StepEvent::Settled(StepReport {
+                    id: step.id.clone(),
+                    action: step.action.clone(),
+                    state: StepPhase::AlreadyDone,
+                    attempts: step.attempts,
+                    outcome: None,
+                    error: None,
+                    rollback: Vec::new(),
+                }));
+                StepPhase::AlreadyDone
+            }
+            done => done,
+        };
+        settled.insert(step.id.clone(), state);
+    }
+    settled
+}
+
+/// Records a step's start (acknowledged only once written) or its end.
+async fn on_step(st: &mut State, event: StepEvent) -> Result<(), ActorProcessingErr> {
+    match event {
+        StepEvent::Starting {
+            id,
+            target,
+            uid,
+            generation,
+            ack,
+        } => {
+            let edit = |s: &mut RemediationRequestStatus| {
+                if let Some(step) = step_mut(s, &id) {
+                    step.phase = StepPhase::Running;
+                    step.target = target.clone();
+                    step.target_uid = uid.clone();
+                    step.target_generation = generation;
+                    step.started_at = Some(now());
+                }
+            };
+            if write_status(st, edit).await {
+                audit_event(
+                    st,
+                    "action",
+                    None,
+                    None,
+                    "StepStarted",
+                    &id,
+                    serde_json::json!({ "step": id, "target": target.map(|t| t.to_string()),
+                                        "targetUid": uid, "targetGeneration": generation }),
+                )
+                .await;
+                let _ = ack.send(());
+            }
+            // Not written: the dropped ack stops the step before it acts.
+            Ok(())
+        }
+        StepEvent::Settled(report) => {
+            let phase = report.state;
+            let message = match (&report.error, &report.outcome) {
+                (Some(e), _) => e.clone(),
+                (None, Some(o)) => o.message.clone(),
+                (None, None) if report.state == StepPhase::AlreadyDone => {
+                    "took effect before the controller restarted".into()
+                }
+                (None, None) => String::new(),
+            };
+            if let Some(outcome) = &report.outcome {
+                st.outcomes.insert(report.id.clone(), outcome.clone());
+            }
+            audit_event(
+                st,
+                "action",
+                None,
+                None,
+                "StepFinished",
+                &report.id,
+                serde_json::to_value(&report).unwrap_or_default(),
+            )
+            .await;
+            let attempts = report.attempts;
+            write_status(st, |s| {
+                if let Some(step) = step_mut(s, &report.id) {
+                    step.phase = phase;
+                    step.attempts = step.attempts.max(attempts);
+                    step.finished_at = Some(now());
+                    step.message = message.clone();
+                }
+            })
+            .await;
+            Ok(())
+        }
+    }
+}
+
+fn step_mut<'a>(s: &'a mut RemediationRequestStatus, id: &str) -> Option<&'a mut StepStatus> {
+    s.execution
+        .as_mut()?
+        .steps
+        .iter_mut()
+        .find(|step| step.id == id)
 }
 
 async fn on_stage_done(
@@ -367,93 +509,117 @@ async fn on_stage_done(
             })
             .await
         }
-        StageResult::Processed(Err(e)) | StageResult::PodObserved(Err(e)) => {
-            retry_later(myself, st, e)
+        StageResult::Processed(Err(e)) => retry_later(myself, st, e),
+        StageResult::Executed(Err(invalid)) => {
+            count_action(st, "Invalid");
+            fail(myself, st, "InvalidWorkflow", invalid).await
         }
-        StageResult::PodObserved(Ok(None)) => {
-            let pod = st.target_pod().map(|p| p.to_string()).unwrap_or_default();
-            fail(
-                myself,
-                st,
-                "TargetNotFound",
-                format!("{pod} does not exist"),
-            )
-            .await
-        }
-        StageResult::PodObserved(Ok(Some(pod))) => {
-            let Some(target) = st.target_pod() else {
-                return Ok(());
-            };
-            let exec = ExecutionStatus {
-                action: "restart_pod".into(),
-                target: target.clone(),
-                target_uid: pod.uid.clone(),
-                started_at: now(),
-                finished_at: None,
-                result: None,
-                message: String::new(),
-            };
-            audit_event(st, "action", None, None, "ActionStarted", serde_json::json!({
-                "action": "restart_pod", "target": target.to_string(),
-                "before": { "uid": pod.uid, "phase": pod.phase, "node": pod.node, "deleting": pod.deleting },
-            }))
-            .await;
-            // Recorded before acting: a resumed supervisor acts on this UID only.
-            commit(myself, st, None, |s| s.execution = Some(exec)).await?;
-            myself.send_message(Msg::Advance)?;
-            Ok(())
-        }
-        StageResult::Executed(Ok(outcome)) => {
+        StageResult::Executed(Ok(report)) => {
             observe_stage(st, "execution", st.stage_started);
-            let result = match outcome {
-                DeleteOutcome::Deleted => "Succeeded",
-                DeleteOutcome::AlreadyGone => "AlreadyDone",
+            let result = if report.succeeded {
+                "Succeeded"
+            } else {
+                "Failed"
             };
-            let action = count_action(st, result);
+            count_action(st, result);
+            let failure = report
+                .steps
+                .iter()
+                .find(|s| s.state == StepPhase::Failed)
+                .map(|s| {
+                    format!(
+                        "step {} ({}) failed: {}",
+                        s.id,
+                        s.action,
+                        s.error.clone().unwrap_or_default()
+                    )
+                });
+            let undone = report.rollback_order.join(", ");
+            let message = match (&failure, undone.is_empty()) {
+                (None, _) => format!("{} steps succeeded", report.steps.len()),
+                (Some(f), true) => f.clone(),
+                (Some(f), false) => format!("{f}; rolled back {undone}"),
+            };
             audit_event(
                 st,
                 "action",
                 None,
                 None,
-                "ActionFinished",
-                serde_json::json!({ "action": action, "result": result }),
+                "WorkflowFinished",
+                "",
+                serde_json::json!({ "result": result, "completionOrder": report.completion_order,
+                                    "rollbackOrder": report.rollback_order }),
             )
             .await;
-            commit(
-                myself,
-                st,
-                Some((Phase::Verifying, "ActionFinished", result.to_string())),
-                |s| {
-                    if let Some(e) = s.execution.as_mut() {
-                        e.result = Some(result.into());
-                        e.finished_at = Some(now());
+            let finish = |s: &mut RemediationRequestStatus| {
+                for r in &report.steps {
+                    if let Some(step) = step_mut(s, &r.id) {
+                        step.phase = r.state;
+                        if let Some(e) = &r.error {
+                            step.message = e.clone();
+                        }
                     }
-                    set_condition(s, "Executed", "True", result);
-                },
-            )
-            .await
-        }
-        StageResult::Executed(Err(e)) => {
-            count_action(st, "Failed");
-            fail(myself, st, "ActionFailed", e).await
-        }
-        StageResult::Verified(Ok(v)) => {
-            observe_stage(st, "verification", st.stage_started);
-            let msg = match v {
-                Verified::Replaced => "the pod was replaced by its controller",
-                Verified::Gone => "the pod is gone",
+                }
+                if let Some(e) = s.execution.as_mut() {
+                    e.result = Some(result.into());
+                    e.finished_at = Some(now());
+                    e.message = message.clone();
+                }
+                set_condition(
+                    s,
+                    "Executed",
+                    if report.succeeded { "True" } else { "False" },
+                    result,
+                );
             };
-            commit(
-                myself,
-                st,
-                Some((Phase::Completed, "Verified", msg.into())),
-                |s| {
-                    set_condition(s, "Verified", "True", "Verified");
-                },
-            )
+            if report.succeeded {
+                commit(
+                    myself,
+                    st,
+                    Some((Phase::Verifying, "ActionFinished", message.clone())),
+                    finish,
+                )
+                .await
+            } else {
+                commit(
+                    myself,
+                    st,
+                    Some((Phase::Failed, "WorkflowFailed", message.clone())),
+                    finish,
+                )
+                .await
+            }
+        }
+        StageResult::Verified(Ok(msg)) => {
+            observe_stage(st, "verification", st.stage_started);
+            commit(myself, st, Some((Phase::Completed, "Verified", msg)), |s| {
+                set_condition(s, "Verified", "True", "Verified");
+            })
             .await
         }
         StageResult::Verified(Err(e)) => fail(myself, st, "VerificationFailed", e).await,
+    }
+}
+
+/// Writes an edited status without a phase change; whether it was written.
+async fn write_status(st: &mut State, edit: impl FnOnce(&mut RemediationRequestStatus)) -> bool {
+    let mut next = st.status.clone();
+    edit(&mut next);
+    match st
+        .ctx
+        .cluster
+        .apply_status(&st.namespace, &st.name, &next)
+        .await
+    {
+        Ok(_) => {
+            st.status = next;
+            true
+        }
+        Err(e) => {
+            st.ctx.metrics.status_write_errors.inc();
+            tracing::warn!(request = %st.name, namespace = %st.namespace, error = %e, "status write failed");
+            false
+        }
     }
 }
 
@@ -532,6 +698,13 @@ async fn commit(
         .await
     {
         st.ctx.metrics.status_write_errors.inc();
+        // The API server refuses this status itself: retrying cannot help,
+        // and the request would stay stuck. Failing it writes only the
+        // phase, which the server accepts.
+        if e.is_invalid() && next.phase != Phase::Failed && from != Phase::Failed {
+            let reason = format!("the API server refused the request's status: {e}");
+            return Box::pin(fail(myself, st, "StatusRejected", reason)).await;
+        }
         return retry_later(myself, st, format!("status write failed: {e}"));
     }
     st.status = next;
@@ -553,6 +726,7 @@ async fn commit(
             Some(from),
             Some(to),
             reason,
+            "",
             serde_json::json!({ "message": message }),
         )
         .await;
@@ -587,6 +761,7 @@ async fn audit_event(
     from: Option<Phase>,
     to: Option<Phase>,
     reason: &str,
+    subject: &str,
     detail: serde_json::Value,
 ) {
     let rec = AuditRecord::Event(EventRecord {
@@ -596,6 +771,7 @@ async fn audit_event(
         from_phase: from.map(|p| p.to_string()),
         to_phase: to.map(|p| p.to_string()),
         reason: reason.to_string(),
+        subject: subject.to_string(),
         detail,
     });
     if let Err(e) = st.ctx.audit.record(rec).await {
@@ -713,26 +889,49 @@ pub fn priority(environment: &str, severity: &str) -> &'static str {
     }
 }
 
-async fn verify_pod_replaced(
+/// Waits until every step this run completed shows its effect
+/// ([`Cluster::verify`]), up to `timeout` for all of them.
+async fn verify(
     cluster: &Cluster,
+    workflow: &Workflow,
     exec: &ExecutionStatus,
+    outcomes: &BTreeMap<String, kubernaut_cluster::Outcome>,
     timeout: Duration,
-) -> Result<Verified, String> {
-    let t = &exec.target;
+) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
-    loop {
-        match cluster.pod_state(&t.namespace, &t.name).await {
-            Ok(Some(p)) if p.uid != exec.target_uid => return Ok(Verified::Replaced),
-            Ok(None) => return Ok(Verified::Gone),
-            Ok(Some(_)) | Err(_) if Instant::now() >= deadline => {
-                return Err(format!(
-                    "{t} (uid {}) still exists after {timeout:?}",
-                    exec.target_uid
-                ));
+    let mut seen = Vec::new();
+    for step in &workflow.steps {
+        let Some(outcome) = outcomes.get(&step.id) else {
+            // Settled before a restart, or not run: nothing of it to check.
+            continue;
+        };
+        let call = ActionCall::parse(&step.action, step.parameters.clone())?;
+        loop {
+            match cluster.verify(&call, outcome).await {
+                Ok(Some(what)) => {
+                    seen.push(format!("{}: {what}", step.id));
+                    break;
+                }
+                Ok(None) | Err(_) if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "step {} ({}) did not show its effect within {timeout:?}",
+                        step.id, step.action
+                    ));
+                }
+                _ => tokio::time::sleep(VERIFY_POLL).await,
             }
-            _ => tokio::time::sleep(VERIFY_POLL).await,
         }
     }
+    let dry = exec.steps.is_empty() || outcomes.values().all(|o| o.dry_run);
+    Ok(if seen.is_empty() || dry && !outcomes.is_empty() {
+        if dry && !outcomes.is_empty() {
+            "dry run: the server accepted every change; nothing was changed".into()
+        } else {
+            "nothing to verify".into()
+        }
+    } else {
+        seen.join("; ")
+    })
 }
 
 /// Counts the decided action's result; returns the action's name.

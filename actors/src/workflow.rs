@@ -6,36 +6,37 @@
 //! `rollback` are undone in reverse order of completion.
 //!
 //! Every step's call is parsed against the catalogue before anything runs:
-//! a workflow with one bad step changes nothing.
+//! a workflow with one bad step changes nothing. Results flow to
+//! dependants: a string parameter may name `{{steps.ID.target.kind}}`
+//! (`.name`, `.namespace`) or `{{steps.ID.message}}` of a step it depends
+//! on, filled in when it starts (such a step is parsed then).
+//!
+//! With [`Hooks`], the supervisor that owns the request hears of every step
+//! before it acts (with its target's UID and generation, so the intent is
+//! recorded first) and when it settles, and can resume a workflow whose
+//! earlier steps settled before a restart.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use kubernaut_api::workflow::{Workflow, WorkflowError};
+use kubernaut_api::{ObjectRef, StepPhase};
 use kubernaut_cluster::{ActionCall, ActionError, Cluster, ExecSettings, Outcome, catalogue};
 use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 /// Backoff before the second attempt; doubled each time up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum StepState {
-    Succeeded,
-    Failed,
-    /// Not started: a dependency failed, or the workflow had already failed.
-    Skipped,
-    RolledBack,
-    RollbackFailed,
-}
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepReport {
     pub id: String,
     pub action: String,
-    pub state: StepState,
+    pub state: StepPhase,
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
@@ -66,6 +67,37 @@ pub enum InvalidWorkflow {
     Parameters(String, String),
 }
 
+/// What the runner tells the request's supervisor.
+#[derive(Debug)]
+pub enum StepEvent {
+    /// The step is about to act; it waits for `ack`, sent once the intent
+    /// is recorded. A dropped `ack` (the supervisor stopped) stops the step.
+    Starting {
+        id: String,
+        target: Option<ObjectRef>,
+        uid: String,
+        generation: Option<i64>,
+        ack: oneshot::Sender<()>,
+    },
+    Settled(StepReport),
+}
+
+/// How a supervisor follows and resumes a workflow.
+#[derive(Default)]
+pub struct Hooks {
+    /// Steps that settled before a restart: not run again.
+    pub settled: BTreeMap<String, StepPhase>,
+    pub events: Option<mpsc::UnboundedSender<StepEvent>>,
+}
+
+impl Hooks {
+    fn tell(&self, event: StepEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(event);
+        }
+    }
+}
+
 /// Failures worth another attempt: the API, a conflict storm, a busy target.
 fn transient(e: &ActionError) -> bool {
     matches!(
@@ -81,16 +113,45 @@ pub async fn run(
     settings: &ExecSettings,
     default_timeout: Duration,
 ) -> Result<WorkflowReport, InvalidWorkflow> {
+    run_with(
+        cluster,
+        workflow,
+        settings,
+        default_timeout,
+        &Hooks::default(),
+    )
+    .await
+}
+
+/// [`run`], reporting to and resuming for a supervisor.
+pub async fn run_with(
+    cluster: &Cluster,
+    workflow: &Workflow,
+    settings: &ExecSettings,
+    default_timeout: Duration,
+    hooks: &Hooks,
+) -> Result<WorkflowReport, InvalidWorkflow> {
     let known: Vec<&str> = catalogue().iter().map(|a| a.name).collect();
     workflow.validate(&known)?;
-    let calls: Vec<ActionCall> = workflow
-        .steps
-        .iter()
-        .map(|s| {
-            ActionCall::parse(&s.action, s.parameters.clone())
-                .map_err(|e| InvalidWorkflow::Parameters(s.id.clone(), e))
-        })
-        .collect::<Result<_, _>>()?;
+    // Parsed now, or (when it uses its dependencies' results) at its start.
+    let mut calls: Vec<Option<ActionCall>> = Vec::with_capacity(workflow.steps.len());
+    for s in &workflow.steps {
+        let refs = step_references(&s.parameters);
+        if let Some(r) = refs.iter().find(|r| !s.depends_on.contains(r)) {
+            return Err(InvalidWorkflow::Parameters(
+                s.id.clone(),
+                format!("uses the result of step {r:?}, which it does not depend on"),
+            ));
+        }
+        calls.push(if refs.is_empty() {
+            Some(
+                ActionCall::parse(&s.action, s.parameters.clone())
+                    .map_err(|e| InvalidWorkflow::Parameters(s.id.clone(), e))?,
+            )
+        } else {
+            None
+        });
+    }
     let index: BTreeMap<&str, usize> = workflow
         .steps
         .iter()
@@ -102,6 +163,21 @@ pub async fn run(
     let mut failed = false;
     let mut running = FuturesUnordered::new();
     let mut started = vec![false; workflow.steps.len()];
+    for (i, step) in workflow.steps.iter().enumerate() {
+        if let Some(state) = hooks.settled.get(&step.id) {
+            started[i] = true;
+            failed |= *state == StepPhase::Failed && !step.continue_on_failure;
+            reports[i] = Some(StepReport {
+                id: step.id.clone(),
+                action: step.action.clone(),
+                state: *state,
+                attempts: 0,
+                outcome: None,
+                error: None,
+                rollback: Vec::new(),
+            });
+        }
+    }
 
     loop {
         // Start or skip every step whose dependencies are settled.
@@ -109,14 +185,12 @@ pub async fn run(
             if started[i] {
                 continue;
             }
-            let deps: Vec<Option<StepState>> = step
+            let deps: Vec<Option<StepPhase>> = step
                 .depends_on
                 .iter()
                 .map(|d| reports[index[d.as_str()]].as_ref().map(|r| r.state))
                 .collect();
-            let blocked = deps
-                .iter()
-                .any(|d| matches!(d, Some(s) if *s != StepState::Succeeded));
+            let blocked = deps.iter().any(|d| matches!(d, Some(s) if !s.succeeded()));
             if failed || blocked {
                 if failed && !running.is_empty() && !blocked {
                     // Wait: the workflow has failed, but this step is only
@@ -124,15 +198,17 @@ pub async fn run(
                     continue;
                 }
                 started[i] = true;
-                reports[i] = Some(StepReport {
+                let skipped = StepReport {
                     id: step.id.clone(),
                     action: step.action.clone(),
-                    state: StepState::Skipped,
+                    state: StepPhase::Skipped,
                     attempts: 0,
                     outcome: None,
                     error: None,
                     rollback: Vec::new(),
-                });
+                };
+                hooks.tell(StepEvent::Settled(skipped.clone()));
+                reports[i] = Some(skipped);
                 continue;
             }
             if deps.iter().all(Option::is_some) {
@@ -140,10 +216,32 @@ pub async fn run(
                 let timeout = step
                     .timeout_seconds
                     .map_or(default_timeout, Duration::from_secs);
-                let (call, retries) = (&calls[i], step.retries);
+                let retries = step.retries;
+                let call = match &calls[i] {
+                    Some(c) => Ok(c.clone()),
+                    None => with_results(
+                        step,
+                        &workflow.steps,
+                        &index,
+                        &reports,
+                        &calls,
+                        &settings.holder,
+                    ),
+                };
+                if let Ok(c) = &call {
+                    calls[i] = Some(c.clone());
+                }
+                let id = step.id.clone();
                 running.push(async move {
+                    let call = match call {
+                        Ok(c) => c,
+                        Err(e) => return (i, Err(e), 0),
+                    };
+                    if let Err(e) = announce(cluster, hooks, id, &call, &settings.holder).await {
+                        return (i, Err(e), 0);
+                    }
                     let (result, attempts) =
-                        attempt(cluster, call, settings, timeout, retries).await;
+                        attempt(cluster, &call, settings, timeout, retries).await;
                     (i, result, attempts)
                 });
             }
@@ -158,14 +256,14 @@ pub async fn run(
         let step = &workflow.steps[i];
         completion_order.push(step.id.clone());
         let (state, outcome, error) = match result {
-            Ok(o) => (StepState::Succeeded, Some(o), None),
+            Ok(o) => (StepPhase::Succeeded, Some(o), None),
             Err(e) => {
                 tracing::warn!(step = %step.id, action = %step.action, error = %e, "workflow step failed");
                 failed |= !step.continue_on_failure;
-                (StepState::Failed, None, Some(e))
+                (StepPhase::Failed, None, Some(e))
             }
         };
-        reports[i] = Some(StepReport {
+        let report = StepReport {
             id: step.id.clone(),
             action: step.action.clone(),
             state,
@@ -173,7 +271,9 @@ pub async fn run(
             outcome,
             error,
             rollback: Vec::new(),
-        });
+        };
+        hooks.tell(StepEvent::Settled(report.clone()));
+        reports[i] = Some(report);
     }
 
     let mut rollback_order = Vec::new();
@@ -183,10 +283,10 @@ pub async fn run(
             let Some(report) = reports[i].as_mut() else {
                 continue;
             };
-            if !workflow.steps[i].rollback || report.state != StepState::Succeeded {
+            if !workflow.steps[i].rollback || report.state != StepPhase::Succeeded {
                 continue;
             }
-            report.state = StepState::RolledBack;
+            report.state = StepPhase::RolledBack;
             rollback_order.push(id.clone());
             let changes = report
                 .outcome
@@ -194,14 +294,14 @@ pub async fn run(
                 .map(|o| o.changes.clone())
                 .unwrap_or_default();
             for change in changes.iter().rev() {
-                let Some(undo) = calls[i].rollback(change) else {
+                let Some(undo) = calls[i].as_ref().and_then(|c| c.rollback(change)) else {
                     continue;
                 };
                 match attempt(cluster, &undo, settings, default_timeout, 2).await {
                     (Ok(o), _) => report.rollback.push(o),
                     (Err(e), _) => {
                         tracing::error!(step = %id, error = %e, "rolling back a workflow step failed");
-                        report.state = StepState::RollbackFailed;
+                        report.state = StepPhase::RollbackFailed;
                         report.error = Some(format!("rollback: {e}"));
                     }
                 }
@@ -214,6 +314,144 @@ pub async fn run(
         completion_order,
         rollback_order,
     })
+}
+
+/// Ids of the steps whose results `parameters` use.
+fn step_references(parameters: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut strings = vec![parameters];
+    while let Some(v) = strings.pop() {
+        match v {
+            Value::String(s) => {
+                for part in s.split("{{").skip(1) {
+                    let Some(key) = part.split("}}").next() else {
+                        continue;
+                    };
+                    if let Some(rest) = key.trim().strip_prefix("steps.")
+                        && let Some((id, _)) = rest.split_once('.')
+                        && !out.iter().any(|o| o == id)
+                    {
+                        out.push(id.to_string());
+                    }
+                }
+            }
+            Value::Array(a) => strings.extend(a.iter()),
+            Value::Object(o) => strings.extend(o.values()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The step's call with its dependencies' results filled in.
+fn with_results(
+    step: &kubernaut_api::workflow::Step,
+    steps: &[kubernaut_api::workflow::Step],
+    index: &BTreeMap<&str, usize>,
+    reports: &[Option<StepReport>],
+    calls: &[Option<ActionCall>],
+    holder: &str,
+) -> Result<ActionCall, String> {
+    let result = |id: &str, field: &str| -> Option<String> {
+        let i = *index.get(id)?;
+        let outcome = reports[i].as_ref()?.outcome.as_ref();
+        if field == "message" {
+            return outcome.map(|o| o.message.clone());
+        }
+        let target = outcome
+            .and_then(|o| o.changes.first().map(|c| c.object.clone()))
+            .or_else(|| calls[i].as_ref()?.target_of(holder))
+            .or_else(|| {
+                ActionCall::parse(&steps[i].action, steps[i].parameters.clone())
+                    .ok()?
+                    .target_of(holder)
+            })?;
+        match field {
+            "target.kind" => Some(target.kind),
+            "target.name" => Some(target.name),
+            "target.namespace" => Some(target.namespace),
+            _ => None,
+        }
+    };
+    let mut parameters = step.parameters.clone();
+    fill_results(&mut parameters, &result)?;
+    ActionCall::parse(&step.action, parameters)
+}
+
+fn fill_results(
+    value: &mut Value,
+    result: &impl Fn(&str, &str) -> Option<String>,
+) -> Result<(), String> {
+    match value {
+        Value::String(s) if s.contains("{{") => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("{{") {
+                out.push_str(&rest[..start]);
+                let Some(end) = rest[start..].find("}}") else {
+                    return Err(format!("unclosed placeholder in {s:?}"));
+                };
+                let key = rest[start + 2..start + end].trim();
+                let value = key
+                    .strip_prefix("steps.")
+                    .and_then(|k| k.split_once('.'))
+                    .and_then(|(id, field)| result(id, field))
+                    .ok_or_else(|| {
+                        format!("{{{{{key}}}}} has no value: unknown, or its step left no result")
+                    })?;
+                out.push_str(&value);
+                rest = &rest[start + end + 2..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        Value::Array(a) => {
+            for v in a {
+                fill_results(v, result)?;
+            }
+        }
+        Value::Object(o) => {
+            for v in o.values_mut() {
+                fill_results(v, result)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Tells the supervisor the step is about to act, with its target's UID and
+/// generation, and waits until the intent is recorded.
+async fn announce(
+    cluster: &Cluster,
+    hooks: &Hooks,
+    id: String,
+    call: &ActionCall,
+    holder: &str,
+) -> Result<(), String> {
+    let Some(events) = &hooks.events else {
+        return Ok(());
+    };
+    let target = call.target_of(holder);
+    let meta = match &target {
+        Some(t) => cluster.metadata(t).await.ok().flatten(),
+        None => None,
+    };
+    let (ack, recorded) = oneshot::channel();
+    let event = StepEvent::Starting {
+        id,
+        target,
+        uid: meta
+            .as_ref()
+            .and_then(|m| m.uid.clone())
+            .unwrap_or_default(),
+        generation: meta.and_then(|m| m.generation),
+        ack,
+    };
+    if events.send(event).is_err() || recorded.await.is_err() {
+        return Err("not started: the request's supervisor stopped".into());
+    }
+    Ok(())
 }
 
 /// One step: up to `1 + retries` attempts, each bounded by `timeout`.

@@ -2,7 +2,8 @@
 //! for a crash-looping pod becomes a RemediationRequest, the controller
 //! (running with the RBAC identity deploy/ grants it) drives it to
 //! Completed, the pod is deleted and its ReplicaSet replaces it, and the
-//! audit trail is in PostgreSQL.
+//! audit trail is in PostgreSQL. A second alert runs a two-step workflow
+//! (collect_diagnostics, then rollout_restart) through the same pipeline.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -13,14 +14,18 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kubernaut::Config;
-use kubernaut_api::{Phase, RemediationRequest};
+use kubernaut_api::{Phase, RemediationRequest, StepPhase};
 use kubernaut_e2e::{Stack, deployment, eventually, post, repo_root, unique};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn alert_payload(namespace: &str, pod: &str, starts_at: &str) -> String {
-    json!({
+    named_alert("KubePodCrashLooping", namespace, pod, starts_at)
+}
+
+fn named_alert(alertname: &str, namespace: &str, pod: &str, starts_at: &str) -> String {
+    let payload = json!({
         "version": "4",
         "groupKey": "{}:{alertname=\"KubePodCrashLooping\"}",
         "truncatedAlerts": 0,
@@ -46,7 +51,8 @@ fn alert_payload(namespace: &str, pod: &str, starts_at: &str) -> String {
             "fingerprint": format!("{:016x}", pod.len() * 7919)
         }]
     })
-    .to_string()
+    .to_string();
+    payload.replace("KubePodCrashLooping", alertname)
 }
 
 async fn pod_names(pods: &Api<Pod>, app: &str) -> anyhow::Result<BTreeSet<String>> {
@@ -187,9 +193,13 @@ async fn e2e_alert_to_completed_restart_with_audit() -> anyhow::Result<()> {
         (analysis.decided_by.as_str(), analysis.action.as_str()),
         ("rules", "restart_pod")
     );
-    assert_eq!(analysis.parameters["pod"], victim);
+    assert_eq!(analysis.workflow.steps[0].parameters["name"], victim);
     let exec = status.execution.context("execution")?;
     assert_eq!(exec.result.as_deref(), Some("Succeeded"));
+    assert_eq!(exec.steps.len(), 1);
+    assert_eq!(exec.steps[0].phase, StepPhase::Succeeded);
+    let victim_uid = exec.steps[0].target_uid.clone();
+    assert!(!victim_uid.is_empty(), "the UID is recorded before acting");
     let processing = status.processing.context("processing")?;
     assert_eq!(
         (
@@ -213,7 +223,7 @@ async fn e2e_alert_to_completed_restart_with_audit() -> anyhow::Result<()> {
     assert!(
         pods.get_opt(&victim)
             .await?
-            .is_none_or(|p| p.metadata.uid.as_deref() != Some(exec.target_uid.as_str()))
+            .is_none_or(|p| p.metadata.uid.as_deref() != Some(victim_uid.as_str()))
     );
     let after = eventually("a replacement pod", TIMEOUT, || async {
         let names = pod_names(&pods, "cart").await?;
@@ -251,15 +261,16 @@ async fn e2e_alert_to_completed_restart_with_audit() -> anyhow::Result<()> {
         transitions[4],
         ("Verifying".to_string(), "Completed".to_string())
     );
-    let actions: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM remediation_events WHERE request_uid = $1 AND kind = 'action'",
+    let actions: Vec<String> = sqlx::query_scalar(
+        "SELECT reason FROM remediation_events WHERE request_uid = $1 AND kind = 'action' ORDER BY id",
     )
     .bind(&uid)
-    .fetch_one(&db)
+    .fetch_all(&db)
     .await?;
     assert_eq!(
-        actions, 2,
-        "ActionStarted (with the before state) and ActionFinished"
+        actions,
+        ["StepStarted", "StepFinished", "WorkflowFinished"],
+        "the intent before the action, its result (with the object's state before) after"
     );
 
     // The same alert instance after completion is still a duplicate (K-GW-5).
@@ -278,6 +289,76 @@ async fn e2e_alert_to_completed_restart_with_audit() -> anyhow::Result<()> {
         1,
         "no second request was opened"
     );
+
+    // A two-step workflow: diagnostics recorded, then a rollout restart.
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("web", 1))
+        .await?;
+    let web_pod = eventually("a web pod", TIMEOUT, || async {
+        Ok(pod_names(&pods, "web").await?.into_iter().next())
+    })
+    .await?;
+    let r = post(
+        &url,
+        "application/json",
+        named_alert("HighErrorRate", &ns, &web_pod, "2026-11-22T03:05:00Z"),
+    )
+    .await?;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let wf_name = r.body["request"].as_str().context("request")?.to_string();
+    let done = eventually("the workflow request to finish", TIMEOUT, || async {
+        let rr = rrs.get(&wf_name).await?;
+        Ok(rr.phase().is_terminal().then_some(rr))
+    })
+    .await?;
+    let status = done.status.clone().context("status")?;
+    assert_eq!(status.phase, Phase::Completed, "{status:#?}");
+    assert_eq!(
+        status.analysis.as_ref().map(|a| a.action.as_str()),
+        Some("collect_diagnostics, rollout_restart")
+    );
+    let steps: Vec<(String, StepPhase)> = status
+        .execution
+        .as_ref()
+        .context("execution")?
+        .steps
+        .iter()
+        .map(|s| (s.id.clone(), s.phase))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("diagnose".to_string(), StepPhase::Succeeded),
+            ("restart".to_string(), StepPhase::Succeeded)
+        ]
+    );
+    let web = Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .get("web")
+        .await?;
+    let stamped = web
+        .spec
+        .and_then(|s| s.template.metadata?.annotations)
+        .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"));
+    assert!(stamped, "rollout_restart stamped the pod template");
+    let wf_uid = done.metadata.uid.clone().context("uid")?;
+    let finished: Vec<serde_json::Value> = eventually("the steps' audit", TIMEOUT, || async {
+        let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+            "SELECT detail FROM remediation_events WHERE request_uid = $1 AND reason = 'StepFinished' ORDER BY id",
+        )
+        .bind(&wf_uid)
+        .fetch_all(&db)
+        .await?;
+        Ok((rows.len() == 2).then_some(rows))
+    })
+    .await?;
+    assert_eq!(finished[0]["id"], "diagnose", "dependency order");
+    assert!(
+        finished[0]["outcome"]["evidence"]["object"].is_object(),
+        "the diagnostics are in the audit trail: {}",
+        finished[0]
+    );
+    assert_eq!(finished[1]["id"], "restart");
+    assert!(finished[1]["outcome"]["changes"][0]["before"].is_object());
 
     // Malformed JSON: 400 with a problem body.
     let r = post(&url, "application/json", "{\"version\":\"4\",\"alerts\":[").await?;

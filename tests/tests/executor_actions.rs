@@ -664,3 +664,79 @@ async fn quarantine_pod_leaves_its_service_and_is_replaced() -> anyhow::Result<(
     assert!(again.changes.is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulsets_scale_and_statefulsets_and_daemonsets_restart() -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-sts", "staging").await?;
+    let template = |app: &str| {
+        json!({"metadata": {"labels": {"app": app}},
+               "spec": {"containers": [{"name": "app", "image": "registry.local/app:1"}]}})
+    };
+    let sets: Api<StatefulSet> = Api::namespaced(admin.clone(), &ns);
+    sets.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
+            "replicas": 1, "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}}, "template": template("db")}}))?,
+    )
+    .await?;
+    let daemons: Api<DaemonSet> = Api::namespaced(admin.clone(), &ns);
+    daemons
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "agent"}, "spec": {
+                "selector": {"matchLabels": {"app": "agent"}}, "template": template("agent")}}))?,
+        )
+        .await?;
+
+    let scale = call(
+        "scale_statefulset",
+        json!({"namespace": ns, "name": "db", "replicas": 2}),
+    );
+    let out = cluster.run_action(&scale, &exec_settings("rr-sts")).await?;
+    assert_eq!(out.changes[0].after["spec"]["replicas"], 2);
+    // The StatefulSet controller creates db-0 (and, once db-0 is ready,
+    // db-1; the stack has no kubelet): it observed the new generation.
+    eventually(
+        "the StatefulSet controller to see 2 replicas",
+        Duration::from_secs(60),
+        || async {
+            let s = sets.get("db").await?;
+            let observed = s.status.as_ref().and_then(|st| st.observed_generation);
+            Ok((observed == s.metadata.generation).then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(sets.get("db").await?.spec.and_then(|s| s.replicas), Some(2));
+
+    for (kind, name) in [("StatefulSet", "db"), ("DaemonSet", "agent")] {
+        let restart = call(
+            "rollout_restart",
+            json!({"kind": kind, "namespace": ns, "name": name}),
+        );
+        let out = cluster
+            .run_action(&restart, &exec_settings("rr-sts"))
+            .await?;
+        let stamp = &out.changes[0].after["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"];
+        assert!(stamp.is_string(), "{kind}: {stamp}");
+        // Verification: the workload's controller observes the change.
+        let verified = eventually(
+            &format!("{kind} restart verified"),
+            Duration::from_secs(60),
+            || async { Ok(cluster.verify(&restart, &out).await?) },
+        )
+        .await?;
+        assert!(verified.contains("observed"), "{verified}");
+    }
+    let a = daemons.get("agent").await?;
+    assert!(
+        a.spec
+            .and_then(|s| s.template.metadata?.annotations)
+            .is_some_and(|an| an.contains_key("kubectl.kubernetes.io/restartedAt"))
+    );
+    Ok(())
+}

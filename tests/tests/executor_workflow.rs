@@ -1,7 +1,8 @@
 //! Workflows (K-EX-1) against the real API server: independent steps run,
 //! dependants wait for them, a failing step stops the workflow and the
 //! completed steps marked for rollback are undone in reverse order; an
-//! invalid workflow changes nothing.
+//! invalid workflow changes nothing; a dependant uses its dependency's
+//! result.
 
 use std::time::Duration;
 
@@ -9,7 +10,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::PostParams;
-use kubernaut_actors::workflow::{self, StepState};
+use kubernaut_actors::workflow;
+use kubernaut_api::StepPhase;
 use kubernaut_api::workflow::Workflow;
 use kubernaut_e2e::{
     Stack, controller_cluster, deployment, deployment_replicas, exec_settings, managed_namespace,
@@ -48,10 +50,10 @@ async fn a_failing_step_rolls_back_the_completed_ones_in_reverse() -> anyhow::Re
 
     assert!(!report.succeeded);
     let state = |id: &str| report.steps.iter().find(|s| s.id == id).map(|s| s.state);
-    assert_eq!(state("scale"), Some(StepState::RolledBack));
-    assert_eq!(state("cordon"), Some(StepState::RolledBack));
-    assert_eq!(state("broken"), Some(StepState::Failed));
-    assert_eq!(state("after"), Some(StepState::Skipped));
+    assert_eq!(state("scale"), Some(StepPhase::RolledBack));
+    assert_eq!(state("cordon"), Some(StepPhase::RolledBack));
+    assert_eq!(state("broken"), Some(StepPhase::Failed));
+    assert_eq!(state("after"), Some(StepPhase::Skipped));
     // The dependant started only after both of its dependencies finished.
     assert_eq!(
         report.completion_order.last().map(String::as_str),
@@ -99,7 +101,7 @@ async fn a_successful_workflow_runs_every_step_and_keeps_its_changes() -> anyhow
     .await?;
     assert!(report.succeeded, "{report:?}");
     assert_eq!(report.completion_order, ["tell", "scale", "restart"]);
-    assert!(report.steps.iter().all(|s| s.state == StepState::Succeeded));
+    assert!(report.steps.iter().all(|s| s.state == StepPhase::Succeeded));
     assert_eq!(
         deployment_replicas(&admin, &ns, "api").await?,
         2,
@@ -148,5 +150,68 @@ async fn an_invalid_workflow_changes_nothing() -> anyhow::Result<()> {
             "{what}: nothing ran"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependant_uses_the_result_of_the_step_it_depends_on() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "wf-results", "staging").await?;
+    // The Job's name is made by run_job; the diagnostics step learns it
+    // from the step it depends on.
+    let wf: Workflow = serde_json::from_value(json!({"steps": [
+        {"id": "flush", "action": "run_job",
+         "parameters": {"namespace": ns, "template": "flush-cache"}},
+        {"id": "look", "action": "collect_diagnostics", "dependsOn": ["flush"],
+         "parameters": {"kind": "Job", "namespace": "{{steps.flush.target.namespace}}",
+                        "name": "{{steps.flush.target.name}}"}},
+    ]}))?;
+    let report = workflow::run(
+        &cluster,
+        &wf,
+        &exec_settings("rr-results"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(report.succeeded, "{report:#?}");
+    let job = report.steps[0]
+        .outcome
+        .as_ref()
+        .expect("run_job's outcome")
+        .changes[0]
+        .object
+        .name
+        .clone();
+    assert!(job.starts_with("kubernaut-flush-cache-"), "{job}");
+    let evidence = &report.steps[1]
+        .outcome
+        .as_ref()
+        .expect("diagnostics")
+        .evidence;
+    assert_eq!(evidence["object"]["metadata"]["name"], job.as_str());
+    assert_eq!(evidence["object"]["kind"], "Job");
+
+    // Using a step it does not depend on is refused before anything runs.
+    let wf: Workflow = serde_json::from_value(json!({"steps": [
+        {"id": "flush", "action": "run_job",
+         "parameters": {"namespace": ns, "template": "flush-cache"}},
+        {"id": "look", "action": "collect_diagnostics",
+         "parameters": {"kind": "Job", "namespace": ns, "name": "{{steps.flush.target.name}}"}},
+    ]}))?;
+    let e = workflow::run(
+        &cluster,
+        &wf,
+        &exec_settings("rr-results-2"),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect_err("look does not depend on flush");
+    assert!(e.to_string().contains("does not depend on"), "{e}");
+    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(admin.clone(), &ns)
+        .list(&Default::default())
+        .await?;
+    assert_eq!(jobs.items.len(), 1, "the refused workflow made no Job");
     Ok(())
 }

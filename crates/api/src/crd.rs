@@ -262,9 +262,11 @@ pub struct AnalysisStatus {
     pub decided_by: String,
     /// The rule that matched, by its signal name.
     pub rule: String,
+    /// The workflow's actions in order, e.g. `collect_diagnostics, rollout_restart`.
     pub action: String,
+    /// What the Execution stage runs (K-EX-1).
     #[serde(default)]
-    pub parameters: BTreeMap<String, String>,
+    pub workflow: crate::workflow::Workflow,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -285,6 +287,65 @@ pub struct ExecutionStatus {
     pub result: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Every step of the workflow, in the workflow's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepStatus>,
+}
+
+/// One workflow step as the Execution stage last recorded it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    pub id: String,
+    pub action: String,
+    pub phase: StepPhase,
+    /// The object the step changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<ObjectRef>,
+    /// The target's UID and generation when the step started, recorded
+    /// before it acts: a resumed supervisor compares them with the cluster
+    /// to tell whether an interrupted step took effect (K-RR-6).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_schema_default)]
+    pub target_uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_generation: Option<i64>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_schema_default)]
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StepPhase {
+    #[default]
+    Pending,
+    /// Recorded before the action runs.
+    Running,
+    Succeeded,
+    /// Interrupted by a restart after it had taken effect.
+    AlreadyDone,
+    Failed,
+    /// Not run: a dependency failed, or the workflow had already failed.
+    Skipped,
+    RolledBack,
+    RollbackFailed,
+}
+
+impl StepPhase {
+    pub fn is_settled(self) -> bool {
+        !matches!(self, StepPhase::Pending | StepPhase::Running)
+    }
+
+    /// Done, so its dependants may start.
+    pub fn succeeded(self) -> bool {
+        matches!(self, StepPhase::Succeeded | StepPhase::AlreadyDone)
+    }
 }
 
 /// The v1.20 API server reads an empty string as null, both in a schema

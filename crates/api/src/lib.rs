@@ -13,8 +13,8 @@ pub mod workflow;
 pub use crd::{
     AffectedTarget, AnalysisStatus, Deduplication, ExecutionStatus, MAX_RECENT_INSTANCES,
     MAX_STORM_TARGETS, ObjectRef, PhaseTransition, ProcessingStatus, RemediationRequest,
-    RemediationRequestSpec, RemediationRequestStatus, SignalResolution, StormKind, StormSpec,
-    StormStatus,
+    RemediationRequestSpec, RemediationRequestStatus, SignalResolution, StepPhase, StepStatus,
+    StormKind, StormSpec, StormStatus,
 };
 pub use k8s_openapi;
 pub use kube;

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Workflow {
     pub steps: Vec<Step>,
@@ -22,7 +22,10 @@ pub struct Workflow {
 pub struct Step {
     pub id: String,
     pub action: String,
-    #[serde(default)]
+    /// Checked against the action's schema in the catalogue; absent or
+    /// null is `{}` (the CRD stores an object).
+    #[serde(default = "empty_object", deserialize_with = "object_or_null")]
+    #[schemars(schema_with = "any_object")]
     pub parameters: Value,
     /// Steps that must succeed before this one starts.
     #[serde(default)]
@@ -43,6 +46,26 @@ pub struct Step {
     pub continue_on_failure: bool,
 }
 
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+fn object_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Null => empty_object(),
+        v => v,
+    })
+}
+
+/// An object whose fields the action's own schema checks; the CRD keeps
+/// them as given.
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WorkflowError {
     #[error("the workflow has no steps")]
@@ -60,6 +83,10 @@ pub enum WorkflowError {
 impl Workflow {
     /// A workflow of one step, for a single decided action.
     pub fn single(action: &str, parameters: Value) -> Self {
+        let parameters = match parameters {
+            Value::Null => empty_object(),
+            p => p,
+        };
         Workflow {
             steps: vec![Step {
                 id: action.to_string(),

@@ -17,8 +17,8 @@ mod watch;
 use std::time::Duration;
 
 pub use actions::{
-    ActionCall, ActionError, ActionInfo, Bounds, Change, ExecSettings, Outcome, Risk, catalogue,
-    lock_name,
+    ActionCall, ActionError, ActionInfo, Bounds, Change, ExecSettings, Outcome, Quantity, Risk,
+    catalogue, lock_name, repeatable,
 };
 pub use actions::{DeleteOutcome, PodState};
 pub use claims::LeaseClaim;

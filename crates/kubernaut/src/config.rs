@@ -25,9 +25,71 @@ pub struct Config {
     pub store: Store,
     pub redis: Redis,
     pub controller: Controller,
+    pub executor: Executor,
     pub logging: Logging,
     #[serde(default)]
     pub rules: Vec<Rule>,
+}
+
+/// How actions run (K-EX-3). `controller.dryRun` is the global dry-run.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Executor {
+    /// Only server-side dry runs in these namespaces.
+    #[serde(default)]
+    pub dry_run_namespaces: Vec<String>,
+    /// A workflow step's attempt timeout when the step gives none.
+    pub step_timeout_seconds: u64,
+    /// A per-target lock outlives a controller that died by this much.
+    pub lock_ttl_seconds: u64,
+    pub bounds: ExecutorBounds,
+    /// What run_job may create: name → Job spec.
+    #[serde(default)]
+    pub job_templates: std::collections::BTreeMap<String, serde_json::Value>,
+    /// For run_job's Jobs whose template sets none.
+    pub job_ttl_seconds_after_finished: i32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecutorBounds {
+    pub max_replicas: i32,
+    pub max_increase_factor: f64,
+    pub max_cpu: String,
+    pub max_memory: String,
+    pub max_storage: String,
+}
+
+impl Executor {
+    /// The executor's settings (the lock holder is set per request).
+    pub fn settings(&self, dry_run: bool) -> anyhow::Result<kubernaut_cluster::ExecSettings> {
+        let quantity = |key: &str, v: &str| {
+            v.parse::<kubernaut_cluster::Quantity>()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("executor.bounds.{key}"))
+        };
+        let mut job_templates = std::collections::BTreeMap::new();
+        for (name, spec) in &self.job_templates {
+            let spec = serde_json::from_value(spec.clone())
+                .with_context(|| format!("executor.jobTemplates.{name} is not a Job spec"))?;
+            job_templates.insert(name.clone(), spec);
+        }
+        Ok(kubernaut_cluster::ExecSettings {
+            holder: String::new(),
+            dry_run_only: dry_run,
+            dry_run_namespaces: self.dry_run_namespaces.clone(),
+            bounds: kubernaut_cluster::Bounds {
+                max_replicas: self.bounds.max_replicas,
+                max_increase_factor: self.bounds.max_increase_factor,
+                max_cpu: quantity("maxCpu", &self.bounds.max_cpu)?,
+                max_memory: quantity("maxMemory", &self.bounds.max_memory)?,
+                max_storage: quantity("maxStorage", &self.bounds.max_storage)?,
+            },
+            lock_ttl: Duration::from_secs(self.lock_ttl_seconds),
+            job_templates,
+            job_ttl_seconds: self.job_ttl_seconds_after_finished,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -277,6 +339,17 @@ impl Config {
         kubernaut_actors::rules::validate(&self.rules)
             .map_err(anyhow::Error::msg)
             .context("rules")?;
+        self.executor.settings(false)?;
+        let b = &self.executor.bounds;
+        if b.max_replicas < 1 {
+            bail!("executor.bounds.maxReplicas must be at least 1");
+        }
+        if !(b.max_increase_factor.is_finite() && b.max_increase_factor > 1.0) {
+            bail!("executor.bounds.maxIncreaseFactor must be a number above 1");
+        }
+        if self.executor.step_timeout_seconds == 0 || self.executor.lock_ttl_seconds == 0 {
+            bail!("executor.stepTimeoutSeconds and executor.lockTtlSeconds must be at least 1");
+        }
         if !matches!(self.logging.format.as_str(), "text" | "json") {
             bail!(
                 "logging.format must be \"text\" or \"json\", not {:?}",
@@ -398,11 +471,9 @@ mod tests {
         let c = Config::from_yaml(DEFAULTS, env(&[("DATABASE_URL", "postgres://x/y")])).unwrap();
         assert_eq!(c.gateway.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.admin.listen.to_string(), "0.0.0.0:9090");
-        assert!(
-            c.rules
-                .iter()
-                .any(|r| r.signal == "KubePodCrashLooping" && r.action == "restart_pod")
-        );
+        assert!(c.rules.iter().any(
+            |r| r.signal == "KubePodCrashLooping" && r.action.as_deref() == Some("restart_pod")
+        ));
         let d = Config::from_yaml(DEV, env(&[("DATABASE_URL", "postgres://x/y")])).unwrap();
         assert_eq!(d.gateway.listen.to_string(), "127.0.0.1:8080");
         // The documented Container Insights mapping is the shipped one.

@@ -114,6 +114,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         store,
         redis,
         controller: ctl,
+        executor,
         logging: _,
         rules,
     } = cfg;
@@ -187,7 +188,8 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         settings: Settings {
             verify_timeout: ctl.verify_timeout(),
             max_restarts: ctl.max_supervisor_restarts,
-            dry_run: ctl.dry_run,
+            executor: executor.settings(ctl.dry_run)?,
+            step_timeout: Duration::from_secs(executor.step_timeout_seconds),
             watch_namespace: Some(ctl.watch_namespace).filter(|n| !n.is_empty()),
         },
     });

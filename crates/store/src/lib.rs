@@ -68,18 +68,25 @@ pub struct EventRecord {
     pub from_phase: Option<String>,
     pub to_phase: Option<String>,
     pub reason: String,
+    /// What the event is about within the request (a workflow step's id);
+    /// empty for the request itself.
+    pub subject: String,
     pub detail: serde_json::Value,
 }
 
 impl EventRecord {
+    /// Re-recording an event (after a restart) never duplicates it; events
+    /// about different subjects (steps) are different events.
     fn dedup_key(&self) -> String {
         format!(
-            "{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}{}{}",
             self.request_uid,
             self.kind,
             self.from_phase.as_deref().unwrap_or(""),
             self.to_phase.as_deref().unwrap_or(""),
-            self.reason
+            self.reason,
+            if self.subject.is_empty() { "" } else { "|" },
+            self.subject
         )
     }
 }

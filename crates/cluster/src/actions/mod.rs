@@ -22,6 +22,7 @@ mod objects;
 mod pod;
 pub mod quantity;
 mod resources;
+mod verify;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,7 @@ pub use objects::{Named, UpdateHpa};
 pub use pod::{DeleteOutcome, PodState};
 pub use quantity::Quantity;
 pub use resources::{ExpandPvc, IncreaseResources};
+pub use verify::repeatable;
 pub use workload::{RolloutRestart, Scale, WorkloadKind};
 
 use crate::{Cluster, Error, FIELD_MANAGER, Scope, bounded};
@@ -281,6 +283,20 @@ pub struct ExecSettings {
     pub job_ttl_seconds: i32,
 }
 
+impl Default for ExecSettings {
+    fn default() -> Self {
+        Self {
+            holder: String::new(),
+            dry_run_only: false,
+            dry_run_namespaces: Vec::new(),
+            bounds: Bounds::default(),
+            lock_ttl: Duration::from_secs(900),
+            job_templates: BTreeMap::new(),
+            job_ttl_seconds: 3600,
+        }
+    }
+}
+
 /// One object an action changed (or, in a dry run, would change).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Change {
@@ -363,10 +379,11 @@ impl ActionCall {
     /// The object the action changes; `None` when it changes nothing. The
     /// Job of run_job is named after the request (`holder`).
     pub fn target(&self) -> Option<ObjectRef> {
-        self.target_for("")
+        self.target_of("")
     }
 
-    fn target_for(&self, holder: &str) -> Option<ObjectRef> {
+    /// [`ActionCall::target`] as the request `holder` runs it.
+    pub fn target_of(&self, holder: &str) -> Option<ObjectRef> {
         match self {
             ActionCall::ScaleDeployment(s) => {
                 Some(ObjectRef::new("Deployment", &s.namespace, &s.name))
@@ -475,7 +492,7 @@ impl Cluster {
         settings: &ExecSettings,
     ) -> Result<Outcome, ActionError> {
         call.check(&settings.bounds)?;
-        let Some(target) = call.target_for(&settings.holder) else {
+        let Some(target) = call.target_of(&settings.holder) else {
             return Ok(Outcome {
                 dry_run: false,
                 changes: Vec::new(),

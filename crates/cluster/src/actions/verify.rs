@@ -1,0 +1,114 @@
+//! Did an action take effect? Checked after the action, by the Verifying
+//! stage, and before re-running a step a restart interrupted.
+//!
+//! - Deletions (restart_pod, delete_job): the object with the UID deleted is
+//!   gone (its controller's replacement has another UID).
+//! - Pod-template and replica changes (scale_*, rollout_restart,
+//!   increase_resources, rollback_deployment): the workload's controller has
+//!   observed the generation the change produced.
+//! - Everything else is a plain update the API server answered with the
+//!   new object, or waits for its effect itself (drain_node).
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kubernaut_api::ObjectRef;
+
+use super::{ActionCall, ActionError, Outcome};
+use crate::{Cluster, bounded};
+
+/// Actions that leave the same state however often they run, so a step a
+/// restart interrupted can simply run again.
+pub fn repeatable(action: &str) -> bool {
+    !matches!(
+        action,
+        "restart_pod"
+            | "delete_job"
+            | "rollout_restart"
+            | "rollback_deployment"
+            | "increase_resources"
+    )
+}
+
+impl Cluster {
+    /// `Ok(Some(what was seen))` once `outcome` of `call` shows in the
+    /// cluster, `Ok(None)` while it does not yet.
+    pub async fn verify(
+        &self,
+        call: &ActionCall,
+        outcome: &Outcome,
+    ) -> Result<Option<String>, ActionError> {
+        if outcome.dry_run {
+            return Ok(Some("dry run: nothing to verify".into()));
+        }
+        if outcome.changes.is_empty() {
+            return Ok(Some(outcome.message.clone()));
+        }
+        match call {
+            ActionCall::RestartPod(_) | ActionCall::DeleteJob(_) => {
+                for change in &outcome.changes {
+                    let uid = change.before["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default();
+                    if self.current_uid(&change.object).await?.as_deref() == Some(uid) {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some("the deleted object is gone".into()))
+            }
+            ActionCall::ScaleDeployment(_)
+            | ActionCall::ScaleStatefulset(_)
+            | ActionCall::RolloutRestart(_)
+            | ActionCall::IncreaseResources(_)
+            | ActionCall::RollbackDeployment(_) => {
+                for change in &outcome.changes {
+                    let Some(wanted) = change.after["metadata"]["generation"].as_i64() else {
+                        continue;
+                    };
+                    let observed = self.observed_generation(&change.object).await?;
+                    if observed.is_none_or(|o| o < wanted) {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some("the workload's controller observed the change".into()))
+            }
+            _ => Ok(Some(outcome.message.clone())),
+        }
+    }
+
+    async fn current_uid(&self, object: &ObjectRef) -> Result<Option<String>, ActionError> {
+        let client = self.client().clone();
+        let meta = match object.kind.as_str() {
+            "Pod" => {
+                bounded(Api::<Pod>::namespaced(client, &object.namespace).get_opt(&object.name))
+                    .await?
+                    .map(|p| p.metadata)
+            }
+            "Job" => {
+                bounded(Api::<Job>::namespaced(client, &object.namespace).get_opt(&object.name))
+                    .await?
+                    .map(|j| j.metadata)
+            }
+            _ => None,
+        };
+        Ok(meta.and_then(|m| m.uid))
+    }
+
+    async fn observed_generation(&self, object: &ObjectRef) -> Result<Option<i64>, ActionError> {
+        let client = self.client().clone();
+        macro_rules! observed {
+            ($k:ty) => {
+                bounded(Api::<$k>::namespaced(client, &object.namespace).get_opt(&object.name))
+                    .await?
+                    .and_then(|w| w.status?.observed_generation)
+            };
+        }
+        Ok(match object.kind.as_str() {
+            "Deployment" => observed!(Deployment),
+            "StatefulSet" => observed!(StatefulSet),
+            "DaemonSet" => observed!(DaemonSet),
+            _ => None,
+        })
+    }
+}
