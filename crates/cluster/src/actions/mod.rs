@@ -767,6 +767,17 @@ mod tests {
                 "collect_diagnostics",
                 json!({"kind":"Pod","namespace":"a","name":"b"}),
             ),
+            ActionCall::parse(
+                "increase_resources",
+                json!({"kind":"Deployment","namespace":"a","name":"b","container":"c",
+                       "resource":"memory","factor":1.5}),
+            ),
+            ActionCall::parse(
+                "expand_pvc",
+                json!({"namespace":"a","name":"b","size":"2Gi"}),
+            ),
+            ActionCall::parse("run_job", json!({"namespace":"a","template":"t"})),
+            ActionCall::parse("drain_node", json!({"name":"n","timeoutSeconds":60})),
         ] {
             let call = call.unwrap();
             assert!(names.contains(&call.name()), "{}", call.name());
@@ -780,6 +791,13 @@ mod tests {
             "integer"
         );
         assert_eq!(scale.parameters["additionalProperties"], false);
+        assert_eq!(
+            names.len(),
+            16,
+            "every action is in the catalogue once: {names:?}"
+        );
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
     }
 
     #[test]
