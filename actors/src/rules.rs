@@ -5,7 +5,7 @@
 //! from the request's spec; other values keep their YAML types.
 
 use kubernaut_api::RemediationRequestSpec;
-use kubernaut_api::workflow::{Step, Workflow};
+use kubernaut_api::workflow::{Fill, Step, Workflow, fill_placeholders};
 use kubernaut_cluster::catalogue;
 use serde::Deserialize;
 use serde_json::Value;
@@ -103,12 +103,11 @@ pub fn decide(rules: &[Rule], spec: &RemediationRequestSpec) -> Result<Decision,
         .ok_or_else(|| RuleError::NoRule(spec.signal_name.clone()))?;
     let mut workflow = rule.workflow();
     for step in &mut workflow.steps {
-        let id = step.id.clone();
-        fill(&mut step.parameters, spec, &mut |param, placeholder| {
+        fill_placeholders(&mut step.parameters, &mut |key| lookup(key, spec)).map_err(|u| {
             RuleError::MissingValue {
                 rule: rule.signal.clone(),
-                param: format!("{id}.{param}"),
-                placeholder,
+                param: format!("{}.{}", step.id, u.path),
+                placeholder: u.placeholder,
             }
         })?;
     }
@@ -118,78 +117,28 @@ pub fn decide(rules: &[Rule], spec: &RemediationRequestSpec) -> Result<Decision,
     })
 }
 
-/// Renders every string in `value` (recursively), naming the path of the
-/// first one that cannot be filled.
-fn fill(
-    value: &mut Value,
-    spec: &RemediationRequestSpec,
-    error: &mut impl FnMut(String, String) -> RuleError,
-) -> Result<(), RuleError> {
-    fn walk(
-        value: &mut Value,
-        path: &str,
-        spec: &RemediationRequestSpec,
-    ) -> Result<(), (String, String)> {
-        match value {
-            Value::String(s) => {
-                *s = render(s, spec).map_err(|p| (path.to_string(), p))?;
-            }
-            Value::Array(items) => {
-                for (i, v) in items.iter_mut().enumerate() {
-                    walk(v, &format!("{path}[{i}]"), spec)?;
-                }
-            }
-            Value::Object(map) => {
-                for (k, v) in map.iter_mut() {
-                    let p = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
-                    walk(v, &p, spec)?;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
+/// A placeholder's value from the signal; a dependency's result
+/// (`steps.…`) is left for the workflow runner.
+fn lookup(key: &str, spec: &RemediationRequestSpec) -> Fill {
+    if key.starts_with("steps.") {
+        return Fill::Keep;
     }
-    walk(value, "", spec).map_err(|(param, placeholder)| error(param, placeholder))
-}
-
-fn render(template: &str, spec: &RemediationRequestSpec) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let Some(end) = rest[start..].find("}}") else {
-            return Err(rest[start..].to_string());
-        };
-        let key = rest[start + 2..start + end].trim();
-        if key.starts_with("steps.") {
-            // A dependency's result: the workflow runner fills it in.
-            out.push_str(&rest[start..start + end + 2]);
-            rest = &rest[start + end + 2..];
-            continue;
-        }
-        let object = |o: &kubernaut_api::ObjectRef, field: &str| match field {
-            "kind" => Some(o.kind.clone()),
-            "name" => Some(o.name.clone()),
-            "namespace" => Some(o.namespace.clone()),
-            _ => None,
-        };
-        let value = match key.split_once('.') {
-            Some(("labels", l)) => spec.labels.get(l).cloned(),
-            Some(("target", f)) => object(&spec.target, f),
-            Some(("resource", f)) => object(&spec.signal_resource, f),
-            _ => None,
-        }
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| format!("{{{{{key}}}}}"))?;
-        out.push_str(&value);
-        rest = &rest[start + end + 2..];
+    let object = |o: &kubernaut_api::ObjectRef, field: &str| match field {
+        "kind" => Some(o.kind.clone()),
+        "name" => Some(o.name.clone()),
+        "namespace" => Some(o.namespace.clone()),
+        _ => None,
+    };
+    let value = match key.split_once('.') {
+        Some(("labels", l)) => spec.labels.get(l).cloned(),
+        Some(("target", f)) => object(&spec.target, f),
+        Some(("resource", f)) => object(&spec.signal_resource, f),
+        _ => None,
+    };
+    match value.filter(|v| !v.is_empty()) {
+        Some(v) => Fill::With(v),
+        None => Fill::Missing,
     }
-    out.push_str(rest);
-    Ok(out)
 }
 
 #[cfg(test)]

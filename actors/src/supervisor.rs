@@ -605,22 +605,32 @@ async fn on_stage_done(
 async fn write_status(st: &mut State, edit: impl FnOnce(&mut RemediationRequestStatus)) -> bool {
     let mut next = st.status.clone();
     edit(&mut next);
-    match st
+    match apply(st, next).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(request = %st.name, namespace = %st.namespace, error = %e, "status write failed");
+            false
+        }
+    }
+}
+
+/// Writes `next` to the status subresource; only once written is it the
+/// actor's state.
+async fn apply(
+    st: &mut State,
+    next: RemediationRequestStatus,
+) -> Result<(), kubernaut_cluster::Error> {
+    if let Err(e) = st
         .ctx
         .cluster
         .apply_status(&st.namespace, &st.name, &next)
         .await
     {
-        Ok(_) => {
-            st.status = next;
-            true
-        }
-        Err(e) => {
-            st.ctx.metrics.status_write_errors.inc();
-            tracing::warn!(request = %st.name, namespace = %st.namespace, error = %e, "status write failed");
-            false
-        }
+        st.ctx.metrics.status_write_errors.inc();
+        return Err(e);
     }
+    st.status = next;
+    Ok(())
 }
 
 /// Runs slow work off the handler; its result comes back as `StageDone`.
@@ -691,23 +701,17 @@ async fn commit(
             next.completion_time = Some(now());
         }
     }
-    if let Err(e) = st
-        .ctx
-        .cluster
-        .apply_status(&st.namespace, &st.name, &next)
-        .await
-    {
-        st.ctx.metrics.status_write_errors.inc();
+    let phase = next.phase;
+    if let Err(e) = apply(st, next).await {
         // The API server refuses this status itself: retrying cannot help,
         // and the request would stay stuck. Failing it writes only the
         // phase, which the server accepts.
-        if e.is_invalid() && next.phase != Phase::Failed && from != Phase::Failed {
+        if e.is_invalid() && phase != Phase::Failed && from != Phase::Failed {
             let reason = format!("the API server refused the request's status: {e}");
             return Box::pin(fail(myself, st, "StatusRejected", reason)).await;
         }
         return retry_later(myself, st, format!("status write failed: {e}"));
     }
-    st.status = next;
     st.retry = RETRY_BASE;
     if let Some((to, reason, message)) = to {
         st.ctx

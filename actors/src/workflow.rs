@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use kubernaut_api::workflow::{Workflow, WorkflowError};
+use kubernaut_api::workflow::{Fill, Workflow, WorkflowError, fill_placeholders};
 use kubernaut_api::{ObjectRef, StepPhase};
 use kubernaut_cluster::{ActionCall, ActionError, Cluster, ExecSettings, Outcome, catalogue};
 use serde::Serialize;
@@ -318,28 +318,15 @@ pub async fn run_with(
 
 /// Ids of the steps whose results `parameters` use.
 fn step_references(parameters: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut strings = vec![parameters];
-    while let Some(v) = strings.pop() {
-        match v {
-            Value::String(s) => {
-                for part in s.split("{{").skip(1) {
-                    let Some(key) = part.split("}}").next() else {
-                        continue;
-                    };
-                    if let Some(rest) = key.trim().strip_prefix("steps.")
-                        && let Some((id, _)) = rest.split_once('.')
-                        && !out.iter().any(|o| o == id)
-                    {
-                        out.push(id.to_string());
-                    }
-                }
-            }
-            Value::Array(a) => strings.extend(a.iter()),
-            Value::Object(o) => strings.extend(o.values()),
-            _ => {}
+    let mut out: Vec<String> = Vec::new();
+    let _ = fill_placeholders(&mut parameters.clone(), &mut |key| {
+        if let Some((id, _)) = key.strip_prefix("steps.").and_then(|k| k.split_once('.'))
+            && !out.iter().any(|o| o == id)
+        {
+            out.push(id.to_string());
         }
-    }
+        Fill::Keep
+    });
     out
 }
 
@@ -374,50 +361,19 @@ fn with_results(
         }
     };
     let mut parameters = step.parameters.clone();
-    fill_results(&mut parameters, &result)?;
+    fill_placeholders(&mut parameters, &mut |key| {
+        key.strip_prefix("steps.")
+            .and_then(|k| k.split_once('.'))
+            .and_then(|(id, field)| result(id, field))
+            .map_or(Fill::Missing, Fill::With)
+    })
+    .map_err(|u| {
+        format!(
+            "{} in {} has no value: unknown, or its step left no result",
+            u.placeholder, u.path
+        )
+    })?;
     ActionCall::parse(&step.action, parameters)
-}
-
-fn fill_results(
-    value: &mut Value,
-    result: &impl Fn(&str, &str) -> Option<String>,
-) -> Result<(), String> {
-    match value {
-        Value::String(s) if s.contains("{{") => {
-            let mut out = String::new();
-            let mut rest = s.as_str();
-            while let Some(start) = rest.find("{{") {
-                out.push_str(&rest[..start]);
-                let Some(end) = rest[start..].find("}}") else {
-                    return Err(format!("unclosed placeholder in {s:?}"));
-                };
-                let key = rest[start + 2..start + end].trim();
-                let value = key
-                    .strip_prefix("steps.")
-                    .and_then(|k| k.split_once('.'))
-                    .and_then(|(id, field)| result(id, field))
-                    .ok_or_else(|| {
-                        format!("{{{{{key}}}}} has no value: unknown, or its step left no result")
-                    })?;
-                out.push_str(&value);
-                rest = &rest[start + end + 2..];
-            }
-            out.push_str(rest);
-            *s = out;
-        }
-        Value::Array(a) => {
-            for v in a {
-                fill_results(v, result)?;
-            }
-        }
-        Value::Object(o) => {
-            for v in o.values_mut() {
-                fill_results(v, result)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 /// Tells the supervisor the step is about to act, with its target's UID and

@@ -25,20 +25,20 @@ fn alert_payload(namespace: &str, pod: &str, starts_at: &str) -> String {
 }
 
 fn named_alert(alertname: &str, namespace: &str, pod: &str, starts_at: &str) -> String {
-    let payload = json!({
+    json!({
         "version": "4",
-        "groupKey": "{}:{alertname=\"KubePodCrashLooping\"}",
+        "groupKey": format!("{{}}:{{alertname=\"{alertname}\"}}"),
         "truncatedAlerts": 0,
         "status": "firing",
         "receiver": "kubernaut",
-        "groupLabels": {"alertname": "KubePodCrashLooping"},
-        "commonLabels": {"alertname": "KubePodCrashLooping", "namespace": namespace, "severity": "critical"},
+        "groupLabels": {"alertname": alertname},
+        "commonLabels": {"alertname": alertname, "namespace": namespace, "severity": "critical"},
         "commonAnnotations": {"summary": "Pod is crash looping."},
         "externalURL": "http://alertmanager.local:9093",
         "alerts": [{
             "status": "firing",
             "labels": {
-                "alertname": "KubePodCrashLooping", "namespace": namespace, "pod": pod,
+                "alertname": alertname, "namespace": namespace, "pod": pod,
                 "container": "app", "job": "kube-state-metrics", "severity": "critical"
             },
             "annotations": {
@@ -51,8 +51,7 @@ fn named_alert(alertname: &str, namespace: &str, pod: &str, starts_at: &str) -> 
             "fingerprint": format!("{:016x}", pod.len() * 7919)
         }]
     })
-    .to_string();
-    payload.replace("KubePodCrashLooping", alertname)
+    .to_string()
 }
 
 async fn pod_names(pods: &Api<Pod>, app: &str) -> anyhow::Result<BTreeSet<String>> {

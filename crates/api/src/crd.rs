@@ -338,10 +338,6 @@ pub enum StepPhase {
 }
 
 impl StepPhase {
-    pub fn is_settled(self) -> bool {
-        !matches!(self, StepPhase::Pending | StepPhase::Running)
-    }
-
     /// Done, so its dependants may start.
     pub fn succeeded(self) -> bool {
         matches!(self, StepPhase::Succeeded | StepPhase::AlreadyDone)

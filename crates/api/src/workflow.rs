@@ -162,6 +162,86 @@ impl Workflow {
     }
 }
 
+/// What a placeholder `{{key}}` in a step's parameters becomes.
+pub enum Fill {
+    With(String),
+    /// Left as it is, for a later stage to fill.
+    Keep,
+    Missing,
+}
+
+/// A placeholder that has no value, and the parameter it is in.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{placeholder} in {path} has no value")]
+pub struct Unfilled {
+    /// `name`, `selector.app`, `args[0]`.
+    pub path: String,
+    pub placeholder: String,
+}
+
+/// Fills the `{{key}}` placeholders of every string in `value` (recursively)
+/// with what `lookup` says of each key. Rules fill the signal's values when
+/// they decide; the workflow runner fills `{{steps.ID.…}}` when a step
+/// starts. Other values keep their types.
+pub fn fill_placeholders(
+    value: &mut Value,
+    lookup: &mut impl FnMut(&str) -> Fill,
+) -> Result<(), Unfilled> {
+    fill_at(value, "", lookup)
+}
+
+fn fill_at(
+    value: &mut Value,
+    path: &str,
+    lookup: &mut impl FnMut(&str) -> Fill,
+) -> Result<(), Unfilled> {
+    let unfilled = |placeholder: &str| Unfilled {
+        path: path.to_string(),
+        placeholder: placeholder.to_string(),
+    };
+    match value {
+        Value::String(s) if s.contains("{{") => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("{{") {
+                out.push_str(&rest[..start]);
+                let Some(end) = rest[start..].find("}}") else {
+                    return Err(unfilled(&rest[start..]));
+                };
+                let placeholder = &rest[start..start + end + 2];
+                match lookup(rest[start + 2..start + end].trim()) {
+                    Fill::With(v) => out.push_str(&v),
+                    Fill::Keep => out.push_str(placeholder),
+                    Fill::Missing => {
+                        let key = rest[start + 2..start + end].trim();
+                        return Err(unfilled(&format!("{{{{{key}}}}}")));
+                    }
+                }
+                rest = &rest[start + end + 2..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                fill_at(v, &format!("{path}[{i}]"), lookup)?;
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                fill_at(v, &p, lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +325,34 @@ mod tests {
             {"id": "b", "action": "notify_only", "dependsOn": ["a", "a"]},
         ]}));
         assert_eq!(w.validate(KNOWN).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn placeholders_are_filled_kept_or_reported_with_their_path() {
+        let mut v =
+            json!({"name": "{{ a }}-x", "args": ["{{b}}"], "n": 3, "later": "{{steps.s.x}}"});
+        let mut lookup = |k: &str| match k {
+            "a" => Fill::With("A".into()),
+            k if k.starts_with("steps.") => Fill::Keep,
+            _ => Fill::Missing,
+        };
+        let e = fill_placeholders(&mut v, &mut lookup).unwrap_err();
+        assert_eq!(
+            e,
+            Unfilled {
+                path: "args[0]".into(),
+                placeholder: "{{b}}".into()
+            }
+        );
+        let mut v = json!({"name": "{{ a }}-x", "n": 3, "later": "{{steps.s.x}}"});
+        fill_placeholders(&mut v, &mut lookup).unwrap();
+        assert_eq!(v, json!({"name": "A-x", "n": 3, "later": "{{steps.s.x}}"}));
+        let mut v = json!("{{a");
+        assert_eq!(
+            fill_placeholders(&mut v, &mut lookup)
+                .unwrap_err()
+                .placeholder,
+            "{{a"
+        );
     }
 }

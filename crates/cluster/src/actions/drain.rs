@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::{ActionError, Change, to_value};
+use super::{ActionError, Change, dry_run_refused, to_value};
 use crate::{Cluster, Error, bounded};
 
 /// The kubelet's annotation on the API copy of a static pod.
@@ -234,9 +234,7 @@ impl Cluster {
             Err(Error::Kube(kube::Error::Api(s))) if s.code == 429 => {
                 Ok(Eviction::Forbidden(s.message))
             }
-            Err(Error::Kube(kube::Error::Api(s))) if dry_run => {
-                Err(ActionError::DryRunFailed(s.message))
-            }
+            Err(e) if dry_run => Err(dry_run_refused(e)),
             Err(e) => Err(e.into()),
         }
     }

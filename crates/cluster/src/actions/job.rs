@@ -13,8 +13,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ActionError, Change, ExecSettings, to_value};
-use crate::{Cluster, Error, FIELD_MANAGER, bounded};
+use super::{ActionError, Change, ExecSettings, dry_run_refused, to_value};
+use crate::{Cluster, FIELD_MANAGER, bounded};
 
 /// Label naming the template a Job was made from.
 const JOB_TEMPLATE: &str = "kubernaut.io/job-template";
@@ -106,18 +106,16 @@ impl Cluster {
         };
         let created = match bounded(api.create(&params(true), &job)).await {
             Ok(preview) => preview,
-            Err(e) if is_already_exists(&e) => return Ok(None),
-            Err(Error::Kube(kube::Error::Api(s))) => {
-                return Err(ActionError::DryRunFailed(s.message));
-            }
-            Err(e) => return Err(e.into()),
+            // Made by an earlier run of this request's step.
+            Err(e) if e.is_conflict() => return Ok(None),
+            Err(e) => return Err(dry_run_refused(e)),
         };
         let after = if dry_run {
             created
         } else {
             match bounded(api.create(&params(false), &job)).await {
                 Ok(made) => made,
-                Err(e) if is_already_exists(&e) => return Ok(None),
+                Err(e) if e.is_conflict() => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
         };
@@ -127,10 +125,6 @@ impl Cluster {
             after: to_value(&after)?,
         }))
     }
-}
-
-fn is_already_exists(e: &Error) -> bool {
-    matches!(e, Error::Kube(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists")
 }
 
 #[cfg(test)]

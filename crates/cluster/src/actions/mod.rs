@@ -376,13 +376,9 @@ impl ActionCall {
         }
     }
 
-    /// The object the action changes; `None` when it changes nothing. The
-    /// Job of run_job is named after the request (`holder`).
-    pub fn target(&self) -> Option<ObjectRef> {
-        self.target_of("")
-    }
-
-    /// [`ActionCall::target`] as the request `holder` runs it.
+    /// The object the action changes when the request `holder` runs it
+    /// (run_job's Job is named after the request); `None` when it changes
+    /// nothing.
     pub fn target_of(&self, holder: &str) -> Option<ObjectRef> {
         match self {
             ActionCall::ScaleDeployment(s) => {
@@ -500,11 +496,7 @@ impl Cluster {
                 message: "nothing to change".into(),
             });
         };
-        match call {
-            // The Job does not exist yet: its namespace decides.
-            ActionCall::RunJob(r) => self.check_namespace_scope(&r.namespace).await?,
-            _ => self.check_scope(&target).await?,
-        }
+        self.check_scope(call, &target).await?;
         if let ActionCall::CollectDiagnostics(d) = call {
             // Read-only: no lock, and the same in dry-run mode.
             return Ok(Outcome {
@@ -591,34 +583,25 @@ impl Cluster {
             .and_then(|l| l.spec?.holder_identity)
     }
 
-    async fn check_namespace_scope(&self, namespace: &str) -> Result<(), ActionError> {
-        if self.config().is_protected(namespace) {
-            return Err(ActionError::Refused(format!(
-                "namespace {namespace} is protected"
-            )));
-        }
-        let managed = self.namespace_labels(namespace).await?.is_some_and(|l| {
-            l.get(kubernaut_api::MANAGED_LABEL)
-                .is_some_and(|v| v == "true")
-        });
-        if !managed {
-            return Err(ActionError::Refused(format!(
-                "namespace {namespace} is not labelled kubernaut.io/managed=true"
-            )));
-        }
-        Ok(())
-    }
-
     /// Defence in depth (K-EX-3): the target is in scope now, whatever it
     /// was when the signal came in.
-    async fn check_scope(&self, target: &ObjectRef) -> Result<(), ActionError> {
-        let Some(resolved) = self.resolve(target).await? else {
-            return Err(ActionError::NotFound(target.clone()));
-        };
-        // The action changes `target` itself, not its top-level owner.
-        let resolved = crate::Resolved {
-            target: target.clone(),
-            ..resolved
+    async fn check_scope(&self, call: &ActionCall, target: &ObjectRef) -> Result<(), ActionError> {
+        let resolved = if let ActionCall::RunJob(_) = call {
+            // The Job does not exist yet: its namespace decides.
+            crate::Resolved {
+                target: target.clone(),
+                chain: vec![target.clone()],
+                labels: vec![Default::default()],
+            }
+        } else {
+            let Some(resolved) = self.resolve(target).await? else {
+                return Err(ActionError::NotFound(target.clone()));
+            };
+            // The action changes `target` itself, not its top-level owner.
+            crate::Resolved {
+                target: target.clone(),
+                ..resolved
+            }
         };
         match self.scope(&resolved).await? {
             Scope::Managed(_) => Ok(()),
@@ -667,10 +650,7 @@ impl Cluster {
             let preview = match bounded(api.replace(&object.name, &dry, &wanted)).await {
                 Ok(p) => p,
                 Err(e) if e.is_conflict() => continue,
-                Err(Error::Kube(kube::Error::Api(s))) => {
-                    return Err(ActionError::DryRunFailed(s.message));
-                }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(dry_run_refused(e)),
             };
             let after = if dry_run {
                 preview
@@ -688,6 +668,15 @@ impl Cluster {
             }));
         }
         Err(ActionError::Conflict(object.clone(), CONFLICT_RETRIES))
+    }
+}
+
+/// A server-side dry run's refusal carries the API server's reason; other
+/// errors (timeouts, transport) stay what they are.
+pub(super) fn dry_run_refused(e: Error) -> ActionError {
+    match e {
+        Error::Kube(kube::Error::Api(s)) => ActionError::DryRunFailed(s.message),
+        e => e.into(),
     }
 }
 
@@ -709,7 +698,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.name(), "scale_deployment");
         assert_eq!(
-            c.target(),
+            c.target_of("rr"),
             Some(ObjectRef::new("Deployment", "shop", "cart"))
         );
         let e = ActionCall::parse("reboot_cluster", json!({})).unwrap_err();

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt::Debug;
 
-use super::{ActionError, Bounds, Change, to_value};
-use crate::{Cluster, Error, bounded};
+use super::{ActionError, Bounds, Change, dry_run_refused, to_value};
+use crate::{Cluster, bounded};
 
 /// Label of a quarantined pod.
 pub const QUARANTINED: &str = "kubernaut.io/quarantined";
@@ -112,10 +112,7 @@ impl Cluster {
             Ok(_) => {}
             // Gone, or the name now belongs to a replacement: done already.
             Err(e) if e.is_not_found() || e.is_conflict() => return Ok(None),
-            Err(Error::Kube(kube::Error::Api(s))) => {
-                return Err(ActionError::DryRunFailed(s.message));
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(dry_run_refused(e)),
         }
         if !dry_run {
             match bounded(api.delete(&object.name, &params(false))).await {

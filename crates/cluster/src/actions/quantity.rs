@@ -7,10 +7,9 @@
 //! held in nano-units in an `i128`, which is exact for every suffix the API
 //! server accepts up to `E` (10^18 · 10^9 < 2^127).
 
-use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// A non-negative quantity in nano-units (1 CPU = 10^9, 1 byte = 10^9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -144,19 +143,6 @@ impl FromStr for Quantity {
         nanos = nanos.checked_mul(mul).ok_or_else(bad)?;
         // Below a nano-unit rounds up, as the API server rounds.
         Ok(Quantity(ceil_div(nanos, div)))
-    }
-}
-
-impl<'de> Deserialize<'de> for Quantity {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl fmt::Display for Quantity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}n", self.0)
     }
 }
 

@@ -266,6 +266,11 @@ mod tests {
         .unwrap()
     }
 
+    /// The first container's memory limit, as serialised.
+    fn memory_limit(s: &PodSpec) -> Value {
+        serde_json::to_value(&s.containers[0].resources).unwrap()["limits"]["memory"].clone()
+    }
+
     fn call(container: &str, resource: &str, factor: f64) -> IncreaseResources {
         serde_json::from_value(json!({"kind": "Deployment", "namespace": "a", "name": "b",
             "container": container, "resource": resource, "factor": factor}))
@@ -298,18 +303,7 @@ mod tests {
         assert!(e.to_string().contains("no cpu request or limit"), "{e}");
         let e = grow(&mut s, &call("db", "memory", 1.5), &bounds).unwrap_err();
         assert!(e.to_string().contains("no container \"db\""), "{e}");
-        assert_eq!(
-            s.containers[0]
-                .resources
-                .as_ref()
-                .unwrap()
-                .limits
-                .as_ref()
-                .unwrap()["memory"]
-                .0,
-            "30Gi",
-            "a refusal changes nothing"
-        );
+        assert_eq!(memory_limit(&s), "30Gi", "a refusal changes nothing");
         for f in [1.0, 0.5, 2.5, f64::INFINITY, f64::NAN] {
             let c = IncreaseResources {
                 factor: f,
@@ -327,17 +321,7 @@ mod tests {
         let undo = call("app", "memory", 2.0).restored(&before).unwrap();
         let mut s = spec(json!({"limits": {"memory": "512Mi"}}));
         assert!(grow(&mut s, &undo, &Bounds::default()).unwrap());
-        assert_eq!(
-            s.containers[0]
-                .resources
-                .as_ref()
-                .unwrap()
-                .limits
-                .as_ref()
-                .unwrap()["memory"]
-                .0,
-            "256Mi"
-        );
+        assert_eq!(memory_limit(&s), "256Mi");
         let e = serde_json::from_value::<IncreaseResources>(json!({"kind": "Deployment",
             "namespace": "a", "name": "b", "container": "app", "resource": "memory",
             "factor": 2.0, "restore": {}}))

@@ -10,8 +10,6 @@
 //!   new object, or waits for its effect itself (drain_node).
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kubernaut_api::ObjectRef;
 
@@ -51,7 +49,8 @@ impl Cluster {
                     let uid = change.before["metadata"]["uid"]
                         .as_str()
                         .unwrap_or_default();
-                    if self.current_uid(&change.object).await?.as_deref() == Some(uid) {
+                    let now = self.metadata(&change.object).await?;
+                    if now.and_then(|m| m.uid).as_deref() == Some(uid) {
                         return Ok(None);
                     }
                 }
@@ -75,24 +74,6 @@ impl Cluster {
             }
             _ => Ok(Some(outcome.message.clone())),
         }
-    }
-
-    async fn current_uid(&self, object: &ObjectRef) -> Result<Option<String>, ActionError> {
-        let client = self.client().clone();
-        let meta = match object.kind.as_str() {
-            "Pod" => {
-                bounded(Api::<Pod>::namespaced(client, &object.namespace).get_opt(&object.name))
-                    .await?
-                    .map(|p| p.metadata)
-            }
-            "Job" => {
-                bounded(Api::<Job>::namespaced(client, &object.namespace).get_opt(&object.name))
-                    .await?
-                    .map(|j| j.metadata)
-            }
-            _ => None,
-        };
-        Ok(meta.and_then(|m| m.uid))
     }
 
     async fn observed_generation(&self, object: &ObjectRef) -> Result<Option<i64>, ActionError> {
