@@ -4,11 +4,10 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use kubernaut_cluster::RequestEvent;
-use ractor::Actor;
 use tokio::sync::watch;
 
 use crate::Context;
-use crate::registry::{Registry, RegistryMsg};
+use crate::registry::{self, RegistryMsg};
 
 /// Runs until `shutdown` turns true. `synced` is set once the first full list
 /// of requests has been handed to the registry (the controller's readiness).
@@ -17,7 +16,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     synced: impl Fn() + Send + 'static,
 ) -> Result<(), ractor::SpawnErr> {
-    let (registry, handle) = Actor::spawn(Some("registry".into()), Registry, ctx.clone()).await?;
+    let (registry, handle) = registry::start(ctx.clone()).await?;
     let events = ctx
         .cluster
         .request_events(ctx.settings.watch_namespace.as_deref());
@@ -36,7 +35,7 @@ pub async fn run(
                         continue;
                     }
                 };
-                if registry.send_message(msg).is_err() {
+                if !registry.tell(msg) {
                     tracing::error!("the registry stopped; the controller stops");
                     break;
                 }
@@ -44,8 +43,8 @@ pub async fn run(
         }
     }
     // Supervisors stop with their parent; their progress is in the status.
-    registry.stop_children_and_wait(None, None).await;
-    registry.stop(Some("shutdown".into()));
+    registry.actor().stop_children_and_wait(None, None).await;
+    registry.actor().stop(Some("shutdown".into()));
     let _ = handle.await;
     Ok(())
 }

@@ -8,10 +8,13 @@
 //! handler blocks on the cluster.
 
 pub mod controller;
+pub mod mailbox;
 pub mod metrics;
+pub mod policy;
 pub mod registry;
 pub mod rules;
 pub mod supervisor;
+pub mod worker;
 pub mod workflow;
 
 use std::time::Duration;
@@ -19,8 +22,10 @@ use std::time::Duration;
 use kubernaut_cluster::{Cluster, ExecSettings};
 use kubernaut_store::AuditLog;
 
-pub use metrics::Metrics;
+pub use metrics::{ActorKind, Metrics};
+pub use policy::RestartPolicy;
 pub use rules::Rule;
+pub use worker::Chaos;
 
 /// What every actor of the tree shares: read-only handles.
 pub struct Context {
@@ -35,8 +40,10 @@ pub struct Context {
 pub struct Settings {
     /// How long Verifying waits for the action to show its effect.
     pub verify_timeout: Duration,
-    /// Supervisor restarts allowed per request before it is failed.
-    pub max_restarts: u32,
+    /// How failed actors are restarted, at every level of the tree.
+    pub restart: RestartPolicy,
+    /// Fault injection (tests, game days); off by default.
+    pub chaos: Chaos,
     /// How actions run (bounds, dry-run modes, locks, Job templates); the
     /// holder is set per request.
     pub executor: ExecSettings,
@@ -50,7 +57,8 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             verify_timeout: Duration::from_secs(60),
-            max_restarts: 3,
+            restart: RestartPolicy::default(),
+            chaos: Chaos::default(),
             executor: ExecSettings::default(),
             step_timeout: Duration::from_secs(120),
             watch_namespace: None,

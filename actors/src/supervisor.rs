@@ -12,19 +12,23 @@ use kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, T
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
 use std::collections::BTreeMap;
 
+use futures::FutureExt;
 use kubernaut_api::workflow::Workflow;
 use kubernaut_api::{
     AnalysisStatus, ENVIRONMENT_LABEL, ExecutionStatus, Phase, PhaseTransition, ProcessingStatus,
     RemediationRequest, RemediationRequestSpec, RemediationRequestStatus, StepPhase, StepStatus,
 };
-use kubernaut_cluster::{ActionCall, Cluster, ExecSettings, Scope, repeatable};
+use kubernaut_cluster::{ActionCall, Cluster, ExecSettings, Scope};
 use kubernaut_store::{AuditRecord, EventRecord, RequestRecord};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::Context;
-use crate::metrics::{ActionLabels, StageLabels, TransitionLabels};
+use crate::mailbox::{Addr, Envelope, Inbox};
+use crate::metrics::{ActionLabels, ActorKind, PhaseLabels, StageLabels, TransitionLabels};
+use crate::policy;
 use crate::rules::{self, RuleError};
-use crate::workflow::{self, Hooks, StepEvent, StepReport, WorkflowReport};
+use crate::worker;
+use crate::workflow::{self, Out, StepEvent, WorkflowActor, WorkflowReport};
 
 /// First retry delay after a failed status write; doubles up to the cap.
 const RETRY_BASE: Duration = Duration::from_millis(200);
@@ -37,6 +41,14 @@ pub struct Args {
     pub namespace: String,
     pub name: String,
     pub ctx: Arc<Context>,
+    pub inbox: Inbox,
+}
+
+/// The stage actor working for the current phase.
+struct Stage {
+    kind: ActorKind,
+    id: ActorId,
+    epoch: u64,
 }
 
 pub struct State {
@@ -46,8 +58,15 @@ pub struct State {
     spec: RemediationRequestSpec,
     status: RemediationRequestStatus,
     ctx: Arc<Context>,
-    /// A stage task is in flight; `Advance` waits for its result.
-    busy: bool,
+    me: Addr<Msg>,
+    inbox: Inbox,
+    /// A stage actor is at work; `Advance` waits for its result.
+    stage: Option<Stage>,
+    /// Identifies the newest stage actor: a result of an older one (killed,
+    /// or failed and restarted) is ignored.
+    epoch: u64,
+    /// Restarts of the current phase's stage actor.
+    stage_restarts: u32,
     stage_started: Instant,
     retry: Duration,
     /// What this run's workflow steps did, by step id, for Verifying. Kept
@@ -59,13 +78,16 @@ pub struct State {
 pub enum Msg {
     /// Do the next piece of work for the current phase.
     Advance,
-    StageDone(StageResult),
+    StageDone(u64, StageResult),
     /// A workflow step starts or settles; its supervisor records it.
-    Step(StepEvent),
+    Step(u64, StepEvent),
+    /// Start the current phase's stage actor again after it failed.
+    Restart(u64),
 }
 
 pub enum StageResult {
     Processed(Result<Processed, String>),
+    Analyzed(Result<rules::Decision, RuleError>),
     Executed(Result<WorkflowReport, String>),
     Verified(Result<String, String>),
 }
@@ -90,13 +112,13 @@ impl State {
 }
 
 impl Actor for Supervisor {
-    type Msg = Msg;
+    type Msg = Envelope<Msg>;
     type State = State;
     type Arguments = Args;
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Msg>,
+        myself: ActorRef<Envelope<Msg>>,
         args: Args,
     ) -> Result<State, ActorProcessingErr> {
         // Always start from what the cluster says, never from a cached copy.
@@ -106,16 +128,23 @@ impl Actor for Supervisor {
             .get_request(&args.namespace, &args.name)
             .await?
             .ok_or_else(|| format!("request {}/{} no longer exists", args.namespace, args.name))?;
-        args.ctx.metrics.live_supervisors.inc();
-        myself.send_message(Msg::Advance)?;
+        args.inbox.started();
+        let me = args.inbox.addr(myself);
+        me.tell(Msg::Advance);
+        let status = rr.status.clone().unwrap_or_default();
+        phase_gauge(&args.ctx, status.phase, 1);
         Ok(State {
             namespace: args.namespace,
             name: args.name,
             uid: rr.metadata.uid.clone().unwrap_or_default(),
             spec: rr.spec.clone(),
-            status: rr.status.clone().unwrap_or_default(),
+            status,
             ctx: args.ctx,
-            busy: false,
+            me,
+            inbox: args.inbox,
+            stage: None,
+            epoch: 0,
+            stage_restarts: 0,
             stage_started: Instant::now(),
             retry: RETRY_BASE,
             outcomes: BTreeMap::new(),
@@ -124,32 +153,93 @@ impl Actor for Supervisor {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<Msg>,
-        state: &mut State,
+        _myself: ActorRef<Envelope<Msg>>,
+        st: &mut State,
     ) -> Result<(), ActorProcessingErr> {
-        state.ctx.metrics.live_supervisors.dec();
+        phase_gauge(&st.ctx, st.phase(), -1);
+        st.inbox.stopped();
         Ok(())
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<Msg>,
-        msg: Msg,
-        state: &mut State,
+        myself: ActorRef<Envelope<Msg>>,
+        env: Envelope<Msg>,
+        st: &mut State,
     ) -> Result<(), ActorProcessingErr> {
+        let (msg, _handling) = st.inbox.open(env);
+        let myself = &myself;
         match msg {
-            Msg::Advance if state.busy => Ok(()),
-            Msg::Advance => advance(&myself, state).await,
-            Msg::StageDone(result) => {
-                state.busy = false;
-                on_stage_done(&myself, state, result).await
+            Msg::Advance if st.stage.is_some() => Ok(()),
+            Msg::Advance => advance(myself, st).await,
+            Msg::StageDone(epoch, _) if epoch != st.epoch => Ok(()),
+            Msg::StageDone(_, result) => {
+                st.stage = None;
+                st.stage_restarts = 0;
+                on_stage_done(myself, st, result).await
             }
-            Msg::Step(event) => on_step(state, event).await,
+            // A stale workflow's step never acts: its dropped ack stops it.
+            Msg::Step(epoch, _) if epoch != st.epoch => Ok(()),
+            Msg::Step(_, event) => on_step(st, event).await,
+            Msg::Restart(epoch) if epoch != st.epoch || st.stage.is_some() => Ok(()),
+            Msg::Restart(_) => advance(myself, st).await,
+        }
+    }
+
+    /// A stage actor failed or panicked: restart it under the policy, or
+    /// fail the request with the reason once the budget is spent.
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Envelope<Msg>>,
+        evt: SupervisionEvent,
+        st: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisionEvent::ActorFailed(cell, error) = evt else {
+            return Ok(());
+        };
+        let Some(stage) = st.stage.take_if(|s| s.id == cell.get_id()) else {
+            return Ok(());
+        };
+        st.stage_restarts += 1;
+        let n = st.stage_restarts;
+        let reason = policy::reason(&error);
+        match st.ctx.settings.restart.backoff(n) {
+            Some(delay) => {
+                tracing::warn!(request = %st.name, namespace = %st.namespace, stage = ?stage.kind, error = %reason, restart = n, ?delay, "stage actor failed; restarting it");
+                st.ctx
+                    .metrics
+                    .restarts
+                    .get_or_create(&st.ctx.metrics.actor(stage.kind))
+                    .inc();
+                st.me.tell_after(delay, Msg::Restart(stage.epoch));
+                Ok(())
+            }
+            None => {
+                st.stage_restarts = 0;
+                let message = format!(
+                    "the {:?} actor failed {n} times; last: {reason}",
+                    stage.kind
+                );
+                fail(&myself, st, "StageFailed", message).await
+            }
         }
     }
 }
 
-async fn advance(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProcessingErr> {
+/// Keeps the supervisors-by-phase gauge.
+fn phase_gauge(ctx: &Context, phase: Phase, delta: i64) {
+    ctx.metrics
+        .supervisors_by_phase
+        .get_or_create(&PhaseLabels {
+            phase: phase.as_str(),
+        })
+        .inc_by(delta);
+}
+
+async fn advance(
+    myself: &ActorRef<Envelope<Msg>>,
+    st: &mut State,
+) -> Result<(), ActorProcessingErr> {
     match st.phase() {
         p if p.is_terminal() => {
             myself.stop(Some(format!("request reached {p}")));
@@ -167,10 +257,11 @@ async fn advance(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
         }
         Phase::Processing => {
             let (cluster, spec) = (st.ctx.cluster.clone(), st.spec.clone());
-            run_stage(myself, st, async move {
-                StageResult::Processed(process(&cluster, &spec).await)
-            });
-            Ok(())
+            spawn_stage(myself, st, ActorKind::processing, move || {
+                let (cluster, spec) = (cluster.clone(), spec.clone());
+                async move { StageResult::Processed(process(&cluster, &spec).await) }.boxed()
+            })
+            .await
         }
         Phase::Analyzing => analyze(myself, st).await,
         Phase::Executing => execute(myself, st).await,
@@ -192,10 +283,21 @@ async fn advance(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
                 .map(|a| a.workflow.clone())
                 .unwrap_or_default();
             let outcomes = st.outcomes.clone();
-            run_stage(myself, st, async move {
-                StageResult::Verified(verify(&cluster, &workflow, &exec, &outcomes, timeout).await)
-            });
-            Ok(())
+            spawn_stage(myself, st, ActorKind::verification, move || {
+                let (cluster, workflow, exec, outcomes) = (
+                    cluster.clone(),
+                    workflow.clone(),
+                    exec.clone(),
+                    outcomes.clone(),
+                );
+                async move {
+                    StageResult::Verified(
+                        verify(&cluster, &workflow, &exec, &outcomes, timeout).await,
+                    )
+                }
+                .boxed()
+            })
+            .await
         }
         Phase::AwaitingApproval => Ok(()),
         Phase::Completed | Phase::Failed | Phase::TimedOut | Phase::Skipped | Phase::Cancelled => {
@@ -204,7 +306,10 @@ async fn advance(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
     }
 }
 
-async fn analyze(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProcessingErr> {
+async fn analyze(
+    myself: &ActorRef<Envelope<Msg>>,
+    st: &mut State,
+) -> Result<(), ActorProcessingErr> {
     // A storm (K-GW-6) is escalated, never remediated target by target: it
     // waits for a human.
     if let Some(storm) = st.spec.storm.clone() {
@@ -220,9 +325,20 @@ async fn analyze(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
         )
         .await;
     }
-    let started = Instant::now();
-    let decision = rules::decide(&st.ctx.rules, &st.spec);
-    observe_stage(st, "analysis", started);
+    let (ctx, spec) = (st.ctx.clone(), st.spec.clone());
+    spawn_stage(myself, st, ActorKind::analysis, move || {
+        let (ctx, spec) = (ctx.clone(), spec.clone());
+        async move { StageResult::Analyzed(rules::decide(&ctx.rules, &spec)) }.boxed()
+    })
+    .await
+}
+
+async fn on_analyzed(
+    myself: &ActorRef<Envelope<Msg>>,
+    st: &mut State,
+    decision: Result<rules::Decision, RuleError>,
+) -> Result<(), ActorProcessingErr> {
+    observe_stage(st, "analysis", st.stage_started);
     match decision {
         Ok(d) => {
             let analysis = AnalysisStatus {
@@ -264,7 +380,10 @@ async fn analyze(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
     }
 }
 
-async fn execute(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProcessingErr> {
+async fn execute(
+    myself: &ActorRef<Envelope<Msg>>,
+    st: &mut State,
+) -> Result<(), ActorProcessingErr> {
     let Some(analysis) = st.status.analysis.clone() else {
         return fail(
             myself,
@@ -307,103 +426,83 @@ async fn execute(myself: &ActorRef<Msg>, st: &mut State) -> Result<(), ActorProc
             };
             commit(myself, st, None, |s| s.execution = Some(exec)).await?;
             if st.status.execution.is_some() {
-                myself.send_message(Msg::Advance)?;
+                st.me.tell(Msg::Advance);
             }
             Ok(())
         }
         Some(exec) => {
-            let cluster = st.ctx.cluster.clone();
-            let settings = st.exec_settings();
-            let timeout = st.ctx.settings.step_timeout;
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let me = myself.clone();
-            run_stage(myself, st, async move {
-                let settled =
-                    resume(&cluster, &analysis.workflow, &exec, &settings.holder, &tx).await;
-                let hooks = Hooks {
-                    settled,
-                    events: Some(tx),
-                };
-                let run =
-                    workflow::run_with(&cluster, &analysis.workflow, &settings, timeout, &hooks);
-                tokio::pin!(run);
-                // Step events are forwarded by this task, which also sends
-                // the result afterwards: the supervisor sees them in order.
-                let result = loop {
-                    tokio::select! {
-                        biased;
-                        Some(event) = rx.recv() => {
-                            let _ = me.send_message(Msg::Step(event));
-                        }
-                        result = &mut run => break result,
+            st.epoch += 1;
+            let epoch = st.epoch;
+            let me = st.me.clone();
+            // Step events and the end arrive in the order the workflow sent
+            // them, each tagged with this run.
+            let sink: workflow::Sink = Arc::new(move |out| {
+                me.tell(match out {
+                    Out::Step(event) => Msg::Step(epoch, event),
+                    Out::Finished(r) => {
+                        Msg::StageDone(epoch, StageResult::Executed(r.map_err(|e| e.to_string())))
                     }
-                };
-                while let Ok(event) = rx.try_recv() {
-                    let _ = me.send_message(Msg::Step(event));
-                }
-                StageResult::Executed(result.map_err(|e| e.to_string()))
+                });
             });
-            Ok(())
+            let args = workflow::Args {
+                cluster: st.ctx.cluster.clone(),
+                workflow: analysis.workflow.clone(),
+                settings: st.exec_settings(),
+                default_timeout: st.ctx.settings.step_timeout,
+                recorded: Some(exec),
+                restart: st.ctx.settings.restart,
+                metrics: st.ctx.metrics.clone(),
+                chaos: st.ctx.settings.chaos.clone(),
+                sink,
+            };
+            match Actor::spawn_linked(None, WorkflowActor, args, myself.get_cell()).await {
+                Ok((actor, _)) => {
+                    st.stage = Some(Stage {
+                        kind: ActorKind::workflow,
+                        id: actor.get_id(),
+                        epoch,
+                    });
+                    st.stage_started = Instant::now();
+                    Ok(())
+                }
+                Err(e) => retry_later(st, format!("the workflow actor did not start: {e}")),
+            }
         }
     }
 }
 
-/// The steps a restart left settled, and the interrupted ones reconciled
-/// with the cluster (K-RR-6): an interrupted step whose action is safe to
-/// repeat runs again; another one counts as done when its target was
-/// deleted, replaced or changed since its intent was recorded, and runs
-/// again when the target is exactly as it was.
-async fn resume(
-    cluster: &Cluster,
-    workflow: &Workflow,
-    exec: &ExecutionStatus,
-    holder: &str,
-    events: &tokio::sync::mpsc::UnboundedSender<StepEvent>,
-) -> BTreeMap<String, StepPhase> {
-    let mut settled = BTreeMap::new();
-    for step in &exec.steps {
-        let state = match step.phase {
-            StepPhase::Pending => continue,
-            StepPhase::Running => {
-                if repeatable(&step.action) {
-                    continue;
-                }
-                let target = step.target.clone().or_else(|| {
-                    let s = workflow.steps.iter().find(|s| s.id == step.id)?;
-                    ActionCall::parse(&s.action, s.parameters.clone())
-                        .ok()?
-                        .target_of(holder)
-                });
-                let Some(target) = target else { continue };
-                let Ok(now) = cluster.metadata(&target).await else {
-                    // Unknown: never repeat blindly; the runner's own
-                    // attempt will report the API's error.
-                    continue;
-                };
-                let unchanged = now.as_ref().is_some_and(|m| {
-                    m.uid.as_deref() == Some(step.target_uid.as_str())
-                        && m.generation == step.target_generation
-                        && m.deletion_timestamp.is_none()
-                });
-                if unchanged {
-                    continue;
-                }
-                let _ = events.send(StepEvent::Settled(StepReport {
-                    id: step.id.clone(),
-                    action: step.action.clone(),
-                    state: StepPhase::AlreadyDone,
-                    attempts: step.attempts,
-                    outcome: None,
-                    error: None,
-                    rollback: Vec::new(),
-                }));
-                StepPhase::AlreadyDone
-            }
-            done => done,
-        };
-        settled.insert(step.id.clone(), state);
+/// Starts the current phase's stage actor; its result comes back as
+/// `StageDone`, tagged so that only the newest one counts.
+async fn spawn_stage(
+    myself: &ActorRef<Envelope<Msg>>,
+    st: &mut State,
+    kind: ActorKind,
+    work: impl Fn() -> futures::future::BoxFuture<'static, StageResult> + Send + Sync + 'static,
+) -> Result<(), ActorProcessingErr> {
+    st.epoch += 1;
+    let epoch = st.epoch;
+    let me = st.me.clone();
+    let report: worker::Report<StageResult> = Box::new(move |r| {
+        // The supervisor may have stopped (request deleted): nothing to report then.
+        me.tell(Msg::StageDone(epoch, r));
+    });
+    let spawned = worker::spawn(
+        kind,
+        &st.ctx.metrics,
+        &st.ctx.settings.chaos,
+        Arc::new(work),
+        report,
+        myself.get_cell(),
+    )
+    .await;
+    match spawned {
+        Ok(id) => {
+            st.stage = Some(Stage { kind, id, epoch });
+            st.stage_started = Instant::now();
+            Ok(())
+        }
+        Err(e) => retry_later(st, format!("the {kind:?} actor did not start: {e}")),
     }
-    settled
 }
 
 /// Records a step's start (acknowledged only once written) or its end.
@@ -489,7 +588,7 @@ fn step_mut<'a>(s: &'a mut RemediationRequestStatus, id: &str) -> Option<&'a mut
 }
 
 async fn on_stage_done(
-    myself: &ActorRef<Msg>,
+    myself: &ActorRef<Envelope<Msg>>,
     st: &mut State,
     result: StageResult,
 ) -> Result<(), ActorProcessingErr> {
@@ -509,7 +608,8 @@ async fn on_stage_done(
             })
             .await
         }
-        StageResult::Processed(Err(e)) => retry_later(myself, st, e),
+        StageResult::Processed(Err(e)) => retry_later(st, e),
+        StageResult::Analyzed(decision) => on_analyzed(myself, st, decision).await,
         StageResult::Executed(Err(invalid)) => {
             count_action(st, "Invalid");
             fail(myself, st, "InvalidWorkflow", invalid).await
@@ -633,35 +733,17 @@ async fn apply(
     Ok(())
 }
 
-/// Runs slow work off the handler; its result comes back as `StageDone`.
-fn run_stage(
-    myself: &ActorRef<Msg>,
-    st: &mut State,
-    work: impl Future<Output = StageResult> + Send + 'static,
-) {
-    st.busy = true;
-    st.stage_started = Instant::now();
-    let me = myself.clone();
-    tokio::spawn(async move {
-        let result = work.await;
-        // The supervisor may have stopped (request deleted); nothing to report then.
-        let _ = me.send_message(Msg::StageDone(result));
-    });
-}
-
-fn retry_later(
-    myself: &ActorRef<Msg>,
-    st: &mut State,
-    error: String,
-) -> Result<(), ActorProcessingErr> {
+/// Transient trouble (the API, a status write): the phase's work is tried
+/// again with backoff, until it succeeds or the phase's deadline passes.
+fn retry_later(st: &mut State, error: String) -> Result<(), ActorProcessingErr> {
     tracing::warn!(request = %st.name, namespace = %st.namespace, phase = %st.phase(), %error, retry_in = ?st.retry, "stage failed; retrying");
-    myself.send_after(st.retry, || Msg::Advance);
+    st.me.tell_after(st.retry, Msg::Advance);
     st.retry = (st.retry * 2).min(RETRY_CAP);
     Ok(())
 }
 
 async fn fail(
-    myself: &ActorRef<Msg>,
+    myself: &ActorRef<Envelope<Msg>>,
     st: &mut State,
     reason: &'static str,
     message: String,
@@ -674,7 +756,7 @@ async fn fail(
 /// then takes it as state. A failed write leaves the state as it was and
 /// retries the phase's work later, which every stage tolerates.
 async fn commit(
-    myself: &ActorRef<Msg>,
+    myself: &ActorRef<Envelope<Msg>>,
     st: &mut State,
     to: Option<(Phase, &'static str, String)>,
     edit: impl FnOnce(&mut RemediationRequestStatus),
@@ -710,7 +792,7 @@ async fn commit(
             let reason = format!("the API server refused the request's status: {e}");
             return Box::pin(fail(myself, st, "StatusRejected", reason)).await;
         }
-        return retry_later(myself, st, format!("status write failed: {e}"));
+        return retry_later(st, format!("status write failed: {e}"));
     }
     st.retry = RETRY_BASE;
     if let Some((to, reason, message)) = to {
@@ -734,7 +816,9 @@ async fn commit(
             serde_json::json!({ "message": message }),
         )
         .await;
-        myself.send_message(Msg::Advance)?;
+        phase_gauge(&st.ctx, from, -1);
+        phase_gauge(&st.ctx, to, 1);
+        st.me.tell(Msg::Advance);
     }
     Ok(())
 }

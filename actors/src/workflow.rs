@@ -1,9 +1,10 @@
-//! Running a workflow (K-EX-1) against the cluster: steps start as soon as
-//! every step they depend on has succeeded, independent steps run at the
-//! same time, each attempt is bounded by its timeout, transient failures are
-//! retried with backoff, and when a step fails (unless it may) no further
-//! step starts, the running ones finish, and the completed steps marked
-//! `rollback` are undone in reverse order of completion.
+//! The workflow actor (K-EX-1, K-RR-3): it runs a workflow's DAG with one
+//! linked step actor per step. A step starts as soon as every step it
+//! depends on has succeeded, independent steps run at the same time, each
+//! attempt is bounded by its timeout, transient failures are retried with
+//! backoff, and when a step fails (unless it may) no further step starts,
+//! the running ones finish, and the completed steps marked `rollback` are
+//! undone in reverse order of completion.
 //!
 //! Every step's call is parsed against the catalogue before anything runs:
 //! a workflow with one bad step changes nothing. Results flow to
@@ -11,21 +12,32 @@
 //! (`.name`, `.namespace`) or `{{steps.ID.message}}` of a step it depends
 //! on, filled in when it starts (such a step is parsed then).
 //!
-//! With [`Hooks`], the supervisor that owns the request hears of every step
-//! before it acts (with its target's UID and generation, so the intent is
-//! recorded first) and when it settles, and can resume a workflow whose
-//! earlier steps settled before a restart.
+//! Every step tells the request's supervisor, through the [`Sink`], before
+//! it acts (with its target's UID and generation, so the intent is recorded
+//! first) and when it settles. A step actor that panics is restarted under
+//! the [`RestartPolicy`]; a step that was interrupted after its intent was
+//! recorded, whether by a panic or by a controller restart, is reconciled
+//! with the cluster before it runs again ([`reconcile`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use kubernaut_api::workflow::{Fill, Workflow, WorkflowError, fill_placeholders};
-use kubernaut_api::{ObjectRef, StepPhase};
-use kubernaut_cluster::{ActionCall, ActionError, Cluster, ExecSettings, Outcome, catalogue};
+use kubernaut_api::{ExecutionStatus, ObjectRef, StepPhase};
+use kubernaut_cluster::{
+    ActionCall, ActionError, Cluster, ExecSettings, Outcome, catalogue, repeatable,
+};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use crate::mailbox::{Addr, Envelope, Inbox};
+use crate::metrics::{ActorKind, Metrics};
+use crate::policy::{self, RestartPolicy};
+use crate::worker::{self, Chaos};
 
 /// Backoff before the second attempt; doubled each time up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -45,6 +57,20 @@ pub struct StepReport {
     /// What undoing it did, when it was undone.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rollback: Vec<Outcome>,
+}
+
+impl StepReport {
+    fn new(id: &str, action: &str, state: StepPhase) -> Self {
+        Self {
+            id: id.to_string(),
+            action: action.to_string(),
+            state,
+            attempts: 0,
+            outcome: None,
+            error: None,
+            rollback: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -67,7 +93,7 @@ pub enum InvalidWorkflow {
     Parameters(String, String),
 }
 
-/// What the runner tells the request's supervisor.
+/// What the workflow tells the request's supervisor.
 #[derive(Debug)]
 pub enum StepEvent {
     /// The step is about to act; it waits for `ack`, sent once the intent
@@ -82,20 +108,21 @@ pub enum StepEvent {
     Settled(StepReport),
 }
 
-/// How a supervisor follows and resumes a workflow.
-#[derive(Default)]
-pub struct Hooks {
-    /// Steps that settled before a restart: not run again.
-    pub settled: BTreeMap<String, StepPhase>,
-    pub events: Option<mpsc::UnboundedSender<StepEvent>>,
+/// Everything the workflow reports, in order: step events, then the end.
+#[derive(Debug)]
+pub enum Out {
+    Step(StepEvent),
+    Finished(Result<WorkflowReport, InvalidWorkflow>),
 }
 
-impl Hooks {
-    fn tell(&self, event: StepEvent) {
-        if let Some(tx) = &self.events {
-            let _ = tx.send(event);
-        }
-    }
+pub type Sink = Arc<dyn Fn(Out) + Send + Sync>;
+
+/// A running step's recorded intent: what it was about to change.
+#[derive(Clone, Debug, Default)]
+pub struct Intent {
+    pub target: Option<ObjectRef>,
+    pub uid: String,
+    pub generation: Option<i64>,
 }
 
 /// Failures worth another attempt: the API, a conflict storm, a busy target.
@@ -106,36 +133,238 @@ fn transient(e: &ActionError) -> bool {
     )
 }
 
-/// Runs `workflow`; an invalid one is refused before anything runs.
+/// Whether a step interrupted after its intent was recorded may run again
+/// (K-RR-6): when its action is safe to repeat, or its target has exactly
+/// the UID and generation recorded. A target deleted, replaced or changed
+/// since means the action took effect: the step is done. When the target
+/// cannot be read, the step runs again and its own attempt reports the
+/// API's error; it never counts as done on a guess.
+pub async fn reconcile(cluster: &Cluster, action: &str, intent: &Intent) -> bool {
+    if repeatable(action) {
+        return true;
+    }
+    let Some(target) = &intent.target else {
+        return true;
+    };
+    let Ok(now) = cluster.metadata(target).await else {
+        return true;
+    };
+    now.as_ref().is_some_and(|m| {
+        m.uid.as_deref() == Some(intent.uid.as_str())
+            && m.generation == intent.generation
+            && m.deletion_timestamp.is_none()
+    })
+}
+
+pub struct Args {
+    pub cluster: Cluster,
+    pub workflow: Workflow,
+    pub settings: ExecSettings,
+    pub default_timeout: Duration,
+    /// The steps as recorded before a restart, to resume from.
+    pub recorded: Option<ExecutionStatus>,
+    pub restart: RestartPolicy,
+    pub metrics: Metrics,
+    pub chaos: Chaos,
+    pub sink: Sink,
+}
+
+/// Runs `workflow` on its own (no supervisor records the steps); an
+/// invalid one is refused before anything runs.
 pub async fn run(
     cluster: &Cluster,
     workflow: &Workflow,
     settings: &ExecSettings,
     default_timeout: Duration,
 ) -> Result<WorkflowReport, InvalidWorkflow> {
-    run_with(
-        cluster,
-        workflow,
-        settings,
+    let (tx, rx) = oneshot::channel();
+    let tx = Mutex::new(Some(tx));
+    let sink: Sink = Arc::new(move |out| match out {
+        Out::Step(StepEvent::Starting { ack, .. }) => {
+            let _ = ack.send(());
+        }
+        Out::Step(StepEvent::Settled(_)) => {}
+        Out::Finished(r) => {
+            if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                let _ = tx.send(r);
+            }
+        }
+    });
+    let args = Args {
+        cluster: cluster.clone(),
+        workflow: workflow.clone(),
+        settings: settings.clone(),
         default_timeout,
-        &Hooks::default(),
-    )
-    .await
+        recorded: None,
+        restart: RestartPolicy::default(),
+        metrics: Metrics::default(),
+        chaos: Chaos::default(),
+        sink,
+    };
+    let spawned = Actor::spawn(None, WorkflowActor, args).await;
+    let Ok((_actor, handle)) = spawned else {
+        return Err(InvalidWorkflow::Parameters(
+            String::new(),
+            "the workflow actor did not start".into(),
+        ));
+    };
+    let result = rx.await;
+    let _ = handle.await;
+    result.unwrap_or_else(|_| {
+        Err(InvalidWorkflow::Parameters(
+            String::new(),
+            "the workflow actor stopped without a result".into(),
+        ))
+    })
 }
 
-/// [`run`], reporting to and resuming for a supervisor.
-pub async fn run_with(
-    cluster: &Cluster,
-    workflow: &Workflow,
-    settings: &ExecSettings,
-    default_timeout: Duration,
-    hooks: &Hooks,
-) -> Result<WorkflowReport, InvalidWorkflow> {
+pub struct WorkflowActor;
+
+pub enum Msg {
+    Start,
+    Announced(usize, Intent),
+    StepDone(usize, StepReport),
+    RetryStep(usize),
+}
+
+pub struct State {
+    a: Args,
+    me: Addr<Msg>,
+    inbox: Inbox,
+    index: BTreeMap<String, usize>,
+    calls: Vec<Option<ActionCall>>,
+    reports: Vec<Option<StepReport>>,
+    started: Vec<bool>,
+    running: HashMap<ActorId, usize>,
+    restarts: Vec<u32>,
+    intents: Vec<Option<Intent>>,
+    completion_order: Vec<String>,
+    failed: bool,
+}
+
+impl Actor for WorkflowActor {
+    type Msg = Envelope<Msg>;
+    type State = State;
+    type Arguments = Args;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Envelope<Msg>>,
+        a: Args,
+    ) -> Result<State, ActorProcessingErr> {
+        let inbox = Inbox::new(&a.metrics, ActorKind::workflow);
+        inbox.started();
+        let me = inbox.addr(myself);
+        me.tell(Msg::Start);
+        let n = a.workflow.steps.len();
+        let index = a
+            .workflow
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
+        Ok(State {
+            a,
+            me,
+            inbox,
+            index,
+            calls: Vec::new(),
+            reports: vec![None; n],
+            started: vec![false; n],
+            running: HashMap::new(),
+            restarts: vec![0; n],
+            intents: vec![None; n],
+            completion_order: Vec::new(),
+            failed: false,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Envelope<Msg>>,
+        st: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        st.inbox.stopped();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Envelope<Msg>>,
+        env: Envelope<Msg>,
+        st: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (msg, _handling) = st.inbox.open(env);
+        match msg {
+            Msg::Start => {
+                if st.a.chaos.strikes(ActorKind::workflow) {
+                    panic!("injected fault: the workflow actor panics");
+                }
+                if let Err(e) = prepare(st) {
+                    (st.a.sink)(Out::Finished(Err(e)));
+                    myself.stop(None);
+                    return Ok(());
+                }
+                resume(st).await;
+            }
+            Msg::Announced(i, intent) => st.intents[i] = Some(intent),
+            Msg::StepDone(i, report) => {
+                st.running.retain(|_, j| *j != i);
+                settle(st, i, report);
+            }
+            Msg::RetryStep(i) => {
+                spawn_step(&myself, st, i).await;
+                return Ok(());
+            }
+        }
+        schedule(&myself, st).await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Envelope<Msg>>,
+        evt: SupervisionEvent,
+        st: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisionEvent::ActorFailed(cell, error) = evt else {
+            return Ok(());
+        };
+        let Some(i) = st.running.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        st.restarts[i] += 1;
+        let n = st.restarts[i];
+        let step = &st.a.workflow.steps[i];
+        let reason = policy::reason(&error);
+        match st.a.restart.backoff(n) {
+            Some(delay) => {
+                tracing::warn!(step = %step.id, error = %reason, restart = n, ?delay, "step actor failed; restarting it");
+                st.a.metrics
+                    .restarts
+                    .get_or_create(&st.a.metrics.actor(ActorKind::step))
+                    .inc();
+                // Still counted as running: nothing may overtake it.
+                st.running.insert(cell.get_id(), i);
+                st.me.tell_after(delay, Msg::RetryStep(i));
+            }
+            None => {
+                let mut report = StepReport::new(&step.id, &step.action, StepPhase::Failed);
+                report.error = Some(format!("the step's actor failed {n} times; last: {reason}"));
+                settle(st, i, report);
+                schedule(&myself, st).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validates the DAG and parses every step that does not wait for results.
+fn prepare(st: &mut State) -> Result<(), InvalidWorkflow> {
     let known: Vec<&str> = catalogue().iter().map(|a| a.name).collect();
-    workflow.validate(&known)?;
-    // Parsed now, or (when it uses its dependencies' results) at its start.
-    let mut calls: Vec<Option<ActionCall>> = Vec::with_capacity(workflow.steps.len());
-    for s in &workflow.steps {
+    st.a.workflow.validate(&known)?;
+    for s in &st.a.workflow.steps {
         let refs = step_references(&s.parameters);
         if let Some(r) = refs.iter().find(|r| !s.depends_on.contains(r)) {
             return Err(InvalidWorkflow::Parameters(
@@ -143,7 +372,7 @@ pub async fn run_with(
                 format!("uses the result of step {r:?}, which it does not depend on"),
             ));
         }
-        calls.push(if refs.is_empty() {
+        st.calls.push(if refs.is_empty() {
             Some(
                 ActionCall::parse(&s.action, s.parameters.clone())
                     .map_err(|e| InvalidWorkflow::Parameters(s.id.clone(), e))?,
@@ -152,138 +381,215 @@ pub async fn run_with(
             None
         });
     }
-    let index: BTreeMap<&str, usize> = workflow
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.id.as_str(), i))
-        .collect();
-    let mut reports: Vec<Option<StepReport>> = vec![None; workflow.steps.len()];
-    let mut completion_order = Vec::new();
-    let mut failed = false;
-    let mut running = FuturesUnordered::new();
-    let mut started = vec![false; workflow.steps.len()];
-    for (i, step) in workflow.steps.iter().enumerate() {
-        if let Some(state) = hooks.settled.get(&step.id) {
-            started[i] = true;
-            failed |= *state == StepPhase::Failed && !step.continue_on_failure;
-            reports[i] = Some(StepReport {
-                id: step.id.clone(),
-                action: step.action.clone(),
-                state: *state,
-                attempts: 0,
-                outcome: None,
-                error: None,
-                rollback: Vec::new(),
-            });
-        }
-    }
+    Ok(())
+}
 
-    loop {
-        // Start or skip every step whose dependencies are settled.
-        for (i, step) in workflow.steps.iter().enumerate() {
-            if started[i] {
-                continue;
-            }
-            let deps: Vec<Option<StepPhase>> = step
-                .depends_on
-                .iter()
-                .map(|d| reports[index[d.as_str()]].as_ref().map(|r| r.state))
-                .collect();
-            let blocked = deps.iter().any(|d| matches!(d, Some(s) if !s.succeeded()));
-            if failed || blocked {
-                if failed && !running.is_empty() && !blocked {
-                    // Wait: the workflow has failed, but this step is only
-                    // skipped once nothing runs any more.
-                    continue;
-                }
-                started[i] = true;
-                let skipped = StepReport {
-                    id: step.id.clone(),
-                    action: step.action.clone(),
-                    state: StepPhase::Skipped,
-                    attempts: 0,
-                    outcome: None,
-                    error: None,
-                    rollback: Vec::new(),
-                };
-                hooks.tell(StepEvent::Settled(skipped.clone()));
-                reports[i] = Some(skipped);
-                continue;
-            }
-            if deps.iter().all(Option::is_some) {
-                started[i] = true;
-                let timeout = step
-                    .timeout_seconds
-                    .map_or(default_timeout, Duration::from_secs);
-                let retries = step.retries;
-                let call = match &calls[i] {
-                    Some(c) => Ok(c.clone()),
-                    None => with_results(
-                        step,
-                        &workflow.steps,
-                        &index,
-                        &reports,
-                        &calls,
-                        &settings.holder,
-                    ),
-                };
-                if let Ok(c) = &call {
-                    calls[i] = Some(c.clone());
-                }
-                let id = step.id.clone();
-                running.push(async move {
-                    let call = match call {
-                        Ok(c) => c,
-                        Err(e) => return (i, Err(e), 0),
-                    };
-                    if let Err(e) = announce(cluster, hooks, id, &call, &settings.holder).await {
-                        return (i, Err(e), 0);
-                    }
-                    let (result, attempts) =
-                        attempt(cluster, &call, settings, timeout, retries).await;
-                    (i, result, attempts)
-                });
-            }
-        }
-        let Some((i, result, attempts)) = running.next().await else {
-            if started.iter().all(|s| *s) {
-                break;
-            }
-            // Only skipped steps remain to be recorded.
+/// Takes the steps recorded before a restart: settled ones are not run
+/// again; an interrupted one runs again only if [`reconcile`] says so, and
+/// is otherwise done.
+async fn resume(st: &mut State) {
+    let Some(recorded) = st.a.recorded.take() else {
+        return;
+    };
+    for step in &recorded.steps {
+        let Some(&i) = st.index.get(&step.id) else {
             continue;
         };
-        let step = &workflow.steps[i];
-        completion_order.push(step.id.clone());
-        let (state, outcome, error) = match result {
-            Ok(o) => (StepPhase::Succeeded, Some(o), None),
-            Err(e) => {
-                tracing::warn!(step = %step.id, action = %step.action, error = %e, "workflow step failed");
-                failed |= !step.continue_on_failure;
-                (StepPhase::Failed, None, Some(e))
+        let state = match step.phase {
+            StepPhase::Pending => continue,
+            StepPhase::Running => {
+                let intent = Intent {
+                    target: step.target.clone().or_else(|| {
+                        st.calls[i]
+                            .as_ref()
+                            .and_then(|c| c.target_of(&st.a.settings.holder))
+                    }),
+                    uid: step.target_uid.clone(),
+                    generation: step.target_generation,
+                };
+                if reconcile(&st.a.cluster, &step.action, &intent).await {
+                    st.intents[i] = Some(intent);
+                    continue;
+                }
+                let mut report = StepReport::new(&step.id, &step.action, StepPhase::AlreadyDone);
+                report.attempts = step.attempts;
+                (st.a.sink)(Out::Step(StepEvent::Settled(report)));
+                StepPhase::AlreadyDone
             }
+            done => done,
         };
-        let report = StepReport {
-            id: step.id.clone(),
-            action: step.action.clone(),
-            state,
-            attempts,
-            outcome,
-            error,
-            rollback: Vec::new(),
-        };
-        hooks.tell(StepEvent::Settled(report.clone()));
-        reports[i] = Some(report);
+        st.started[i] = true;
+        st.failed |= state == StepPhase::Failed && !st.a.workflow.steps[i].continue_on_failure;
+        let mut report = StepReport::new(&step.id, &step.action, state);
+        report.attempts = step.attempts;
+        st.reports[i] = Some(report);
     }
+}
 
+fn settle(st: &mut State, i: usize, report: StepReport) {
+    let step = &st.a.workflow.steps[i];
+    st.completion_order.push(step.id.clone());
+    if report.state == StepPhase::Failed {
+        tracing::warn!(step = %step.id, action = %step.action, error = ?report.error, "workflow step failed");
+        st.failed |= !step.continue_on_failure;
+    }
+    (st.a.sink)(Out::Step(StepEvent::Settled(report.clone())));
+    st.reports[i] = Some(report);
+}
+
+/// Starts or skips every step whose dependencies are settled; finishes the
+/// workflow once nothing runs and nothing is left.
+async fn schedule(myself: &ActorRef<Envelope<Msg>>, st: &mut State) {
+    for i in 0..st.a.workflow.steps.len() {
+        if st.started[i] {
+            continue;
+        }
+        let step = &st.a.workflow.steps[i];
+        let deps: Vec<Option<StepPhase>> = step
+            .depends_on
+            .iter()
+            .map(|d| st.reports[st.index[d]].as_ref().map(|r| r.state))
+            .collect();
+        let blocked = deps.iter().any(|d| matches!(d, Some(s) if !s.succeeded()));
+        if st.failed || blocked {
+            if st.failed && !st.running.is_empty() && !blocked {
+                // The workflow has failed, but this step is only skipped
+                // once nothing runs any more.
+                continue;
+            }
+            st.started[i] = true;
+            let skipped = StepReport::new(&step.id, &step.action, StepPhase::Skipped);
+            (st.a.sink)(Out::Step(StepEvent::Settled(skipped.clone())));
+            st.reports[i] = Some(skipped);
+            continue;
+        }
+        if deps.iter().all(Option::is_some) {
+            st.started[i] = true;
+            spawn_step(myself, st, i).await;
+        }
+    }
+    if st.running.is_empty() && st.started.iter().all(|s| *s) {
+        let report = finish(st).await;
+        (st.a.sink)(Out::Finished(Ok(report)));
+        myself.stop(None);
+    }
+}
+
+/// Starts step `i`'s actor (again, after a failure: then its recorded
+/// intent is reconciled first).
+async fn spawn_step(myself: &ActorRef<Envelope<Msg>>, st: &mut State, i: usize) {
+    let step = st.a.workflow.steps[i].clone();
+    let call = match &st.calls[i] {
+        Some(c) => Ok(c.clone()),
+        None => with_results(
+            &step,
+            &st.a.workflow.steps,
+            &st.index,
+            &st.reports,
+            &st.calls,
+            &st.a.settings.holder,
+        ),
+    };
+    if let Ok(c) = &call {
+        st.calls[i] = Some(c.clone());
+    }
+    let timeout = step
+        .timeout_seconds
+        .map_or(st.a.default_timeout, Duration::from_secs);
+    let (cluster, settings, sink, me) = (
+        st.a.cluster.clone(),
+        st.a.settings.clone(),
+        st.a.sink.clone(),
+        st.me.clone(),
+    );
+    let prior = st.intents[i].clone();
+    let work: worker::Work<StepReport> = Arc::new(move || {
+        let (cluster, settings, sink, me, call, prior, step) = (
+            cluster.clone(),
+            settings.clone(),
+            sink.clone(),
+            me.clone(),
+            call.clone(),
+            prior.clone(),
+            step.clone(),
+        );
+        async move {
+            let mut report = StepReport::new(&step.id, &step.action, StepPhase::Failed);
+            let call = match call {
+                Ok(c) => c,
+                Err(e) => {
+                    report.error = Some(e);
+                    return report;
+                }
+            };
+            if let Some(intent) = &prior
+                && !reconcile(&cluster, &step.action, intent).await
+            {
+                report.state = StepPhase::AlreadyDone;
+                return report;
+            }
+            match announce(&cluster, &sink, &step.id, &call, &settings.holder).await {
+                Ok(intent) => {
+                    me.tell(Msg::Announced(i, intent));
+                }
+                Err(e) => {
+                    report.error = Some(e);
+                    return report;
+                }
+            }
+            let (result, attempts) =
+                attempt(&cluster, &call, &settings, timeout, step.retries).await;
+            report.attempts = attempts;
+            match result {
+                Ok(o) => {
+                    report.state = StepPhase::Succeeded;
+                    report.outcome = Some(o);
+                }
+                Err(e) => report.error = Some(e),
+            }
+            report
+        }
+        .boxed()
+    });
+    let me = st.me.clone();
+    let report: worker::Report<StepReport> = Box::new(move |r| {
+        me.tell(Msg::StepDone(i, r));
+    });
+    let spawned = worker::spawn(
+        ActorKind::step,
+        &st.a.metrics,
+        &st.a.chaos,
+        work,
+        report,
+        myself.get_cell(),
+    )
+    .await;
+    match spawned {
+        Ok(id) => {
+            st.running.retain(|_, j| *j != i);
+            st.running.insert(id, i);
+        }
+        Err(e) => {
+            st.running.retain(|_, j| *j != i);
+            let s = &st.a.workflow.steps[i];
+            let mut report = StepReport::new(&s.id, &s.action, StepPhase::Failed);
+            report.error = Some(format!("the step's actor did not start: {e}"));
+            settle(st, i, report);
+        }
+    }
+}
+
+/// Undoes, after a failure, the completed steps marked `rollback`, newest
+/// first; the report of the whole run.
+async fn finish(st: &mut State) -> WorkflowReport {
     let mut rollback_order = Vec::new();
-    if failed {
-        for id in completion_order.iter().rev() {
-            let i = index[id.as_str()];
-            let Some(report) = reports[i].as_mut() else {
+    if st.failed {
+        for id in st.completion_order.clone().iter().rev() {
+            let i = st.index[id];
+            let Some(report) = st.reports[i].as_mut() else {
                 continue;
             };
-            if !workflow.steps[i].rollback || report.state != StepPhase::Succeeded {
+            if !st.a.workflow.steps[i].rollback || report.state != StepPhase::Succeeded {
                 continue;
             }
             report.state = StepPhase::RolledBack;
@@ -294,10 +600,18 @@ pub async fn run_with(
                 .map(|o| o.changes.clone())
                 .unwrap_or_default();
             for change in changes.iter().rev() {
-                let Some(undo) = calls[i].as_ref().and_then(|c| c.rollback(change)) else {
+                let Some(undo) = st.calls[i].as_ref().and_then(|c| c.rollback(change)) else {
                     continue;
                 };
-                match attempt(cluster, &undo, settings, default_timeout, 2).await {
+                match attempt(
+                    &st.a.cluster,
+                    &undo,
+                    &st.a.settings,
+                    st.a.default_timeout,
+                    2,
+                )
+                .await
+                {
                     (Ok(o), _) => report.rollback.push(o),
                     (Err(e), _) => {
                         tracing::error!(step = %id, error = %e, "rolling back a workflow step failed");
@@ -308,12 +622,48 @@ pub async fn run_with(
             }
         }
     }
-    Ok(WorkflowReport {
-        succeeded: !failed,
-        steps: reports.into_iter().flatten().collect(),
-        completion_order,
+    WorkflowReport {
+        succeeded: !st.failed,
+        steps: st.reports.iter().flatten().cloned().collect(),
+        completion_order: st.completion_order.clone(),
         rollback_order,
-    })
+    }
+}
+
+/// Tells the supervisor the step is about to act, with its target's UID and
+/// generation, and waits until the intent is recorded.
+async fn announce(
+    cluster: &Cluster,
+    sink: &Sink,
+    id: &str,
+    call: &ActionCall,
+    holder: &str,
+) -> Result<Intent, String> {
+    let target = call.target_of(holder);
+    let meta = match &target {
+        Some(t) => cluster.metadata(t).await.ok().flatten(),
+        None => None,
+    };
+    let intent = Intent {
+        target,
+        uid: meta
+            .as_ref()
+            .and_then(|m| m.uid.clone())
+            .unwrap_or_default(),
+        generation: meta.and_then(|m| m.generation),
+    };
+    let (ack, recorded) = oneshot::channel();
+    sink(Out::Step(StepEvent::Starting {
+        id: id.to_string(),
+        target: intent.target.clone(),
+        uid: intent.uid.clone(),
+        generation: intent.generation,
+        ack,
+    }));
+    if recorded.await.is_err() {
+        return Err("not started: the request's supervisor did not record the intent".into());
+    }
+    Ok(intent)
 }
 
 /// Ids of the steps whose results `parameters` use.
@@ -334,7 +684,7 @@ fn step_references(parameters: &Value) -> Vec<String> {
 fn with_results(
     step: &kubernaut_api::workflow::Step,
     steps: &[kubernaut_api::workflow::Step],
-    index: &BTreeMap<&str, usize>,
+    index: &BTreeMap<String, usize>,
     reports: &[Option<StepReport>],
     calls: &[Option<ActionCall>],
     holder: &str,
@@ -374,40 +724,6 @@ fn with_results(
         )
     })?;
     ActionCall::parse(&step.action, parameters)
-}
-
-/// Tells the supervisor the step is about to act, with its target's UID and
-/// generation, and waits until the intent is recorded.
-async fn announce(
-    cluster: &Cluster,
-    hooks: &Hooks,
-    id: String,
-    call: &ActionCall,
-    holder: &str,
-) -> Result<(), String> {
-    let Some(events) = &hooks.events else {
-        return Ok(());
-    };
-    let target = call.target_of(holder);
-    let meta = match &target {
-        Some(t) => cluster.metadata(t).await.ok().flatten(),
-        None => None,
-    };
-    let (ack, recorded) = oneshot::channel();
-    let event = StepEvent::Starting {
-        id,
-        target,
-        uid: meta
-            .as_ref()
-            .and_then(|m| m.uid.clone())
-            .unwrap_or_default(),
-        generation: meta.and_then(|m| m.generation),
-        ack,
-    };
-    if events.send(event).is_err() || recorded.await.is_err() {
-        return Err("not started: the request's supervisor stopped".into());
-    }
-    Ok(())
 }
 
 /// One step: up to `1 + retries` attempts, each bounded by `timeout`.

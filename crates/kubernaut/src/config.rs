@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use kubernaut_actors::Rule;
+use kubernaut_actors::{ActorKind, Chaos, RestartPolicy, Rule};
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
@@ -282,11 +282,31 @@ pub struct Store {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Controller {
     pub verify_timeout_seconds: u64,
-    pub max_supervisor_restarts: u32,
+    pub restart: Restart,
     pub dry_run: bool,
     /// Supervise the requests of this namespace only; empty for all.
     #[serde(default)]
     pub watch_namespace: String,
+    /// Off unless set: the next `times` actors of one kind panic.
+    #[serde(default)]
+    pub fault_injection: Option<FaultInjection>,
+}
+
+/// The restart policy of every level of the supervision tree.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Restart {
+    pub max_restarts: u32,
+    pub first_backoff_millis: u64,
+    pub max_backoff_seconds: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultInjection {
+    /// An actor kind: processing, analysis, workflow, step, verification.
+    pub panic_in: String,
+    pub times: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -300,6 +320,31 @@ pub struct Logging {
 impl Controller {
     pub fn verify_timeout(&self) -> Duration {
         Duration::from_secs(self.verify_timeout_seconds)
+    }
+
+    pub fn restart_policy(&self) -> RestartPolicy {
+        RestartPolicy {
+            max_restarts: self.restart.max_restarts,
+            first_backoff: Duration::from_millis(self.restart.first_backoff_millis),
+            max_backoff: Duration::from_secs(self.restart.max_backoff_seconds),
+        }
+    }
+
+    pub fn chaos(&self) -> anyhow::Result<Chaos> {
+        let Some(f) = &self.fault_injection else {
+            return Ok(Chaos::default());
+        };
+        let kind = match f.panic_in.as_str() {
+            "processing" => ActorKind::processing,
+            "analysis" => ActorKind::analysis,
+            "workflow" => ActorKind::workflow,
+            "step" => ActorKind::step,
+            "verification" => ActorKind::verification,
+            other => anyhow::bail!(
+                "controller.faultInjection.panicIn: {other:?} is not one of processing, analysis, workflow, step, verification"
+            ),
+        };
+        Ok(Chaos::panics(kind, f.times))
     }
 }
 

@@ -187,7 +187,8 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         metrics: controller_metrics,
         settings: Settings {
             verify_timeout: ctl.verify_timeout(),
-            max_restarts: ctl.max_supervisor_restarts,
+            restart: ctl.restart_policy(),
+            chaos: ctl.chaos()?,
             executor: executor.settings(ctl.dry_run)?,
             step_timeout: Duration::from_secs(executor.step_timeout_seconds),
             watch_namespace: Some(ctl.watch_namespace).filter(|n| !n.is_empty()),

@@ -1,0 +1,144 @@
+//! Instrumented mailboxes (K-OP-1). Every actor of the tree receives
+//! [`Envelope`]s stamped when sent, through an [`Addr`] that counts what is
+//! waiting, so each actor kind reports its mailbox depth and wait, how many
+//! messages it handled and how long that took, and how many are alive.
+//! ractor does not expose queue lengths, hence the wrapper.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use ractor::ActorRef;
+
+use crate::metrics::{ActorKind, Metrics};
+
+/// A message and when it was sent.
+pub struct Envelope<M> {
+    sent: Instant,
+    msg: M,
+}
+
+/// One actor's mailbox counters, shared by its senders and itself so that
+/// what is still queued when it stops leaves the depth gauge again.
+#[derive(Clone)]
+pub struct Inbox {
+    pub kind: ActorKind,
+    pending: Arc<AtomicI64>,
+    depth: Gauge,
+    wait: Histogram,
+    handling: Histogram,
+    handled: Counter,
+    live: Gauge,
+}
+
+impl Inbox {
+    pub fn new(metrics: &Metrics, kind: ActorKind) -> Self {
+        let l = metrics.actor(kind);
+        Self {
+            kind,
+            pending: Arc::default(),
+            depth: metrics.mailbox_depth.get_or_create(&l).clone(),
+            wait: metrics.mailbox_wait.get_or_create(&l).clone(),
+            handling: metrics.handling.get_or_create(&l).clone(),
+            handled: metrics.handled.get_or_create(&l).clone(),
+            live: metrics.live.get_or_create(&l).clone(),
+        }
+    }
+
+    pub fn addr<M>(&self, actor: ActorRef<Envelope<M>>) -> Addr<M> {
+        Addr {
+            actor,
+            inbox: self.clone(),
+        }
+    }
+
+    /// Takes a message out, recording its wait; the guard records the
+    /// handling when dropped at the end of the handler.
+    pub fn open<M>(&self, env: Envelope<M>) -> (M, Handling) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        self.depth.dec();
+        self.wait.observe(env.sent.elapsed().as_secs_f64());
+        (
+            env.msg,
+            Handling {
+                start: Instant::now(),
+                hist: self.handling.clone(),
+                handled: self.handled.clone(),
+            },
+        )
+    }
+
+    /// Call from `pre_start`.
+    pub fn started(&self) {
+        self.live.inc();
+    }
+
+    /// Call from `post_stop`: what was never handled leaves the gauge.
+    pub fn stopped(&self) {
+        self.live.dec();
+        let left = self.pending.swap(0, Ordering::Relaxed);
+        self.depth.dec_by(left);
+    }
+}
+
+pub struct Handling {
+    start: Instant,
+    hist: Histogram,
+    handled: Counter,
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.hist.observe(self.start.elapsed().as_secs_f64());
+        self.handled.inc();
+    }
+}
+
+/// Where to send an actor messages.
+pub struct Addr<M> {
+    actor: ActorRef<Envelope<M>>,
+    inbox: Inbox,
+}
+
+impl<M> Clone for Addr<M> {
+    fn clone(&self) -> Self {
+        Self {
+            actor: self.actor.clone(),
+            inbox: self.inbox.clone(),
+        }
+    }
+}
+
+impl<M: Send + 'static> Addr<M> {
+    /// Whether the message was queued (false: the actor is gone).
+    pub fn tell(&self, msg: M) -> bool {
+        self.inbox.pending.fetch_add(1, Ordering::Relaxed);
+        self.inbox.depth.inc();
+        let env = Envelope {
+            sent: Instant::now(),
+            msg,
+        };
+        if self.actor.send_message(env).is_err() {
+            self.inbox.pending.fetch_sub(1, Ordering::Relaxed);
+            self.inbox.depth.dec();
+            return false;
+        }
+        true
+    }
+
+    /// Sends `msg` after `delay` (a timer: it counts as waiting only once sent).
+    pub fn tell_after(&self, delay: Duration, msg: M) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            me.tell(msg);
+        });
+    }
+
+    pub fn actor(&self) -> &ActorRef<Envelope<M>> {
+        &self.actor
+    }
+}

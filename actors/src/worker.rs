@@ -1,0 +1,131 @@
+//! Stage actors: a linked child that runs one piece of a request's work
+//! (processing, analysis, verification, one workflow step) and reports the
+//! result to its parent, then stops. A panic in the work fails the actor;
+//! the parent sees `ActorFailed` and applies the [`RestartPolicy`]. The
+//! work is a factory, so a restarted stage starts it afresh.
+//!
+//! [`RestartPolicy`]: crate::policy::RestartPolicy
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr};
+
+use crate::mailbox::{Envelope, Inbox};
+use crate::metrics::{ActorKind, Metrics};
+
+pub type Work<T> = Arc<dyn Fn() -> BoxFuture<'static, T> + Send + Sync>;
+pub type Report<T> = Box<dyn FnOnce(T) + Send>;
+
+/// Fault injection for tests and game days: the next `times` actors of
+/// kind `panic_in` panic before doing their work. Off unless configured.
+#[derive(Clone, Debug, Default)]
+pub struct Chaos {
+    pub panic_in: Option<ActorKind>,
+    pub times: Arc<AtomicU32>,
+}
+
+impl Chaos {
+    pub fn panics(kind: ActorKind, times: u32) -> Self {
+        Self {
+            panic_in: Some(kind),
+            times: Arc::new(AtomicU32::new(times)),
+        }
+    }
+
+    pub(crate) fn strikes(&self, kind: ActorKind) -> bool {
+        self.panic_in == Some(kind)
+            && self
+                .times
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+    }
+}
+
+pub struct Worker<T>(PhantomData<fn() -> T>);
+
+pub struct Args<T> {
+    inbox: Inbox,
+    work: Work<T>,
+    report: Report<T>,
+    chaos: Chaos,
+}
+
+pub struct State<T> {
+    inbox: Inbox,
+    work: Work<T>,
+    report: Option<Report<T>>,
+    chaos: Chaos,
+}
+
+pub struct Run;
+
+impl<T: Send + 'static> Actor for Worker<T> {
+    type Msg = Envelope<Run>;
+    type State = State<T>;
+    type Arguments = Args<T>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Envelope<Run>>,
+        args: Args<T>,
+    ) -> Result<State<T>, ActorProcessingErr> {
+        args.inbox.started();
+        args.inbox.addr(myself).tell(Run);
+        Ok(State {
+            inbox: args.inbox,
+            work: args.work,
+            report: Some(args.report),
+            chaos: args.chaos,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Envelope<Run>>,
+        st: &mut State<T>,
+    ) -> Result<(), ActorProcessingErr> {
+        st.inbox.stopped();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Envelope<Run>>,
+        env: Envelope<Run>,
+        st: &mut State<T>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (Run, _handling) = st.inbox.open(env);
+        if st.chaos.strikes(st.inbox.kind) {
+            panic!("injected fault: {:?} actor panics", st.inbox.kind);
+        }
+        let out = (st.work)().await;
+        if let Some(report) = st.report.take() {
+            report(out);
+        }
+        myself.stop(None);
+        Ok(())
+    }
+}
+
+/// Spawns a stage actor linked to `parent`; its id identifies it in the
+/// parent's supervision events.
+pub async fn spawn<T: Send + 'static>(
+    kind: ActorKind,
+    metrics: &Metrics,
+    chaos: &Chaos,
+    work: Work<T>,
+    report: Report<T>,
+    parent: ActorCell,
+) -> Result<ActorId, SpawnErr> {
+    let args = Args {
+        inbox: Inbox::new(metrics, kind),
+        work,
+        report,
+        chaos: chaos.clone(),
+    };
+    let (actor, _) = Actor::spawn_linked(None, Worker(PhantomData), args, parent).await?;
+    Ok(actor.get_id())
+}
