@@ -19,6 +19,7 @@ pub mod workflow;
 
 use std::time::Duration;
 
+use kubernaut_api::Phase;
 use kubernaut_cluster::{Cluster, ExecSettings};
 use kubernaut_store::AuditLog;
 
@@ -51,6 +52,49 @@ pub struct Settings {
     pub step_timeout: Duration,
     /// Supervise only the requests of this namespace; `None` for all.
     pub watch_namespace: Option<String>,
+    pub timeouts: Timeouts,
+    /// How long a terminal request is kept (K-RR-9).
+    pub retention: Duration,
+}
+
+/// K-RR-4: how long a whole remediation and each phase may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub request: Duration,
+    pub processing: Duration,
+    pub analyzing: Duration,
+    pub approval: Duration,
+    pub executing: Duration,
+    pub verifying: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        Self {
+            request: m(60),
+            processing: m(5),
+            analyzing: m(10),
+            approval: m(15),
+            executing: m(30),
+            verifying: m(30),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The phase's own limit; `None` for phases that wait for nothing
+    /// (Pending, Blocked, which ends at `blockedUntil`) and terminal ones.
+    pub fn for_phase(&self, phase: Phase) -> Option<Duration> {
+        match phase {
+            Phase::Processing => Some(self.processing),
+            Phase::Analyzing => Some(self.analyzing),
+            Phase::AwaitingApproval => Some(self.approval),
+            Phase::Executing => Some(self.executing),
+            Phase::Verifying => Some(self.verifying),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -62,6 +106,8 @@ impl Default for Settings {
             executor: ExecSettings::default(),
             step_timeout: Duration::from_secs(120),
             watch_namespace: None,
+            timeouts: Timeouts::default(),
+            retention: Duration::from_secs(24 * 3600),
         }
     }
 }

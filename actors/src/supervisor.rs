@@ -20,7 +20,7 @@ use kubernaut_api::{
 };
 use kubernaut_cluster::{ActionCall, Cluster, ExecSettings, Scope};
 use kubernaut_store::{AuditRecord, EventRecord, RequestRecord};
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::Context;
 use crate::mailbox::{Addr, Envelope, Inbox};
@@ -47,7 +47,7 @@ pub struct Args {
 /// The stage actor working for the current phase.
 struct Stage {
     kind: ActorKind,
-    id: ActorId,
+    cell: ActorCell,
     epoch: u64,
 }
 
@@ -83,6 +83,8 @@ pub enum Msg {
     Step(u64, StepEvent),
     /// Start the current phase's stage actor again after it failed.
     Restart(u64),
+    /// A deadline may have passed (K-RR-4).
+    Deadline,
 }
 
 pub enum StageResult {
@@ -133,6 +135,7 @@ impl Actor for Supervisor {
         me.tell(Msg::Advance);
         let status = rr.status.clone().unwrap_or_default();
         phase_gauge(&args.ctx, status.phase, 1);
+        arm(&me, &status);
         Ok(State {
             namespace: args.namespace,
             name: args.name,
@@ -169,10 +172,16 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         let (msg, _handling) = st.inbox.open(env);
         let myself = &myself;
+        // Past a deadline nothing else happens: no stage starts, no step
+        // is acknowledged, no late result counts.
+        if expired(st).is_some() {
+            return on_deadline(myself, st).await;
+        }
         match msg {
             Msg::Advance if st.stage.is_some() => Ok(()),
             Msg::Advance => advance(myself, st).await,
             Msg::StageDone(epoch, _) if epoch != st.epoch => Ok(()),
+            Msg::Deadline => Ok(()),
             Msg::StageDone(_, result) => {
                 st.stage = None;
                 st.stage_restarts = 0;
@@ -197,7 +206,7 @@ impl Actor for Supervisor {
         let SupervisionEvent::ActorFailed(cell, error) = evt else {
             return Ok(());
         };
-        let Some(stage) = st.stage.take_if(|s| s.id == cell.get_id()) else {
+        let Some(stage) = st.stage.take_if(|s| s.cell.get_id() == cell.get_id()) else {
             return Ok(());
         };
         st.stage_restarts += 1;
@@ -224,6 +233,111 @@ impl Actor for Supervisor {
             }
         }
     }
+}
+
+/// Sets a timer for the earliest deadline in `status`; when it fires the
+/// deadlines are checked again, so an early or extra timer is harmless.
+fn arm(me: &Addr<Msg>, status: &RemediationRequestStatus) {
+    if status.phase.is_terminal() {
+        return;
+    }
+    let Some(at) = [&status.deadline, &status.phase_deadline]
+        .into_iter()
+        .flatten()
+        .map(|t| t.0)
+        .min()
+    else {
+        return;
+    };
+    let wait = at
+        .duration_since(Timestamp::now())
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    me.tell_after(wait, Msg::Deadline);
+}
+
+/// The deadline that has passed, if any: its reason and the phase it caught.
+fn expired(st: &State) -> Option<(&'static str, Phase)> {
+    let now = Timestamp::now();
+    let passed = |t: &Option<Time>| t.as_ref().is_some_and(|t| t.0 <= now);
+    if st.phase().is_terminal() {
+        None
+    } else if passed(&st.status.phase_deadline) {
+        Some((timeout_reason(st.phase()), st.phase()))
+    } else if passed(&st.status.deadline) {
+        Some(("RequestTimeout", st.phase()))
+    } else {
+        None
+    }
+}
+
+fn timeout_reason(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Processing => "ProcessingTimeout",
+        Phase::Analyzing => "AnalyzingTimeout",
+        Phase::AwaitingApproval => "ApprovalTimeout",
+        Phase::Executing => "ExecutingTimeout",
+        Phase::Verifying => "VerifyingTimeout",
+        _ => "RequestTimeout",
+    }
+}
+
+/// A deadline passed: the stage actor (and its children) is stopped, a
+/// running step is recorded as interrupted, the request becomes TimedOut,
+/// and the escalation is recorded (its delivery is the notifier's).
+async fn on_deadline(
+    myself: &ActorRef<Envelope<Msg>>,
+    st: &mut State,
+) -> Result<(), ActorProcessingErr> {
+    let Some((reason, phase)) = expired(st) else {
+        return Ok(());
+    };
+    if let Some(stage) = st.stage.take() {
+        stage.cell.kill();
+    }
+    // Whatever the stopped actors still send is stale now.
+    st.epoch += 1;
+    let limit = if reason == "RequestTimeout" {
+        st.ctx.settings.timeouts.request
+    } else {
+        st.ctx
+            .settings
+            .timeouts
+            .for_phase(phase)
+            .unwrap_or_default()
+    };
+    let message = if reason == "RequestTimeout" {
+        format!("the remediation did not finish within {limit:?} (it was {phase}); escalated")
+    } else {
+        format!("{phase} did not finish within {limit:?}; escalated")
+    };
+    st.ctx
+        .metrics
+        .escalations
+        .get_or_create(&StageLabels { stage: reason })
+        .inc();
+    audit_event(
+        st,
+        "escalation",
+        None,
+        None,
+        reason,
+        "",
+        serde_json::json!({ "phase": phase.as_str(), "message": message }),
+    )
+    .await;
+    let interrupted = format!("interrupted: {message}");
+    commit(myself, st, Some((Phase::TimedOut, reason, message)), |s| {
+        if let Some(e) = s.execution.as_mut() {
+            for step in e.steps.iter_mut().filter(|s| s.phase == StepPhase::Running) {
+                step.phase = StepPhase::Failed;
+                step.finished_at = Some(now());
+                step.message = interrupted.clone();
+            }
+        }
+        set_condition(s, "Escalated", "True", reason);
+    })
+    .await
 }
 
 /// Keeps the supervisors-by-phase gauge.
@@ -459,7 +573,7 @@ async fn execute(
                 Ok((actor, _)) => {
                     st.stage = Some(Stage {
                         kind: ActorKind::workflow,
-                        id: actor.get_id(),
+                        cell: actor.get_cell(),
                         epoch,
                     });
                     st.stage_started = Instant::now();
@@ -496,8 +610,8 @@ async fn spawn_stage(
     )
     .await;
     match spawned {
-        Ok(id) => {
-            st.stage = Some(Stage { kind, id, epoch });
+        Ok(cell) => {
+            st.stage = Some(Stage { kind, cell, epoch });
             st.stage_started = Instant::now();
             Ok(())
         }
@@ -779,8 +893,14 @@ async fn commit(
             reason: reason.to_string(),
             message: message.clone(),
         });
+        let at = Timestamp::now();
+        next.phase_deadline = st.ctx.settings.timeouts.for_phase(to).map(|d| after(at, d));
+        if to == Phase::Processing && next.deadline.is_none() {
+            next.deadline = Some(after(at, st.ctx.settings.timeouts.request));
+        }
         if to.is_terminal() {
-            next.completion_time = Some(now());
+            next.completion_time = Some(Time(at));
+            next.retention_expiry_time = Some(after(at, st.ctx.settings.retention));
         }
     }
     let phase = next.phase;
@@ -818,6 +938,7 @@ async fn commit(
         .await;
         phase_gauge(&st.ctx, from, -1);
         phase_gauge(&st.ctx, to, 1);
+        arm(&st.me, &st.status);
         st.me.tell(Msg::Advance);
     }
     Ok(())
@@ -877,6 +998,11 @@ fn observe_stage(st: &State, stage: &'static str, started: Instant) {
 
 fn now() -> Time {
     Time(Timestamp::now())
+}
+
+fn after(at: Timestamp, d: Duration) -> Time {
+    let d = kubernaut_api::k8s_openapi::jiff::SignedDuration::try_from(d).unwrap_or_default();
+    Time(at.checked_add(d).unwrap_or(at))
 }
 
 fn to_chrono(ts: Timestamp) -> chrono::DateTime<chrono::Utc> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures::future::BoxFuture;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 
 use crate::mailbox::{Envelope, Inbox};
 use crate::metrics::{ActorKind, Metrics};
@@ -119,7 +119,7 @@ pub async fn spawn<T: Send + 'static>(
     work: Work<T>,
     report: Report<T>,
     parent: ActorCell,
-) -> Result<ActorId, SpawnErr> {
+) -> Result<ActorCell, SpawnErr> {
     let args = Args {
         inbox: Inbox::new(metrics, kind),
         work,
@@ -127,5 +127,5 @@ pub async fn spawn<T: Send + 'static>(
         chaos: chaos.clone(),
     };
     let (actor, _) = Actor::spawn_linked(None, Worker(PhantomData), args, parent).await?;
-    Ok(actor.get_id())
+    Ok(actor.get_cell())
 }

@@ -565,9 +565,9 @@ async fn spawn_step(myself: &ActorRef<Envelope<Msg>>, st: &mut State, i: usize) 
     )
     .await;
     match spawned {
-        Ok(id) => {
+        Ok(cell) => {
             st.running.retain(|_, j| *j != i);
-            st.running.insert(id, i);
+            st.running.insert(cell.get_id(), i);
         }
         Err(e) => {
             st.running.retain(|_, j| *j != i);

@@ -553,10 +553,17 @@ pub async fn service_account_token(
 
 /// GETs a URL; the status code (for readiness checks).
 pub async fn get_status(url: &str) -> anyhow::Result<u16> {
+    Ok(get(url).await?.0)
+}
+
+/// GETs `url`: its status and body text.
+pub async fn get(url: &str) -> anyhow::Result<(u16, String)> {
     let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let req = hyper::Request::get(url).body(Full::new(Bytes::new()))?;
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await??;
-    Ok(resp.status().as_u16())
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).to_string()))
 }
 
 /// A real Alertmanager (Debian's prometheus-alertmanager) on a free port,
@@ -890,4 +897,107 @@ pub fn exec_settings(holder: &str) -> kubernaut_cluster::ExecSettings {
         .unwrap_or_default(),
         job_ttl_seconds: 600,
     }
+}
+
+/// A control plane of the test's own, in-process, with the controller's
+/// RBAC identity: `config/dev.yaml` with `overrides` (as `KUBERNAUT__…`
+/// variables, e.g. `("CONTROLLER__TIMEOUTS__PROCESSING_SECONDS", "0")`),
+/// supervising only `ns`, with `rules` taking precedence over the file's.
+pub async fn control_plane(
+    stack: &Stack,
+    ns: &str,
+    overrides: &[(&str, &str)],
+    rules: serde_json::Value,
+) -> anyhow::Result<kubernaut::Running> {
+    let mut env = vec![
+        ("DATABASE_URL".to_string(), stack.database_url.clone()),
+        ("REDIS_URL".to_string(), stack.redis_url.clone()),
+        ("KUBERNAUT__GATEWAY__LISTEN".into(), "127.0.0.1:0".into()),
+        ("KUBERNAUT__ADMIN__LISTEN".into(), "127.0.0.1:0".into()),
+        (
+            "KUBERNAUT__CONTROLLER__WATCH_NAMESPACE".into(),
+            ns.to_string(),
+        ),
+    ];
+    env.extend(
+        overrides
+            .iter()
+            .map(|(k, v)| (format!("KUBERNAUT__{k}"), v.to_string())),
+    );
+    let mut cfg = kubernaut::Config::from_yaml(
+        &std::fs::read_to_string(repo_root().join("config/dev.yaml"))?,
+        env,
+    )?;
+    let mut rules: Vec<kubernaut_actors::Rule> = serde_json::from_value(rules)?;
+    kubernaut_actors::rules::validate(&rules).map_err(anyhow::Error::msg)?;
+    rules.append(&mut cfg.rules);
+    cfg.rules = rules;
+    let running = kubernaut::start(cfg, stack.controller_config().await?).await?;
+    eventually(
+        "the controller to be ready",
+        Duration::from_secs(30),
+        || async { Ok(running.ready.is_ready().then_some(())) },
+    )
+    .await?;
+    Ok(running)
+}
+
+/// Creates a RemediationRequest for `signal` on `target` directly (as the
+/// gateway would); a storm request when `storm`. Returns its name.
+pub async fn create_request(
+    admin: &kube::Client,
+    signal: &str,
+    target: &kubernaut_api::ObjectRef,
+    storm: bool,
+) -> anyhow::Result<String> {
+    let name = unique(&signal.to_lowercase());
+    let now = now_rfc3339();
+    let mut spec = json!({
+        "fingerprint": unique("fp"),
+        "signalName": signal,
+        "severity": "warning",
+        "source": "generic",
+        "instanceId": unique("instance"),
+        "target": target,
+        "signalResource": target,
+        "firingTime": now,
+        "receivedTime": now,
+        "originalPayload": "{}",
+    });
+    if storm {
+        spec["storm"] = json!({"kind": "rate", "alertName": signal, "namespace": target.namespace});
+    }
+    let rr: kubernaut_api::RemediationRequest = serde_json::from_value(json!({
+        "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+        "metadata": {"name": name, "namespace": target.namespace},
+        "spec": spec,
+    }))?;
+    Api::<kubernaut_api::RemediationRequest>::namespaced(admin.clone(), &target.namespace)
+        .create(&PostParams::default(), &rr)
+        .await?;
+    Ok(name)
+}
+
+/// Waits for the request to reach a terminal phase; returns it then.
+pub async fn terminal_request(
+    admin: &kube::Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<kubernaut_api::RemediationRequest> {
+    let api = Api::<kubernaut_api::RemediationRequest>::namespaced(admin.clone(), ns);
+    eventually(&format!("{ns}/{name} to end"), timeout, || async {
+        let rr = api.get(name).await?;
+        Ok(rr.phase().is_terminal().then_some(rr))
+    })
+    .await
+}
+
+/// The value of one sample of the control plane's `/metrics`, 0 if absent.
+pub async fn metric(running: &kubernaut::Running, sample: &str) -> anyhow::Result<f64> {
+    let (_, text) = get(&format!("http://{}/metrics", running.admin_addr)).await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0))
 }

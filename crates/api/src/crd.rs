@@ -190,6 +190,23 @@ pub struct RemediationRequestStatus {
     pub execution: Option<ExecutionStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// The whole remediation times out at this instant (K-RR-4); set when
+    /// processing starts, so that time spent Blocked does not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+    /// The current phase times out at this instant (K-RR-4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_deadline: Option<Time>,
+    /// A routing hold (K-RR-8) ends at this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_until: Option<Time>,
+    /// The controller replica driving this request (K-RR-7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// A terminal request is deleted after this instant, once its audit
+    /// record is confirmed (K-RR-9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_expiry_time: Option<Time>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -162,6 +162,40 @@ mod tests {
         }
     }
 
+    /// K-RR-2 written out pair by pair: every transition not listed here
+    /// must be refused, and every listed one allowed.
+    #[test]
+    fn the_table_is_exactly_k_rr_2() {
+        let end = [Failed, TimedOut, Cancelled];
+        let legal: Vec<(Phase, Phase)> = [
+            (Pending, &[Processing, Blocked, Skipped][..]),
+            (Blocked, &[Processing, Skipped][..]),
+            (Processing, &[Analyzing, Skipped][..]),
+            (Analyzing, &[AwaitingApproval, Executing, Skipped][..]),
+            (AwaitingApproval, &[Executing][..]),
+            (Executing, &[Verifying][..]),
+            (Verifying, &[Completed][..]),
+        ]
+        .into_iter()
+        .flat_map(|(from, tos)| tos.iter().chain(&end).map(move |to| (from, *to)))
+        .collect();
+        let mut refused = 0;
+        for from in Phase::ALL {
+            for to in Phase::ALL {
+                let allowed = legal.contains(&(from, to));
+                assert_eq!(
+                    from.transition(to).is_ok(),
+                    allowed,
+                    "{from} -> {to} should be {}",
+                    if allowed { "allowed" } else { "refused" }
+                );
+                refused += usize::from(!allowed);
+            }
+        }
+        assert_eq!(refused, 144 - legal.len());
+        assert_eq!(legal.len(), 34);
+    }
+
     #[test]
     fn no_phase_transitions_to_itself() {
         for p in Phase::ALL {

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use kubernaut_actors::{ActorKind, Chaos, RestartPolicy, Rule};
+use kubernaut_actors::{ActorKind, Chaos, RestartPolicy, Rule, Timeouts};
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
@@ -287,9 +287,38 @@ pub struct Controller {
     /// Supervise the requests of this namespace only; empty for all.
     #[serde(default)]
     pub watch_namespace: String,
+    pub timeouts: TimeoutsConfig,
+    /// A terminal request is deleted this long after it ended (K-RR-9).
+    pub retention_seconds: u64,
     /// Off unless set: the next `times` actors of one kind panic.
     #[serde(default)]
     pub fault_injection: Option<FaultInjection>,
+}
+
+/// K-RR-4, in seconds.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    pub request_seconds: u64,
+    pub processing_seconds: u64,
+    pub analyzing_seconds: u64,
+    pub approval_seconds: u64,
+    pub executing_seconds: u64,
+    pub verifying_seconds: u64,
+}
+
+impl TimeoutsConfig {
+    pub fn timeouts(&self) -> Timeouts {
+        let s = Duration::from_secs;
+        Timeouts {
+            request: s(self.request_seconds),
+            processing: s(self.processing_seconds),
+            analyzing: s(self.analyzing_seconds),
+            approval: s(self.approval_seconds),
+            executing: s(self.executing_seconds),
+            verifying: s(self.verifying_seconds),
+        }
+    }
 }
 
 /// The restart policy of every level of the supervision tree.

@@ -189,6 +189,8 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
             verify_timeout: ctl.verify_timeout(),
             restart: ctl.restart_policy(),
             chaos: ctl.chaos()?,
+            timeouts: ctl.timeouts.timeouts(),
+            retention: Duration::from_secs(ctl.retention_seconds),
             executor: executor.settings(ctl.dry_run)?,
             step_timeout: Duration::from_secs(executor.step_timeout_seconds),
             watch_namespace: Some(ctl.watch_namespace).filter(|n| !n.is_empty()),
