@@ -30,6 +30,8 @@ pub use worker::Chaos;
 
 /// What every actor of the tree shares: read-only handles.
 pub struct Context {
+    /// This replica's name: the owner it writes into the requests it drives.
+    pub identity: String,
     pub cluster: Cluster,
     pub audit: AuditLog,
     pub rules: Vec<Rule>,

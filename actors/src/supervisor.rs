@@ -69,6 +69,14 @@ pub struct State {
     stage_restarts: u32,
     stage_started: Instant,
     retry: Duration,
+    /// The request's resourceVersion as this supervisor last wrote or read it.
+    rv: String,
+    /// Step edits not yet written, what waits for them, and whether a
+    /// flush is queued (see `stage_edit`).
+    desired: Option<RemediationRequestStatus>,
+    acks: Vec<tokio::sync::oneshot::Sender<()>>,
+    pending_audit: Vec<(&'static str, String, serde_json::Value)>,
+    flush_queued: bool,
     /// What this run's workflow steps did, by step id, for Verifying. Kept
     /// in memory only: full object states go to the audit trail, not into
     /// the status.
@@ -85,6 +93,8 @@ pub enum Msg {
     Restart(u64),
     /// A deadline may have passed (K-RR-4).
     Deadline,
+    /// Write the pending step edits.
+    Flush,
 }
 
 pub enum StageResult {
@@ -150,6 +160,11 @@ impl Actor for Supervisor {
             stage_restarts: 0,
             stage_started: Instant::now(),
             retry: RETRY_BASE,
+            rv: rr.metadata.resource_version.clone().unwrap_or_default(),
+            desired: None,
+            acks: Vec::new(),
+            pending_audit: Vec::new(),
+            flush_queued: false,
             outcomes: BTreeMap::new(),
         })
     }
@@ -182,6 +197,7 @@ impl Actor for Supervisor {
             Msg::Advance => advance(myself, st).await,
             Msg::StageDone(epoch, _) if epoch != st.epoch => Ok(()),
             Msg::Deadline => Ok(()),
+            Msg::Flush => flush(st).await,
             Msg::StageDone(_, result) => {
                 st.stage = None;
                 st.stage_restarts = 0;
@@ -357,6 +373,15 @@ async fn advance(
     match st.phase() {
         p if p.is_terminal() => {
             myself.stop(Some(format!("request reached {p}")));
+            Ok(())
+        }
+        // First this replica claims the request (K-RR-7): from now on a
+        // write by anyone else's supervisor conflicts.
+        _ if st.status.owner.as_deref() != Some(st.ctx.identity.as_str()) => {
+            commit(myself, st, None, |_| {}).await?;
+            if st.status.owner.as_deref() == Some(st.ctx.identity.as_str()) {
+                st.me.tell(Msg::Advance);
+            }
             Ok(())
         }
         Phase::Pending | Phase::Blocked => {
@@ -638,21 +663,15 @@ async fn on_step(st: &mut State, event: StepEvent) -> Result<(), ActorProcessing
                     step.started_at = Some(now());
                 }
             };
-            if write_status(st, edit).await {
-                audit_event(
-                    st,
-                    "action",
-                    None,
-                    None,
-                    "StepStarted",
-                    &id,
-                    serde_json::json!({ "step": id, "target": target.map(|t| t.to_string()),
-                                        "targetUid": uid, "targetGeneration": generation }),
-                )
-                .await;
-                let _ = ack.send(());
-            }
-            // Not written: the dropped ack stops the step before it acts.
+            stage_edit(st, edit);
+            // Acknowledged, and audited, once written (see `flush`).
+            st.acks.push(ack);
+            st.pending_audit.push((
+                "StepStarted",
+                id.clone(),
+                serde_json::json!({ "step": id, "target": target.map(|t| t.to_string()),
+                                    "targetUid": uid, "targetGeneration": generation }),
+            ));
             Ok(())
         }
         StepEvent::Settled(report) => {
@@ -679,15 +698,14 @@ async fn on_step(st: &mut State, event: StepEvent) -> Result<(), ActorProcessing
             )
             .await;
             let attempts = report.attempts;
-            write_status(st, |s| {
+            stage_edit(st, |s| {
                 if let Some(step) = step_mut(s, &report.id) {
                     step.phase = phase;
                     step.attempts = step.attempts.max(attempts);
                     step.finished_at = Some(now());
                     step.message = message.clone();
                 }
-            })
-            .await;
+            });
             Ok(())
         }
     }
@@ -815,36 +833,126 @@ async fn on_stage_done(
     }
 }
 
-/// Writes an edited status without a phase change; whether it was written.
-async fn write_status(st: &mut State, edit: impl FnOnce(&mut RemediationRequestStatus)) -> bool {
-    let mut next = st.status.clone();
-    edit(&mut next);
+/// Edits the status to be written by the next flush (K-RR-5): step events
+/// that arrive together are written together, by one patch, latest state
+/// winning; a phase change writes them at once with it.
+fn stage_edit(st: &mut State, edit: impl FnOnce(&mut RemediationRequestStatus)) {
+    edit(st.desired.get_or_insert_with(|| st.status.clone()));
+    if !st.flush_queued {
+        st.flush_queued = true;
+        st.me.tell(Msg::Flush);
+    }
+}
+
+async fn flush(st: &mut State) -> Result<(), ActorProcessingErr> {
+    st.flush_queued = false;
+    let Some(next) = st.desired.clone() else {
+        return Ok(());
+    };
     match apply(st, next).await {
-        Ok(()) => true,
+        Ok(()) => {
+            written(st).await;
+            Ok(())
+        }
+        Err(e @ (WriteError::Api(_) | WriteError::Contended)) => {
+            tracing::warn!(request = %st.name, namespace = %st.namespace, error = %e, "status write failed; retrying");
+            st.flush_queued = true;
+            st.me.tell_after(st.retry, Msg::Flush);
+            st.retry = (st.retry * 2).min(RETRY_CAP);
+            Ok(())
+        }
         Err(e) => {
-            tracing::warn!(request = %st.name, namespace = %st.namespace, error = %e, "status write failed");
-            false
+            relinquish(st, &e);
+            Ok(())
         }
     }
 }
 
-/// Writes `next` to the status subresource; only once written is it the
-/// actor's state.
-async fn apply(
-    st: &mut State,
-    next: RemediationRequestStatus,
-) -> Result<(), kubernaut_cluster::Error> {
-    if let Err(e) = st
-        .ctx
-        .cluster
-        .apply_status(&st.namespace, &st.name, &next)
-        .await
-    {
-        st.ctx.metrics.status_write_errors.inc();
-        return Err(e);
+/// What waited for the status to be written: step intents are now
+/// recorded, so the steps may act, and their audit rows are due.
+async fn written(st: &mut State) {
+    st.desired = None;
+    st.retry = RETRY_BASE;
+    for ack in st.acks.drain(..) {
+        let _ = ack.send(());
     }
-    st.status = next;
-    Ok(())
+    for (reason, subject, detail) in std::mem::take(&mut st.pending_audit) {
+        audit_event(st, "action", None, None, reason, &subject, detail).await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Api(kubernaut_cluster::Error),
+    /// Another replica drives the request now (K-RR-7).
+    #[error("replica {0} drives this request now")]
+    Lost(String),
+    #[error("the request was deleted")]
+    Gone,
+    #[error("the request kept changing under five status writes")]
+    Contended,
+}
+
+/// This supervisor has no request left to drive: it stops, and its stage
+/// actors with it, without writing anything more.
+fn relinquish(st: &State, why: &WriteError) {
+    tracing::info!(request = %st.name, namespace = %st.namespace, reason = %why, "supervisor stops");
+    st.me.actor().stop(Some(why.to_string()));
+}
+
+/// Writes `next` to the status subresource as this replica, based on the
+/// version last seen; only once written is it the actor's state. A
+/// conflict is read again: when another replica has taken the request
+/// since, this supervisor has lost it; otherwise (the gateway counted a
+/// duplicate) the write is retried on the new version.
+async fn apply(st: &mut State, mut next: RemediationRequestStatus) -> Result<(), WriteError> {
+    next.owner = Some(st.ctx.identity.clone());
+    let m = &st.ctx.metrics;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let r = st
+            .ctx
+            .cluster
+            .apply_status(&st.namespace, &st.name, &next, Some(&st.rv))
+            .await;
+        m.status_patch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match r {
+            Ok(rv) => {
+                st.rv = rv;
+                st.status = next;
+                return Ok(());
+            }
+            Err(e) if e.is_conflict() => {
+                m.status_conflicts.inc();
+                let Some(now) = st
+                    .ctx
+                    .cluster
+                    .get_request(&st.namespace, &st.name)
+                    .await
+                    .map_err(WriteError::Api)?
+                else {
+                    return Err(WriteError::Gone);
+                };
+                let owner = now.status.as_ref().and_then(|s| s.owner.clone());
+                if let Some(o) = owner
+                    && o != st.ctx.identity
+                    && st.status.owner.as_deref() != Some(o.as_str())
+                {
+                    return Err(WriteError::Lost(o));
+                }
+                st.rv = now.metadata.resource_version.unwrap_or_default();
+            }
+            Err(e) if e.is_not_found() => return Err(WriteError::Gone),
+            Err(e) => {
+                m.status_write_errors.inc();
+                return Err(WriteError::Api(e));
+            }
+        }
+    }
+    m.status_write_errors.inc();
+    Err(WriteError::Contended)
 }
 
 /// Transient trouble (the API, a status write): the phase's work is tried
@@ -876,7 +984,8 @@ async fn commit(
     edit: impl FnOnce(&mut RemediationRequestStatus),
 ) -> Result<(), ActorProcessingErr> {
     let from = st.phase();
-    let mut next = st.status.clone();
+    // Pending step edits go with it.
+    let mut next = st.desired.clone().unwrap_or_else(|| st.status.clone());
     edit(&mut next);
     if let Some((to, reason, message)) = &to {
         // A refused transition is a bug in this actor: fail it loudly.
@@ -904,17 +1013,26 @@ async fn commit(
         }
     }
     let phase = next.phase;
-    if let Err(e) = apply(st, next).await {
+    match apply(st, next).await {
+        Ok(()) => written(st).await,
         // The API server refuses this status itself: retrying cannot help,
         // and the request would stay stuck. Failing it writes only the
         // phase, which the server accepts.
-        if e.is_invalid() && phase != Phase::Failed && from != Phase::Failed {
+        Err(WriteError::Api(e))
+            if e.is_invalid() && phase != Phase::Failed && from != Phase::Failed =>
+        {
+            st.desired = None;
             let reason = format!("the API server refused the request's status: {e}");
             return Box::pin(fail(myself, st, "StatusRejected", reason)).await;
         }
-        return retry_later(st, format!("status write failed: {e}"));
+        Err(e @ (WriteError::Api(_) | WriteError::Contended)) => {
+            return retry_later(st, format!("status write failed: {e}"));
+        }
+        Err(e) => {
+            relinquish(st, &e);
+            return Ok(());
+        }
     }
-    st.retry = RETRY_BASE;
     if let Some((to, reason, message)) = to {
         st.ctx
             .metrics

@@ -119,6 +119,8 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         rules,
     } = cfg;
 
+    let identity = holder_identity();
+    tracing::info!(%identity, "this replica's identity");
     let mut registry = Registry::with_prefix("kubernaut");
     let gateway_metrics = GatewayMetrics::register(registry.sub_registry_with_prefix("gateway"));
     let controller_metrics =
@@ -166,7 +168,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         cluster.clone(),
         index,
         IntakeSettings {
-            holder: holder_identity(),
+            holder: identity.clone(),
             claim_ttl: gateway.claim_ttl(),
             storm: gateway.storm.settings(),
         },
@@ -181,6 +183,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         );
     }
     let ctx = Arc::new(Context {
+        identity: identity.clone(),
         cluster: cluster.clone(),
         audit,
         rules,
