@@ -1,4 +1,8 @@
-//! The controller loop: the request watch feeds the registry until shutdown.
+//! The controller loop: the request watch and the membership actor feed
+//! the registry until shutdown. Shutdown is graceful (K-RR-7): every
+//! request is handed over, running workflows may finish within the grace
+//! period, and this replica's membership Lease is deleted so that peers
+//! adopt its requests at once rather than after the lease duration.
 
 use std::sync::Arc;
 
@@ -17,6 +21,7 @@ pub async fn run(
     synced: impl Fn() + Send + 'static,
 ) -> Result<(), ractor::SpawnErr> {
     let (registry, handle) = registry::start(ctx.clone()).await?;
+    let membership = crate::membership::start(ctx.clone(), registry.clone()).await?;
     let events = ctx
         .cluster
         .request_events(ctx.settings.watch_namespace.as_deref());
@@ -42,7 +47,21 @@ pub async fn run(
             }
         }
     }
-    // Supervisors stop with their parent; their progress is in the status.
+    let grace = ctx.settings.shutdown_grace;
+    let released = registry.ask(RegistryMsg::ReleaseAll, grace).await;
+    if released.is_none() {
+        tracing::warn!(
+            ?grace,
+            "requests still running after the grace period; their next owner reconciles them from the status"
+        );
+    }
+    let _ = membership
+        .ask(
+            crate::membership::Msg::Leave,
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+    // What is still running stops with its parent; its progress is in the status.
     registry.actor().stop_children_and_wait(None, None).await;
     registry.actor().stop(Some("shutdown".into()));
     let _ = handle.await;

@@ -9,6 +9,7 @@
 
 pub mod controller;
 pub mod mailbox;
+pub mod membership;
 pub mod metrics;
 pub mod policy;
 pub mod registry;
@@ -57,6 +58,9 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// How long a terminal request is kept (K-RR-9).
     pub retention: Duration,
+    pub membership: membership::MembershipSettings,
+    /// On shutdown, how long in-flight workflows may run to their end.
+    pub shutdown_grace: Duration,
 }
 
 /// K-RR-4: how long a whole remediation and each phase may take.
@@ -110,6 +114,8 @@ impl Default for Settings {
             watch_namespace: None,
             timeouts: Timeouts::default(),
             retention: Duration::from_secs(24 * 3600),
+            membership: membership::MembershipSettings::default(),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }

@@ -138,6 +138,20 @@ impl<M: Send + 'static> Addr<M> {
         });
     }
 
+    /// Sends the message built around a reply port and waits up to
+    /// `timeout` for the answer; `None` without one.
+    pub async fn ask<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+        timeout: Duration,
+    ) -> Option<T> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        if !self.tell(build(tx.into())) {
+            return None;
+        }
+        tokio::time::timeout(timeout, rx).await.ok()?.ok()
+    }
+
     pub fn actor(&self) -> &ActorRef<Envelope<M>> {
         &self.actor
     }

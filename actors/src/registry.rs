@@ -1,7 +1,12 @@
 //! The registry actor: the one owner of the mapping request → supervisor.
 //! It is fed by the request watch (kube-runtime's watcher, with its backoff
-//! and re-list), spawns a linked supervisor for every non-terminal request
-//! it does not yet supervise, stops the supervisor of a deleted request,
+//! and re-list) and by the membership actor. It supervises exactly the
+//! non-terminal requests that rendezvous hashing gives this replica
+//! (K-RR-7), adopting one only when nobody live drives it: its recorded
+//! owner is none, this replica, or a replica no longer alive. When the
+//! members change it hands over the requests it no longer owns (their
+//! supervisors finish the running workflow, clear the owner and stop) and
+//! adopts the ones it gains. It stops the supervisor of a deleted request,
 //! and restarts a failed supervisor under the [`RestartPolicy`] (its state
 //! is rebuilt from the request's status); past the budget the request is
 //! left to the next re-list and counted.
@@ -32,6 +37,11 @@ pub enum RegistryMsg {
     },
     /// Start a failed supervisor again, after its backoff.
     Respawn(Key),
+    /// The live replicas, sorted (from the membership actor).
+    Members(Vec<String>),
+    /// Hand every request over (graceful shutdown); answered once every
+    /// supervisor has stopped.
+    ReleaseAll(RpcReplyPort<()>),
     /// Number of live supervisors.
     Live(RpcReplyPort<usize>),
 }
@@ -43,6 +53,45 @@ pub struct RegistryState {
     by_id: HashMap<ActorId, Key>,
     restarts: HashMap<Key, u32>,
     me: Addr<RegistryMsg>,
+    /// Non-terminal requests seen, with their recorded owner.
+    known: HashMap<Key, Option<String>>,
+    /// `None` until membership is first known: nothing is adopted before.
+    members: Option<Vec<String>>,
+    releasing: Option<RpcReplyPort<()>>,
+}
+
+impl RegistryState {
+    fn mine(&self, key: &Key) -> bool {
+        self.releasing.is_none()
+            && self.members.as_ref().is_some_and(|m| {
+                crate::membership::owner_of(&format!("{}/{}", key.0, key.1), m)
+                    == Some(self.ctx.identity.as_str())
+            })
+    }
+
+    /// Nobody live drives a request recorded with this owner.
+    fn free(&self, owner: &Option<String>) -> bool {
+        match owner {
+            None => true,
+            Some(o) if *o == self.ctx.identity => true,
+            Some(o) => !self.members.as_ref().is_some_and(|m| m.contains(o)),
+        }
+    }
+
+    fn adoptable(&self, key: &Key) -> bool {
+        !self.by_key.contains_key(key)
+            && !self.restarts.contains_key(key)
+            && self.mine(key)
+            && self.known.get(key).is_some_and(|o| self.free(o))
+    }
+
+    fn answer_release(&mut self) {
+        if self.by_key.is_empty()
+            && let Some(reply) = self.releasing.take()
+        {
+            let _ = reply.send(());
+        }
+    }
 }
 
 /// Spawns the registry; messages go through the returned address.
@@ -51,7 +100,9 @@ pub async fn start(
 ) -> Result<(Addr<RegistryMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
     let inbox = Inbox::new(&ctx.metrics, ActorKind::registry);
     let (actor, handle) =
-        Actor::spawn(Some("registry".into()), Registry, (ctx, inbox.clone())).await?;
+        // Unnamed: ractor's names are process-global, and one process may
+        // run several control planes (tests).
+        Actor::spawn(None, Registry, (ctx, inbox.clone())).await?;
     Ok((inbox.addr(actor), handle))
 }
 
@@ -73,6 +124,9 @@ impl Actor for Registry {
             by_key: HashMap::new(),
             by_id: HashMap::new(),
             restarts: HashMap::new(),
+            known: HashMap::new(),
+            members: None,
+            releasing: None,
         })
     }
 
@@ -98,27 +152,63 @@ impl Actor for Registry {
                     rr.metadata.namespace.clone().unwrap_or_default(),
                     rr.metadata.name.clone().unwrap_or_default(),
                 );
-                if rr.phase().is_terminal()
-                    || rr.metadata.deletion_timestamp.is_some()
-                    || st.by_key.contains_key(&key)
-                    // Waiting for its backoff: the respawn will come.
-                    || st.restarts.contains_key(&key)
-                {
+                if rr.phase().is_terminal() || rr.metadata.deletion_timestamp.is_some() {
+                    st.known.remove(&key);
                     return Ok(());
                 }
-                spawn(&myself, st, key).await;
+                let owner = rr.status.as_ref().and_then(|s| s.owner.clone());
+                if let Some(sup) = st.by_key.get(&key)
+                    && owner.as_ref().is_some_and(|o| *o != st.ctx.identity)
+                    && !st.free(&owner)
+                {
+                    // A live replica has taken it: ours must not write again.
+                    sup.actor()
+                        .stop(Some("another replica drives the request".into()));
+                }
+                st.known.insert(key.clone(), owner);
+                if st.adoptable(&key) {
+                    spawn(&myself, st, key).await;
+                }
             }
             RegistryMsg::Gone { namespace, name } => {
                 let key = (namespace, name);
                 st.restarts.remove(&key);
+                st.known.remove(&key);
                 if let Some(sup) = st.by_key.get(&key) {
                     sup.actor().stop(Some("request deleted".into()));
                 }
             }
             RegistryMsg::Respawn(key) => {
-                if st.restarts.contains_key(&key) && !st.by_key.contains_key(&key) {
+                if !st.by_key.contains_key(&key)
+                    && st.mine(&key)
+                    && st.known.get(&key).is_some_and(|o| st.free(o))
+                {
                     spawn(&myself, st, key).await;
                 }
+            }
+            RegistryMsg::Members(members) => {
+                st.members = Some(members);
+                for (key, sup) in &st.by_key {
+                    if !st.mine(key) {
+                        sup.tell(supervisor::Msg::Release);
+                    }
+                }
+                let gained: Vec<Key> = st
+                    .known
+                    .keys()
+                    .filter(|k| st.adoptable(k))
+                    .cloned()
+                    .collect();
+                for key in gained {
+                    spawn(&myself, st, key).await;
+                }
+            }
+            RegistryMsg::ReleaseAll(reply) => {
+                st.releasing = Some(reply);
+                for sup in st.by_key.values() {
+                    sup.tell(supervisor::Msg::Release);
+                }
+                st.answer_release();
             }
             RegistryMsg::Live(reply) => {
                 if !reply.is_closed() {
@@ -141,6 +231,9 @@ impl Actor for Registry {
                     tracing::debug!(namespace = %key.0, name = %key.1, ?reason, "supervisor stopped");
                     st.by_key.remove(&key);
                     st.restarts.remove(&key);
+                    // Ended, handed over or lost: the watch says what next.
+                    st.known.remove(&key);
+                    st.answer_release();
                 }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
@@ -148,6 +241,7 @@ impl Actor for Registry {
                     return Ok(());
                 };
                 st.by_key.remove(&key);
+                st.answer_release();
                 let n = st.restarts.entry(key.clone()).or_insert(0);
                 *n += 1;
                 let reason = policy::reason(&error);
@@ -181,8 +275,7 @@ async fn spawn(myself: &ActorRef<Envelope<RegistryMsg>>, st: &mut RegistryState,
         ctx: st.ctx.clone(),
         inbox: inbox.clone(),
     };
-    let name = format!("supervisor/{}/{}", key.0, key.1);
-    match Actor::spawn_linked(Some(name), Supervisor, args, myself.get_cell()).await {
+    match Actor::spawn_linked(None, Supervisor, args, myself.get_cell()).await {
         Ok((sup, _join)) => {
             st.by_id.insert(sup.get_id(), key.clone());
             st.by_key.insert(key, inbox.addr(sup));

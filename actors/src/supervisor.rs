@@ -77,6 +77,8 @@ pub struct State {
     acks: Vec<tokio::sync::oneshot::Sender<()>>,
     pending_audit: Vec<(&'static str, String, serde_json::Value)>,
     flush_queued: bool,
+    /// Handing over: writes record no owner, and no new stage starts.
+    releasing: bool,
     /// What this run's workflow steps did, by step id, for Verifying. Kept
     /// in memory only: full object states go to the audit trail, not into
     /// the status.
@@ -95,6 +97,9 @@ pub enum Msg {
     Deadline,
     /// Write the pending step edits.
     Flush,
+    /// Hand the request over (K-RR-7): let a running workflow finish, then
+    /// record no owner and stop.
+    Release,
 }
 
 pub enum StageResult {
@@ -165,6 +170,7 @@ impl Actor for Supervisor {
             acks: Vec::new(),
             pending_audit: Vec::new(),
             flush_queued: false,
+            releasing: false,
             outcomes: BTreeMap::new(),
         })
     }
@@ -198,6 +204,20 @@ impl Actor for Supervisor {
             Msg::StageDone(epoch, _) if epoch != st.epoch => Ok(()),
             Msg::Deadline => Ok(()),
             Msg::Flush => flush(st).await,
+            Msg::Release => {
+                st.releasing = true;
+                match &st.stage {
+                    // In-flight steps finish; the result's write releases.
+                    Some(s) if s.kind == ActorKind::workflow => Ok(()),
+                    Some(s) => {
+                        s.cell.kill();
+                        st.stage = None;
+                        st.epoch += 1;
+                        release(myself, st).await
+                    }
+                    None => release(myself, st).await,
+                }
+            }
             Msg::StageDone(_, result) => {
                 st.stage = None;
                 st.stage_restarts = 0;
@@ -375,6 +395,7 @@ async fn advance(
             myself.stop(Some(format!("request reached {p}")));
             Ok(())
         }
+        _ if st.releasing => release(myself, st).await,
         // First this replica claims the request (K-RR-7): from now on a
         // write by anyone else's supervisor conflicts.
         _ if st.status.owner.as_deref() != Some(st.ctx.identity.as_str()) => {
@@ -894,6 +915,24 @@ enum WriteError {
     Contended,
 }
 
+/// Records that nobody drives the request now, then stops: the replica
+/// that owns it next adopts it from its status.
+async fn release(
+    myself: &ActorRef<Envelope<Msg>>,
+    st: &mut State,
+) -> Result<(), ActorProcessingErr> {
+    if st.status.owner.is_some() {
+        commit(myself, st, None, |_| {}).await?;
+        if st.status.owner.is_some() {
+            // Not written; `commit` retries through Advance.
+            return Ok(());
+        }
+    }
+    tracing::info!(request = %st.name, namespace = %st.namespace, "handed over");
+    myself.stop(Some("handed over".into()));
+    Ok(())
+}
+
 /// This supervisor has no request left to drive: it stops, and its stage
 /// actors with it, without writing anything more.
 fn relinquish(st: &State, why: &WriteError) {
@@ -907,7 +946,7 @@ fn relinquish(st: &State, why: &WriteError) {
 /// since, this supervisor has lost it; otherwise (the gateway counted a
 /// duplicate) the write is retried on the new version.
 async fn apply(st: &mut State, mut next: RemediationRequestStatus) -> Result<(), WriteError> {
-    next.owner = Some(st.ctx.identity.clone());
+    next.owner = (!st.releasing).then(|| st.ctx.identity.clone());
     let m = &st.ctx.metrics;
     for _ in 0..5 {
         let started = Instant::now();
@@ -1051,7 +1090,7 @@ async fn commit(
             Some(to),
             reason,
             "",
-            serde_json::json!({ "message": message }),
+            serde_json::json!({ "message": message, "replica": st.ctx.identity }),
         )
         .await;
         phase_gauge(&st.ctx, from, -1);

@@ -7,6 +7,7 @@
 mod actions;
 mod claims;
 mod events;
+mod members;
 mod occurrences;
 mod owners;
 mod requests;
@@ -23,6 +24,7 @@ pub use actions::{
 pub use actions::{DeleteOutcome, PodState};
 pub use claims::LeaseClaim;
 pub use kube::Client;
+pub use members::member_lease_name;
 pub use occurrences::{Counted, Occurrences, Require};
 pub use owners::Resolved;
 pub use requests::{Created, Scope, request_name};

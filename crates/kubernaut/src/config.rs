@@ -288,6 +288,11 @@ pub struct Controller {
     #[serde(default)]
     pub watch_namespace: String,
     pub timeouts: TimeoutsConfig,
+    /// K-RR-7: a replica whose membership Lease is older than this is dead.
+    pub lease_duration_seconds: u64,
+    pub lease_renew_seconds: u64,
+    /// On shutdown, running workflows may finish within this.
+    pub shutdown_grace_seconds: u64,
     /// A terminal request is deleted this long after it ended (K-RR-9).
     pub retention_seconds: u64,
     /// Off unless set: the next `times` actors of one kind panic.

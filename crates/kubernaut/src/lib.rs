@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kube::Api;
 use kube::api::ListParams;
+use kubernaut_actors::membership::MembershipSettings;
 use kubernaut_actors::{Context, Metrics as ControllerMetrics, Settings, controller};
 use kubernaut_api::RemediationRequest;
 use kubernaut_cluster::{Cluster, ClusterConfig, KubeTokenReviewer};
@@ -194,6 +195,11 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
             chaos: ctl.chaos()?,
             timeouts: ctl.timeouts.timeouts(),
             retention: Duration::from_secs(ctl.retention_seconds),
+            membership: MembershipSettings {
+                lease_duration: Duration::from_secs(ctl.lease_duration_seconds),
+                renew_every: Duration::from_secs(ctl.lease_renew_seconds),
+            },
+            shutdown_grace: Duration::from_secs(ctl.shutdown_grace_seconds),
             executor: executor.settings(ctl.dry_run)?,
             step_timeout: Duration::from_secs(executor.step_timeout_seconds),
             watch_namespace: Some(ctl.watch_namespace).filter(|n| !n.is_empty()),

@@ -1,0 +1,84 @@
+//! Replicas share the requests (K-RR-7): two control planes on one API
+//! server, each request driven by exactly one of them (every transition in
+//! the audit trail names the same replica); when one shuts down, the other
+//! adopts what remains at once and completes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::api::PostParams;
+use kubernaut_api::{ObjectRef, Phase};
+use kubernaut_e2e::{
+    Stack, control_plane, create_request, deployment, managed_namespace, terminal_request,
+};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn replicas_of(db: &sqlx::PgPool, uid: &str) -> anyhow::Result<BTreeSet<String>> {
+    let rows: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT detail->>'replica' FROM remediation_events WHERE request_uid = $1 AND kind = 'transition'",
+    )
+    .bind(uid)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().flatten().collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_requests_and_one_adopts_the_others_on_shutdown() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "replicas", "staging").await?;
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    let target = ObjectRef::new("Deployment", &ns, "api");
+    let rules = json!([{"signal": "ShardTest", "action": "notify_only"}]);
+    let fast = [("CONTROLLER__LEASE_RENEW_SECONDS", "1")];
+    let a = control_plane(stack, &ns, &fast, rules.clone()).await?;
+    let b = control_plane(stack, &ns, &fast, rules).await?;
+    // Both have seen each other.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut names = Vec::new();
+    for _ in 0..40 {
+        names.push(create_request(&admin, "ShardTest", &target, false).await?);
+    }
+    let db = sqlx::PgPool::connect(&stack.database_url).await?;
+    let mut by_replica: BTreeMap<String, usize> = BTreeMap::new();
+    for name in &names {
+        let rr = terminal_request(&admin, &ns, name, TIMEOUT).await?;
+        assert_eq!(rr.phase(), Phase::Completed, "{name}: {:?}", rr.status);
+        let uid = rr.metadata.uid.clone().context("uid")?;
+        let replicas = replicas_of(&db, &uid).await?;
+        assert_eq!(replicas.len(), 1, "{name} was driven by {replicas:?}");
+        *by_replica
+            .entry(replicas.into_iter().next().unwrap_or_default())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        by_replica.len(),
+        2,
+        "both replicas drive requests: {by_replica:?}"
+    );
+
+    // One leaves: the other takes every new request, without waiting for
+    // a lease to expire.
+    a.shutdown().await?;
+    let mut later = Vec::new();
+    for _ in 0..10 {
+        later.push(create_request(&admin, "ShardTest", &target, false).await?);
+    }
+    let mut survivors = BTreeSet::new();
+    for name in &later {
+        let rr = terminal_request(&admin, &ns, name, Duration::from_secs(10)).await?;
+        assert_eq!(rr.phase(), Phase::Completed);
+        survivors.extend(replicas_of(&db, rr.metadata.uid.as_deref().unwrap_or_default()).await?);
+    }
+    assert_eq!(survivors.len(), 1, "{survivors:?}");
+    b.shutdown().await
+}
