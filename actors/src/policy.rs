@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::metrics::{ActorKind, Metrics};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RestartPolicy {
     /// Restarts allowed after the first failure; 0 never restarts.
@@ -25,6 +27,14 @@ impl Default for RestartPolicy {
 }
 
 impl RestartPolicy {
+    /// After failure `n` of an actor of `kind`: the delay before it is
+    /// started again, counted as a restart; `None` once the budget is spent.
+    pub fn restart(&self, n: u32, kind: ActorKind, metrics: &Metrics) -> Option<Duration> {
+        let delay = self.backoff(n)?;
+        metrics.restarts.get_or_create(&metrics.actor(kind)).inc();
+        Some(delay)
+    }
+
     /// The delay before restart `n` (1 for the first), or `None` once the
     /// budget is spent.
     pub fn backoff(&self, n: u32) -> Option<Duration> {

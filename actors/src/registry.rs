@@ -245,13 +245,13 @@ impl Actor for Registry {
                 let n = st.restarts.entry(key.clone()).or_insert(0);
                 *n += 1;
                 let reason = policy::reason(&error);
-                match st.ctx.settings.restart.backoff(*n) {
+                let restart =
+                    st.ctx
+                        .settings
+                        .restart
+                        .restart(*n, ActorKind::supervisor, &st.ctx.metrics);
+                match restart {
                     Some(delay) => {
-                        st.ctx
-                            .metrics
-                            .restarts
-                            .get_or_create(&st.ctx.metrics.actor(ActorKind::supervisor))
-                            .inc();
                         tracing::warn!(namespace = %key.0, name = %key.1, error = %reason, restart = *n, ?delay, "supervisor failed; restarting it from the request's status");
                         st.me.tell_after(delay, RegistryMsg::Respawn(key));
                     }

@@ -248,14 +248,14 @@ impl Actor for Supervisor {
         st.stage_restarts += 1;
         let n = st.stage_restarts;
         let reason = policy::reason(&error);
-        match st.ctx.settings.restart.backoff(n) {
+        match st
+            .ctx
+            .settings
+            .restart
+            .restart(n, stage.kind, &st.ctx.metrics)
+        {
             Some(delay) => {
                 tracing::warn!(request = %st.name, namespace = %st.namespace, stage = ?stage.kind, error = %reason, restart = n, ?delay, "stage actor failed; restarting it");
-                st.ctx
-                    .metrics
-                    .restarts
-                    .get_or_create(&st.ctx.metrics.actor(stage.kind))
-                    .inc();
                 st.me.tell_after(delay, Msg::Restart(stage.epoch));
                 Ok(())
             }
@@ -292,16 +292,27 @@ fn arm(me: &Addr<Msg>, status: &RemediationRequestStatus) {
     me.tell_after(wait, Msg::Deadline);
 }
 
-/// The deadline that has passed, if any: its reason and the phase it caught.
-fn expired(st: &State) -> Option<(&'static str, Phase)> {
+/// The deadline that has passed, if any: its reason and what to record.
+fn expired(st: &State) -> Option<(&'static str, String)> {
     let now = Timestamp::now();
     let passed = |t: &Option<Time>| t.as_ref().is_some_and(|t| t.0 <= now);
-    if st.phase().is_terminal() {
+    let (phase, limits) = (st.phase(), &st.ctx.settings.timeouts);
+    if phase.is_terminal() {
         None
     } else if passed(&st.status.phase_deadline) {
-        Some((timeout_reason(st.phase()), st.phase()))
+        let limit = limits.for_phase(phase).unwrap_or_default();
+        Some((
+            timeout_reason(phase),
+            format!("{phase} did not finish within {limit:?}; escalated"),
+        ))
     } else if passed(&st.status.deadline) {
-        Some(("RequestTimeout", st.phase()))
+        Some((
+            "RequestTimeout",
+            format!(
+                "the remediation did not finish within {:?} (it was {phase}); escalated",
+                limits.request
+            ),
+        ))
     } else {
         None
     }
@@ -325,7 +336,8 @@ async fn on_deadline(
     myself: &ActorRef<Envelope<Msg>>,
     st: &mut State,
 ) -> Result<(), ActorProcessingErr> {
-    let Some((reason, phase)) = expired(st) else {
+    let phase = st.phase();
+    let Some((reason, message)) = expired(st) else {
         return Ok(());
     };
     if let Some(stage) = st.stage.take() {
@@ -333,20 +345,6 @@ async fn on_deadline(
     }
     // Whatever the stopped actors still send is stale now.
     st.epoch += 1;
-    let limit = if reason == "RequestTimeout" {
-        st.ctx.settings.timeouts.request
-    } else {
-        st.ctx
-            .settings
-            .timeouts
-            .for_phase(phase)
-            .unwrap_or_default()
-    };
-    let message = if reason == "RequestTimeout" {
-        format!("the remediation did not finish within {limit:?} (it was {phase}); escalated")
-    } else {
-        format!("{phase} did not finish within {limit:?}; escalated")
-    };
     st.ctx
         .metrics
         .escalations
@@ -878,8 +876,8 @@ async fn flush(st: &mut State) -> Result<(), ActorProcessingErr> {
         Err(e @ (WriteError::Api(_) | WriteError::Contended)) => {
             tracing::warn!(request = %st.name, namespace = %st.namespace, error = %e, "status write failed; retrying");
             st.flush_queued = true;
-            st.me.tell_after(st.retry, Msg::Flush);
-            st.retry = (st.retry * 2).min(RETRY_CAP);
+            let delay = next_retry(st);
+            st.me.tell_after(delay, Msg::Flush);
             Ok(())
         }
         Err(e) => {
@@ -998,9 +996,17 @@ async fn apply(st: &mut State, mut next: RemediationRequestStatus) -> Result<(),
 /// again with backoff, until it succeeds or the phase's deadline passes.
 fn retry_later(st: &mut State, error: String) -> Result<(), ActorProcessingErr> {
     tracing::warn!(request = %st.name, namespace = %st.namespace, phase = %st.phase(), %error, retry_in = ?st.retry, "stage failed; retrying");
-    st.me.tell_after(st.retry, Msg::Advance);
-    st.retry = (st.retry * 2).min(RETRY_CAP);
+    let delay = next_retry(st);
+    st.me.tell_after(delay, Msg::Advance);
     Ok(())
+}
+
+/// The delay before the next retry of transient trouble; doubles each time
+/// until something is written (`written` resets it).
+fn next_retry(st: &mut State) -> Duration {
+    let delay = st.retry;
+    st.retry = (st.retry * 2).min(RETRY_CAP);
+    delay
 }
 
 async fn fail(

@@ -338,13 +338,9 @@ impl Actor for WorkflowActor {
         let n = st.restarts[i];
         let step = &st.a.workflow.steps[i];
         let reason = policy::reason(&error);
-        match st.a.restart.backoff(n) {
+        match st.a.restart.restart(n, ActorKind::step, &st.a.metrics) {
             Some(delay) => {
                 tracing::warn!(step = %step.id, error = %reason, restart = n, ?delay, "step actor failed; restarting it");
-                st.a.metrics
-                    .restarts
-                    .get_or_create(&st.a.metrics.actor(ActorKind::step))
-                    .inc();
                 // Still counted as running: nothing may overtake it.
                 st.running.insert(cell.get_id(), i);
                 st.me.tell_after(delay, Msg::RetryStep(i));
