@@ -1,5 +1,5 @@
 //! The controller loop: the request watch and the membership actor feed
-//! the registry until shutdown. Shutdown is graceful (K-RR-7): every
+//! the registry (which feeds the janitor) until shutdown. Shutdown is graceful (K-RR-7): every
 //! request is handed over, running workflows may finish within the grace
 //! period, and this replica's membership Lease is deleted so that peers
 //! adopt its requests at once rather than after the lease duration.
@@ -20,7 +20,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     synced: impl Fn() + Send + 'static,
 ) -> Result<(), ractor::SpawnErr> {
-    let (registry, handle) = registry::start(ctx.clone()).await?;
+    let janitor = crate::janitor::start(ctx.clone()).await?;
+    let (registry, handle) = registry::start(ctx.clone(), janitor.clone()).await?;
     let membership = crate::membership::start(ctx.clone(), registry.clone()).await?;
     let events = ctx
         .cluster
@@ -64,6 +65,7 @@ pub async fn run(
     // What is still running stops with its parent; its progress is in the status.
     registry.actor().stop_children_and_wait(None, None).await;
     registry.actor().stop(Some("shutdown".into()));
+    janitor.actor().stop(Some("shutdown".into()));
     let _ = handle.await;
     Ok(())
 }

@@ -8,6 +8,8 @@
 //! handler blocks on the cluster.
 
 pub mod controller;
+pub mod holds;
+pub mod janitor;
 pub mod mailbox;
 pub mod membership;
 pub mod metrics;
@@ -38,6 +40,9 @@ pub struct Context {
     pub rules: Vec<Rule>,
     pub metrics: Metrics,
     pub settings: Settings,
+    /// The cluster's requests by target, for routing holds (K-RR-8); kept
+    /// by the registry from the watch.
+    pub holds: holds::Holds,
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +66,9 @@ pub struct Settings {
     pub membership: membership::MembershipSettings,
     /// On shutdown, how long in-flight workflows may run to their end.
     pub shutdown_grace: Duration,
+    pub holds: holds::HoldSettings,
+    /// How often the janitor sweeps (K-RR-9).
+    pub janitor_interval: Duration,
 }
 
 /// K-RR-4: how long a whole remediation and each phase may take.
@@ -116,6 +124,8 @@ impl Default for Settings {
             retention: Duration::from_secs(24 * 3600),
             membership: membership::MembershipSettings::default(),
             shutdown_grace: Duration::from_secs(30),
+            holds: holds::HoldSettings::default(),
+            janitor_interval: Duration::from_secs(60),
         }
     }
 }

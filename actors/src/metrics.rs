@@ -1,7 +1,8 @@
 //! Controller metrics (K-OP-1): for every actor kind its mailbox depth, the
 //! time messages wait in the mailbox, messages handled, handling time,
 //! restarts and live actors; supervisors by phase; phase transitions; actions
-//! by type and result; stage durations; status-patch latency and conflicts.
+//! by type and result; stage durations; status-patch latency and conflicts;
+//! escalations; what the janitor deleted and deferred.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -68,6 +69,13 @@ pub struct Metrics {
     pub status_conflicts: Counter,
     pub status_write_errors: Counter,
     pub escalations: Family<StageLabels, Counter>,
+    pub retention_deleted: Counter,
+    pub retention_deferred: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 fn seconds() -> Histogram {
@@ -93,6 +101,8 @@ impl Default for Metrics {
             status_conflicts: Counter::default(),
             status_write_errors: Counter::default(),
             escalations: Family::default(),
+            retention_deleted: Counter::default(),
+            retention_deferred: Family::default(),
         }
     }
 }
@@ -162,6 +172,16 @@ impl Metrics {
             "escalations",
             "Escalations recorded, by cause",
             m.escalations.clone(),
+        );
+        r.register(
+            "retention_deleted",
+            "Terminal requests deleted by the janitor after their retention",
+            m.retention_deleted.clone(),
+        );
+        r.register(
+            "retention_deferred",
+            "Expired requests the janitor kept, by reason (audit record not confirmed or PostgreSQL unavailable, delete failed)",
+            m.retention_deferred.clone(),
         );
         m
     }

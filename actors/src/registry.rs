@@ -16,10 +16,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kubernaut_api::RemediationRequest;
+use kubernaut_api::{ObjectRef, RemediationRequest};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::Context;
+use crate::janitor;
 use crate::mailbox::{Addr, Envelope, Inbox};
 use crate::metrics::ActorKind;
 use crate::policy;
@@ -55,9 +56,12 @@ pub struct RegistryState {
     me: Addr<RegistryMsg>,
     /// Non-terminal requests seen, with their recorded owner.
     known: HashMap<Key, Option<String>>,
+    /// The target of every request seen, to keep the holds index.
+    targets: HashMap<Key, ObjectRef>,
     /// `None` until membership is first known: nothing is adopted before.
     members: Option<Vec<String>>,
     releasing: Option<RpcReplyPort<()>>,
+    janitor: Addr<janitor::Msg>,
 }
 
 impl RegistryState {
@@ -85,6 +89,18 @@ impl RegistryState {
             && self.known.get(key).is_some_and(|o| self.free(o))
     }
 
+    /// A request on `target` ended or went away: the requests held busy
+    /// on it may start now rather than at their next re-check.
+    fn nudge(&self, target: &ObjectRef) {
+        for name in self.ctx.holds.requests_for(target) {
+            if let Some((ns, n)) = name.split_once('/')
+                && let Some(sup) = self.by_key.get(&(ns.to_string(), n.to_string()))
+            {
+                sup.tell(supervisor::Msg::Recheck);
+            }
+        }
+    }
+
     fn answer_release(&mut self) {
         if self.by_key.is_empty()
             && let Some(reply) = self.releasing.take()
@@ -97,24 +113,25 @@ impl RegistryState {
 /// Spawns the registry; messages go through the returned address.
 pub async fn start(
     ctx: Arc<Context>,
+    janitor: Addr<janitor::Msg>,
 ) -> Result<(Addr<RegistryMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
     let inbox = Inbox::new(&ctx.metrics, ActorKind::registry);
     let (actor, handle) =
         // Unnamed: ractor's names are process-global, and one process may
         // run several control planes (tests).
-        Actor::spawn(None, Registry, (ctx, inbox.clone())).await?;
+        Actor::spawn(None, Registry, (ctx, inbox.clone(), janitor)).await?;
     Ok((inbox.addr(actor), handle))
 }
 
 impl Actor for Registry {
     type Msg = Envelope<RegistryMsg>;
     type State = RegistryState;
-    type Arguments = (Arc<Context>, Inbox);
+    type Arguments = (Arc<Context>, Inbox, Addr<janitor::Msg>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Envelope<RegistryMsg>>,
-        (ctx, inbox): (Arc<Context>, Inbox),
+        (ctx, inbox, janitor): (Arc<Context>, Inbox, Addr<janitor::Msg>),
     ) -> Result<RegistryState, ActorProcessingErr> {
         inbox.started();
         Ok(RegistryState {
@@ -125,8 +142,10 @@ impl Actor for Registry {
             by_id: HashMap::new(),
             restarts: HashMap::new(),
             known: HashMap::new(),
+            targets: HashMap::new(),
             members: None,
             releasing: None,
+            janitor,
         })
     }
 
@@ -152,8 +171,14 @@ impl Actor for Registry {
                     rr.metadata.namespace.clone().unwrap_or_default(),
                     rr.metadata.name.clone().unwrap_or_default(),
                 );
+                st.ctx.holds.observe(&rr);
+                st.targets.insert(key.clone(), rr.spec.target.clone());
+                if let Some((key, ended)) = janitor::Ended::of(&rr, st.ctx.settings.retention) {
+                    st.janitor.tell(janitor::Msg::Ended(key, ended));
+                }
                 if rr.phase().is_terminal() || rr.metadata.deletion_timestamp.is_some() {
                     st.known.remove(&key);
+                    st.nudge(&rr.spec.target);
                     return Ok(());
                 }
                 let owner = rr.status.as_ref().and_then(|s| s.owner.clone());
@@ -174,6 +199,11 @@ impl Actor for Registry {
                 let key = (namespace, name);
                 st.restarts.remove(&key);
                 st.known.remove(&key);
+                st.janitor.tell(janitor::Msg::Gone(key.clone()));
+                if let Some(target) = st.targets.remove(&key) {
+                    st.ctx.holds.forget(&target, &key.0, &key.1);
+                    st.nudge(&target);
+                }
                 if let Some(sup) = st.by_key.get(&key) {
                     sup.actor().stop(Some("request deleted".into()));
                 }
@@ -187,6 +217,7 @@ impl Actor for Registry {
                 }
             }
             RegistryMsg::Members(members) => {
+                st.janitor.tell(janitor::Msg::Members(members.clone()));
                 st.members = Some(members);
                 for (key, sup) in &st.by_key {
                     if !st.mine(key) {

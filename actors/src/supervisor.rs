@@ -55,6 +55,7 @@ pub struct State {
     namespace: String,
     name: String,
     uid: String,
+    created: Timestamp,
     spec: RemediationRequestSpec,
     status: RemediationRequestStatus,
     ctx: Arc<Context>,
@@ -83,6 +84,8 @@ pub struct State {
     /// in memory only: full object states go to the audit trail, not into
     /// the status.
     outcomes: BTreeMap<String, kubernaut_cluster::Outcome>,
+    /// How often this supervisor found its target busy (its backoff).
+    times_held: u32,
 }
 
 pub enum Msg {
@@ -100,6 +103,9 @@ pub enum Msg {
     /// Hand the request over (K-RR-7): let a running workflow finish, then
     /// record no owner and stop.
     Release,
+    /// A routing hold may have ended (K-RR-8): its time passed, or its
+    /// target freed.
+    Recheck,
 }
 
 pub enum StageResult {
@@ -151,10 +157,22 @@ impl Actor for Supervisor {
         let status = rr.status.clone().unwrap_or_default();
         phase_gauge(&args.ctx, status.phase, 1);
         arm(&me, &status);
+        if let Some(until) = status
+            .blocked_until
+            .as_ref()
+            .filter(|_| status.phase == Phase::Blocked)
+        {
+            me.tell_after(wait_until(until.0), Msg::Recheck);
+        }
         Ok(State {
             namespace: args.namespace,
             name: args.name,
             uid: rr.metadata.uid.clone().unwrap_or_default(),
+            created: rr
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
             spec: rr.spec.clone(),
             status,
             ctx: args.ctx,
@@ -172,6 +190,7 @@ impl Actor for Supervisor {
             flush_queued: false,
             releasing: false,
             outcomes: BTreeMap::new(),
+            times_held: 0,
         })
     }
 
@@ -201,6 +220,10 @@ impl Actor for Supervisor {
         match msg {
             Msg::Advance if st.stage.is_some() => Ok(()),
             Msg::Advance => advance(myself, st).await,
+            Msg::Recheck if st.phase() == Phase::Blocked && st.stage.is_none() => {
+                advance(myself, st).await
+            }
+            Msg::Recheck => Ok(()),
             Msg::StageDone(epoch, _) if epoch != st.epoch => Ok(()),
             Msg::Deadline => Ok(()),
             Msg::Flush => flush(st).await,
@@ -285,11 +308,7 @@ fn arm(me: &Addr<Msg>, status: &RemediationRequestStatus) {
     else {
         return;
     };
-    let wait = at
-        .duration_since(Timestamp::now())
-        .try_into()
-        .unwrap_or(Duration::ZERO);
-    me.tell_after(wait, Msg::Deadline);
+    me.tell_after(wait_until(at), Msg::Deadline);
 }
 
 /// The deadline that has passed, if any: its reason and what to record.
@@ -345,18 +364,9 @@ async fn on_deadline(
     }
     // Whatever the stopped actors still send is stale now.
     st.epoch += 1;
-    st.ctx
-        .metrics
-        .escalations
-        .get_or_create(&StageLabels { stage: reason })
-        .inc();
-    audit_event(
+    escalate(
         st,
-        "escalation",
-        None,
-        None,
         reason,
-        "",
         serde_json::json!({ "phase": phase.as_str(), "message": message }),
     )
     .await;
@@ -372,6 +382,17 @@ async fn on_deadline(
         set_condition(s, "Escalated", "True", reason);
     })
     .await
+}
+
+/// Records an escalation (its delivery is the notifier's): counted, and a
+/// row in the audit trail.
+async fn escalate(st: &State, reason: &'static str, detail: serde_json::Value) {
+    st.ctx
+        .metrics
+        .escalations
+        .get_or_create(&StageLabels { stage: reason })
+        .inc();
+    audit_event(st, "escalation", None, None, reason, "", detail).await;
 }
 
 /// Keeps the supervisors-by-phase gauge.
@@ -403,16 +424,7 @@ async fn advance(
             }
             Ok(())
         }
-        Phase::Pending | Phase::Blocked => {
-            audit_request(st, Phase::Pending).await;
-            commit(
-                myself,
-                st,
-                Some((Phase::Processing, "Started", String::new())),
-                |_| {},
-            )
-            .await
-        }
+        Phase::Pending | Phase::Blocked => start(myself, st).await,
         Phase::Processing => {
             let (cluster, spec) = (st.ctx.cluster.clone(), st.spec.clone());
             spawn_stage(myself, st, ActorKind::processing, move || {
@@ -464,6 +476,74 @@ async fn advance(
     }
 }
 
+/// Starts the request, unless a routing hold (K-RR-8) keeps it Blocked.
+async fn start(myself: &ActorRef<Envelope<Msg>>, st: &mut State) -> Result<(), ActorProcessingErr> {
+    let pending = st.phase() == Phase::Pending;
+    if pending {
+        audit_request(st, Phase::Pending).await;
+    }
+    let now = Timestamp::now();
+    // A storm waits for a human anyway; it holds no single target.
+    let hold = st.spec.storm.is_none().then(|| {
+        st.ctx.holds.before_start(
+            &st.ctx.settings.holds,
+            &format!("{}/{}", st.namespace, st.name),
+            st.created,
+            &st.spec.target,
+            st.times_held,
+            now,
+        )
+    });
+    let Some(hold) = hold.flatten() else {
+        let reason = if pending { "Started" } else { "HoldReleased" };
+        return commit(
+            myself,
+            st,
+            Some((Phase::Processing, reason, String::new())),
+            |s| {
+                if !pending {
+                    s.blocked_until = None;
+                    set_condition(s, "Held", "False", reason);
+                }
+            },
+        )
+        .await;
+    };
+    // Still held, and the recorded time to look again has not come: the
+    // timer armed with it will.
+    if !pending && st.status.blocked_until.as_ref().is_some_and(|t| t.0 > now) {
+        return Ok(());
+    }
+    if hold.reason == "TargetBusy" {
+        st.times_held += 1;
+    }
+    if pending && hold.reason == "ConsecutiveFailures" {
+        let detail =
+            serde_json::json!({ "message": hold.message, "blockedUntil": hold.until.to_string() });
+        escalate(st, hold.reason, detail).await;
+    }
+    tracing::info!(request = %st.name, namespace = %st.namespace, reason = hold.reason, until = %hold.until, message = %hold.message, "routing hold");
+    let until = Time(hold.until);
+    let to = pending.then(|| (Phase::Blocked, hold.reason, hold.message.clone()));
+    let (reason, message) = (hold.reason, hold.message);
+    commit(myself, st, to, |s| {
+        s.blocked_until = Some(until.clone());
+        s.message = Some(message);
+        set_condition(s, "Held", "True", reason);
+    })
+    .await?;
+    if st.status.blocked_until.as_ref() == Some(&until) {
+        st.me.tell_after(wait_until(until.0), Msg::Recheck);
+    }
+    Ok(())
+}
+
+fn wait_until(at: Timestamp) -> Duration {
+    at.duration_since(Timestamp::now())
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+}
+
 async fn analyze(
     myself: &ActorRef<Envelope<Msg>>,
     st: &mut State,
@@ -505,6 +585,33 @@ async fn on_analyzed(
                 action: d.summary(),
                 workflow: d.workflow.clone(),
             };
+            let recent = st.ctx.holds.recently_remediated(
+                &st.ctx.settings.holds,
+                &format!("{}/{}", st.namespace, st.name),
+                &st.spec.target,
+                &d.summary(),
+                Timestamp::now(),
+            );
+            if let Some((by, ago)) = recent {
+                let t = &st.spec.target;
+                let msg = format!(
+                    "{} on {}/{} completed {}s ago (request {by}); skipped as recently remediated",
+                    d.summary(),
+                    t.kind,
+                    t.name,
+                    ago.as_secs()
+                );
+                return commit(
+                    myself,
+                    st,
+                    Some((Phase::Skipped, "RecentlyRemediated", msg)),
+                    |s| {
+                        s.analysis = Some(analysis);
+                        set_condition(s, "Analyzed", "True", "RecentlyRemediated");
+                    },
+                )
+                .await;
+            }
             let mut msg = format!("rule {} chose {}", d.rule, d.summary());
             if st.ctx.settings.executor.dry_run_only {
                 msg.push_str(" (global dry-run: server-side dry runs only)");

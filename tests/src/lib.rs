@@ -4,7 +4,7 @@
 //! `deploy/`, and hands out clients for the admin and the controller
 //! identities, PostgreSQL, and the gateway over real HTTP. It also starts a
 //! gateway on its own (without the controller, which is one per stack) and
-//! private Redis servers for tests that stop them.
+//! private Redis and PostgreSQL servers for tests that stop them.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -411,6 +411,103 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+/// A PostgreSQL server of the test's own (the Debian packages' binaries, as
+/// `scripts/stack.sh` uses), on a free port with its data in a temp dir, so
+/// that the test can stop and start it.
+pub struct PostgresServer {
+    pub url: String,
+    port: u16,
+    dir: PathBuf,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Runs a PostgreSQL tool as the `postgres` user when we are root (it
+/// refuses to run as root), as ourselves otherwise.
+fn pg_command(tool: &str) -> Command {
+    let path = format!("{PG_BIN}/{tool}");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run_quietly(mut c: Command, what: &str) -> anyhow::Result<()> {
+    let out = c.output().with_context(|| format!("running {what}"))?;
+    ensure!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+impl PostgresServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(unique("kubernaut-pg"));
+        std::fs::create_dir_all(&dir)?;
+        let _ = Command::new("chown").args(["postgres"]).arg(&dir).status();
+        let mut initdb = pg_command("initdb");
+        initdb.arg("-D").arg(dir.join("data")).args([
+            "--auth=trust",
+            "--username=postgres",
+            "-E",
+            "UTF8",
+        ]);
+        run_quietly(initdb, "initdb")?;
+        let server = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
+            dir,
+        };
+        server.resume()?;
+        Ok(server)
+    }
+
+    /// Starts the (stopped) server again on the same port and data.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.display()
+            ))
+            .arg("start");
+        run_quietly(c, "pg_ctl start")
+    }
+
+    /// Stops the server at once (connections are cut).
+    pub fn stop(&self) -> anyhow::Result<()> {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
+        run_quietly(c, "pg_ctl stop")
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -33,10 +33,17 @@ async fn two_replicas_share_requests_and_one_adopts_the_others_on_shutdown() -> 
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
     let ns = managed_namespace(&admin, "replicas", "staging").await?;
-    Api::<Deployment>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &deployment("api", 1))
-        .await?;
-    let target = ObjectRef::new("Deployment", &ns, "api");
+    // One target per request: requests on one target would wait for each
+    // other (routing holds, K-RR-8).
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
+    let mut targets = Vec::new();
+    for i in 0..50 {
+        let name = format!("api-{i}");
+        deployments
+            .create(&PostParams::default(), &deployment(&name, 1))
+            .await?;
+        targets.push(ObjectRef::new("Deployment", &ns, &name));
+    }
     let rules = json!([{"signal": "ShardTest", "action": "notify_only"}]);
     let fast = [("CONTROLLER__LEASE_RENEW_SECONDS", "1")];
     let a = control_plane(stack, &ns, &fast, rules.clone()).await?;
@@ -45,8 +52,8 @@ async fn two_replicas_share_requests_and_one_adopts_the_others_on_shutdown() -> 
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let mut names = Vec::new();
-    for _ in 0..40 {
-        names.push(create_request(&admin, "ShardTest", &target, false).await?);
+    for target in &targets[..40] {
+        names.push(create_request(&admin, "ShardTest", target, false).await?);
     }
     let db = sqlx::PgPool::connect(&stack.database_url).await?;
     let mut by_replica: BTreeMap<String, usize> = BTreeMap::new();
@@ -70,8 +77,8 @@ async fn two_replicas_share_requests_and_one_adopts_the_others_on_shutdown() -> 
     // a lease to expire.
     a.shutdown().await?;
     let mut later = Vec::new();
-    for _ in 0..10 {
-        later.push(create_request(&admin, "ShardTest", &target, false).await?);
+    for target in &targets[40..] {
+        later.push(create_request(&admin, "ShardTest", target, false).await?);
     }
     let mut survivors = BTreeSet::new();
     for name in &later {

@@ -6,7 +6,7 @@
 //! gets a conflict instead of overwriting the new owner's state.
 
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kubernaut_api::{RemediationRequest, RemediationRequestStatus};
 use serde_json::json;
 
@@ -41,6 +41,31 @@ impl Cluster {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let written = bounded(api.patch_status(name, &pp, &Patch::Apply(&body))).await?;
         Ok(written.metadata.resource_version.unwrap_or_default())
+    }
+
+    /// Deletes the request if it is still the object (uid) at the version
+    /// the caller decided on; `false` if it is gone already. A conflict
+    /// (it changed since) is an error: decide again on the new version.
+    pub async fn delete_request(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        resource_version: &str,
+    ) -> Result<bool> {
+        let api: Api<RemediationRequest> = Api::namespaced(self.client().clone(), namespace);
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: Some(resource_version.to_string()),
+            }),
+            ..Default::default()
+        };
+        match bounded(api.delete(name, &dp)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn get_request(

@@ -295,6 +295,9 @@ pub struct Controller {
     pub shutdown_grace_seconds: u64,
     /// A terminal request is deleted this long after it ended (K-RR-9).
     pub retention_seconds: u64,
+    /// How often the janitor looks for expired requests.
+    pub janitor_interval_seconds: u64,
+    pub holds: HoldsConfig,
     /// Off unless set: the next `times` actors of one kind panic.
     #[serde(default)]
     pub fault_injection: Option<FaultInjection>,
@@ -322,6 +325,30 @@ impl TimeoutsConfig {
             approval: s(self.approval_seconds),
             executing: s(self.executing_seconds),
             verifying: s(self.verifying_seconds),
+        }
+    }
+}
+
+/// Routing holds (K-RR-8), in seconds.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HoldsConfig {
+    pub recently_remediated_seconds: u64,
+    pub consecutive_failures: u32,
+    pub failure_block_seconds: u64,
+    pub backoff_base_seconds: u64,
+    pub backoff_max_seconds: u64,
+}
+
+impl HoldsConfig {
+    pub fn settings(&self) -> kubernaut_actors::holds::HoldSettings {
+        let s = Duration::from_secs;
+        kubernaut_actors::holds::HoldSettings {
+            recently_remediated: s(self.recently_remediated_seconds),
+            consecutive_failures: self.consecutive_failures.max(1),
+            failure_block: s(self.failure_block_seconds),
+            backoff_base: s(self.backoff_base_seconds),
+            backoff_max: s(self.backoff_max_seconds),
         }
     }
 }

@@ -189,6 +189,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         audit,
         rules,
         metrics: controller_metrics,
+        holds: Default::default(),
         settings: Settings {
             verify_timeout: ctl.verify_timeout(),
             restart: ctl.restart_policy(),
@@ -200,6 +201,8 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
                 renew_every: Duration::from_secs(ctl.lease_renew_seconds),
             },
             shutdown_grace: Duration::from_secs(ctl.shutdown_grace_seconds),
+            holds: ctl.holds.settings(),
+            janitor_interval: Duration::from_secs(ctl.janitor_interval_seconds.max(1)),
             executor: executor.settings(ctl.dry_run)?,
             step_timeout: Duration::from_secs(executor.step_timeout_seconds),
             watch_namespace: Some(ctl.watch_namespace).filter(|n| !n.is_empty()),

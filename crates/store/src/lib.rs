@@ -169,8 +169,8 @@ impl Store {
     /// Starts the writer task and returns the handle callers log through.
     pub fn audit_log(self) -> (AuditLog, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let task = tokio::spawn(drain(self, rx));
-        (AuditLog { tx }, task)
+        let task = tokio::spawn(drain(self.clone(), rx));
+        (AuditLog { tx, store: self }, task)
     }
 }
 
@@ -178,11 +178,24 @@ impl Store {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<AuditRecord>,
+    store: Store,
 }
 
 impl AuditLog {
     pub async fn record(&self, record: AuditRecord) -> Result<()> {
         self.tx.send(record).await.map_err(|_| Error::Closed)
+    }
+
+    /// Whether the audit trail holds the request `uid` in `phase`: its
+    /// final record is safely in PostgreSQL (K-RR-9). An error when
+    /// PostgreSQL cannot say.
+    pub async fn confirmed(&self, uid: &str, phase: &str) -> Result<bool> {
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT phase FROM remediation_requests WHERE uid = $1")
+                .bind(uid)
+                .fetch_optional(&self.store.pool)
+                .await?;
+        Ok(found.as_deref() == Some(phase))
     }
 
     /// Records waiting to be written (the audit backlog, K-OP-1).

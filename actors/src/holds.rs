@@ -1,0 +1,389 @@
+//! Routing holds (K-RR-8), computed from the cluster's requests. The
+//! registry keeps [`Holds`] up to date from the request watch (every
+//! request, whoever drives it), and a supervisor asks it before it starts
+//! work on a target and again before it acts:
+//!
+//! - **consecutive failures**: after `consecutive_failures` remediations of
+//!   a target failed in a row, the target is blocked for `failure_block`
+//!   from the last failure; after that one new attempt is let through.
+//! - **backoff**: after fewer failures in a row, the next attempt waits
+//!   `backoff_base × 2^(n-1)`, capped at `backoff_max`, from the last one.
+//! - **busy**: another request is working on the target (any live phase),
+//!   or is waiting for it and came first. A request held busy re-checks
+//!   when the target frees (the registry nudges it) and otherwise after
+//!   its own backoff.
+//! - **recently remediated**: the same action completed on the same target
+//!   within `recently_remediated`; checked once the action is known, and the
+//!   request is skipped.
+//!
+//! Only requests that executed something count as failures or successes:
+//! a request skipped, cancelled, or failed before acting says nothing about
+//! the target. Storm requests are not per-target work and are not indexed.
+
+use std::time::Duration;
+
+use dashmap::DashMap;
+use kubernaut_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldSettings {
+    pub recently_remediated: Duration,
+    pub consecutive_failures: u32,
+    pub failure_block: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for HoldSettings {
+    fn default() -> Self {
+        Self {
+            recently_remediated: Duration::from_secs(300),
+            consecutive_failures: 3,
+            failure_block: Duration::from_secs(3600),
+            backoff_base: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(600),
+        }
+    }
+}
+
+impl HoldSettings {
+    /// `backoff_base × 2^n`, capped at `backoff_max`.
+    pub fn backoff(&self, n: u32) -> Duration {
+        self.backoff_base
+            .saturating_mul(2u32.saturating_pow(n.min(20)))
+            .min(self.backoff_max)
+    }
+}
+
+/// What the index knows of one request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub name: String,
+    pub created: Timestamp,
+    pub phase: Phase,
+    /// The chosen actions (`AnalysisStatus::action`), once analysed.
+    pub action: Option<String>,
+    /// Whether it got as far as executing.
+    pub executed: bool,
+    pub finished: Option<Timestamp>,
+}
+
+/// A hold on starting: why, until when, and what to tell the humans.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hold {
+    pub reason: &'static str,
+    pub until: Timestamp,
+    pub message: String,
+}
+
+/// Requests by target (`kind/namespace/name`), then by `namespace/name`.
+#[derive(Default)]
+pub struct Holds {
+    by_target: DashMap<String, Vec<Entry>>,
+}
+
+pub fn target_key(t: &ObjectRef) -> String {
+    format!("{}/{}/{}", t.kind, t.namespace, t.name)
+}
+
+fn request_key(rr: &RemediationRequest) -> String {
+    format!(
+        "{}/{}",
+        rr.metadata.namespace.as_deref().unwrap_or_default(),
+        rr.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl Holds {
+    /// Records the latest state of a request (from the watch).
+    pub fn observe(&self, rr: &RemediationRequest) {
+        if rr.spec.storm.is_some() {
+            return;
+        }
+        let status = rr.status.clone().unwrap_or_default();
+        let entry = Entry {
+            name: request_key(rr),
+            created: rr
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+            phase: status.phase,
+            action: status.analysis.map(|a| a.action),
+            executed: status.execution.is_some(),
+            finished: status.completion_time.map(|t| t.0),
+        };
+        let mut list = self
+            .by_target
+            .entry(target_key(&rr.spec.target))
+            .or_default();
+        match list.iter_mut().find(|e| e.name == entry.name) {
+            Some(e) => *e = entry,
+            None => list.push(entry),
+        }
+    }
+
+    pub fn forget(&self, target: &ObjectRef, namespace: &str, name: &str) {
+        let key = target_key(target);
+        let name = format!("{namespace}/{name}");
+        let now_empty = self.by_target.get_mut(&key).is_some_and(|mut list| {
+            list.retain(|e| e.name != name);
+            list.is_empty()
+        });
+        if now_empty {
+            self.by_target.remove_if(&key, |_, list| list.is_empty());
+        }
+    }
+
+    /// The requests recorded for a target (`namespace/name`).
+    pub fn requests_for(&self, target: &ObjectRef) -> Vec<String> {
+        self.by_target
+            .get(&target_key(target))
+            .map(|l| l.iter().map(|e| e.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether request `me` (`namespace/name`, created at `created`) may
+    /// start work on `target` now. `times_held` is how often it was held
+    /// busy before (its own backoff).
+    pub fn before_start(
+        &self,
+        s: &HoldSettings,
+        me: &str,
+        created: Timestamp,
+        target: &ObjectRef,
+        times_held: u32,
+        now: Timestamp,
+    ) -> Option<Hold> {
+        let list = self.by_target.get(&target_key(target))?;
+        let others: Vec<&Entry> = list.iter().filter(|e| e.name != me).collect();
+        check_start(s, &others, me, created, target, times_held, now)
+    }
+
+    /// Whether the same actions completed on `target` recently: the
+    /// request that did it, and how long ago.
+    pub fn recently_remediated(
+        &self,
+        s: &HoldSettings,
+        me: &str,
+        target: &ObjectRef,
+        action: &str,
+        now: Timestamp,
+    ) -> Option<(String, Duration)> {
+        let list = self.by_target.get(&target_key(target))?;
+        list.iter()
+            .filter(|e| e.name != me && e.phase == Phase::Completed && e.executed)
+            .filter(|e| e.action.as_deref() == Some(action))
+            .filter_map(|e| Some((e, age(now, e.finished?))))
+            .filter(|(_, ago)| *ago < s.recently_remediated)
+            .min_by_key(|(_, ago)| *ago)
+            .map(|(e, ago)| (e.name.clone(), ago))
+    }
+}
+
+fn age(now: Timestamp, then: Timestamp) -> Duration {
+    now.duration_since(then)
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+}
+
+fn plus(t: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+fn check_start(
+    s: &HoldSettings,
+    others: &[&Entry],
+    me: &str,
+    created: Timestamp,
+    target: &ObjectRef,
+    times_held: u32,
+    now: Timestamp,
+) -> Option<Hold> {
+    let what = format!("{}/{}", target.kind, target.name);
+    // The failure streak: executed, finished requests, newest first, up to
+    // the last success.
+    let mut settled: Vec<&&Entry> = others
+        .iter()
+        .filter(|e| e.executed && e.phase.is_terminal() && e.finished.is_some())
+        .filter(|e| matches!(e.phase, Phase::Completed | Phase::Failed | Phase::TimedOut))
+        .collect();
+    settled.sort_by_key(|e| std::cmp::Reverse(e.finished));
+    let streak = settled
+        .iter()
+        .take_while(|e| e.phase != Phase::Completed)
+        .count() as u32;
+    if let Some(last) = settled.first().and_then(|e| e.finished)
+        && streak > 0
+    {
+        if streak >= s.consecutive_failures {
+            let until = plus(last, s.failure_block);
+            if until > now {
+                return Some(Hold {
+                    reason: "ConsecutiveFailures",
+                    until,
+                    message: format!(
+                        "the last {streak} remediations of {what} failed; it is blocked for {:?} after the last one",
+                        s.failure_block
+                    ),
+                });
+            }
+        } else {
+            let wait = s.backoff(streak - 1);
+            let until = plus(last, wait);
+            if until > now {
+                return Some(Hold {
+                    reason: "Backoff",
+                    until,
+                    message: format!(
+                        "the last remediation of {what} failed ({streak} in a row); the next waits {wait:?}"
+                    ),
+                });
+            }
+        }
+    }
+    let busy = others.iter().find(|e| match e.phase {
+        Phase::Processing
+        | Phase::Analyzing
+        | Phase::AwaitingApproval
+        | Phase::Executing
+        | Phase::Verifying => true,
+        // Waiting requests go in order of arrival.
+        Phase::Pending | Phase::Blocked => (e.created, e.name.as_str()) < (created, me),
+        _ => false,
+    });
+    busy.map(|e| Hold {
+        reason: "TargetBusy",
+        until: plus(now, s.backoff(times_held)),
+        message: format!("{what} is busy: request {} is {}", e.name, e.phase),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn entry(name: &str, created: i64, phase: Phase, finished: Option<i64>) -> Entry {
+        Entry {
+            name: name.into(),
+            created: at(created),
+            phase,
+            action: Some("restart_pod".into()),
+            executed: finished.is_some() || phase == Phase::Executing,
+            finished: finished.map(at),
+        }
+    }
+
+    fn check(others: &[Entry], now: i64) -> Option<Hold> {
+        let s = HoldSettings::default();
+        let refs: Vec<&Entry> = others.iter().collect();
+        let target = ObjectRef::new("Deployment", "shop", "web");
+        check_start(&s, &refs, "shop/me", at(1000), &target, 0, at(now))
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_base_and_is_capped() {
+        let s = HoldSettings::default();
+        let secs: Vec<u64> = (0..6).map(|n| s.backoff(n).as_secs()).collect();
+        assert_eq!(secs, [60, 120, 240, 480, 600, 600]);
+        assert_eq!(s.backoff(u32::MAX).as_secs(), 600);
+    }
+
+    #[test]
+    fn a_live_request_on_the_target_makes_it_busy() {
+        for phase in [Phase::Processing, Phase::Executing, Phase::AwaitingApproval] {
+            let hold = check(&[entry("shop/a", 2000, phase, None)], 3000).unwrap();
+            assert_eq!(hold.reason, "TargetBusy", "{phase}");
+            assert_eq!(hold.until, at(3060));
+        }
+    }
+
+    #[test]
+    fn waiting_requests_go_in_order_of_arrival() {
+        let older = entry("shop/a", 500, Phase::Pending, None);
+        assert_eq!(check(&[older], 3000).unwrap().reason, "TargetBusy");
+        let newer = entry("shop/z", 1500, Phase::Blocked, None);
+        assert_eq!(check(&[newer], 3000), None);
+    }
+
+    #[test]
+    fn three_failures_in_a_row_block_for_an_hour_from_the_last() {
+        let failed = [
+            entry("shop/a", 0, Phase::Failed, Some(100)),
+            entry("shop/b", 0, Phase::TimedOut, Some(200)),
+            entry("shop/c", 0, Phase::Failed, Some(300)),
+        ];
+        let hold = check(&failed, 400).unwrap();
+        assert_eq!(hold.reason, "ConsecutiveFailures");
+        assert_eq!(hold.until, at(300 + 3600));
+        // After the hour, one attempt is let through.
+        assert_eq!(check(&failed, 300 + 3600), None);
+    }
+
+    #[test]
+    fn a_success_ends_the_streak_and_non_executed_requests_do_not_count() {
+        let mut list = vec![
+            entry("shop/a", 0, Phase::Failed, Some(100)),
+            entry("shop/b", 0, Phase::Failed, Some(200)),
+            entry("shop/ok", 0, Phase::Completed, Some(250)),
+            entry("shop/c", 0, Phase::Failed, Some(300)),
+        ];
+        // Skipped without acting: neutral.
+        list.push(Entry {
+            executed: false,
+            ..entry("shop/s", 0, Phase::Failed, Some(350))
+        });
+        let hold = check(&list, 320).unwrap();
+        assert_eq!(hold.reason, "Backoff");
+        assert_eq!(hold.until, at(360), "one failure: 60 s");
+        assert_eq!(check(&list, 360), None);
+    }
+
+    #[test]
+    fn backoff_grows_with_the_streak() {
+        let list = [
+            entry("shop/a", 0, Phase::Failed, Some(100)),
+            entry("shop/b", 0, Phase::Failed, Some(200)),
+        ];
+        assert_eq!(check(&list, 250).unwrap().until, at(320));
+    }
+
+    #[test]
+    fn recently_remediated_needs_the_same_action_completed_within_the_window() {
+        let holds = Holds::default();
+        let s = HoldSettings::default();
+        let target = ObjectRef::new("Deployment", "shop", "web");
+        let key = target_key(&target);
+        holds.by_target.insert(
+            key,
+            vec![
+                entry("shop/a", 0, Phase::Completed, Some(100)),
+                Entry {
+                    action: Some("scale_deployment".into()),
+                    ..entry("shop/b", 0, Phase::Completed, Some(200))
+                },
+            ],
+        );
+        let recent =
+            |action: &str, now| holds.recently_remediated(&s, "shop/me", &target, action, at(now));
+        assert_eq!(
+            recent("restart_pod", 250),
+            Some(("shop/a".into(), Duration::from_secs(150)))
+        );
+        assert_eq!(recent("restart_pod", 400), None, "outside 5 min");
+        assert_eq!(recent("rollout_restart", 250), None, "another action");
+        assert_eq!(
+            holds.recently_remediated(&s, "shop/a", &target, "restart_pod", at(250)),
+            None,
+            "a request is not its own history"
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! The janitor (K-RR-9): it deletes terminal requests once their
+//! `retentionExpiryTime` has passed, and only after the audit trail in
+//! PostgreSQL holds the request in its final phase: the cluster's copy is
+//! never the last one. While PostgreSQL cannot answer, nothing is deleted;
+//! the request waits for the next sweep (counted as deferred).
+//!
+//! The registry tells it of every terminal request the watch shows, of
+//! deletions, and of the live replicas. Each replica sweeps only the
+//! requests rendezvous hashing gives it, so replicas never race to delete
+//! one request; a request of a dead replica moves with the membership.
+//! Deletes name the uid and resourceVersion the decision was made on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubernaut_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kubernaut_api::{Phase, RemediationRequest};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::Context;
+use crate::mailbox::{Addr, Envelope, Inbox};
+use crate::metrics::{ActorKind, ReasonLabels};
+
+/// At most this many deletions per sweep, so a backlog (after an outage of
+/// PostgreSQL, or a first start) does not flood the API server; the next
+/// sweep follows at once.
+const SWEEP_BATCH: usize = 200;
+const BACKLOG_PAUSE: Duration = Duration::from_secs(1);
+
+type Key = (String, String);
+
+/// A terminal request and when it may go.
+#[derive(Clone, Debug)]
+pub struct Ended {
+    uid: String,
+    resource_version: String,
+    phase: Phase,
+    expires: Timestamp,
+}
+
+impl Ended {
+    /// The retention of a terminal request: its recorded expiry, else its
+    /// completion plus `retention`. `None` for a live request.
+    pub fn of(rr: &RemediationRequest, retention: Duration) -> Option<(Key, Ended)> {
+        let status = rr.status.as_ref()?;
+        if !status.phase.is_terminal() || rr.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let expires = match (&status.retention_expiry_time, &status.completion_time) {
+            (Some(t), _) => t.0,
+            (None, Some(done)) => SignedDuration::try_from(retention)
+                .ok()
+                .and_then(|d| done.0.checked_add(d).ok())?,
+            (None, None) => return None,
+        };
+        let key = (
+            rr.metadata.namespace.clone().unwrap_or_default(),
+            rr.metadata.name.clone().unwrap_or_default(),
+        );
+        Some((
+            key,
+            Ended {
+                uid: rr.metadata.uid.clone().unwrap_or_default(),
+                resource_version: rr.metadata.resource_version.clone().unwrap_or_default(),
+                phase: status.phase,
+                expires,
+            },
+        ))
+    }
+}
+
+pub enum Msg {
+    Ended(Key, Ended),
+    Gone(Key),
+    Members(Vec<String>),
+    Sweep,
+}
+
+pub struct Janitor;
+
+pub struct State {
+    ctx: Arc<Context>,
+    inbox: Inbox,
+    me: Addr<Msg>,
+    ended: HashMap<Key, Ended>,
+    members: Option<Vec<String>>,
+}
+
+pub async fn start(ctx: Arc<Context>) -> Result<Addr<Msg>, ractor::SpawnErr> {
+    let inbox = Inbox::new(&ctx.metrics, ActorKind::janitor);
+    let (actor, _) = Actor::spawn(None, Janitor, (ctx, inbox.clone())).await?;
+    Ok(inbox.addr(actor))
+}
+
+impl Actor for Janitor {
+    type Msg = Envelope<Msg>;
+    type State = State;
+    type Arguments = (Arc<Context>, Inbox);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Envelope<Msg>>,
+        (ctx, inbox): (Arc<Context>, Inbox),
+    ) -> Result<State, ActorProcessingErr> {
+        inbox.started();
+        let me = inbox.addr(myself);
+        me.tell_after(ctx.settings.janitor_interval, Msg::Sweep);
+        Ok(State {
+            ctx,
+            me,
+            inbox,
+            ended: HashMap::new(),
+            members: None,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Envelope<Msg>>,
+        st: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        st.inbox.stopped();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Envelope<Msg>>,
+        env: Envelope<Msg>,
+        st: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (msg, _handling) = st.inbox.open(env);
+        match msg {
+            Msg::Ended(key, ended) => {
+                st.ended.insert(key, ended);
+            }
+            Msg::Gone(key) => {
+                st.ended.remove(&key);
+            }
+            Msg::Members(m) => st.members = Some(m),
+            Msg::Sweep => {
+                let more = sweep(st).await;
+                let next = if more {
+                    BACKLOG_PAUSE
+                } else {
+                    st.ctx.settings.janitor_interval
+                };
+                st.me.tell_after(next, Msg::Sweep);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deletes what is due and confirmed; `true` when more is due than one
+/// batch took.
+async fn sweep(st: &mut State) -> bool {
+    let Some(members) = &st.members else {
+        return false;
+    };
+    let now = Timestamp::now();
+    let mut due: Vec<(Key, Ended)> = st
+        .ended
+        .iter()
+        .filter(|(_, e)| e.expires <= now)
+        .filter(|(k, _)| {
+            crate::membership::owner_of(&format!("{}/{}", k.0, k.1), members)
+                == Some(st.ctx.identity.as_str())
+        })
+        .map(|(k, e)| (k.clone(), e.clone()))
+        .collect();
+    due.sort_by_key(|(_, e)| e.expires);
+    let more = due.len() > SWEEP_BATCH;
+    let deferred = |reason| {
+        st.ctx
+            .metrics
+            .retention_deferred
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    };
+    for (key, e) in due.into_iter().take(SWEEP_BATCH) {
+        match st.ctx.audit.confirmed(&e.uid, e.phase.as_str()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(namespace = %key.0, name = %key.1, phase = %e.phase, "retention expired, but the audit trail does not hold the request's final record yet; keeping it");
+                deferred("unconfirmed");
+                continue;
+            }
+            Err(err) => {
+                // PostgreSQL is down: nothing can be confirmed this sweep.
+                tracing::warn!(error = %err, "the audit trail cannot be read; the janitor deletes nothing until it can");
+                deferred("audit_unavailable");
+                return false;
+            }
+        }
+        match st
+            .ctx
+            .cluster
+            .delete_request(&key.0, &key.1, &e.uid, &e.resource_version)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(namespace = %key.0, name = %key.1, phase = %e.phase, "retention expired and audit confirmed; request deleted");
+                st.ctx.metrics.retention_deleted.inc();
+                st.ended.remove(&key);
+            }
+            Err(err) => {
+                // Changed since (a newer version follows from the watch),
+                // or the API server is unavailable: the next sweep decides.
+                tracing::warn!(namespace = %key.0, name = %key.1, error = %err, "could not delete an expired request");
+                deferred("delete_failed");
+            }
+        }
+    }
+    more
+}
