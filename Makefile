@@ -10,6 +10,8 @@ demo: stack
 
 ## Every test: formatting, lints, generated files, unit and end-to-end tests.
 test: toolchain stack lint
+	# The process-level tests run the binary (tests/src: kubernaut_binary).
+	cargo build -p kubernaut --bin kubernaut
 	cargo nextest run --workspace --no-fail-fast
 
 stack:

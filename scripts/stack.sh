@@ -21,7 +21,7 @@ SERVICES=(etcd kube-apiserver kube-controller-manager postgres redis)
 FEATURE_GATES=TTLAfterFinished=true
 # Bumped when the servers' flags change: a running stack with an older
 # revision has its API server and controller-manager restarted.
-STACK_REV=2
+STACK_REV=3
 
 log() { echo "stack: $*" >&2; }
 
@@ -158,6 +158,7 @@ up() {
       --kubeconfig "$S/kcm.kubeconfig" --controllers '*,-nodeipam,-nodelifecycle' --leader-elect=false \
       --service-account-private-key-file "$S/pki/sa.key" --root-ca-file "$S/pki/ca.crt" \
       --port 0 --secure-port 0 --feature-gates "$FEATURE_GATES" \
+      --kube-api-qps 100 --kube-api-burst 200 \
       > "$S/kube-controller-manager.log" 2>&1 9>&- &
     echo $! > "$S/kube-controller-manager.pid"
     # The service-account controller creating `default` shows it is working.

@@ -1098,3 +1098,122 @@ pub async fn metric(running: &kubernaut::Running, sample: &str) -> anyhow::Resul
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0))
 }
+
+/// The `kubernaut` binary, built (or found up to date) once per test
+/// process in the workspace's target dir.
+pub fn kubernaut_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root().join("target"));
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "kubernaut", "--bin", "kubernaut"])
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(repo_root())
+                .status()
+                .map_err(|e| format!("running cargo build: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build -p kubernaut failed with {status}"));
+            }
+            Ok(target.join("debug").join("kubernaut"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A control plane as its own OS process (`kubernaut serve`), as it runs
+/// in a pod: `config/dev.yaml` with `overrides`, supervising only `ns`,
+/// with `rules` replacing the file's, and `pod` as its pod name (its
+/// identity is `<pod>-<nonce>`). Its log goes to a file; killed on drop.
+pub struct ControllerProcess {
+    pub pod: String,
+    pub admin_addr: SocketAddr,
+    pub log: PathBuf,
+    child: Child,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl ControllerProcess {
+    pub async fn start(
+        stack: &Stack,
+        ns: &str,
+        pod: &str,
+        overrides: &[(&str, &str)],
+        rules: serde_json::Value,
+    ) -> anyhow::Result<Self> {
+        let binary = kubernaut_binary()?;
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let log = std::env::temp_dir().join(unique(&format!("kubernaut-{pod}")) + ".log");
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(repo_root().join("config/dev.yaml"))
+            .env("KUBECONFIG", &stack.controller_kubeconfig)
+            .env("POD_NAME", pod)
+            .env("DATABASE_URL", &stack.database_url)
+            .env("REDIS_URL", &stack.redis_url)
+            .env(
+                "KUBERNAUT__GATEWAY__LISTEN",
+                format!("127.0.0.1:{}", free_port()?),
+            )
+            .env("KUBERNAUT__ADMIN__LISTEN", admin_addr.to_string())
+            .env("KUBERNAUT__CONTROLLER__WATCH_NAMESPACE", ns)
+            .env("KUBERNAUT__RULES", rules.to_string())
+            .env("KUBERNAUT__LOGGING__FORMAT", "text")
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        for (k, v) in overrides {
+            cmd.env(format!("KUBERNAUT__{k}"), v);
+        }
+        let child = cmd.spawn().context("starting kubernaut serve")?;
+        let mut process = Self {
+            pod: pod.to_string(),
+            admin_addr,
+            log,
+            child,
+        };
+        let ready = format!("http://{admin_addr}/readyz");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let problem = match process.child.try_wait()? {
+                Some(status) => format!("{pod} exited with {status}"),
+                None if get_status(&ready).await.ok() == Some(200) => return Ok(process),
+                None if Instant::now() > deadline => format!("{pod} not ready within 60 s"),
+                None => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            process.kill9();
+            bail!("{problem}\n--- {pod}'s log ---\n{}", process.tail());
+        }
+    }
+
+    /// SIGKILL: no shutdown, no hand-over, no Lease release.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The end of its log, for failure messages.
+    pub fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -313,6 +313,27 @@ async fn scope_bounds_and_the_target_lock_refuse_before_any_change() -> anyhow::
         2,
         "released, the lock is free again"
     );
+    // A lock left behind by its holder's process (killed before it
+    // released it) is its own again: the request continues on the replica
+    // that adopted it, without waiting out the lock's TTL.
+    let _left = cluster
+        .claim_lease(
+            &kubernaut_cluster::lock_name(&target),
+            "rr-mine",
+            Duration::from_secs(300),
+        )
+        .await?
+        .expect("the lock is free");
+    cluster
+        .run_action(
+            &call(
+                "scale_deployment",
+                json!({"namespace": ns, "name": "api", "replicas": 3}),
+            ),
+            &exec_settings("rr-mine"),
+        )
+        .await?;
+    assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 3);
     Ok(())
 }
 

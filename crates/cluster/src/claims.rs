@@ -78,11 +78,19 @@ impl Cluster {
             Err(e) if e.is_conflict() => {}
             Err(e) => return Err(e),
         }
-        // Someone holds it; take it over only if it has expired.
+        // Someone holds it; take it over only if it has expired, or if it
+        // is this holder's own claim left by a process that died (a
+        // request's target lock is held in the request's name, and the
+        // replica that adopted the request continues its work).
         let Some(current) = bounded(api.get_opt(&name)).await? else {
             return Ok(None); // released just now: the caller retries
         };
-        if !expired(&current, now) {
+        let ours = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(holder);
+        if !ours && !expired(&current, now) {
             return Ok(None);
         }
         let takeover = Lease {
@@ -94,7 +102,7 @@ impl Cluster {
         };
         match bounded(api.replace(&name, &PostParams::default(), &takeover)).await {
             Ok(l) => {
-                tracing::warn!(lease = %name, previous = ?current.spec.and_then(|s| s.holder_identity), "took over an expired creation claim");
+                tracing::warn!(lease = %name, previous = ?current.spec.and_then(|s| s.holder_identity), "took over a claim: expired, or left by this holder's previous process");
                 Ok(Some(LeaseClaim::held(api, name, &l)))
             }
             Err(e) if e.is_conflict() || e.is_not_found() => Ok(None),

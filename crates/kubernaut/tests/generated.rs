@@ -38,3 +38,72 @@ fn deploy_configmap_carries_the_default_config() {
         "deploy/20-config.yaml is stale"
     );
 }
+
+#[test]
+fn the_controller_dashboard_uses_only_metrics_the_controller_exposes() {
+    use kubernaut_actors::metrics::*;
+    let mut registry = prometheus_client::registry::Registry::with_prefix("kubernaut");
+    let m = Metrics::register(registry.sub_registry_with_prefix("controller"));
+    // A family is only encoded once it has a child.
+    let actor = m.actor(ActorKind::step);
+    m.mailbox_depth.get_or_create(&actor).set(0);
+    m.mailbox_wait.get_or_create(&actor).observe(0.0);
+    m.handling.get_or_create(&actor).observe(0.0);
+    m.handled.get_or_create(&actor).inc();
+    m.restarts.get_or_create(&actor).inc();
+    m.live.get_or_create(&actor).set(1);
+    let phase = PhaseLabels { phase: "Executing" };
+    m.supervisors_by_phase.get_or_create(&phase).set(1);
+    let (from, to) = ("Executing", "Verifying");
+    m.transitions
+        .get_or_create(&TransitionLabels { from, to })
+        .inc();
+    let action = "restart_pod".to_string();
+    m.actions
+        .get_or_create(&ActionLabels {
+            action,
+            result: "succeeded",
+        })
+        .inc();
+    m.stage_seconds
+        .get_or_create(&StageLabels { stage: "analysis" })
+        .observe(1.0);
+    m.escalations
+        .get_or_create(&StageLabels {
+            stage: "ExecutingTimeout",
+        })
+        .inc();
+    m.retention_deferred
+        .get_or_create(&ReasonLabels {
+            reason: "unconfirmed",
+        })
+        .inc();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+    let exposed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let dashboard = read("deploy/dashboards/controller.json");
+    let used: std::collections::BTreeSet<&str> = dashboard
+        .match_indices("kubernaut_controller_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    assert!(used.len() >= 10, "the dashboard's queries: {used:?}");
+    for name in used {
+        let family = ["_bucket", "_total"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            exposed.contains(&family),
+            "the dashboard queries {name}, which the controller does not expose ({exposed:?})"
+        );
+    }
+}

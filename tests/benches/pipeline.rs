@@ -1,0 +1,272 @@
+//! The supervision tree under load, on the real local stack: N requests
+//! driven concurrently through the actor pipeline of an in-process control
+//! plane, every cluster call going to the real API server. It prints
+//! figures; it asserts nothing.
+//!
+//!   cargo bench -p kubernaut-e2e --bench pipeline -- [N]      (default 1000)
+//!
+//! 1. Memory: N requests on N Deployments whose target locks another
+//!    holder has, so every request stays Executing with its whole tree live
+//!    (supervisor, workflow actor, step actor retrying Busy). RSS per live
+//!    tree = (RSS with N trees − RSS before) / N.
+//! 2. Throughput, rollout_restart: the locks released, N requests finish
+//!    (real action, verified when the controller-manager observed it).
+//! 3. Throughput, notify_only: N new requests from creation to Completed.
+//!
+//! Mailbox wait p99 per actor kind comes from the control plane's own
+//! histogram (`kubernaut_controller_actor_mailbox_wait_seconds`), over all
+//! three runs.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
+use kubernaut_e2e::{
+    Stack, control_plane, controller_cluster, create_request, deployment, get, managed_namespace,
+};
+use serde_json::json;
+
+const CONCURRENCY: usize = 16;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Requests of `signal` in `ns` by phase.
+async fn phases(
+    api: &Api<RemediationRequest>,
+    signal: &str,
+) -> anyhow::Result<BTreeMap<&'static str, usize>> {
+    let mut by = BTreeMap::new();
+    for rr in api.list(&ListParams::default()).await?.items {
+        if rr.spec.signal_name == signal {
+            *by.entry(rr.phase().as_str()).or_default() += 1;
+        }
+    }
+    Ok(by)
+}
+
+/// Waits until `n` requests of `signal` satisfy `done`; returns when.
+async fn wait_for(
+    api: &Api<RemediationRequest>,
+    signal: &str,
+    n: usize,
+    what: &str,
+    done: impl Fn(Phase) -> bool,
+) -> anyhow::Result<Instant> {
+    let start = Instant::now();
+    loop {
+        let by = phases(api, signal).await?;
+        let count: usize = Phase::ALL
+            .iter()
+            .filter(|p| done(**p))
+            .filter_map(|p| by.get(p.as_str()))
+            .sum();
+        if count >= n {
+            return Ok(Instant::now());
+        }
+        if start.elapsed() > Duration::from_secs(3600) {
+            anyhow::bail!("{what}: gave up after an hour: {by:?}");
+        }
+        eprintln!("  {what}: {count}/{n} {by:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn create_all(
+    admin: &kube::Client,
+    signal: &str,
+    targets: &[ObjectRef],
+) -> anyhow::Result<()> {
+    futures::stream::iter(targets)
+        .map(|t| create_request(admin, signal, t, false))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// p99 of every actor kind's mailbox wait, from the Prometheus text.
+fn mailbox_p99(text: &str) -> BTreeMap<String, (f64, f64)> {
+    let mut buckets: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) =
+            line.strip_prefix("kubernaut_controller_actor_mailbox_wait_seconds_bucket{")
+        else {
+            continue;
+        };
+        let (labels, value) = rest.split_once("} ").unwrap_or_default();
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"').to_string())
+        };
+        let (Some(actor), Some(le)) = (label("actor"), label("le")) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(0.0)
+        };
+        buckets
+            .entry(actor)
+            .or_default()
+            .push((le, value.trim().parse().unwrap_or(0.0)));
+    }
+    buckets
+        .into_iter()
+        .map(|(actor, mut b)| {
+            b.sort_by(|x, y| x.0.total_cmp(&y.0));
+            let total = b.last().map_or(0.0, |x| x.1);
+            let p99 = b
+                .iter()
+                .find(|(_, c)| *c >= 0.99 * total)
+                .map_or(0.0, |x| x.0);
+            (actor, (p99, total))
+        })
+        .collect()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "bench", "staging").await?;
+    eprintln!("pipeline bench: N = {n}, namespace {ns}");
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
+    let targets: Vec<ObjectRef> = (0..n)
+        .map(|i| ObjectRef::new("Deployment", &ns, &format!("svc-{i}")))
+        .collect();
+    futures::stream::iter(&targets)
+        .map(|t| {
+            let deployments = deployments.clone();
+            async move {
+                deployments
+                    .create(&PostParams::default(), &deployment(&t.name, 0))
+                    .await
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let cluster = controller_cluster(stack).await?;
+    let mut locks = Vec::new();
+    for t in &targets {
+        let lock = kubernaut_cluster::lock_name(t);
+        let claim = cluster
+            .claim_lease(&lock, "bench-holder", Duration::from_secs(3600))
+            .await?;
+        locks.extend(claim);
+    }
+    eprintln!("  {n} deployments and their target locks are ready");
+
+    let rules = json!([
+        {"signal": "BenchRestart", "workflow": [{
+            "id": "restart", "action": "rollout_restart", "retries": 10000,
+            "parameters": {"kind": "Deployment", "namespace": "{{target.namespace}}", "name": "{{target.name}}"}
+        }]},
+        {"signal": "BenchNotify", "action": "notify_only"}
+    ]);
+    let running = control_plane(
+        stack,
+        &ns,
+        &[
+            ("CONTROLLER__VERIFY_TIMEOUT_SECONDS", "1800"),
+            ("CONTROLLER__TIMEOUTS__EXECUTING_SECONDS", "3600"),
+        ],
+        rules,
+    )
+    .await?;
+    let api = Api::<RemediationRequest>::namespaced(admin.clone(), &ns);
+    let metrics = |running: &kubernaut::Running| {
+        let url = format!("http://{}/metrics", running.admin_addr);
+        async move { get(&url).await.map(|(_, t)| t) }
+    };
+    let live = |text: &str, actor: &str| {
+        let sample = format!("kubernaut_controller_actors_live{{actor=\"{actor}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&sample)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+
+    // 1. Memory with N live trees.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_mib();
+    let start = Instant::now();
+    create_all(&admin, "BenchRestart", &targets).await?;
+    let created = start.elapsed();
+    wait_for(&api, "BenchRestart", n, "held Executing", |p| {
+        p == Phase::Executing
+    })
+    .await?;
+    // Every step has had its first Busy answer.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let text = metrics(&running).await?;
+    let held = rss_mib();
+    let trees = live(&text, "supervisor");
+    let report_live = format!(
+        "supervisors {trees}, workflows {}, steps {}",
+        live(&text, "workflow"),
+        live(&text, "step")
+    );
+
+    // 2. Release: the rollouts happen and are verified.
+    let released = Instant::now();
+    for claim in locks {
+        claim.release().await;
+    }
+    let restarted = wait_for(&api, "BenchRestart", n, "restarted", |p| p.is_terminal()).await?;
+    let restart_secs = restarted.duration_since(released).as_secs_f64();
+    let restart_done = phases(&api, "BenchRestart").await?;
+
+    // 3. The whole pipeline, creation to Completed.
+    let start = Instant::now();
+    create_all(&admin, "BenchNotify", &targets).await?;
+    let notify_created = start.elapsed();
+    let notified = wait_for(&api, "BenchNotify", n, "notified", |p| p.is_terminal()).await?;
+    let notify_secs = notified.duration_since(start).as_secs_f64();
+    let notify_done = phases(&api, "BenchNotify").await?;
+
+    let text = metrics(&running).await?;
+    println!("pipeline bench, N = {n} (real API server, in-process control plane, 2 cores)");
+    println!(
+        "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {report_live} live: {:.1} KiB per live tree",
+        (held - before) * 1024.0 / trees.max(1.0)
+    );
+    println!(
+        "  rollout_restart: {n} requests finished {restart_secs:.1} s after their locks were released: {:.0} requests/s; {restart_done:?}",
+        n as f64 / restart_secs
+    );
+    println!(
+        "  notify_only: {n} requests created in {:.1} s, all ended {notify_secs:.1} s after the first: {:.0} requests/s; {notify_done:?}",
+        notify_created.as_secs_f64(),
+        n as f64 / notify_secs
+    );
+    println!(
+        "  (creating the {n} held requests took {:.1} s)",
+        created.as_secs_f64()
+    );
+    println!("  mailbox wait p99 by actor (messages):");
+    for (actor, (p99, count)) in mailbox_p99(&text) {
+        println!(
+            "    {actor:<13} p99 <= {:>9.3} ms  ({count} messages)",
+            p99 * 1000.0
+        );
+    }
+    running.shutdown().await
+}
