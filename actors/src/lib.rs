@@ -69,6 +69,8 @@ pub struct Settings {
     pub holds: holds::HoldSettings,
     /// How often the janitor sweeps (K-RR-9).
     pub janitor_interval: Duration,
+    /// How an approved storm fans out over its targets.
+    pub storm: rules::StormPolicy,
 }
 
 /// K-RR-4: how long a whole remediation and each phase may take.
@@ -126,6 +128,7 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(30),
             holds: holds::HoldSettings::default(),
             janitor_interval: Duration::from_secs(60),
+            storm: rules::StormPolicy::default(),
         }
     }
 }

@@ -190,6 +190,11 @@ impl Actor for Registry {
                     sup.actor()
                         .stop(Some("another replica drives the request".into()));
                 }
+                if let Some(sup) = st.by_key.get(&key)
+                    && let Some(approval) = supervisor::Approval::of(&rr)
+                {
+                    sup.tell(supervisor::Msg::Approval(approval));
+                }
                 st.known.insert(key.clone(), owner);
                 if st.adoptable(&key) {
                     spawn(&myself, st, key).await;

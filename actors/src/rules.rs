@@ -33,12 +33,12 @@ pub struct Decision {
 impl Decision {
     /// The actions in the workflow's order, for the status and the audit.
     pub fn summary(&self) -> String {
-        let names: Vec<&str> = self
-            .workflow
-            .steps
-            .iter()
-            .map(|s| s.action.as_str())
-            .collect();
+        let mut names: Vec<&str> = Vec::new();
+        for s in &self.workflow.steps {
+            if !names.contains(&s.action.as_str()) {
+                names.push(&s.action);
+            }
+        }
         names.join(", ")
     }
 }
@@ -63,6 +63,7 @@ impl Rule {
             Some(action) => Workflow::single(action, self.parameters.clone()),
             None => Workflow {
                 steps: self.workflow.clone(),
+                ..Default::default()
             },
         }
     }
@@ -114,6 +115,79 @@ pub fn decide(rules: &[Rule], spec: &RemediationRequestSpec) -> Result<Decision,
     Ok(Decision {
         rule: rule.signal.clone(),
         workflow,
+    })
+}
+
+/// The storm policy's fan-out: how an approved storm runs its rule over
+/// the affected targets.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StormPolicy {
+    pub max_parallel: u32,
+    pub max_failure_ratio: f64,
+}
+
+impl Default for StormPolicy {
+    fn default() -> Self {
+        Self {
+            max_parallel: 5,
+            max_failure_ratio: 0.3,
+        }
+    }
+}
+
+/// The workflow of an approved storm: the storm's alert rule decided for
+/// each affected target, the steps of target `i` renamed `t<i>-<id>` (with
+/// their dependencies and `steps.…` references), none failing the others,
+/// run at most `max_parallel` at once and stopped once more than
+/// `max_failure_ratio` of the settled steps failed.
+pub fn storm_plan(
+    rules: &[Rule],
+    spec: &RemediationRequestSpec,
+    targets: &[kubernaut_api::ObjectRef],
+    policy: StormPolicy,
+) -> Result<Decision, RuleError> {
+    let alert = spec
+        .storm
+        .as_ref()
+        .map_or(spec.signal_name.clone(), |s| s.alert_name.clone());
+    let mut plan = Workflow {
+        steps: Vec::new(),
+        max_parallel: Some(policy.max_parallel),
+        max_failure_ratio: Some(policy.max_failure_ratio),
+    };
+    let mut rule = String::new();
+    for (i, target) in targets.iter().enumerate() {
+        let one = RemediationRequestSpec {
+            signal_name: alert.clone(),
+            target: target.clone(),
+            signal_resource: target.clone(),
+            storm: None,
+            ..spec.clone()
+        };
+        let d = decide(rules, &one)?;
+        rule = d.rule;
+        let rename = |id: &str| format!("t{i}-{id}");
+        let ids: Vec<String> = d.workflow.steps.iter().map(|s| s.id.clone()).collect();
+        for mut step in d.workflow.steps {
+            let mut text = step.parameters.to_string();
+            for id in &ids {
+                text = text.replace(&format!("steps.{id}."), &format!("steps.{}.", rename(id)));
+            }
+            step.parameters = serde_json::from_str(&text).unwrap_or(step.parameters);
+            step.id = rename(&step.id);
+            step.depends_on = step.depends_on.iter().map(|d| rename(d)).collect();
+            step.continue_on_failure = true;
+            plan.steps.push(step);
+        }
+    }
+    if plan.steps.is_empty() {
+        return Err(RuleError::NoRule(format!(
+            "{alert} (a storm with no affected targets)"
+        )));
+    }
+    Ok(Decision {
+        rule,
+        workflow: plan,
     })
 }
 
@@ -210,6 +284,47 @@ mod tests {
         assert_eq!(d.workflow.steps[0].parameters["kind"], "Deployment");
         assert_eq!(d.workflow.steps[1].parameters["replicas"], 3);
         assert_eq!(d.workflow.steps[1].depends_on, ["look"]);
+    }
+
+    #[test]
+    fn a_storm_plan_runs_the_rule_once_per_target_under_the_policy() {
+        let rule: Rule = serde_json::from_value(serde_json::json!({"signal": "HighLatency", "workflow": [
+            {"id": "look", "action": "collect_diagnostics", "parameters":
+                {"kind": "{{target.kind}}", "namespace": "{{target.namespace}}", "name": "{{target.name}}"}},
+            {"id": "restart", "action": "rollout_restart", "dependsOn": ["look"], "parameters":
+                {"kind": "Deployment", "namespace": "{{target.namespace}}", "name": "{{target.name}}",
+                 "note": "{{steps.look.summary}}"}}
+        ]}))
+        .unwrap();
+        let mut storm = spec("HighLatency", &[]);
+        storm.storm = Some(kubernaut_api::StormSpec {
+            kind: kubernaut_api::StormKind::Pattern,
+            alert_name: "HighLatency".into(),
+            namespace: "shop".into(),
+        });
+        let targets = [
+            ObjectRef::new("Deployment", "shop", "a"),
+            ObjectRef::new("Deployment", "shop", "b"),
+        ];
+        let policy = StormPolicy {
+            max_parallel: 2,
+            max_failure_ratio: 0.25,
+        };
+        let d = storm_plan(&[rule], &storm, &targets, policy).unwrap();
+        let w = &d.workflow;
+        let ids: Vec<&str> = w.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["t0-look", "t0-restart", "t1-look", "t1-restart"]);
+        assert_eq!(w.steps[3].depends_on, ["t1-look"]);
+        assert_eq!(w.steps[3].parameters["name"], "b");
+        assert_eq!(w.steps[3].parameters["note"], "{{steps.t1-look.summary}}");
+        assert!(w.steps.iter().all(|s| s.continue_on_failure));
+        assert_eq!((w.max_parallel, w.max_failure_ratio), (Some(2), Some(0.25)));
+        let known: Vec<&str> = catalogue().iter().map(|a| a.name).collect();
+        assert!(w.validate(&known).is_ok());
+        assert!(matches!(
+            storm_plan(&[], &storm, &targets, policy),
+            Err(RuleError::NoRule(_))
+        ));
     }
 
     #[test]

@@ -15,8 +15,9 @@ use std::collections::BTreeMap;
 use futures::FutureExt;
 use kubernaut_api::workflow::Workflow;
 use kubernaut_api::{
-    AnalysisStatus, ENVIRONMENT_LABEL, ExecutionStatus, Phase, PhaseTransition, ProcessingStatus,
-    RemediationRequest, RemediationRequestSpec, RemediationRequestStatus, StepPhase, StepStatus,
+    APPROVAL_ANNOTATION, APPROVED_BY_ANNOTATION, AnalysisStatus, ENVIRONMENT_LABEL,
+    ExecutionStatus, ObjectRef, Phase, PhaseTransition, ProcessingStatus, RemediationRequest,
+    RemediationRequestSpec, RemediationRequestStatus, StepPhase, StepStatus,
 };
 use kubernaut_cluster::{ActionCall, Cluster, ExecSettings, Scope};
 use kubernaut_store::{AuditRecord, EventRecord, RequestRecord};
@@ -86,6 +87,8 @@ pub struct State {
     outcomes: BTreeMap<String, kubernaut_cluster::Outcome>,
     /// How often this supervisor found its target busy (its backoff).
     times_held: u32,
+    /// The approval decision on the request, if any.
+    approval: Option<Approval>,
 }
 
 pub enum Msg {
@@ -106,6 +109,42 @@ pub enum Msg {
     /// A routing hold may have ended (K-RR-8): its time passed, or its
     /// target freed.
     Recheck,
+    /// The request carries an approval decision (from the watch).
+    Approval(Approval),
+}
+
+/// A human's decision on a request waiting for approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approval {
+    pub approved: bool,
+    pub by: String,
+}
+
+impl Approval {
+    /// The decision recorded on the request (`kubernaut.io/approval`), and
+    /// who made it: the `kubernaut.io/approved-by` annotation, else the
+    /// field manager that wrote the approval. Any other value is no
+    /// decision.
+    pub fn of(rr: &RemediationRequest) -> Option<Approval> {
+        let annotations = rr.metadata.annotations.as_ref()?;
+        let approved = match annotations.get(APPROVAL_ANNOTATION)?.trim() {
+            v if v.eq_ignore_ascii_case("approved") => true,
+            v if v.eq_ignore_ascii_case("rejected") => false,
+            _ => return None,
+        };
+        let key = format!("\"f:{APPROVAL_ANNOTATION}\"");
+        let by = annotations
+            .get(APPROVED_BY_ANNOTATION)
+            .cloned()
+            .or_else(|| {
+                rr.metadata.managed_fields.iter().flatten().find_map(|m| {
+                    let fields = serde_json::to_string(m.fields_v1.as_ref()?).ok()?;
+                    fields.contains(&key).then(|| m.manager.clone()).flatten()
+                })
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Some(Approval { approved, by })
+    }
 }
 
 pub enum StageResult {
@@ -191,6 +230,7 @@ impl Actor for Supervisor {
             releasing: false,
             outcomes: BTreeMap::new(),
             times_held: 0,
+            approval: Approval::of(&rr),
         })
     }
 
@@ -224,6 +264,15 @@ impl Actor for Supervisor {
                 advance(myself, st).await
             }
             Msg::Recheck => Ok(()),
+            Msg::Approval(a) => {
+                let new = st.approval.as_ref() != Some(&a);
+                st.approval = Some(a);
+                if new && st.phase() == Phase::AwaitingApproval && st.stage.is_none() {
+                    advance(myself, st).await
+                } else {
+                    Ok(())
+                }
+            }
             Msg::StageDone(epoch, _) if epoch != st.epoch => Ok(()),
             Msg::Deadline => Ok(()),
             Msg::Flush => flush(st).await,
@@ -469,7 +518,7 @@ async fn advance(
             })
             .await
         }
-        Phase::AwaitingApproval => Ok(()),
+        Phase::AwaitingApproval => decided(myself, st).await,
         Phase::Completed | Phase::Failed | Phase::TimedOut | Phase::Skipped | Phase::Cancelled => {
             Ok(())
         }
@@ -555,6 +604,8 @@ async fn analyze(
             "{:?} storm of {} in namespace {}: escalated, approval required",
             storm.kind, storm.alert_name, storm.namespace
         );
+        let detail = serde_json::json!({ "message": msg, "alertName": storm.alert_name });
+        escalate(st, "StormEscalated", detail).await;
         return commit(
             myself,
             st,
@@ -569,6 +620,83 @@ async fn analyze(
         async move { StageResult::Analyzed(rules::decide(&ctx.rules, &spec)) }.boxed()
     })
     .await
+}
+
+/// A decision on a request waiting for approval: rejected, it is
+/// cancelled; approved, it executes what the analysis chose or, for a
+/// storm, its rule over every affected target under the storm policy.
+async fn decided(
+    myself: &ActorRef<Envelope<Msg>>,
+    st: &mut State,
+) -> Result<(), ActorProcessingErr> {
+    let Some(approval) = st.approval.clone() else {
+        return Ok(());
+    };
+    let by = approval.by.clone();
+    if !approval.approved {
+        let msg = format!("rejected by {by}");
+        return commit(myself, st, Some((Phase::Cancelled, "Rejected", msg)), |s| {
+            set_condition(s, "Approved", "False", "Rejected");
+        })
+        .await;
+    }
+    if st.spec.storm.is_none() {
+        if st.status.analysis.is_none() {
+            return fail(
+                myself,
+                st,
+                "NoDecision",
+                "approved without an analysis".into(),
+            )
+            .await;
+        }
+        let msg = format!("approved by {by}");
+        return commit(myself, st, Some((Phase::Executing, "Approved", msg)), |s| {
+            set_condition(s, "Approved", "True", "Approved");
+        })
+        .await;
+    }
+    // The gateway keeps counting a storm's targets: take the latest list.
+    let fresh = match st.ctx.cluster.get_request(&st.namespace, &st.name).await {
+        Ok(Some(rr)) => rr,
+        Ok(None) => return Ok(()),
+        Err(e) => return retry_later(st, format!("reading the storm's targets: {e}")),
+    };
+    let targets: Vec<ObjectRef> = fresh
+        .status
+        .and_then(|s| s.storm)
+        .map(|s| s.affected_targets.into_iter().map(|a| a.target).collect())
+        .unwrap_or_default();
+    let policy = st.ctx.settings.storm;
+    match rules::storm_plan(&st.ctx.rules, &st.spec, &targets, policy) {
+        Ok(d) => {
+            let msg = format!(
+                "approved by {by}: rule {} over {} targets, at most {} steps at once, stopping past {:.0}% failures",
+                d.rule,
+                targets.len(),
+                policy.max_parallel,
+                policy.max_failure_ratio * 100.0
+            );
+            let analysis = AnalysisStatus {
+                decided_by: "rules".into(),
+                rule: d.rule.clone(),
+                action: d.summary(),
+                workflow: d.workflow,
+            };
+            commit(myself, st, Some((Phase::Executing, "Approved", msg)), |s| {
+                s.analysis = Some(analysis);
+                set_condition(s, "Approved", "True", "Approved");
+            })
+            .await
+        }
+        Err(e) => {
+            let msg = format!("approved by {by}, but nothing can run: {e}");
+            commit(myself, st, Some((Phase::Failed, "NoStormPlan", msg)), |s| {
+                set_condition(s, "Approved", "True", "Approved");
+            })
+            .await
+        }
+    }
 }
 
 async fn on_analyzed(
@@ -880,18 +1008,20 @@ async fn on_stage_done(
                 "Failed"
             };
             count_action(st, result);
-            let failure = report
-                .steps
-                .iter()
-                .find(|s| s.state == StepPhase::Failed)
-                .map(|s| {
-                    format!(
-                        "step {} ({}) failed: {}",
-                        s.id,
-                        s.action,
-                        s.error.clone().unwrap_or_default()
-                    )
-                });
+            let failure = report.stopped.clone().or_else(|| {
+                report
+                    .steps
+                    .iter()
+                    .find(|s| s.state == StepPhase::Failed)
+                    .map(|s| {
+                        format!(
+                            "step {} ({}) failed: {}",
+                            s.id,
+                            s.action,
+                            s.error.clone().unwrap_or_default()
+                        )
+                    })
+            });
             let undone = report.rollback_order.join(", ");
             let message = match (&failure, undone.is_empty()) {
                 (None, _) => format!("{} steps succeeded", report.steps.len()),
@@ -1439,7 +1569,54 @@ fn count_action(st: &State, result: &'static str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::priority;
+    use super::{Approval, priority};
+
+    fn request(metadata: serde_json::Value) -> kubernaut_api::RemediationRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+            "metadata": metadata,
+            "spec": {"fingerprint": "f", "signalName": "s", "severity": "warning",
+                     "source": "generic", "instanceId": "i",
+                     "target": {"kind": "Deployment", "namespace": "shop", "name": "web"},
+                     "signalResource": {"kind": "Deployment", "namespace": "shop", "name": "web"},
+                     "firingTime": "2026-11-22T03:00:00Z", "receivedTime": "2026-11-22T03:00:00Z",
+                     "originalPayload": "{}"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_approval_names_who_decided() {
+        let managed = serde_json::json!([
+            {"manager": "kube-controller", "operation": "Update", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:status": {}}},
+            {"manager": "kubectl-annotate", "operation": "Update", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:metadata": {"f:annotations": {"f:kubernaut.io/approval": {}}}}}
+        ]);
+        let rr = request(serde_json::json!({"name": "r",
+            "annotations": {"kubernaut.io/approval": " Approved "}, "managedFields": managed}));
+        let by_manager = Approval {
+            approved: true,
+            by: "kubectl-annotate".into(),
+        };
+        assert_eq!(Approval::of(&rr), Some(by_manager));
+        let rr = request(serde_json::json!({"name": "r", "annotations": {
+            "kubernaut.io/approval": "rejected", "kubernaut.io/approved-by": "alice"}}));
+        let by_alice = Approval {
+            approved: false,
+            by: "alice".into(),
+        };
+        assert_eq!(Approval::of(&rr), Some(by_alice));
+        for value in ["yes", ""] {
+            let rr = request(serde_json::json!({"name": "r",
+                "annotations": {"kubernaut.io/approval": value}}));
+            assert_eq!(Approval::of(&rr), None, "{value:?} is no decision");
+        }
+        assert_eq!(
+            Approval::of(&request(serde_json::json!({"name": "r"}))),
+            None
+        );
+    }
 
     #[test]
     fn priority_combines_environment_and_severity() {

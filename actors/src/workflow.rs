@@ -83,6 +83,8 @@ pub struct WorkflowReport {
     pub completion_order: Vec<String>,
     /// Step ids in the order they were undone.
     pub rollback_order: Vec<String>,
+    /// Why the workflow stopped starting steps, when its failure ratio did.
+    pub stopped: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +242,7 @@ pub struct State {
     intents: Vec<Option<Intent>>,
     completion_order: Vec<String>,
     failed: bool,
+    stopped: Option<String>,
 }
 
 impl Actor for WorkflowActor {
@@ -277,6 +280,7 @@ impl Actor for WorkflowActor {
             intents: vec![None; n],
             completion_order: Vec::new(),
             failed: false,
+            stopped: None,
         })
     }
 
@@ -431,6 +435,33 @@ fn settle(st: &mut State, i: usize, report: StepReport) {
     }
     (st.a.sink)(Out::Step(StepEvent::Settled(report.clone())));
     st.reports[i] = Some(report);
+    if let Some(ratio) = st.a.workflow.max_failure_ratio
+        && st.stopped.is_none()
+    {
+        let settled: Vec<StepPhase> = st
+            .reports
+            .iter()
+            .flatten()
+            .map(|r| r.state)
+            .filter(|s| {
+                matches!(
+                    s,
+                    StepPhase::Succeeded | StepPhase::AlreadyDone | StepPhase::Failed
+                )
+            })
+            .collect();
+        let failed = settled.iter().filter(|s| **s == StepPhase::Failed).count();
+        if failed as f64 > ratio * settled.len() as f64 {
+            let why = format!(
+                "stopped after {failed} of {} settled steps failed (more than {:.0}%)",
+                settled.len(),
+                ratio * 100.0
+            );
+            tracing::warn!(%why, "workflow stopped by its failure ratio");
+            st.stopped = Some(why);
+            st.failed = true;
+        }
+    }
 }
 
 /// Starts or skips every step whose dependencies are settled; finishes the
@@ -459,7 +490,11 @@ async fn schedule(myself: &ActorRef<Envelope<Msg>>, st: &mut State) {
             st.reports[i] = Some(skipped);
             continue;
         }
-        if deps.iter().all(Option::is_some) {
+        let full =
+            st.a.workflow
+                .max_parallel
+                .is_some_and(|max| st.running.len() >= max as usize);
+        if deps.iter().all(Option::is_some) && !full {
             st.started[i] = true;
             spawn_step(myself, st, i).await;
         }
@@ -623,6 +658,7 @@ async fn finish(st: &mut State) -> WorkflowReport {
         steps: st.reports.iter().flatten().cloned().collect(),
         completion_order: st.completion_order.clone(),
         rollback_order,
+        stopped: st.stopped.clone(),
     }
 }
 

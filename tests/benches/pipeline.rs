@@ -21,12 +21,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
 use kubernaut_e2e::{
-    Stack, control_plane, controller_cluster, create_request, deployment, get, managed_namespace,
+    Stack, control_plane, controller_cluster, create_request, deployments, get, managed_namespace,
 };
 use serde_json::json;
 
@@ -148,22 +147,7 @@ async fn main() -> anyhow::Result<()> {
     let admin = stack.admin_client().await?;
     let ns = managed_namespace(&admin, "bench", "staging").await?;
     eprintln!("pipeline bench: N = {n}, namespace {ns}");
-    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
-    let targets: Vec<ObjectRef> = (0..n)
-        .map(|i| ObjectRef::new("Deployment", &ns, &format!("svc-{i}")))
-        .collect();
-    futures::stream::iter(&targets)
-        .map(|t| {
-            let deployments = deployments.clone();
-            async move {
-                deployments
-                    .create(&PostParams::default(), &deployment(&t.name, 0))
-                    .await
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<_>>()
-        .await?;
+    let targets = deployments(&admin, &ns, "svc", n, 0).await?;
     let cluster = controller_cluster(stack).await?;
     let mut locks = Vec::new();
     for t in &targets {

@@ -357,6 +357,32 @@ impl Drop for Gateway {
     }
 }
 
+/// Creates Deployments `<prefix>-0` … `<prefix>-<n-1>` with `replicas`
+/// each in `ns`, a few at a time; returns them as targets.
+pub async fn deployments(
+    admin: &kube::Client,
+    ns: &str,
+    prefix: &str,
+    n: usize,
+    replicas: i32,
+) -> anyhow::Result<Vec<kubernaut_api::ObjectRef>> {
+    use futures::{StreamExt, TryStreamExt};
+    let api = Api::<Deployment>::namespaced(admin.clone(), ns);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("{prefix}-{i}");
+                api.create(&PostParams::default(), &deployment(&name, replicas))
+                    .await?;
+                anyhow::Ok(kubernaut_api::ObjectRef::new("Deployment", ns, &name))
+            }
+        })
+        .buffered(16)
+        .try_collect()
+        .await
+}
+
 /// A Redis server of the test's own, on a free port, so that the test can
 /// stop it without disturbing the shared stack.
 pub struct RedisServer {

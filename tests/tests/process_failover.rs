@@ -136,14 +136,7 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
     let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
     // One target per request (a target serves one request at a time,
     // K-RR-8); no replicas, so no pods to schedule.
-    let mut targets = Vec::new();
-    for i in 0..N {
-        let name = format!("svc-{i}");
-        deployments
-            .create(&PostParams::default(), &deployment(&name, 0))
-            .await?;
-        targets.push(ObjectRef::new("Deployment", &ns, &name));
-    }
+    let targets = kubernaut_e2e::deployments(&admin, &ns, "svc", N, 0).await?;
     // The controller-manager has seen them all, so that verification (the
     // new generation observed) measures the restarts only.
     eventually(

@@ -7,12 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
-use kube::api::PostParams;
-use kubernaut_api::{ObjectRef, Phase};
+use kubernaut_api::Phase;
 use kubernaut_e2e::{
-    Stack, control_plane, create_request, deployment, managed_namespace, terminal_request,
+    Stack, control_plane, create_request, deployments, managed_namespace, terminal_request,
 };
 use serde_json::json;
 
@@ -35,15 +32,7 @@ async fn two_replicas_share_requests_and_one_adopts_the_others_on_shutdown() -> 
     let ns = managed_namespace(&admin, "replicas", "staging").await?;
     // One target per request: requests on one target would wait for each
     // other (routing holds, K-RR-8).
-    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
-    let mut targets = Vec::new();
-    for i in 0..50 {
-        let name = format!("api-{i}");
-        deployments
-            .create(&PostParams::default(), &deployment(&name, 1))
-            .await?;
-        targets.push(ObjectRef::new("Deployment", &ns, &name));
-    }
+    let targets = deployments(&admin, &ns, "api", 50, 1).await?;
     let rules = json!([{"signal": "ShardTest", "action": "notify_only"}]);
     let fast = [("CONTROLLER__LEASE_RENEW_SECONDS", "1")];
     let a = control_plane(stack, &ns, &fast, rules.clone()).await?;

@@ -31,6 +31,12 @@ pub const ENVIRONMENT_LABEL: &str = "kubernaut.io/environment";
 /// Label on a request holding a prefix of its fingerprint, for list selectors.
 /// Label values are limited to 63 characters; the full fingerprint is in the spec.
 pub const FINGERPRINT_LABEL: &str = "kubernaut.io/fingerprint";
+/// Annotation on a request waiting for approval: `approved` or `rejected`
+/// (K-AI-4).
+pub const APPROVAL_ANNOTATION: &str = "kubernaut.io/approval";
+/// Who decided, when the approver says so; otherwise the field manager
+/// that set the approval is recorded.
+pub const APPROVED_BY_ANNOTATION: &str = "kubernaut.io/approved-by";
 /// Label on a request naming the source's own identity of the signal instance.
 pub const INSTANCE_LABEL: &str = "kubernaut.io/signal-instance";
 

@@ -15,6 +15,14 @@ use serde_json::Value;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Workflow {
     pub steps: Vec<Step>,
+    /// At most this many steps run at once; unbounded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+    /// Stop starting steps once more than this share of the settled steps
+    /// failed (a storm's fan-out); absent: only a failing step without
+    /// `continueOnFailure` stops the workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failure_ratio: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -78,6 +86,8 @@ pub enum WorkflowError {
     UnknownDependency { step: String, missing: String },
     #[error("the steps {0:?} depend on each other in a cycle")]
     Cycle(Vec<String>),
+    #[error("{0}")]
+    Limit(String),
 }
 
 impl Workflow {
@@ -98,6 +108,7 @@ impl Workflow {
                 rollback: false,
                 continue_on_failure: false,
             }],
+            ..Default::default()
         }
     }
 
@@ -106,6 +117,18 @@ impl Workflow {
     pub fn validate(&self, known_actions: &[&str]) -> Result<Vec<usize>, WorkflowError> {
         if self.steps.is_empty() {
             return Err(WorkflowError::Empty);
+        }
+        if self.max_parallel == Some(0) {
+            return Err(WorkflowError::Limit(
+                "maxParallel must be at least 1".into(),
+            ));
+        }
+        if let Some(r) = self.max_failure_ratio
+            && !(0.0..1.0).contains(&r)
+        {
+            return Err(WorkflowError::Limit(format!(
+                "maxFailureRatio {r} is outside [0, 1)"
+            )));
         }
         let mut index = BTreeMap::new();
         for (i, s) in self.steps.iter().enumerate() {
@@ -267,6 +290,31 @@ mod tests {
             .map(|i| w.steps[i].id.as_str())
             .collect();
         assert_eq!(order, ["diag", "restart", "tell"]);
+    }
+
+    #[test]
+    fn fan_out_limits_must_make_sense() {
+        let with = |limits: Value| {
+            let mut v = json!({"steps": [{"id": "a", "action": "notify_only"}]});
+            v.as_object_mut()
+                .unwrap()
+                .extend(limits.as_object().unwrap().clone());
+            wf(v).validate(KNOWN).map(|_| ())
+        };
+        assert_eq!(
+            with(json!({"maxParallel": 2, "maxFailureRatio": 0.3})),
+            Ok(())
+        );
+        for bad in [
+            json!({"maxParallel": 0}),
+            json!({"maxFailureRatio": 1.0}),
+            json!({"maxFailureRatio": -0.1}),
+        ] {
+            assert!(
+                matches!(with(bad.clone()), Err(WorkflowError::Limit(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -298,6 +298,7 @@ pub struct Controller {
     /// How often the janitor looks for expired requests.
     pub janitor_interval_seconds: u64,
     pub holds: HoldsConfig,
+    pub storm: StormPolicyConfig,
     /// Off unless set: the next `times` actors of one kind panic.
     #[serde(default)]
     pub fault_injection: Option<FaultInjection>,
@@ -327,6 +328,14 @@ impl TimeoutsConfig {
             verifying: s(self.verifying_seconds),
         }
     }
+}
+
+/// How an approved storm runs over its targets.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StormPolicyConfig {
+    pub max_parallel: u32,
+    pub max_failure_ratio: f64,
 }
 
 /// Routing holds (K-RR-8), in seconds.
@@ -446,6 +455,10 @@ impl Config {
             .map_err(anyhow::Error::msg)
             .context("rules")?;
         self.executor.settings(false)?;
+        let storm = &self.controller.storm;
+        if storm.max_parallel < 1 || !(0.0..1.0).contains(&storm.max_failure_ratio) {
+            bail!("controller.storm: maxParallel must be at least 1 and maxFailureRatio in [0, 1)");
+        }
         let b = &self.executor.bounds;
         if b.max_replicas < 1 {
             bail!("executor.bounds.maxReplicas must be at least 1");

@@ -202,6 +202,10 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
             },
             shutdown_grace: Duration::from_secs(ctl.shutdown_grace_seconds),
             holds: ctl.holds.settings(),
+            storm: kubernaut_actors::rules::StormPolicy {
+                max_parallel: ctl.storm.max_parallel,
+                max_failure_ratio: ctl.storm.max_failure_ratio,
+            },
             janitor_interval: Duration::from_secs(ctl.janitor_interval_seconds.max(1)),
             executor: executor.settings(ctl.dry_run)?,
             step_timeout: Duration::from_secs(executor.step_timeout_seconds),
