@@ -4,6 +4,11 @@
 //! never the last one. While PostgreSQL cannot answer, nothing is deleted;
 //! the request waits for the next sweep (counted as deferred).
 //!
+//! It also makes sure the audit trail has every terminal request it owns:
+//! `audit_grace` after a request ended, a final record that is not in
+//! PostgreSQL (the replica that drove it died with records still queued)
+//! is rebuilt from the status ([`crate::backfill`]).
+//!
 //! The registry tells it of every terminal request the watch shows, of
 //! deletions, and of the live replicas. Each replica sweeps only the
 //! requests rendezvous hashing gives it, so replicas never race to delete
@@ -36,7 +41,10 @@ pub struct Ended {
     uid: String,
     resource_version: String,
     phase: Phase,
+    completed: Timestamp,
     expires: Timestamp,
+    /// The audit trail was found to hold it (or was backfilled).
+    audited: bool,
 }
 
 impl Ended {
@@ -47,11 +55,11 @@ impl Ended {
         if !status.phase.is_terminal() || rr.metadata.deletion_timestamp.is_some() {
             return None;
         }
-        let expires = match (&status.retention_expiry_time, &status.completion_time) {
-            (Some(t), _) => t.0,
-            (None, Some(done)) => SignedDuration::try_from(retention)
-                .ok()
-                .and_then(|d| done.0.checked_add(d).ok())?,
+        let retention = SignedDuration::try_from(retention).ok()?;
+        let (completed, expires) = match (&status.completion_time, &status.retention_expiry_time) {
+            (Some(done), Some(t)) => (done.0, t.0),
+            (Some(done), None) => (done.0, done.0.checked_add(retention).ok()?),
+            (None, Some(t)) => (t.0.checked_sub(retention).ok()?, t.0),
             (None, None) => return None,
         };
         let key = (
@@ -64,7 +72,9 @@ impl Ended {
                 uid: rr.metadata.uid.clone().unwrap_or_default(),
                 resource_version: rr.metadata.resource_version.clone().unwrap_or_default(),
                 phase: status.phase,
+                completed,
                 expires,
+                audited: false,
             },
         ))
     }
@@ -132,7 +142,10 @@ impl Actor for Janitor {
     ) -> Result<(), ActorProcessingErr> {
         let (msg, _handling) = st.inbox.open(env);
         match msg {
-            Msg::Ended(key, ended) => {
+            Msg::Ended(key, mut ended) => {
+                if let Some(known) = st.ended.get(&key) {
+                    ended.audited = known.audited && known.uid == ended.uid;
+                }
                 st.ended.insert(key, ended);
             }
             Msg::Gone(key) => {
@@ -153,24 +166,79 @@ impl Actor for Janitor {
     }
 }
 
-/// Deletes what is due and confirmed; `true` when more is due than one
-/// batch took.
-async fn sweep(st: &mut State) -> bool {
+/// The requests rendezvous gives this replica that `select` picks, oldest
+/// first.
+fn mine(st: &State, select: impl Fn(&Ended) -> bool) -> Vec<(Key, Ended)> {
     let Some(members) = &st.members else {
-        return false;
+        return Vec::new();
     };
-    let now = Timestamp::now();
-    let mut due: Vec<(Key, Ended)> = st
+    let mut picked: Vec<(Key, Ended)> = st
         .ended
         .iter()
-        .filter(|(_, e)| e.expires <= now)
+        .filter(|(_, e)| select(e))
         .filter(|(k, _)| {
             crate::membership::owner_of(&format!("{}/{}", k.0, k.1), members)
                 == Some(st.ctx.identity.as_str())
         })
         .map(|(k, e)| (k.clone(), e.clone()))
         .collect();
-    due.sort_by_key(|(_, e)| e.expires);
+    picked.sort_by_key(|(_, e)| e.completed);
+    picked
+}
+
+/// Rebuilds the audit records of requests that ended `audit_grace` ago
+/// and whose final record is not in PostgreSQL. `Err` when PostgreSQL
+/// cannot answer.
+async fn backfill(st: &mut State) -> Result<(), kubernaut_store::Error> {
+    let Ok(grace) = SignedDuration::try_from(st.ctx.settings.audit_grace) else {
+        return Ok(());
+    };
+    let now = Timestamp::now();
+    let unchecked = mine(st, |e| {
+        !e.audited && e.completed.checked_add(grace).is_ok_and(|t| t <= now)
+    });
+    for (key, e) in unchecked.into_iter().take(SWEEP_BATCH) {
+        if !st.ctx.audit.confirmed(&e.uid, e.phase.as_str()).await? {
+            match st.ctx.cluster.get_request(&key.0, &key.1).await {
+                Ok(Some(rr)) if rr.metadata.uid.as_deref() == Some(e.uid.as_str()) => {
+                    tracing::warn!(namespace = %key.0, name = %key.1, "the audit trail lacks the request's final record; rebuilding it from the status");
+                    for record in crate::backfill::records(&rr) {
+                        if st.ctx.audit.record(record).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    st.ctx.metrics.audit_backfilled.inc();
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(namespace = %key.0, name = %key.1, error = %err, "could not read a request to rebuild its audit records");
+                    continue;
+                }
+            }
+        }
+        if let Some(known) = st.ended.get_mut(&key) {
+            known.audited = true;
+        }
+    }
+    Ok(())
+}
+
+/// Backfills the audit trail, then deletes what is due and confirmed;
+/// `true` when more is due than one batch took.
+async fn sweep(st: &mut State) -> bool {
+    if let Err(err) = backfill(st).await {
+        tracing::warn!(error = %err, "the audit trail cannot be read; the janitor deletes nothing until it can");
+        st.ctx
+            .metrics
+            .retention_deferred
+            .get_or_create(&ReasonLabels {
+                reason: "audit_unavailable",
+            })
+            .inc();
+        return false;
+    }
+    let now = Timestamp::now();
+    let due = mine(st, |e| e.expires <= now);
     let more = due.len() > SWEEP_BATCH;
     let deferred = |reason| {
         st.ctx

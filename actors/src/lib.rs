@@ -7,6 +7,7 @@
 //! work (API calls) runs in tasks that report back as messages, so no
 //! handler blocks on the cluster.
 
+pub mod backfill;
 pub mod controller;
 pub mod holds;
 pub mod janitor;
@@ -69,6 +70,9 @@ pub struct Settings {
     pub holds: holds::HoldSettings,
     /// How often the janitor sweeps (K-RR-9).
     pub janitor_interval: Duration,
+    /// How long after a request ended the janitor expects its final audit
+    /// record in PostgreSQL before rebuilding it from the status.
+    pub audit_grace: Duration,
     /// How an approved storm fans out over its targets.
     pub storm: rules::StormPolicy,
 }
@@ -128,6 +132,7 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(30),
             holds: holds::HoldSettings::default(),
             janitor_interval: Duration::from_secs(60),
+            audit_grace: Duration::from_secs(60),
             storm: rules::StormPolicy::default(),
         }
     }

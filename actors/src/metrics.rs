@@ -71,6 +71,7 @@ pub struct Metrics {
     pub escalations: Family<StageLabels, Counter>,
     pub retention_deleted: Counter,
     pub retention_deferred: Family<ReasonLabels, Counter>,
+    pub audit_backfilled: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +104,7 @@ impl Default for Metrics {
             escalations: Family::default(),
             retention_deleted: Counter::default(),
             retention_deferred: Family::default(),
+            audit_backfilled: Counter::default(),
         }
     }
 }
@@ -182,6 +184,11 @@ impl Metrics {
             "retention_deferred",
             "Expired requests the janitor kept, by reason (audit record not confirmed or PostgreSQL unavailable, delete failed)",
             m.retention_deferred.clone(),
+        );
+        r.register(
+            "audit_backfilled",
+            "Terminal requests whose audit records were rebuilt from their status (their replica died before writing them)",
+            m.audit_backfilled.clone(),
         );
         m
     }

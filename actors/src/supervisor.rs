@@ -20,7 +20,9 @@ use kubernaut_api::{
     RemediationRequestSpec, RemediationRequestStatus, StepPhase, StepStatus,
 };
 use kubernaut_cluster::{ActionCall, Cluster, ExecSettings, Scope};
-use kubernaut_store::{AuditRecord, EventRecord, RequestRecord};
+use kubernaut_store::{AuditRecord, EventRecord};
+
+use crate::backfill::{request_record, to_chrono};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::Context;
@@ -1345,20 +1347,13 @@ async fn commit(
 }
 
 async fn audit_request(st: &State, phase: Phase) {
-    let rec = AuditRecord::Request(RequestRecord {
-        uid: st.uid.clone(),
-        namespace: st.namespace.clone(),
-        name: st.name.clone(),
-        fingerprint: st.spec.fingerprint.clone(),
-        signal_name: st.spec.signal_name.clone(),
-        severity: st.spec.severity.clone(),
-        source: st.spec.source.as_str().into(),
-        target_kind: st.spec.target.kind.clone(),
-        target_namespace: st.spec.target.namespace.clone(),
-        target_name: st.spec.target.name.clone(),
-        phase: phase.to_string(),
-        firing_time: to_chrono(st.spec.firing_time.0),
-    });
+    let rec = AuditRecord::Request(request_record(
+        &st.uid,
+        &st.namespace,
+        &st.name,
+        &st.spec,
+        phase,
+    ));
     if let Err(e) = st.ctx.audit.record(rec).await {
         tracing::error!(error = %e, "audit log closed; record lost");
     }
@@ -1403,11 +1398,6 @@ fn now() -> Time {
 fn after(at: Timestamp, d: Duration) -> Time {
     let d = kubernaut_api::k8s_openapi::jiff::SignedDuration::try_from(d).unwrap_or_default();
     Time(at.checked_add(d).unwrap_or(at))
-}
-
-fn to_chrono(ts: Timestamp) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp(ts.as_second(), ts.subsec_nanosecond().max(0) as u32)
-        .unwrap_or_default()
 }
 
 /// Keeps the one condition of a type, moving `lastTransitionTime` only when

@@ -1179,13 +1179,16 @@ impl ControllerProcess {
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = std::env::temp_dir().join(unique(&format!("kubernaut-{pod}")) + ".log");
         let out = std::fs::File::create(&log)?;
+        let own_database = overrides.iter().any(|(k, _)| *k == "STORE__DATABASE_URL");
         let mut cmd = Command::new(binary);
+        if !own_database {
+            cmd.env("DATABASE_URL", &stack.database_url);
+        }
         cmd.arg("serve")
             .arg("--config")
             .arg(repo_root().join("config/dev.yaml"))
             .env("KUBECONFIG", &stack.controller_kubeconfig)
             .env("POD_NAME", pod)
-            .env("DATABASE_URL", &stack.database_url)
             .env("REDIS_URL", &stack.redis_url)
             .env(
                 "KUBERNAUT__GATEWAY__LISTEN",

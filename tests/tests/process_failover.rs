@@ -15,8 +15,8 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kubernaut_api::{ObjectRef, Phase, RemediationRequest, StepPhase};
 use kubernaut_e2e::{
-    ControllerProcess, Stack, controller_cluster, create_request, deployment, eventually,
-    managed_namespace, terminal_request,
+    ControllerProcess, PostgresServer, Stack, controller_cluster, create_request, deployment,
+    eventually, managed_namespace, terminal_request,
 };
 use serde_json::json;
 
@@ -128,6 +128,72 @@ async fn killed_mid_step_and_restarted_the_action_happens_once() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_lost_with_a_killed_replica_are_rebuilt_from_the_status() -> anyhow::Result<()>
+{
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let pg = PostgresServer::start().await?;
+    let ns = managed_namespace(&admin, "backfill", "staging").await?;
+    let target = kubernaut_e2e::deployments(&admin, &ns, "web", 1, 1).await?;
+    let settings = [
+        FAST[0],
+        FAST[1],
+        ("STORE__DATABASE_URL", pg.url.as_str()),
+        ("CONTROLLER__AUDIT_GRACE_SECONDS", "1"),
+        ("CONTROLLER__JANITOR_INTERVAL_SECONDS", "1"),
+    ];
+    let rules = json!([{"signal": "Backfill", "action": "notify_only"}]);
+    let mut first = ControllerProcess::start(stack, &ns, "bf-a", &settings, rules.clone()).await?;
+    // PostgreSQL down: the request's records wait in the replica's queue,
+    // and die with it.
+    pg.stop()?;
+    let name = create_request(&admin, "Backfill", &target[0], false).await?;
+    let rr = terminal_request(&admin, &ns, &name, Duration::from_secs(60)).await?;
+    assert_eq!(rr.phase(), Phase::Completed);
+    first.kill9();
+    pg.resume()?;
+
+    let second = ControllerProcess::start(stack, &ns, "bf-b", &settings, rules).await?;
+    let uid = rr.metadata.uid.clone().context("uid")?;
+    let db = sqlx::PgPool::connect(&pg.url).await?;
+    let phase = eventually(
+        "the rebuilt request row",
+        Duration::from_secs(30),
+        || async {
+            let phase: Option<String> =
+                sqlx::query_scalar("SELECT phase FROM remediation_requests WHERE uid = $1")
+                    .bind(&uid)
+                    .fetch_optional(&db)
+                    .await?;
+            Ok(phase)
+        },
+    )
+    .await
+    .with_context(|| second.tail())?;
+    assert_eq!(phase, "Completed");
+    let reasons: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT reason, detail->>'backfilled' FROM remediation_events
+         WHERE request_uid = $1 AND kind = 'transition' ORDER BY id",
+    )
+    .bind(&uid)
+    .fetch_all(&db)
+    .await?;
+    let history: Vec<(String, Option<String>)> = rr
+        .status
+        .iter()
+        .flat_map(|s| &s.phase_history)
+        .map(|t| (t.reason.clone(), Some("true".to_string())))
+        .collect();
+    assert_eq!(reasons, history, "every transition, marked as rebuilt");
+    let (_, metrics) = kubernaut_e2e::get(&format!("http://{}/metrics", second.admin_addr)).await?;
+    assert!(
+        metrics.contains("kubernaut_controller_audit_backfilled_total 1"),
+        "counted once"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow::Result<()> {
     const N: usize = 200;
     let stack = Stack::get();
@@ -153,10 +219,14 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
     )
     .await?;
     // 200 restarts at once queue up in the one controller-manager.
+    // The killed replica's queued audit records die with it; the
+    // survivor's janitor rebuilds them from the status soon after.
     let settings = [
         FAST[0],
         FAST[1],
         ("CONTROLLER__VERIFY_TIMEOUT_SECONDS", "180"),
+        ("CONTROLLER__AUDIT_GRACE_SECONDS", "2"),
+        ("CONTROLLER__JANITOR_INTERVAL_SECONDS", "1"),
     ];
     let mut a = ControllerProcess::start(stack, &ns, "fo-a", &settings, rules()).await?;
     let b = ControllerProcess::start(stack, &ns, "fo-b", &settings, rules()).await?;
@@ -207,6 +277,7 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
     let db = sqlx::PgPool::connect(&stack.database_url).await?;
     let mut finished_by: BTreeMap<String, usize> = BTreeMap::new();
     let mut handed = 0;
+    let mut rebuilt = 0;
     for (name, t) in names.iter().zip(&targets) {
         let rr = terminal_request(&admin, &ns, name, Duration::from_secs(180))
             .await
@@ -221,11 +292,26 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
         let uid = rr.metadata.uid.clone().context("uid")?;
         // The audit trail: one result per step, and the request driven by
         // one replica at a time: fo-a's transitions, then fo-b's.
-        let results = step_results(&db, &uid).await?;
+        let results = eventually(
+            "the step's result in the audit trail",
+            Duration::from_secs(30),
+            || async {
+                let r = step_results(&db, &uid).await?;
+                Ok((!r.is_empty()).then_some(r))
+            },
+        )
+        .await?;
         assert!(
             results == ["Succeeded"] || results == ["AlreadyDone"],
             "{name}: {results:?}"
         );
+        let backfilled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM remediation_events WHERE request_uid = $1 AND detail->>'backfilled' = 'true'",
+        )
+        .bind(&uid)
+        .fetch_one(&db)
+        .await?;
+        rebuilt += usize::from(backfilled > 0);
         let replicas = drivers(&db, &uid).await?;
         let switches = replicas.windows(2).filter(|w| w[0] != w[1]).count();
         assert!(switches <= 1, "{name} went back and forth: {replicas:?}");
@@ -254,7 +340,7 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
         "every request finished: {finished_by:?}"
     );
     eprintln!(
-        "failover: {orphans} requests in flight on the killed replica; no live request left with it after {adopted_after:?}; finished by {finished_by:?}; {handed} handed over mid-flight"
+        "failover: {orphans} requests in flight on the killed replica; no live request left with it after {adopted_after:?}; finished by {finished_by:?}; {handed} handed over mid-flight; audit records of {rebuilt} rebuilt from their status"
     );
     Ok(())
 }

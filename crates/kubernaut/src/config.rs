@@ -297,6 +297,9 @@ pub struct Controller {
     pub retention_seconds: u64,
     /// How often the janitor looks for expired requests.
     pub janitor_interval_seconds: u64,
+    /// After this, a terminal request's missing audit records are rebuilt
+    /// from its status.
+    pub audit_grace_seconds: u64,
     pub holds: HoldsConfig,
     pub storm: StormPolicyConfig,
     /// Off unless set: the next `times` actors of one kind panic.

@@ -207,6 +207,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
                 max_failure_ratio: ctl.storm.max_failure_ratio,
             },
             janitor_interval: Duration::from_secs(ctl.janitor_interval_seconds.max(1)),
+            audit_grace: Duration::from_secs(ctl.audit_grace_seconds),
             executor: executor.settings(ctl.dry_run)?,
             step_timeout: Duration::from_secs(executor.step_timeout_seconds),
             watch_namespace: Some(ctl.watch_namespace).filter(|n| !n.is_empty()),
