@@ -845,6 +845,7 @@ async fn execute(
                 settings: st.exec_settings(),
                 default_timeout: st.ctx.settings.step_timeout,
                 recorded: Some(exec),
+                audit: Some((st.ctx.audit.clone(), st.uid.clone())),
                 restart: st.ctx.settings.restart,
                 metrics: st.ctx.metrics.clone(),
                 chaos: st.ctx.settings.chaos.clone(),

@@ -165,6 +165,9 @@ pub struct Args {
     pub default_timeout: Duration,
     /// The steps as recorded before a restart, to resume from.
     pub recorded: Option<ExecutionStatus>,
+    /// Where the steps' ends are recorded (the request's audit trail): a
+    /// step that succeeded before a restart is rolled back from there.
+    pub audit: Option<(kubernaut_store::AuditLog, String)>,
     pub restart: RestartPolicy,
     pub metrics: Metrics,
     pub chaos: Chaos,
@@ -198,6 +201,7 @@ pub async fn run(
         settings: settings.clone(),
         default_timeout,
         recorded: None,
+        audit: None,
         restart: RestartPolicy::default(),
         metrics: Metrics::default(),
         chaos: Chaos::default(),
@@ -391,10 +395,20 @@ async fn resume(st: &mut State) {
     let Some(recorded) = st.a.recorded.take() else {
         return;
     };
+    // Steps that ended before the restart keep their order of completion
+    // (for rollback), as far as the status's times tell it.
+    let mut ended: Vec<(
+        Option<kubernaut_api::k8s_openapi::jiff::Timestamp>,
+        usize,
+        String,
+    )> = Vec::new();
     for step in &recorded.steps {
         let Some(&i) = st.index.get(&step.id) else {
             continue;
         };
+        if !matches!(step.phase, StepPhase::Pending | StepPhase::Running) {
+            ended.push((step.finished_at.as_ref().map(|t| t.0), i, step.id.clone()));
+        }
         let state = match step.phase {
             StepPhase::Pending => continue,
             StepPhase::Running => {
@@ -424,6 +438,46 @@ async fn resume(st: &mut State) {
         report.attempts = step.attempts;
         st.reports[i] = Some(report);
     }
+    ended.sort();
+    st.completion_order
+        .extend(ended.into_iter().map(|(_, _, id)| id));
+}
+
+/// A step that succeeded before a restart has no outcome in memory: its
+/// call is rebuilt from the workflow and its changes read back from the
+/// audit trail. `Err` says why it cannot be undone.
+async fn restore_for_rollback(st: &mut State, i: usize) -> Result<(), String> {
+    if st.calls[i].is_none() {
+        let step = st.a.workflow.steps[i].clone();
+        let call = with_results(
+            &step,
+            &st.a.workflow.steps,
+            &st.index,
+            &st.reports,
+            &st.calls,
+            &st.a.settings.holder,
+        )
+        .map_err(|e| format!("its call cannot be rebuilt: {e}"))?;
+        st.calls[i] = Some(call);
+    }
+    if st.reports[i].as_ref().is_some_and(|r| r.outcome.is_some()) {
+        return Ok(());
+    }
+    let Some((audit, uid)) = &st.a.audit else {
+        return Err("no record of what it changed".into());
+    };
+    let id = st.a.workflow.steps[i].id.clone();
+    let detail = audit
+        .step_finished(uid, &id)
+        .await
+        .map_err(|e| format!("the audit trail cannot be read: {e}"))?
+        .ok_or("the audit trail has no record of what it changed")?;
+    let outcome: Outcome = serde_json::from_value(detail["outcome"].clone())
+        .map_err(|_| "the audit trail has no record of what it changed".to_string())?;
+    if let Some(report) = st.reports[i].as_mut() {
+        report.outcome = Some(outcome);
+    }
+    Ok(())
 }
 
 fn settle(st: &mut State, i: usize, report: StepReport) {
@@ -623,6 +677,17 @@ async fn finish(st: &mut State) -> WorkflowReport {
             if !st.a.workflow.steps[i].rollback || report.state != StepPhase::Succeeded {
                 continue;
             }
+            if let Err(why) = restore_for_rollback(st, i).await {
+                tracing::error!(step = %id, %why, "a step that succeeded before a restart cannot be rolled back");
+                if let Some(report) = st.reports[i].as_mut() {
+                    report.state = StepPhase::RollbackFailed;
+                    report.error = Some(format!("rollback: {why}"));
+                }
+                continue;
+            }
+            let Some(report) = st.reports[i].as_mut() else {
+                continue;
+            };
             report.state = StepPhase::RolledBack;
             rollback_order.push(id.clone());
             let changes = report

@@ -128,6 +128,94 @@ async fn killed_mid_step_and_restarted_the_action_happens_once() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_done_before_a_crash_is_rolled_back_when_the_workflow_fails_after()
+-> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "crash-rollback", "staging").await?;
+    let targets = kubernaut_e2e::deployments(&admin, &ns, "web", 2, 1).await?;
+    let (a, b) = (&targets[0], &targets[1]);
+    // The second step waits for b's lock when the first replica dies.
+    let cluster = controller_cluster(stack).await?;
+    let held = cluster
+        .claim_lease(
+            &kubernaut_cluster::lock_name(b),
+            "rr-other",
+            Duration::from_secs(120),
+        )
+        .await?
+        .context("the lock is free")?;
+    let rules = json!([{"signal": "TwoScales", "workflow": [
+        {"id": "first", "action": "scale_deployment", "rollback": true,
+         "parameters": {"namespace": "{{target.namespace}}", "name": a.name, "replicas": 3}},
+        {"id": "second", "action": "scale_deployment", "dependsOn": ["first"], "retries": 100,
+         "parameters": {"namespace": "{{target.namespace}}", "name": b.name, "replicas": 3}}
+    ]}]);
+    let mut first = ControllerProcess::start(stack, &ns, "rb-a", &FAST, rules.clone()).await?;
+    let name = create_request(&admin, "TwoScales", a, false).await?;
+    let api = Api::<RemediationRequest>::namespaced(admin.clone(), &ns);
+    eventually(
+        "the first step done, the second waiting",
+        Duration::from_secs(60),
+        || async {
+            let steps = api
+                .get(&name)
+                .await?
+                .status
+                .and_then(|s| s.execution)
+                .map(|e| e.steps);
+            let phases: Vec<StepPhase> = steps.iter().flatten().map(|s| s.phase).collect();
+            Ok((phases == [StepPhase::Succeeded, StepPhase::Running]).then_some(()))
+        },
+    )
+    .await?;
+    let uid = api.get(&name).await?.metadata.uid.context("uid")?;
+    let db = sqlx::PgPool::connect(&stack.database_url).await?;
+    eventually(
+        "the first step's changes in the audit trail",
+        Duration::from_secs(30),
+        || async { Ok((!step_results(&db, &uid).await?.is_empty()).then_some(())) },
+    )
+    .await?;
+    assert_eq!(
+        kubernaut_e2e::deployment_replicas(&admin, &ns, &a.name).await?,
+        3
+    );
+    first.kill9();
+    held.release().await;
+
+    // The next replica refuses the second step (a lower bound): the
+    // workflow fails, and the first step, done by the dead replica, is
+    // undone from what the audit trail recorded.
+    let mut settings = FAST.to_vec();
+    settings.push(("EXECUTOR__BOUNDS__MAX_REPLICAS", "2"));
+    let second = ControllerProcess::start(stack, &ns, "rb-b", &settings, rules).await?;
+    let rr = terminal_request(&admin, &ns, &name, Duration::from_secs(60))
+        .await
+        .with_context(|| second.tail())?;
+    let status = rr.status.context("status")?;
+    assert_eq!(status.phase, Phase::Failed, "{:?}", status.message);
+    let steps: Vec<StepPhase> = status
+        .execution
+        .context("execution")?
+        .steps
+        .iter()
+        .map(|s| s.phase)
+        .collect();
+    assert_eq!(steps, [StepPhase::RolledBack, StepPhase::Failed]);
+    assert_eq!(
+        kubernaut_e2e::deployment_replicas(&admin, &ns, &a.name).await?,
+        1,
+        "the first step undone"
+    );
+    assert_eq!(
+        kubernaut_e2e::deployment_replicas(&admin, &ns, &b.name).await?,
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_records_lost_with_a_killed_replica_are_rebuilt_from_the_status() -> anyhow::Result<()>
 {
     let stack = Stack::get();

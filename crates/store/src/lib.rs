@@ -198,6 +198,20 @@ impl AuditLog {
         Ok(found.as_deref() == Some(phase))
     }
 
+    /// The recorded end of step `step` of request `uid` (its StepFinished
+    /// detail: the step report, with the objects before and after).
+    pub async fn step_finished(&self, uid: &str, step: &str) -> Result<Option<serde_json::Value>> {
+        Ok(sqlx::query_scalar(
+            "SELECT detail FROM remediation_events
+             WHERE request_uid = $1 AND kind = 'action' AND reason = 'StepFinished' AND detail->>'id' = $2
+             ORDER BY id LIMIT 1",
+        )
+        .bind(uid)
+        .bind(step)
+        .fetch_optional(&self.store.pool)
+        .await?)
+    }
+
     /// Records waiting to be written (the audit backlog, K-OP-1).
     pub fn backlog(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
