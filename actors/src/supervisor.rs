@@ -94,6 +94,8 @@ pub struct State {
 }
 
 pub enum Msg {
+    /// Read the request and become ready (the first message).
+    Load,
     /// Do the next piece of work for the current phase.
     Advance,
     StageDone(u64, StageResult),
@@ -175,74 +177,104 @@ impl State {
     }
 }
 
+/// A supervisor loads its request in its first message, not in
+/// `pre_start`: spawning is awaited by the registry, which must not wait on
+/// the API server for every request it starts. What arrives before the
+/// request is loaded waits, and follows it.
+pub enum Slot {
+    Loading {
+        args: Args,
+        me: Addr<Msg>,
+        early: Vec<Msg>,
+    },
+    Ready(Box<State>),
+}
+
+/// Reads the request (always from the cluster, never from a cached copy)
+/// and builds the supervisor's state; `None` when it no longer exists.
+async fn load(args: Args, me: Addr<Msg>) -> Result<Option<State>, ActorProcessingErr> {
+    let Some(rr) = args
+        .ctx
+        .cluster
+        .get_request(&args.namespace, &args.name)
+        .await?
+    else {
+        return Ok(None);
+    };
+    me.tell(Msg::Advance);
+    let status = rr.status.clone().unwrap_or_default();
+    phase_gauge(&args.ctx, status.phase, 1);
+    arm(&me, &status);
+    if let Some(until) = status
+        .blocked_until
+        .as_ref()
+        .filter(|_| status.phase == Phase::Blocked)
+    {
+        me.tell_after(wait_until(until.0), Msg::Recheck);
+    }
+    Ok(Some(State {
+        namespace: args.namespace,
+        name: args.name,
+        uid: rr.metadata.uid.clone().unwrap_or_default(),
+        created: rr
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+        spec: rr.spec.clone(),
+        status,
+        ctx: args.ctx,
+        me,
+        inbox: args.inbox,
+        stage: None,
+        epoch: 0,
+        stage_restarts: 0,
+        stage_started: Instant::now(),
+        retry: RETRY_BASE,
+        rv: rr.metadata.resource_version.clone().unwrap_or_default(),
+        desired: None,
+        acks: Vec::new(),
+        pending_audit: Vec::new(),
+        flush_queued: false,
+        releasing: false,
+        outcomes: BTreeMap::new(),
+        times_held: 0,
+        approval: Approval::of(&rr),
+    }))
+}
+
 impl Actor for Supervisor {
     type Msg = Envelope<Msg>;
-    type State = State;
+    type State = Slot;
     type Arguments = Args;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Envelope<Msg>>,
         args: Args,
-    ) -> Result<State, ActorProcessingErr> {
-        // Always start from what the cluster says, never from a cached copy.
-        let rr: RemediationRequest = args
-            .ctx
-            .cluster
-            .get_request(&args.namespace, &args.name)
-            .await?
-            .ok_or_else(|| format!("request {}/{} no longer exists", args.namespace, args.name))?;
+    ) -> Result<Slot, ActorProcessingErr> {
         args.inbox.started();
         let me = args.inbox.addr(myself);
-        me.tell(Msg::Advance);
-        let status = rr.status.clone().unwrap_or_default();
-        phase_gauge(&args.ctx, status.phase, 1);
-        arm(&me, &status);
-        if let Some(until) = status
-            .blocked_until
-            .as_ref()
-            .filter(|_| status.phase == Phase::Blocked)
-        {
-            me.tell_after(wait_until(until.0), Msg::Recheck);
-        }
-        Ok(State {
-            namespace: args.namespace,
-            name: args.name,
-            uid: rr.metadata.uid.clone().unwrap_or_default(),
-            created: rr
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
-            spec: rr.spec.clone(),
-            status,
-            ctx: args.ctx,
+        me.tell(Msg::Load);
+        Ok(Slot::Loading {
+            args,
             me,
-            inbox: args.inbox,
-            stage: None,
-            epoch: 0,
-            stage_restarts: 0,
-            stage_started: Instant::now(),
-            retry: RETRY_BASE,
-            rv: rr.metadata.resource_version.clone().unwrap_or_default(),
-            desired: None,
-            acks: Vec::new(),
-            pending_audit: Vec::new(),
-            flush_queued: false,
-            releasing: false,
-            outcomes: BTreeMap::new(),
-            times_held: 0,
-            approval: Approval::of(&rr),
+            early: Vec::new(),
         })
     }
 
     async fn post_stop(
         &self,
         _myself: ActorRef<Envelope<Msg>>,
-        st: &mut State,
+        slot: &mut Slot,
     ) -> Result<(), ActorProcessingErr> {
-        phase_gauge(&st.ctx, st.phase(), -1);
-        st.inbox.stopped();
+        match slot {
+            Slot::Ready(st) => {
+                phase_gauge(&st.ctx, st.phase(), -1);
+                st.inbox.stopped();
+            }
+            Slot::Loading { args, .. } => args.inbox.stopped(),
+        }
         Ok(())
     }
 
@@ -250,59 +282,34 @@ impl Actor for Supervisor {
         &self,
         myself: ActorRef<Envelope<Msg>>,
         env: Envelope<Msg>,
-        st: &mut State,
+        slot: &mut Slot,
     ) -> Result<(), ActorProcessingErr> {
-        let (msg, _handling) = st.inbox.open(env);
-        let myself = &myself;
-        // Past a deadline nothing else happens: no stage starts, no step
-        // is acknowledged, no late result counts.
-        if expired(st).is_some() {
-            return on_deadline(myself, st).await;
-        }
-        match msg {
-            Msg::Advance if st.stage.is_some() => Ok(()),
-            Msg::Advance => advance(myself, st).await,
-            Msg::Recheck if st.phase() == Phase::Blocked && st.stage.is_none() => {
-                advance(myself, st).await
-            }
-            Msg::Recheck => Ok(()),
-            Msg::Approval(a) => {
-                let new = st.approval.as_ref() != Some(&a);
-                st.approval = Some(a);
-                if new && st.phase() == Phase::AwaitingApproval && st.stage.is_none() {
-                    advance(myself, st).await
-                } else {
-                    Ok(())
+        let st = match slot {
+            Slot::Ready(st) => st,
+            Slot::Loading { args, me, early } => {
+                let (msg, _handling) = args.inbox.open(env);
+                if !matches!(msg, Msg::Load) {
+                    early.push(msg);
+                    return Ok(());
                 }
-            }
-            Msg::StageDone(epoch, _) if epoch != st.epoch => Ok(()),
-            Msg::Deadline => Ok(()),
-            Msg::Flush => flush(st).await,
-            Msg::Release => {
-                st.releasing = true;
-                match &st.stage {
-                    // In-flight steps finish; the result's write releases.
-                    Some(s) if s.kind == ActorKind::workflow => Ok(()),
-                    Some(s) => {
-                        s.cell.kill();
-                        st.stage = None;
-                        st.epoch += 1;
-                        release(myself, st).await
-                    }
-                    None => release(myself, st).await,
+                let args = Args {
+                    namespace: args.namespace.clone(),
+                    name: args.name.clone(),
+                    ctx: args.ctx.clone(),
+                    inbox: args.inbox.clone(),
+                };
+                let Some(state) = load(args, me.clone()).await? else {
+                    myself.stop(Some("the request no longer exists".into()));
+                    return Ok(());
+                };
+                for m in std::mem::take(early) {
+                    me.tell(m);
                 }
+                *slot = Slot::Ready(Box::new(state));
+                return Ok(());
             }
-            Msg::StageDone(_, result) => {
-                st.stage = None;
-                st.stage_restarts = 0;
-                on_stage_done(myself, st, result).await
-            }
-            // A stale workflow's step never acts: its dropped ack stops it.
-            Msg::Step(epoch, _) if epoch != st.epoch => Ok(()),
-            Msg::Step(_, event) => on_step(st, event).await,
-            Msg::Restart(epoch) if epoch != st.epoch || st.stage.is_some() => Ok(()),
-            Msg::Restart(_) => advance(myself, st).await,
-        }
+        };
+        on_message(&myself, env, st).await
     }
 
     /// A stage actor failed or panicked: restart it under the policy, or
@@ -311,36 +318,105 @@ impl Actor for Supervisor {
         &self,
         myself: ActorRef<Envelope<Msg>>,
         evt: SupervisionEvent,
-        st: &mut State,
+        slot: &mut Slot,
     ) -> Result<(), ActorProcessingErr> {
-        let SupervisionEvent::ActorFailed(cell, error) = evt else {
-            return Ok(());
-        };
-        let Some(stage) = st.stage.take_if(|s| s.cell.get_id() == cell.get_id()) else {
-            return Ok(());
-        };
-        st.stage_restarts += 1;
-        let n = st.stage_restarts;
-        let reason = policy::reason(&error);
-        match st
-            .ctx
-            .settings
-            .restart
-            .restart(n, stage.kind, &st.ctx.metrics)
-        {
-            Some(delay) => {
-                tracing::warn!(request = %st.name, namespace = %st.namespace, stage = ?stage.kind, error = %reason, restart = n, ?delay, "stage actor failed; restarting it");
-                st.me.tell_after(delay, Msg::Restart(stage.epoch));
+        match slot {
+            Slot::Ready(st) => on_child_failed(&myself, evt, st).await,
+            Slot::Loading { .. } => Ok(()),
+        }
+    }
+}
+
+async fn on_message(
+    myself: &ActorRef<Envelope<Msg>>,
+    env: Envelope<Msg>,
+    st: &mut State,
+) -> Result<(), ActorProcessingErr> {
+    let (msg, _handling) = st.inbox.open(env);
+    // Past a deadline nothing else happens: no stage starts, no step
+    // is acknowledged, no late result counts.
+    if expired(st).is_some() {
+        return on_deadline(myself, st).await;
+    }
+    match msg {
+        Msg::Advance if st.stage.is_some() => Ok(()),
+        Msg::Advance => advance(myself, st).await,
+        Msg::Recheck if st.phase() == Phase::Blocked && st.stage.is_none() => {
+            advance(myself, st).await
+        }
+        Msg::Recheck => Ok(()),
+        Msg::Approval(a) => {
+            let new = st.approval.as_ref() != Some(&a);
+            st.approval = Some(a);
+            if new && st.phase() == Phase::AwaitingApproval && st.stage.is_none() {
+                advance(myself, st).await
+            } else {
                 Ok(())
             }
-            None => {
-                st.stage_restarts = 0;
-                let message = format!(
-                    "the {:?} actor failed {n} times; last: {reason}",
-                    stage.kind
-                );
-                fail(&myself, st, "StageFailed", message).await
+        }
+        Msg::StageDone(epoch, _) if epoch != st.epoch => Ok(()),
+        Msg::Deadline => Ok(()),
+        Msg::Flush => flush(st).await,
+        Msg::Release => {
+            st.releasing = true;
+            match &st.stage {
+                // In-flight steps finish; the result's write releases.
+                Some(s) if s.kind == ActorKind::workflow => Ok(()),
+                Some(s) => {
+                    s.cell.kill();
+                    st.stage = None;
+                    st.epoch += 1;
+                    release(myself, st).await
+                }
+                None => release(myself, st).await,
             }
+        }
+        Msg::StageDone(_, result) => {
+            st.stage = None;
+            st.stage_restarts = 0;
+            on_stage_done(myself, st, result).await
+        }
+        // A stale workflow's step never acts: its dropped ack stops it.
+        Msg::Step(epoch, _) if epoch != st.epoch => Ok(()),
+        Msg::Step(_, event) => on_step(st, event).await,
+        Msg::Restart(epoch) if epoch != st.epoch || st.stage.is_some() => Ok(()),
+        Msg::Restart(_) => advance(myself, st).await,
+        Msg::Load => Ok(()),
+    }
+}
+
+async fn on_child_failed(
+    myself: &ActorRef<Envelope<Msg>>,
+    evt: SupervisionEvent,
+    st: &mut State,
+) -> Result<(), ActorProcessingErr> {
+    let SupervisionEvent::ActorFailed(cell, error) = evt else {
+        return Ok(());
+    };
+    let Some(stage) = st.stage.take_if(|s| s.cell.get_id() == cell.get_id()) else {
+        return Ok(());
+    };
+    st.stage_restarts += 1;
+    let n = st.stage_restarts;
+    let reason = policy::reason(&error);
+    match st
+        .ctx
+        .settings
+        .restart
+        .restart(n, stage.kind, &st.ctx.metrics)
+    {
+        Some(delay) => {
+            tracing::warn!(request = %st.name, namespace = %st.namespace, stage = ?stage.kind, error = %reason, restart = n, ?delay, "stage actor failed; restarting it");
+            st.me.tell_after(delay, Msg::Restart(stage.epoch));
+            Ok(())
+        }
+        None => {
+            st.stage_restarts = 0;
+            let message = format!(
+                "the {:?} actor failed {n} times; last: {reason}",
+                stage.kind
+            );
+            fail(myself, st, "StageFailed", message).await
         }
     }
 }
