@@ -3,7 +3,10 @@
 //! plane, every cluster call going to the real API server. It prints
 //! figures; it asserts nothing.
 //!
-//!   cargo bench -p kubernaut-e2e --bench pipeline -- [N]      (default 1000)
+//!   cargo bench -p kubernaut-e2e --bench pipeline -- [N] [--memory-only]
+//!
+//! N defaults to 1000; `--memory-only` stops after the first part (for
+//! N = 10 000, where the throughput runs would mostly measure etcd).
 //!
 //! 1. Memory: N requests on N Deployments whose target locks another
 //!    holder has, so every request stays Executing with its whole tree live
@@ -143,20 +146,29 @@ async fn main() -> anyhow::Result<()> {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1000);
+    let memory_only = std::env::args().any(|a| a == "--memory-only");
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
     let ns = managed_namespace(&admin, "bench", "staging").await?;
     eprintln!("pipeline bench: N = {n}, namespace {ns}");
     let targets = deployments(&admin, &ns, "svc", n, 0).await?;
     let cluster = controller_cluster(stack).await?;
-    let mut locks = Vec::new();
-    for t in &targets {
-        let lock = kubernaut_cluster::lock_name(t);
-        let claim = cluster
-            .claim_lease(&lock, "bench-holder", Duration::from_secs(3600))
-            .await?;
-        locks.extend(claim);
-    }
+    let locks: Vec<_> = futures::stream::iter(&targets)
+        .map(|t| {
+            let cluster = cluster.clone();
+            async move {
+                let lock = kubernaut_cluster::lock_name(t);
+                cluster
+                    .claim_lease(&lock, "bench-holder", Duration::from_secs(3600))
+                    .await
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
     eprintln!("  {n} deployments and their target locks are ready");
 
     let rules = json!([
@@ -209,6 +221,25 @@ async fn main() -> anyhow::Result<()> {
         live(&text, "step")
     );
 
+    if memory_only {
+        println!("pipeline bench, N = {n} (real API server, in-process control plane, 2 cores)");
+        println!(
+            "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {report_live} live: {:.1} KiB per live tree",
+            (held - before) * 1024.0 / trees.max(1.0)
+        );
+        println!(
+            "  {n} requests created in {:.1} s; all Executing after {:.1} s",
+            created.as_secs_f64(),
+            start.elapsed().as_secs_f64()
+        );
+        print_mailboxes(&text);
+        running.shutdown().await?;
+        futures::stream::iter(locks)
+            .for_each_concurrent(CONCURRENCY, |claim| claim.release())
+            .await;
+        return cleanup(&admin, &ns).await;
+    }
+
     // 2. Release: the rollouts happen and are verified.
     let released = Instant::now();
     for claim in locks {
@@ -245,12 +276,26 @@ async fn main() -> anyhow::Result<()> {
         "  (creating the {n} held requests took {:.1} s)",
         created.as_secs_f64()
     );
+    print_mailboxes(&text);
+    running.shutdown().await?;
+    cleanup(&admin, &ns).await
+}
+
+/// Deletes the bench's namespace (its thousands of objects would slow the
+/// shared stack's other users down).
+async fn cleanup(admin: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .delete(ns, &Default::default())
+        .await?;
+    Ok(())
+}
+
+fn print_mailboxes(metrics: &str) {
     println!("  mailbox wait p99 by actor (messages):");
-    for (actor, (p99, count)) in mailbox_p99(&text) {
+    for (actor, (p99, count)) in mailbox_p99(metrics) {
         println!(
             "    {actor:<13} p99 <= {:>9.3} ms  ({count} messages)",
             p99 * 1000.0
         );
     }
-    running.shutdown().await
 }
