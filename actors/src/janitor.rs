@@ -92,6 +92,7 @@ pub struct Janitor;
 pub struct State {
     ctx: Arc<Context>,
     inbox: Inbox,
+    _live: crate::mailbox::Live,
     me: Addr<Msg>,
     ended: HashMap<Key, Ended>,
     members: Option<Vec<String>>,
@@ -113,25 +114,17 @@ impl Actor for Janitor {
         myself: ActorRef<Envelope<Msg>>,
         (ctx, inbox): (Arc<Context>, Inbox),
     ) -> Result<State, ActorProcessingErr> {
-        inbox.started();
+        let live = inbox.started();
         let me = inbox.addr(myself);
         me.tell_after(ctx.settings.janitor_interval, Msg::Sweep);
         Ok(State {
             ctx,
             me,
             inbox,
+            _live: live,
             ended: HashMap::new(),
             members: None,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Envelope<Msg>>,
-        st: &mut State,
-    ) -> Result<(), ActorProcessingErr> {
-        st.inbox.stopped();
-        Ok(())
     }
 
     async fn handle(

@@ -71,16 +71,27 @@ impl Inbox {
         )
     }
 
-    /// Call from `pre_start`.
-    pub fn started(&self) {
+    /// Call from `pre_start` and keep the guard in the actor's state: the
+    /// actor counts as live until its state is dropped, however it ends
+    /// (stopped, killed or panicked; ractor skips `post_stop` for the last
+    /// two), and what it never handled then leaves the depth gauge.
+    pub fn started(&self) -> Live {
         self.live.inc();
+        Live {
+            inbox: self.clone(),
+        }
     }
+}
 
-    /// Call from `post_stop`: what was never handled leaves the gauge.
-    pub fn stopped(&self) {
-        self.live.dec();
-        let left = self.pending.swap(0, Ordering::Relaxed);
-        self.depth.dec_by(left);
+pub struct Live {
+    inbox: Inbox,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.inbox.live.dec();
+        let left = self.inbox.pending.swap(0, Ordering::Relaxed);
+        self.inbox.depth.dec_by(left);
     }
 }
 

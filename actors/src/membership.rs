@@ -62,6 +62,7 @@ pub enum Msg {
 pub struct State {
     ctx: Arc<Context>,
     inbox: Inbox,
+    _live: crate::mailbox::Live,
     me: Addr<Msg>,
     registry: Addr<RegistryMsg>,
     group: String,
@@ -87,26 +88,18 @@ impl Actor for Membership {
         myself: ActorRef<Envelope<Msg>>,
         (ctx, registry, inbox): Self::Arguments,
     ) -> Result<State, ActorProcessingErr> {
-        inbox.started();
+        let live = inbox.started();
         let me = inbox.addr(myself);
         me.tell(Msg::Tick);
         Ok(State {
             group: ctx.settings.watch_namespace.clone().unwrap_or_default(),
             ctx,
             inbox,
+            _live: live,
             me,
             registry,
             last: None,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Envelope<Msg>>,
-        st: &mut State,
-    ) -> Result<(), ActorProcessingErr> {
-        st.inbox.stopped();
-        Ok(())
     }
 
     async fn handle(

@@ -50,6 +50,7 @@ pub enum RegistryMsg {
 pub struct RegistryState {
     ctx: Arc<Context>,
     inbox: Inbox,
+    _live: crate::mailbox::Live,
     by_key: HashMap<Key, Addr<supervisor::Msg>>,
     by_id: HashMap<ActorId, Key>,
     restarts: HashMap<Key, u32>,
@@ -133,11 +134,12 @@ impl Actor for Registry {
         myself: ActorRef<Envelope<RegistryMsg>>,
         (ctx, inbox, janitor): (Arc<Context>, Inbox, Addr<janitor::Msg>),
     ) -> Result<RegistryState, ActorProcessingErr> {
-        inbox.started();
+        let live = inbox.started();
         Ok(RegistryState {
             ctx,
             me: inbox.addr(myself),
             inbox,
+            _live: live,
             by_key: HashMap::new(),
             by_id: HashMap::new(),
             restarts: HashMap::new(),
@@ -147,15 +149,6 @@ impl Actor for Registry {
             releasing: None,
             janitor,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Envelope<RegistryMsg>>,
-        st: &mut RegistryState,
-    ) -> Result<(), ActorProcessingErr> {
-        st.inbox.stopped();
-        Ok(())
     }
 
     async fn handle(

@@ -26,7 +26,7 @@ use crate::backfill::{request_record, to_chrono};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::Context;
-use crate::mailbox::{Addr, Envelope, Inbox};
+use crate::mailbox::{Addr, Envelope, Inbox, Live};
 use crate::metrics::{ActionLabels, ActorKind, PhaseLabels, StageLabels, TransitionLabels};
 use crate::policy;
 use crate::rules::{self, RuleError};
@@ -91,6 +91,10 @@ pub struct State {
     times_held: u32,
     /// The approval decision on the request, if any.
     approval: Option<Approval>,
+    /// This supervisor in the supervisors-by-phase gauge, and among the live
+    /// actors, until its state is dropped (however it ends).
+    counted: PhaseCount,
+    _live: Option<Live>,
 }
 
 pub enum Msg {
@@ -182,12 +186,15 @@ impl State {
 /// the API server for every request it starts. What arrives before the
 /// request is loaded waits, and follows it.
 pub enum Slot {
-    Loading {
-        args: Args,
-        me: Addr<Msg>,
-        early: Vec<Msg>,
-    },
+    Loading(Box<Loading>),
     Ready(Box<State>),
+}
+
+pub struct Loading {
+    args: Args,
+    me: Addr<Msg>,
+    early: Vec<Msg>,
+    live: Option<Live>,
 }
 
 /// Reads the request (always from the cluster, never from a cached copy)
@@ -203,7 +210,7 @@ async fn load(args: Args, me: Addr<Msg>) -> Result<Option<State>, ActorProcessin
     };
     me.tell(Msg::Advance);
     let status = rr.status.clone().unwrap_or_default();
-    phase_gauge(&args.ctx, status.phase, 1);
+    let counted = PhaseCount::new(&args.ctx, status.phase);
     arm(&me, &status);
     if let Some(until) = status
         .blocked_until
@@ -240,6 +247,8 @@ async fn load(args: Args, me: Addr<Msg>) -> Result<Option<State>, ActorProcessin
         outcomes: BTreeMap::new(),
         times_held: 0,
         approval: Approval::of(&rr),
+        counted,
+        _live: None,
     }))
 }
 
@@ -253,29 +262,15 @@ impl Actor for Supervisor {
         myself: ActorRef<Envelope<Msg>>,
         args: Args,
     ) -> Result<Slot, ActorProcessingErr> {
-        args.inbox.started();
+        let live = Some(args.inbox.started());
         let me = args.inbox.addr(myself);
         me.tell(Msg::Load);
-        Ok(Slot::Loading {
+        Ok(Slot::Loading(Box::new(Loading {
             args,
             me,
             early: Vec::new(),
-        })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Envelope<Msg>>,
-        slot: &mut Slot,
-    ) -> Result<(), ActorProcessingErr> {
-        match slot {
-            Slot::Ready(st) => {
-                phase_gauge(&st.ctx, st.phase(), -1);
-                st.inbox.stopped();
-            }
-            Slot::Loading { args, .. } => args.inbox.stopped(),
-        }
-        Ok(())
+            live,
+        })))
     }
 
     async fn handle(
@@ -286,7 +281,13 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         let st = match slot {
             Slot::Ready(st) => st,
-            Slot::Loading { args, me, early } => {
+            Slot::Loading(loading) => {
+                let Loading {
+                    args,
+                    me,
+                    early,
+                    live,
+                } = loading.as_mut();
                 let (msg, _handling) = args.inbox.open(env);
                 if !matches!(msg, Msg::Load) {
                     early.push(msg);
@@ -298,10 +299,11 @@ impl Actor for Supervisor {
                     ctx: args.ctx.clone(),
                     inbox: args.inbox.clone(),
                 };
-                let Some(state) = load(args, me.clone()).await? else {
+                let Some(mut state) = load(args, me.clone()).await? else {
                     myself.stop(Some("the request no longer exists".into()));
                     return Ok(());
                 };
+                state._live = live.take();
                 for m in std::mem::take(early) {
                     me.tell(m);
                 }
@@ -322,7 +324,7 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match slot {
             Slot::Ready(st) => on_child_failed(&myself, evt, st).await,
-            Slot::Loading { .. } => Ok(()),
+            Slot::Loading(_) => Ok(()),
         }
     }
 }
@@ -522,14 +524,45 @@ async fn escalate(st: &State, reason: &'static str, detail: serde_json::Value) {
     audit_event(st, "escalation", None, None, reason, "", detail).await;
 }
 
-/// Keeps the supervisors-by-phase gauge.
-fn phase_gauge(ctx: &Context, phase: Phase, delta: i64) {
-    ctx.metrics
-        .supervisors_by_phase
-        .get_or_create(&PhaseLabels {
-            phase: phase.as_str(),
-        })
-        .inc_by(delta);
+/// One supervisor's place in the supervisors-by-phase gauge; it leaves
+/// the gauge when dropped with the supervisor's state, however the
+/// supervisor ends (ractor skips `post_stop` when an actor panics or is
+/// killed).
+struct PhaseCount {
+    metrics: crate::Metrics,
+    phase: Phase,
+}
+
+impl PhaseCount {
+    fn new(ctx: &Context, phase: Phase) -> Self {
+        let count = Self {
+            metrics: ctx.metrics.clone(),
+            phase,
+        };
+        count.gauge().inc();
+        count
+    }
+
+    fn gauge(&self) -> prometheus_client::metrics::gauge::Gauge {
+        self.metrics
+            .supervisors_by_phase
+            .get_or_create(&PhaseLabels {
+                phase: self.phase.as_str(),
+            })
+            .clone()
+    }
+
+    fn set(&mut self, to: Phase) {
+        self.gauge().dec();
+        self.phase = to;
+        self.gauge().inc();
+    }
+}
+
+impl Drop for PhaseCount {
+    fn drop(&mut self) {
+        self.gauge().dec();
+    }
 }
 
 async fn advance(
@@ -1415,8 +1448,7 @@ async fn commit(
             serde_json::json!({ "message": message, "replica": st.ctx.identity }),
         )
         .await;
-        phase_gauge(&st.ctx, from, -1);
-        phase_gauge(&st.ctx, to, 1);
+        st.counted.set(to);
         arm(&st.me, &st.status);
         st.me.tell(Msg::Advance);
     }

@@ -55,6 +55,7 @@ pub struct Args<T> {
 
 pub struct State<T> {
     inbox: Inbox,
+    _live: crate::mailbox::Live,
     work: Work<T>,
     report: Option<Report<T>>,
     chaos: Chaos,
@@ -72,23 +73,15 @@ impl<T: Send + 'static> Actor for Worker<T> {
         myself: ActorRef<Envelope<Run>>,
         args: Args<T>,
     ) -> Result<State<T>, ActorProcessingErr> {
-        args.inbox.started();
+        let live = args.inbox.started();
         args.inbox.addr(myself).tell(Run);
         Ok(State {
             inbox: args.inbox,
+            _live: live,
             work: args.work,
             report: Some(args.report),
             chaos: args.chaos,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Envelope<Run>>,
-        st: &mut State<T>,
-    ) -> Result<(), ActorProcessingErr> {
-        st.inbox.stopped();
-        Ok(())
     }
 
     async fn handle(

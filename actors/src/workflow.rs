@@ -237,6 +237,7 @@ pub struct State {
     a: Args,
     me: Addr<Msg>,
     inbox: Inbox,
+    _live: crate::mailbox::Live,
     index: BTreeMap<String, usize>,
     calls: Vec<Option<ActionCall>>,
     reports: Vec<Option<StepReport>>,
@@ -260,7 +261,7 @@ impl Actor for WorkflowActor {
         a: Args,
     ) -> Result<State, ActorProcessingErr> {
         let inbox = Inbox::new(&a.metrics, ActorKind::workflow);
-        inbox.started();
+        let live = inbox.started();
         let me = inbox.addr(myself);
         me.tell(Msg::Start);
         let n = a.workflow.steps.len();
@@ -275,6 +276,7 @@ impl Actor for WorkflowActor {
             a,
             me,
             inbox,
+            _live: live,
             index,
             calls: Vec::new(),
             reports: vec![None; n],
@@ -286,15 +288,6 @@ impl Actor for WorkflowActor {
             failed: false,
             stopped: None,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Envelope<Msg>>,
-        st: &mut State,
-    ) -> Result<(), ActorProcessingErr> {
-        st.inbox.stopped();
-        Ok(())
     }
 
     async fn handle(

@@ -259,19 +259,29 @@ async fn audit_records_lost_with_a_killed_replica_are_rebuilt_from_the_status() 
     .await
     .with_context(|| second.tail())?;
     assert_eq!(phase, "Completed");
-    let reasons: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT reason, detail->>'backfilled' FROM remediation_events
-         WHERE request_uid = $1 AND kind = 'transition' ORDER BY id",
-    )
-    .bind(&uid)
-    .fetch_all(&db)
-    .await?;
     let history: Vec<(String, Option<String>)> = rr
         .status
         .iter()
         .flat_map(|s| &s.phase_history)
         .map(|t| (t.reason.clone(), Some("true".to_string())))
         .collect();
+    // The rebuilt records are written one after the other, the request row
+    // first: wait for as many transitions as the history has.
+    let reasons = eventually(
+        "the rebuilt transitions",
+        Duration::from_secs(30),
+        || async {
+            let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT reason, detail->>'backfilled' FROM remediation_events
+             WHERE request_uid = $1 AND kind = 'transition' ORDER BY id",
+            )
+            .bind(&uid)
+            .fetch_all(&db)
+            .await?;
+            Ok((rows.len() >= history.len()).then_some(rows))
+        },
+    )
+    .await?;
     assert_eq!(reasons, history, "every transition, marked as rebuilt");
     let (_, metrics) = kubernaut_e2e::get(&format!("http://{}/metrics", second.admin_addr)).await?;
     assert!(

@@ -230,6 +230,17 @@ async fn panicking_actors_are_restarted_and_the_request_completes() -> anyhow::R
         )
         .await?;
         assert_eq!(restarts, f64::from(times), "{kind}");
+        // Panicked actors (ractor skips their post_stop) are not live any
+        // more, and the finished tree has left the gauges.
+        for actor in ["processing", "workflow", "step", "supervisor"] {
+            let sample = format!("kubernaut_controller_actors_live{{actor=\"{actor}\"}}");
+            eventually(&format!("no live {actor} actor"), TIMEOUT, || async {
+                Ok((metric(&running, &sample).await? == 0.0).then_some(()))
+            })
+            .await?;
+        }
+        let completed = "kubernaut_controller_supervisors{phase=\"Completed\"}";
+        assert_eq!(metric(&running, completed).await?, 0.0, "{kind}");
         running.shutdown().await?;
     }
     Ok(())
