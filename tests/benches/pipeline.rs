@@ -5,8 +5,13 @@
 //!
 //!   cargo bench -p kubernaut-e2e --bench pipeline -- [N] [--memory-only]
 //!
-//! N defaults to 1000; `--memory-only` stops after the first part (for
-//! N = 10 000, where the throughput runs would mostly measure etcd).
+//! N defaults to 1000; `--memory-only` stops after the first part.
+//!
+//!   cargo bench -p kubernaut-e2e --bench pipeline -- N --waiting
+//!
+//! holds N storm requests waiting for approval instead: one live
+//! supervisor each and no polling, so that N = 10 000 measures the tree's
+//! memory rather than 10 000 steps polling their locks on the API server.
 //!
 //! 1. Memory: N requests on N Deployments whose target locks another
 //!    holder has, so every request stays Executing with its whole tree live
@@ -151,6 +156,9 @@ async fn main() -> anyhow::Result<()> {
     let admin = stack.admin_client().await?;
     let ns = managed_namespace(&admin, "bench", "staging").await?;
     eprintln!("pipeline bench: N = {n}, namespace {ns}");
+    if std::env::args().any(|a| a == "--waiting") {
+        return waiting(stack, &admin, &ns, n).await;
+    }
     let targets = deployments(&admin, &ns, "svc", n, 0).await?;
     let cluster = controller_cluster(stack).await?;
     let locks: Vec<_> = futures::stream::iter(&targets)
@@ -288,6 +296,57 @@ async fn cleanup(admin: &kube::Client, ns: &str) -> anyhow::Result<()> {
         .delete(ns, &Default::default())
         .await?;
     Ok(())
+}
+
+/// N storm requests, each waiting for approval with its supervisor live.
+async fn waiting(stack: &Stack, admin: &kube::Client, ns: &str, n: usize) -> anyhow::Result<()> {
+    let target = deployments(admin, ns, "svc", 1, 0).await?;
+    let running = control_plane(
+        stack,
+        ns,
+        &[("CONTROLLER__TIMEOUTS__APPROVAL_SECONDS", "3600")],
+        json!([]),
+    )
+    .await?;
+    let api = Api::<RemediationRequest>::namespaced(admin.clone(), ns);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_mib();
+    let start = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|_| create_request(admin, "BenchStorm", &target[0], true))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let created = start.elapsed();
+    wait_for(&api, "BenchStorm", n, "waiting for approval", |p| {
+        p == Phase::AwaitingApproval
+    })
+    .await?;
+    let waited = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, text) = get(&format!("http://{}/metrics", running.admin_addr)).await?;
+    let held = rss_mib();
+    let sample = "kubernaut_controller_actors_live{actor=\"supervisor\"} ";
+    let live = text
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    println!(
+        "pipeline bench, N = {n} waiting requests (real API server, in-process control plane, 2 cores)"
+    );
+    println!(
+        "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {live} live supervisors: {:.1} KiB per live supervisor",
+        (held - before) * 1024.0 / live.max(1.0)
+    );
+    println!(
+        "  {n} requests created in {:.1} s; all AwaitingApproval (4 status writes each) after {:.1} s: {:.0} requests/s",
+        created.as_secs_f64(),
+        waited.as_secs_f64(),
+        n as f64 / waited.as_secs_f64()
+    );
+    print_mailboxes(&text);
+    running.shutdown().await?;
+    cleanup(admin, ns).await
 }
 
 fn print_mailboxes(metrics: &str) {
