@@ -37,7 +37,7 @@ install() {
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
       CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
       python3 -m pip wheel --no-deps --wheel-dir "$WHEELS" -v "llama-cpp-python==$LLAMA_VERSION" 2>&1 |
-      grep --line-buffered -E '^\s*\[[ 0-9]+%\]|Building wheel|Created wheel' >&2 || true
+      grep --line-buffered -E '^\s*\[([ 0-9]+%|[0-9]+/[0-9]+)\]|Building wheel|Created wheel' >&2 || true
     ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1 ||
       { log "the wheel build failed"; exit 1; }
     log "built in $(( (SECONDS - started) / 60 )) min"

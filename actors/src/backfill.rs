@@ -40,6 +40,29 @@ pub(crate) fn request_record(
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one per column of the audit event
+pub(crate) fn event_record(
+    uid: &str,
+    at: Timestamp,
+    kind: &'static str,
+    from: Option<Phase>,
+    to: Option<Phase>,
+    reason: &str,
+    subject: &str,
+    detail: serde_json::Value,
+) -> EventRecord {
+    EventRecord {
+        request_uid: uid.to_string(),
+        at: to_chrono(at),
+        kind,
+        from_phase: from.map(|p| p.to_string()),
+        to_phase: to.map(|p| p.to_string()),
+        reason: reason.to_string(),
+        subject: subject.to_string(),
+        detail,
+    }
+}
+
 /// The records a request's status tells of, request row first.
 pub fn records(rr: &RemediationRequest) -> Vec<AuditRecord> {
     let status = rr.status.clone().unwrap_or_default();
@@ -51,23 +74,10 @@ pub fn records(rr: &RemediationRequest) -> Vec<AuditRecord> {
         &rr.spec,
         status.phase,
     ))];
-    let event = |at: Timestamp,
-                 kind,
-                 from: Option<Phase>,
-                 to: Option<Phase>,
-                 reason: &str,
-                 subject: &str,
-                 detail| {
-        AuditRecord::Event(EventRecord {
-            request_uid: uid.clone(),
-            at: to_chrono(at),
-            kind,
-            from_phase: from.map(|p| p.to_string()),
-            to_phase: to.map(|p| p.to_string()),
-            reason: reason.to_string(),
-            subject: subject.to_string(),
-            detail,
-        })
+    let event = |at, kind, from, to, reason: &str, subject: &str, detail| {
+        AuditRecord::Event(event_record(
+            &uid, at, kind, from, to, reason, subject, detail,
+        ))
     };
     let mut from = Phase::Pending;
     for t in &status.phase_history {

@@ -20,9 +20,9 @@ use kubernaut_api::{
     RemediationRequestSpec, RemediationRequestStatus, StepPhase, StepStatus,
 };
 use kubernaut_cluster::{ActionCall, Cluster, ExecSettings, Scope};
-use kubernaut_store::{AuditRecord, EventRecord};
+use kubernaut_store::AuditRecord;
 
-use crate::backfill::{request_record, to_chrono};
+use crate::backfill::{event_record, request_record};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::Context;
@@ -1477,16 +1477,9 @@ async fn audit_event(
     subject: &str,
     detail: serde_json::Value,
 ) {
-    let rec = AuditRecord::Event(EventRecord {
-        request_uid: st.uid.clone(),
-        at: to_chrono(Timestamp::now()),
-        kind,
-        from_phase: from.map(|p| p.to_string()),
-        to_phase: to.map(|p| p.to_string()),
-        reason: reason.to_string(),
-        subject: subject.to_string(),
-        detail,
-    });
+    let now = Timestamp::now();
+    let rec = event_record(&st.uid, now, kind, from, to, reason, subject, detail);
+    let rec = AuditRecord::Event(rec);
     if let Err(e) = st.ctx.audit.record(rec).await {
         tracing::error!(error = %e, "audit log closed; record lost");
     }

@@ -440,19 +440,7 @@ async fn resume(st: &mut State) {
 /// call is rebuilt from the workflow and its changes read back from the
 /// audit trail. `Err` says why it cannot be undone.
 async fn restore_for_rollback(st: &mut State, i: usize) -> Result<(), String> {
-    if st.calls[i].is_none() {
-        let step = st.a.workflow.steps[i].clone();
-        let call = with_results(
-            &step,
-            &st.a.workflow.steps,
-            &st.index,
-            &st.reports,
-            &st.calls,
-            &st.a.settings.holder,
-        )
-        .map_err(|e| format!("its call cannot be rebuilt: {e}"))?;
-        st.calls[i] = Some(call);
-    }
+    call_for(st, i).map_err(|e| format!("its call cannot be rebuilt: {e}"))?;
     if st.reports[i].as_ref().is_some_and(|r| r.outcome.is_some()) {
         return Ok(());
     }
@@ -557,20 +545,7 @@ async fn schedule(myself: &ActorRef<Envelope<Msg>>, st: &mut State) {
 /// intent is reconciled first).
 async fn spawn_step(myself: &ActorRef<Envelope<Msg>>, st: &mut State, i: usize) {
     let step = st.a.workflow.steps[i].clone();
-    let call = match &st.calls[i] {
-        Some(c) => Ok(c.clone()),
-        None => with_results(
-            &step,
-            &st.a.workflow.steps,
-            &st.index,
-            &st.reports,
-            &st.calls,
-            &st.a.settings.holder,
-        ),
-    };
-    if let Ok(c) = &call {
-        st.calls[i] = Some(c.clone());
-    }
+    let call = call_for(st, i);
     let timeout = step
         .timeout_seconds
         .map_or(st.a.default_timeout, Duration::from_secs);
@@ -771,6 +746,24 @@ fn step_references(parameters: &Value) -> Vec<String> {
 }
 
 /// The step's call with its dependencies' results filled in.
+/// Step `i`'s call, made once from its parameters and its dependencies'
+/// results.
+fn call_for(st: &mut State, i: usize) -> Result<ActionCall, String> {
+    if let Some(c) = &st.calls[i] {
+        return Ok(c.clone());
+    }
+    let call = with_results(
+        &st.a.workflow.steps[i],
+        &st.a.workflow.steps,
+        &st.index,
+        &st.reports,
+        &st.calls,
+        &st.a.settings.holder,
+    )?;
+    st.calls[i] = Some(call.clone());
+    Ok(call)
+}
+
 fn with_results(
     step: &kubernaut_api::workflow::Step,
     steps: &[kubernaut_api::workflow::Step],
