@@ -61,8 +61,10 @@ PY
 }
 
 up() {
-  install
   mkdir -p "$S"
+  # One server for concurrent callers (test processes).
+  exec 9>"$S/.lock"; flock 9
+  install
   if ! alive; then
     local port
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -71,7 +73,7 @@ up() {
     nohup "$VENV/bin/python" -m llama_cpp.server --model "$(cat "$MODELS/model.path")" \
       --model_alias "$MODEL_ALIAS" --host 127.0.0.1 --port "$port" \
       --n_ctx 8192 --n_threads "$(nproc)" --logits_all false \
-      > "$S/server.log" 2>&1 &
+      > "$S/server.log" 2>&1 9>&- &
     echo $! > "$S/pid"
     echo "$port" > "$S/port"
     for _ in $(seq 1 120); do

@@ -383,6 +383,25 @@ pub async fn deployments(
         .await
 }
 
+/// The local LLM server (`scripts/llm.sh up`: llama.cpp's OpenAI-compatible
+/// server with the packaged Gemma 3 270M), started once per test process;
+/// its base URL (`…/v1`) and model name.
+pub fn llm_server() -> anyhow::Result<(String, String)> {
+    static LLM: OnceLock<Result<(String, String), String>> = OnceLock::new();
+    LLM.get_or_init(|| {
+        let out = script("llm.sh", &["up"]).map_err(|e| format!("{e:#}"))?;
+        let value = |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::to_string)
+                .ok_or_else(|| format!("llm.sh up printed no {key}: {out}"))
+        };
+        Ok((value("LLM_URL=")?, value("LLM_MODEL=")?))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
 /// A Redis server of the test's own, on a free port, so that the test can
 /// stop it without disturbing the shared stack.
 pub struct RedisServer {
