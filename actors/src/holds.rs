@@ -69,18 +69,51 @@ pub struct Entry {
     pub finished: Option<Timestamp>,
 }
 
+/// Why a request may not start yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldReason {
+    /// The target failed too often in a row; an escalation.
+    ConsecutiveFailures,
+    /// The target failed recently; the next attempt waits.
+    Backoff,
+    /// Another request works on the target.
+    TargetBusy,
+}
+
+impl HoldReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::ConsecutiveFailures => "ConsecutiveFailures",
+            HoldReason::Backoff => "Backoff",
+            HoldReason::TargetBusy => "TargetBusy",
+        }
+    }
+}
+
 /// A hold on starting: why, until when, and what to tell the humans.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hold {
-    pub reason: &'static str,
+    pub reason: HoldReason,
     pub until: Timestamp,
     pub message: String,
 }
 
-/// Requests by target (`kind/namespace/name`), then by `namespace/name`.
+/// The request asking whether it may start.
+pub struct Asking<'a> {
+    /// `namespace/name`.
+    pub name: &'a str,
+    pub created: Timestamp,
+    pub target: &'a ObjectRef,
+    /// How often it was held busy before (its own backoff).
+    pub times_held: u32,
+}
+
+/// Requests by target (`kind/namespace/name`), then by `namespace/name`,
+/// and the target of each request (to forget it when it is deleted).
 #[derive(Default)]
 pub struct Holds {
     by_target: DashMap<String, Vec<Entry>>,
+    targets: DashMap<String, ObjectRef>,
 }
 
 pub fn target_key(t: &ObjectRef) -> String {
@@ -114,19 +147,24 @@ impl Holds {
             executed: status.execution.is_some(),
             finished: status.completion_time.map(|t| t.0),
         };
-        let mut list = self
-            .by_target
-            .entry(target_key(&rr.spec.target))
-            .or_default();
+        self.targets
+            .insert(entry.name.clone(), rr.spec.target.clone());
+        self.record(&rr.spec.target, entry);
+    }
+
+    fn record(&self, target: &ObjectRef, entry: Entry) {
+        let mut list = self.by_target.entry(target_key(target)).or_default();
         match list.iter_mut().find(|e| e.name == entry.name) {
             Some(e) => *e = entry,
             None => list.push(entry),
         }
     }
 
-    pub fn forget(&self, target: &ObjectRef, namespace: &str, name: &str) {
-        let key = target_key(target);
+    /// Forgets a deleted request; its target, if it was known.
+    pub fn forget(&self, namespace: &str, name: &str) -> Option<ObjectRef> {
         let name = format!("{namespace}/{name}");
+        let (_, target) = self.targets.remove(&name)?;
+        let key = target_key(&target);
         let now_empty = self.by_target.get_mut(&key).is_some_and(|mut list| {
             list.retain(|e| e.name != name);
             list.is_empty()
@@ -134,6 +172,7 @@ impl Holds {
         if now_empty {
             self.by_target.remove_if(&key, |_, list| list.is_empty());
         }
+        Some(target)
     }
 
     /// The requests recorded for a target (`namespace/name`).
@@ -144,21 +183,64 @@ impl Holds {
             .unwrap_or_default()
     }
 
-    /// Whether request `me` (`namespace/name`, created at `created`) may
-    /// start work on `target` now. `times_held` is how often it was held
-    /// busy before (its own backoff).
-    pub fn before_start(
-        &self,
-        s: &HoldSettings,
-        me: &str,
-        created: Timestamp,
-        target: &ObjectRef,
-        times_held: u32,
-        now: Timestamp,
-    ) -> Option<Hold> {
-        let list = self.by_target.get(&target_key(target))?;
-        let others: Vec<&Entry> = list.iter().filter(|e| e.name != me).collect();
-        check_start(s, &others, me, created, target, times_held, now)
+    /// Whether the request `me` may start work on its target now.
+    pub fn before_start(&self, s: &HoldSettings, me: &Asking<'_>, now: Timestamp) -> Option<Hold> {
+        let list = self.by_target.get(&target_key(me.target))?;
+        let others: Vec<&Entry> = list.iter().filter(|e| e.name != me.name).collect();
+        let what = format!("{}/{}", me.target.kind, me.target.name);
+        // The failure streak: executed, finished requests, newest first, up
+        // to the last success.
+        let mut settled: Vec<&&Entry> = others
+            .iter()
+            .filter(|e| e.executed && e.finished.is_some())
+            .filter(|e| matches!(e.phase, Phase::Completed | Phase::Failed | Phase::TimedOut))
+            .collect();
+        settled.sort_by_key(|e| std::cmp::Reverse(e.finished));
+        let streak = settled
+            .iter()
+            .take_while(|e| e.phase != Phase::Completed)
+            .count() as u32;
+        if let Some(last) = settled.first().and_then(|e| e.finished)
+            && streak > 0
+        {
+            let hold = if streak >= s.consecutive_failures {
+                Hold {
+                    reason: HoldReason::ConsecutiveFailures,
+                    until: plus(last, s.failure_block),
+                    message: format!(
+                        "the last {streak} remediations of {what} failed; it is blocked for {:?} after the last one",
+                        s.failure_block
+                    ),
+                }
+            } else {
+                let wait = s.backoff(streak - 1);
+                Hold {
+                    reason: HoldReason::Backoff,
+                    until: plus(last, wait),
+                    message: format!(
+                        "the last remediation of {what} failed ({streak} in a row); the next waits {wait:?}"
+                    ),
+                }
+            };
+            if hold.until > now {
+                return Some(hold);
+            }
+        }
+        let busy = others.iter().find(|e| match e.phase {
+            Phase::Processing
+            | Phase::Analyzing
+            | Phase::AwaitingApproval
+            | Phase::Executing
+            | Phase::Verifying => true,
+            // Waiting requests go in order of arrival.
+            Phase::Pending | Phase::Blocked => (e.created, e.name.as_str()) < (me.created, me.name),
+            _ => false,
+        });
+        busy.map(|e| Hold {
+            reason: HoldReason::TargetBusy,
+            until: plus(now, s.backoff(me.times_held)),
+            message: format!("{what} is busy: request {} is {}", e.name, e.phase),
+        })
     }
 
     /// Whether the same actions completed on `target` recently: the
@@ -195,74 +277,6 @@ fn plus(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
-fn check_start(
-    s: &HoldSettings,
-    others: &[&Entry],
-    me: &str,
-    created: Timestamp,
-    target: &ObjectRef,
-    times_held: u32,
-    now: Timestamp,
-) -> Option<Hold> {
-    let what = format!("{}/{}", target.kind, target.name);
-    // The failure streak: executed, finished requests, newest first, up to
-    // the last success.
-    let mut settled: Vec<&&Entry> = others
-        .iter()
-        .filter(|e| e.executed && e.phase.is_terminal() && e.finished.is_some())
-        .filter(|e| matches!(e.phase, Phase::Completed | Phase::Failed | Phase::TimedOut))
-        .collect();
-    settled.sort_by_key(|e| std::cmp::Reverse(e.finished));
-    let streak = settled
-        .iter()
-        .take_while(|e| e.phase != Phase::Completed)
-        .count() as u32;
-    if let Some(last) = settled.first().and_then(|e| e.finished)
-        && streak > 0
-    {
-        if streak >= s.consecutive_failures {
-            let until = plus(last, s.failure_block);
-            if until > now {
-                return Some(Hold {
-                    reason: "ConsecutiveFailures",
-                    until,
-                    message: format!(
-                        "the last {streak} remediations of {what} failed; it is blocked for {:?} after the last one",
-                        s.failure_block
-                    ),
-                });
-            }
-        } else {
-            let wait = s.backoff(streak - 1);
-            let until = plus(last, wait);
-            if until > now {
-                return Some(Hold {
-                    reason: "Backoff",
-                    until,
-                    message: format!(
-                        "the last remediation of {what} failed ({streak} in a row); the next waits {wait:?}"
-                    ),
-                });
-            }
-        }
-    }
-    let busy = others.iter().find(|e| match e.phase {
-        Phase::Processing
-        | Phase::Analyzing
-        | Phase::AwaitingApproval
-        | Phase::Executing
-        | Phase::Verifying => true,
-        // Waiting requests go in order of arrival.
-        Phase::Pending | Phase::Blocked => (e.created, e.name.as_str()) < (created, me),
-        _ => false,
-    });
-    busy.map(|e| Hold {
-        reason: "TargetBusy",
-        until: plus(now, s.backoff(times_held)),
-        message: format!("{what} is busy: request {} is {}", e.name, e.phase),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,11 +296,20 @@ mod tests {
         }
     }
 
+    /// Asks for `shop/me` (created at 1000) with `others` on its target.
     fn check(others: &[Entry], now: i64) -> Option<Hold> {
-        let s = HoldSettings::default();
-        let refs: Vec<&Entry> = others.iter().collect();
+        let holds = Holds::default();
         let target = ObjectRef::new("Deployment", "shop", "web");
-        check_start(&s, &refs, "shop/me", at(1000), &target, 0, at(now))
+        for e in others {
+            holds.record(&target, e.clone());
+        }
+        let me = Asking {
+            name: "shop/me",
+            created: at(1000),
+            target: &target,
+            times_held: 0,
+        };
+        holds.before_start(&HoldSettings::default(), &me, at(now))
     }
 
     #[test]
@@ -301,7 +324,7 @@ mod tests {
     fn a_live_request_on_the_target_makes_it_busy() {
         for phase in [Phase::Processing, Phase::Executing, Phase::AwaitingApproval] {
             let hold = check(&[entry("shop/a", 2000, phase, None)], 3000).unwrap();
-            assert_eq!(hold.reason, "TargetBusy", "{phase}");
+            assert_eq!(hold.reason, HoldReason::TargetBusy, "{phase}");
             assert_eq!(hold.until, at(3060));
         }
     }
@@ -309,7 +332,10 @@ mod tests {
     #[test]
     fn waiting_requests_go_in_order_of_arrival() {
         let older = entry("shop/a", 500, Phase::Pending, None);
-        assert_eq!(check(&[older], 3000).unwrap().reason, "TargetBusy");
+        assert_eq!(
+            check(&[older], 3000).unwrap().reason,
+            HoldReason::TargetBusy
+        );
         let newer = entry("shop/z", 1500, Phase::Blocked, None);
         assert_eq!(check(&[newer], 3000), None);
     }
@@ -322,7 +348,7 @@ mod tests {
             entry("shop/c", 0, Phase::Failed, Some(300)),
         ];
         let hold = check(&failed, 400).unwrap();
-        assert_eq!(hold.reason, "ConsecutiveFailures");
+        assert_eq!(hold.reason, HoldReason::ConsecutiveFailures);
         assert_eq!(hold.until, at(300 + 3600));
         // After the hour, one attempt is let through.
         assert_eq!(check(&failed, 300 + 3600), None);
@@ -342,7 +368,7 @@ mod tests {
             ..entry("shop/s", 0, Phase::Failed, Some(350))
         });
         let hold = check(&list, 320).unwrap();
-        assert_eq!(hold.reason, "Backoff");
+        assert_eq!(hold.reason, HoldReason::Backoff);
         assert_eq!(hold.until, at(360), "one failure: 60 s");
         assert_eq!(check(&list, 360), None);
     }
@@ -361,17 +387,15 @@ mod tests {
         let holds = Holds::default();
         let s = HoldSettings::default();
         let target = ObjectRef::new("Deployment", "shop", "web");
-        let key = target_key(&target);
-        holds.by_target.insert(
-            key,
-            vec![
-                entry("shop/a", 0, Phase::Completed, Some(100)),
-                Entry {
-                    action: Some("scale_deployment".into()),
-                    ..entry("shop/b", 0, Phase::Completed, Some(200))
-                },
-            ],
-        );
+        for e in [
+            entry("shop/a", 0, Phase::Completed, Some(100)),
+            Entry {
+                action: Some("scale_deployment".into()),
+                ..entry("shop/b", 0, Phase::Completed, Some(200))
+            },
+        ] {
+            holds.record(&target, e);
+        }
         let recent =
             |action: &str, now| holds.recently_remediated(&s, "shop/me", &target, action, at(now));
         assert_eq!(

@@ -219,27 +219,21 @@ async fn backfill(st: &mut State) -> Result<(), kubernaut_store::Error> {
 /// Backfills the audit trail, then deletes what is due and confirmed;
 /// `true` when more is due than one batch took.
 async fn sweep(st: &mut State) -> bool {
+    let metrics = st.ctx.metrics.clone();
+    let deferred = |reason| {
+        metrics
+            .retention_deferred
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    };
     if let Err(err) = backfill(st).await {
         tracing::warn!(error = %err, "the audit trail cannot be read; the janitor deletes nothing until it can");
-        st.ctx
-            .metrics
-            .retention_deferred
-            .get_or_create(&ReasonLabels {
-                reason: "audit_unavailable",
-            })
-            .inc();
+        deferred("audit_unavailable");
         return false;
     }
     let now = Timestamp::now();
     let due = mine(st, |e| e.expires <= now);
     let more = due.len() > SWEEP_BATCH;
-    let deferred = |reason| {
-        st.ctx
-            .metrics
-            .retention_deferred
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
-    };
     for (key, e) in due.into_iter().take(SWEEP_BATCH) {
         match st.ctx.audit.confirmed(&e.uid, e.phase.as_str()).await {
             Ok(true) => {}

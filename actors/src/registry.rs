@@ -57,8 +57,6 @@ pub struct RegistryState {
     me: Addr<RegistryMsg>,
     /// Non-terminal requests seen, with their recorded owner.
     known: HashMap<Key, Option<String>>,
-    /// The target of every request seen, to keep the holds index.
-    targets: HashMap<Key, ObjectRef>,
     /// `None` until membership is first known: nothing is adopted before.
     members: Option<Vec<String>>,
     releasing: Option<RpcReplyPort<()>>,
@@ -144,7 +142,6 @@ impl Actor for Registry {
             by_id: HashMap::new(),
             restarts: HashMap::new(),
             known: HashMap::new(),
-            targets: HashMap::new(),
             members: None,
             releasing: None,
             janitor,
@@ -165,7 +162,6 @@ impl Actor for Registry {
                     rr.metadata.name.clone().unwrap_or_default(),
                 );
                 st.ctx.holds.observe(&rr);
-                st.targets.insert(key.clone(), rr.spec.target.clone());
                 if let Some((key, ended)) = janitor::Ended::of(&rr, st.ctx.settings.retention) {
                     st.janitor.tell(janitor::Msg::Ended(key, ended));
                 }
@@ -198,8 +194,7 @@ impl Actor for Registry {
                 st.restarts.remove(&key);
                 st.known.remove(&key);
                 st.janitor.tell(janitor::Msg::Gone(key.clone()));
-                if let Some(target) = st.targets.remove(&key) {
-                    st.ctx.holds.forget(&target, &key.0, &key.1);
+                if let Some(target) = st.ctx.holds.forget(&key.0, &key.1) {
                     st.nudge(&target);
                 }
                 if let Some(sup) = st.by_key.get(&key) {

@@ -26,6 +26,7 @@ use crate::backfill::{event_record, request_record};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::Context;
+use crate::holds::{Asking, HoldReason};
 use crate::mailbox::{Addr, Envelope, Inbox, Live};
 use crate::metrics::{ActionLabels, ActorKind, PhaseLabels, StageLabels, TransitionLabels};
 use crate::policy;
@@ -140,14 +141,15 @@ impl Approval {
             v if v.eq_ignore_ascii_case("rejected") => false,
             _ => return None,
         };
-        let key = format!("\"f:{APPROVAL_ANNOTATION}\"");
+        let field = format!("f:{APPROVAL_ANNOTATION}");
         let by = annotations
             .get(APPROVED_BY_ANNOTATION)
             .cloned()
             .or_else(|| {
                 rr.metadata.managed_fields.iter().flatten().find_map(|m| {
-                    let fields = serde_json::to_string(m.fields_v1.as_ref()?).ok()?;
-                    fields.contains(&key).then(|| m.manager.clone()).flatten()
+                    let fields = &m.fields_v1.as_ref()?.0;
+                    let owns = fields["f:metadata"]["f:annotations"].get(&field).is_some();
+                    owns.then(|| m.manager.clone()).flatten()
                 })
             })
             .unwrap_or_else(|| "unknown".into());
@@ -645,14 +647,13 @@ async fn start(myself: &ActorRef<Envelope<Msg>>, st: &mut State) -> Result<(), A
     let now = Timestamp::now();
     // A storm waits for a human anyway; it holds no single target.
     let hold = st.spec.storm.is_none().then(|| {
-        st.ctx.holds.before_start(
-            &st.ctx.settings.holds,
-            &format!("{}/{}", st.namespace, st.name),
-            st.created,
-            &st.spec.target,
-            st.times_held,
-            now,
-        )
+        let me = Asking {
+            name: &format!("{}/{}", st.namespace, st.name),
+            created: st.created,
+            target: &st.spec.target,
+            times_held: st.times_held,
+        };
+        st.ctx.holds.before_start(&st.ctx.settings.holds, &me, now)
     });
     let Some(hold) = hold.flatten() else {
         let reason = if pending { "Started" } else { "HoldReleased" };
@@ -674,18 +675,18 @@ async fn start(myself: &ActorRef<Envelope<Msg>>, st: &mut State) -> Result<(), A
     if !pending && st.status.blocked_until.as_ref().is_some_and(|t| t.0 > now) {
         return Ok(());
     }
-    if hold.reason == "TargetBusy" {
+    if hold.reason == HoldReason::TargetBusy {
         st.times_held += 1;
     }
-    if pending && hold.reason == "ConsecutiveFailures" {
+    if pending && hold.reason == HoldReason::ConsecutiveFailures {
         let detail =
             serde_json::json!({ "message": hold.message, "blockedUntil": hold.until.to_string() });
-        escalate(st, hold.reason, detail).await;
+        escalate(st, hold.reason.as_str(), detail).await;
     }
-    tracing::info!(request = %st.name, namespace = %st.namespace, reason = hold.reason, until = %hold.until, message = %hold.message, "routing hold");
+    tracing::info!(request = %st.name, namespace = %st.namespace, reason = hold.reason.as_str(), until = %hold.until, message = %hold.message, "routing hold");
     let until = Time(hold.until);
-    let to = pending.then(|| (Phase::Blocked, hold.reason, hold.message.clone()));
-    let (reason, message) = (hold.reason, hold.message);
+    let to = pending.then(|| (Phase::Blocked, hold.reason.as_str(), hold.message.clone()));
+    let (reason, message) = (hold.reason.as_str(), hold.message);
     commit(myself, st, to, |s| {
         s.blocked_until = Some(until.clone());
         s.message = Some(message);

@@ -402,6 +402,68 @@ pub fn llm_server() -> anyhow::Result<(String, String)> {
     .map_err(anyhow::Error::msg)
 }
 
+/// A managed staging namespace with Deployment `api` (1 replica): a
+/// remediation target.
+pub async fn api_target(
+    admin: &kube::Client,
+    prefix: &str,
+) -> anyhow::Result<kubernaut_api::ObjectRef> {
+    let ns = managed_namespace(admin, prefix, "staging").await?;
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    Ok(kubernaut_api::ObjectRef::new("Deployment", &ns, "api"))
+}
+
+/// The phases a request went through, with the reason of each.
+pub fn phase_history(
+    rr: &kubernaut_api::RemediationRequest,
+) -> Vec<(kubernaut_api::Phase, String)> {
+    rr.status
+        .iter()
+        .flat_map(|s| s.phase_history.iter())
+        .map(|t| (t.phase, t.reason.clone()))
+        .collect()
+}
+
+/// The phases a request went through.
+pub fn phases(rr: &kubernaut_api::RemediationRequest) -> Vec<kubernaut_api::Phase> {
+    phase_history(rr).into_iter().map(|(p, _)| p).collect()
+}
+
+/// The phase of each workflow step, in the workflow's order.
+pub fn step_phases(rr: &kubernaut_api::RemediationRequest) -> Vec<kubernaut_api::StepPhase> {
+    rr.status
+        .iter()
+        .flat_map(|s| s.execution.iter())
+        .flat_map(|e| e.steps.iter().map(|s| s.phase))
+        .collect()
+}
+
+/// The escalations recorded for a request in the audit trail, once there
+/// is one.
+pub async fn escalations(
+    stack: &Stack,
+    rr: &kubernaut_api::RemediationRequest,
+) -> anyhow::Result<Vec<String>> {
+    let db = sqlx::PgPool::connect(&stack.database_url).await?;
+    let uid = rr.metadata.uid.clone().context("uid")?;
+    eventually(
+        "the escalation in the audit trail",
+        Duration::from_secs(60),
+        || async {
+            let rows: Vec<String> = sqlx::query_scalar(
+                "SELECT reason FROM remediation_events WHERE request_uid = $1 AND kind = 'escalation'",
+            )
+            .bind(&uid)
+            .fetch_all(&db)
+            .await?;
+            Ok((!rows.is_empty()).then_some(rows))
+        },
+    )
+    .await
+}
+
 /// A Redis server of the test's own, on a free port, so that the test can
 /// stop it without disturbing the shared stack.
 pub struct RedisServer {

@@ -16,7 +16,7 @@ use kube::api::{ListParams, PostParams};
 use kubernaut_api::{ObjectRef, Phase, RemediationRequest, StepPhase};
 use kubernaut_e2e::{
     ControllerProcess, PostgresServer, Stack, controller_cluster, create_request, deployment,
-    eventually, managed_namespace, terminal_request,
+    eventually, managed_namespace, step_phases, terminal_request,
 };
 use serde_json::json;
 
@@ -193,16 +193,8 @@ async fn a_step_done_before_a_crash_is_rolled_back_when_the_workflow_fails_after
     let rr = terminal_request(&admin, &ns, &name, Duration::from_secs(60))
         .await
         .with_context(|| second.tail())?;
-    let status = rr.status.context("status")?;
-    assert_eq!(status.phase, Phase::Failed, "{:?}", status.message);
-    let steps: Vec<StepPhase> = status
-        .execution
-        .context("execution")?
-        .steps
-        .iter()
-        .map(|s| s.phase)
-        .collect();
-    assert_eq!(steps, [StepPhase::RolledBack, StepPhase::Failed]);
+    assert_eq!(rr.phase(), Phase::Failed, "{:?}", rr.status);
+    assert_eq!(step_phases(&rr), [StepPhase::RolledBack, StepPhase::Failed]);
     assert_eq!(
         kubernaut_e2e::deployment_replicas(&admin, &ns, &a.name).await?,
         1,

@@ -8,13 +8,11 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use kube::api::PostParams;
-use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
+use kubernaut_api::{Phase, RemediationRequest};
 use kubernaut_e2e::{
-    Stack, control_plane, controller_cluster, create_request, deployment, eventually,
-    managed_namespace, terminal_request,
+    Stack, api_target, control_plane, controller_cluster, create_request, escalations, eventually,
+    phase_history, phases, terminal_request,
 };
 use serde_json::json;
 
@@ -35,32 +33,11 @@ fn rules() -> serde_json::Value {
     ])
 }
 
-async fn target(admin: &kube::Client, prefix: &str) -> anyhow::Result<ObjectRef> {
-    let ns = managed_namespace(admin, prefix, "staging").await?;
-    Api::<Deployment>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &deployment("api", 1))
-        .await?;
-    Ok(ObjectRef::new("Deployment", &ns, "api"))
-}
-
-/// The phases a request went through, with the reason of each.
-fn history(rr: &RemediationRequest) -> Vec<(Phase, String)> {
-    rr.status
-        .iter()
-        .flat_map(|s| s.phase_history.iter())
-        .map(|t| (t.phase, t.reason.clone()))
-        .collect()
-}
-
-fn phases(rr: &RemediationRequest) -> Vec<Phase> {
-    history(rr).into_iter().map(|(p, _)| p).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_target_holds_the_next_request_until_it_frees() -> anyhow::Result<()> {
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
-    let t = target(&admin, "hold-busy").await?;
+    let t = api_target(&admin, "hold-busy").await?;
     // The base backoff is longer than the test waits: only the registry's
     // nudge, when the first request ends, can release the second in time.
     let running = control_plane(
@@ -92,7 +69,7 @@ async fn a_busy_target_holds_the_next_request_until_it_frees() -> anyhow::Result
     })
     .await?;
     let status = blocked.status.clone().context("status")?;
-    assert_eq!(history(&blocked)[0].1, "TargetBusy");
+    assert_eq!(phase_history(&blocked)[0].1, "TargetBusy");
     let message = status.message.clone().unwrap_or_default();
     assert!(
         message.contains(&first),
@@ -107,7 +84,12 @@ async fn a_busy_target_holds_the_next_request_until_it_frees() -> anyhow::Result
 
     held.release().await;
     let first = terminal_request(&admin, &t.namespace, &first, TIMEOUT).await?;
-    assert_eq!(first.phase(), Phase::Completed, "{:?}", history(&first));
+    assert_eq!(
+        first.phase(),
+        Phase::Completed,
+        "{:?}",
+        phase_history(&first)
+    );
     // Released as soon as the target freed, then skipped: the same action
     // was just done on the same target.
     let second = terminal_request(&admin, &t.namespace, &second, TIMEOUT).await?;
@@ -116,9 +98,9 @@ async fn a_busy_target_holds_the_next_request_until_it_frees() -> anyhow::Result
         phases(&second),
         [Blocked, Processing, Analyzing, Skipped],
         "{:?}",
-        history(&second)
+        phase_history(&second)
     );
-    let reasons: Vec<String> = history(&second).into_iter().map(|(_, r)| r).collect();
+    let reasons: Vec<String> = phase_history(&second).into_iter().map(|(_, r)| r).collect();
     assert_eq!(reasons[1], "HoldReleased");
     assert_eq!(reasons[3], "RecentlyRemediated");
     let status = second.status.context("status")?;
@@ -136,7 +118,7 @@ async fn a_busy_target_holds_the_next_request_until_it_frees() -> anyhow::Result
 async fn failures_back_off_and_the_third_in_a_row_blocks_the_target() -> anyhow::Result<()> {
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
-    let t = target(&admin, "hold-fail").await?;
+    let t = api_target(&admin, "hold-fail").await?;
     let running = control_plane(
         stack,
         &t.namespace,
@@ -156,7 +138,7 @@ async fn failures_back_off_and_the_third_in_a_row_blocks_the_target() -> anyhow:
     {
         let name = create_request(&admin, "HoldFail", &t, false).await?;
         let rr = terminal_request(&admin, &t.namespace, &name, TIMEOUT).await?;
-        assert_eq!(phases(&rr), want, "request {n}: {:?}", history(&rr));
+        assert_eq!(phases(&rr), want, "request {n}: {:?}", phase_history(&rr));
         if n > 0 {
             let held = &rr.status.as_ref().context("status")?.phase_history[0];
             assert_eq!(held.reason, "Backoff");
@@ -173,7 +155,7 @@ async fn failures_back_off_and_the_third_in_a_row_blocks_the_target() -> anyhow:
         Ok((rr.phase() == Phase::Blocked).then_some(rr))
     })
     .await?;
-    assert_eq!(history(&rr)[0].1, "ConsecutiveFailures");
+    assert_eq!(phase_history(&rr)[0].1, "ConsecutiveFailures");
     let last = ended
         .last()
         .and_then(|r| r.status.as_ref()?.completion_time.clone())
@@ -191,19 +173,7 @@ async fn failures_back_off_and_the_third_in_a_row_blocks_the_target() -> anyhow:
         "an hour from the last failure"
     );
     // The block is an escalation in the audit trail.
-    let db = sqlx::PgPool::connect(&stack.database_url).await?;
-    let uid = rr.metadata.uid.clone().context("uid")?;
-    let reasons = eventually("the escalation row", TIMEOUT, || async {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT reason FROM remediation_events WHERE request_uid = $1 AND kind = 'escalation'",
-        )
-        .bind(&uid)
-        .fetch_all(&db)
-        .await?;
-        Ok((!rows.is_empty()).then_some(rows))
-    })
-    .await?;
-    assert_eq!(reasons, ["ConsecutiveFailures"]);
+    assert_eq!(escalations(stack, &rr).await?, ["ConsecutiveFailures"]);
     // Still blocked a while later: nothing re-checks it early.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(api.get(&fourth).await?.phase(), Phase::Blocked);

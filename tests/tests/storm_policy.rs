@@ -13,8 +13,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kubernaut_api::{ObjectRef, Phase, RemediationRequest, StepPhase};
 use kubernaut_e2e::{
-    Stack, control_plane, create_request, deployment_replicas, deployments, eventually,
-    managed_namespace, terminal_request,
+    Stack, control_plane, create_request, deployment_replicas, deployments, escalations,
+    eventually, managed_namespace, step_phases, terminal_request,
 };
 use serde_json::json;
 
@@ -127,14 +127,9 @@ async fn an_approved_storm_fans_out_within_its_bounds() -> anyhow::Result<()> {
     for t in &targets {
         assert_eq!(deployment_replicas(&admin, &ns, &t.name).await?, 1);
     }
-    let uid = api.get(&name).await?.metadata.uid.context("uid")?;
-    let escalations: Vec<String> = sqlx::query_scalar(
-        "SELECT reason FROM remediation_events WHERE request_uid = $1 AND kind = 'escalation'",
-    )
-    .bind(&uid)
-    .fetch_all(&db)
-    .await?;
-    assert_eq!(escalations, ["StormEscalated"]);
+    let rr = api.get(&name).await?;
+    let uid = rr.metadata.uid.clone().context("uid")?;
+    assert_eq!(escalations(stack, &rr).await?, ["StormEscalated"]);
 
     decide(&api, &name, "approved").await?;
     let rr = terminal_request(&admin, &ns, &name, TIMEOUT).await?;
@@ -200,15 +195,11 @@ async fn a_failing_storm_stops_and_a_rejected_one_is_cancelled() -> anyhow::Resu
     assert_eq!(rr.phase(), Phase::Failed);
     let message = status.message.clone().unwrap_or_default();
     assert!(message.contains("more than 30%"), "{message}");
-    let steps: Vec<StepPhase> = status
-        .execution
-        .context("execution")?
-        .steps
-        .iter()
-        .map(|s| s.phase)
-        .collect();
     use StepPhase::*;
-    assert_eq!(steps, [Failed, Skipped, Skipped, Skipped, Skipped, Skipped]);
+    assert_eq!(
+        step_phases(&rr),
+        [Failed, Skipped, Skipped, Skipped, Skipped, Skipped]
+    );
     for i in 0..4 {
         let name = format!("web-{i}");
         assert_eq!(deployment_replicas(&admin, &ns, &name).await?, 1, "{name}");

@@ -7,13 +7,11 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use kube::api::PostParams;
-use kubernaut_api::{ObjectRef, Phase, RemediationRequest, StepPhase};
+use kubernaut_api::{Phase, RemediationRequest, StepPhase};
 use kubernaut_e2e::{
-    Stack, control_plane, controller_cluster, create_request, deployment, deployment_replicas,
-    eventually, managed_namespace, metric, terminal_request,
+    Stack, api_target, control_plane, controller_cluster, create_request, deployment_replicas,
+    escalations, eventually, metric, phases, terminal_request,
 };
 use serde_json::json;
 
@@ -27,43 +25,12 @@ fn rules() -> serde_json::Value {
     }]}])
 }
 
-/// A managed namespace with Deployment `api` (1 replica); the target.
-async fn target(admin: &kube::Client, prefix: &str) -> anyhow::Result<ObjectRef> {
-    let ns = managed_namespace(admin, prefix, "staging").await?;
-    Api::<Deployment>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &deployment("api", 1))
-        .await?;
-    Ok(ObjectRef::new("Deployment", &ns, "api"))
-}
-
-fn history(rr: &RemediationRequest) -> Vec<Phase> {
-    rr.status
-        .iter()
-        .flat_map(|s| s.phase_history.iter().map(|t| t.phase))
-        .collect()
-}
-
 fn last_reason(rr: &RemediationRequest) -> String {
     rr.status
         .as_ref()
         .and_then(|s| s.phase_history.last())
         .map(|t| t.reason.clone())
         .unwrap_or_default()
-}
-
-async fn escalations(stack: &Stack, rr: &RemediationRequest) -> anyhow::Result<Vec<String>> {
-    let db = sqlx::PgPool::connect(&stack.database_url).await?;
-    let uid = rr.metadata.uid.clone().context("uid")?;
-    eventually("the escalation in the audit trail", TIMEOUT, || async {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT reason FROM remediation_events WHERE request_uid = $1 AND kind = 'escalation'",
-        )
-        .bind(&uid)
-        .fetch_all(&db)
-        .await?;
-        Ok((!rows.is_empty()).then_some(rows))
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,14 +47,14 @@ async fn each_stage_times_out_at_its_deadline_and_escalates() -> anyhow::Result<
         ),
     ] {
         let stage = *path.last().context("a stage")?;
-        let t = target(&admin, "tree-timeout").await?;
+        let t = api_target(&admin, "tree-timeout").await?;
         let setting = format!("CONTROLLER__TIMEOUTS__{key}");
         let running = control_plane(stack, &t.namespace, &[(&setting, "0")], rules()).await?;
         let name = create_request(&admin, "TreeTest", &t, false).await?;
         let rr = terminal_request(&admin, &t.namespace, &name, TIMEOUT).await?;
         let mut want = path.clone();
         want.push(TimedOut);
-        assert_eq!(history(&rr), want, "{key}");
+        assert_eq!(phases(&rr), want, "{key}");
         assert_eq!(last_reason(&rr), format!("{stage}Timeout"));
         let status = rr.status.clone().context("status")?;
         assert!(
@@ -110,7 +77,7 @@ async fn each_stage_times_out_at_its_deadline_and_escalates() -> anyhow::Result<
 async fn an_executing_deadline_stops_the_running_step() -> anyhow::Result<()> {
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
-    let t = target(&admin, "tree-exec-deadline").await?;
+    let t = api_target(&admin, "tree-exec-deadline").await?;
     // Another holder has the target: the step retries Busy until stopped.
     let cluster = controller_cluster(stack).await?;
     let held = cluster
@@ -160,7 +127,7 @@ async fn an_executing_deadline_stops_the_running_step() -> anyhow::Result<()> {
 async fn a_storm_waiting_for_approval_times_out_by_its_timer() -> anyhow::Result<()> {
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
-    let t = target(&admin, "tree-approval").await?;
+    let t = api_target(&admin, "tree-approval").await?;
     let running = control_plane(
         stack,
         &t.namespace,
@@ -182,7 +149,7 @@ async fn a_storm_waiting_for_approval_times_out_by_its_timer() -> anyhow::Result
         .context("the approval deadline is in the status")?;
     let rr = terminal_request(&admin, &t.namespace, &name, TIMEOUT).await?;
     assert_eq!(
-        history(&rr),
+        phases(&rr),
         [
             Phase::Processing,
             Phase::Analyzing,
@@ -208,7 +175,7 @@ async fn panicking_actors_are_restarted_and_the_request_completes() -> anyhow::R
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
     for (kind, times) in [("processing", 2), ("workflow", 1), ("step", 2)] {
-        let t = target(&admin, &format!("tree-panic-{kind}")).await?;
+        let t = api_target(&admin, &format!("tree-panic-{kind}")).await?;
         let running = control_plane(
             stack,
             &t.namespace,
@@ -250,7 +217,7 @@ async fn panicking_actors_are_restarted_and_the_request_completes() -> anyhow::R
 async fn a_spent_restart_budget_fails_the_request_with_the_reason() -> anyhow::Result<()> {
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
-    let t = target(&admin, "tree-exhausted").await?;
+    let t = api_target(&admin, "tree-exhausted").await?;
     let running = control_plane(
         stack,
         &t.namespace,
