@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kubernaut_api::k8s_openapi::jiff::Timestamp;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sha2::{Digest, Sha256};
 
@@ -54,7 +55,10 @@ impl Default for MembershipSettings {
 pub struct Membership;
 
 pub enum Msg {
+    /// Renew this replica's Lease, then look at the members.
     Tick,
+    /// Look at the members again: a Lease has just expired.
+    Check,
     /// Delete this replica's Lease (graceful shutdown), then stop.
     Leave(RpcReplyPort<()>),
 }
@@ -121,17 +125,10 @@ impl Actor for Membership {
                     // out of the live set below and gives its requests up.
                     tracing::warn!(error = %e, "renewing this replica's membership Lease failed");
                 }
-                match cluster.live_members(&st.group).await {
-                    Ok(live) if st.last.as_ref() != Some(&live) => {
-                        tracing::info!(members = ?live, "live replicas changed");
-                        st.last = Some(live.clone());
-                        st.registry.tell(RegistryMsg::Members(live));
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "listing live replicas failed"),
-                }
+                check(st, settings.renew_every).await;
                 st.me.tell_after(settings.renew_every, Msg::Tick);
             }
+            Msg::Check => check(st, settings.renew_every).await,
             Msg::Leave(reply) => {
                 if let Err(e) = st.ctx.cluster.release_member(&st.ctx.identity).await {
                     tracing::warn!(error = %e, "deleting this replica's membership Lease failed; it expires");
@@ -141,6 +138,30 @@ impl Actor for Membership {
             }
         }
         Ok(())
+    }
+}
+
+/// Lists the live members and tells the registry when they changed. A
+/// Lease that expires before the next tick gets a check of its own at its
+/// expiry, so a dead replica's requests move within the lease duration,
+/// not up to a renewal interval after it.
+async fn check(st: &mut State, next_tick: Duration) {
+    match st.ctx.cluster.live_members(&st.group).await {
+        Ok((live, first_expiry)) => {
+            if st.last.as_ref() != Some(&live) {
+                tracing::info!(members = ?live, "live replicas changed");
+                st.last = Some(live.clone());
+                st.registry.tell(RegistryMsg::Members(live));
+            }
+            let until_expiry = first_expiry
+                .and_then(|t| Duration::try_from(t.duration_since(Timestamp::now())).ok());
+            if let Some(wait) = until_expiry.filter(|w| *w < next_tick) {
+                // Just past the expiry, so that the Lease reads as expired.
+                st.me
+                    .tell_after(wait + Duration::from_millis(50), Msg::Check);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "listing live replicas failed"),
     }
 }
 

@@ -64,14 +64,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// The identities of the group's replicas whose Leases are unexpired,
-    /// sorted.
-    pub async fn live_members(&self, group: &str) -> Result<Vec<String>> {
+    /// The live members of `group`, sorted, and when the first of their
+    /// Leases expires unless renewed (when a dead one drops out).
+    pub async fn live_members(&self, group: &str) -> Result<(Vec<String>, Option<Timestamp>)> {
         let api: Api<Lease> =
             Api::namespaced(self.client().clone(), &self.config().lease_namespace);
         let lp = ListParams::default().labels(&format!("{GROUP_LABEL}={}", group_label(group)));
         let now = Timestamp::now();
-        let mut live: Vec<String> = bounded(api.list(&lp))
+        let leases: Vec<(String, Timestamp)> = bounded(api.list(&lp))
             .await?
             .items
             .into_iter()
@@ -79,12 +79,15 @@ impl Cluster {
                 let spec = l.spec?;
                 let renewed = spec.renew_time?.0;
                 let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds?));
-                (renewed.checked_add(duration).ok()? > now).then_some(spec.holder_identity?)
+                let expires = renewed.checked_add(duration).ok()?;
+                (expires > now).then_some((spec.holder_identity?, expires))
             })
             .collect();
+        let first_expiry = leases.iter().map(|(_, e)| *e).min();
+        let mut live: Vec<String> = leases.into_iter().map(|(m, _)| m).collect();
         live.sort();
         live.dedup();
-        Ok(live)
+        Ok((live, first_expiry))
     }
 
     /// Deletes this replica's Lease, so that peers take over at once.
