@@ -1,19 +1,27 @@
-//! The LLM providers of the Analysis stage (K-AI-1): an OpenAI-compatible
-//! chat-completions client (llama.cpp's server, vLLM, Ollama, OpenAI,
-//! LiteLLM) asking for output constrained by a JSON schema. Servers differ
-//! in how they take the schema, so the client has a [`SchemaMode`]:
-//! OpenAI's `json_schema` response format, llama.cpp's `json_object` with
-//! a `schema` (its server answers 500 to `json_schema`), or plain
-//! `json_object` with the schema in the prompt, validated afterwards.
+//! The LLM providers of the Analysis stage (K-AI-1), behind one
+//! [`Provider`]: an OpenAI-compatible chat-completions client
+//! ([`openai`]: llama.cpp's server, vLLM, Ollama, OpenAI, LiteLLM) and
+//! HolmesGPT's `POST /api/chat` ([`holmes`]), both asking for output
+//! constrained by a JSON schema. [`guard`] wraps a provider in what every
+//! call needs (K-AI-5): a circuit breaker, a concurrency limit and a rate
+//! limit, on top of each client's own timeout.
 //!
-//! The client returns the model's JSON; checking it against the action
+//! A provider returns the model's JSON; checking it against the action
 //! catalogue, retrying, and falling back to the rules belong to the
 //! Analysis stage.
 
-use std::time::{Duration, Instant};
+pub mod guard;
+pub mod holmes;
+pub mod openai;
+
+pub use guard::{Breaker, BreakerState, Guarded, Limits};
+pub use holmes::{HolmesAuth, HolmesClient, HolmesConfig};
+pub use openai::{OpenAiClient, OpenAiConfig, parse_completion, request_body};
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// How the server is asked for schema-shaped output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -29,23 +37,6 @@ pub enum SchemaMode {
     JsonObject,
 }
 
-#[derive(Clone, Debug)]
-pub struct OpenAiConfig {
-    /// Up to and including `/v1`, e.g. `http://127.0.0.1:8080/v1`.
-    pub base_url: String,
-    pub model: String,
-    /// Sent as a Bearer token when set (from a Secret).
-    pub api_key: Option<String>,
-    /// For the whole call, connection included.
-    pub timeout: Duration,
-    pub schema_mode: SchemaMode,
-    pub max_tokens: u32,
-    /// Servers whose chat template drops system messages (the packaged
-    /// Gemma base model's) get the system prompt as the start of the first
-    /// user turn instead.
-    pub fold_system_prompt: bool,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
     #[error("the LLM did not answer within {0:?}")]
@@ -58,6 +49,12 @@ pub enum LlmError {
     Malformed(String),
     #[error("the LLM's output is not JSON: {0}")]
     NotJson(String),
+    #[error("the LLM's circuit breaker is open after repeated failures; retrying after {0:?}")]
+    CircuitOpen(Duration),
+    #[error("the LLM's {0} concurrent calls are all busy")]
+    Busy(usize),
+    #[error("the LLM's rate limit leaves no call within {0:?}")]
+    RateLimited(Duration),
 }
 
 impl LlmError {
@@ -69,6 +66,23 @@ impl LlmError {
             LlmError::Status { .. } => "http_error",
             LlmError::Malformed(_) => "malformed",
             LlmError::NotJson(_) => "not_json",
+            LlmError::CircuitOpen(_) => "circuit_open",
+            LlmError::Busy(_) => "busy",
+            LlmError::RateLimited(_) => "rate_limited",
+        }
+    }
+
+    /// Whether the failure says the provider is unwell (it feeds the
+    /// circuit breaker). An answer that is not JSON came from a working
+    /// server; it is the model that was wrong.
+    pub fn is_provider_failure(&self) -> bool {
+        match self {
+            LlmError::Timeout(_) | LlmError::Unreachable(_) | LlmError::Malformed(_) => true,
+            LlmError::Status { status, .. } => *status >= 500 || *status == 429,
+            LlmError::NotJson(_)
+            | LlmError::CircuitOpen(_)
+            | LlmError::Busy(_)
+            | LlmError::RateLimited(_) => false,
         }
     }
 }
@@ -90,25 +104,22 @@ pub struct Answer {
     pub latency: Duration,
 }
 
-pub struct OpenAiClient {
-    config: OpenAiConfig,
-    http: reqwest::Client,
+/// A configured provider.
+pub enum Provider {
+    OpenAi(OpenAiClient),
+    Holmes(HolmesClient),
 }
 
-impl OpenAiClient {
-    pub fn new(config: OpenAiConfig) -> Result<Self, LlmError> {
-        // reqwest is built without a default TLS provider; an error means
-        // one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| LlmError::Unreachable(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { config, http })
+impl Provider {
+    /// For metrics and the status.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::OpenAi(_) => "openai",
+            Provider::Holmes(_) => "holmesgpt",
+        }
     }
 
-    /// Asks for an answer shaped by `schema`, named `name` (OpenAI wants a
-    /// name for the schema).
+    /// Asks for an answer shaped by `schema`, named `name`.
     pub async fn structured(
         &self,
         system: &str,
@@ -116,207 +127,46 @@ impl OpenAiClient {
         name: &str,
         schema: &Value,
     ) -> Result<Answer, LlmError> {
-        let body = request_body(&self.config, system, user, name, schema);
-        let url = format!(
-            "{}/chat/completions",
-            self.config.base_url.trim_end_matches('/')
-        );
-        let mut req = self.http.post(&url).json(&body);
-        if let Some(key) = &self.config.api_key {
-            req = req.bearer_auth(key);
-        }
-        let started = Instant::now();
-        let resp = req.send().await.map_err(|e| self.transport(e))?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| self.transport(e))?;
-        if !status.is_success() {
-            return Err(LlmError::Status {
-                status: status.as_u16(),
-                body: truncate(&text, 500),
-            });
-        }
-        let (output, usage) = parse_completion(&text)?;
-        Ok(Answer {
-            output,
-            usage,
-            latency: started.elapsed(),
-        })
-    }
-
-    fn transport(&self, e: reqwest::Error) -> LlmError {
-        if e.is_timeout() {
-            LlmError::Timeout(self.config.timeout)
-        } else {
-            LlmError::Unreachable(e.to_string())
+        match self {
+            Provider::OpenAi(c) => c.structured(system, user, name, schema).await,
+            Provider::Holmes(c) => c.structured(system, user, name, schema).await,
         }
     }
 }
 
-/// The chat-completions request for `schema` in the configured mode.
-pub fn request_body(
-    c: &OpenAiConfig,
-    system: &str,
-    user: &str,
-    name: &str,
-    schema: &Value,
-) -> Value {
-    let schema_text = if c.schema_mode == SchemaMode::JsonObject {
-        format!("\n\nAnswer with one JSON object valid against this JSON schema:\n{schema}")
-    } else {
-        String::new()
-    };
-    let messages = if c.fold_system_prompt {
-        json!([{"role": "user", "content": format!("{system}{schema_text}\n\n{user}")}])
-    } else {
-        json!([
-            {"role": "system", "content": format!("{system}{schema_text}")},
-            {"role": "user", "content": user},
-        ])
-    };
-    let response_format = match c.schema_mode {
-        SchemaMode::JsonSchema => json!({
-            "type": "json_schema",
-            "json_schema": {"name": name, "schema": schema, "strict": true},
-        }),
-        SchemaMode::JsonObjectSchema => json!({"type": "json_object", "schema": schema}),
-        SchemaMode::JsonObject => json!({"type": "json_object"}),
-    };
-    json!({
-        "model": c.model,
-        "messages": messages,
-        "temperature": 0,
-        "max_tokens": c.max_tokens,
-        "response_format": response_format,
-    })
+/// reqwest is built without a default TLS provider (ring is installed
+/// here); an error means one is installed already.
+fn http_client(timeout: Duration) -> Result<reqwest::Client, LlmError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| LlmError::Unreachable(format!("cannot build the HTTP client: {e}")))
 }
 
-/// The JSON output and usage of a chat completion's first choice.
-pub fn parse_completion(text: &str) -> Result<(Value, Option<Usage>), LlmError> {
-    #[derive(Deserialize)]
-    struct Completion {
-        choices: Vec<Choice>,
-        usage: Option<Usage>,
+/// What a failed send or read means.
+fn transport(e: reqwest::Error, timeout: Duration) -> LlmError {
+    if e.is_timeout() {
+        LlmError::Timeout(timeout)
+    } else {
+        LlmError::Unreachable(e.to_string())
     }
-    #[derive(Deserialize)]
-    struct Choice {
-        message: Message,
-    }
-    #[derive(Deserialize)]
-    struct Message {
-        content: Option<String>,
-    }
-    let completion: Completion = serde_json::from_str(text)
-        .map_err(|e| LlmError::Malformed(format!("{e}: {}", truncate(text, 200))))?;
-    let content = completion
-        .choices
-        .into_iter()
-        .next()
-        .and_then(|c| c.message.content)
-        .ok_or_else(|| LlmError::Malformed("no choice with content".into()))?;
-    let output = serde_json::from_str(content.trim())
-        .map_err(|_| LlmError::NotJson(truncate(&content, 200)))?;
-    Ok((output, completion.usage))
+}
+
+/// The model's output, which may come wrapped in a Markdown code fence.
+fn json_output(content: &str) -> Result<Value, LlmError> {
+    let trimmed = content.trim();
+    let unfenced = trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|s| s.strip_suffix("```"))
+        .unwrap_or(trimmed);
+    serde_json::from_str(unfenced.trim()).map_err(|_| LlmError::NotJson(truncate(content, 200)))
 }
 
 fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(mode: SchemaMode, fold: bool) -> OpenAiConfig {
-        OpenAiConfig {
-            base_url: "http://127.0.0.1:1/v1".into(),
-            model: "m".into(),
-            api_key: None,
-            timeout: Duration::from_secs(1),
-            schema_mode: mode,
-            max_tokens: 100,
-            fold_system_prompt: fold,
-        }
-    }
-
-    #[test]
-    fn each_schema_mode_asks_its_own_way() {
-        let schema = json!({"type": "object"});
-        let b = request_body(
-            &config(SchemaMode::JsonSchema, false),
-            "sys",
-            "usr",
-            "decision",
-            &schema,
-        );
-        assert_eq!(b["response_format"]["type"], "json_schema");
-        assert_eq!(b["response_format"]["json_schema"]["schema"], schema);
-        assert_eq!(b["messages"][0]["role"], "system");
-        let b = request_body(
-            &config(SchemaMode::JsonObjectSchema, false),
-            "sys",
-            "usr",
-            "d",
-            &schema,
-        );
-        assert_eq!(
-            b["response_format"],
-            json!({"type": "json_object", "schema": schema})
-        );
-        let b = request_body(
-            &config(SchemaMode::JsonObject, false),
-            "sys",
-            "usr",
-            "d",
-            &schema,
-        );
-        assert_eq!(b["response_format"], json!({"type": "json_object"}));
-        let system = b["messages"][0]["content"].as_str().unwrap();
-        assert!(
-            system.contains("\"type\":\"object\""),
-            "the schema goes in the prompt: {system}"
-        );
-    }
-
-    #[test]
-    fn a_folded_system_prompt_opens_the_only_user_turn() {
-        let b = request_body(
-            &config(SchemaMode::JsonObjectSchema, true),
-            "sys",
-            "usr",
-            "d",
-            &json!({}),
-        );
-        let messages = b["messages"].as_array().unwrap();
-        assert_eq!(messages.len(), 1);
-        assert_eq!(messages[0]["role"], "user");
-        assert_eq!(messages[0]["content"], "sys\n\nusr");
-    }
-
-    #[test]
-    fn completions_are_parsed_and_bad_ones_named() {
-        let ok = r#"{"choices":[{"message":{"role":"assistant","content":" {\"action\": \"restart_pod\"} "}}],
-                    "usage":{"prompt_tokens":24,"completion_tokens":22,"total_tokens":46}}"#;
-        let (output, usage) = parse_completion(ok).unwrap();
-        assert_eq!(output, json!({"action": "restart_pod"}));
-        assert_eq!(
-            usage,
-            Some(Usage {
-                prompt_tokens: 24,
-                completion_tokens: 22
-            })
-        );
-        let prose = r#"{"choices":[{"message":{"content":"I think you should restart it"}}]}"#;
-        assert!(matches!(parse_completion(prose), Err(LlmError::NotJson(_))));
-        assert!(matches!(
-            parse_completion("<html>"),
-            Err(LlmError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse_completion(r#"{"choices":[]}"#),
-            Err(LlmError::Malformed(_))
-        ));
     }
 }
