@@ -8,6 +8,7 @@
 #                            unless it runs; prints LLM_URL=… and LLM_MODEL=…
 #   scripts/llm.sh down      stop it
 #   scripts/llm.sh env       LLM_URL= and LLM_MODEL= lines to eval
+#   scripts/llm.sh pid       the server's process id
 #
 # The first install compiles llama.cpp (4 to 17 minutes on 2 cores). The
 # wheel is cached under $KUBERNAUT_CACHE/wheels (built without -march=native,
@@ -22,7 +23,8 @@ MODEL_ALIAS=gemma-3-270m
 VENV="$CACHE/llm-venv-$LLAMA_VERSION"
 WHEELS="$CACHE/wheels"
 MODELS="$CACHE/models"
-S="${KUBERNAUT_STACK_DIR:-${TMPDIR:-/tmp}/kubernaut-stack}/llm"
+# KUBERNAUT_LLM_INSTANCE names a second, separate server (tests that kill one).
+S="${KUBERNAUT_STACK_DIR:-${TMPDIR:-/tmp}/kubernaut-stack}/llm${KUBERNAUT_LLM_INSTANCE:+-$KUBERNAUT_LLM_INSTANCE}"
 
 log() { echo "llm: $*" >&2; }
 
@@ -100,5 +102,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   env) env_lines ;;
-  *) echo "usage: $0 install|up|down|env" >&2; exit 2 ;;
+  pid) cat "$S/pid" ;;
+  *) echo "usage: $0 install|up|down|env|pid" >&2; exit 2 ;;
 esac

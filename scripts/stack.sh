@@ -202,6 +202,9 @@ down() {
   if alive postgres; then as_postgres "$PG_BIN/pg_ctl" -D "$S/pg" -m fast -w stop >/dev/null || true; fi
   # The LLM server (scripts/llm.sh) keeps its state in here too.
   bash "$ROOT/scripts/llm.sh" down || true
+  for d in "$S"/llm-*/; do
+    [ -d "$d" ] && KUBERNAUT_LLM_INSTANCE="$(basename "$d" | sed 's/^llm-//')" bash "$ROOT/scripts/llm.sh" down || true
+  done
   for svc in redis kube-controller-manager kube-apiserver etcd; do
     for _ in $(seq 50); do alive "$svc" || break; sleep 0.1; done
     alive "$svc" && kill -9 "$(cat "$S/$svc.pid")" 2>/dev/null || true

@@ -7,6 +7,8 @@
 //! work (API calls) runs in tasks that report back as messages, so no
 //! handler blocks on the cluster.
 
+pub mod analysis;
+pub mod approval;
 pub mod backfill;
 pub mod controller;
 pub mod holds;
@@ -44,6 +46,10 @@ pub struct Context {
     /// The cluster's requests by target, for routing holds (K-RR-8); kept
     /// by the registry from the watch.
     pub holds: holds::Holds,
+    /// The LLM path of the Analysis stage (K-AI-1), when configured.
+    pub analyst: analysis::Analyst,
+    /// The approval gate (K-AI-4).
+    pub approval: approval::ApprovalPolicy,
 }
 
 #[derive(Clone, Debug)]

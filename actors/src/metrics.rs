@@ -2,7 +2,9 @@
 //! time messages wait in the mailbox, messages handled, handling time,
 //! restarts and live actors; supervisors by phase; phase transitions; actions
 //! by type and result; stage durations; status-patch latency and conflicts;
-//! escalations; what the janitor deleted and deferred.
+//! escalations; what the janitor deleted and deferred; LLM calls, their
+//! latency and tokens, the circuit breaker, analysis paths and fallbacks,
+//! and approval-policy verdicts.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -72,6 +74,39 @@ pub struct Metrics {
     pub retention_deleted: Counter,
     pub retention_deferred: Family<ReasonLabels, Counter>,
     pub audit_backfilled: Counter,
+    pub llm_calls: Family<LlmLabels, Counter>,
+    pub llm_seconds: Family<ProviderLabels, Histogram>,
+    pub llm_tokens: Family<TokenLabels, Counter>,
+    pub llm_breaker: Family<ProviderLabels, Gauge>,
+    pub analyses: Family<PathLabels, Counter>,
+    pub fallbacks: Family<ReasonLabels, Counter>,
+    pub approvals: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LlmLabels {
+    pub provider: &'static str,
+    /// `ok`, `invalid` (answered, but not valid against the catalogue), or
+    /// the error's reason.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub provider: &'static str,
+    /// `prompt` or `completion`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    /// `llm` or `rules`.
+    pub path: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -105,6 +140,13 @@ impl Default for Metrics {
             retention_deleted: Counter::default(),
             retention_deferred: Family::default(),
             audit_backfilled: Counter::default(),
+            llm_calls: Family::default(),
+            llm_seconds: Family::new_with_constructor(seconds),
+            llm_tokens: Family::default(),
+            llm_breaker: Family::default(),
+            analyses: Family::default(),
+            fallbacks: Family::default(),
+            approvals: Family::default(),
         }
     }
 }
@@ -189,6 +231,41 @@ impl Metrics {
             "audit_backfilled",
             "Terminal requests whose audit records were rebuilt from their status (their replica died before writing them)",
             m.audit_backfilled.clone(),
+        );
+        r.register(
+            "llm_calls",
+            "LLM calls by provider and outcome (ok, invalid output, or the error)",
+            m.llm_calls.clone(),
+        );
+        r.register(
+            "llm_call_seconds",
+            "Latency of LLM calls",
+            m.llm_seconds.clone(),
+        );
+        r.register(
+            "llm_tokens",
+            "Tokens the LLM reported, by kind (prompt, completion)",
+            m.llm_tokens.clone(),
+        );
+        r.register(
+            "llm_circuit_breaker_state",
+            "The LLM provider's circuit breaker: 0 closed, 1 open, 2 half-open",
+            m.llm_breaker.clone(),
+        );
+        r.register(
+            "analyses",
+            "Analyses by the path that decided (llm, rules)",
+            m.analyses.clone(),
+        );
+        r.register(
+            "analysis_fallbacks",
+            "Analyses the rules decided although an LLM is configured, by reason",
+            m.fallbacks.clone(),
+        );
+        r.register(
+            "approval_decisions",
+            "Approval-policy verdicts (required, not_required, policy_error)",
+            m.approvals.clone(),
         );
         m
     }

@@ -58,7 +58,7 @@ pub enum RuleError {
 }
 
 impl Rule {
-    fn workflow(&self) -> Workflow {
+    pub(crate) fn workflow(&self) -> Workflow {
         match &self.action {
             Some(action) => Workflow::single(action, self.parameters.clone()),
             None => Workflow {

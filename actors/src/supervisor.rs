@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use futures::FutureExt;
 use kubernaut_api::workflow::Workflow;
 use kubernaut_api::{
-    APPROVAL_ANNOTATION, APPROVED_BY_ANNOTATION, AnalysisStatus, ENVIRONMENT_LABEL,
+    APPROVAL_ANNOTATION, APPROVED_BY_ANNOTATION, AnalysisStatus, ApprovalStatus, ENVIRONMENT_LABEL,
     ExecutionStatus, ObjectRef, Phase, PhaseTransition, ProcessingStatus, RemediationRequest,
     RemediationRequestSpec, RemediationRequestStatus, StepPhase, StepStatus,
 };
@@ -26,9 +26,12 @@ use crate::backfill::{event_record, request_record};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::Context;
+use crate::analysis::{self, Analyzed, Path};
 use crate::holds::{Asking, HoldReason};
 use crate::mailbox::{Addr, Envelope, Inbox, Live};
-use crate::metrics::{ActionLabels, ActorKind, PhaseLabels, StageLabels, TransitionLabels};
+use crate::metrics::{
+    ActionLabels, ActorKind, PhaseLabels, ReasonLabels, StageLabels, TransitionLabels,
+};
 use crate::policy;
 use crate::rules::{self, RuleError};
 use crate::worker;
@@ -159,7 +162,7 @@ impl Approval {
 
 pub enum StageResult {
     Processed(Result<Processed, String>),
-    Analyzed(Result<rules::Decision, RuleError>),
+    Analyzed(Box<Analyzed>),
     Executed(Result<WorkflowReport, String>),
     Verified(Result<String, String>),
 }
@@ -502,7 +505,18 @@ async fn on_deadline(
     )
     .await;
     let interrupted = format!("interrupted: {message}");
-    commit(myself, st, Some((Phase::TimedOut, reason, message)), |s| {
+    // An approval that never came fails the request (K-AI-4): nothing ran,
+    // and the humans who were asked did not answer.
+    let (to, reason, message) = if reason == "ApprovalTimeout" {
+        let message = format!(
+            "no approval within {:?}; nothing was changed",
+            st.ctx.settings.timeouts.approval
+        );
+        (Phase::Failed, "ApprovalExpired", message)
+    } else {
+        (Phase::TimedOut, reason, message)
+    };
+    commit(myself, st, Some((to, reason, message)), |s| {
         if let Some(e) = s.execution.as_mut() {
             for step in e.steps.iter_mut().filter(|s| s.phase == StepPhase::Running) {
                 step.phase = StepPhase::Failed;
@@ -709,29 +723,122 @@ async fn analyze(
     myself: &ActorRef<Envelope<Msg>>,
     st: &mut State,
 ) -> Result<(), ActorProcessingErr> {
-    // A storm (K-GW-6) is escalated, never remediated target by target: it
-    // waits for a human.
+    // A storm (K-GW-6) is escalated, never remediated target by target:
+    // the approval policy decides whether its fan-out waits for a human
+    // (the default policy always says so).
     if let Some(storm) = st.spec.storm.clone() {
+        let workflow = st
+            .ctx
+            .rules
+            .iter()
+            .find(|r| r.signal == storm.alert_name)
+            .map(|r| r.workflow())
+            .unwrap_or_default();
+        let verdict = gate(st, "rules", 1.0, &workflow);
+        if !verdict.required {
+            st.approval = Some(Approval {
+                approved: true,
+                by: "the approval policy".into(),
+            });
+            return decided(myself, st).await;
+        }
         let msg = format!(
-            "{:?} storm of {} in namespace {}: escalated, approval required",
-            storm.kind, storm.alert_name, storm.namespace
+            "{:?} storm of {} in namespace {}: escalated, approval required ({})",
+            storm.kind,
+            storm.alert_name,
+            storm.namespace,
+            verdict.reasons.join("; ")
         );
         let detail = serde_json::json!({ "message": msg, "alertName": storm.alert_name });
         escalate(st, "StormEscalated", detail).await;
+        let approval = awaiting(st, verdict.reasons);
         return commit(
             myself,
             st,
             Some((Phase::AwaitingApproval, "StormEscalated", msg)),
-            |s| set_condition(s, "Analyzed", "True", "Storm"),
+            |s| {
+                s.approval = Some(approval);
+                set_condition(s, "Analyzed", "True", "Storm");
+            },
         )
         .await;
     }
     let (ctx, spec) = (st.ctx.clone(), st.spec.clone());
+    let (processing, holder) = (st.status.processing.clone(), st.name.clone());
     spawn_stage(myself, st, ActorKind::analysis, move || {
-        let (ctx, spec) = (ctx.clone(), spec.clone());
-        async move { StageResult::Analyzed(rules::decide(&ctx.rules, &spec)) }.boxed()
+        let (ctx, spec, processing, holder) = (
+            ctx.clone(),
+            spec.clone(),
+            processing.clone(),
+            holder.clone(),
+        );
+        async move {
+            let analyzed = analysis::analyze(&ctx, &spec, processing.as_ref(), &holder).await;
+            StageResult::Analyzed(Box::new(analyzed))
+        }
+        .boxed()
     })
     .await
+}
+
+/// The approval policy's verdict (K-AI-4) on running `workflow` for this
+/// request, decided by `decided_by` with `confidence`.
+fn gate(
+    st: &State,
+    decided_by: &str,
+    confidence: f64,
+    workflow: &Workflow,
+) -> crate::approval::Verdict {
+    let catalogue = kubernaut_cluster::catalogue();
+    let actions: Vec<serde_json::Value> = workflow
+        .steps
+        .iter()
+        .map(|step| {
+            let risk = catalogue
+                .iter()
+                .find(|a| a.name == step.action)
+                .map(|a| serde_json::json!(a.risk))
+                .unwrap_or_else(|| serde_json::json!("high"));
+            serde_json::json!({ "name": step.action, "risk": risk })
+        })
+        .collect();
+    let processing = st.status.processing.clone().unwrap_or_default();
+    let t = &st.spec.target;
+    let input = serde_json::json!({
+        "environment": if processing.environment.is_empty() { "unknown" } else { processing.environment.as_str() },
+        "priority": processing.priority,
+        "decidedBy": decided_by,
+        "confidence": confidence,
+        "target": { "kind": t.kind, "namespace": t.namespace, "name": t.name },
+        "actions": actions,
+        "storm": st.spec.storm.is_some(),
+        "signal": { "name": st.spec.signal_name, "severity": st.spec.severity, "source": st.spec.source },
+    });
+    let verdict = st.ctx.approval.evaluate(&input);
+    let label = match (&verdict.error, verdict.required) {
+        (Some(e), _) => {
+            tracing::warn!(request = %st.name, namespace = %st.namespace, error = %e, "approval policy error: approval required");
+            "policy_error"
+        }
+        (None, true) => "required",
+        (None, false) => "not_required",
+    };
+    st.ctx
+        .metrics
+        .approvals
+        .get_or_create(&ReasonLabels { reason: label })
+        .inc();
+    verdict
+}
+
+/// The approval status of a request that starts waiting now.
+fn awaiting(st: &State, reasons: Vec<String>) -> ApprovalStatus {
+    ApprovalStatus {
+        required: true,
+        reasons,
+        expires_at: Some(after(Timestamp::now(), st.ctx.settings.timeouts.approval)),
+        ..Default::default()
+    }
 }
 
 /// A decision on a request waiting for approval: rejected, it is
@@ -745,9 +852,23 @@ async fn decided(
         return Ok(());
     };
     let by = approval.by.clone();
+    let record = |s: &mut RemediationRequestStatus| {
+        let a = s.approval.get_or_insert_with(Default::default);
+        a.decision = Some(
+            if approval.approved {
+                "approved"
+            } else {
+                "rejected"
+            }
+            .into(),
+        );
+        a.decided_by = Some(approval.by.clone());
+        a.decided_at = Some(now());
+    };
     if !approval.approved {
         let msg = format!("rejected by {by}");
         return commit(myself, st, Some((Phase::Cancelled, "Rejected", msg)), |s| {
+            record(s);
             set_condition(s, "Approved", "False", "Rejected");
         })
         .await;
@@ -764,6 +885,7 @@ async fn decided(
         }
         let msg = format!("approved by {by}");
         return commit(myself, st, Some((Phase::Executing, "Approved", msg)), |s| {
+            record(s);
             set_condition(s, "Approved", "True", "Approved");
         })
         .await;
@@ -794,8 +916,10 @@ async fn decided(
                 rule: d.rule.clone(),
                 action: d.summary(),
                 workflow: d.workflow,
+                ..Default::default()
             };
             commit(myself, st, Some((Phase::Executing, "Approved", msg)), |s| {
+                record(s);
                 s.analysis = Some(analysis);
                 set_condition(s, "Approved", "True", "Approved");
             })
@@ -804,6 +928,7 @@ async fn decided(
         Err(e) => {
             let msg = format!("approved by {by}, but nothing can run: {e}");
             commit(myself, st, Some((Phase::Failed, "NoStormPlan", msg)), |s| {
+                record(s);
                 set_condition(s, "Approved", "True", "Approved");
             })
             .await
@@ -814,16 +939,42 @@ async fn decided(
 async fn on_analyzed(
     myself: &ActorRef<Envelope<Msg>>,
     st: &mut State,
-    decision: Result<rules::Decision, RuleError>,
+    analyzed: Analyzed,
 ) -> Result<(), ActorProcessingErr> {
     observe_stage(st, "analysis", st.stage_started);
+    let Analyzed {
+        path,
+        reason,
+        decision,
+        verdict,
+        attempts,
+        elapsed,
+        ..
+    } = analyzed;
     match decision {
         Ok(d) => {
+            let confidence = verdict.as_ref().map(|v| v.confidence);
             let analysis = AnalysisStatus {
-                decided_by: "rules".into(),
+                decided_by: path.as_str().into(),
+                reason: reason.clone(),
                 rule: d.rule.clone(),
                 action: d.summary(),
                 workflow: d.workflow.clone(),
+                root_cause: verdict
+                    .as_ref()
+                    .map(|v| v.root_cause.clone())
+                    .unwrap_or_default(),
+                confidence,
+                rationale: verdict
+                    .as_ref()
+                    .map(|v| v.rationale.clone())
+                    .unwrap_or_default(),
+                attempts,
+                elapsed_millis: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            };
+            let decided = match path {
+                Path::Llm => "LlmDecided",
+                Path::Rules => "RuleMatched",
             };
             let recent = st.ctx.holds.recently_remediated(
                 &st.ctx.settings.holds,
@@ -852,23 +1003,54 @@ async fn on_analyzed(
                 )
                 .await;
             }
-            let mut msg = format!("rule {} chose {}", d.rule, d.summary());
+            let mut msg = match (path, confidence) {
+                (Path::Llm, Some(c)) => {
+                    format!("the LLM chose {} (confidence {c:.1})", d.summary())
+                }
+                _ => format!("rule {} chose {} ({reason})", d.rule, d.summary()),
+            };
             if st.ctx.settings.executor.dry_run_only {
                 msg.push_str(" (global dry-run: server-side dry runs only)");
             }
+            let policy = gate(st, path.as_str(), confidence.unwrap_or(1.0), &d.workflow);
+            if policy.required {
+                let approval = awaiting(st, policy.reasons);
+                let msg = format!("{msg}; approval required: {}", approval.reasons.join("; "));
+                let detail = serde_json::json!({ "reasons": approval.reasons, "expiresAt": approval.expires_at });
+                audit_event(st, "approval", None, None, "ApprovalRequested", "", detail).await;
+                return commit(
+                    myself,
+                    st,
+                    Some((Phase::AwaitingApproval, "ApprovalRequired", msg)),
+                    |s| {
+                        s.analysis = Some(analysis);
+                        s.approval = Some(approval);
+                        set_condition(s, "Analyzed", "True", decided);
+                        set_condition(s, "Approved", "Unknown", "ApprovalRequired");
+                    },
+                )
+                .await;
+            }
+            let approval = ApprovalStatus {
+                required: false,
+                reasons: policy.reasons,
+                ..Default::default()
+            };
             commit(
                 myself,
                 st,
                 Some((Phase::Executing, "ActionChosen", msg)),
                 |s| {
                     s.analysis = Some(analysis);
-                    set_condition(s, "Analyzed", "True", "RuleMatched");
+                    s.approval = Some(approval);
+                    set_condition(s, "Analyzed", "True", decided);
                 },
             )
             .await
         }
         Err(RuleError::NoRule(name)) => {
-            let msg = format!("no rule answers signal {name}; nothing to do automatically");
+            let msg =
+                format!("no rule answers signal {name}; nothing to do automatically ({reason})");
             commit(
                 myself,
                 st,
@@ -1108,7 +1290,7 @@ async fn on_stage_done(
             .await
         }
         StageResult::Processed(Err(e)) => retry_later(st, e),
-        StageResult::Analyzed(decision) => on_analyzed(myself, st, decision).await,
+        StageResult::Analyzed(analyzed) => on_analyzed(myself, st, *analyzed).await,
         StageResult::Executed(Err(invalid)) => {
             count_action(st, "Invalid");
             fail(myself, st, "InvalidWorkflow", invalid).await

@@ -328,6 +328,7 @@ impl Gateway {
             metrics: gateway_metrics,
             protection,
             cloudwatch: Arc::new(cloudwatch),
+            approvals: None,
         };
         let app = kubernaut_gateway::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -400,6 +401,77 @@ pub fn llm_server() -> anyhow::Result<(String, String)> {
     })
     .clone()
     .map_err(anyhow::Error::msg)
+}
+
+/// A separate LLM server of a test's own (`KUBERNAUT_LLM_INSTANCE=name
+/// scripts/llm.sh up`), for tests that kill it; stopped when dropped.
+pub struct LlmInstance {
+    name: String,
+    pub url: String,
+    pub model: String,
+}
+
+impl LlmInstance {
+    pub fn start(name: &str) -> anyhow::Result<Self> {
+        let out = llm_script(name, "up")?;
+        let value = |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::to_string)
+                .with_context(|| format!("llm.sh up printed no {key}: {out}"))
+        };
+        Ok(Self {
+            name: name.into(),
+            url: value("LLM_URL=")?,
+            model: value("LLM_MODEL=")?,
+        })
+    }
+
+    /// SIGKILL: the server dies mid-request, as on an OOM kill.
+    pub fn kill(&self) -> anyhow::Result<()> {
+        let pid = llm_script(&self.name, "pid")?;
+        let status = Command::new("kill").args(["-9", pid.trim()]).status()?;
+        ensure!(status.success(), "kill -9 {pid} failed");
+        Ok(())
+    }
+}
+
+impl Drop for LlmInstance {
+    fn drop(&mut self) {
+        let _ = llm_script(&self.name, "down");
+    }
+}
+
+fn llm_script(instance: &str, command: &str) -> anyhow::Result<String> {
+    let path = repo_root().join("scripts/llm.sh");
+    let out = Command::new("bash")
+        .arg(&path)
+        .arg(command)
+        .env("KUBERNAUT_LLM_INSTANCE", instance)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "llm.sh {command} failed: {}",
+        out.status
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The overrides that point a control plane's analysis at an LLM server
+/// running the packaged base model: llama.cpp takes the schema with
+/// `json_object`, and the model has no chat template for system prompts.
+pub fn llm_overrides(url: &str, model: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("ANALYSIS__LLM__ENABLED", "true".into()),
+        ("ANALYSIS__LLM__BASE_URL", url.into()),
+        ("ANALYSIS__LLM__MODEL", model.into()),
+        ("ANALYSIS__LLM__SCHEMA_MODE", "jsonObjectSchema".into()),
+        ("ANALYSIS__LLM__FOLD_SYSTEM_PROMPT", "true".into()),
+        ("ANALYSIS__LLM__MAX_TOKENS", "400".into()),
+        // Other tests' analyses share the one server and queue on it.
+        ("ANALYSIS__LLM__TIMEOUT_SECONDS", "120".into()),
+    ]
 }
 
 /// A managed staging namespace with Deployment `api` (1 replica): a
@@ -1242,7 +1314,7 @@ pub struct ControllerProcess {
     child: Child,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

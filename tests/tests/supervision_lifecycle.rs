@@ -124,7 +124,7 @@ async fn an_executing_deadline_stops_the_running_step() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storm_waiting_for_approval_times_out_by_its_timer() -> anyhow::Result<()> {
+async fn a_storm_waiting_for_approval_fails_when_its_approval_expires() -> anyhow::Result<()> {
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
     let t = api_target(&admin, "tree-approval").await?;
@@ -154,15 +154,28 @@ async fn a_storm_waiting_for_approval_times_out_by_its_timer() -> anyhow::Result
             Phase::Processing,
             Phase::Analyzing,
             Phase::AwaitingApproval,
-            Phase::TimedOut
+            Phase::Failed
         ]
     );
-    assert_eq!(last_reason(&rr), "ApprovalTimeout");
+    assert_eq!(last_reason(&rr), "ApprovalExpired");
+    let approval = rr.status.as_ref().and_then(|s| s.approval.clone());
+    let approval = approval.context("the approval verdict is in the status")?;
+    assert!(
+        approval.required && approval.reasons == ["storm"],
+        "{approval:?}"
+    );
+    let expires = approval.expires_at.context("expiresAt")?.0;
+    let apart = expires.duration_since(deadline.0).abs();
+    assert!(
+        apart < kubernaut_api::k8s_openapi::jiff::SignedDuration::from_secs(1),
+        "expiresAt {expires} is not the phase deadline {}",
+        deadline.0
+    );
     let ended = rr
         .status
         .as_ref()
         .and_then(|s| s.phase_history.last())
-        .context("TimedOut")?
+        .context("Failed")?
         .time
         .0;
     assert!(ended >= deadline.0, "{ended} is before {}", deadline.0);

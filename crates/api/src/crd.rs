@@ -186,6 +186,9 @@ pub struct RemediationRequestStatus {
     pub processing: Option<ProcessingStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
+    /// What the approval policy said, and the decision (K-AI-4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<ExecutionStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,15 +278,68 @@ pub struct ProcessingStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisStatus {
-    /// Which path decided: `rules` (the deterministic table) for now.
+    /// Which path decided: `llm` or `rules` (the deterministic table).
     pub decided_by: String,
-    /// The rule that matched, by its signal name.
+    /// Why that path decided: the LLM's valid attempt, or why the rules
+    /// did (no LLM configured, unreachable, timed out, circuit open,
+    /// invalid output after the last attempt).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_schema_default)]
+    pub reason: String,
+    /// The rule that matched, by its signal name; empty when the LLM decided.
     pub rule: String,
+    /// The LLM's diagnosis (K-AI-3).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_schema_default)]
+    pub root_cause: String,
+    /// The LLM's confidence, 0 to 1; rule decisions carry none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_schema_default)]
+    pub rationale: String,
+    /// LLM answers asked for (invalid ones are asked again, up to 3).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(transform = no_schema_default)]
+    pub attempts: u32,
+    /// How long the analysis took, context gathering and every attempt
+    /// included.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    #[schemars(transform = no_schema_default)]
+    pub elapsed_millis: u64,
     /// The workflow's actions in order, e.g. `collect_diagnostics, rollout_restart`.
     pub action: String,
     /// What the Execution stage runs (K-EX-1).
     #[serde(default)]
     pub workflow: crate::workflow::Workflow,
+}
+
+/// The approval gate's verdict on a decided request (K-AI-4).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalStatus {
+    pub required: bool,
+    /// Why the policy asks for approval (or why it could not answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// Without a decision by then, the request fails (`ApprovalExpired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// `approved` or `rejected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<Time>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -11,10 +11,10 @@ pub mod signal;
 pub mod workflow;
 
 pub use crd::{
-    AffectedTarget, AnalysisStatus, Deduplication, ExecutionStatus, MAX_RECENT_INSTANCES,
-    MAX_STORM_TARGETS, ObjectRef, PhaseTransition, ProcessingStatus, RemediationRequest,
-    RemediationRequestSpec, RemediationRequestStatus, SignalResolution, StepPhase, StepStatus,
-    StormKind, StormSpec, StormStatus,
+    AffectedTarget, AnalysisStatus, ApprovalStatus, Deduplication, ExecutionStatus,
+    MAX_RECENT_INSTANCES, MAX_STORM_TARGETS, ObjectRef, PhaseTransition, ProcessingStatus,
+    RemediationRequest, RemediationRequestSpec, RemediationRequestStatus, SignalResolution,
+    StepPhase, StepStatus, StormKind, StormSpec, StormStatus,
 };
 pub use k8s_openapi;
 pub use kube;
@@ -37,6 +37,40 @@ pub const APPROVAL_ANNOTATION: &str = "kubernaut.io/approval";
 /// Who decided, when the approver says so; otherwise the field manager
 /// that set the approval is recorded.
 pub const APPROVED_BY_ANNOTATION: &str = "kubernaut.io/approved-by";
+
+/// Why an approval through the HTTP endpoint was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("a valid bearer token is required")]
+    Unauthenticated,
+    #[error(
+        "{0} may not approve remediation requests in this namespace (RBAC verb approve on remediationrequests.kubernaut.io)"
+    )]
+    Forbidden(String),
+    #[error("no remediation request {0}")]
+    NotFound(String),
+    #[error("the request is {0}, not AwaitingApproval")]
+    NotAwaiting(String),
+    #[error("the API server could not be asked: {0}")]
+    Unavailable(String),
+}
+
+/// Records a human's approval or rejection of a request waiting for one
+/// (K-AI-4), as the annotation a `kubectl annotate` would set, after the
+/// API server has said who the caller is and that RBAC lets them approve.
+/// Implemented by the cluster crate; served by the gateway.
+#[async_trait::async_trait]
+pub trait ApprovalDesk: Send + Sync {
+    /// Returns who decided.
+    async fn decide(
+        &self,
+        token: &str,
+        namespace: &str,
+        name: &str,
+        approved: bool,
+    ) -> Result<String, ApprovalError>;
+}
+
 /// Label on a request naming the source's own identity of the signal instance.
 pub const INSTANCE_LABEL: &str = "kubernaut.io/signal-instance";
 

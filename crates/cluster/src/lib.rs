@@ -5,6 +5,7 @@
 //! controller's status, and executing actions.
 
 mod actions;
+mod approvals;
 mod claims;
 mod events;
 mod members;
@@ -22,6 +23,7 @@ pub use actions::{
     catalogue, lock_name, repeatable,
 };
 pub use actions::{DeleteOutcome, PodState};
+pub use approvals::KubeApprovals;
 pub use claims::LeaseClaim;
 pub use kube::Client;
 pub use members::member_lease_name;

@@ -4,6 +4,9 @@
 //! actors or storage; it answers each signal with 201 (created), 202
 //! (duplicate), 200 (rejected as out of scope), 207 (a batch), 4xx for bad
 //! input with an RFC 7807 body, and 503 when the signal must be sent again.
+//! It also serves `POST /api/v1/remediations/{namespace}/{name}/approval`
+//! (K-AI-4), handing the decision to an
+//! [`ApprovalDesk`](kubernaut_api::ApprovalDesk).
 
 pub mod alertmanager;
 pub mod cloudwatch;
@@ -22,15 +25,18 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use futures::StreamExt;
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
-use kubernaut_api::{IngestOutcome, IntakeError, RejectReason, Signal, SignalIntake, SignalStatus};
-use serde::Serialize;
+use kubernaut_api::{
+    ApprovalDesk, ApprovalError, IngestOutcome, IntakeError, RejectReason, Signal, SignalIntake,
+    SignalStatus,
+};
+use serde::{Deserialize, Serialize};
 
 pub use cloudwatch::{CloudWatch, CloudWatchConfig, TargetRule};
 pub use metrics::Metrics;
@@ -51,6 +57,8 @@ pub struct GatewayState {
     pub metrics: Metrics,
     pub protection: Arc<Protection>,
     pub cloudwatch: Arc<CloudWatch>,
+    /// Approvals through HTTP; `None`: the endpoint answers 503.
+    pub approvals: Option<Arc<dyn ApprovalDesk>>,
 }
 
 /// The signal endpoints. Serve with
@@ -71,12 +79,122 @@ pub fn router(state: GatewayState) -> Router {
     let signed = Router::new()
         .route("/api/v1/signals/cloudwatch", post(cloudwatch_sns))
         .route_layer(guard(protect::Admission::Signed));
+    // Approvals authenticate and authorise through the API server
+    // (TokenReview, SubjectAccessReview), not the signal senders' list;
+    // the per-source-IP limit still bounds token guessing.
+    let approvals = Router::new()
+        .route(
+            "/api/v1/remediations/{namespace}/{name}/approval",
+            post(approval),
+        )
+        .route_layer(guard(protect::Admission::Signed));
     bearer
         .merge(signed)
+        .merge(approvals)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalBody {
+    /// `approved` or `rejected`.
+    decision: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApprovalAnswer {
+    namespace: String,
+    name: String,
+    decision: String,
+    decided_by: String,
+}
+
+/// K-AI-4: approve or reject a request waiting for approval, as the
+/// caller's Kubernetes identity.
+async fn approval(
+    State(state): State<GatewayState>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(desk) = state.approvals.clone() else {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            "approvals over HTTP are not configured here; annotate the request instead",
+        )
+        .into_response();
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return Problem::bad_request(e.body_text()).into_response(),
+    };
+    let decision: ApprovalBody = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return Problem::bad_request(format!(
+                "the body must be {{\"decision\": \"approved\" | \"rejected\"}}: {e}"
+            ))
+            .into_response();
+        }
+    };
+    let approved = match decision.decision.as_str() {
+        "approved" => true,
+        "rejected" => false,
+        other => {
+            return Problem::bad_request(format!(
+                "decision must be \"approved\" or \"rejected\", not {other:?}"
+            ))
+            .into_response();
+        }
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return approval_problem(ApprovalError::Unauthenticated);
+    };
+    match desk.decide(token, &namespace, &name, approved).await {
+        Ok(by) => {
+            tracing::info!(%namespace, %name, decision = %decision.decision, %by, "approval recorded");
+            Json(ApprovalAnswer {
+                namespace,
+                name,
+                decision: decision.decision,
+                decided_by: by,
+            })
+            .into_response()
+        }
+        Err(e) => approval_problem(e),
+    }
+}
+
+fn approval_problem(e: ApprovalError) -> Response {
+    let (status, title) = match &e {
+        ApprovalError::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+        ApprovalError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+        ApprovalError::NotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
+        ApprovalError::NotAwaiting(_) => (StatusCode::CONFLICT, "Conflict"),
+        ApprovalError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+    };
+    let mut r = Problem::new(status, title, e.to_string()).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
 }
 
 async fn method_not_allowed() -> Response {

@@ -75,6 +75,7 @@ fn app_with(intake: Arc<Recorder>, protection: ProtectionConfig) -> Router {
         metrics: Metrics::register(&mut reg),
         protection: Arc::new(Protection::new(protection)),
         cloudwatch: Arc::new(crate::CloudWatch::disabled()),
+        approvals: None,
     })
 }
 

@@ -15,7 +15,7 @@ use kube::api::ListParams;
 use kubernaut_actors::membership::MembershipSettings;
 use kubernaut_actors::{Context, Metrics as ControllerMetrics, Settings, controller};
 use kubernaut_api::RemediationRequest;
-use kubernaut_cluster::{Cluster, ClusterConfig, KubeTokenReviewer};
+use kubernaut_cluster::{Cluster, ClusterConfig, KubeApprovals, KubeTokenReviewer};
 use kubernaut_gateway::kubernetes_event::WatchSettings;
 use kubernaut_gateway::{
     CloudWatch, GatewayState, Metrics as GatewayMetrics, Protection, ProtectionConfig, Rate,
@@ -116,9 +116,18 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         redis,
         controller: ctl,
         executor,
+        analysis,
         logging: _,
         rules,
     } = cfg;
+    let analyst = analysis.analyst().context("analysis.llm")?;
+    let approval = analysis.approval_policy().context("analysis.approval")?;
+    match &analyst.llm {
+        Some(llm) => {
+            tracing::info!(provider = llm.provider_name(), model = %analyst.model, "analysis asks the LLM first; the rules are its fallback")
+        }
+        None => tracing::info!("no LLM configured (analysis.llm.enabled): the rules decide"),
+    }
 
     let identity = holder_identity();
     tracing::info!(%identity, "this replica's identity");
@@ -190,6 +199,8 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         rules,
         metrics: controller_metrics,
         holds: Default::default(),
+        analyst,
+        approval,
         settings: Settings {
             verify_timeout: ctl.verify_timeout(),
             restart: ctl.restart_policy(),
@@ -230,6 +241,10 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         metrics: gateway_metrics,
         protection: Arc::new(Protection::new(protection)),
         cloudwatch: Arc::new(cloudwatch),
+        approvals: Some(Arc::new(KubeApprovals::new(
+            cluster.clone(),
+            gateway.auth.token_review.audiences.clone(),
+        ))),
     };
     let gw_app = kubernaut_gateway::router(gw_state.clone());
     let admin_app = admin_router(Arc::new(registry), ready.clone());

@@ -98,6 +98,28 @@ pub enum AuditRecord {
     Event(EventRecord),
 }
 
+/// One action's record for an alert and target kind (K-AI-2).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PastOutcome {
+    pub action: String,
+    /// Finished requests that ran it.
+    pub requests: i64,
+    /// Of those, the ones verified to have worked.
+    pub completed: i64,
+}
+
+impl PastOutcome {
+    /// The share of requests that worked, 0 to 1.
+    pub fn effectiveness(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.completed as f64 / self.requests as f64
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
@@ -210,6 +232,42 @@ impl AuditLog {
         .bind(step)
         .fetch_optional(&self.store.pool)
         .await?)
+    }
+
+    /// What remediations of `signal` on targets of `target_kind` did
+    /// before (K-AI-2): per action, how many finished requests ran it and
+    /// how many of those were verified (Completed), most used first.
+    pub async fn history(
+        &self,
+        signal: &str,
+        target_kind: &str,
+        limit: i64,
+    ) -> Result<Vec<PastOutcome>> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT e.detail->>'action' AS action,
+                    count(DISTINCT r.uid) AS requests,
+                    count(DISTINCT r.uid) FILTER (WHERE r.phase = 'Completed') AS completed
+             FROM remediation_requests r
+             JOIN remediation_events e ON e.request_uid = r.uid
+             WHERE r.signal_name = $1 AND r.target_kind = $2
+               AND r.phase IN ('Completed', 'Failed', 'TimedOut')
+               AND e.kind = 'action' AND e.reason = 'StepFinished'
+               AND e.detail->>'action' IS NOT NULL
+             GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $3",
+        )
+        .bind(signal)
+        .bind(target_kind)
+        .bind(limit)
+        .fetch_all(&self.store.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(action, requests, completed)| PastOutcome {
+                action,
+                requests,
+                completed,
+            })
+            .collect())
     }
 
     /// Records waiting to be written (the audit backlog, K-OP-1).

@@ -53,6 +53,16 @@ fn redact(v: &mut Value) {
 }
 
 impl Cluster {
+    /// What collect_diagnostics records, read for the analysis prompt.
+    pub async fn diagnostics(&self, target: &ObjectRef) -> Result<Value, ActionError> {
+        self.collect_diagnostics(&CollectDiagnostics {
+            kind: target.kind.clone(),
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+        })
+        .await
+    }
+
     pub(super) async fn collect_diagnostics(
         &self,
         d: &CollectDiagnostics,

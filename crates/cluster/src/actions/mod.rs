@@ -69,6 +69,7 @@ pub enum Risk {
 
 /// One entry of the catalogue, as `kubernaut actions` prints it.
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ActionInfo {
     pub name: &'static str,
     pub risk: Risk,
@@ -77,6 +78,10 @@ pub struct ActionInfo {
     pub parameters: Value,
     /// Whether a failed workflow can undo it.
     pub reversible: bool,
+    /// The kinds of object it acts on; empty when it acts on none
+    /// (notify_only) or on one it creates (run_job). The analysis offers
+    /// the LLM only actions on objects the request is about.
+    pub acts_on: &'static [&'static str],
 }
 
 /// Nothing is changed; the request's record carries the message.
@@ -115,6 +120,31 @@ fn schema_of<T: JsonSchema>() -> Value {
     serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
 }
 
+const WORKLOADS: &[&str] = &["Deployment", "StatefulSet", "DaemonSet"];
+
+fn acts_on(action: &str) -> &'static [&'static str] {
+    match action {
+        "scale_deployment" | "rollback_deployment" => &["Deployment"],
+        "scale_statefulset" => &["StatefulSet"],
+        "rollout_restart" | "increase_resources" => WORKLOADS,
+        "restart_pod" | "quarantine_pod" => &["Pod"],
+        "delete_job" => &["Job"],
+        "update_hpa" => &["HorizontalPodAutoscaler"],
+        "expand_pvc" => &["PersistentVolumeClaim"],
+        "cordon_node" | "uncordon_node" | "drain_node" => &["Node"],
+        "collect_diagnostics" => &[
+            "Pod",
+            "Deployment",
+            "ReplicaSet",
+            "StatefulSet",
+            "DaemonSet",
+            "Job",
+            "Node",
+        ],
+        _ => &[],
+    }
+}
+
 /// Every action Kubernaut can run, with its parameter schema.
 pub fn catalogue() -> Vec<ActionInfo> {
     let info = |name, risk, summary, parameters, reversible| ActionInfo {
@@ -123,6 +153,7 @@ pub fn catalogue() -> Vec<ActionInfo> {
         summary,
         parameters,
         reversible,
+        acts_on: acts_on(name),
     };
     vec![
         info(

@@ -1,0 +1,188 @@
+//! The approval gate (K-AI-4) end to end: the default Rego policy holds a
+//! production StatefulSet change in AwaitingApproval; an approval by
+//! annotation or through the authenticated HTTP endpoint lets it run; the
+//! endpoint refuses callers the API server does not know or RBAC does not
+//! allow.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
+use kubernaut_e2e::{
+    Stack, control_plane, create_request, eventually, managed_namespace, metric, phases, post_as,
+    service_account_token, terminal_request,
+};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A production namespace with StatefulSet `db` (1 replica).
+async fn production_statefulset(admin: &kube::Client, prefix: &str) -> anyhow::Result<ObjectRef> {
+    let ns = managed_namespace(admin, prefix, "production").await?;
+    Api::<StatefulSet>::namespaced(admin.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
+                "replicas": 1, "serviceName": "db",
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}},
+                    "spec": {"containers": [{"name": "db", "image": "registry.local/db:1"}]}}}}))?,
+        )
+        .await?;
+    Ok(ObjectRef::new("StatefulSet", &ns, "db"))
+}
+
+fn rules() -> serde_json::Value {
+    json!([{ "signal": "DbLagging", "action": "scale_statefulset",
+             "parameters": {"namespace": "{{target.namespace}}", "name": "{{target.name}}", "replicas": 2} }])
+}
+
+async fn awaiting(
+    admin: &kube::Client,
+    t: &ObjectRef,
+    name: &str,
+) -> anyhow::Result<RemediationRequest> {
+    let api = Api::<RemediationRequest>::namespaced(admin.clone(), &t.namespace);
+    eventually("AwaitingApproval", TIMEOUT, || async {
+        let rr = api.get(name).await?;
+        Ok((rr.phase() == Phase::AwaitingApproval).then_some(rr))
+    })
+    .await
+}
+
+async fn replicas(admin: &kube::Client, t: &ObjectRef) -> anyhow::Result<Option<i32>> {
+    let set = Api::<StatefulSet>::namespaced(admin.clone(), &t.namespace)
+        .get(&t.name)
+        .await?;
+    Ok(set.spec.and_then(|s| s.replicas))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_production_statefulset_change_waits_and_proceeds_once_annotated() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let t = production_statefulset(&admin, "gate-annotation").await?;
+    let running = control_plane(stack, &t.namespace, &[], rules()).await?;
+    let name = create_request(&admin, "DbLagging", &t, false).await?;
+    let rr = awaiting(&admin, &t, &name).await?;
+
+    let status = rr.status.clone().context("status")?;
+    let approval = status
+        .approval
+        .context("the policy's verdict is recorded")?;
+    assert!(approval.required, "{approval:?}");
+    assert_eq!(approval.reasons, ["StatefulSet target"]);
+    assert!(approval.expires_at.is_some() && approval.decision.is_none());
+    let analysis = status
+        .analysis
+        .context("the analysis is recorded before approval")?;
+    assert_eq!(
+        (analysis.decided_by.as_str(), analysis.action.as_str()),
+        ("rules", "scale_statefulset")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        replicas(&admin, &t).await?,
+        Some(1),
+        "nothing runs before approval"
+    );
+
+    let api = Api::<RemediationRequest>::namespaced(admin.clone(), &t.namespace);
+    let patch = json!({"metadata": {"annotations": {
+        "kubernaut.io/approval": "approved", "kubernaut.io/approved-by": "alice@example.com"}}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let rr = terminal_request(&admin, &t.namespace, &name, TIMEOUT).await?;
+    assert_eq!(
+        phases(&rr)[..4],
+        [
+            Phase::Processing,
+            Phase::Analyzing,
+            Phase::AwaitingApproval,
+            Phase::Executing
+        ]
+    );
+    let approval = rr.status.and_then(|s| s.approval).context("approval")?;
+    assert_eq!(approval.decision.as_deref(), Some("approved"));
+    assert_eq!(approval.decided_by.as_deref(), Some("alice@example.com"));
+    assert_eq!(replicas(&admin, &t).await?, Some(2));
+    assert!(
+        metric(
+            &running,
+            "kubernaut_controller_approval_decisions_total{reason=\"required\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    running.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approval_endpoint_authenticates_authorises_and_records_who_decided()
+-> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let t = production_statefulset(&admin, "gate-http").await?;
+    let running = control_plane(stack, &t.namespace, &[], rules()).await?;
+    let name = create_request(&admin, "DbLagging", &t, false).await?;
+    awaiting(&admin, &t, &name).await?;
+    let url = format!(
+        "http://{}/api/v1/remediations/{}/{name}/approval",
+        running.gateway_addr, t.namespace
+    );
+    let body = json!({"decision": "approved"}).to_string();
+
+    let r = post_as(&url, "application/json", body.clone(), None).await?;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = post_as(&url, "application/json", body.clone(), Some("not-a-token")).await?;
+    assert_eq!(r.status, 401, "{r:?}");
+    let nobody = service_account_token(&admin, &t.namespace, "nobody").await?;
+    let r = post_as(&url, "application/json", body.clone(), Some(&nobody)).await?;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.text.contains("system:serviceaccount:") && r.text.contains("approve"),
+        "{r:?}"
+    );
+
+    let oncall = service_account_token(&admin, &t.namespace, "oncall").await?;
+    Api::<RoleBinding>::namespaced(admin.clone(), &t.namespace)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "oncall-approves"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubernaut-approver"},
+                "subjects": [{"kind": "ServiceAccount", "name": "oncall", "namespace": t.namespace}]}))?,
+        )
+        .await?;
+    let bad = post_as(
+        &url,
+        "application/json",
+        r#"{"decision": "maybe"}"#,
+        Some(&oncall),
+    )
+    .await?;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    let r = eventually(
+        "RBAC to allow the approval",
+        Duration::from_secs(30),
+        || async {
+            let r = post_as(&url, "application/json", body.clone(), Some(&oncall)).await?;
+            Ok((r.status == 200).then_some(r))
+        },
+    )
+    .await?;
+    let who = format!("system:serviceaccount:{}:oncall", t.namespace);
+    assert!(r.text.contains(&who), "{r:?}");
+
+    let rr = terminal_request(&admin, &t.namespace, &name, TIMEOUT).await?;
+    let approval = rr.status.and_then(|s| s.approval).context("approval")?;
+    assert_eq!(approval.decided_by.as_deref(), Some(who.as_str()));
+    assert_eq!(replicas(&admin, &t).await?, Some(2));
+    let again = post_as(&url, "application/json", body, Some(&oncall)).await?;
+    assert_eq!(again.status, 409, "{again:?}");
+    running.shutdown().await
+}
