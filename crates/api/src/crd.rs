@@ -287,6 +287,8 @@ pub struct AnalysisStatus {
     #[schemars(transform = no_schema_default)]
     pub reason: String,
     /// The rule that matched, by its signal name; empty when the LLM decided.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_schema_default)]
     pub rule: String,
     /// The LLM's diagnosis (K-AI-3).
     #[serde(default, skip_serializing_if = "String::is_empty")]
