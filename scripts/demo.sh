@@ -2,8 +2,9 @@
 # The main job: the local stack, `kubernaut serve` with config/dev.yaml (as
 # the ServiceAccount deploy/ defines), a demo namespace with a few
 # Deployments, a small alert storm (firsts, re-deliveries, a burst, a
-# resolution, an out-of-scope alert, an alert whose rule is a two-step
-# workflow), then the requests, their phases and the workflow's steps.
+# resolution, an out-of-scope alert, an alert the local LLM analyses, a
+# production StatefulSet alert that waits for approval), then the requests,
+# which path analysed each, the approval by annotation, and the steps.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -14,6 +15,8 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 bash scripts/stack.sh up
 eval "$(bash scripts/stack.sh env)"
 CONTROLLER_KUBECONFIG=$(bash scripts/controller-kubeconfig.sh)
+say "the local LLM (llama.cpp's server, Gemma 3 270M; the first run builds it, then it is cached)"
+eval "$(bash scripts/llm.sh up)"
 
 say "building kubernaut"
 cargo build -q -p kubernaut
@@ -28,14 +31,35 @@ for d in cart:3 checkout:2 payments:2 search:1; do
   kubectl -n kubernaut-demo create deployment "${d%%:*}" --image=registry.local/"${d%%:*}":1.0 --replicas="${d##*:}" >/dev/null
 done
 kubectl -n demo-unmanaged create deployment legacy --image=registry.local/legacy:1.0 >/dev/null
+kubectl delete namespace kubernaut-prod --ignore-not-found --wait=true >/dev/null
+kubectl create namespace kubernaut-prod >/dev/null
+kubectl label namespace kubernaut-prod kubernaut.io/managed=true kubernaut.io/environment=production >/dev/null
+kubectl -n kubernaut-prod apply -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 1
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: db, image: registry.local/db:1.0}]}
+YAML
 for _ in $(seq 100); do
-  [ "$(kubectl get pods -A -l 'app in (cart,checkout,payments,search,legacy)' --no-headers 2>/dev/null | wc -l)" -ge 9 ] && break
+  [ "$(kubectl get pods -A -l 'app in (cart,checkout,payments,search,legacy,db)' --no-headers 2>/dev/null | wc -l)" -ge 10 ] && break
   sleep 0.2
 done
 kubectl -n kubernaut-demo get pods
 
 say "starting kubernaut serve --config config/dev.yaml (logs: $S/kubernaut.log)"
-KUBECONFIG="$CONTROLLER_KUBECONFIG" DATABASE_URL="$DATABASE_URL" REDIS_URL="$REDIS_URL" "$BIN" serve --config config/dev.yaml >"$S/kubernaut.log" 2>&1 &
+# The LLM analyses HighErrorRate; the other alerts go to the rules.
+KUBECONFIG="$CONTROLLER_KUBECONFIG" DATABASE_URL="$DATABASE_URL" REDIS_URL="$REDIS_URL" \
+  KUBERNAUT__ANALYSIS__LLM__ENABLED=true KUBERNAUT__ANALYSIS__LLM__BASE_URL="$LLM_URL" \
+  KUBERNAUT__ANALYSIS__LLM__MODEL="$LLM_MODEL" KUBERNAUT__ANALYSIS__LLM__SCHEMA_MODE=jsonObjectSchema \
+  KUBERNAUT__ANALYSIS__LLM__FOLD_SYSTEM_PROMPT=true KUBERNAUT__ANALYSIS__LLM__MAX_TOKENS=400 \
+  KUBERNAUT__ANALYSIS__LLM__SIGNALS='[HighErrorRate]' \
+  "$BIN" serve --config config/dev.yaml >"$S/kubernaut.log" 2>&1 &
 KPID=$!
 trap 'kill $KPID 2>/dev/null || true; wait $KPID 2>/dev/null || true' EXIT
 for _ in $(seq 150); do curl -sf http://127.0.0.1:9090/readyz >/dev/null && break; sleep 0.2; done
@@ -60,7 +84,7 @@ fire() { # label, alerts...
 T0=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 CART0=$(pod kubernaut-demo cart 0); CART1=$(pod kubernaut-demo cart 1)
 CHECKOUT0=$(pod kubernaut-demo checkout 0); PAY0=$(pod kubernaut-demo payments 0)
-SEARCH0=$(pod kubernaut-demo search 0)
+SEARCH0=$(pod kubernaut-demo search 0); DB0=$(pod kubernaut-prod db 0)
 LEGACY0=$(pod demo-unmanaged legacy 0)
 
 say "the alert storm"
@@ -71,7 +95,8 @@ fire "checkout + payments in one batch (207)" \
   "$(alert kubernaut-demo "$CHECKOUT0" KubePodCrashLooping firing "$T0")" \
   "$(alert kubernaut-demo "$PAY0" KubeDeploymentReplicasMismatch firing "$T0")"
 fire "payments resolved (recorded on its request)" "$(alert kubernaut-demo "$PAY0" KubeDeploymentReplicasMismatch resolved "$T0")"
-fire "search error rate (a two-step workflow)" "$(alert kubernaut-demo "$SEARCH0" HighErrorRate firing "$T0")"
+fire "search error rate (analysed by the LLM)" "$(alert kubernaut-demo "$SEARCH0" HighErrorRate firing "$T0")"
+fire "production db replication lag (approval)" "$(alert kubernaut-prod "$DB0" DatabaseReplicationLag firing "$T0")"
 fire "legacy (namespace not opted in)" "$(alert demo-unmanaged "$LEGACY0" KubePodCrashLooping firing "$T0")"
 printf '%-46s ' "burst: checkout re-delivered 20x at once"
 # In a subshell, so that `wait` waits for the curls and not for kubernaut.
@@ -85,21 +110,31 @@ printf '%-46s ' "no bearer token"
 curl -s -w ' [HTTP %{http_code}]\n' -H 'content-type: application/json' --data '{}' \
   http://127.0.0.1:8080/api/v1/signals/alertmanager | cut -c1-140
 
-say "waiting for the requests to finish"
-for _ in $(seq 150); do
-  open=$(kubectl get rr -A -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -cvE '^(Completed|Failed|Skipped|TimedOut|Cancelled)$' || true)
-  [ "$open" -eq 0 ] && break
-  sleep 0.2
-done
+say "waiting for the requests to finish (or to wait for approval)"
+settled() { kubectl get rr -A -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -cvE '^(Completed|Failed|Skipped|TimedOut|Cancelled|AwaitingApproval)$' || true; }
+for _ in $(seq 240); do [ "$(settled)" -eq 0 ] && break; sleep 0.5; done
 
-say "kubectl get rr -A"
-kubectl get rr -A
-say "the workflow: collect_diagnostics, then rollout_restart (steps in status.execution.steps)"
-kubectl get rr -A -o jsonpath='{range .items[?(@.spec.signalName=="HighErrorRate")]}{.metadata.name}{": "}{.status.phase}{" — "}{range .status.execution.steps[*]}{.id}{" ("}{.action}{") "}{.phase}{"; "}{end}{"\n"}{end}'
-kubectl -n kubernaut-demo get deployment search -o jsonpath='search pod template restartedAt: {.spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt}{"\n"}'
+say "kubectl get rr -n kubernaut-demo; kubectl get rr -n kubernaut-prod"
+kubectl get rr -n kubernaut-demo; kubectl get rr -n kubernaut-prod
+say "which path analysed each request (status.analysis: decidedBy, reason)"
+kubectl get rr -n kubernaut-demo -o jsonpath='{range .items[?(@.status.analysis)]}{.spec.signalName}{" on "}{.spec.target.name}{": "}{.status.analysis.decidedBy}{" - "}{.status.analysis.reason}{" ["}{.status.analysis.action}{"]\n"}{end}'
+kubectl get rr -n kubernaut-prod -o jsonpath='{range .items[?(@.status.analysis)]}{.spec.signalName}{" on "}{.spec.target.name}{": "}{.status.analysis.decidedBy}{" - "}{.status.analysis.reason}{" ["}{.status.analysis.action}{"]\n"}{end}'
+kubectl get rr -n kubernaut-demo -o jsonpath='{range .items[?(@.status.analysis.decidedBy=="llm")]}LLM diagnosis: {.status.analysis.rootCause} (confidence {.status.analysis.confidence}){"\n"}{end}'
+
+say "the production request waits for approval"
+PROD=$(kubectl -n kubernaut-prod get rr -o jsonpath='{.items[0].metadata.name}')
+kubectl -n kubernaut-prod get rr "$PROD" -o jsonpath='{.metadata.name}: {.status.phase} - {.status.message}{"\n"}'
+say "kubectl annotate rr $PROD kubernaut.io/approval=approved kubernaut.io/approved-by=demo-oncall"
+kubectl -n kubernaut-prod annotate rr "$PROD" kubernaut.io/approval=approved kubernaut.io/approved-by=demo-oncall >/dev/null
+for _ in $(seq 120); do
+  case "$(kubectl -n kubernaut-prod get rr "$PROD" -o jsonpath='{.status.phase}')" in Completed|Failed|TimedOut|Cancelled) break ;; esac
+  sleep 0.5
+done
+kubectl -n kubernaut-prod get rr "$PROD" -o jsonpath='{range .status.phaseHistory[*]}{.phase}{" ("}{.reason}{") "}{end}{"\n"}approved by {.status.approval.decidedBy}{"\n"}'
+kubectl -n kubernaut-prod get statefulset db -o jsonpath='db replicas now {.spec.replicas}{"\n"}'
 say "pods after remediation (crash-looping pods were replaced)"
 kubectl -n kubernaut-demo get pods
 say "gateway and controller metrics"
-curl -s http://127.0.0.1:9090/metrics | grep -E '^kubernaut_(gateway_signals_total|controller_actions_total|controller_phase_transitions_total\{from="Verifying")' || true
+curl -s http://127.0.0.1:9090/metrics | grep -E '^kubernaut_(gateway_signals_total|controller_actions_total|controller_phase_transitions_total\{from="Verifying")|controller_(analyses|llm_calls|llm_tokens|approval_decisions)_total)' || true
 echo
 echo "The stack keeps running: \`eval \"\$(scripts/stack.sh env)\"\` to use kubectl; \`make stack-down\` stops it."

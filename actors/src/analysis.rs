@@ -58,6 +58,9 @@ pub struct AnalysisSettings {
     pub max_actions: usize,
     /// Past actions shown per alert and target kind.
     pub history_limit: i64,
+    /// The signals the LLM analyses; empty: all. For rolling an LLM out
+    /// one alert at a time.
+    pub llm_signals: Vec<String>,
 }
 
 impl Default for AnalysisSettings {
@@ -67,6 +70,7 @@ impl Default for AnalysisSettings {
             prompt_max_chars: 6000,
             max_actions: 3,
             history_limit: 10,
+            llm_signals: Vec::new(),
         }
     }
 }
@@ -155,6 +159,13 @@ pub async fn analyze(
         return fallback("no LLM is configured".into(), "disabled", 0);
     };
     let settings = &ctx.analyst.settings;
+    if !settings.llm_signals.is_empty() && !settings.llm_signals.contains(&spec.signal_name) {
+        return fallback(
+            format!("the LLM analyses {} only", settings.llm_signals.join(", ")),
+            "disabled",
+            0,
+        );
+    }
     let facts = Facts::gather(ctx, spec).await;
     let bounds = &ctx.settings.executor.bounds;
     let offered = offer(&facts.objects, &facts.containers, bounds);

@@ -48,6 +48,9 @@ pub struct Analysis {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Llm {
     pub enabled: bool,
+    /// The signals the LLM analyses; empty: all.
+    #[serde(default)]
+    pub signals: Vec<String>,
     /// `openai` (any OpenAI-compatible server) or `holmesgpt`.
     pub provider: String,
     pub base_url: String,
@@ -87,6 +90,7 @@ impl Analysis {
             max_attempts: self.max_attempts,
             prompt_max_chars: self.prompt_max_chars,
             max_actions: self.max_actions,
+            llm_signals: self.llm.signals.clone(),
             ..Default::default()
         };
         let l = &self.llm;
