@@ -44,20 +44,6 @@ impl ApprovalPolicy {
         Ok(Self { engine })
     }
 
-    pub fn default_policy() -> Self {
-        // The embedded policy is parsed by a unit test; failing here would
-        // be a build defect. Fall back to a policy that requires approval
-        // for everything rather than panic.
-        Self::new("approval.rego", DEFAULT_POLICY).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "the built-in approval policy does not parse");
-            Self::new(
-                "fallback.rego",
-                "package kubernaut.approval\nrequired := true\nreasons := {\"the built-in policy does not parse\"}",
-            )
-            .unwrap_or_else(|_| Self { engine: regorus::Engine::new() })
-        })
-    }
-
     /// Evaluates the policy for `input` (see `config/approval.rego`).
     pub fn evaluate(&self, input: &Value) -> Verdict {
         match self.try_evaluate(input) {

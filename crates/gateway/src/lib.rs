@@ -152,16 +152,7 @@ async fn approval(
             .into_response();
         }
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    let Some(token) = token else {
+    let Some(token) = protect::bearer_token(&headers) else {
         return approval_problem(ApprovalError::Unauthenticated);
     };
     match desk.decide(token, &namespace, &name, approved).await {

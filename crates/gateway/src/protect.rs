@@ -77,6 +77,19 @@ impl ProtectionConfig {
     }
 }
 
+/// The request's bearer token, if it carries a non-empty one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// Why a request was refused before its payload was read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -150,16 +163,7 @@ impl Protection {
         if !self.config.auth_enabled {
             return Ok("anonymous".into());
         }
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(Refusal::MissingToken)?;
+        let token = bearer_token(headers).ok_or(Refusal::MissingToken)?;
         let digest = sha256_hex(token);
         if let Some(i) = self.static_digests.get(&digest) {
             return Ok(format!("static-token-{i}"));

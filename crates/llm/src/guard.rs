@@ -10,7 +10,7 @@
 //! keeps its tests free of sleeps.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -146,10 +146,7 @@ impl Guarded {
     }
 
     pub fn breaker_state(&self) -> BreakerState {
-        self.breaker
-            .lock()
-            .map(|b| b.state())
-            .unwrap_or(BreakerState::Open)
+        self.breaker().state()
     }
 
     /// One call through the breaker and the limits.
@@ -160,7 +157,8 @@ impl Guarded {
         name: &str,
         schema: &Value,
     ) -> Result<Answer, LlmError> {
-        self.with_breaker(|b| b.allow(Instant::now()))
+        self.breaker()
+            .allow(Instant::now())
             .map_err(LlmError::CircuitOpen)?;
         let wait = self.limits.max_wait;
         let _slot = tokio::time::timeout(wait, self.slots.acquire())
@@ -173,34 +171,16 @@ impl Guarded {
             .map_err(|_| LlmError::RateLimited(wait))?;
         let result = self.provider.structured(system, user, name, schema).await;
         match &result {
-            Err(e) if e.is_provider_failure() => {
-                self.with_breaker(|b| {
-                    b.failure(Instant::now());
-                    Ok(())
-                })
-                .ok();
-            }
-            _ => {
-                self.with_breaker(|b| {
-                    b.success();
-                    Ok(())
-                })
-                .ok();
-            }
+            Err(e) if e.is_provider_failure() => self.breaker().failure(Instant::now()),
+            _ => self.breaker().success(),
         }
         result
     }
 
-    fn with_breaker(
-        &self,
-        f: impl FnOnce(&mut Breaker) -> Result<(), Duration>,
-    ) -> Result<(), Duration> {
-        match self.breaker.lock() {
-            Ok(mut b) => f(&mut b),
-            // A panic while holding this lock cannot leave it inconsistent
-            // (every update is one assignment); go on with its state.
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+    /// A panic while holding this lock cannot leave the breaker
+    /// inconsistent (every update is one assignment): go on with its state.
+    fn breaker(&self) -> MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -10,12 +10,12 @@
 //! recorded request/response fixtures that follow its documented schema
 //! (`tests/fixtures/holmes/`), not against a running HolmesGPT.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::{Answer, LlmError, Usage, http_client, json_output, transport, truncate};
+use crate::{Answer, LlmError, Usage, http_client, json_output, send, truncate};
 
 /// How the API key is sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -66,22 +66,12 @@ impl HolmesClient {
                 HolmesAuth::ApiKey => req.header("X-API-Key", key),
             };
         }
-        let started = Instant::now();
-        let timeout = self.config.timeout;
-        let resp = req.send().await.map_err(|e| transport(e, timeout))?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| transport(e, timeout))?;
-        if !status.is_success() {
-            return Err(LlmError::Status {
-                status: status.as_u16(),
-                body: truncate(&text, 500),
-            });
-        }
+        let (text, latency) = send(req, self.config.timeout).await?;
         let (output, usage) = parse_chat(&text)?;
         Ok(Answer {
             output,
             usage,
-            latency: started.elapsed(),
+            latency,
         })
     }
 }

@@ -144,6 +144,26 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client, LlmError> {
         .map_err(|e| LlmError::Unreachable(format!("cannot build the HTTP client: {e}")))
 }
 
+/// Sends `req` and reads the answer's body: the text of a 2xx answer and
+/// how long it took, or the error. A client's timeout covers the whole
+/// call, so `timeout` names it in a timeout error.
+async fn send(
+    req: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<(String, Duration), LlmError> {
+    let started = std::time::Instant::now();
+    let resp = req.send().await.map_err(|e| transport(e, timeout))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| transport(e, timeout))?;
+    if !status.is_success() {
+        return Err(LlmError::Status {
+            status: status.as_u16(),
+            body: truncate(&text, 500),
+        });
+    }
+    Ok((text, started.elapsed()))
+}
+
 /// What a failed send or read means.
 fn transport(e: reqwest::Error, timeout: Duration) -> LlmError {
     if e.is_timeout() {

@@ -4,12 +4,12 @@
 //! answers 500 to `json_schema`), or plain `json_object` with the schema in
 //! the prompt, validated afterwards.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{Answer, LlmError, SchemaMode, Usage, http_client, json_output, transport, truncate};
+use crate::{Answer, LlmError, SchemaMode, Usage, http_client, json_output, send, truncate};
 
 #[derive(Clone, Debug)]
 pub struct OpenAiConfig {
@@ -57,26 +57,13 @@ impl OpenAiClient {
         if let Some(key) = &self.config.api_key {
             req = req.bearer_auth(key);
         }
-        let started = Instant::now();
-        let resp = req.send().await.map_err(|e| self.transport(e))?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| self.transport(e))?;
-        if !status.is_success() {
-            return Err(LlmError::Status {
-                status: status.as_u16(),
-                body: truncate(&text, 500),
-            });
-        }
+        let (text, latency) = send(req, self.config.timeout).await?;
         let (output, usage) = parse_completion(&text)?;
         Ok(Answer {
             output,
             usage,
-            latency: started.elapsed(),
+            latency,
         })
-    }
-
-    fn transport(&self, e: reqwest::Error) -> LlmError {
-        transport(e, self.config.timeout)
     }
 }
 
