@@ -78,6 +78,30 @@ fn the_controller_dashboard_uses_only_metrics_the_controller_exposes() {
             reason: "unconfirmed",
         })
         .inc();
+    let provider = "openai";
+    m.llm_calls
+        .get_or_create(&LlmLabels {
+            provider,
+            outcome: "ok",
+        })
+        .inc();
+    m.llm_seconds
+        .get_or_create(&ProviderLabels { provider })
+        .observe(1.0);
+    m.llm_tokens
+        .get_or_create(&TokenLabels {
+            provider,
+            kind: "prompt",
+        })
+        .inc();
+    m.llm_breaker
+        .get_or_create(&ProviderLabels { provider })
+        .set(0);
+    m.analyses.get_or_create(&PathLabels { path: "llm" }).inc();
+    let reason = "timeout";
+    m.fallbacks.get_or_create(&ReasonLabels { reason }).inc();
+    let reason = "required";
+    m.approvals.get_or_create(&ReasonLabels { reason }).inc();
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
     let exposed: Vec<&str> = text
