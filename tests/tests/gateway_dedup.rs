@@ -255,3 +255,25 @@ async fn after_a_request_ends_redeliveries_stay_duplicates_and_new_firings_open_
     assert_eq!(occurrences(ended), 4);
     Ok(())
 }
+
+/// A replica's concurrent signals share its name: its own unexpired
+/// fingerprint claim stops the second, as anyone else's would (unlike a
+/// request's target lock, which the request's adopter takes back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_does_not_claim_a_fingerprint_it_already_holds() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let cluster = kubernaut_e2e::controller_cluster(stack).await?;
+    let fp = kubernaut_e2e::unique("fp-own");
+    let ttl = std::time::Duration::from_secs(30);
+    let first = cluster.claim_fingerprint(&fp, "gateway-a", ttl).await?;
+    let first = first.context("the first claim is taken")?;
+    let second = cluster.claim_fingerprint(&fp, "gateway-a", ttl).await?;
+    assert!(
+        second.is_none(),
+        "the same replica claimed the fingerprint twice"
+    );
+    first.release().await;
+    let again = cluster.claim_fingerprint(&fp, "gateway-a", ttl).await?;
+    assert!(again.is_some(), "released, it can be claimed again");
+    Ok(())
+}

@@ -28,25 +28,40 @@ pub struct LeaseClaim {
 }
 
 impl Cluster {
-    /// Tries to claim `fingerprint` for `holder`; `None` while someone else
-    /// holds an unexpired claim.
+    /// Tries to claim `fingerprint` for `holder`, a gateway replica; `None`
+    /// while anyone, this replica included, holds an unexpired claim: the
+    /// replica's concurrent signals share its name, and only one of them
+    /// may create the request.
     pub async fn claim_fingerprint(
         &self,
         fingerprint: &str,
         holder: &str,
         duration: Duration,
     ) -> Result<Option<LeaseClaim>> {
-        self.claim_lease(&format!("kubernaut-claim-{fingerprint}"), holder, duration)
-            .await
+        let name = format!("kubernaut-claim-{fingerprint}");
+        self.claim(&name, holder, duration, Own::Wait).await
     }
 
-    /// Tries to take the Lease `name` in the lease namespace for `holder`;
-    /// `None` while someone else holds it unexpired.
+    /// Tries to take the Lease `name` in the lease namespace for `holder`,
+    /// a request (one supervisor at a time acts for it); `None` while
+    /// someone else holds it unexpired. The holder's own unexpired Lease is
+    /// taken back: it was left by a process that died, and the replica that
+    /// adopted the request continues its work.
     pub async fn claim_lease(
         &self,
         name: &str,
         holder: &str,
         duration: Duration,
+    ) -> Result<Option<LeaseClaim>> {
+        self.claim(name, holder, duration, Own::Reclaim).await
+    }
+
+    async fn claim(
+        &self,
+        name: &str,
+        holder: &str,
+        duration: Duration,
+        own: Own,
     ) -> Result<Option<LeaseClaim>> {
         let api: Api<Lease> =
             Api::namespaced(self.client().clone(), &self.config().lease_namespace);
@@ -79,17 +94,16 @@ impl Cluster {
             Err(e) => return Err(e),
         }
         // Someone holds it; take it over only if it has expired, or if it
-        // is this holder's own claim left by a process that died (a
-        // request's target lock is held in the request's name, and the
-        // replica that adopted the request continues its work).
+        // is this holder's own and the holder may reclaim it.
         let Some(current) = bounded(api.get_opt(&name)).await? else {
             return Ok(None); // released just now: the caller retries
         };
-        let ours = current
-            .spec
-            .as_ref()
-            .and_then(|s| s.holder_identity.as_deref())
-            == Some(holder);
+        let ours = own == Own::Reclaim
+            && current
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                == Some(holder);
         if !ours && !expired(&current, now) {
             return Ok(None);
         }
@@ -109,6 +123,15 @@ impl Cluster {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What an unexpired Lease of the same holder means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Own {
+    /// The holder is one actor at a time: its Lease is its own to take back.
+    Reclaim,
+    /// The holder acts concurrently: its Lease is another task's.
+    Wait,
 }
 
 fn expired(lease: &Lease, now: Timestamp) -> bool {
