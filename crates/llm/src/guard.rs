@@ -229,4 +229,62 @@ mod tests {
         assert!(b.allow(t0 + cooldown).is_err());
         assert_eq!(b.allow(t0 + cooldown * 2), Ok(()));
     }
+
+    fn guarded(url: String, limits: Limits) -> Guarded {
+        let client = crate::OpenAiClient::new(crate::OpenAiConfig {
+            base_url: url,
+            model: "m".into(),
+            api_key: None,
+            timeout: Duration::from_secs(5),
+            schema_mode: crate::SchemaMode::JsonObjectSchema,
+            max_tokens: 10,
+            fold_system_prompt: false,
+        })
+        .unwrap();
+        Guarded::new(Provider::OpenAi(client), limits)
+    }
+
+    fn limits(concurrency: usize, per_minute: u32) -> Limits {
+        Limits {
+            concurrency,
+            per_minute,
+            burst: 1,
+            breaker_failures: 100,
+            breaker_cooldown: Duration::from_secs(60),
+            max_wait: Duration::from_millis(200),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_waits_for_a_slot_at_most_max_wait() {
+        // A server that accepts and never answers holds the only slot.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", silent.local_addr().unwrap());
+        let g = std::sync::Arc::new(guarded(url, limits(1, 1000)));
+        let first = {
+            let g = g.clone();
+            tokio::spawn(async move { g.structured("s", "u", "n", &serde_json::json!({})).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = g.structured("s", "u", "n", &serde_json::json!({})).await;
+        assert!(matches!(second, Err(LlmError::Busy(1))), "{second:?}");
+        first.abort();
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn calls_beyond_the_rate_limit_give_up_after_max_wait() {
+        // Nothing listens: each call fails fast, so only the limit waits.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", closed.local_addr().unwrap());
+        drop(closed);
+        let g = guarded(url, limits(4, 1));
+        let first = g.structured("s", "u", "n", &serde_json::json!({})).await;
+        assert!(matches!(first, Err(LlmError::Unreachable(_))), "{first:?}");
+        let second = g.structured("s", "u", "n", &serde_json::json!({})).await;
+        assert!(
+            matches!(second, Err(LlmError::RateLimited(_))),
+            "{second:?}"
+        );
+    }
 }
