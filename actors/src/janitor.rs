@@ -14,6 +14,8 @@
 //! requests rendezvous hashing gives it, so replicas never race to delete
 //! one request; a request of a dead replica moves with the membership.
 //! Deletes name the uid and resourceVersion the decision was made on.
+//! A sweep runs as a task that reports back, so the janitor takes the
+//! registry's messages while PostgreSQL or the API server is slow.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::Context;
 use crate::mailbox::{Addr, Envelope, Inbox};
 use crate::metrics::{ActorKind, ReasonLabels};
+use crate::tasks::{Task, Timers};
 
 /// At most this many deletions per sweep, so a backlog (after an outage of
 /// PostgreSQL, or a first start) does not flood the API server; the next
@@ -85,6 +88,18 @@ pub enum Msg {
     Gone(Key),
     Members(Vec<String>),
     Sweep,
+    /// A sweep's task finished.
+    Swept(Swept),
+}
+
+/// What a sweep did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Found in the audit trail, or backfilled.
+    audited: Vec<Key>,
+    deleted: Vec<Key>,
+    /// More was due than one batch took.
+    more: bool,
 }
 
 pub struct Janitor;
@@ -96,12 +111,22 @@ pub struct State {
     me: Addr<Msg>,
     ended: HashMap<Key, Ended>,
     members: Option<Vec<String>>,
+    timers: Timers,
+    /// The sweep under way: the janitor goes on taking messages meanwhile.
+    sweeping: Option<Task>,
 }
 
-pub async fn start(ctx: Arc<Context>) -> Result<Addr<Msg>, ractor::SpawnErr> {
+pub async fn start(
+    ctx: Arc<Context>,
+    parent: Option<ractor::ActorCell>,
+) -> Result<(Addr<Msg>, ractor::ActorCell), ractor::SpawnErr> {
     let inbox = Inbox::new(&ctx.metrics, ActorKind::janitor);
-    let (actor, _) = Actor::spawn(None, Janitor, (ctx, inbox.clone())).await?;
-    Ok(inbox.addr(actor))
+    let (actor, _) = match parent {
+        Some(p) => Actor::spawn_linked(None, Janitor, (ctx, inbox.clone()), p).await?,
+        None => Actor::spawn(None, Janitor, (ctx, inbox.clone())).await?,
+    };
+    let cell = actor.get_cell();
+    Ok((inbox.addr(actor), cell))
 }
 
 impl Actor for Janitor {
@@ -116,7 +141,8 @@ impl Actor for Janitor {
     ) -> Result<State, ActorProcessingErr> {
         let live = inbox.started();
         let me = inbox.addr(myself);
-        me.tell_after(ctx.settings.janitor_interval, Msg::Sweep);
+        let mut timers = Timers::default();
+        timers.after(&me, ctx.settings.janitor_interval, Msg::Sweep);
         Ok(State {
             ctx,
             me,
@@ -124,6 +150,8 @@ impl Actor for Janitor {
             _live: live,
             ended: HashMap::new(),
             members: None,
+            timers,
+            sweeping: None,
         })
     }
 
@@ -146,13 +174,39 @@ impl Actor for Janitor {
             }
             Msg::Members(m) => st.members = Some(m),
             Msg::Sweep => {
-                let more = sweep(st).await;
-                let next = if more {
+                if st.sweeping.as_ref().is_some_and(|t| !t.is_finished()) {
+                    return Ok(());
+                }
+                let grace = SignedDuration::try_from(st.ctx.settings.audit_grace).ok();
+                let now = Timestamp::now();
+                let unchecked = grace.map_or_else(Vec::new, |grace| {
+                    mine(st, |e| {
+                        !e.audited && e.completed.checked_add(grace).is_ok_and(|t| t <= now)
+                    })
+                });
+                let due = mine(st, |e| e.expires <= now);
+                let (ctx, me) = (st.ctx.clone(), st.me.clone());
+                st.sweeping = Some(Task::spawn(async move {
+                    let swept = sweep(&ctx, unchecked, due).await;
+                    me.tell(Msg::Swept(swept));
+                }));
+            }
+            Msg::Swept(swept) => {
+                st.sweeping = None;
+                for key in &swept.audited {
+                    if let Some(known) = st.ended.get_mut(key) {
+                        known.audited = true;
+                    }
+                }
+                for key in &swept.deleted {
+                    st.ended.remove(key);
+                }
+                let next = if swept.more {
                     BACKLOG_PAUSE
                 } else {
                     st.ctx.settings.janitor_interval
                 };
-                st.me.tell_after(next, Msg::Sweep);
+                st.timers.after(&st.me, next, Msg::Sweep);
             }
         }
         Ok(())
@@ -180,27 +234,24 @@ fn mine(st: &State, select: impl Fn(&Ended) -> bool) -> Vec<(Key, Ended)> {
 }
 
 /// Rebuilds the audit records of requests that ended `audit_grace` ago
-/// and whose final record is not in PostgreSQL. `Err` when PostgreSQL
-/// cannot answer.
-async fn backfill(st: &mut State) -> Result<(), kubernaut_store::Error> {
-    let Ok(grace) = SignedDuration::try_from(st.ctx.settings.audit_grace) else {
-        return Ok(());
-    };
-    let now = Timestamp::now();
-    let unchecked = mine(st, |e| {
-        !e.audited && e.completed.checked_add(grace).is_ok_and(|t| t <= now)
-    });
+/// and whose final record is not in PostgreSQL; the keys found or
+/// rebuilt. `Err` when PostgreSQL cannot answer.
+async fn backfill(
+    ctx: &Context,
+    unchecked: Vec<(Key, Ended)>,
+) -> Result<Vec<Key>, kubernaut_store::Error> {
+    let mut audited = Vec::new();
     for (key, e) in unchecked.into_iter().take(SWEEP_BATCH) {
-        if !st.ctx.audit.confirmed(&e.uid, e.phase.as_str()).await? {
-            match st.ctx.cluster.get_request(&key.0, &key.1).await {
+        if !ctx.audit.confirmed(&e.uid, e.phase.as_str()).await? {
+            match ctx.cluster.get_request(&key.0, &key.1).await {
                 Ok(Some(rr)) if rr.metadata.uid.as_deref() == Some(e.uid.as_str()) => {
                     tracing::warn!(namespace = %key.0, name = %key.1, "the audit trail lacks the request's final record; rebuilding it from the status");
                     for record in crate::backfill::records(&rr) {
-                        if st.ctx.audit.record(record).await.is_err() {
-                            return Ok(());
+                        if ctx.audit.record(record).await.is_err() {
+                            return Ok(audited);
                         }
                     }
-                    st.ctx.metrics.audit_backfilled.inc();
+                    ctx.metrics.audit_backfilled.inc();
                 }
                 Ok(_) => {}
                 Err(err) => {
@@ -209,33 +260,31 @@ async fn backfill(st: &mut State) -> Result<(), kubernaut_store::Error> {
                 }
             }
         }
-        if let Some(known) = st.ended.get_mut(&key) {
-            known.audited = true;
-        }
+        audited.push(key);
     }
-    Ok(())
+    Ok(audited)
 }
 
-/// Backfills the audit trail, then deletes what is due and confirmed;
-/// `true` when more is due than one batch took.
-async fn sweep(st: &mut State) -> bool {
-    let metrics = st.ctx.metrics.clone();
+/// Backfills the audit trail, then deletes what is due and confirmed.
+async fn sweep(ctx: &Context, unchecked: Vec<(Key, Ended)>, due: Vec<(Key, Ended)>) -> Swept {
     let deferred = |reason| {
-        metrics
+        ctx.metrics
             .retention_deferred
             .get_or_create(&ReasonLabels { reason })
             .inc();
     };
-    if let Err(err) = backfill(st).await {
-        tracing::warn!(error = %err, "the audit trail cannot be read; the janitor deletes nothing until it can");
-        deferred("audit_unavailable");
-        return false;
+    let mut swept = Swept::default();
+    match backfill(ctx, unchecked).await {
+        Ok(audited) => swept.audited = audited,
+        Err(err) => {
+            tracing::warn!(error = %err, "the audit trail cannot be read; the janitor deletes nothing until it can");
+            deferred("audit_unavailable");
+            return swept;
+        }
     }
-    let now = Timestamp::now();
-    let due = mine(st, |e| e.expires <= now);
-    let more = due.len() > SWEEP_BATCH;
+    swept.more = due.len() > SWEEP_BATCH;
     for (key, e) in due.into_iter().take(SWEEP_BATCH) {
-        match st.ctx.audit.confirmed(&e.uid, e.phase.as_str()).await {
+        match ctx.audit.confirmed(&e.uid, e.phase.as_str()).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(namespace = %key.0, name = %key.1, phase = %e.phase, "retention expired, but the audit trail does not hold the request's final record yet; keeping it");
@@ -246,19 +295,19 @@ async fn sweep(st: &mut State) -> bool {
                 // PostgreSQL is down: nothing can be confirmed this sweep.
                 tracing::warn!(error = %err, "the audit trail cannot be read; the janitor deletes nothing until it can");
                 deferred("audit_unavailable");
-                return false;
+                swept.more = false;
+                return swept;
             }
         }
-        match st
-            .ctx
+        match ctx
             .cluster
             .delete_request(&key.0, &key.1, &e.uid, &e.resource_version)
             .await
         {
             Ok(_) => {
                 tracing::info!(namespace = %key.0, name = %key.1, phase = %e.phase, "retention expired and audit confirmed; request deleted");
-                st.ctx.metrics.retention_deleted.inc();
-                st.ended.remove(&key);
+                ctx.metrics.retention_deleted.inc();
+                swept.deleted.push(key);
             }
             Err(err) => {
                 // Changed since (a newer version follows from the watch),
@@ -268,5 +317,5 @@ async fn sweep(st: &mut State) -> bool {
             }
         }
     }
-    more
+    swept
 }

@@ -10,16 +10,18 @@
 pub mod analysis;
 pub mod approval;
 pub mod backfill;
+pub mod children;
 pub mod controller;
 pub mod holds;
 pub mod janitor;
 pub mod mailbox;
 pub mod membership;
 pub mod metrics;
-pub mod policy;
 pub mod registry;
+pub mod root;
 pub mod rules;
 pub mod supervisor;
+pub mod tasks;
 pub mod worker;
 pub mod workflow;
 
@@ -29,8 +31,8 @@ use kubernaut_api::Phase;
 use kubernaut_cluster::{Cluster, ExecSettings};
 use kubernaut_store::AuditLog;
 
+pub use children::RestartPolicy;
 pub use metrics::{ActorKind, Metrics};
-pub use policy::RestartPolicy;
 pub use rules::Rule;
 pub use worker::Chaos;
 

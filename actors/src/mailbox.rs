@@ -140,15 +140,6 @@ impl<M: Send + 'static> Addr<M> {
         true
     }
 
-    /// Sends `msg` after `delay` (a timer: it counts as waiting only once sent).
-    pub fn tell_after(&self, delay: Duration, msg: M) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            me.tell(msg);
-        });
-    }
-
     /// Sends the message built around a reply port and waits up to
     /// `timeout` for the answer; `None` without one.
     pub async fn ask<T: Send + 'static>(

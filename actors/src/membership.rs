@@ -17,6 +17,8 @@ use crate::Context;
 use crate::mailbox::{Addr, Envelope, Inbox};
 use crate::metrics::ActorKind;
 use crate::registry::RegistryMsg;
+use crate::root::Route;
+use crate::tasks::{Task, Timers};
 
 /// The member that owns `key`: the one with the highest hash of
 /// (member, key). Stable across processes and builds (SHA-256).
@@ -59,8 +61,14 @@ pub enum Msg {
     Tick,
     /// Look at the members again: a Lease has just expired.
     Check,
+    /// What a renewal or check found: the live members and the first
+    /// Lease to expire, or why they could not be read.
+    Checked(Result<(Vec<String>, Option<Timestamp>), String>),
     /// Delete this replica's Lease (graceful shutdown), then stop.
     Leave(RpcReplyPort<()>),
+    /// Tell the registry the members again, changed or not (it was
+    /// restarted and knows none).
+    Forget,
 }
 
 pub struct State {
@@ -68,24 +76,33 @@ pub struct State {
     inbox: Inbox,
     _live: crate::mailbox::Live,
     me: Addr<Msg>,
-    registry: Addr<RegistryMsg>,
+    registry: Route<RegistryMsg>,
     group: String,
     last: Option<Vec<String>>,
+    timers: Timers,
+    /// The renewal or check under way.
+    busy: Option<Task>,
 }
 
 pub async fn start(
     ctx: Arc<Context>,
-    registry: Addr<RegistryMsg>,
-) -> Result<Addr<Msg>, ractor::SpawnErr> {
+    registry: Route<RegistryMsg>,
+    parent: Option<ractor::ActorCell>,
+) -> Result<(Addr<Msg>, ractor::ActorCell), ractor::SpawnErr> {
     let inbox = Inbox::new(&ctx.metrics, ActorKind::membership);
-    let (actor, _) = Actor::spawn(None, Membership, (ctx, registry, inbox.clone())).await?;
-    Ok(inbox.addr(actor))
+    let args = (ctx, registry, inbox.clone());
+    let (actor, _) = match parent {
+        Some(p) => Actor::spawn_linked(None, Membership, args, p).await?,
+        None => Actor::spawn(None, Membership, args).await?,
+    };
+    let cell = actor.get_cell();
+    Ok((inbox.addr(actor), cell))
 }
 
 impl Actor for Membership {
     type Msg = Envelope<Msg>;
     type State = State;
-    type Arguments = (Arc<Context>, Addr<RegistryMsg>, Inbox);
+    type Arguments = (Arc<Context>, Route<RegistryMsg>, Inbox);
 
     async fn pre_start(
         &self,
@@ -103,6 +120,8 @@ impl Actor for Membership {
             me,
             registry,
             last: None,
+            timers: Timers::default(),
+            busy: None,
         })
     }
 
@@ -116,37 +135,76 @@ impl Actor for Membership {
         let settings = st.ctx.settings.membership.clone();
         match msg {
             Msg::Tick => {
-                let cluster = &st.ctx.cluster;
-                if let Err(e) = cluster
-                    .renew_member(&st.group, &st.ctx.identity, settings.lease_duration)
-                    .await
-                {
-                    // Not renewed for a lease duration, this replica drops
-                    // out of the live set below and gives its requests up.
-                    tracing::warn!(error = %e, "renewing this replica's membership Lease failed");
+                if st.ctx.settings.chaos.strikes(ActorKind::membership) {
+                    return Err("injected fault: the membership actor fails".into());
                 }
-                check(st, settings.renew_every).await;
-                st.me.tell_after(settings.renew_every, Msg::Tick);
+                st.timers.after(&st.me, settings.renew_every, Msg::Tick);
+                st.look(Some(settings.lease_duration));
             }
-            Msg::Check => check(st, settings.renew_every).await,
+            Msg::Check => st.look(None),
+            Msg::Checked(found) => {
+                st.busy = None;
+                checked(st, found, settings.renew_every);
+            }
             Msg::Leave(reply) => {
-                if let Err(e) = st.ctx.cluster.release_member(&st.ctx.identity).await {
-                    tracing::warn!(error = %e, "deleting this replica's membership Lease failed; it expires");
-                }
-                let _ = reply.send(());
-                myself.stop(None);
+                let (ctx, me) = (st.ctx.clone(), myself.clone());
+                // Not a task of the state: it outlives the actor it stops.
+                tokio::spawn(async move {
+                    if let Err(e) = ctx.cluster.release_member(&ctx.identity).await {
+                        tracing::warn!(error = %e, "deleting this replica's membership Lease failed; it expires");
+                    }
+                    let _ = reply.send(());
+                    me.stop(None);
+                });
+                st.busy = None;
+                st.timers = Timers::default();
+            }
+            Msg::Forget => {
+                st.last = None;
+                st.look(None);
             }
         }
         Ok(())
     }
 }
 
-/// Lists the live members and tells the registry when they changed. A
-/// Lease that expires before the next tick gets a check of its own at its
-/// expiry, so a dead replica's requests move within the lease duration,
-/// not up to a renewal interval after it.
-async fn check(st: &mut State, next_tick: Duration) {
-    match st.ctx.cluster.live_members(&st.group).await {
+impl State {
+    /// Renews this replica's Lease (when `renew` names its duration), then
+    /// lists the live members, in a task that reports back. A look still
+    /// under way is left to finish; the next tick looks again.
+    fn look(&mut self, renew: Option<Duration>) {
+        if self.busy.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let (ctx, group, me) = (self.ctx.clone(), self.group.clone(), self.me.clone());
+        self.busy = Some(Task::spawn(async move {
+            let cluster = &ctx.cluster;
+            if let Some(duration) = renew
+                && let Err(e) = cluster.renew_member(&group, &ctx.identity, duration).await
+            {
+                // Not renewed for a lease duration, this replica drops
+                // out of the live set and gives its requests up.
+                tracing::warn!(error = %e, "renewing this replica's membership Lease failed");
+            }
+            let found = cluster
+                .live_members(&group)
+                .await
+                .map_err(|e| e.to_string());
+            me.tell(Msg::Checked(found));
+        }));
+    }
+}
+
+/// Tells the registry when the live members changed. A Lease that expires
+/// before the next tick gets a check of its own at its expiry, so a dead
+/// replica's requests move within the lease duration, not up to a renewal
+/// interval after it.
+fn checked(
+    st: &mut State,
+    found: Result<(Vec<String>, Option<Timestamp>), String>,
+    next_tick: Duration,
+) {
+    match found {
         Ok((live, first_expiry)) => {
             if st.last.as_ref() != Some(&live) {
                 tracing::info!(members = ?live, "live replicas changed");
@@ -157,8 +215,8 @@ async fn check(st: &mut State, next_tick: Duration) {
                 .and_then(|t| Duration::try_from(t.duration_since(Timestamp::now())).ok());
             if let Some(wait) = until_expiry.filter(|w| *w < next_tick) {
                 // Just past the expiry, so that the Lease reads as expired.
-                st.me
-                    .tell_after(wait + Duration::from_millis(50), Msg::Check);
+                st.timers
+                    .after(&st.me, wait + Duration::from_millis(50), Msg::Check);
             }
         }
         Err(e) => tracing::warn!(error = %e, "listing live replicas failed"),

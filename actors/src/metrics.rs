@@ -13,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use kubernaut_api::Phase;
+
 /// The kinds of actor in the tree, one label value each.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -24,8 +26,16 @@ pub enum ActorKind {
     workflow,
     step,
     verification,
+    /// Reads the targets of an approved storm.
+    approval,
+    /// Checks, after a restart, whether interrupted steps took effect.
+    resume,
+    /// Undoes a failed workflow's completed steps.
+    rollback,
     janitor,
     membership,
+    /// The root of the tree.
+    root,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +84,7 @@ pub struct Metrics {
     pub retention_deleted: Counter,
     pub retention_deferred: Family<ReasonLabels, Counter>,
     pub audit_backfilled: Counter,
+    pub audit_dropped: Counter,
     pub llm_calls: Family<LlmLabels, Counter>,
     pub llm_seconds: Family<ProviderLabels, Histogram>,
     pub llm_tokens: Family<TokenLabels, Counter>,
@@ -140,6 +151,7 @@ impl Default for Metrics {
             retention_deleted: Counter::default(),
             retention_deferred: Family::default(),
             audit_backfilled: Counter::default(),
+            audit_dropped: Counter::default(),
             llm_calls: Family::default(),
             llm_seconds: Family::new_with_constructor(seconds),
             llm_tokens: Family::default(),
@@ -233,6 +245,11 @@ impl Metrics {
             m.audit_backfilled.clone(),
         );
         r.register(
+            "audit_dropped",
+            "Audit records dropped because the audit queue was full (the janitor rebuilds a terminal request's records from its status)",
+            m.audit_dropped.clone(),
+        );
+        r.register(
             "llm_calls",
             "LLM calls by provider and outcome (ok, invalid output, or the error)",
             m.llm_calls.clone(),
@@ -272,5 +289,46 @@ impl Metrics {
 
     pub fn actor(&self, actor: ActorKind) -> ActorLabels {
         ActorLabels { actor }
+    }
+}
+
+/// One supervisor's place in the supervisors-by-phase gauge; it leaves
+/// the gauge when dropped with the supervisor's state, however the
+/// supervisor ends (ractor skips `post_stop` when an actor panics or is
+/// killed).
+pub struct PhaseCount {
+    metrics: Metrics,
+    phase: Phase,
+}
+
+impl PhaseCount {
+    pub fn new(metrics: &Metrics, phase: Phase) -> Self {
+        let count = Self {
+            metrics: metrics.clone(),
+            phase,
+        };
+        count.gauge().inc();
+        count
+    }
+
+    fn gauge(&self) -> prometheus_client::metrics::gauge::Gauge {
+        self.metrics
+            .supervisors_by_phase
+            .get_or_create(&PhaseLabels {
+                phase: self.phase.as_str(),
+            })
+            .clone()
+    }
+
+    pub fn set(&mut self, to: Phase) {
+        self.gauge().dec();
+        self.phase = to;
+        self.gauge().inc();
+    }
+}
+
+impl Drop for PhaseCount {
+    fn drop(&mut self) {
+        self.gauge().dec();
     }
 }

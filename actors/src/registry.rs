@@ -11,20 +11,22 @@
 //! is rebuilt from the request's status); past the budget the request is
 //! left to the next re-list and counted.
 //!
-//! [`RestartPolicy`]: crate::policy::RestartPolicy
+//! [`RestartPolicy`]: crate::children::RestartPolicy
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use kubernaut_api::{ObjectRef, RemediationRequest};
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::Context;
+use crate::children::{self, Children, Verdict};
 use crate::janitor;
 use crate::mailbox::{Addr, Envelope, Inbox};
 use crate::metrics::ActorKind;
-use crate::policy;
+use crate::root::Route;
 use crate::supervisor::{self, Supervisor};
+use crate::tasks::Timers;
 
 type Key = (String, String);
 
@@ -52,15 +54,16 @@ pub struct RegistryState {
     inbox: Inbox,
     _live: crate::mailbox::Live,
     by_key: HashMap<Key, Addr<supervisor::Msg>>,
-    by_id: HashMap<ActorId, Key>,
-    restarts: HashMap<Key, u32>,
+    /// The supervisors by actor id, and the failures of each request's.
+    children: Children<Key>,
     me: Addr<RegistryMsg>,
+    timers: Timers,
     /// Non-terminal requests seen, with their recorded owner.
     known: HashMap<Key, Option<String>>,
     /// `None` until membership is first known: nothing is adopted before.
     members: Option<Vec<String>>,
     releasing: Option<RpcReplyPort<()>>,
-    janitor: Addr<janitor::Msg>,
+    janitor: Route<janitor::Msg>,
 }
 
 impl RegistryState {
@@ -83,7 +86,7 @@ impl RegistryState {
 
     fn adoptable(&self, key: &Key) -> bool {
         !self.by_key.contains_key(key)
-            && !self.restarts.contains_key(key)
+            && !self.children.failing(key)
             && self.mine(key)
             && self.known.get(key).is_some_and(|o| self.free(o))
     }
@@ -109,38 +112,50 @@ impl RegistryState {
     }
 }
 
-/// Spawns the registry; messages go through the returned address.
+/// Spawns the registry linked to `parent`; messages go through the
+/// returned address.
 pub async fn start(
     ctx: Arc<Context>,
-    janitor: Addr<janitor::Msg>,
-) -> Result<(Addr<RegistryMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
+    janitor: Route<janitor::Msg>,
+    parent: Option<ractor::ActorCell>,
+) -> Result<(Addr<RegistryMsg>, ractor::ActorCell), ractor::SpawnErr> {
     let inbox = Inbox::new(&ctx.metrics, ActorKind::registry);
-    let (actor, handle) =
-        // Unnamed: ractor's names are process-global, and one process may
-        // run several control planes (tests).
-        Actor::spawn(None, Registry, (ctx, inbox.clone(), janitor)).await?;
-    Ok((inbox.addr(actor), handle))
+    let args = (ctx, inbox.clone(), janitor);
+    // Unnamed: ractor's names are process-global, and one process may run
+    // several control planes (tests).
+    let (actor, _) = match parent {
+        Some(p) => Actor::spawn_linked(None, Registry, args, p).await?,
+        None => Actor::spawn(None, Registry, args).await?,
+    };
+    let cell = actor.get_cell();
+    Ok((inbox.addr(actor), cell))
 }
 
 impl Actor for Registry {
     type Msg = Envelope<RegistryMsg>;
     type State = RegistryState;
-    type Arguments = (Arc<Context>, Inbox, Addr<janitor::Msg>);
+    type Arguments = (Arc<Context>, Inbox, Route<janitor::Msg>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Envelope<RegistryMsg>>,
-        (ctx, inbox, janitor): (Arc<Context>, Inbox, Addr<janitor::Msg>),
+        (ctx, inbox, janitor): (Arc<Context>, Inbox, Route<janitor::Msg>),
     ) -> Result<RegistryState, ActorProcessingErr> {
         let live = inbox.started();
+        let m = &ctx.metrics;
+        let children = Children::new(ctx.settings.restart).counting(
+            m.restarts
+                .get_or_create(&m.actor(ActorKind::supervisor))
+                .clone(),
+        );
         Ok(RegistryState {
             ctx,
             me: inbox.addr(myself),
             inbox,
             _live: live,
             by_key: HashMap::new(),
-            by_id: HashMap::new(),
-            restarts: HashMap::new(),
+            children,
+            timers: Timers::default(),
             known: HashMap::new(),
             members: None,
             releasing: None,
@@ -191,7 +206,9 @@ impl Actor for Registry {
             }
             RegistryMsg::Gone { namespace, name } => {
                 let key = (namespace, name);
-                st.restarts.remove(&key);
+                if !st.by_key.contains_key(&key) {
+                    st.children.forget(&key);
+                }
                 st.known.remove(&key);
                 st.janitor.tell(janitor::Msg::Gone(key.clone()));
                 if let Some(target) = st.ctx.holds.forget(&key.0, &key.1) {
@@ -251,39 +268,34 @@ impl Actor for Registry {
     ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                if let Some(key) = st.by_id.remove(&cell.get_id()) {
+                if let Some(key) = st.children.terminated(&cell.get_id()) {
                     tracing::debug!(namespace = %key.0, name = %key.1, ?reason, "supervisor stopped");
                     st.by_key.remove(&key);
-                    st.restarts.remove(&key);
+                    st.children.forget(&key);
                     // Ended, handed over or lost: the watch says what next.
                     st.known.remove(&key);
                     st.answer_release();
                 }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
-                let Some(key) = st.by_id.remove(&cell.get_id()) else {
-                    return Ok(());
-                };
-                st.by_key.remove(&key);
-                st.answer_release();
-                let n = st.restarts.entry(key.clone()).or_insert(0);
-                *n += 1;
-                let reason = policy::reason(&error);
-                let restart =
-                    st.ctx
-                        .settings
-                        .restart
-                        .restart(*n, ActorKind::supervisor, &st.ctx.metrics);
-                match restart {
-                    Some(delay) => {
-                        tracing::warn!(namespace = %key.0, name = %key.1, error = %reason, restart = *n, ?delay, "supervisor failed; restarting it from the request's status");
-                        st.me.tell_after(delay, RegistryMsg::Respawn(key));
+                let reason = children::reason(&error);
+                match st.children.failed(&cell.get_id()) {
+                    Some(Verdict::Restart {
+                        key,
+                        after,
+                        attempt,
+                    }) => {
+                        st.by_key.remove(&key);
+                        tracing::warn!(namespace = %key.0, name = %key.1, error = %reason, restart = attempt, delay = ?after, "supervisor failed; restarting it from the request's status");
+                        st.timers.after(&st.me, after, RegistryMsg::Respawn(key));
                     }
-                    None => {
+                    Some(Verdict::GiveUp { key, .. }) => {
+                        st.by_key.remove(&key);
                         tracing::error!(namespace = %key.0, name = %key.1, error = %reason, "supervisor failed too often; leaving the request until the next re-list");
-                        st.restarts.remove(&key);
                     }
+                    None => return Ok(()),
                 }
+                st.answer_release();
             }
             _ => {}
         }
@@ -301,7 +313,7 @@ async fn spawn(myself: &ActorRef<Envelope<RegistryMsg>>, st: &mut RegistryState,
     };
     match Actor::spawn_linked(None, Supervisor, args, myself.get_cell()).await {
         Ok((sup, _join)) => {
-            st.by_id.insert(sup.get_id(), key.clone());
+            st.children.started(sup.get_id(), key.clone());
             st.by_key.insert(key, inbox.addr(sup));
         }
         Err(e) => {

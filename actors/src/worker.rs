@@ -1,10 +1,12 @@
 //! Stage actors: a linked child that runs one piece of a request's work
-//! (processing, analysis, verification, one workflow step) and reports the
-//! result to its parent, then stops. A panic in the work fails the actor;
-//! the parent sees `ActorFailed` and applies the [`RestartPolicy`]. The
-//! work is a factory, so a restarted stage starts it afresh.
+//! (processing, analysis, verification, one workflow step, a resume check,
+//! a rollback) and reports the result to its parent, then stops. The work
+//! runs as a task the actor owns, so its handler awaits nothing and a kill
+//! aborts the work. A panic in the work fails the actor; the parent sees
+//! `ActorFailed` and applies the [`RestartPolicy`]. The work is a factory,
+//! so a restarted stage starts it afresh.
 //!
-//! [`RestartPolicy`]: crate::policy::RestartPolicy
+//! [`RestartPolicy`]: crate::children::RestartPolicy
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 
 use crate::mailbox::{Envelope, Inbox};
 use crate::metrics::{ActorKind, Metrics};
+use crate::tasks::Task;
 
 pub type Work<T> = Arc<dyn Fn() -> BoxFuture<'static, T> + Send + Sync>;
 pub type Report<T> = Box<dyn FnOnce(T) + Send>;
@@ -59,47 +62,75 @@ pub struct State<T> {
     work: Work<T>,
     report: Option<Report<T>>,
     chaos: Chaos,
+    running: Option<Task>,
 }
 
-pub struct Run;
+pub enum Run<T> {
+    Start,
+    /// The work's task ended: its result, or what its panic said.
+    Done(Result<T, String>),
+}
 
 impl<T: Send + 'static> Actor for Worker<T> {
-    type Msg = Envelope<Run>;
+    type Msg = Envelope<Run<T>>;
     type State = State<T>;
     type Arguments = Args<T>;
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Envelope<Run>>,
+        myself: ActorRef<Envelope<Run<T>>>,
         args: Args<T>,
     ) -> Result<State<T>, ActorProcessingErr> {
         let live = args.inbox.started();
-        args.inbox.addr(myself).tell(Run);
+        args.inbox.addr(myself).tell(Run::Start);
         Ok(State {
             inbox: args.inbox,
             _live: live,
             work: args.work,
             report: Some(args.report),
             chaos: args.chaos,
+            running: None,
         })
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<Envelope<Run>>,
-        env: Envelope<Run>,
+        myself: ActorRef<Envelope<Run<T>>>,
+        env: Envelope<Run<T>>,
         st: &mut State<T>,
     ) -> Result<(), ActorProcessingErr> {
-        let (Run, _handling) = st.inbox.open(env);
-        if st.chaos.strikes(st.inbox.kind) {
-            panic!("injected fault: {:?} actor panics", st.inbox.kind);
+        let (msg, _handling) = st.inbox.open(env);
+        match msg {
+            Run::Start => {
+                if st.chaos.strikes(st.inbox.kind) {
+                    panic!("injected fault: {:?} actor panics", st.inbox.kind);
+                }
+                let me = st.inbox.addr(myself);
+                let work = tokio::spawn((st.work)());
+                // Killing this actor drops its state, which aborts the work.
+                st.running = Some(Task::of(work.abort_handle()));
+                tokio::spawn(async move {
+                    let out = work.await.map_err(|e| match e.try_into_panic() {
+                        Ok(p) => p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "the work panicked".into()),
+                        Err(_) => "the work was cancelled".into(),
+                    });
+                    me.tell(Run::Done(out));
+                });
+                Ok(())
+            }
+            Run::Done(Ok(out)) => {
+                if let Some(report) = st.report.take() {
+                    report(out);
+                }
+                myself.stop(None);
+                Ok(())
+            }
+            Run::Done(Err(panic)) => Err(panic.into()),
         }
-        let out = (st.work)().await;
-        if let Some(report) = st.report.take() {
-            report(out);
-        }
-        myself.stop(None);
-        Ok(())
     }
 }
 

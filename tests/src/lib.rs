@@ -1185,6 +1185,11 @@ pub async fn control_plane(
     overrides: &[(&str, &str)],
     rules: serde_json::Value,
 ) -> anyhow::Result<kubernaut::Running> {
+    // `KUBERNAUT_TEST_LOG=info` (or any filter) shows the control
+    // plane's logs in the test's output.
+    if let Ok(level) = std::env::var("KUBERNAUT_TEST_LOG") {
+        kubernaut_telemetry::init_logging(kubernaut_telemetry::LogFormat::Text, &level);
+    }
     let mut env = vec![
         ("DATABASE_URL".to_string(), stack.database_url.clone()),
         ("REDIS_URL".to_string(), stack.redis_url.clone()),

@@ -513,7 +513,8 @@ pub struct Restart {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultInjection {
-    /// An actor kind: processing, analysis, workflow, step, verification.
+    /// An actor kind: processing, analysis, workflow, step, verification,
+    /// membership.
     pub panic_in: String,
     pub times: u32,
 }
@@ -549,8 +550,9 @@ impl Controller {
             "workflow" => ActorKind::workflow,
             "step" => ActorKind::step,
             "verification" => ActorKind::verification,
+            "membership" => ActorKind::membership,
             other => anyhow::bail!(
-                "controller.faultInjection.panicIn: {other:?} is not one of processing, analysis, workflow, step, verification"
+                "controller.faultInjection.panicIn: {other:?} is not one of processing, analysis, workflow, step, verification, membership"
             ),
         };
         Ok(Chaos::panics(kind, f.times))

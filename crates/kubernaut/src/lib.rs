@@ -46,6 +46,15 @@ pub struct Running {
 }
 
 impl Running {
+    /// Waits for the control plane to end on its own (a component failed)
+    /// and returns why; `None` if it is still running after `timeout`.
+    pub async fn ended(&mut self, timeout: Duration) -> Option<anyhow::Result<()>> {
+        match tokio::time::timeout(timeout, &mut self.task).await {
+            Ok(r) => Some(r.context("the control plane task panicked").and_then(|r| r)),
+            Err(_) => None,
+        }
+    }
+
     /// Stops accepting signals, stops the controller, drains the audit log.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);

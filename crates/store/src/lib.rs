@@ -2,8 +2,10 @@
 //! This module is the audit trail in PostgreSQL (K-AU-1): one row per request and an
 //! append-only event per transition or action. Writers hand records to an
 //! [`AuditLog`], a bounded queue drained by one task that retries with
-//! backoff while PostgreSQL is down, so callers never wait on the database
-//! and nothing accepted is dropped while the process lives.
+//! backoff while PostgreSQL is down. Actors hand records over with
+//! [`AuditLog::try_record`], which never waits: when the queue is full the
+//! record is dropped and counted ([`AuditLog::dropped`]), and the janitor's
+//! backfill rebuilds a request's records from its status.
 
 pub mod index;
 
@@ -17,7 +19,7 @@ use tokio::sync::mpsc;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// Queue capacity: about a minute of a heavy storm's transitions. When full,
-/// callers wait (backpressure) rather than lose records.
+/// [`AuditLog::record`] waits and [`AuditLog::try_record`] drops.
 const QUEUE_CAPACITY: usize = 10_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -29,6 +31,8 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the audit writer has stopped")]
     Closed,
+    #[error("the audit queue is full")]
+    Full,
 }
 
 impl Error {
@@ -37,6 +41,7 @@ impl Error {
             Error::Db(_) => "db",
             Error::Migrate(_) => "migrate",
             Error::Closed => "closed",
+            Error::Full => "full",
         }
     }
 }
@@ -192,7 +197,15 @@ impl Store {
     pub fn audit_log(self) -> (AuditLog, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let task = tokio::spawn(drain(self.clone(), rx));
-        (AuditLog { tx, store: self }, task)
+        let dropped = std::sync::Arc::default();
+        (
+            AuditLog {
+                tx,
+                store: self,
+                dropped,
+            },
+            task,
+        )
     }
 }
 
@@ -201,11 +214,33 @@ impl Store {
 pub struct AuditLog {
     tx: mpsc::Sender<AuditRecord>,
     store: Store,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AuditLog {
+    /// Queues `record`, waiting while the queue is full: for tools and
+    /// tasks, never for an actor's handler (see [`AuditLog::try_record`]).
     pub async fn record(&self, record: AuditRecord) -> Result<()> {
         self.tx.send(record).await.map_err(|_| Error::Closed)
+    }
+
+    /// Queues `record` without waiting. A full queue drops it and counts
+    /// the drop: an actor must never stall behind PostgreSQL, and the
+    /// janitor rebuilds a request's missing final records from its status.
+    pub fn try_record(&self, record: AuditRecord) -> Result<()> {
+        self.tx.try_send(record).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Error::Full
+            }
+            mpsc::error::TrySendError::Closed(_) => Error::Closed,
+        })
+    }
+
+    /// Records dropped because the queue was full, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the audit trail holds the request `uid` in `phase`: its

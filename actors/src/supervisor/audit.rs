@@ -1,0 +1,78 @@
+//! What a supervisor hands to the audit trail (K-AU-1): the request row
+//! in each phase, transitions, steps, approvals and escalations. Records
+//! are queued without waiting: a full queue drops and counts them, and the
+//! janitor rebuilds a terminal request's records from its status.
+
+use kubernaut_api::Phase;
+use kubernaut_api::k8s_openapi::jiff::Timestamp;
+use kubernaut_store::{AuditRecord, Error};
+
+use super::Sup;
+use crate::backfill::{event_record, request_record};
+use crate::metrics::StageLabels;
+
+impl Sup {
+    pub(super) fn audit(&self, record: AuditRecord) {
+        match self.ctx.audit.try_record(record) {
+            Ok(()) => {}
+            Err(Error::Full) => {
+                self.ctx.metrics.audit_dropped.inc();
+            }
+            Err(e) => {
+                self.ctx.metrics.audit_dropped.inc();
+                tracing::error!(error = %e, "audit log closed; record lost");
+            }
+        }
+    }
+
+    pub(super) fn audit_request(&self, phase: Phase) {
+        let rec = request_record(&self.uid, &self.namespace, &self.name, &self.spec, phase);
+        self.audit(AuditRecord::Request(rec));
+    }
+
+    pub(super) fn event_record(
+        &self,
+        kind: &'static str,
+        from: Option<Phase>,
+        to: Option<Phase>,
+        reason: &str,
+        subject: &str,
+        detail: serde_json::Value,
+    ) -> AuditRecord {
+        let rec = event_record(
+            &self.uid,
+            Timestamp::now(),
+            kind,
+            from,
+            to,
+            reason,
+            subject,
+            detail,
+        );
+        AuditRecord::Event(rec)
+    }
+
+    pub(super) fn audit_event(
+        &self,
+        kind: &'static str,
+        from: Option<Phase>,
+        to: Option<Phase>,
+        reason: &str,
+        subject: &str,
+        detail: serde_json::Value,
+    ) {
+        let rec = self.event_record(kind, from, to, reason, subject, detail);
+        self.audit(rec);
+    }
+
+    /// Records an escalation (its delivery is the notifier's): counted, and
+    /// a row in the audit trail.
+    pub(super) fn escalate(&self, reason: &'static str, detail: serde_json::Value) {
+        self.ctx
+            .metrics
+            .escalations
+            .get_or_create(&StageLabels { stage: reason })
+            .inc();
+        self.audit_event("escalation", None, None, reason, "", detail);
+    }
+}

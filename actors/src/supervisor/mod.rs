@@ -1,0 +1,598 @@
+//! One supervisor actor per `RemediationRequest`. Its state is rebuilt from
+//! the request's status when it starts, so a restarted controller resumes a
+//! request exactly where its status says it stopped (K-RR-6).
+//!
+//! No handler here awaits the network or the database (the mailbox stays
+//! responsive to deadlines, approvals and hand-overs whatever the API
+//! server or PostgreSQL do): the request is read by a task, the status is
+//! written by the request's [`status::Writer`], audit records are queued
+//! without waiting, and each phase's work runs in a stage actor.
+//!
+//! What happens in each phase is one module of [`stages`] behind the
+//! [`stages::Stage`] trait; the decisions themselves are the plain
+//! functions of [`transitions`]. A phase change is written first and taken
+//! as the actor's state only once written; then it is counted, audited,
+//! its deadline armed, and the next phase's work started.
+
+mod audit;
+mod deadlines;
+mod stages;
+pub mod status;
+pub mod transitions;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use kubernaut_api::k8s_openapi::jiff::Timestamp;
+use kubernaut_api::{Phase, RemediationRequest, RemediationRequestSpec, RemediationRequestStatus};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::oneshot;
+
+use crate::Context;
+use crate::children::{self, Children, Verdict};
+use crate::mailbox::{Addr, Envelope, Inbox, Live};
+use crate::metrics::{ActorKind, PhaseCount, StageLabels};
+use crate::tasks::{Task, Timers};
+use crate::worker;
+use crate::workflow::{self, Out, StepEvent, WorkflowActor};
+
+use stages::Next;
+pub use stages::StageResult;
+pub use stages::approval::Approval;
+pub use stages::processing::Processed;
+use status::{WriteReport, Writer};
+use transitions::{Clock, Transition};
+
+/// First retry delay after transient trouble in a phase's work; doubles up
+/// to the cap.
+const RETRY_BASE: Duration = Duration::from_millis(200);
+const RETRY_CAP: Duration = Duration::from_secs(30);
+
+pub struct Supervisor;
+
+pub struct Args {
+    pub namespace: String,
+    pub name: String,
+    pub ctx: Arc<Context>,
+    pub inbox: Inbox,
+}
+
+pub enum Msg {
+    /// The request as read when the supervisor started (`None`: deleted).
+    Loaded(Result<Option<Box<RemediationRequest>>, String>),
+    /// Do the next piece of work for the current phase.
+    Advance,
+    StageDone(u64, StageResult),
+    /// A workflow step starts or settles; its supervisor records it.
+    Step(u64, StepEvent),
+    /// Start the current phase's stage actor again after it failed.
+    Restart(u64),
+    /// A deadline may have passed (K-RR-4).
+    Deadline,
+    /// Hand the request over (K-RR-7): let a running workflow finish, then
+    /// record no owner and stop.
+    Release,
+    /// A routing hold may have ended (K-RR-8): its time passed, or its
+    /// target freed.
+    Recheck,
+    /// The request carries an approval decision (from the watch).
+    Approval(Approval),
+    /// The status writer's answer.
+    Written(WriteReport),
+}
+
+/// The stage actor working for the current phase.
+struct Running {
+    kind: ActorKind,
+    cell: ActorCell,
+    epoch: u64,
+}
+
+/// What waits for a wanted status to be written.
+enum Effect {
+    /// A step's intent is recorded: it may act.
+    Ack(oneshot::Sender<()>),
+    Audit(Box<kubernaut_store::AuditRecord>),
+    /// The phase changed.
+    Entered {
+        from: Phase,
+        t: Transition,
+    },
+    /// Look at the phase's work again.
+    Advance,
+    /// The request is handed over.
+    Stop,
+}
+
+/// A supervisor loads its request in a task: spawning is awaited by the
+/// registry, which must not wait on the API server for every request it
+/// starts. What arrives before the request is loaded waits, and follows it.
+pub enum Slot {
+    Loading(Box<Loading>),
+    Ready(Box<Sup>),
+}
+
+pub struct Loading {
+    args: Args,
+    me: Addr<Msg>,
+    early: Vec<Msg>,
+    live: Option<Live>,
+    _read: Task,
+}
+
+pub struct Sup {
+    namespace: String,
+    name: String,
+    uid: String,
+    created: Timestamp,
+    spec: RemediationRequestSpec,
+    /// The status as last written (or read): the actor's state.
+    status: RemediationRequestStatus,
+    ctx: Arc<Context>,
+    me: Addr<Msg>,
+    inbox: Inbox,
+    writer: Writer,
+    /// The newest status wanted and not yet written, its number, and what
+    /// waits for it (by the number it waits for).
+    desired: Option<RemediationRequestStatus>,
+    seq: u64,
+    effects: Vec<(u64, Effect)>,
+    stage: Option<Running>,
+    /// Identifies the newest stage actor: a result of an older one (killed,
+    /// or failed and restarted) is ignored.
+    epoch: u64,
+    children: Children<Phase>,
+    stage_started: Instant,
+    retry: Duration,
+    /// Handing over: writes record no owner, and no new stage starts.
+    releasing: bool,
+    /// What this run's workflow steps did, by step id, for Verifying. Kept
+    /// in memory only: full object states go to the audit trail.
+    outcomes: BTreeMap<String, kubernaut_cluster::Outcome>,
+    /// How often this supervisor found its target busy (its backoff).
+    times_held: u32,
+    approval: Option<Approval>,
+    timers: Timers,
+    /// The timer for the earliest deadline, and when it fires.
+    deadline: Option<(Timestamp, Task)>,
+    counted: PhaseCount,
+    _live: Option<Live>,
+}
+
+impl Actor for Supervisor {
+    type Msg = Envelope<Msg>;
+    type State = Slot;
+    type Arguments = Args;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Envelope<Msg>>,
+        args: Args,
+    ) -> Result<Slot, ActorProcessingErr> {
+        let live = Some(args.inbox.started());
+        let me = args.inbox.addr(myself);
+        let (cluster, ns, name, to) = (
+            args.ctx.cluster.clone(),
+            args.namespace.clone(),
+            args.name.clone(),
+            me.clone(),
+        );
+        // Always from the cluster, never from a cached copy.
+        let read = Task::spawn(async move {
+            let rr = cluster.get_request(&ns, &name).await;
+            to.tell(Msg::Loaded(
+                rr.map(|r| r.map(Box::new)).map_err(|e| e.to_string()),
+            ));
+        });
+        Ok(Slot::Loading(Box::new(Loading {
+            args,
+            me,
+            early: Vec::new(),
+            live,
+            _read: read,
+        })))
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Envelope<Msg>>,
+        env: Envelope<Msg>,
+        slot: &mut Slot,
+    ) -> Result<(), ActorProcessingErr> {
+        let loading = match slot {
+            Slot::Ready(sup) => return sup.on_message(&myself, env).await,
+            Slot::Loading(loading) => loading,
+        };
+        let (msg, _handling) = loading.args.inbox.open(env);
+        match msg {
+            // The registry restarts a failed supervisor with backoff.
+            Msg::Loaded(Err(e)) => Err(format!("reading the request: {e}").into()),
+            Msg::Loaded(Ok(None)) => {
+                myself.stop(Some("the request no longer exists".into()));
+                Ok(())
+            }
+            Msg::Loaded(Ok(Some(rr))) => {
+                let sup = Sup::new(loading, *rr);
+                *slot = Slot::Ready(Box::new(sup));
+                Ok(())
+            }
+            other => {
+                loading.early.push(other);
+                Ok(())
+            }
+        }
+    }
+
+    /// A stage actor failed or panicked: restart it under the policy, or
+    /// fail the request with the reason once the budget is spent.
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Envelope<Msg>>,
+        evt: SupervisionEvent,
+        slot: &mut Slot,
+    ) -> Result<(), ActorProcessingErr> {
+        match slot {
+            Slot::Ready(sup) => sup.on_child_failed(&myself, evt),
+            Slot::Loading(_) => Ok(()),
+        }
+    }
+}
+
+impl Sup {
+    fn new(loading: &mut Loading, rr: RemediationRequest) -> Self {
+        let args = &loading.args;
+        let me = loading.me.clone();
+        let status = rr.status.clone().unwrap_or_default();
+        let writer = Writer::start(
+            args.ctx.cluster.clone(),
+            args.ctx.metrics.clone(),
+            status::Target {
+                namespace: args.namespace.clone(),
+                name: args.name.clone(),
+                identity: args.ctx.identity.clone(),
+                resource_version: rr.metadata.resource_version.clone().unwrap_or_default(),
+                owner: status.owner.clone(),
+            },
+            me.clone(),
+        );
+        let mut sup = Sup {
+            namespace: args.namespace.clone(),
+            name: args.name.clone(),
+            uid: rr.metadata.uid.clone().unwrap_or_default(),
+            created: rr
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+            spec: rr.spec.clone(),
+            counted: PhaseCount::new(&args.ctx.metrics, status.phase),
+            status,
+            ctx: args.ctx.clone(),
+            me,
+            inbox: args.inbox.clone(),
+            writer,
+            desired: None,
+            seq: 0,
+            effects: Vec::new(),
+            stage: None,
+            epoch: 0,
+            children: Children::new(args.ctx.settings.restart),
+            stage_started: Instant::now(),
+            retry: RETRY_BASE,
+            releasing: false,
+            outcomes: BTreeMap::new(),
+            times_held: 0,
+            approval: Approval::of(&rr),
+            timers: Timers::default(),
+            deadline: None,
+            _live: loading.live.take(),
+        };
+        sup.arm();
+        if sup.status.phase == Phase::Blocked
+            && let Some(until) = sup.status.blocked_until.clone()
+        {
+            sup.recheck_at(until.0);
+        }
+        sup.me.tell(Msg::Advance);
+        for m in std::mem::take(&mut loading.early) {
+            sup.me.tell(m);
+        }
+        sup
+    }
+
+    /// The status as it will be once what is wanted is written: what new
+    /// decisions build on.
+    fn current(&self) -> &RemediationRequestStatus {
+        self.desired.as_ref().unwrap_or(&self.status)
+    }
+
+    fn phase(&self) -> Phase {
+        self.current().phase
+    }
+
+    /// A phase change (or a claim) is wanted and not yet written: the next
+    /// piece of work waits for it.
+    fn settling(&self) -> bool {
+        self.effects
+            .iter()
+            .any(|(_, e)| matches!(e, Effect::Entered { .. } | Effect::Advance))
+    }
+
+    fn clock(&self) -> Clock {
+        Clock {
+            now: Timestamp::now(),
+            timeouts: self.ctx.settings.timeouts,
+            retention: self.ctx.settings.retention,
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    async fn on_message(
+        &mut self,
+        myself: &ActorRef<Envelope<Msg>>,
+        env: Envelope<Msg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (msg, _handling) = self.inbox.open(env);
+        if let Msg::Written(report) = msg {
+            return self.on_written(myself, report);
+        }
+        // Past a deadline nothing else happens: no stage starts, no step
+        // is acknowledged, no late result counts.
+        if self.expired().is_some() {
+            return self.on_deadline();
+        }
+        match msg {
+            Msg::Advance => self.advance(myself).await,
+            Msg::Recheck if self.phase() == Phase::Blocked => self.advance(myself).await,
+            Msg::Approval(a) => {
+                let new = self.approval.as_ref() != Some(&a);
+                self.approval = Some(a);
+                if new && self.phase() == Phase::AwaitingApproval {
+                    self.advance(myself).await
+                } else {
+                    Ok(())
+                }
+            }
+            Msg::StageDone(epoch, result) if epoch == self.epoch => {
+                self.stage = None;
+                self.children.succeeded(&self.phase());
+                let Some(stage) = stages::of(self.phase()) else {
+                    return Ok(());
+                };
+                let next = stage.done(self, result);
+                self.run(myself, next).await
+            }
+            // A stale workflow's step never acts: its dropped ack stops it.
+            Msg::Step(epoch, event) if epoch == self.epoch => {
+                self.on_step(event);
+                Ok(())
+            }
+            Msg::Restart(epoch) if epoch == self.epoch && self.stage.is_none() => {
+                self.advance(myself).await
+            }
+            Msg::Release => self.on_release(myself),
+            Msg::Recheck
+            | Msg::StageDone(..)
+            | Msg::Step(..)
+            | Msg::Restart(_)
+            | Msg::Deadline
+            | Msg::Loaded(_)
+            | Msg::Written(_) => Ok(()),
+        }
+    }
+
+    async fn advance(
+        &mut self,
+        myself: &ActorRef<Envelope<Msg>>,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.stage.is_some() || self.settling() {
+            return Ok(());
+        }
+        let phase = self.phase();
+        if phase.is_terminal() {
+            if self.desired.is_none() {
+                myself.stop(Some(format!("request reached {phase}")));
+            }
+            return Ok(());
+        }
+        if self.releasing {
+            return self.release(myself);
+        }
+        // First this replica claims the request (K-RR-7): from now on a
+        // write by anyone else's supervisor conflicts.
+        if self.status.owner.as_deref() != Some(self.ctx.identity.as_str()) {
+            return self.commit(|_| None, true);
+        }
+        let Some(stage) = stages::of(phase) else {
+            return Ok(());
+        };
+        let next = stage.next(self);
+        self.run(myself, next).await
+    }
+
+    /// Carries out what a stage decided.
+    async fn run(
+        &mut self,
+        myself: &ActorRef<Envelope<Msg>>,
+        next: Next,
+    ) -> Result<(), ActorProcessingErr> {
+        match next {
+            Next::Wait => Ok(()),
+            Next::Commit(change) => self.commit(change, false),
+            Next::CommitThenAdvance(change) => self.commit(change, true),
+            Next::Fail(reason, message) => self.fail(reason, message),
+            Next::Retry(error) => {
+                self.retry_later(error);
+                Ok(())
+            }
+            Next::Run(kind, work) => {
+                self.spawn_stage(myself, kind, work).await;
+                Ok(())
+            }
+            Next::Workflow(args) => {
+                self.spawn_workflow(myself, *args).await;
+                Ok(())
+            }
+        }
+    }
+
+    fn on_release(&mut self, myself: &ActorRef<Envelope<Msg>>) -> Result<(), ActorProcessingErr> {
+        self.releasing = true;
+        match &self.stage {
+            // In-flight steps finish; the result's write releases.
+            Some(s) if s.kind == ActorKind::workflow => Ok(()),
+            Some(s) => {
+                s.cell.kill();
+                self.stage = None;
+                self.epoch += 1;
+                self.release(myself)
+            }
+            None => self.release(myself),
+        }
+    }
+
+    /// Records that nobody drives the request now, then stops: the replica
+    /// that owns it next adopts it from its status.
+    fn release(&mut self, myself: &ActorRef<Envelope<Msg>>) -> Result<(), ActorProcessingErr> {
+        if self.settling() {
+            // Its write advances, which releases.
+            return Ok(());
+        }
+        if self.status.owner.is_some() || self.desired.is_some() {
+            self.commit(|_| None, false)?;
+            self.effects.push((self.seq, Effect::Stop));
+            return Ok(());
+        }
+        tracing::info!(request = %self.name, namespace = %self.namespace, "handed over");
+        myself.stop(Some("handed over".into()));
+        Ok(())
+    }
+
+    /// This supervisor has no request left to drive: it stops, and its
+    /// stage actors with it, without writing anything more.
+    fn relinquish(&self, why: &str, myself: &ActorRef<Envelope<Msg>>) {
+        tracing::info!(request = %self.name, namespace = %self.namespace, reason = %why, "supervisor stops");
+        myself.stop(Some(why.to_string()));
+    }
+
+    /// Transient trouble (the API): the phase's work is tried again with
+    /// backoff, until it succeeds or the phase's deadline passes.
+    fn retry_later(&mut self, error: String) {
+        let delay = self.retry;
+        self.retry = (self.retry * 2).min(RETRY_CAP);
+        tracing::warn!(request = %self.name, namespace = %self.namespace, phase = %self.phase(), %error, retry_in = ?delay, "stage failed; retrying");
+        self.timers.after(&self.me, delay, Msg::Advance);
+    }
+
+    /// Starts the current phase's stage actor; its result comes back as
+    /// `StageDone`, tagged so that only the newest one counts.
+    async fn spawn_stage(
+        &mut self,
+        myself: &ActorRef<Envelope<Msg>>,
+        kind: ActorKind,
+        work: worker::Work<StageResult>,
+    ) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let me = self.me.clone();
+        let report: worker::Report<StageResult> = Box::new(move |r| {
+            // The supervisor may have stopped (request deleted): nothing to report then.
+            me.tell(Msg::StageDone(epoch, r));
+        });
+        let (metrics, chaos) = (&self.ctx.metrics, &self.ctx.settings.chaos);
+        match worker::spawn(kind, metrics, chaos, work, report, myself.get_cell()).await {
+            Ok(cell) => self.started(kind, cell, epoch),
+            Err(e) => self.retry_later(format!("the {kind:?} actor did not start: {e}")),
+        }
+    }
+
+    async fn spawn_workflow(&mut self, myself: &ActorRef<Envelope<Msg>>, args: workflow::Args) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let me = self.me.clone();
+        // Step events and the end arrive in the order the workflow sent
+        // them, each tagged with this run.
+        let sink: workflow::Sink = Arc::new(move |out| {
+            me.tell(match out {
+                Out::Step(event) => Msg::Step(epoch, event),
+                Out::Finished(r) => {
+                    Msg::StageDone(epoch, StageResult::Executed(r.map_err(|e| e.to_string())))
+                }
+            });
+        });
+        let args = workflow::Args { sink, ..args };
+        match Actor::spawn_linked(None, WorkflowActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => self.started(ActorKind::workflow, actor.get_cell(), epoch),
+            Err(e) => self.retry_later(format!("the workflow actor did not start: {e}")),
+        }
+    }
+
+    fn started(&mut self, kind: ActorKind, cell: ActorCell, epoch: u64) {
+        self.children.started(cell.get_id(), self.phase());
+        self.stage = Some(Running { kind, cell, epoch });
+        self.stage_started = Instant::now();
+    }
+
+    fn on_child_failed(
+        &mut self,
+        myself: &ActorRef<Envelope<Msg>>,
+        evt: SupervisionEvent,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisionEvent::ActorFailed(cell, error) = evt else {
+            return Ok(());
+        };
+        let Some(stage) = self.stage.take_if(|s| s.cell.get_id() == cell.get_id()) else {
+            return Ok(());
+        };
+        let reason = children::reason(&error);
+        match self.children.failed(&cell.get_id()) {
+            Some(Verdict::Restart { after, attempt, .. }) => {
+                let m = &self.ctx.metrics;
+                m.restarts.get_or_create(&m.actor(stage.kind)).inc();
+                tracing::warn!(request = %self.name, namespace = %self.namespace, stage = ?stage.kind, error = %reason, restart = attempt, delay = ?after, "stage actor failed; restarting it");
+                self.timers
+                    .after(&self.me, after, Msg::Restart(stage.epoch));
+                Ok(())
+            }
+            Some(Verdict::GiveUp { failures, .. }) => {
+                let message = format!(
+                    "the {:?} actor failed {failures} times; last: {reason}",
+                    stage.kind
+                );
+                let _ = myself;
+                self.fail("StageFailed", message)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn observe_stage(&self, stage: &'static str) {
+        self.ctx
+            .metrics
+            .stage_seconds
+            .get_or_create(&StageLabels { stage })
+            .observe(self.stage_started.elapsed().as_secs_f64());
+    }
+
+    /// How this request's actions run: as its own lock holder.
+    fn exec_settings(&self) -> kubernaut_cluster::ExecSettings {
+        kubernaut_cluster::ExecSettings {
+            holder: self.name.clone(),
+            ..self.ctx.settings.executor.clone()
+        }
+    }
+
+    /// Work for a stage actor: `f` is called afresh for each (re)start.
+    fn work<F, Fut>(f: F) -> worker::Work<StageResult>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = StageResult> + Send + 'static,
+    {
+        Arc::new(move || f().boxed())
+    }
+}

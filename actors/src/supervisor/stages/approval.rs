@@ -1,0 +1,273 @@
+//! AwaitingApproval (K-AI-4): the approval policy's verdict, and a human's
+//! decision on the request. Rejected, the request is cancelled; approved,
+//! it executes what the analysis chose or, for a storm, its rule over every
+//! affected target under the storm policy.
+
+use kubernaut_api::k8s_openapi::jiff::Timestamp;
+use kubernaut_api::workflow::Workflow;
+use kubernaut_api::{
+    APPROVAL_ANNOTATION, APPROVED_BY_ANNOTATION, AnalysisStatus, ApprovalStatus, ObjectRef, Phase,
+    RemediationRequest,
+};
+
+use super::{Next, Stage, StageResult, Sup};
+use crate::metrics::{ActorKind, ReasonLabels};
+use crate::rules;
+use crate::supervisor::transitions::{Transition, after, record_decision};
+
+pub struct AwaitingApproval;
+
+/// A human's decision on a request waiting for approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approval {
+    pub approved: bool,
+    pub by: String,
+}
+
+impl Approval {
+    /// The decision recorded on the request (`kubernaut.io/approval`), and
+    /// who made it: the `kubernaut.io/approved-by` annotation, else the
+    /// field manager that wrote the approval. Any other value is no
+    /// decision.
+    pub fn of(rr: &RemediationRequest) -> Option<Approval> {
+        let annotations = rr.metadata.annotations.as_ref()?;
+        let approved = match annotations.get(APPROVAL_ANNOTATION)?.trim() {
+            v if v.eq_ignore_ascii_case("approved") => true,
+            v if v.eq_ignore_ascii_case("rejected") => false,
+            _ => return None,
+        };
+        let field = format!("f:{APPROVAL_ANNOTATION}");
+        let by = annotations
+            .get(APPROVED_BY_ANNOTATION)
+            .cloned()
+            .or_else(|| {
+                rr.metadata.managed_fields.iter().flatten().find_map(|m| {
+                    let fields = &m.fields_v1.as_ref()?.0;
+                    let owns = fields["f:metadata"]["f:annotations"].get(&field).is_some();
+                    owns.then(|| m.manager.clone()).flatten()
+                })
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Some(Approval { approved, by })
+    }
+}
+
+impl Stage for AwaitingApproval {
+    fn next(&self, sup: &mut Sup) -> Next {
+        self.decide(sup)
+    }
+
+    fn done(&self, sup: &mut Sup, result: StageResult) -> Next {
+        let StageResult::StormTargets(targets) = result else {
+            return Next::Wait;
+        };
+        let targets = match targets {
+            Ok(t) => t,
+            Err(e) => return Next::Retry(format!("reading the storm's targets: {e}")),
+        };
+        let Some(approval) = sup.approval.clone() else {
+            return Next::Wait;
+        };
+        let by = approval.by.clone();
+        let now = Timestamp::now();
+        let policy = sup.ctx.settings.storm;
+        match rules::storm_plan(&sup.ctx.rules, &sup.spec, &targets, policy) {
+            Ok(d) => {
+                let msg = format!(
+                    "approved by {by}: rule {} over {} targets, at most {} steps at once, stopping past {:.0}% failures",
+                    d.rule,
+                    targets.len(),
+                    policy.max_parallel,
+                    policy.max_failure_ratio * 100.0
+                );
+                let analysis = AnalysisStatus {
+                    decided_by: "rules".into(),
+                    rule: d.rule.clone(),
+                    action: d.summary(),
+                    workflow: d.workflow,
+                    ..Default::default()
+                };
+                Next::commit(move |s| {
+                    record_decision(s, true, &by, now);
+                    s.analysis = Some(analysis);
+                    Some(Transition::new(Phase::Executing, "Approved", msg))
+                })
+            }
+            Err(e) => {
+                let msg = format!("approved by {by}, but nothing can run: {e}");
+                Next::commit(move |s| {
+                    record_decision(s, true, &by, now);
+                    Some(Transition::new(Phase::Failed, "NoStormPlan", msg))
+                })
+            }
+        }
+    }
+}
+
+impl AwaitingApproval {
+    /// Acts on the decision, if there is one.
+    pub fn decide(&self, sup: &mut Sup) -> Next {
+        let Some(approval) = sup.approval.clone() else {
+            return Next::Wait;
+        };
+        let now = Timestamp::now();
+        let by = approval.by.clone();
+        if !approval.approved {
+            return Next::commit(move |s| record_decision(s, false, &by, now));
+        }
+        if sup.spec.storm.is_none() {
+            if sup.status.analysis.is_none() {
+                return Next::Fail("NoDecision", "approved without an analysis".into());
+            }
+            let msg = format!("approved by {by}");
+            return Next::commit(move |s| {
+                record_decision(s, true, &by, now);
+                Some(Transition::new(Phase::Executing, "Approved", msg))
+            });
+        }
+        // The gateway keeps counting a storm's targets: take the latest list.
+        let (cluster, ns, name) = (
+            sup.ctx.cluster.clone(),
+            sup.namespace.clone(),
+            sup.name.clone(),
+        );
+        Next::Run(
+            ActorKind::approval,
+            Sup::work(move || {
+                let (cluster, ns, name) = (cluster.clone(), ns.clone(), name.clone());
+                async move {
+                    let targets = cluster
+                        .get_request(&ns, &name)
+                        .await
+                        .map(|rr| storm_targets(rr.as_ref()))
+                        .map_err(|e| e.to_string());
+                    StageResult::StormTargets(targets)
+                }
+            }),
+        )
+    }
+}
+
+fn storm_targets(rr: Option<&RemediationRequest>) -> Vec<ObjectRef> {
+    rr.and_then(|rr| rr.status.as_ref())
+        .and_then(|s| s.storm.as_ref())
+        .map(|s| {
+            s.affected_targets
+                .iter()
+                .map(|a| a.target.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The approval policy's verdict (K-AI-4) on running `workflow` for this
+/// request, decided by `decided_by` with `confidence`.
+pub fn gate(
+    sup: &Sup,
+    decided_by: &str,
+    confidence: f64,
+    workflow: &Workflow,
+) -> crate::approval::Verdict {
+    let catalogue = kubernaut_cluster::catalogue();
+    let actions: Vec<serde_json::Value> = workflow
+        .steps
+        .iter()
+        .map(|step| {
+            let risk = catalogue
+                .iter()
+                .find(|a| a.name == step.action)
+                .map(|a| serde_json::json!(a.risk))
+                .unwrap_or_else(|| serde_json::json!("high"));
+            serde_json::json!({ "name": step.action, "risk": risk })
+        })
+        .collect();
+    let processing = sup.status.processing.clone().unwrap_or_default();
+    let t = &sup.spec.target;
+    let input = serde_json::json!({
+        "environment": if processing.environment.is_empty() { "unknown" } else { processing.environment.as_str() },
+        "priority": processing.priority,
+        "decidedBy": decided_by,
+        "confidence": confidence,
+        "target": { "kind": t.kind, "namespace": t.namespace, "name": t.name },
+        "actions": actions,
+        "storm": sup.spec.storm.is_some(),
+        "signal": { "name": sup.spec.signal_name, "severity": sup.spec.severity, "source": sup.spec.source },
+    });
+    let verdict = sup.ctx.approval.evaluate(&input);
+    let label = match (&verdict.error, verdict.required) {
+        (Some(e), _) => {
+            tracing::warn!(request = %sup.name, namespace = %sup.namespace, error = %e, "approval policy error: approval required");
+            "policy_error"
+        }
+        (None, true) => "required",
+        (None, false) => "not_required",
+    };
+    sup.ctx
+        .metrics
+        .approvals
+        .get_or_create(&ReasonLabels { reason: label })
+        .inc();
+    verdict
+}
+
+/// The approval status of a request that starts waiting now.
+pub fn awaiting(sup: &Sup, reasons: Vec<String>) -> ApprovalStatus {
+    ApprovalStatus {
+        required: true,
+        reasons,
+        expires_at: Some(after(Timestamp::now(), sup.ctx.settings.timeouts.approval)),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Approval;
+
+    fn request(metadata: serde_json::Value) -> kubernaut_api::RemediationRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+            "metadata": metadata,
+            "spec": {"fingerprint": "f", "signalName": "s", "severity": "warning",
+                     "source": "generic", "instanceId": "i",
+                     "target": {"kind": "Deployment", "namespace": "shop", "name": "web"},
+                     "signalResource": {"kind": "Deployment", "namespace": "shop", "name": "web"},
+                     "firingTime": "2026-11-22T03:00:00Z", "receivedTime": "2026-11-22T03:00:00Z",
+                     "originalPayload": "{}"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_approval_names_who_decided() {
+        let managed = serde_json::json!([
+            {"manager": "kube-controller", "operation": "Update", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:status": {}}},
+            {"manager": "kubectl-annotate", "operation": "Update", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:metadata": {"f:annotations": {"f:kubernaut.io/approval": {}}}}}
+        ]);
+        let rr = request(serde_json::json!({"name": "r",
+            "annotations": {"kubernaut.io/approval": " Approved "}, "managedFields": managed}));
+        let by_manager = Approval {
+            approved: true,
+            by: "kubectl-annotate".into(),
+        };
+        assert_eq!(Approval::of(&rr), Some(by_manager));
+        let rr = request(serde_json::json!({"name": "r", "annotations": {
+            "kubernaut.io/approval": "rejected", "kubernaut.io/approved-by": "alice"}}));
+        let by_alice = Approval {
+            approved: false,
+            by: "alice".into(),
+        };
+        assert_eq!(Approval::of(&rr), Some(by_alice));
+        for value in ["yes", ""] {
+            let rr = request(serde_json::json!({"name": "r",
+                "annotations": {"kubernaut.io/approval": value}}));
+            assert_eq!(Approval::of(&rr), None, "{value:?} is no decision");
+        }
+        assert_eq!(
+            Approval::of(&request(serde_json::json!({"name": "r"}))),
+            None
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Executing (K-EX-1): the plan is recorded before any step runs, then the
+//! workflow actor runs the analysis' workflow, resuming from the recorded
+//! steps after a restart.
+
+use kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kubernaut_api::k8s_openapi::jiff::Timestamp;
+use kubernaut_api::{ExecutionStatus, Phase, StepStatus};
+
+use super::{Next, Stage, StageResult, Sup};
+use crate::metrics::ActionLabels;
+use crate::supervisor::Effect;
+use crate::supervisor::transitions::{self, Transition};
+use crate::workflow;
+use crate::workflow::StepEvent;
+
+pub struct Execution;
+
+impl Stage for Execution {
+    fn next(&self, sup: &mut Sup) -> Next {
+        let Some(analysis) = sup.status.analysis.clone() else {
+            return Next::Fail("NoDecision", "Executing without an analysis".into());
+        };
+        match sup.status.execution.clone() {
+            Some(exec) if exec.result.is_some() => Next::to(Transition::new(
+                Phase::Verifying,
+                "ActionFinished",
+                String::new(),
+            )),
+            None => {
+                let exec = ExecutionStatus {
+                    action: analysis.action.clone(),
+                    target: sup.spec.target.clone(),
+                    target_uid: String::new(),
+                    started_at: Time(Timestamp::now()),
+                    finished_at: None,
+                    result: None,
+                    message: String::new(),
+                    steps: analysis
+                        .workflow
+                        .steps
+                        .iter()
+                        .map(|s| StepStatus {
+                            id: s.id.clone(),
+                            action: s.action.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                };
+                Next::CommitThenAdvance(Box::new(move |s| {
+                    s.execution = Some(exec);
+                    None
+                }))
+            }
+            Some(exec) => {
+                let ctx = &sup.ctx;
+                Next::Workflow(Box::new(workflow::Args {
+                    cluster: ctx.cluster.clone(),
+                    workflow: analysis.workflow.clone(),
+                    settings: sup.exec_settings(),
+                    default_timeout: ctx.settings.step_timeout,
+                    recorded: Some(exec),
+                    audit: Some((ctx.audit.clone(), sup.uid.clone())),
+                    restart: ctx.settings.restart,
+                    metrics: ctx.metrics.clone(),
+                    chaos: ctx.settings.chaos.clone(),
+                    // The supervisor sets its own.
+                    sink: std::sync::Arc::new(|_| {}),
+                }))
+            }
+        }
+    }
+
+    fn done(&self, sup: &mut Sup, result: StageResult) -> Next {
+        let StageResult::Executed(result) = result else {
+            return Next::Wait;
+        };
+        let report = match result {
+            Ok(report) => report,
+            Err(invalid) => {
+                count_action(sup, "Invalid");
+                return Next::Fail("InvalidWorkflow", invalid);
+            }
+        };
+        sup.observe_stage("execution");
+        let result = if report.succeeded {
+            "Succeeded"
+        } else {
+            "Failed"
+        };
+        count_action(sup, result);
+        sup.audit_event(
+            "action",
+            None,
+            None,
+            "WorkflowFinished",
+            "",
+            serde_json::json!({ "result": result, "completionOrder": report.completion_order,
+                                "rollbackOrder": report.rollback_order }),
+        );
+        let now = Timestamp::now();
+        Next::commit(move |s| Some(transitions::executed(s, &report, now)))
+    }
+}
+
+/// Counts the decided action's result.
+fn count_action(sup: &Sup, result: &'static str) {
+    let action = sup
+        .status
+        .analysis
+        .as_ref()
+        .map(|a| a.action.clone())
+        .unwrap_or_default();
+    sup.ctx
+        .metrics
+        .actions
+        .get_or_create(&ActionLabels { action, result })
+        .inc();
+}
+
+impl Sup {
+    /// Records a step's start (acknowledged, and audited, only once
+    /// written) or its end.
+    pub(in crate::supervisor) fn on_step(&mut self, event: StepEvent) {
+        let now = Timestamp::now();
+        match event {
+            StepEvent::Starting {
+                id,
+                target,
+                uid,
+                generation,
+                ack,
+            } => {
+                let detail = serde_json::json!({ "step": id, "target": target.as_ref().map(|t| t.to_string()),
+                                                 "targetUid": uid, "targetGeneration": generation });
+                let record = self.event_record("action", None, None, "StepStarted", &id, detail);
+                self.edit(|s| {
+                    if let Some(step) = transitions::step_mut(s, &id) {
+                        step.phase = kubernaut_api::StepPhase::Running;
+                        step.target = target;
+                        step.target_uid = uid;
+                        step.target_generation = generation;
+                        step.started_at = Some(
+                            kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                now,
+                            ),
+                        );
+                    }
+                });
+                self.effects.push((self.seq, Effect::Ack(ack)));
+                self.effects
+                    .push((self.seq, Effect::Audit(Box::new(record))));
+            }
+            StepEvent::Settled(report) => {
+                let message = match (&report.error, &report.outcome) {
+                    (Some(e), _) => e.clone(),
+                    (None, Some(o)) => o.message.clone(),
+                    (None, None) if report.state == kubernaut_api::StepPhase::AlreadyDone => {
+                        "took effect before the controller restarted".into()
+                    }
+                    (None, None) => String::new(),
+                };
+                if let Some(outcome) = &report.outcome {
+                    self.outcomes.insert(report.id.clone(), outcome.clone());
+                }
+                let detail = serde_json::to_value(&report).unwrap_or_default();
+                self.audit_event("action", None, None, "StepFinished", &report.id, detail);
+                self.edit(|s| {
+                    if let Some(step) = transitions::step_mut(s, &report.id) {
+                        step.phase = report.state;
+                        step.attempts = step.attempts.max(report.attempts);
+                        step.finished_at = Some(
+                            kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                now,
+                            ),
+                        );
+                        step.message = message;
+                    }
+                });
+            }
+        }
+    }
+}

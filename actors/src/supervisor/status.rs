@@ -1,0 +1,357 @@
+//! A request's status writes (K-RR-5). Each supervisor has one writer task:
+//! the supervisor hands it the status it wants (numbered), never waits, and
+//! goes on handling messages; the writer keeps one write in flight, and
+//! when it is free takes the latest wanted status, so edits made meanwhile
+//! are written together and the newest wins. It answers
+//! [`Written`](WriteReport::Written) with the resourceVersion, and only
+//! then does the supervisor take the status as its state and act on the
+//! transition it records (see [`super::Sup::on_written`]).
+//!
+//! A write names the resourceVersion it was based on. A conflict is read
+//! again: when another replica has taken the request since, this one has
+//! lost it (K-RR-7); otherwise (the gateway counted a duplicate) it is
+//! written again on the new version. Transient errors are retried with
+//! backoff, on the newest wanted status, for as long as the supervisor
+//! lives: a deadline that passes meanwhile is itself a newer status.
+
+use std::time::{Duration, Instant};
+
+use kubernaut_api::RemediationRequestStatus;
+use tokio::sync::watch;
+
+use kubernaut_api::Phase;
+use ractor::{ActorProcessingErr, ActorRef};
+
+use crate::mailbox::{Addr, Envelope};
+use crate::metrics::TransitionLabels;
+use crate::tasks::Task;
+
+use super::transitions::{self, Transition};
+use super::{Effect, Msg, RETRY_BASE, Sup};
+
+/// First retry delay after a failed write; doubles up to the cap.
+const WRITE_RETRY_BASE: Duration = Duration::from_millis(200);
+const WRITE_RETRY_CAP: Duration = Duration::from_secs(30);
+/// Conflicts re-read and written again before the write counts as failed.
+const CONFLICT_ROUNDS: usize = 5;
+
+/// What the writer tells its supervisor.
+#[derive(Debug)]
+pub enum WriteReport {
+    /// Wanted status `seq` is the request's status now.
+    Written {
+        seq: u64,
+        resource_version: String,
+        status: Box<RemediationRequestStatus>,
+    },
+    /// The API server refuses status `seq` itself: retrying cannot help.
+    Rejected { seq: u64, error: String },
+    /// Another replica drives the request now.
+    Lost(String),
+    /// The request was deleted.
+    Gone,
+}
+
+/// What to write: the status, and its number.
+#[derive(Clone)]
+struct Wanted {
+    seq: u64,
+    status: RemediationRequestStatus,
+}
+
+/// The supervisor's handle on its writer; the task ends with it.
+pub struct Writer {
+    tx: watch::Sender<Option<Wanted>>,
+    _task: Task,
+}
+
+/// What the writer needs to know of the request.
+pub struct Target {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub resource_version: String,
+    /// The owner recorded when the supervisor loaded the request.
+    pub owner: Option<String>,
+}
+
+impl Writer {
+    pub fn start(
+        cluster: kubernaut_cluster::Cluster,
+        metrics: crate::Metrics,
+        target: Target,
+        report: Addr<Msg>,
+    ) -> Self {
+        let (tx, rx) = watch::channel(None);
+        let task = Task::spawn(run(cluster, metrics, target, rx, report));
+        Self { tx, _task: task }
+    }
+
+    /// Wants `status` written as number `seq`; replaces what was wanted.
+    pub fn want(&self, seq: u64, status: RemediationRequestStatus) {
+        self.tx.send_replace(Some(Wanted { seq, status }));
+    }
+}
+
+enum Failure {
+    Transient(String),
+    Rejected(String),
+    Lost(String),
+    Gone,
+}
+
+async fn run(
+    cluster: kubernaut_cluster::Cluster,
+    metrics: crate::Metrics,
+    mut t: Target,
+    mut rx: watch::Receiver<Option<Wanted>>,
+    report: Addr<Msg>,
+) {
+    let mut retry = WRITE_RETRY_BASE;
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        let Some(mut wanted) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        loop {
+            match write(&cluster, &metrics, &mut t, &wanted.status).await {
+                Ok(()) => {
+                    retry = WRITE_RETRY_BASE;
+                    t.owner = wanted.status.owner.clone();
+                    report.tell(Msg::Written(WriteReport::Written {
+                        seq: wanted.seq,
+                        resource_version: t.resource_version.clone(),
+                        status: Box::new(wanted.status),
+                    }));
+                    break;
+                }
+                Err(Failure::Transient(error)) => {
+                    tracing::warn!(%error, retry_in = ?retry, "status write failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        changed = rx.changed() => if changed.is_err() { return },
+                    }
+                    retry = (retry * 2).min(WRITE_RETRY_CAP);
+                    if let Some(newer) = rx.borrow_and_update().clone() {
+                        wanted = newer;
+                    }
+                }
+                Err(Failure::Rejected(error)) => {
+                    report.tell(Msg::Written(WriteReport::Rejected {
+                        seq: wanted.seq,
+                        error,
+                    }));
+                    break;
+                }
+                Err(Failure::Lost(owner)) => {
+                    report.tell(Msg::Written(WriteReport::Lost(owner)));
+                    return;
+                }
+                Err(Failure::Gone) => {
+                    report.tell(Msg::Written(WriteReport::Gone));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One write, with the conflicts it meets re-read and written again.
+async fn write(
+    cluster: &kubernaut_cluster::Cluster,
+    m: &crate::Metrics,
+    t: &mut Target,
+    status: &RemediationRequestStatus,
+) -> Result<(), Failure> {
+    for _ in 0..CONFLICT_ROUNDS {
+        let started = Instant::now();
+        let r = cluster
+            .apply_status(&t.namespace, &t.name, status, Some(&t.resource_version))
+            .await;
+        m.status_patch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match r {
+            Ok(rv) => {
+                t.resource_version = rv;
+                return Ok(());
+            }
+            Err(e) if e.is_conflict() => {
+                m.status_conflicts.inc();
+                let now = match cluster.get_request(&t.namespace, &t.name).await {
+                    Ok(Some(now)) => now,
+                    Ok(None) => return Err(Failure::Gone),
+                    Err(e) => return Err(Failure::Transient(e.to_string())),
+                };
+                let owner = now.status.as_ref().and_then(|s| s.owner.clone());
+                if let Some(o) = owner
+                    && o != t.identity
+                    && t.owner.as_deref() != Some(o.as_str())
+                {
+                    return Err(Failure::Lost(o));
+                }
+                t.resource_version = now.metadata.resource_version.unwrap_or_default();
+            }
+            Err(e) if e.is_not_found() => return Err(Failure::Gone),
+            Err(e) if e.is_invalid() => {
+                m.status_write_errors.inc();
+                return Err(Failure::Rejected(e.to_string()));
+            }
+            Err(e) => {
+                m.status_write_errors.inc();
+                return Err(Failure::Transient(e.to_string()));
+            }
+        }
+    }
+    m.status_write_errors.inc();
+    Err(Failure::Transient(
+        "the request kept changing under five status writes".into(),
+    ))
+}
+
+impl Sup {
+    /// Wants the status as `change` edits it (with the phase change it
+    /// returns, if any) written; nothing is taken as state until it is. A
+    /// transition outside the phase table is a bug in this actor: it fails.
+    pub(super) fn commit(
+        &mut self,
+        change: impl FnOnce(&mut RemediationRequestStatus) -> Option<Transition>,
+        advance: bool,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut next = self.current().clone();
+        let from = next.phase;
+        let t = change(&mut next);
+        if let Some(t) = &t {
+            transitions::enter(&mut next, t, &self.clock())?;
+        }
+        next.owner = (!self.releasing).then(|| self.ctx.identity.clone());
+        self.seq += 1;
+        match t {
+            Some(t) => self.effects.push((self.seq, Effect::Entered { from, t })),
+            None if advance => self.effects.push((self.seq, Effect::Advance)),
+            None => {}
+        }
+        self.writer.want(self.seq, next.clone());
+        self.desired = Some(next);
+        Ok(())
+    }
+
+    /// Edits the status without a phase change: step edits that arrive
+    /// together are written together, latest state winning.
+    pub(super) fn edit(&mut self, edit: impl FnOnce(&mut RemediationRequestStatus)) {
+        // Cannot fail: no transition.
+        let _ = self.commit(
+            |s| {
+                edit(s);
+                None
+            },
+            false,
+        );
+    }
+
+    pub(super) fn fail(
+        &mut self,
+        reason: &'static str,
+        message: String,
+    ) -> Result<(), ActorProcessingErr> {
+        tracing::warn!(request = %self.name, namespace = %self.namespace, reason, %message, "request failed");
+        self.commit(
+            |_| Some(Transition::new(Phase::Failed, reason, message)),
+            false,
+        )
+    }
+
+    pub(super) fn on_written(
+        &mut self,
+        myself: &ActorRef<Envelope<Msg>>,
+        report: WriteReport,
+    ) -> Result<(), ActorProcessingErr> {
+        match report {
+            WriteReport::Written { seq, status, .. } => {
+                self.status = *status;
+                if seq >= self.seq {
+                    self.desired = None;
+                }
+                self.retry = RETRY_BASE;
+                let (due, later) = std::mem::take(&mut self.effects)
+                    .into_iter()
+                    .partition(|(s, _)| *s <= seq);
+                self.effects = later;
+                let (mut advance, mut stop) = (false, false);
+                for (_, effect) in due {
+                    match effect {
+                        Effect::Ack(ack) => {
+                            let _ = ack.send(());
+                        }
+                        Effect::Audit(rec) => self.audit(*rec),
+                        Effect::Entered { from, t } => {
+                            self.entered(from, &t);
+                            advance = true;
+                        }
+                        Effect::Advance => advance = true,
+                        Effect::Stop => stop = true,
+                    }
+                }
+                self.arm();
+                if stop {
+                    tracing::info!(request = %self.name, namespace = %self.namespace, "handed over");
+                    myself.stop(Some("handed over".into()));
+                } else if advance {
+                    self.me.tell(Msg::Advance);
+                }
+                Ok(())
+            }
+            WriteReport::Rejected { seq, error } => {
+                if seq < self.seq {
+                    // A newer status is on its way to the writer.
+                    return Ok(());
+                }
+                let refused = self.desired.take().map(|s| s.phase);
+                // What waited for it never happens (dropped acks stop steps).
+                self.effects.clear();
+                tracing::error!(request = %self.name, namespace = %self.namespace, %error, "the API server refused the request's status");
+                // Retrying cannot help, and the request would stay stuck.
+                // Failing it writes only the phase, which the server accepts.
+                if refused != Some(Phase::Failed) && !self.status.phase.is_terminal() {
+                    let message = format!("the API server refused the request's status: {error}");
+                    return self.fail("StatusRejected", message);
+                }
+                self.retry_later(error);
+                Ok(())
+            }
+            WriteReport::Lost(owner) => {
+                self.relinquish(&format!("replica {owner} drives this request now"), myself);
+                Ok(())
+            }
+            WriteReport::Gone => {
+                self.relinquish("the request was deleted", myself);
+                Ok(())
+            }
+        }
+    }
+
+    /// A phase change is written: counted, logged, audited.
+    pub(super) fn entered(&mut self, from: Phase, t: &Transition) {
+        let to = t.to;
+        self.ctx
+            .metrics
+            .transitions
+            .get_or_create(&TransitionLabels {
+                from: from.as_str(),
+                to: to.as_str(),
+            })
+            .inc();
+        tracing::info!(request = %self.name, namespace = %self.namespace, %from, %to, reason = t.reason, message = %t.message, "phase transition");
+        self.audit_request(to);
+        self.audit_event(
+            "transition",
+            Some(from),
+            Some(to),
+            t.reason,
+            "",
+            serde_json::json!({ "message": t.message, "replica": self.ctx.identity }),
+        );
+        self.counted.set(to);
+    }
+}

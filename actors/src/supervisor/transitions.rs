@@ -1,0 +1,615 @@
+//! The supervisor's decisions as plain functions: from a request's status
+//! and what happened (a stage's result, a decision, a deadline) to the
+//! transition and the status edit that record it. No actor, no I/O and no
+//! clock of their own, so each row of the phase table the supervisor uses
+//! has a unit test below.
+
+use std::time::Duration;
+
+use kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kubernaut_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kubernaut_api::{Phase, PhaseTransition, RemediationRequestStatus, StepPhase, TransitionError};
+
+use crate::Timeouts;
+use crate::workflow::WorkflowReport;
+
+/// A phase change and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub to: Phase,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Transition {
+    pub fn new(to: Phase, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            to,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// How long things last, as configured.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub now: Timestamp,
+    pub timeouts: Timeouts,
+    pub retention: Duration,
+}
+
+/// Records `t` in `status`: the phase, its message and history entry, the
+/// new phase's deadline, the request's deadline when it starts, and the
+/// retention of a terminal request. A transition outside the K-RR-2 table
+/// is refused.
+pub fn enter(
+    status: &mut RemediationRequestStatus,
+    t: &Transition,
+    clock: &Clock,
+) -> Result<(), TransitionError> {
+    let to = status.phase.transition(t.to)?;
+    let at = clock.now;
+    status.phase = to;
+    status.message = Some(if t.message.is_empty() {
+        t.reason.to_string()
+    } else {
+        t.message.clone()
+    });
+    status.phase_history.push(PhaseTransition {
+        phase: to,
+        time: Time(at),
+        reason: t.reason.to_string(),
+        message: t.message.clone(),
+    });
+    status.phase_deadline = clock.timeouts.for_phase(to).map(|d| after(at, d));
+    if to == Phase::Processing && status.deadline.is_none() {
+        status.deadline = Some(after(at, clock.timeouts.request));
+    }
+    if to.is_terminal() {
+        status.completion_time = Some(Time(at));
+        status.retention_expiry_time = Some(after(at, clock.retention));
+    }
+    Ok(())
+}
+
+pub fn after(at: Timestamp, d: Duration) -> Time {
+    let d = SignedDuration::try_from(d).unwrap_or_default();
+    Time(at.checked_add(d).unwrap_or(at))
+}
+
+/// Keeps the one condition of a type, moving `lastTransitionTime` only when
+/// its status changes.
+pub fn set_condition(
+    s: &mut RemediationRequestStatus,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    now: Timestamp,
+) {
+    // Never empty: see the note on empty strings in the api crate.
+    let message = format!("{type_}: {reason}");
+    match s.conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Time(now);
+            }
+            c.status = status.into();
+            c.reason = reason.into();
+            c.message = message;
+        }
+        None => s.conditions.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: Time(now),
+            observed_generation: None,
+        }),
+    }
+}
+
+/// The deadline that has passed, if any: the timeout's reason and what to
+/// record (K-RR-4).
+pub fn expired(
+    status: &RemediationRequestStatus,
+    timeouts: &Timeouts,
+    now: Timestamp,
+) -> Option<(&'static str, String)> {
+    let passed = |t: &Option<Time>| t.as_ref().is_some_and(|t| t.0 <= now);
+    let phase = status.phase;
+    if phase.is_terminal() {
+        None
+    } else if passed(&status.phase_deadline) {
+        let limit = timeouts.for_phase(phase).unwrap_or_default();
+        Some((
+            timeout_reason(phase),
+            format!("{phase} did not finish within {limit:?}; escalated"),
+        ))
+    } else if passed(&status.deadline) {
+        Some((
+            "RequestTimeout",
+            format!(
+                "the remediation did not finish within {:?} (it was {phase}); escalated",
+                timeouts.request
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+pub fn timeout_reason(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Processing => "ProcessingTimeout",
+        Phase::Analyzing => "AnalyzingTimeout",
+        Phase::AwaitingApproval => "ApprovalTimeout",
+        Phase::Executing => "ExecutingTimeout",
+        Phase::Verifying => "VerifyingTimeout",
+        _ => "RequestTimeout",
+    }
+}
+
+/// The earliest deadline of a live request: when to look again.
+pub fn next_deadline(status: &RemediationRequestStatus) -> Option<Timestamp> {
+    if status.phase.is_terminal() {
+        return None;
+    }
+    [&status.deadline, &status.phase_deadline]
+        .into_iter()
+        .flatten()
+        .map(|t| t.0)
+        .min()
+}
+
+/// A deadline passed: the request times out, except that an approval that
+/// never came fails it (K-AI-4: nothing ran, and the humans asked did not
+/// answer). A step still running is recorded as interrupted.
+pub fn timed_out(
+    status: &mut RemediationRequestStatus,
+    reason: &'static str,
+    message: &str,
+    approval_limit: Duration,
+    now: Timestamp,
+) -> Transition {
+    let interrupted = format!("interrupted: {message}");
+    if let Some(e) = status.execution.as_mut() {
+        for step in e.steps.iter_mut().filter(|s| s.phase == StepPhase::Running) {
+            step.phase = StepPhase::Failed;
+            step.finished_at = Some(Time(now));
+            step.message = interrupted.clone();
+        }
+    }
+    let t = if reason == "ApprovalTimeout" {
+        let message = format!("no approval within {approval_limit:?}; nothing was changed");
+        Transition::new(Phase::Failed, "ApprovalExpired", message)
+    } else {
+        Transition::new(Phase::TimedOut, reason, message)
+    };
+    set_condition(status, "Escalated", "True", t.reason, now);
+    t
+}
+
+/// The workflow ran: Verifying when every step that had to succeed did,
+/// else Failed with the first failure and what was rolled back.
+pub fn executed(
+    status: &mut RemediationRequestStatus,
+    report: &WorkflowReport,
+    now: Timestamp,
+) -> Transition {
+    let result = if report.succeeded {
+        "Succeeded"
+    } else {
+        "Failed"
+    };
+    let failure = report.stopped.clone().or_else(|| {
+        report
+            .steps
+            .iter()
+            .find(|s| s.state == StepPhase::Failed)
+            .map(|s| {
+                format!(
+                    "step {} ({}) failed: {}",
+                    s.id,
+                    s.action,
+                    s.error.clone().unwrap_or_default()
+                )
+            })
+    });
+    let undone = report.rollback_order.join(", ");
+    let message = match (&failure, undone.is_empty()) {
+        (None, _) => format!("{} steps succeeded", report.steps.len()),
+        (Some(f), true) => f.clone(),
+        (Some(f), false) => format!("{f}; rolled back {undone}"),
+    };
+    for r in &report.steps {
+        if let Some(step) = step_mut(status, &r.id) {
+            step.phase = r.state;
+            if let Some(e) = &r.error {
+                step.message = e.clone();
+            }
+        }
+    }
+    if let Some(e) = status.execution.as_mut() {
+        e.result = Some(result.into());
+        e.finished_at = Some(Time(now));
+        e.message = message.clone();
+    }
+    let condition = if report.succeeded { "True" } else { "False" };
+    set_condition(status, "Executed", condition, result, now);
+    if report.succeeded {
+        Transition::new(Phase::Verifying, "ActionFinished", message)
+    } else {
+        Transition::new(Phase::Failed, "WorkflowFailed", message)
+    }
+}
+
+/// Verification's verdict: Completed, or Failed with why.
+pub fn verified(
+    status: &mut RemediationRequestStatus,
+    result: Result<String, String>,
+    now: Timestamp,
+) -> Transition {
+    match result {
+        Ok(msg) => {
+            set_condition(status, "Verified", "True", "Verified", now);
+            Transition::new(Phase::Completed, "Verified", msg)
+        }
+        Err(e) => Transition::new(Phase::Failed, "VerificationFailed", e),
+    }
+}
+
+/// A human's decision on a request waiting for approval, recorded; the
+/// transition for a rejection. An approval's transition depends on what
+/// is approved (see the approval stage).
+pub fn record_decision(
+    status: &mut RemediationRequestStatus,
+    approved: bool,
+    by: &str,
+    now: Timestamp,
+) -> Option<Transition> {
+    let a = status.approval.get_or_insert_with(Default::default);
+    a.decision = Some(if approved { "approved" } else { "rejected" }.into());
+    a.decided_by = Some(by.to_string());
+    a.decided_at = Some(Time(now));
+    if approved {
+        set_condition(status, "Approved", "True", "Approved", now);
+        None
+    } else {
+        set_condition(status, "Approved", "False", "Rejected", now);
+        Some(Transition::new(
+            Phase::Cancelled,
+            "Rejected",
+            format!("rejected by {by}"),
+        ))
+    }
+}
+
+pub fn step_mut<'a>(
+    s: &'a mut RemediationRequestStatus,
+    id: &str,
+) -> Option<&'a mut kubernaut_api::StepStatus> {
+    s.execution
+        .as_mut()?
+        .steps
+        .iter_mut()
+        .find(|step| step.id == id)
+}
+
+/// P0 is the most urgent. Unknown environments are treated like staging.
+pub fn priority(environment: &str, severity: &str) -> &'static str {
+    let env = match environment {
+        "production" | "prod" => 0,
+        "development" | "dev" => 2,
+        _ => 1,
+    };
+    let sev = match severity {
+        "critical" => 0,
+        "warning" | "high" => 1,
+        _ => 2,
+    };
+    match env + sev {
+        0 => "P0",
+        1 => "P1",
+        2 => "P2",
+        _ => "P3",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::StepReport;
+    use kubernaut_api::{ExecutionStatus, StepStatus};
+
+    fn clock() -> Clock {
+        Clock {
+            now: Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH),
+            timeouts: Timeouts::default(),
+            retention: Duration::from_secs(3600),
+        }
+    }
+
+    fn in_phase(phase: Phase) -> RemediationRequestStatus {
+        RemediationRequestStatus {
+            phase,
+            ..Default::default()
+        }
+    }
+
+    fn step(id: &str, state: StepPhase, error: Option<&str>) -> StepReport {
+        let mut r = StepReport::new(id, "restart_pod", state);
+        r.error = error.map(str::to_string);
+        r
+    }
+
+    fn executing(ids: &[&str]) -> RemediationRequestStatus {
+        let mut s = in_phase(Phase::Executing);
+        s.execution = Some(ExecutionStatus {
+            action: "restart_pod".into(),
+            target: kubernaut_api::ObjectRef::new("Deployment", "shop", "web"),
+            target_uid: String::new(),
+            started_at: Time(Timestamp::UNIX_EPOCH),
+            finished_at: None,
+            result: None,
+            message: String::new(),
+            steps: ids
+                .iter()
+                .map(|id| StepStatus {
+                    id: id.to_string(),
+                    phase: StepPhase::Running,
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        s
+    }
+
+    #[test]
+    fn entering_processing_sets_both_deadlines_and_records_the_history() {
+        let c = clock();
+        let mut s = in_phase(Phase::Pending);
+        enter(
+            &mut s,
+            &Transition::new(Phase::Processing, "Started", ""),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(s.phase, Phase::Processing);
+        assert_eq!(
+            s.message.as_deref(),
+            Some("Started"),
+            "an empty message names the reason"
+        );
+        assert_eq!(s.phase_history.len(), 1);
+        assert_eq!(s.phase_history[0].reason, "Started");
+        assert_eq!(s.phase_deadline, Some(after(c.now, c.timeouts.processing)));
+        assert_eq!(s.deadline, Some(after(c.now, c.timeouts.request)));
+        assert_eq!(s.completion_time, None);
+    }
+
+    #[test]
+    fn every_row_the_supervisor_uses_is_in_the_phase_table() {
+        use Phase::*;
+        let rows = [
+            (Pending, Processing, "Started"),
+            (Pending, Blocked, "TargetBusy"),
+            (Blocked, Processing, "HoldReleased"),
+            (Processing, Analyzing, "Enriched"),
+            (Processing, Skipped, "OutOfScope"),
+            (Analyzing, Executing, "ActionChosen"),
+            (Analyzing, AwaitingApproval, "ApprovalRequired"),
+            (Analyzing, Skipped, "NoMatchingRule"),
+            (Analyzing, Skipped, "RecentlyRemediated"),
+            (Analyzing, Failed, "RuleIncomplete"),
+            (AwaitingApproval, Executing, "Approved"),
+            (AwaitingApproval, Cancelled, "Rejected"),
+            (AwaitingApproval, Failed, "ApprovalExpired"),
+            (AwaitingApproval, Failed, "NoStormPlan"),
+            (Executing, Verifying, "ActionFinished"),
+            (Executing, Failed, "WorkflowFailed"),
+            (Verifying, Completed, "Verified"),
+            (Verifying, Failed, "VerificationFailed"),
+            (Processing, TimedOut, "ProcessingTimeout"),
+            (Executing, TimedOut, "ExecutingTimeout"),
+            (Blocked, TimedOut, "RequestTimeout"),
+            (Executing, Failed, "StageFailed"),
+        ];
+        let c = clock();
+        for (from, to, reason) in rows {
+            let mut s = in_phase(from);
+            enter(&mut s, &Transition::new(to, reason, "m"), &c)
+                .unwrap_or_else(|e| panic!("{from} -> {to} ({reason}): {e}"));
+            assert_eq!(s.phase, to);
+            assert_eq!(
+                s.phase_deadline.is_some(),
+                c.timeouts.for_phase(to).is_some()
+            );
+            assert_eq!(s.retention_expiry_time.is_some(), to.is_terminal(), "{to}");
+        }
+    }
+
+    #[test]
+    fn a_transition_outside_the_table_is_refused_and_changes_nothing() {
+        let c = clock();
+        for (from, to) in [
+            (Phase::Completed, Phase::Failed),
+            (Phase::Executing, Phase::Skipped),
+            (Phase::Processing, Phase::Executing),
+            (Phase::Verifying, Phase::Executing),
+        ] {
+            let mut s = in_phase(from);
+            assert!(enter(&mut s, &Transition::new(to, "R", ""), &c).is_err());
+            assert_eq!(s, in_phase(from));
+        }
+    }
+
+    #[test]
+    fn deadlines_expire_phase_first_and_never_for_terminal_requests() {
+        let c = clock();
+        let past = Some(Time(Timestamp::UNIX_EPOCH));
+        let mut s = in_phase(Phase::Executing);
+        assert_eq!(expired(&s, &c.timeouts, c.now), None);
+        s.deadline = past.clone();
+        assert_eq!(
+            expired(&s, &c.timeouts, c.now).map(|e| e.0),
+            Some("RequestTimeout")
+        );
+        s.phase_deadline = past.clone();
+        assert_eq!(
+            expired(&s, &c.timeouts, c.now).map(|e| e.0),
+            Some("ExecutingTimeout")
+        );
+        s.phase = Phase::Completed;
+        assert_eq!(expired(&s, &c.timeouts, c.now), None);
+        assert_eq!(next_deadline(&s), None);
+    }
+
+    #[test]
+    fn a_timeout_interrupts_running_steps_and_an_unanswered_approval_fails() {
+        let c = clock();
+        let mut s = executing(&["a"]);
+        let t = timed_out(
+            &mut s,
+            "ExecutingTimeout",
+            "too slow",
+            c.timeouts.approval,
+            c.now,
+        );
+        assert_eq!((t.to, t.reason), (Phase::TimedOut, "ExecutingTimeout"));
+        let step = &s.execution.as_ref().unwrap().steps[0];
+        assert_eq!(step.phase, StepPhase::Failed);
+        assert_eq!(step.message, "interrupted: too slow");
+        assert!(
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Escalated" && c.status == "True")
+        );
+
+        let mut s = in_phase(Phase::AwaitingApproval);
+        let t = timed_out(
+            &mut s,
+            "ApprovalTimeout",
+            "x",
+            Duration::from_secs(900),
+            c.now,
+        );
+        assert_eq!((t.to, t.reason), (Phase::Failed, "ApprovalExpired"));
+        assert_eq!(t.message, "no approval within 900s; nothing was changed");
+    }
+
+    #[test]
+    fn a_workflow_report_becomes_verifying_or_failed_with_the_rollback() {
+        let c = clock();
+        let mut s = executing(&["a", "b"]);
+        let ok = WorkflowReport {
+            succeeded: true,
+            steps: vec![
+                step("a", StepPhase::Succeeded, None),
+                step("b", StepPhase::Succeeded, None),
+            ],
+            completion_order: vec!["a".into(), "b".into()],
+            rollback_order: vec![],
+            stopped: None,
+        };
+        let t = executed(&mut s, &ok, c.now);
+        assert_eq!(
+            (t.to, t.reason, t.message.as_str()),
+            (Phase::Verifying, "ActionFinished", "2 steps succeeded")
+        );
+        assert_eq!(
+            s.execution.as_ref().unwrap().result.as_deref(),
+            Some("Succeeded")
+        );
+
+        let mut s = executing(&["a", "b"]);
+        let failed = WorkflowReport {
+            succeeded: false,
+            steps: vec![
+                step("a", StepPhase::RolledBack, None),
+                step("b", StepPhase::Failed, Some("boom")),
+            ],
+            completion_order: vec!["a".into(), "b".into()],
+            rollback_order: vec!["a".into()],
+            stopped: None,
+        };
+        let t = executed(&mut s, &failed, c.now);
+        assert_eq!(t.to, Phase::Failed);
+        assert_eq!(
+            t.message,
+            "step b (restart_pod) failed: boom; rolled back a"
+        );
+        let steps = &s.execution.as_ref().unwrap().steps;
+        assert_eq!(steps[0].phase, StepPhase::RolledBack);
+        assert_eq!(steps[1].message, "boom");
+        assert!(
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Executed" && c.status == "False")
+        );
+    }
+
+    #[test]
+    fn verification_completes_or_fails() {
+        let c = clock();
+        let mut s = in_phase(Phase::Verifying);
+        assert_eq!(
+            verified(&mut s, Ok("seen".into()), c.now).to,
+            Phase::Completed
+        );
+        assert_eq!(
+            verified(&mut s, Err("not seen".into()), c.now).reason,
+            "VerificationFailed"
+        );
+    }
+
+    #[test]
+    fn a_rejection_cancels_and_names_who_rejected() {
+        let c = clock();
+        let mut s = in_phase(Phase::AwaitingApproval);
+        let t = record_decision(&mut s, false, "alice", c.now);
+        assert_eq!(
+            t,
+            Some(Transition::new(
+                Phase::Cancelled,
+                "Rejected",
+                "rejected by alice"
+            ))
+        );
+        let a = s.approval.as_ref().unwrap();
+        assert_eq!(
+            (a.decision.as_deref(), a.decided_by.as_deref()),
+            (Some("rejected"), Some("alice"))
+        );
+        let mut s = in_phase(Phase::AwaitingApproval);
+        assert_eq!(record_decision(&mut s, true, "bob", c.now), None);
+        assert!(
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Approved" && c.status == "True")
+        );
+    }
+
+    #[test]
+    fn conditions_move_their_transition_time_only_when_their_status_changes() {
+        let c = clock();
+        let later = Timestamp::from_second(1_800_000_100).unwrap_or(c.now);
+        let mut s = RemediationRequestStatus::default();
+        set_condition(&mut s, "Held", "True", "TargetBusy", c.now);
+        set_condition(&mut s, "Held", "True", "ConsecutiveFailures", later);
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(s.conditions[0].last_transition_time, Time(c.now));
+        assert_eq!(s.conditions[0].reason, "ConsecutiveFailures");
+        set_condition(&mut s, "Held", "False", "HoldReleased", later);
+        assert_eq!(s.conditions[0].last_transition_time, Time(later));
+    }
+
+    #[test]
+    fn priority_combines_environment_and_severity() {
+        assert_eq!(priority("production", "critical"), "P0");
+        assert_eq!(priority("production", "warning"), "P1");
+        assert_eq!(priority("staging", "critical"), "P1");
+        assert_eq!(priority("unknown", "warning"), "P2");
+        assert_eq!(priority("development", "info"), "P3");
+    }
+}
