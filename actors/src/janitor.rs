@@ -224,7 +224,7 @@ fn mine(st: &State, select: impl Fn(&Ended) -> bool) -> Vec<(Key, Ended)> {
         .iter()
         .filter(|(_, e)| select(e))
         .filter(|(k, _)| {
-            crate::membership::owner_of(&format!("{}/{}", k.0, k.1), members)
+            crate::shard::owner_of(&format!("{}/{}", k.0, k.1), members)
                 == Some(st.ctx.identity.as_str())
         })
         .map(|(k, e)| (k.clone(), e.clone()))

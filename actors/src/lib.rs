@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod registry;
 pub mod root;
 pub mod rules;
+pub mod shard;
 pub mod supervisor;
 pub mod tasks;
 pub mod worker;
@@ -85,15 +86,15 @@ pub struct Settings {
     pub storm: rules::StormPolicy,
 }
 
-/// K-RR-4: how long a whole remediation and each phase may take.
+/// K-RR-4: how long a whole remediation and each phase may take. Keyed by
+/// phase, so that a new phase is its row in the phase table, its stage and
+/// its configured limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub request: Duration,
-    pub processing: Duration,
-    pub analyzing: Duration,
-    pub approval: Duration,
-    pub executing: Duration,
-    pub verifying: Duration,
+    /// By `Phase as usize`; `None` for phases that wait for nothing
+    /// (Pending, Blocked, which ends at `blockedUntil`) and terminal ones.
+    phases: [Option<Duration>; Phase::ALL.len()],
 }
 
 impl Default for Timeouts {
@@ -101,27 +102,31 @@ impl Default for Timeouts {
         let m = |n: u64| Duration::from_secs(60 * n);
         Self {
             request: m(60),
-            processing: m(5),
-            analyzing: m(10),
-            approval: m(15),
-            executing: m(30),
-            verifying: m(30),
+            phases: [None; Phase::ALL.len()],
         }
+        .with(Phase::Processing, m(5))
+        .with(Phase::Analyzing, m(10))
+        .with(Phase::AwaitingApproval, m(15))
+        .with(Phase::Executing, m(30))
+        .with(Phase::Verifying, m(30))
     }
 }
 
 impl Timeouts {
-    /// The phase's own limit; `None` for phases that wait for nothing
-    /// (Pending, Blocked, which ends at `blockedUntil`) and terminal ones.
+    /// The same, with `phase` limited to `limit`.
+    pub fn with(mut self, phase: Phase, limit: Duration) -> Self {
+        self.phases[phase as usize] = Some(limit);
+        self
+    }
+
+    /// The phase's own limit, if it has one.
     pub fn for_phase(&self, phase: Phase) -> Option<Duration> {
-        match phase {
-            Phase::Processing => Some(self.processing),
-            Phase::Analyzing => Some(self.analyzing),
-            Phase::AwaitingApproval => Some(self.approval),
-            Phase::Executing => Some(self.executing),
-            Phase::Verifying => Some(self.verifying),
-            _ => None,
-        }
+        self.phases[phase as usize]
+    }
+
+    /// How long a human has to approve (AwaitingApproval's limit).
+    pub fn approval(&self) -> Duration {
+        self.for_phase(Phase::AwaitingApproval).unwrap_or_default()
     }
 }
 

@@ -4,8 +4,8 @@
 //! messages it handled and how long that took, and how many are alive.
 //! ractor does not expose queue lengths, hence the wrapper.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -156,5 +156,45 @@ impl<M: Send + 'static> Addr<M> {
 
     pub fn actor(&self) -> &ActorRef<Envelope<M>> {
         &self.actor
+    }
+}
+
+/// Where to reach an actor that may be replaced: the newest one.
+pub struct Route<M>(Arc<RwLock<Option<Addr<M>>>>);
+
+impl<M> Clone for Route<M> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<M> Default for Route<M> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<M: Send + 'static> Route<M> {
+    pub fn get(&self) -> Option<Addr<M>> {
+        self.0.read().ok()?.clone()
+    }
+
+    pub fn set(&self, addr: Addr<M>) {
+        if let Ok(mut a) = self.0.write() {
+            *a = Some(addr);
+        }
+    }
+
+    /// Whether the message was queued (false: no live actor).
+    pub fn tell(&self, msg: M) -> bool {
+        self.get().is_some_and(|a| a.tell(msg))
+    }
+
+    pub async fn ask<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+        timeout: Duration,
+    ) -> Option<T> {
+        self.get()?.ask(build, timeout).await
     }
 }

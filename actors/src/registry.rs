@@ -22,9 +22,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use crate::Context;
 use crate::children::{self, Children, Verdict};
 use crate::janitor;
-use crate::mailbox::{Addr, Envelope, Inbox};
+use crate::mailbox::{Addr, Envelope, Inbox, Route};
 use crate::metrics::ActorKind;
-use crate::root::Route;
 use crate::supervisor::{self, Supervisor};
 use crate::tasks::Timers;
 
@@ -70,7 +69,7 @@ impl RegistryState {
     fn mine(&self, key: &Key) -> bool {
         self.releasing.is_none()
             && self.members.as_ref().is_some_and(|m| {
-                crate::membership::owner_of(&format!("{}/{}", key.0, key.1), m)
+                crate::shard::owner_of(&format!("{}/{}", key.0, key.1), m)
                     == Some(self.ctx.identity.as_str())
             })
     }

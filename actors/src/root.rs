@@ -11,59 +11,18 @@
 //! the controller loop to re-list the requests, and the registry adopts
 //! them again from their status.
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 
 use crate::Context;
 use crate::children::{self, Children, Verdict};
-use crate::mailbox::{Addr, Envelope, Inbox};
+use crate::mailbox::{Addr, Envelope, Inbox, Route};
 use crate::metrics::ActorKind;
 use crate::registry::RegistryMsg;
 use crate::tasks::Timers;
 use crate::{janitor, membership, registry};
-
-/// Where to reach an actor that may be replaced: the newest one.
-pub struct Route<M>(Arc<RwLock<Option<Addr<M>>>>);
-
-impl<M> Clone for Route<M> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<M> Default for Route<M> {
-    fn default() -> Self {
-        Self(Arc::default())
-    }
-}
-
-impl<M: Send + 'static> Route<M> {
-    pub fn get(&self) -> Option<Addr<M>> {
-        self.0.read().ok()?.clone()
-    }
-
-    fn set(&self, addr: Addr<M>) {
-        if let Ok(mut a) = self.0.write() {
-            *a = Some(addr);
-        }
-    }
-
-    /// Whether the message was queued (false: no live actor).
-    pub fn tell(&self, msg: M) -> bool {
-        self.get().is_some_and(|a| a.tell(msg))
-    }
-
-    pub async fn ask<T: Send + 'static>(
-        &self,
-        build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
-        timeout: Duration,
-    ) -> Option<T> {
-        self.get()?.ask(build, timeout).await
-    }
-}
 
 /// The top of the tree, as the controller loop sees it.
 #[derive(Clone, Default)]

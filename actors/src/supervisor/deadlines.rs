@@ -58,7 +58,7 @@ impl Sup {
             reason,
             serde_json::json!({ "phase": phase.as_str(), "message": message }),
         );
-        let limit = self.ctx.settings.timeouts.approval;
+        let limit = self.ctx.settings.timeouts.approval();
         self.commit(
             |s| {
                 Some(transitions::timed_out(

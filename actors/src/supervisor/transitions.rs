@@ -383,7 +383,13 @@ mod tests {
         );
         assert_eq!(s.phase_history.len(), 1);
         assert_eq!(s.phase_history[0].reason, "Started");
-        assert_eq!(s.phase_deadline, Some(after(c.now, c.timeouts.processing)));
+        assert_eq!(
+            s.phase_deadline,
+            Some(after(
+                c.now,
+                c.timeouts.for_phase(Phase::Processing).unwrap()
+            ))
+        );
         assert_eq!(s.deadline, Some(after(c.now, c.timeouts.request)));
         assert_eq!(s.completion_time, None);
     }
@@ -473,7 +479,7 @@ mod tests {
             &mut s,
             "ExecutingTimeout",
             "too slow",
-            c.timeouts.approval,
+            c.timeouts.approval(),
             c.now,
         );
         assert_eq!((t.to, t.reason), (Phase::TimedOut, "ExecutingTimeout"));

@@ -12,6 +12,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::object::ObjectRef;
 use crate::phase::Phase;
 use crate::signal::SignalSource;
 
@@ -122,39 +123,6 @@ impl StormStatus {
             });
         } else {
             self.unlisted_signals += 1;
-        }
-    }
-}
-
-#[derive(
-    Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectRef {
-    pub kind: String,
-    /// Empty for cluster-scoped objects.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(transform = no_schema_default)]
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ObjectRef {
-    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
-        Self {
-            kind: kind.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for ObjectRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.namespace.is_empty() {
-            write!(f, "{}/{}", self.kind, self.name)
-        } else {
-            write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
         }
     }
 }

@@ -6,6 +6,7 @@
 //! names the workspace uses so that a version bump touches one place.
 
 pub mod crd;
+pub mod object;
 pub mod phase;
 pub mod signal;
 pub mod workflow;
@@ -18,6 +19,7 @@ pub use crd::{
 };
 pub use k8s_openapi;
 pub use kube;
+pub use object::RequestKey;
 pub use phase::{Phase, TransitionError};
 pub use signal::{
     IngestOutcome, IntakeError, RejectReason, ReviewedUser, Signal, SignalIntake, SignalSource,
@@ -73,35 +75,6 @@ pub trait ApprovalDesk: Send + Sync {
 
 /// Label on a request naming the source's own identity of the signal instance.
 pub const INSTANCE_LABEL: &str = "kubernaut.io/signal-instance";
-
-/// Where one request lives; the Redis index maps fingerprints and signal
-/// instances to these.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl RequestKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-
-    /// Parses the `namespace/name` form written by [`Display`](std::fmt::Display).
-    pub fn parse(s: &str) -> Option<Self> {
-        let (ns, name) = s.split_once('/')?;
-        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| Self::new(ns, name))
-    }
-}
-
-impl std::fmt::Display for RequestKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// Prefix length of a hex digest used as a label value (< 63 characters).
 pub const LABEL_DIGEST_LEN: usize = 40;

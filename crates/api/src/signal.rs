@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::crd::ObjectRef;
+use crate::object::{ObjectRef, RequestKey};
 
 // k8s-openapi re-exports the jiff it was built with; using it keeps one version.
 use k8s_openapi::jiff as jiff_ts;
@@ -121,7 +121,7 @@ pub enum IngestOutcome {
         total_signals: i64,
     },
     /// A resolution, recorded on the request its signal belongs to, if any.
-    Resolved { request: Option<crate::RequestKey> },
+    Resolved { request: Option<RequestKey> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

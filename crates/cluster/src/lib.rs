@@ -19,8 +19,8 @@ mod watch;
 use std::time::Duration;
 
 pub use actions::{
-    ActionCall, ActionError, ActionInfo, Bounds, Change, ExecSettings, Outcome, Quantity, Risk,
-    catalogue, lock_name, repeatable,
+    Action, ActionCall, ActionError, ActionInfo, Bounds, Catalogued, Change, ExecSettings, KINDS,
+    Kind, Outcome, Quantity, Ran, Risk, RunCx, catalogue, kind, lock_name, repeatable,
 };
 pub use actions::{DeleteOutcome, PodState};
 pub use approvals::KubeApprovals;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use kubernaut_actors::{ActorKind, Chaos, RestartPolicy, Rule, Timeouts};
+use kubernaut_api::Phase;
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
@@ -458,14 +459,13 @@ pub struct TimeoutsConfig {
 impl TimeoutsConfig {
     pub fn timeouts(&self) -> Timeouts {
         let s = Duration::from_secs;
-        Timeouts {
-            request: s(self.request_seconds),
-            processing: s(self.processing_seconds),
-            analyzing: s(self.analyzing_seconds),
-            approval: s(self.approval_seconds),
-            executing: s(self.executing_seconds),
-            verifying: s(self.verifying_seconds),
-        }
+        let mut t = Timeouts::default();
+        t.request = s(self.request_seconds);
+        t.with(Phase::Processing, s(self.processing_seconds))
+            .with(Phase::Analyzing, s(self.analyzing_seconds))
+            .with(Phase::AwaitingApproval, s(self.approval_seconds))
+            .with(Phase::Executing, s(self.executing_seconds))
+            .with(Phase::Verifying, s(self.verifying_seconds))
     }
 }
 

@@ -215,7 +215,10 @@ pub fn awaiting(sup: &Sup, reasons: Vec<String>) -> ApprovalStatus {
     ApprovalStatus {
         required: true,
         reasons,
-        expires_at: Some(after(Timestamp::now(), sup.ctx.settings.timeouts.approval)),
+        expires_at: Some(after(
+            Timestamp::now(),
+            sup.ctx.settings.timeouts.approval(),
+        )),
         ..Default::default()
     }
 }

@@ -14,7 +14,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::ActionError;
+use futures::future::BoxFuture;
+
+use super::{Action, ActionError, Catalogued, Kind, Ran, Risk, RunCx};
 use crate::{Cluster, bounded};
 
 /// The most events and pods kept.
@@ -162,6 +164,40 @@ impl Cluster {
             })
             .collect();
         Ok(json!({ "object": object, "events": events, "pods": pods }))
+    }
+}
+
+impl Catalogued for CollectDiagnostics {
+    const KIND: Kind = Kind::new::<Self>(
+        "collect_diagnostics",
+        Risk::None,
+        "Record the object (env values redacted), its recent events and its pods' container states in the audit trail.",
+        &[
+            "Pod",
+            "Deployment",
+            "ReplicaSet",
+            "StatefulSet",
+            "DaemonSet",
+            "Job",
+            "Node",
+        ],
+    )
+    .read_only();
+}
+
+impl Action for CollectDiagnostics {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new(&self.kind, &self.namespace, &self.name))
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let evidence = cx.cluster.collect_diagnostics(self).await?;
+            Ok(Ran::Read(
+                evidence,
+                format!("collected diagnostics of {}", cx.target),
+            ))
+        })
     }
 }
 

@@ -22,7 +22,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::{ActionError, Change, dry_run_refused, to_value};
+use futures::future::BoxFuture;
+
+use super::{
+    Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, NodeTarget, Ran, Risk,
+    RunCx, UncordonNode, dry_run_refused, to_value,
+};
 use crate::{Cluster, Error, bounded};
 
 /// The kubelet's annotation on the API copy of a static pod.
@@ -261,6 +266,45 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+impl Catalogued for DrainNode {
+    const KIND: Kind = Kind::new::<Self>(
+        "drain_node",
+        Risk::High,
+        "Cordon a Node and evict its pods through the Eviction API, honouring PodDisruptionBudgets; DaemonSet, mirror and protected-namespace pods stay; refused when a pod has no controller.",
+        &["Node"],
+    )
+    .reversible();
+}
+
+impl Action for DrainNode {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new("Node", "", &self.name))
+    }
+
+    fn check(&self, _bounds: &Bounds) -> Result<(), String> {
+        DrainNode::check(self)
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let (changes, message) = cx.cluster.drain_node(self, cx.dry_run).await?;
+            Ok(Ran::Many(changes, message))
+        })
+    }
+
+    /// Evicted pods are replaced by their controllers; only the cordon can
+    /// be undone.
+    fn undo(&self, change: &Change) -> Option<ActionCall> {
+        (change.object.kind == "Node" && !super::node::was_unschedulable(&change.before)).then(
+            || {
+                ActionCall::of(UncordonNode(NodeTarget {
+                    name: self.name.clone(),
+                }))
+            },
+        )
     }
 }
 

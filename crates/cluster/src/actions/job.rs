@@ -13,7 +13,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ActionError, Change, ExecSettings, dry_run_refused, to_value};
+use futures::future::BoxFuture;
+
+use super::{
+    Action, ActionError, Catalogued, Change, ExecSettings, Kind, Ran, Risk, RunCx, dry_run_refused,
+    to_value,
+};
 use crate::{Cluster, FIELD_MANAGER, bounded};
 
 /// Label naming the template a Job was made from.
@@ -124,6 +129,33 @@ impl Cluster {
             before: Value::Null,
             after: to_value(&after)?,
         }))
+    }
+}
+
+impl Catalogued for RunJob {
+    const KIND: Kind = Kind::new::<Self>(
+        "run_job",
+        Risk::Medium,
+        "Create a Job from a template in executor.jobTemplates (one per request and template, removed after its TTL).",
+        &[],
+    )
+    .creates();
+}
+
+impl Action for RunJob {
+    fn target(&self, holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new(
+            "Job",
+            &self.namespace,
+            &self.job_name(holder),
+        ))
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let change = cx.cluster.run_job(self, cx.settings, cx.dry_run).await?;
+            Ok(Ran::Changed(change))
+        })
     }
 }
 

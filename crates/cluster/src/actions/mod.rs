@@ -1,8 +1,10 @@
 //! The action catalogue (K-EX-2) and the safety every action goes through
 //! (K-EX-3).
 //!
-//! An action is an [`ActionCall`]: a name and typed parameters (each with a
-//! JSON Schema, shared with the Analysis stage through [`catalogue`]).
+//! Each action is a parameter type implementing [`Action`] and
+//! [`Catalogued`], listed once in [`KINDS`]; an [`ActionCall`] is one parsed
+//! call of any of them (its JSON Schema is shared with the Analysis stage
+//! through [`catalogue`]).
 //! [`Cluster::run_action`] runs one with, in this order: its bounds, the
 //! scope of its target (label `kubernaut.io/managed=true`, protected
 //! namespaces) checked again here, a per-target lock (Lease
@@ -14,10 +16,12 @@
 //! returned for the audit trail and for rollback, which is itself an action
 //! ([`ActionCall::rollback`]).
 
+mod action;
 mod diagnostics;
 mod drain;
 mod job;
 mod node;
+mod notify;
 mod objects;
 mod pod;
 pub mod quantity;
@@ -35,21 +39,15 @@ use kube::api::PostParams;
 use kube::{Api, Resource};
 use kubernaut_api::ObjectRef;
 use kubernaut_api::signal::sha256_hex;
-use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use diagnostics::CollectDiagnostics;
-pub use drain::DrainNode;
-pub use job::RunJob;
-pub use node::NodeTarget;
-pub use objects::{Named, UpdateHpa};
+pub use action::{Action, ActionCall, Catalogued, Kind, Ran, RunCx};
+pub use node::{NodeTarget, UncordonNode};
 pub use pod::{DeleteOutcome, PodState};
 pub use quantity::Quantity;
-pub use resources::{ExpandPvc, IncreaseResources};
-pub use verify::repeatable;
-pub use workload::{RolloutRestart, Scale, WorkloadKind};
+pub use workload::WorkloadKind;
 
 use crate::{Cluster, Error, FIELD_MANAGER, Scope, bounded};
 
@@ -84,191 +82,52 @@ pub struct ActionInfo {
     pub acts_on: &'static [&'static str],
 }
 
-/// Nothing is changed; the request's record carries the message.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyOnly {
-    #[serde(default)]
-    pub message: String,
+/// Every action, one line each: its parameter type implements
+/// [`Action`] and names its [`Kind`]. Adding an action is a file with its
+/// type, its line here, its RBAC and a test.
+pub static KINDS: &[Kind] = &[
+    workload::ScaleDeployment::KIND,
+    workload::ScaleStatefulset::KIND,
+    workload::RolloutRestart::KIND,
+    workload::RollbackDeployment::KIND,
+    objects::RestartPod::KIND,
+    objects::QuarantinePod::KIND,
+    objects::DeleteJob::KIND,
+    job::RunJob::KIND,
+    resources::IncreaseResources::KIND,
+    objects::UpdateHpa::KIND,
+    resources::ExpandPvc::KIND,
+    node::CordonNode::KIND,
+    node::UncordonNode::KIND,
+    drain::DrainNode::KIND,
+    diagnostics::CollectDiagnostics::KIND,
+    notify::NotifyOnly::KIND,
+];
+
+/// The kind of the action named `name`.
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == name)
 }
 
-/// An action with its parameters. Parsed from the analysis' or workflow's
-/// `{ "action": name, "parameters": {...} }`; unknown actions and unknown
-/// or missing parameters are errors.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "action", content = "parameters", rename_all = "snake_case")]
-pub enum ActionCall {
-    ScaleDeployment(Scale),
-    ScaleStatefulset(Scale),
-    RolloutRestart(RolloutRestart),
-    RollbackDeployment(Named),
-    RestartPod(Named),
-    QuarantinePod(Named),
-    DeleteJob(Named),
-    RunJob(RunJob),
-    IncreaseResources(IncreaseResources),
-    UpdateHpa(UpdateHpa),
-    ExpandPvc(ExpandPvc),
-    CordonNode(NodeTarget),
-    UncordonNode(NodeTarget),
-    DrainNode(DrainNode),
-    CollectDiagnostics(CollectDiagnostics),
-    NotifyOnly(NotifyOnly),
-}
-
-fn schema_of<T: JsonSchema>() -> Value {
-    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
-}
-
-const WORKLOADS: &[&str] = &["Deployment", "StatefulSet", "DaemonSet"];
-
-fn acts_on(action: &str) -> &'static [&'static str] {
-    match action {
-        "scale_deployment" | "rollback_deployment" => &["Deployment"],
-        "scale_statefulset" => &["StatefulSet"],
-        "rollout_restart" | "increase_resources" => WORKLOADS,
-        "restart_pod" | "quarantine_pod" => &["Pod"],
-        "delete_job" => &["Job"],
-        "update_hpa" => &["HorizontalPodAutoscaler"],
-        "expand_pvc" => &["PersistentVolumeClaim"],
-        "cordon_node" | "uncordon_node" | "drain_node" => &["Node"],
-        "collect_diagnostics" => &[
-            "Pod",
-            "Deployment",
-            "ReplicaSet",
-            "StatefulSet",
-            "DaemonSet",
-            "Job",
-            "Node",
-        ],
-        _ => &[],
-    }
+/// Actions that leave the same state however often they run, so a step a
+/// restart interrupted can simply run again (unknown ones: yes).
+pub fn repeatable(action: &str) -> bool {
+    kind(action).is_none_or(|k| k.repeatable)
 }
 
 /// Every action Kubernaut can run, with its parameter schema.
 pub fn catalogue() -> Vec<ActionInfo> {
-    let info = |name, risk, summary, parameters, reversible| ActionInfo {
-        name,
-        risk,
-        summary,
-        parameters,
-        reversible,
-        acts_on: acts_on(name),
-    };
-    vec![
-        info(
-            "scale_deployment",
-            Risk::Medium,
-            "Set a Deployment's replicas (bounded by bounds.maxReplicas).",
-            schema_of::<Scale>(),
-            true,
-        ),
-        info(
-            "scale_statefulset",
-            Risk::Medium,
-            "Set a StatefulSet's replicas (bounded by bounds.maxReplicas).",
-            schema_of::<Scale>(),
-            true,
-        ),
-        info(
-            "rollout_restart",
-            Risk::Low,
-            "Restart a Deployment's, StatefulSet's or DaemonSet's pods through a rollout, as kubectl rollout restart does.",
-            schema_of::<RolloutRestart>(),
-            false,
-        ),
-        info(
-            "rollback_deployment",
-            Risk::High,
-            "Put back the pod template of a Deployment's previous revision (its ReplicaSet), as kubectl rollout undo does.",
-            schema_of::<Named>(),
-            false,
-        ),
-        info(
-            "restart_pod",
-            Risk::Low,
-            "Delete a pod (the one that exists now, by UID) so that its controller replaces it.",
-            schema_of::<Named>(),
-            false,
-        ),
-        info(
-            "quarantine_pod",
-            Risk::Medium,
-            "Take a pod out of its Services (and its ReplicaSet, which replaces it) by moving the selected labels into an annotation; the pod keeps running for inspection.",
-            schema_of::<Named>(),
-            false,
-        ),
-        info(
-            "delete_job",
-            Risk::Medium,
-            "Delete a Job and, in the background, its pods.",
-            schema_of::<Named>(),
-            false,
-        ),
-        info(
-            "run_job",
-            Risk::Medium,
-            "Create a Job from a template in executor.jobTemplates (one per request and template, removed after its TTL).",
-            schema_of::<RunJob>(),
-            false,
-        ),
-        info(
-            "increase_resources",
-            Risk::Medium,
-            "Multiply the cpu or memory requests and limits of one container of a Deployment, StatefulSet or DaemonSet (at most bounds.maxIncreaseFactor, capped at bounds.maxCpu/maxMemory); the workload rolls out.",
-            schema_of::<IncreaseResources>(),
-            true,
-        ),
-        info(
-            "update_hpa",
-            Risk::Medium,
-            "Set a HorizontalPodAutoscaler's minReplicas and/or maxReplicas (within bounds.maxReplicas).",
-            schema_of::<UpdateHpa>(),
-            true,
-        ),
-        info(
-            "expand_pvc",
-            Risk::Medium,
-            "Raise a PersistentVolumeClaim's storage request, only when its StorageClass allows expansion (at most bounds.maxIncreaseFactor times, capped at bounds.maxStorage); claims never shrink.",
-            schema_of::<ExpandPvc>(),
-            false,
-        ),
-        info(
-            "cordon_node",
-            Risk::Medium,
-            "Mark a Node unschedulable; its pods keep running.",
-            schema_of::<NodeTarget>(),
-            true,
-        ),
-        info(
-            "uncordon_node",
-            Risk::Medium,
-            "Mark a Node schedulable again.",
-            schema_of::<NodeTarget>(),
-            true,
-        ),
-        info(
-            "drain_node",
-            Risk::High,
-            "Cordon a Node and evict its pods through the Eviction API, honouring PodDisruptionBudgets; DaemonSet, mirror and protected-namespace pods stay; refused when a pod has no controller.",
-            schema_of::<DrainNode>(),
-            true,
-        ),
-        info(
-            "collect_diagnostics",
-            Risk::None,
-            "Record the object (env values redacted), its recent events and its pods' container states in the audit trail.",
-            schema_of::<CollectDiagnostics>(),
-            false,
-        ),
-        info(
-            "notify_only",
-            Risk::None,
-            "Change nothing; record the decision for a human.",
-            schema_of::<NotifyOnly>(),
-            false,
-        ),
-    ]
+    KINDS
+        .iter()
+        .map(|k| ActionInfo {
+            name: k.name,
+            risk: k.risk,
+            summary: k.summary,
+            parameters: k.schema(),
+            reversible: k.reversible,
+            acts_on: k.acts_on,
+        })
+        .collect()
 }
 
 /// Per-action limits (`executor.bounds` in the configuration).
@@ -374,132 +233,25 @@ pub enum ActionError {
 /// Read-modify-write attempts before a conflict is reported.
 const CONFLICT_RETRIES: usize = 5;
 
-impl ActionCall {
-    /// Parses `{"action": name, "parameters": {...}}` parts; absent
-    /// parameters (`null`) are an empty object.
-    pub fn parse(action: &str, parameters: Value) -> Result<Self, String> {
-        let parameters = match parameters {
-            Value::Null => Value::Object(Default::default()),
-            p => p,
-        };
-        serde_json::from_value(serde_json::json!({ "action": action, "parameters": parameters }))
-            .map_err(|e| format!("action {action}: {e}"))
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            ActionCall::ScaleDeployment(_) => "scale_deployment",
-            ActionCall::ScaleStatefulset(_) => "scale_statefulset",
-            ActionCall::RolloutRestart(_) => "rollout_restart",
-            ActionCall::RollbackDeployment(_) => "rollback_deployment",
-            ActionCall::RestartPod(_) => "restart_pod",
-            ActionCall::QuarantinePod(_) => "quarantine_pod",
-            ActionCall::DeleteJob(_) => "delete_job",
-            ActionCall::RunJob(_) => "run_job",
-            ActionCall::IncreaseResources(_) => "increase_resources",
-            ActionCall::UpdateHpa(_) => "update_hpa",
-            ActionCall::ExpandPvc(_) => "expand_pvc",
-            ActionCall::CordonNode(_) => "cordon_node",
-            ActionCall::UncordonNode(_) => "uncordon_node",
-            ActionCall::DrainNode(_) => "drain_node",
-            ActionCall::CollectDiagnostics(_) => "collect_diagnostics",
-            ActionCall::NotifyOnly(_) => "notify_only",
+/// What a run did, as the record says it.
+fn outcome(call: &ActionCall, target: &ObjectRef, dry_run: bool, ran: Ran) -> Outcome {
+    let (changes, evidence, message) = match ran {
+        Ran::Changed(change) => {
+            let message = match (&change, dry_run) {
+                (None, _) => format!("{target} already as {} wants it", call.name()),
+                (Some(_), true) => format!("dry run: {} would change {target}", call.name()),
+                (Some(_), false) => format!("{} changed {target}", call.name()),
+            };
+            (change.into_iter().collect(), Value::Null, message)
         }
-    }
-
-    /// The object the action changes when the request `holder` runs it
-    /// (run_job's Job is named after the request); `None` when it changes
-    /// nothing.
-    pub fn target_of(&self, holder: &str) -> Option<ObjectRef> {
-        match self {
-            ActionCall::ScaleDeployment(s) => {
-                Some(ObjectRef::new("Deployment", &s.namespace, &s.name))
-            }
-            ActionCall::ScaleStatefulset(s) => {
-                Some(ObjectRef::new("StatefulSet", &s.namespace, &s.name))
-            }
-            ActionCall::RolloutRestart(r) => {
-                Some(ObjectRef::new(r.kind.as_str(), &r.namespace, &r.name))
-            }
-            ActionCall::CordonNode(n) | ActionCall::UncordonNode(n) => {
-                Some(ObjectRef::new("Node", "", &n.name))
-            }
-            ActionCall::DrainNode(d) => Some(ObjectRef::new("Node", "", &d.name)),
-            ActionCall::RunJob(r) => Some(ObjectRef::new("Job", &r.namespace, &r.job_name(holder))),
-            ActionCall::IncreaseResources(r) => {
-                Some(ObjectRef::new(r.kind.as_str(), &r.namespace, &r.name))
-            }
-            ActionCall::ExpandPvc(p) => Some(ObjectRef::new(
-                "PersistentVolumeClaim",
-                &p.namespace,
-                &p.name,
-            )),
-            ActionCall::RollbackDeployment(d) => {
-                Some(ObjectRef::new("Deployment", &d.namespace, &d.name))
-            }
-            ActionCall::RestartPod(p) | ActionCall::QuarantinePod(p) => {
-                Some(ObjectRef::new("Pod", &p.namespace, &p.name))
-            }
-            ActionCall::DeleteJob(j) => Some(ObjectRef::new("Job", &j.namespace, &j.name)),
-            ActionCall::UpdateHpa(h) => Some(ObjectRef::new(
-                "HorizontalPodAutoscaler",
-                &h.namespace,
-                &h.name,
-            )),
-            ActionCall::CollectDiagnostics(d) => {
-                Some(ObjectRef::new(&d.kind, &d.namespace, &d.name))
-            }
-            ActionCall::NotifyOnly(_) => None,
-        }
-    }
-
-    /// Bounds and parameter sanity, before anything is read.
-    pub fn check(&self, bounds: &Bounds) -> Result<(), ActionError> {
-        match self {
-            ActionCall::ScaleDeployment(s) | ActionCall::ScaleStatefulset(s) => s.check(bounds),
-            ActionCall::UpdateHpa(h) => h.check(bounds),
-            ActionCall::IncreaseResources(r) => r.check(bounds),
-            ActionCall::DrainNode(d) => d.check(),
-            ActionCall::ExpandPvc(p) => p
-                .size
-                .parse::<Quantity>()
-                .map(drop)
-                .map_err(|e| format!("size: {e}")),
-            _ => Ok(()),
-        }
-        .map_err(ActionError::Refused)
-    }
-
-    /// The action that undoes `change` made by this one, if it can be undone.
-    pub fn rollback(&self, change: &Change) -> Option<ActionCall> {
-        match self {
-            ActionCall::ScaleDeployment(s) => {
-                Some(ActionCall::ScaleDeployment(s.restored(&change.before)?))
-            }
-            ActionCall::ScaleStatefulset(s) => {
-                Some(ActionCall::ScaleStatefulset(s.restored(&change.before)?))
-            }
-            ActionCall::UpdateHpa(h) => Some(ActionCall::UpdateHpa(h.restored(&change.before)?)),
-            ActionCall::CordonNode(n) if !node::was_unschedulable(&change.before) => {
-                Some(ActionCall::UncordonNode(n.clone()))
-            }
-            ActionCall::UncordonNode(n) if node::was_unschedulable(&change.before) => {
-                Some(ActionCall::CordonNode(n.clone()))
-            }
-            // Evicted pods are replaced by their controllers; only the
-            // cordon can be undone.
-            ActionCall::DrainNode(d)
-                if change.object.kind == "Node" && !node::was_unschedulable(&change.before) =>
-            {
-                Some(ActionCall::UncordonNode(NodeTarget {
-                    name: d.name.clone(),
-                }))
-            }
-            ActionCall::IncreaseResources(r) => {
-                Some(ActionCall::IncreaseResources(r.restored(&change.before)?))
-            }
-            _ => None,
-        }
+        Ran::Many(changes, message) => (changes, Value::Null, message),
+        Ran::Read(evidence, message) => (Vec::new(), evidence, message),
+    };
+    Outcome {
+        dry_run,
+        changes,
+        evidence,
+        message,
     }
 }
 
@@ -527,15 +279,18 @@ impl Cluster {
                 message: "nothing to change".into(),
             });
         };
-        self.check_scope(call, &target).await?;
-        if let ActionCall::CollectDiagnostics(d) = call {
+        let kind = call.kind();
+        self.check_scope(kind, &target).await?;
+        let cx = |dry_run| RunCx {
+            cluster: self,
+            settings,
+            target: &target,
+            dry_run,
+        };
+        if !kind.writes {
             // Read-only: no lock, and the same in dry-run mode.
-            return Ok(Outcome {
-                dry_run: false,
-                changes: Vec::new(),
-                evidence: self.collect_diagnostics(d).await?,
-                message: format!("collected diagnostics of {target}"),
-            });
+            let ran = call.action().run(cx(false)).await?;
+            return Ok(outcome(call, &target, false, ran));
         }
         let dry_run = settings.dry_run_only
             || (!target.namespace.is_empty()
@@ -547,61 +302,9 @@ impl Cluster {
             let holder = self.lock_holder(&target).await.unwrap_or_default();
             return Err(ActionError::Busy(target, holder));
         };
-        let result = self.run_locked(call, &target, settings, dry_run).await;
+        let result = call.action().run(cx(dry_run)).await;
         lock.release().await;
-        result
-    }
-
-    async fn run_locked(
-        &self,
-        call: &ActionCall,
-        target: &ObjectRef,
-        settings: &ExecSettings,
-        dry_run: bool,
-    ) -> Result<Outcome, ActionError> {
-        if let ActionCall::DrainNode(d) = call {
-            let (changes, message) = self.drain_node(d, dry_run).await?;
-            return Ok(Outcome {
-                dry_run,
-                changes,
-                evidence: Value::Null,
-                message,
-            });
-        }
-        let bounds = &settings.bounds;
-        let change = match call {
-            ActionCall::ScaleDeployment(s) => {
-                self.scale(WorkloadKind::Deployment, s, dry_run).await?
-            }
-            ActionCall::ScaleStatefulset(s) => {
-                self.scale(WorkloadKind::StatefulSet, s, dry_run).await?
-            }
-            ActionCall::RolloutRestart(r) => self.rollout_restart(r, dry_run).await?,
-            ActionCall::RollbackDeployment(d) => self.rollback_deployment(d, dry_run).await?,
-            ActionCall::RestartPod(p) => self.restart_pod(p, dry_run).await?,
-            ActionCall::QuarantinePod(p) => self.quarantine_pod(p, dry_run).await?,
-            ActionCall::DeleteJob(j) => self.delete_job(j, dry_run).await?,
-            ActionCall::RunJob(r) => self.run_job(r, settings, dry_run).await?,
-            ActionCall::IncreaseResources(r) => self.increase_resources(r, bounds, dry_run).await?,
-            ActionCall::UpdateHpa(h) => self.update_hpa(h, dry_run).await?,
-            ActionCall::ExpandPvc(p) => self.expand_pvc(p, bounds, dry_run).await?,
-            ActionCall::CordonNode(n) => self.set_unschedulable(&n.name, true, dry_run).await?,
-            ActionCall::UncordonNode(n) => self.set_unschedulable(&n.name, false, dry_run).await?,
-            ActionCall::CollectDiagnostics(_)
-            | ActionCall::NotifyOnly(_)
-            | ActionCall::DrainNode(_) => None,
-        };
-        let message = match (&change, dry_run) {
-            (None, _) => format!("{target} already as {} wants it", call.name()),
-            (Some(_), true) => format!("dry run: {} would change {target}", call.name()),
-            (Some(_), false) => format!("{} changed {target}", call.name()),
-        };
-        Ok(Outcome {
-            dry_run,
-            changes: change.into_iter().collect(),
-            evidence: Value::Null,
-            message,
-        })
+        Ok(outcome(call, &target, dry_run, result?))
     }
 
     async fn lock_holder(&self, target: &ObjectRef) -> Option<String> {
@@ -616,8 +319,8 @@ impl Cluster {
 
     /// Defence in depth (K-EX-3): the target is in scope now, whatever it
     /// was when the signal came in.
-    async fn check_scope(&self, call: &ActionCall, target: &ObjectRef) -> Result<(), ActionError> {
-        let resolved = if let ActionCall::RunJob(_) = call {
+    async fn check_scope(&self, kind: &Kind, target: &ObjectRef) -> Result<(), ActionError> {
+        let resolved = if kind.creates {
             // The Job does not exist yet: its namespace decides.
             crate::Resolved {
                 target: target.clone(),
@@ -748,12 +451,67 @@ mod tests {
         assert!(e.contains("Pod"), "{e}");
         assert_eq!(
             ActionCall::parse("notify_only", json!({})).unwrap(),
-            ActionCall::NotifyOnly(NotifyOnly::default())
+            ActionCall::of(notify::NotifyOnly::default())
         );
         assert_eq!(
             ActionCall::parse("notify_only", Value::Null).unwrap(),
-            ActionCall::NotifyOnly(NotifyOnly::default())
+            ActionCall::of(notify::NotifyOnly::default())
         );
+    }
+
+    #[test]
+    fn every_kind_is_listed_once_and_its_flags_are_what_the_executor_relies_on() {
+        let mut names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), KINDS.len(), "a name is listed twice");
+        let of = |n: &str| kind(n).unwrap_or_else(|| panic!("{n} is not listed"));
+        assert!(!of("collect_diagnostics").writes && !of("notify_only").writes);
+        assert!(of("run_job").creates && !of("restart_pod").creates);
+        for n in [
+            "restart_pod",
+            "delete_job",
+            "rollout_restart",
+            "rollback_deployment",
+            "increase_resources",
+        ] {
+            assert!(!repeatable(n), "{n} must not run twice after a restart");
+        }
+        assert!(repeatable("scale_deployment") && repeatable("cordon_node"));
+        assert!(of("drain_node").reversible && !of("restart_pod").reversible);
+    }
+
+    #[test]
+    fn an_undo_is_a_call_of_the_undoing_action() {
+        let change = |before: Value| Change {
+            object: ObjectRef::new("Node", "", "n1"),
+            before,
+            after: Value::Null,
+        };
+        let cordon = ActionCall::parse("cordon_node", json!({"name": "n1"})).unwrap();
+        let undo = cordon.rollback(&change(json!({"spec": {}}))).unwrap();
+        assert_eq!(
+            undo,
+            ActionCall::parse("uncordon_node", json!({"name": "n1"})).unwrap()
+        );
+        assert_eq!(
+            cordon.rollback(&change(json!({"spec": {"unschedulable": true}}))),
+            None,
+            "a node that was cordoned already stays cordoned"
+        );
+        let scale = ActionCall::parse(
+            "scale_deployment",
+            json!({"namespace": "a", "name": "b", "replicas": 0}),
+        )
+        .unwrap();
+        let back = scale
+            .rollback(&change(json!({"spec": {"replicas": 3}})))
+            .unwrap();
+        assert_eq!(back.parameters()["replicas"], 3);
+        assert_eq!(back.name(), "scale_deployment");
+        let restart =
+            ActionCall::parse("restart_pod", json!({"namespace": "a", "name": "p"})).unwrap();
+        assert_eq!(restart.rollback(&change(json!({}))), None);
     }
 
     #[test]

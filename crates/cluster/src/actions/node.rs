@@ -7,7 +7,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ActionError, Change};
+use futures::future::BoxFuture;
+
+use super::{Action, ActionCall, ActionError, Catalogued, Change, Kind, Ran, Risk, RunCx};
 use crate::Cluster;
 
 /// Parameters of the node actions.
@@ -38,5 +40,75 @@ impl Cluster {
             Ok(now != unschedulable)
         })
         .await
+    }
+}
+
+/// cordon_node.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct CordonNode(pub NodeTarget);
+
+/// uncordon_node.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct UncordonNode(pub NodeTarget);
+
+impl Catalogued for CordonNode {
+    const KIND: Kind = Kind::new::<Self>(
+        "cordon_node",
+        Risk::Medium,
+        "Mark a Node unschedulable; its pods keep running.",
+        &["Node"],
+    )
+    .reversible();
+}
+
+impl Catalogued for UncordonNode {
+    const KIND: Kind = Kind::new::<Self>(
+        "uncordon_node",
+        Risk::Medium,
+        "Mark a Node schedulable again.",
+        &["Node"],
+    )
+    .reversible();
+}
+
+impl Action for CordonNode {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new("Node", "", &self.0.name))
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let change = cx
+                .cluster
+                .set_unschedulable(&self.0.name, true, cx.dry_run)
+                .await?;
+            Ok(Ran::Changed(change))
+        })
+    }
+
+    fn undo(&self, change: &Change) -> Option<ActionCall> {
+        (!was_unschedulable(&change.before)).then(|| ActionCall::of(UncordonNode(self.0.clone())))
+    }
+}
+
+impl Action for UncordonNode {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new("Node", "", &self.0.name))
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let change = cx
+                .cluster
+                .set_unschedulable(&self.0.name, false, cx.dry_run)
+                .await?;
+            Ok(Ran::Changed(change))
+        })
+    }
+
+    fn undo(&self, change: &Change) -> Option<ActionCall> {
+        was_unschedulable(&change.before).then(|| ActionCall::of(CordonNode(self.0.clone())))
     }
 }

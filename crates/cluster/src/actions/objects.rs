@@ -13,7 +13,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt::Debug;
 
-use super::{ActionError, Bounds, Change, dry_run_refused, to_value};
+use futures::future::BoxFuture;
+
+use super::{
+    Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Outcome, Ran, Risk, RunCx,
+    dry_run_refused, to_value,
+};
 use crate::{Cluster, bounded};
 
 /// Label of a quarantined pod.
@@ -232,5 +237,139 @@ impl Cluster {
             },
         )
         .await
+    }
+}
+
+/// restart_pod.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct RestartPod(pub Named);
+
+/// quarantine_pod.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct QuarantinePod(pub Named);
+
+/// delete_job.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct DeleteJob(pub Named);
+
+impl Catalogued for RestartPod {
+    const KIND: Kind = Kind::new::<Self>(
+        "restart_pod",
+        Risk::Low,
+        "Delete a pod (the one that exists now, by UID) so that its controller replaces it.",
+        &["Pod"],
+    )
+    .not_repeatable();
+}
+
+impl Catalogued for QuarantinePod {
+    const KIND: Kind = Kind::new::<Self>(
+        "quarantine_pod",
+        Risk::Medium,
+        "Take a pod out of its Services (and its ReplicaSet, which replaces it) by moving the selected labels into an annotation; the pod keeps running for inspection.",
+        &["Pod"],
+    );
+}
+
+impl Catalogued for DeleteJob {
+    const KIND: Kind = Kind::new::<Self>(
+        "delete_job",
+        Risk::Medium,
+        "Delete a Job and, in the background, its pods.",
+        &["Job"],
+    )
+    .not_repeatable();
+}
+
+impl Catalogued for UpdateHpa {
+    const KIND: Kind = Kind::new::<Self>(
+        "update_hpa",
+        Risk::Medium,
+        "Set a HorizontalPodAutoscaler's minReplicas and/or maxReplicas (within bounds.maxReplicas).",
+        &["HorizontalPodAutoscaler"],
+    )
+    .reversible();
+}
+
+impl Action for RestartPod {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new("Pod", &self.0.namespace, &self.0.name))
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let change = cx.cluster.restart_pod(&self.0, cx.dry_run).await?;
+            Ok(Ran::Changed(change))
+        })
+    }
+
+    fn verify<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
+        Box::pin(cluster.verify_gone(outcome))
+    }
+}
+
+impl Action for QuarantinePod {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new("Pod", &self.0.namespace, &self.0.name))
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let change = cx.cluster.quarantine_pod(&self.0, cx.dry_run).await?;
+            Ok(Ran::Changed(change))
+        })
+    }
+}
+
+impl Action for DeleteJob {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new("Job", &self.0.namespace, &self.0.name))
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let change = cx.cluster.delete_job(&self.0, cx.dry_run).await?;
+            Ok(Ran::Changed(change))
+        })
+    }
+
+    fn verify<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
+        Box::pin(cluster.verify_gone(outcome))
+    }
+}
+
+impl Action for UpdateHpa {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new(
+            "HorizontalPodAutoscaler",
+            &self.namespace,
+            &self.name,
+        ))
+    }
+
+    fn check(&self, bounds: &Bounds) -> Result<(), String> {
+        UpdateHpa::check(self, bounds)
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let change = cx.cluster.update_hpa(self, cx.dry_run).await?;
+            Ok(Ran::Changed(change))
+        })
+    }
+
+    fn undo(&self, change: &Change) -> Option<ActionCall> {
+        Some(ActionCall::of(self.restored(&change.before)?))
     }
 }

@@ -15,7 +15,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::quantity::{Quantity, Resource};
-use super::{ActionError, Bounds, Change, WorkloadKind};
+use futures::future::BoxFuture;
+
+use super::{
+    Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Outcome, Ran, Risk, RunCx,
+    WorkloadKind,
+};
 use crate::{Cluster, bounded};
 
 /// Parameters of increase_resources: multiply the requests and limits of
@@ -250,6 +255,88 @@ impl Cluster {
             Ok(true)
         })
         .await
+    }
+}
+
+impl Catalogued for IncreaseResources {
+    const KIND: Kind = Kind::new::<Self>(
+        "increase_resources",
+        Risk::Medium,
+        "Multiply the cpu or memory requests and limits of one container of a Deployment, StatefulSet or DaemonSet (at most bounds.maxIncreaseFactor, capped at bounds.maxCpu/maxMemory); the workload rolls out.",
+        super::workload::WORKLOADS,
+    )
+    .reversible()
+    .not_repeatable();
+}
+
+impl Catalogued for ExpandPvc {
+    const KIND: Kind = Kind::new::<Self>(
+        "expand_pvc",
+        Risk::Medium,
+        "Raise a PersistentVolumeClaim's storage request, only when its StorageClass allows expansion (at most bounds.maxIncreaseFactor times, capped at bounds.maxStorage); claims never shrink.",
+        &["PersistentVolumeClaim"],
+    );
+}
+
+impl Action for IncreaseResources {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new(
+            self.kind.as_str(),
+            &self.namespace,
+            &self.name,
+        ))
+    }
+
+    fn check(&self, bounds: &Bounds) -> Result<(), String> {
+        IncreaseResources::check(self, bounds)
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let bounds = &cx.settings.bounds;
+            let change = cx
+                .cluster
+                .increase_resources(self, bounds, cx.dry_run)
+                .await?;
+            Ok(Ran::Changed(change))
+        })
+    }
+
+    fn undo(&self, change: &Change) -> Option<ActionCall> {
+        Some(ActionCall::of(self.restored(&change.before)?))
+    }
+
+    fn verify<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
+        Box::pin(cluster.verify_observed(outcome))
+    }
+}
+
+impl Action for ExpandPvc {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new(
+            "PersistentVolumeClaim",
+            &self.namespace,
+            &self.name,
+        ))
+    }
+
+    fn check(&self, _bounds: &Bounds) -> Result<(), String> {
+        self.size
+            .parse::<Quantity>()
+            .map(drop)
+            .map_err(|e| format!("size: {e}"))
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let bounds = &cx.settings.bounds;
+            let change = cx.cluster.expand_pvc(self, bounds, cx.dry_run).await?;
+            Ok(Ran::Changed(change))
+        })
     }
 }
 

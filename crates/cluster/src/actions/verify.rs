@@ -16,19 +16,6 @@ use kubernaut_api::ObjectRef;
 use super::{ActionCall, ActionError, Outcome};
 use crate::{Cluster, bounded};
 
-/// Actions that leave the same state however often they run, so a step a
-/// restart interrupted can simply run again.
-pub fn repeatable(action: &str) -> bool {
-    !matches!(
-        action,
-        "restart_pod"
-            | "delete_job"
-            | "rollout_restart"
-            | "rollback_deployment"
-            | "increase_resources"
-    )
-}
-
 impl Cluster {
     /// `Ok(Some(what was seen))` once `outcome` of `call` shows in the
     /// cluster, `Ok(None)` while it does not yet.
@@ -43,37 +30,43 @@ impl Cluster {
         if outcome.changes.is_empty() {
             return Ok(Some(outcome.message.clone()));
         }
-        match call {
-            ActionCall::RestartPod(_) | ActionCall::DeleteJob(_) => {
-                for change in &outcome.changes {
-                    let uid = change.before["metadata"]["uid"]
-                        .as_str()
-                        .unwrap_or_default();
-                    let now = self.metadata(&change.object).await?;
-                    if now.and_then(|m| m.uid).as_deref() == Some(uid) {
-                        return Ok(None);
-                    }
-                }
-                Ok(Some("the deleted object is gone".into()))
+        call.action().verify(self, outcome).await
+    }
+
+    /// Deletions: every object with the UID deleted is gone (its
+    /// controller's replacement has another UID).
+    pub(super) async fn verify_gone(
+        &self,
+        outcome: &Outcome,
+    ) -> Result<Option<String>, ActionError> {
+        for change in &outcome.changes {
+            let uid = change.before["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default();
+            let now = self.metadata(&change.object).await?;
+            if now.and_then(|m| m.uid).as_deref() == Some(uid) {
+                return Ok(None);
             }
-            ActionCall::ScaleDeployment(_)
-            | ActionCall::ScaleStatefulset(_)
-            | ActionCall::RolloutRestart(_)
-            | ActionCall::IncreaseResources(_)
-            | ActionCall::RollbackDeployment(_) => {
-                for change in &outcome.changes {
-                    let Some(wanted) = change.after["metadata"]["generation"].as_i64() else {
-                        continue;
-                    };
-                    let observed = self.observed_generation(&change.object).await?;
-                    if observed.is_none_or(|o| o < wanted) {
-                        return Ok(None);
-                    }
-                }
-                Ok(Some("the workload's controller observed the change".into()))
-            }
-            _ => Ok(Some(outcome.message.clone())),
         }
+        Ok(Some("the deleted object is gone".into()))
+    }
+
+    /// Pod-template and replica changes: the workload's controller has
+    /// observed the generation each change produced.
+    pub(super) async fn verify_observed(
+        &self,
+        outcome: &Outcome,
+    ) -> Result<Option<String>, ActionError> {
+        for change in &outcome.changes {
+            let Some(wanted) = change.after["metadata"]["generation"].as_i64() else {
+                continue;
+            };
+            let observed = self.observed_generation(&change.object).await?;
+            if observed.is_none_or(|o| o < wanted) {
+                return Ok(None);
+            }
+        }
+        Ok(Some("the workload's controller observed the change".into()))
     }
 
     async fn observed_generation(&self, object: &ObjectRef) -> Result<Option<i64>, ActionError> {

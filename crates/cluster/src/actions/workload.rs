@@ -9,8 +9,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use futures::future::BoxFuture;
+
 use super::objects::Named;
-use super::{ActionError, Bounds, Change};
+use super::{
+    Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Outcome, Ran, Risk, RunCx,
+};
 use crate::{Cluster, bounded};
 
 /// The revision a Deployment and its ReplicaSets carry.
@@ -205,5 +209,149 @@ impl Cluster {
             WorkloadKind::StatefulSet => restart!(StatefulSet),
             WorkloadKind::DaemonSet => restart!(DaemonSet),
         }
+    }
+}
+
+/// The kinds rollout_restart and increase_resources act on.
+pub(super) const WORKLOADS: &[&str] = &["Deployment", "StatefulSet", "DaemonSet"];
+
+/// scale_deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct ScaleDeployment(pub Scale);
+
+/// scale_statefulset.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct ScaleStatefulset(pub Scale);
+
+/// rollback_deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct RollbackDeployment(pub Named);
+
+impl Catalogued for ScaleDeployment {
+    const KIND: Kind = Kind::new::<Self>(
+        "scale_deployment",
+        Risk::Medium,
+        "Set a Deployment's replicas (bounded by bounds.maxReplicas).",
+        &["Deployment"],
+    )
+    .reversible();
+}
+
+impl Catalogued for ScaleStatefulset {
+    const KIND: Kind = Kind::new::<Self>(
+        "scale_statefulset",
+        Risk::Medium,
+        "Set a StatefulSet's replicas (bounded by bounds.maxReplicas).",
+        &["StatefulSet"],
+    )
+    .reversible();
+}
+
+impl Catalogued for RolloutRestart {
+    const KIND: Kind = Kind::new::<Self>(
+        "rollout_restart",
+        Risk::Low,
+        "Restart a Deployment's, StatefulSet's or DaemonSet's pods through a rollout, as kubectl rollout restart does.",
+        WORKLOADS,
+    )
+    .not_repeatable();
+}
+
+impl Catalogued for RollbackDeployment {
+    const KIND: Kind = Kind::new::<Self>(
+        "rollback_deployment",
+        Risk::High,
+        "Put back the pod template of a Deployment's previous revision (its ReplicaSet), as kubectl rollout undo does.",
+        &["Deployment"],
+    )
+    .not_repeatable();
+}
+
+macro_rules! scale_action {
+    ($t:ident, $kind:expr, $k8s:literal) => {
+        impl Action for $t {
+            fn target(&self, _holder: &str) -> Option<ObjectRef> {
+                Some(ObjectRef::new($k8s, &self.0.namespace, &self.0.name))
+            }
+
+            fn check(&self, bounds: &Bounds) -> Result<(), String> {
+                self.0.check(bounds)
+            }
+
+            fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+                Box::pin(async move {
+                    let change = cx.cluster.scale($kind, &self.0, cx.dry_run).await?;
+                    Ok(Ran::Changed(change))
+                })
+            }
+
+            fn undo(&self, change: &Change) -> Option<ActionCall> {
+                Some(ActionCall::of($t(self.0.restored(&change.before)?)))
+            }
+
+            fn verify<'a>(
+                &'a self,
+                cluster: &'a Cluster,
+                outcome: &'a Outcome,
+            ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
+                Box::pin(cluster.verify_observed(outcome))
+            }
+        }
+    };
+}
+
+scale_action!(ScaleDeployment, WorkloadKind::Deployment, "Deployment");
+scale_action!(ScaleStatefulset, WorkloadKind::StatefulSet, "StatefulSet");
+
+impl Action for RolloutRestart {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new(
+            self.kind.as_str(),
+            &self.namespace,
+            &self.name,
+        ))
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let change = cx.cluster.rollout_restart(self, cx.dry_run).await?;
+            Ok(Ran::Changed(change))
+        })
+    }
+
+    fn verify<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
+        Box::pin(cluster.verify_observed(outcome))
+    }
+}
+
+impl Action for RollbackDeployment {
+    fn target(&self, _holder: &str) -> Option<ObjectRef> {
+        Some(ObjectRef::new(
+            "Deployment",
+            &self.0.namespace,
+            &self.0.name,
+        ))
+    }
+
+    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+        Box::pin(async move {
+            let change = cx.cluster.rollback_deployment(&self.0, cx.dry_run).await?;
+            Ok(Ran::Changed(change))
+        })
+    }
+
+    fn verify<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
+        Box::pin(cluster.verify_observed(outcome))
     }
 }
