@@ -59,6 +59,11 @@ pub async fn run(
                 let msg = match ev {
                     RequestEvent::Applied(rr) => RegistryMsg::Observed(rr),
                     RequestEvent::Deleted { namespace, name } => RegistryMsg::Gone { namespace, name },
+                    RequestEvent::Malformed { namespace, name, error } => {
+                        ctx.metrics.requests_malformed.inc();
+                        tracing::warn!(%namespace, %name, %error, "a RemediationRequest does not parse; skipped");
+                        continue;
+                    }
                     RequestEvent::Synced => {
                         if let Some(f) = synced.take() { f() }
                         continue;

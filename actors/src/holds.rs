@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use kubernaut_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
+use kubernaut_api::{ObjectRef, Phase, RemediationRequest, RequestKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HoldSettings {
@@ -59,7 +59,7 @@ impl HoldSettings {
 /// What the index knows of one request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
-    pub name: String,
+    pub key: RequestKey,
     pub created: Timestamp,
     pub phase: Phase,
     /// The chosen actions (`AnalysisStatus::action`), once analysed.
@@ -100,31 +100,29 @@ pub struct Hold {
 
 /// The request asking whether it may start.
 pub struct Asking<'a> {
-    /// `namespace/name`.
-    pub name: &'a str,
+    pub key: &'a RequestKey,
     pub created: Timestamp,
     pub target: &'a ObjectRef,
     /// How often it was held busy before (its own backoff).
     pub times_held: u32,
 }
 
-/// Requests by target (`kind/namespace/name`), then by `namespace/name`,
-/// and the target of each request (to forget it when it is deleted).
+/// Requests by target (`kind/namespace/name`), and the target of each
+/// request (to forget it when it is deleted).
 #[derive(Default)]
 pub struct Holds {
     by_target: DashMap<String, Vec<Entry>>,
-    targets: DashMap<String, ObjectRef>,
+    targets: DashMap<RequestKey, ObjectRef>,
 }
 
 pub fn target_key(t: &ObjectRef) -> String {
     format!("{}/{}/{}", t.kind, t.namespace, t.name)
 }
 
-fn request_key(rr: &RemediationRequest) -> String {
-    format!(
-        "{}/{}",
+fn request_key(rr: &RemediationRequest) -> RequestKey {
+    RequestKey::new(
         rr.metadata.namespace.as_deref().unwrap_or_default(),
-        rr.metadata.name.as_deref().unwrap_or_default()
+        rr.metadata.name.as_deref().unwrap_or_default(),
     )
 }
 
@@ -136,7 +134,7 @@ impl Holds {
         }
         let status = rr.status.clone().unwrap_or_default();
         let entry = Entry {
-            name: request_key(rr),
+            key: request_key(rr),
             created: rr
                 .metadata
                 .creation_timestamp
@@ -148,25 +146,24 @@ impl Holds {
             finished: status.completion_time.map(|t| t.0),
         };
         self.targets
-            .insert(entry.name.clone(), rr.spec.target.clone());
+            .insert(entry.key.clone(), rr.spec.target.clone());
         self.record(&rr.spec.target, entry);
     }
 
     fn record(&self, target: &ObjectRef, entry: Entry) {
         let mut list = self.by_target.entry(target_key(target)).or_default();
-        match list.iter_mut().find(|e| e.name == entry.name) {
+        match list.iter_mut().find(|e| e.key == entry.key) {
             Some(e) => *e = entry,
             None => list.push(entry),
         }
     }
 
     /// Forgets a deleted request; its target, if it was known.
-    pub fn forget(&self, namespace: &str, name: &str) -> Option<ObjectRef> {
-        let name = format!("{namespace}/{name}");
-        let (_, target) = self.targets.remove(&name)?;
+    pub fn forget(&self, request: &RequestKey) -> Option<ObjectRef> {
+        let (_, target) = self.targets.remove(request)?;
         let key = target_key(&target);
         let now_empty = self.by_target.get_mut(&key).is_some_and(|mut list| {
-            list.retain(|e| e.name != name);
+            list.retain(|e| e.key != *request);
             list.is_empty()
         });
         if now_empty {
@@ -175,18 +172,18 @@ impl Holds {
         Some(target)
     }
 
-    /// The requests recorded for a target (`namespace/name`).
-    pub fn requests_for(&self, target: &ObjectRef) -> Vec<String> {
+    /// The requests recorded for a target.
+    pub fn requests_for(&self, target: &ObjectRef) -> Vec<RequestKey> {
         self.by_target
             .get(&target_key(target))
-            .map(|l| l.iter().map(|e| e.name.clone()).collect())
+            .map(|l| l.iter().map(|e| e.key.clone()).collect())
             .unwrap_or_default()
     }
 
     /// Whether the request `me` may start work on its target now.
     pub fn before_start(&self, s: &HoldSettings, me: &Asking<'_>, now: Timestamp) -> Option<Hold> {
         let list = self.by_target.get(&target_key(me.target))?;
-        let others: Vec<&Entry> = list.iter().filter(|e| e.name != me.name).collect();
+        let others: Vec<&Entry> = list.iter().filter(|e| e.key != *me.key).collect();
         let what = format!("{}/{}", me.target.kind, me.target.name);
         // The failure streak: executed, finished requests, newest first, up
         // to the last success.
@@ -233,13 +230,13 @@ impl Holds {
             | Phase::Executing
             | Phase::Verifying => true,
             // Waiting requests go in order of arrival.
-            Phase::Pending | Phase::Blocked => (e.created, e.name.as_str()) < (me.created, me.name),
+            Phase::Pending | Phase::Blocked => (e.created, &e.key) < (me.created, me.key),
             _ => false,
         });
         busy.map(|e| Hold {
             reason: HoldReason::TargetBusy,
             until: plus(now, s.backoff(me.times_held)),
-            message: format!("{what} is busy: request {} is {}", e.name, e.phase),
+            message: format!("{what} is busy: request {} is {}", e.key, e.phase),
         })
     }
 
@@ -248,19 +245,19 @@ impl Holds {
     pub fn recently_remediated(
         &self,
         s: &HoldSettings,
-        me: &str,
+        me: &RequestKey,
         target: &ObjectRef,
         action: &str,
         now: Timestamp,
-    ) -> Option<(String, Duration)> {
+    ) -> Option<(RequestKey, Duration)> {
         let list = self.by_target.get(&target_key(target))?;
         list.iter()
-            .filter(|e| e.name != me && e.phase == Phase::Completed && e.executed)
+            .filter(|e| e.key != *me && e.phase == Phase::Completed && e.executed)
             .filter(|e| e.action.as_deref() == Some(action))
             .filter_map(|e| Some((e, age(now, e.finished?))))
             .filter(|(_, ago)| *ago < s.recently_remediated)
             .min_by_key(|(_, ago)| *ago)
-            .map(|(e, ago)| (e.name.clone(), ago))
+            .map(|(e, ago)| (e.key.clone(), ago))
     }
 }
 
@@ -287,7 +284,7 @@ mod tests {
 
     fn entry(name: &str, created: i64, phase: Phase, finished: Option<i64>) -> Entry {
         Entry {
-            name: name.into(),
+            key: RequestKey::parse(name).unwrap(),
             created: at(created),
             phase,
             action: Some("restart_pod".into()),
@@ -303,8 +300,9 @@ mod tests {
         for e in others {
             holds.record(&target, e.clone());
         }
+        let key = RequestKey::new("shop", "me");
         let me = Asking {
-            name: "shop/me",
+            key: &key,
             created: at(1000),
             target: &target,
             times_held: 0,
@@ -396,16 +394,23 @@ mod tests {
         ] {
             holds.record(&target, e);
         }
-        let recent =
-            |action: &str, now| holds.recently_remediated(&s, "shop/me", &target, action, at(now));
+        let recent = |action: &str, now| {
+            holds.recently_remediated(&s, &RequestKey::new("shop", "me"), &target, action, at(now))
+        };
         assert_eq!(
             recent("restart_pod", 250),
-            Some(("shop/a".into(), Duration::from_secs(150)))
+            Some((RequestKey::new("shop", "a"), Duration::from_secs(150)))
         );
         assert_eq!(recent("restart_pod", 400), None, "outside 5 min");
         assert_eq!(recent("rollout_restart", 250), None, "another action");
         assert_eq!(
-            holds.recently_remediated(&s, "shop/a", &target, "restart_pod", at(250)),
+            holds.recently_remediated(
+                &s,
+                &RequestKey::new("shop", "a"),
+                &target,
+                "restart_pod",
+                at(250)
+            ),
             None,
             "a request is not its own history"
         );

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubernaut_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kubernaut_api::{Phase, RemediationRequest};
+use kubernaut_api::{Phase, RemediationRequest, RequestKey};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::Context;
@@ -35,8 +35,6 @@ use crate::tasks::{Task, Timers};
 /// sweep follows at once.
 const SWEEP_BATCH: usize = 200;
 const BACKLOG_PAUSE: Duration = Duration::from_secs(1);
-
-type Key = (String, String);
 
 /// A terminal request and when it may go.
 #[derive(Clone, Debug)]
@@ -53,7 +51,7 @@ pub struct Ended {
 impl Ended {
     /// The retention of a terminal request: its recorded expiry, else its
     /// completion plus `retention`. `None` for a live request.
-    pub fn of(rr: &RemediationRequest, retention: Duration) -> Option<(Key, Ended)> {
+    pub fn of(rr: &RemediationRequest, retention: Duration) -> Option<(RequestKey, Ended)> {
         let status = rr.status.as_ref()?;
         if !status.phase.is_terminal() || rr.metadata.deletion_timestamp.is_some() {
             return None;
@@ -65,7 +63,7 @@ impl Ended {
             (None, Some(t)) => (t.0.checked_sub(retention).ok()?, t.0),
             (None, None) => return None,
         };
-        let key = (
+        let key = RequestKey::new(
             rr.metadata.namespace.clone().unwrap_or_default(),
             rr.metadata.name.clone().unwrap_or_default(),
         );
@@ -84,8 +82,8 @@ impl Ended {
 }
 
 pub enum Msg {
-    Ended(Key, Ended),
-    Gone(Key),
+    Ended(RequestKey, Ended),
+    Gone(RequestKey),
     Members(Vec<String>),
     Sweep,
     /// A sweep's task finished.
@@ -96,8 +94,8 @@ pub enum Msg {
 #[derive(Debug, Default)]
 pub struct Swept {
     /// Found in the audit trail, or backfilled.
-    audited: Vec<Key>,
-    deleted: Vec<Key>,
+    audited: Vec<RequestKey>,
+    deleted: Vec<RequestKey>,
     /// More was due than one batch took.
     more: bool,
 }
@@ -109,7 +107,7 @@ pub struct State {
     inbox: Inbox,
     _live: crate::mailbox::Live,
     me: Addr<Msg>,
-    ended: HashMap<Key, Ended>,
+    ended: HashMap<RequestKey, Ended>,
     members: Option<Vec<String>>,
     timers: Timers,
     /// The sweep under way: the janitor goes on taking messages meanwhile.
@@ -215,17 +213,16 @@ impl Actor for Janitor {
 
 /// The requests rendezvous gives this replica that `select` picks, oldest
 /// first.
-fn mine(st: &State, select: impl Fn(&Ended) -> bool) -> Vec<(Key, Ended)> {
+fn mine(st: &State, select: impl Fn(&Ended) -> bool) -> Vec<(RequestKey, Ended)> {
     let Some(members) = &st.members else {
         return Vec::new();
     };
-    let mut picked: Vec<(Key, Ended)> = st
+    let mut picked: Vec<(RequestKey, Ended)> = st
         .ended
         .iter()
         .filter(|(_, e)| select(e))
         .filter(|(k, _)| {
-            crate::shard::owner_of(&format!("{}/{}", k.0, k.1), members)
-                == Some(st.ctx.identity.as_str())
+            crate::shard::owner_of(&k.to_string(), members) == Some(st.ctx.identity.as_str())
         })
         .map(|(k, e)| (k.clone(), e.clone()))
         .collect();
@@ -238,14 +235,14 @@ fn mine(st: &State, select: impl Fn(&Ended) -> bool) -> Vec<(Key, Ended)> {
 /// rebuilt. `Err` when PostgreSQL cannot answer.
 async fn backfill(
     ctx: &Context,
-    unchecked: Vec<(Key, Ended)>,
-) -> Result<Vec<Key>, kubernaut_store::Error> {
+    unchecked: Vec<(RequestKey, Ended)>,
+) -> Result<Vec<RequestKey>, kubernaut_store::Error> {
     let mut audited = Vec::new();
     for (key, e) in unchecked.into_iter().take(SWEEP_BATCH) {
         if !ctx.audit.confirmed(&e.uid, e.phase.as_str()).await? {
-            match ctx.cluster.get_request(&key.0, &key.1).await {
+            match ctx.cluster.get_request(&key.namespace, &key.name).await {
                 Ok(Some(rr)) if rr.metadata.uid.as_deref() == Some(e.uid.as_str()) => {
-                    tracing::warn!(namespace = %key.0, name = %key.1, "the audit trail lacks the request's final record; rebuilding it from the status");
+                    tracing::warn!(namespace = %key.namespace, name = %key.name, "the audit trail lacks the request's final record; rebuilding it from the status");
                     for record in crate::backfill::records(&rr) {
                         if ctx.audit.record(record).await.is_err() {
                             return Ok(audited);
@@ -255,7 +252,7 @@ async fn backfill(
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    tracing::warn!(namespace = %key.0, name = %key.1, error = %err, "could not read a request to rebuild its audit records");
+                    tracing::warn!(namespace = %key.namespace, name = %key.name, error = %err, "could not read a request to rebuild its audit records");
                     continue;
                 }
             }
@@ -266,7 +263,11 @@ async fn backfill(
 }
 
 /// Backfills the audit trail, then deletes what is due and confirmed.
-async fn sweep(ctx: &Context, unchecked: Vec<(Key, Ended)>, due: Vec<(Key, Ended)>) -> Swept {
+async fn sweep(
+    ctx: &Context,
+    unchecked: Vec<(RequestKey, Ended)>,
+    due: Vec<(RequestKey, Ended)>,
+) -> Swept {
     let deferred = |reason| {
         ctx.metrics
             .retention_deferred
@@ -287,7 +288,7 @@ async fn sweep(ctx: &Context, unchecked: Vec<(Key, Ended)>, due: Vec<(Key, Ended
         match ctx.audit.confirmed(&e.uid, e.phase.as_str()).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(namespace = %key.0, name = %key.1, phase = %e.phase, "retention expired, but the audit trail does not hold the request's final record yet; keeping it");
+                tracing::warn!(namespace = %key.namespace, name = %key.name, phase = %e.phase, "retention expired, but the audit trail does not hold the request's final record yet; keeping it");
                 deferred("unconfirmed");
                 continue;
             }
@@ -301,18 +302,18 @@ async fn sweep(ctx: &Context, unchecked: Vec<(Key, Ended)>, due: Vec<(Key, Ended
         }
         match ctx
             .cluster
-            .delete_request(&key.0, &key.1, &e.uid, &e.resource_version)
+            .delete_request(&key.namespace, &key.name, &e.uid, &e.resource_version)
             .await
         {
             Ok(_) => {
-                tracing::info!(namespace = %key.0, name = %key.1, phase = %e.phase, "retention expired and audit confirmed; request deleted");
+                tracing::info!(namespace = %key.namespace, name = %key.name, phase = %e.phase, "retention expired and audit confirmed; request deleted");
                 ctx.metrics.retention_deleted.inc();
                 swept.deleted.push(key);
             }
             Err(err) => {
                 // Changed since (a newer version follows from the watch),
                 // or the API server is unavailable: the next sweep decides.
-                tracing::warn!(namespace = %key.0, name = %key.1, error = %err, "could not delete an expired request");
+                tracing::warn!(namespace = %key.namespace, name = %key.name, error = %err, "could not delete an expired request");
                 deferred("delete_failed");
             }
         }

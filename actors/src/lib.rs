@@ -53,6 +53,8 @@ pub struct Context {
     pub analyst: analysis::Analyst,
     /// The approval gate (K-AI-4).
     pub approval: approval::ApprovalPolicy,
+    /// Kubernetes Events on requests (transitions, escalations).
+    pub events: kubernaut_cluster::EventSink,
 }
 
 #[derive(Clone, Debug)]

@@ -85,6 +85,7 @@ pub struct Metrics {
     pub retention_deferred: Family<ReasonLabels, Counter>,
     pub audit_backfilled: Counter,
     pub audit_dropped: Counter,
+    pub requests_malformed: Counter,
     pub llm_calls: Family<LlmLabels, Counter>,
     pub llm_seconds: Family<ProviderLabels, Histogram>,
     pub llm_tokens: Family<TokenLabels, Counter>,
@@ -152,6 +153,7 @@ impl Default for Metrics {
             retention_deferred: Family::default(),
             audit_backfilled: Counter::default(),
             audit_dropped: Counter::default(),
+            requests_malformed: Counter::default(),
             llm_calls: Family::default(),
             llm_seconds: Family::new_with_constructor(seconds),
             llm_tokens: Family::default(),
@@ -248,6 +250,11 @@ impl Metrics {
             "audit_dropped",
             "Audit records dropped because the audit queue was full (the janitor rebuilds a terminal request's records from its status)",
             m.audit_dropped.clone(),
+        );
+        r.register(
+            "requests_malformed",
+            "RemediationRequests the watch saw that do not parse (skipped)",
+            m.requests_malformed.clone(),
         );
         r.register(
             "llm_calls",

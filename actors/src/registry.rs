@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kubernaut_api::{ObjectRef, RemediationRequest};
+use kubernaut_api::{ObjectRef, RemediationRequest, RequestKey};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::Context;
@@ -27,8 +27,6 @@ use crate::metrics::ActorKind;
 use crate::supervisor::{self, Supervisor};
 use crate::tasks::Timers;
 
-type Key = (String, String);
-
 pub struct Registry;
 
 pub enum RegistryMsg {
@@ -38,7 +36,7 @@ pub enum RegistryMsg {
         name: String,
     },
     /// Start a failed supervisor again, after its backoff.
-    Respawn(Key),
+    Respawn(RequestKey),
     /// The live replicas, sorted (from the membership actor).
     Members(Vec<String>),
     /// Hand every request over (graceful shutdown); answered once every
@@ -52,13 +50,13 @@ pub struct RegistryState {
     ctx: Arc<Context>,
     inbox: Inbox,
     _live: crate::mailbox::Live,
-    by_key: HashMap<Key, Addr<supervisor::Msg>>,
+    by_key: HashMap<RequestKey, Addr<supervisor::Msg>>,
     /// The supervisors by actor id, and the failures of each request's.
-    children: Children<Key>,
+    children: Children<RequestKey>,
     me: Addr<RegistryMsg>,
     timers: Timers,
     /// Non-terminal requests seen, with their recorded owner.
-    known: HashMap<Key, Option<String>>,
+    known: HashMap<RequestKey, Option<String>>,
     /// `None` until membership is first known: nothing is adopted before.
     members: Option<Vec<String>>,
     releasing: Option<RpcReplyPort<()>>,
@@ -66,11 +64,10 @@ pub struct RegistryState {
 }
 
 impl RegistryState {
-    fn mine(&self, key: &Key) -> bool {
+    fn mine(&self, key: &RequestKey) -> bool {
         self.releasing.is_none()
             && self.members.as_ref().is_some_and(|m| {
-                crate::shard::owner_of(&format!("{}/{}", key.0, key.1), m)
-                    == Some(self.ctx.identity.as_str())
+                crate::shard::owner_of(&key.to_string(), m) == Some(self.ctx.identity.as_str())
             })
     }
 
@@ -83,7 +80,7 @@ impl RegistryState {
         }
     }
 
-    fn adoptable(&self, key: &Key) -> bool {
+    fn adoptable(&self, key: &RequestKey) -> bool {
         !self.by_key.contains_key(key)
             && !self.children.failing(key)
             && self.mine(key)
@@ -93,10 +90,8 @@ impl RegistryState {
     /// A request on `target` ended or went away: the requests held busy
     /// on it may start now rather than at their next re-check.
     fn nudge(&self, target: &ObjectRef) {
-        for name in self.ctx.holds.requests_for(target) {
-            if let Some((ns, n)) = name.split_once('/')
-                && let Some(sup) = self.by_key.get(&(ns.to_string(), n.to_string()))
-            {
+        for key in self.ctx.holds.requests_for(target) {
+            if let Some(sup) = self.by_key.get(&key) {
                 sup.tell(supervisor::Msg::Recheck);
             }
         }
@@ -171,7 +166,7 @@ impl Actor for Registry {
         let (msg, _handling) = st.inbox.open(env);
         match msg {
             RegistryMsg::Observed(rr) => {
-                let key = (
+                let key = RequestKey::new(
                     rr.metadata.namespace.clone().unwrap_or_default(),
                     rr.metadata.name.clone().unwrap_or_default(),
                 );
@@ -204,13 +199,13 @@ impl Actor for Registry {
                 }
             }
             RegistryMsg::Gone { namespace, name } => {
-                let key = (namespace, name);
+                let key = RequestKey::new(namespace, name);
                 if !st.by_key.contains_key(&key) {
                     st.children.forget(&key);
                 }
                 st.known.remove(&key);
                 st.janitor.tell(janitor::Msg::Gone(key.clone()));
-                if let Some(target) = st.ctx.holds.forget(&key.0, &key.1) {
+                if let Some(target) = st.ctx.holds.forget(&key) {
                     st.nudge(&target);
                 }
                 if let Some(sup) = st.by_key.get(&key) {
@@ -233,7 +228,7 @@ impl Actor for Registry {
                         sup.tell(supervisor::Msg::Release);
                     }
                 }
-                let gained: Vec<Key> = st
+                let gained: Vec<RequestKey> = st
                     .known
                     .keys()
                     .filter(|k| st.adoptable(k))
@@ -268,7 +263,7 @@ impl Actor for Registry {
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(key) = st.children.terminated(&cell.get_id()) {
-                    tracing::debug!(namespace = %key.0, name = %key.1, ?reason, "supervisor stopped");
+                    tracing::debug!(namespace = %key.namespace, name = %key.name, ?reason, "supervisor stopped");
                     st.by_key.remove(&key);
                     st.children.forget(&key);
                     // Ended, handed over or lost: the watch says what next.
@@ -285,12 +280,12 @@ impl Actor for Registry {
                         attempt,
                     }) => {
                         st.by_key.remove(&key);
-                        tracing::warn!(namespace = %key.0, name = %key.1, error = %reason, restart = attempt, delay = ?after, "supervisor failed; restarting it from the request's status");
+                        tracing::warn!(namespace = %key.namespace, name = %key.name, error = %reason, restart = attempt, delay = ?after, "supervisor failed; restarting it from the request's status");
                         st.timers.after(&st.me, after, RegistryMsg::Respawn(key));
                     }
                     Some(Verdict::GiveUp { key, .. }) => {
                         st.by_key.remove(&key);
-                        tracing::error!(namespace = %key.0, name = %key.1, error = %reason, "supervisor failed too often; leaving the request until the next re-list");
+                        tracing::error!(namespace = %key.namespace, name = %key.name, error = %reason, "supervisor failed too often; leaving the request until the next re-list");
                     }
                     None => return Ok(()),
                 }
@@ -302,11 +297,11 @@ impl Actor for Registry {
     }
 }
 
-async fn spawn(myself: &ActorRef<Envelope<RegistryMsg>>, st: &mut RegistryState, key: Key) {
+async fn spawn(myself: &ActorRef<Envelope<RegistryMsg>>, st: &mut RegistryState, key: RequestKey) {
     let inbox = Inbox::new(&st.ctx.metrics, ActorKind::supervisor);
     let args = supervisor::Args {
-        namespace: key.0.clone(),
-        name: key.1.clone(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
         ctx: st.ctx.clone(),
         inbox: inbox.clone(),
     };
@@ -316,7 +311,7 @@ async fn spawn(myself: &ActorRef<Envelope<RegistryMsg>>, st: &mut RegistryState,
             st.by_key.insert(key, inbox.addr(sup));
         }
         Err(e) => {
-            tracing::warn!(namespace = %key.0, name = %key.1, error = %e, "could not start a supervisor")
+            tracing::warn!(namespace = %key.namespace, name = %key.name, error = %e, "could not start a supervisor")
         }
     }
 }

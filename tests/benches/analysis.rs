@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
             "  {i:>3}: {:>6} ms  {:<5} attempts {}  {}",
             a.elapsed_millis, a.decided_by, a.attempts, a.action
         );
-        samples.push((a.elapsed_millis, a.decided_by, a.attempts));
+        samples.push((a.elapsed_millis, a.decided_by.to_string(), a.attempts));
     }
     running.shutdown().await?;
     let mut ms: Vec<u64> = samples.iter().map(|s| s.0).collect();

@@ -55,7 +55,7 @@ async fn the_llm_decides_with_output_valid_against_the_catalogue() -> anyhow::Re
     let name = create_request(&admin, "AiHighErrorRate", &t, false).await?;
     let a = analysis_of(&admin, &t.namespace, &name).await?;
 
-    assert_eq!(a.decided_by, "llm", "{a:?}");
+    assert_eq!(a.decided_by.as_str(), "llm", "{a:?}");
     assert!((1..=3).contains(&a.attempts), "{a:?}");
     let confidence = a.confidence.context("an LLM decision has a confidence")?;
     assert!((0.0..=1.0).contains(&confidence), "{a:?}");
@@ -125,7 +125,7 @@ async fn invalid_answers_are_asked_again_then_the_rules_decide() -> anyhow::Resu
     let name = create_request(&admin, "AiInvalid", &t, false).await?;
     let a = analysis_of(&admin, &t.namespace, &name).await?;
 
-    assert_eq!(a.decided_by, "rules", "{a:?}");
+    assert_eq!(a.decided_by.as_str(), "rules", "{a:?}");
     assert_eq!(a.rule, "AiInvalid");
     assert_eq!(a.attempts, 3, "{a:?}");
     assert!(a.reason.contains("no valid answer in 3 attempts"), "{a:?}");
@@ -185,7 +185,7 @@ async fn a_server_killed_mid_request_leaves_the_decision_to_the_rules_within_the
     let a = analysis_of(&admin, &t.namespace, &name).await?;
     let waited = killed.elapsed();
 
-    assert_eq!(a.decided_by, "rules", "{a:?}");
+    assert_eq!(a.decided_by.as_str(), "rules", "{a:?}");
     assert!(
         a.reason.contains("unreachable") || a.reason.contains("did not answer"),
         "{a:?}"
@@ -226,7 +226,7 @@ async fn an_open_circuit_breaker_sends_requests_to_the_rules_at_once() -> anyhow
     let other = ObjectRef::new("Deployment", &second.namespace, "api");
     let name = create_request(&admin, "AiBreaker", &other, false).await?;
     let a = analysis_of(&admin, &t.namespace, &name).await?;
-    assert_eq!(a.decided_by, "rules");
+    assert_eq!(a.decided_by.as_str(), "rules");
     assert!(a.reason.contains("circuit breaker is open"), "{a:?}");
     assert_eq!(
         metric(

@@ -107,7 +107,7 @@ async fn a_production_statefulset_change_waits_and_proceeds_once_annotated() -> 
         ]
     );
     let approval = rr.status.and_then(|s| s.approval).context("approval")?;
-    assert_eq!(approval.decision.as_deref(), Some("approved"));
+    assert_eq!(approval.decision.map(|d| d.as_str()), Some("approved"));
     assert_eq!(approval.decided_by.as_deref(), Some("alice@example.com"));
     assert_eq!(replicas(&admin, &t).await?, Some(2));
     assert!(

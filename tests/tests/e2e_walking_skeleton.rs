@@ -194,7 +194,7 @@ async fn e2e_alert_to_completed_restart_with_audit() -> anyhow::Result<()> {
     );
     assert_eq!(analysis.workflow.steps[0].parameters["name"], victim);
     let exec = status.execution.context("execution")?;
-    assert_eq!(exec.result.as_deref(), Some("Succeeded"));
+    assert_eq!(exec.result.map(|r| r.as_str()), Some("Succeeded"));
     assert_eq!(exec.steps.len(), 1);
     assert_eq!(exec.steps[0].phase, StepPhase::Succeeded);
     let victim_uid = exec.steps[0].target_uid.clone();

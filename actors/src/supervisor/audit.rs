@@ -10,6 +10,7 @@ use kubernaut_store::{AuditRecord, Error};
 use super::Sup;
 use crate::backfill::{event_record, request_record};
 use crate::metrics::StageLabels;
+use crate::supervisor::transitions::Reason;
 
 impl Sup {
     pub(super) fn audit(&self, record: AuditRecord) {
@@ -67,12 +68,32 @@ impl Sup {
 
     /// Records an escalation (its delivery is the notifier's): counted, and
     /// a row in the audit trail.
-    pub(super) fn escalate(&self, reason: &'static str, detail: serde_json::Value) {
+    pub(super) fn escalate(&self, reason: Reason, detail: serde_json::Value) {
         self.ctx
             .metrics
             .escalations
-            .get_or_create(&StageLabels { stage: reason })
+            .get_or_create(&StageLabels {
+                stage: reason.as_str(),
+            })
             .inc();
-        self.audit_event("escalation", None, None, reason, "", detail);
+        let message = detail["message"]
+            .as_str()
+            .unwrap_or(reason.as_str())
+            .to_string();
+        self.event(true, reason.as_str(), message, "Escalate");
+        self.audit_event("escalation", None, None, reason.as_str(), "", detail);
+    }
+
+    /// A Kubernetes Event on the request, queued without waiting.
+    pub(super) fn event(&self, warning: bool, reason: &str, note: String, action: &'static str) {
+        self.ctx.events.emit(kubernaut_cluster::Note {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            warning,
+            reason: reason.to_string(),
+            note,
+            action,
+        });
     }
 }

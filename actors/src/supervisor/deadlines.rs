@@ -8,6 +8,7 @@ use kubernaut_api::k8s_openapi::jiff::Timestamp;
 use ractor::ActorProcessingErr;
 
 use super::{Msg, Sup, transitions};
+use crate::supervisor::transitions::Reason;
 use crate::tasks::Task;
 
 impl Sup {
@@ -33,7 +34,7 @@ impl Sup {
         self.timers.after(&self.me, wait_until(at), Msg::Recheck);
     }
 
-    pub(super) fn expired(&self) -> Option<(&'static str, String)> {
+    pub(super) fn expired(&self) -> Option<(Reason, String)> {
         transitions::expired(
             self.current(),
             &self.ctx.settings.timeouts,

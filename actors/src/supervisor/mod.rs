@@ -29,11 +29,13 @@ use kubernaut_api::k8s_openapi::jiff::Timestamp;
 use kubernaut_api::{Phase, RemediationRequest, RemediationRequestSpec, RemediationRequestStatus};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::Context;
 use crate::children::{self, Children, Verdict};
 use crate::mailbox::{Addr, Envelope, Inbox, Live};
 use crate::metrics::{ActorKind, PhaseCount, StageLabels};
+use crate::supervisor::transitions::Reason;
 use crate::tasks::{Task, Timers};
 use crate::worker;
 use crate::workflow::{self, Out, StepEvent, WorkflowActor};
@@ -158,6 +160,8 @@ pub struct Sup {
     /// The timer for the earliest deadline, and when it fires.
     deadline: Option<(Timestamp, Task)>,
     counted: PhaseCount,
+    /// Every log line of this request carries its namespace and name.
+    span: tracing::Span,
     _live: Option<Live>,
 }
 
@@ -202,7 +206,10 @@ impl Actor for Supervisor {
         slot: &mut Slot,
     ) -> Result<(), ActorProcessingErr> {
         let loading = match slot {
-            Slot::Ready(sup) => return sup.on_message(&myself, env).await,
+            Slot::Ready(sup) => {
+                let span = sup.span.clone();
+                return sup.on_message(&myself, env).instrument(span).await;
+            }
             Slot::Loading(loading) => loading,
         };
         let (msg, _handling) = loading.args.inbox.open(env);
@@ -234,7 +241,10 @@ impl Actor for Supervisor {
         slot: &mut Slot,
     ) -> Result<(), ActorProcessingErr> {
         match slot {
-            Slot::Ready(sup) => sup.on_child_failed(&myself, evt),
+            Slot::Ready(sup) => {
+                let _in = sup.span.clone().entered();
+                sup.on_child_failed(&myself, evt)
+            }
             Slot::Loading(_) => Ok(()),
         }
     }
@@ -245,6 +255,7 @@ impl Sup {
         let args = &loading.args;
         let me = loading.me.clone();
         let status = rr.status.clone().unwrap_or_default();
+        let span = tracing::info_span!("request", namespace = %args.namespace, name = %args.name);
         let writer = Writer::start(
             args.ctx.cluster.clone(),
             args.ctx.metrics.clone(),
@@ -256,6 +267,7 @@ impl Sup {
                 owner: status.owner.clone(),
             },
             me.clone(),
+            span.clone(),
         );
         let mut sup = Sup {
             namespace: args.namespace.clone(),
@@ -287,6 +299,7 @@ impl Sup {
             approval: Approval::of(&rr),
             timers: Timers::default(),
             deadline: None,
+            span,
             _live: loading.live.take(),
         };
         sup.arm();
@@ -328,8 +341,8 @@ impl Sup {
         }
     }
 
-    fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+    fn key(&self) -> kubernaut_api::RequestKey {
+        kubernaut_api::RequestKey::new(&self.namespace, &self.name)
     }
 
     async fn on_message(
@@ -468,7 +481,7 @@ impl Sup {
             self.effects.push((self.seq, Effect::Stop));
             return Ok(());
         }
-        tracing::info!(request = %self.name, namespace = %self.namespace, "handed over");
+        tracing::info!("handed over");
         myself.stop(Some("handed over".into()));
         Ok(())
     }
@@ -476,7 +489,7 @@ impl Sup {
     /// This supervisor has no request left to drive: it stops, and its
     /// stage actors with it, without writing anything more.
     fn relinquish(&self, why: &str, myself: &ActorRef<Envelope<Msg>>) {
-        tracing::info!(request = %self.name, namespace = %self.namespace, reason = %why, "supervisor stops");
+        tracing::info!(reason = %why, "supervisor stops");
         myself.stop(Some(why.to_string()));
     }
 
@@ -485,7 +498,7 @@ impl Sup {
     fn retry_later(&mut self, error: String) {
         let delay = self.retry;
         self.retry = (self.retry * 2).min(RETRY_CAP);
-        tracing::warn!(request = %self.name, namespace = %self.namespace, phase = %self.phase(), %error, retry_in = ?delay, "stage failed; retrying");
+        tracing::warn!(phase = %self.phase(), %error, retry_in = ?delay, "stage failed; retrying");
         self.timers.after(&self.me, delay, Msg::Advance);
     }
 
@@ -554,7 +567,7 @@ impl Sup {
             Some(Verdict::Restart { after, attempt, .. }) => {
                 let m = &self.ctx.metrics;
                 m.restarts.get_or_create(&m.actor(stage.kind)).inc();
-                tracing::warn!(request = %self.name, namespace = %self.namespace, stage = ?stage.kind, error = %reason, restart = attempt, delay = ?after, "stage actor failed; restarting it");
+                tracing::warn!(stage = ?stage.kind, error = %reason, restart = attempt, delay = ?after, "stage actor failed; restarting it");
                 self.timers
                     .after(&self.me, after, Msg::Restart(stage.epoch));
                 Ok(())
@@ -565,7 +578,7 @@ impl Sup {
                     stage.kind
                 );
                 let _ = myself;
-                self.fail("StageFailed", message)
+                self.fail(Reason::StageFailed, message)
             }
             None => Ok(()),
         }

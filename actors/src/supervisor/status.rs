@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 
 use kubernaut_api::RemediationRequestStatus;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use kubernaut_api::Phase;
 use ractor::{ActorProcessingErr, ActorRef};
 
 use crate::mailbox::{Addr, Envelope};
 use crate::metrics::TransitionLabels;
+use crate::supervisor::transitions::Reason;
 use crate::tasks::Task;
 
 use super::transitions::{self, Transition};
@@ -81,9 +83,10 @@ impl Writer {
         metrics: crate::Metrics,
         target: Target,
         report: Addr<Msg>,
+        span: tracing::Span,
     ) -> Self {
         let (tx, rx) = watch::channel(None);
-        let task = Task::spawn(run(cluster, metrics, target, rx, report));
+        let task = Task::spawn(run(cluster, metrics, target, rx, report).instrument(span));
         Self { tx, _task: task }
     }
 
@@ -252,10 +255,10 @@ impl Sup {
 
     pub(super) fn fail(
         &mut self,
-        reason: &'static str,
+        reason: Reason,
         message: String,
     ) -> Result<(), ActorProcessingErr> {
-        tracing::warn!(request = %self.name, namespace = %self.namespace, reason, %message, "request failed");
+        tracing::warn!(reason = reason.as_str(), %message, "request failed");
         self.commit(
             |_| Some(Transition::new(Phase::Failed, reason, message)),
             false,
@@ -295,7 +298,7 @@ impl Sup {
                 }
                 self.arm();
                 if stop {
-                    tracing::info!(request = %self.name, namespace = %self.namespace, "handed over");
+                    tracing::info!("handed over");
                     myself.stop(Some("handed over".into()));
                 } else if advance {
                     self.me.tell(Msg::Advance);
@@ -310,12 +313,12 @@ impl Sup {
                 let refused = self.desired.take().map(|s| s.phase);
                 // What waited for it never happens (dropped acks stop steps).
                 self.effects.clear();
-                tracing::error!(request = %self.name, namespace = %self.namespace, %error, "the API server refused the request's status");
+                tracing::error!(%error, "the API server refused the request's status");
                 // Retrying cannot help, and the request would stay stuck.
                 // Failing it writes only the phase, which the server accepts.
                 if refused != Some(Phase::Failed) && !self.status.phase.is_terminal() {
                     let message = format!("the API server refused the request's status: {error}");
-                    return self.fail("StatusRejected", message);
+                    return self.fail(Reason::StatusRejected, message);
                 }
                 self.retry_later(error);
                 Ok(())
@@ -342,16 +345,27 @@ impl Sup {
                 to: to.as_str(),
             })
             .inc();
-        tracing::info!(request = %self.name, namespace = %self.namespace, %from, %to, reason = t.reason, message = %t.message, "phase transition");
+        tracing::info!(%from, %to, reason = t.reason.as_str(), message = %t.message, "phase transition");
         self.audit_request(to);
         self.audit_event(
             "transition",
             Some(from),
             Some(to),
-            t.reason,
+            t.reason.as_str(),
             "",
             serde_json::json!({ "message": t.message, "replica": self.ctx.identity }),
         );
         self.counted.set(to);
+        let message = if t.message.is_empty() {
+            format!("{from} -> {to}")
+        } else {
+            format!("{from} -> {to}: {}", t.message)
+        };
+        self.event(
+            matches!(to, Phase::Failed | Phase::TimedOut),
+            t.reason.as_str(),
+            message,
+            "Transition",
+        );
     }
 }

@@ -8,21 +8,117 @@ use std::time::Duration;
 
 use kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kubernaut_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kubernaut_api::{Phase, PhaseTransition, RemediationRequestStatus, StepPhase, TransitionError};
+use kubernaut_api::{
+    Decision, ExecutionResult, Phase, PhaseTransition, RemediationRequestStatus, StepPhase,
+    TransitionError,
+};
 
 use crate::Timeouts;
 use crate::workflow::WorkflowReport;
+
+/// Why a request changed phase (`phaseHistory[].reason`), or what was
+/// escalated: one closed set, so a misspelt reason does not compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Started,
+    HoldReleased,
+    TargetBusy,
+    Backoff,
+    ConsecutiveFailures,
+    Enriched,
+    OutOfScope,
+    ActionChosen,
+    ApprovalRequired,
+    StormEscalated,
+    NoMatchingRule,
+    RecentlyRemediated,
+    RuleIncomplete,
+    Approved,
+    Rejected,
+    ApprovalExpired,
+    NoStormPlan,
+    NoDecision,
+    ActionFinished,
+    WorkflowFailed,
+    InvalidWorkflow,
+    Verified,
+    VerificationFailed,
+    NoExecutionRecord,
+    StageFailed,
+    StatusRejected,
+    ProcessingTimeout,
+    AnalyzingTimeout,
+    ApprovalTimeout,
+    ExecutingTimeout,
+    VerifyingTimeout,
+    RequestTimeout,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Started => "Started",
+            Reason::HoldReleased => "HoldReleased",
+            Reason::TargetBusy => "TargetBusy",
+            Reason::Backoff => "Backoff",
+            Reason::ConsecutiveFailures => "ConsecutiveFailures",
+            Reason::Enriched => "Enriched",
+            Reason::OutOfScope => "OutOfScope",
+            Reason::ActionChosen => "ActionChosen",
+            Reason::ApprovalRequired => "ApprovalRequired",
+            Reason::StormEscalated => "StormEscalated",
+            Reason::NoMatchingRule => "NoMatchingRule",
+            Reason::RecentlyRemediated => "RecentlyRemediated",
+            Reason::RuleIncomplete => "RuleIncomplete",
+            Reason::Approved => "Approved",
+            Reason::Rejected => "Rejected",
+            Reason::ApprovalExpired => "ApprovalExpired",
+            Reason::NoStormPlan => "NoStormPlan",
+            Reason::NoDecision => "NoDecision",
+            Reason::ActionFinished => "ActionFinished",
+            Reason::WorkflowFailed => "WorkflowFailed",
+            Reason::InvalidWorkflow => "InvalidWorkflow",
+            Reason::Verified => "Verified",
+            Reason::VerificationFailed => "VerificationFailed",
+            Reason::NoExecutionRecord => "NoExecutionRecord",
+            Reason::StageFailed => "StageFailed",
+            Reason::StatusRejected => "StatusRejected",
+            Reason::ProcessingTimeout => "ProcessingTimeout",
+            Reason::AnalyzingTimeout => "AnalyzingTimeout",
+            Reason::ApprovalTimeout => "ApprovalTimeout",
+            Reason::ExecutingTimeout => "ExecutingTimeout",
+            Reason::VerifyingTimeout => "VerifyingTimeout",
+            Reason::RequestTimeout => "RequestTimeout",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<crate::holds::HoldReason> for Reason {
+    fn from(h: crate::holds::HoldReason) -> Self {
+        match h {
+            crate::holds::HoldReason::ConsecutiveFailures => Reason::ConsecutiveFailures,
+            crate::holds::HoldReason::Backoff => Reason::Backoff,
+            crate::holds::HoldReason::TargetBusy => Reason::TargetBusy,
+        }
+    }
+}
 
 /// A phase change and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     pub to: Phase,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Transition {
-    pub fn new(to: Phase, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(to: Phase, reason: Reason, message: impl Into<String>) -> Self {
         Self {
             to,
             reason,
@@ -52,7 +148,7 @@ pub fn enter(
     let at = clock.now;
     status.phase = to;
     status.message = Some(if t.message.is_empty() {
-        t.reason.to_string()
+        t.reason.as_str().to_string()
     } else {
         t.message.clone()
     });
@@ -78,15 +174,64 @@ pub fn after(at: Timestamp, d: Duration) -> Time {
     Time(at.checked_add(d).unwrap_or(at))
 }
 
+/// The conditions the controller keeps on a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cond {
+    Processed,
+    Analyzed,
+    Approved,
+    Executed,
+    Verified,
+    Held,
+    Escalated,
+}
+
+/// A condition's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Truth {
+    True,
+    False,
+    Unknown,
+}
+
+impl Cond {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cond::Processed => "Processed",
+            Cond::Analyzed => "Analyzed",
+            Cond::Approved => "Approved",
+            Cond::Executed => "Executed",
+            Cond::Verified => "Verified",
+            Cond::Held => "Held",
+            Cond::Escalated => "Escalated",
+        }
+    }
+}
+
+impl Truth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Truth::True => "True",
+            Truth::False => "False",
+            Truth::Unknown => "Unknown",
+        }
+    }
+
+    pub fn of(yes: bool) -> Self {
+        if yes { Truth::True } else { Truth::False }
+    }
+}
+
 /// Keeps the one condition of a type, moving `lastTransitionTime` only when
 /// its status changes.
 pub fn set_condition(
     s: &mut RemediationRequestStatus,
-    type_: &str,
-    status: &str,
+    type_: Cond,
+    status: Truth,
     reason: &str,
     now: Timestamp,
 ) {
+    let (type_, status) = (type_.as_str(), status.as_str());
     // Never empty: see the note on empty strings in the api crate.
     let message = format!("{type_}: {reason}");
     match s.conditions.iter_mut().find(|c| c.type_ == type_) {
@@ -115,7 +260,7 @@ pub fn expired(
     status: &RemediationRequestStatus,
     timeouts: &Timeouts,
     now: Timestamp,
-) -> Option<(&'static str, String)> {
+) -> Option<(Reason, String)> {
     let passed = |t: &Option<Time>| t.as_ref().is_some_and(|t| t.0 <= now);
     let phase = status.phase;
     if phase.is_terminal() {
@@ -128,7 +273,7 @@ pub fn expired(
         ))
     } else if passed(&status.deadline) {
         Some((
-            "RequestTimeout",
+            Reason::RequestTimeout,
             format!(
                 "the remediation did not finish within {:?} (it was {phase}); escalated",
                 timeouts.request
@@ -139,14 +284,14 @@ pub fn expired(
     }
 }
 
-pub fn timeout_reason(phase: Phase) -> &'static str {
+pub fn timeout_reason(phase: Phase) -> Reason {
     match phase {
-        Phase::Processing => "ProcessingTimeout",
-        Phase::Analyzing => "AnalyzingTimeout",
-        Phase::AwaitingApproval => "ApprovalTimeout",
-        Phase::Executing => "ExecutingTimeout",
-        Phase::Verifying => "VerifyingTimeout",
-        _ => "RequestTimeout",
+        Phase::Processing => Reason::ProcessingTimeout,
+        Phase::Analyzing => Reason::AnalyzingTimeout,
+        Phase::AwaitingApproval => Reason::ApprovalTimeout,
+        Phase::Executing => Reason::ExecutingTimeout,
+        Phase::Verifying => Reason::VerifyingTimeout,
+        _ => Reason::RequestTimeout,
     }
 }
 
@@ -167,7 +312,7 @@ pub fn next_deadline(status: &RemediationRequestStatus) -> Option<Timestamp> {
 /// answer). A step still running is recorded as interrupted.
 pub fn timed_out(
     status: &mut RemediationRequestStatus,
-    reason: &'static str,
+    reason: Reason,
     message: &str,
     approval_limit: Duration,
     now: Timestamp,
@@ -180,13 +325,13 @@ pub fn timed_out(
             step.message = interrupted.clone();
         }
     }
-    let t = if reason == "ApprovalTimeout" {
+    let t = if reason == Reason::ApprovalTimeout {
         let message = format!("no approval within {approval_limit:?}; nothing was changed");
-        Transition::new(Phase::Failed, "ApprovalExpired", message)
+        Transition::new(Phase::Failed, Reason::ApprovalExpired, message)
     } else {
         Transition::new(Phase::TimedOut, reason, message)
     };
-    set_condition(status, "Escalated", "True", t.reason, now);
+    set_condition(status, Cond::Escalated, Truth::True, t.reason.as_str(), now);
     t
 }
 
@@ -198,9 +343,9 @@ pub fn executed(
     now: Timestamp,
 ) -> Transition {
     let result = if report.succeeded {
-        "Succeeded"
+        ExecutionResult::Succeeded
     } else {
-        "Failed"
+        ExecutionResult::Failed
     };
     let failure = report.stopped.clone().or_else(|| {
         report
@@ -231,16 +376,16 @@ pub fn executed(
         }
     }
     if let Some(e) = status.execution.as_mut() {
-        e.result = Some(result.into());
+        e.result = Some(result);
         e.finished_at = Some(Time(now));
         e.message = message.clone();
     }
-    let condition = if report.succeeded { "True" } else { "False" };
-    set_condition(status, "Executed", condition, result, now);
+    let condition = Truth::of(report.succeeded);
+    set_condition(status, Cond::Executed, condition, result.as_str(), now);
     if report.succeeded {
-        Transition::new(Phase::Verifying, "ActionFinished", message)
+        Transition::new(Phase::Verifying, Reason::ActionFinished, message)
     } else {
-        Transition::new(Phase::Failed, "WorkflowFailed", message)
+        Transition::new(Phase::Failed, Reason::WorkflowFailed, message)
     }
 }
 
@@ -252,10 +397,10 @@ pub fn verified(
 ) -> Transition {
     match result {
         Ok(msg) => {
-            set_condition(status, "Verified", "True", "Verified", now);
-            Transition::new(Phase::Completed, "Verified", msg)
+            set_condition(status, Cond::Verified, Truth::True, "Verified", now);
+            Transition::new(Phase::Completed, Reason::Verified, msg)
         }
-        Err(e) => Transition::new(Phase::Failed, "VerificationFailed", e),
+        Err(e) => Transition::new(Phase::Failed, Reason::VerificationFailed, e),
     }
 }
 
@@ -269,17 +414,21 @@ pub fn record_decision(
     now: Timestamp,
 ) -> Option<Transition> {
     let a = status.approval.get_or_insert_with(Default::default);
-    a.decision = Some(if approved { "approved" } else { "rejected" }.into());
+    a.decision = Some(if approved {
+        Decision::Approved
+    } else {
+        Decision::Rejected
+    });
     a.decided_by = Some(by.to_string());
     a.decided_at = Some(Time(now));
     if approved {
-        set_condition(status, "Approved", "True", "Approved", now);
+        set_condition(status, Cond::Approved, Truth::True, "Approved", now);
         None
     } else {
-        set_condition(status, "Approved", "False", "Rejected", now);
+        set_condition(status, Cond::Approved, Truth::False, "Rejected", now);
         Some(Transition::new(
             Phase::Cancelled,
-            "Rejected",
+            Reason::Rejected,
             format!("rejected by {by}"),
         ))
     }
@@ -371,7 +520,7 @@ mod tests {
         let mut s = in_phase(Phase::Pending);
         enter(
             &mut s,
-            &Transition::new(Phase::Processing, "Started", ""),
+            &Transition::new(Phase::Processing, Reason::Started, ""),
             &c,
         )
         .unwrap();
@@ -398,28 +547,28 @@ mod tests {
     fn every_row_the_supervisor_uses_is_in_the_phase_table() {
         use Phase::*;
         let rows = [
-            (Pending, Processing, "Started"),
-            (Pending, Blocked, "TargetBusy"),
-            (Blocked, Processing, "HoldReleased"),
-            (Processing, Analyzing, "Enriched"),
-            (Processing, Skipped, "OutOfScope"),
-            (Analyzing, Executing, "ActionChosen"),
-            (Analyzing, AwaitingApproval, "ApprovalRequired"),
-            (Analyzing, Skipped, "NoMatchingRule"),
-            (Analyzing, Skipped, "RecentlyRemediated"),
-            (Analyzing, Failed, "RuleIncomplete"),
-            (AwaitingApproval, Executing, "Approved"),
-            (AwaitingApproval, Cancelled, "Rejected"),
-            (AwaitingApproval, Failed, "ApprovalExpired"),
-            (AwaitingApproval, Failed, "NoStormPlan"),
-            (Executing, Verifying, "ActionFinished"),
-            (Executing, Failed, "WorkflowFailed"),
-            (Verifying, Completed, "Verified"),
-            (Verifying, Failed, "VerificationFailed"),
-            (Processing, TimedOut, "ProcessingTimeout"),
-            (Executing, TimedOut, "ExecutingTimeout"),
-            (Blocked, TimedOut, "RequestTimeout"),
-            (Executing, Failed, "StageFailed"),
+            (Pending, Processing, Reason::Started),
+            (Pending, Blocked, Reason::TargetBusy),
+            (Blocked, Processing, Reason::HoldReleased),
+            (Processing, Analyzing, Reason::Enriched),
+            (Processing, Skipped, Reason::OutOfScope),
+            (Analyzing, Executing, Reason::ActionChosen),
+            (Analyzing, AwaitingApproval, Reason::ApprovalRequired),
+            (Analyzing, Skipped, Reason::NoMatchingRule),
+            (Analyzing, Skipped, Reason::RecentlyRemediated),
+            (Analyzing, Failed, Reason::RuleIncomplete),
+            (AwaitingApproval, Executing, Reason::Approved),
+            (AwaitingApproval, Cancelled, Reason::Rejected),
+            (AwaitingApproval, Failed, Reason::ApprovalExpired),
+            (AwaitingApproval, Failed, Reason::NoStormPlan),
+            (Executing, Verifying, Reason::ActionFinished),
+            (Executing, Failed, Reason::WorkflowFailed),
+            (Verifying, Completed, Reason::Verified),
+            (Verifying, Failed, Reason::VerificationFailed),
+            (Processing, TimedOut, Reason::ProcessingTimeout),
+            (Executing, TimedOut, Reason::ExecutingTimeout),
+            (Blocked, TimedOut, Reason::RequestTimeout),
+            (Executing, Failed, Reason::StageFailed),
         ];
         let c = clock();
         for (from, to, reason) in rows {
@@ -445,7 +594,7 @@ mod tests {
             (Phase::Verifying, Phase::Executing),
         ] {
             let mut s = in_phase(from);
-            assert!(enter(&mut s, &Transition::new(to, "R", ""), &c).is_err());
+            assert!(enter(&mut s, &Transition::new(to, Reason::Started, ""), &c).is_err());
             assert_eq!(s, in_phase(from));
         }
     }
@@ -459,12 +608,12 @@ mod tests {
         s.deadline = past.clone();
         assert_eq!(
             expired(&s, &c.timeouts, c.now).map(|e| e.0),
-            Some("RequestTimeout")
+            Some(Reason::RequestTimeout)
         );
         s.phase_deadline = past.clone();
         assert_eq!(
             expired(&s, &c.timeouts, c.now).map(|e| e.0),
-            Some("ExecutingTimeout")
+            Some(Reason::ExecutingTimeout)
         );
         s.phase = Phase::Completed;
         assert_eq!(expired(&s, &c.timeouts, c.now), None);
@@ -477,12 +626,15 @@ mod tests {
         let mut s = executing(&["a"]);
         let t = timed_out(
             &mut s,
-            "ExecutingTimeout",
+            Reason::ExecutingTimeout,
             "too slow",
             c.timeouts.approval(),
             c.now,
         );
-        assert_eq!((t.to, t.reason), (Phase::TimedOut, "ExecutingTimeout"));
+        assert_eq!(
+            (t.to, t.reason),
+            (Phase::TimedOut, Reason::ExecutingTimeout)
+        );
         let step = &s.execution.as_ref().unwrap().steps[0];
         assert_eq!(step.phase, StepPhase::Failed);
         assert_eq!(step.message, "interrupted: too slow");
@@ -495,12 +647,12 @@ mod tests {
         let mut s = in_phase(Phase::AwaitingApproval);
         let t = timed_out(
             &mut s,
-            "ApprovalTimeout",
+            Reason::ApprovalTimeout,
             "x",
             Duration::from_secs(900),
             c.now,
         );
-        assert_eq!((t.to, t.reason), (Phase::Failed, "ApprovalExpired"));
+        assert_eq!((t.to, t.reason), (Phase::Failed, Reason::ApprovalExpired));
         assert_eq!(t.message, "no approval within 900s; nothing was changed");
     }
 
@@ -521,10 +673,14 @@ mod tests {
         let t = executed(&mut s, &ok, c.now);
         assert_eq!(
             (t.to, t.reason, t.message.as_str()),
-            (Phase::Verifying, "ActionFinished", "2 steps succeeded")
+            (
+                Phase::Verifying,
+                Reason::ActionFinished,
+                "2 steps succeeded"
+            )
         );
         assert_eq!(
-            s.execution.as_ref().unwrap().result.as_deref(),
+            s.execution.as_ref().unwrap().result.map(|r| r.as_str()),
             Some("Succeeded")
         );
 
@@ -565,7 +721,7 @@ mod tests {
         );
         assert_eq!(
             verified(&mut s, Err("not seen".into()), c.now).reason,
-            "VerificationFailed"
+            Reason::VerificationFailed
         );
     }
 
@@ -578,13 +734,13 @@ mod tests {
             t,
             Some(Transition::new(
                 Phase::Cancelled,
-                "Rejected",
+                Reason::Rejected,
                 "rejected by alice"
             ))
         );
         let a = s.approval.as_ref().unwrap();
         assert_eq!(
-            (a.decision.as_deref(), a.decided_by.as_deref()),
+            (a.decision.map(|d| d.as_str()), a.decided_by.as_deref()),
             (Some("rejected"), Some("alice"))
         );
         let mut s = in_phase(Phase::AwaitingApproval);
@@ -601,12 +757,18 @@ mod tests {
         let c = clock();
         let later = Timestamp::from_second(1_800_000_100).unwrap_or(c.now);
         let mut s = RemediationRequestStatus::default();
-        set_condition(&mut s, "Held", "True", "TargetBusy", c.now);
-        set_condition(&mut s, "Held", "True", "ConsecutiveFailures", later);
+        set_condition(&mut s, Cond::Held, Truth::True, "TargetBusy", c.now);
+        set_condition(
+            &mut s,
+            Cond::Held,
+            Truth::True,
+            "ConsecutiveFailures",
+            later,
+        );
         assert_eq!(s.conditions.len(), 1);
         assert_eq!(s.conditions[0].last_transition_time, Time(c.now));
         assert_eq!(s.conditions[0].reason, "ConsecutiveFailures");
-        set_condition(&mut s, "Held", "False", "HoldReleased", later);
+        set_condition(&mut s, Cond::Held, Truth::False, "HoldReleased", later);
         assert_eq!(s.conditions[0].last_transition_time, Time(later));
     }
 

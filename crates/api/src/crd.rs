@@ -247,7 +247,7 @@ pub struct ProcessingStatus {
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisStatus {
     /// Which path decided: `llm` or `rules` (the deterministic table).
-    pub decided_by: String,
+    pub decided_by: DecidedBy,
     /// Why that path decided: the LLM's valid attempt, or why the rules
     /// did (no LLM configured, unreachable, timed out, circuit open,
     /// invalid output after the last attempt).
@@ -284,6 +284,46 @@ pub struct AnalysisStatus {
     pub workflow: crate::workflow::Workflow,
 }
 
+macro_rules! closed_set {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+closed_set! {
+    /// Which path decided a request's workflow.
+    #[derive(Default)]
+    DecidedBy { Llm = "llm", #[default] Rules = "rules" }
+}
+
+closed_set! {
+    /// A human's decision on a request waiting for approval.
+    Decision { Approved = "approved", Rejected = "rejected" }
+}
+
+closed_set! {
+    /// How a request's workflow ended.
+    ExecutionResult { Succeeded = "Succeeded", AlreadyDone = "AlreadyDone", Failed = "Failed" }
+}
+
 /// The approval gate's verdict on a decided request (K-AI-4).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -297,7 +337,7 @@ pub struct ApprovalStatus {
     pub expires_at: Option<Time>,
     /// `approved` or `rejected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decision: Option<String>,
+    pub decision: Option<Decision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,7 +367,7 @@ pub struct ExecutionStatus {
     pub finished_at: Option<Time>,
     /// `Succeeded`, `AlreadyDone` or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<String>,
+    pub result: Option<ExecutionResult>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// Every step of the workflow, in the workflow's order.
@@ -403,6 +443,25 @@ impl RemediationRequest {
     /// The CRD as YAML, exactly as `deploy/crds/` holds it.
     pub fn crd_yaml() -> Result<String, serde_norway::Error> {
         use kube::CustomResourceExt;
-        serde_norway::to_string(&Self::crd())
+        let mut crd = serde_json::to_value(Self::crd())
+            .map_err(<serde_norway::Error as serde::ser::Error>::custom)?;
+        drop_null_enum_values(&mut crd);
+        serde_norway::to_string(&crd)
+    }
+}
+
+/// An optional closed set is `nullable` with its values as `enum`; the
+/// schema generator also lists `null` among them, which Kubernetes'
+/// validation of a CRD refuses ("unknown object type nil").
+fn drop_null_enum_values(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                values.retain(|e| !e.is_null());
+            }
+            map.values_mut().for_each(drop_null_enum_values);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_null_enum_values),
+        _ => {}
     }
 }

@@ -12,10 +12,11 @@ pub mod signal;
 pub mod workflow;
 
 pub use crd::{
-    AffectedTarget, AnalysisStatus, ApprovalStatus, Deduplication, ExecutionStatus,
-    MAX_RECENT_INSTANCES, MAX_STORM_TARGETS, ObjectRef, PhaseTransition, ProcessingStatus,
-    RemediationRequest, RemediationRequestSpec, RemediationRequestStatus, SignalResolution,
-    StepPhase, StepStatus, StormKind, StormSpec, StormStatus,
+    AffectedTarget, AnalysisStatus, ApprovalStatus, DecidedBy, Decision, Deduplication,
+    ExecutionResult, ExecutionStatus, MAX_RECENT_INSTANCES, MAX_STORM_TARGETS, ObjectRef,
+    PhaseTransition, ProcessingStatus, RemediationRequest, RemediationRequestSpec,
+    RemediationRequestStatus, SignalResolution, StepPhase, StepStatus, StormKind, StormSpec,
+    StormStatus,
 };
 pub use k8s_openapi;
 pub use kube;

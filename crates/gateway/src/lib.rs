@@ -178,7 +178,21 @@ fn approval_problem(e: ApprovalError) -> Response {
         ApprovalError::NotAwaiting(_) => (StatusCode::CONFLICT, "Conflict"),
         ApprovalError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
     };
-    let mut r = Problem::new(status, title, e.to_string()).into_response();
+    // A 5xx says nothing of the internals (the log has the cause); a 4xx
+    // tells the caller what to fix.
+    let detail = if status.is_server_error() {
+        tracing::warn!(error = %e, "approval failed on our side");
+        "the approval could not be recorded now; try again".to_string()
+    } else {
+        e.to_string()
+    };
+    let mut r = Problem::new(status, title, detail).into_response();
+    if let ApprovalError::Unavailable(_) = e {
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+        );
+    }
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -427,3 +427,48 @@ mod protection {
         assert_eq!(resp.headers()["retry-after"], "5");
     }
 }
+
+/// An approval desk whose cluster side is down, with an internal reason.
+struct DownDesk;
+
+#[async_trait]
+impl kubernaut_api::ApprovalDesk for DownDesk {
+    async fn decide(
+        &self,
+        _token: &str,
+        _namespace: &str,
+        _name: &str,
+        _approved: bool,
+    ) -> Result<String, kubernaut_api::ApprovalError> {
+        Err(kubernaut_api::ApprovalError::Unavailable(
+            "dial tcp 10.0.0.1:6443: connection refused (internal)".into(),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_5xx_body_names_no_internal_error() {
+    let mut reg = Registry::default();
+    let app = router(GatewayState {
+        intake: Arc::<Recorder>::default(),
+        metrics: Metrics::register(&mut reg),
+        protection: Arc::new(Protection::new(ProtectionConfig::open())),
+        cloudwatch: Arc::new(crate::CloudWatch::disabled()),
+        approvals: Some(Arc::new(DownDesk)),
+    });
+    let req = Request::post("/api/v1/remediations/shop/rr-1/approval")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer someone")
+        .body(Body::from(r#"{"decision":"approved"}"#))
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("try again"), "{body}");
+    assert!(
+        !body.contains("10.0.0.1") && !body.contains("internal"),
+        "{body}"
+    );
+}

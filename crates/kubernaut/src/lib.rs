@@ -210,6 +210,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         holds: Default::default(),
         analyst,
         approval,
+        events: cluster.event_sink("kubernaut-controller", &identity),
         settings: Settings {
             verify_timeout: ctl.verify_timeout(),
             restart: ctl.restart_policy(),

@@ -11,7 +11,8 @@ use super::{Next, Stage, StageResult, Sup};
 use crate::analysis::{self, Analyzed, Path};
 use crate::metrics::ActorKind;
 use crate::rules::RuleError;
-use crate::supervisor::transitions::{Transition, set_condition};
+use crate::supervisor::transitions::Reason;
+use crate::supervisor::transitions::{Cond, Transition, Truth, set_condition};
 
 pub struct Analysis;
 
@@ -41,15 +42,15 @@ impl Stage for Analysis {
                 verdict.reasons.join("; ")
             );
             let detail = serde_json::json!({ "message": msg, "alertName": storm.alert_name });
-            sup.escalate("StormEscalated", detail);
+            sup.escalate(Reason::StormEscalated, detail);
             let approval = awaiting(sup, verdict.reasons);
             let now = Timestamp::now();
             return Next::commit(move |s| {
                 s.approval = Some(approval);
-                set_condition(s, "Analyzed", "True", "Storm", now);
+                set_condition(s, Cond::Analyzed, Truth::True, "Storm", now);
                 Some(Transition::new(
                     Phase::AwaitingApproval,
-                    "StormEscalated",
+                    Reason::StormEscalated,
                     msg,
                 ))
             });
@@ -106,17 +107,20 @@ fn analyzed_to_next(sup: &mut Sup, analyzed: Analyzed) -> Next {
             let msg =
                 format!("no rule answers signal {name}; nothing to do automatically ({reason})");
             return Next::commit(move |s| {
-                set_condition(s, "Analyzed", "False", "NoMatchingRule", now);
-                Some(Transition::new(Phase::Skipped, "NoMatchingRule", msg))
+                set_condition(s, Cond::Analyzed, Truth::False, "NoMatchingRule", now);
+                Some(Transition::new(Phase::Skipped, Reason::NoMatchingRule, msg))
             });
         }
         Err(e @ RuleError::MissingValue { .. }) => {
-            return Next::Fail("RuleIncomplete", e.to_string());
+            return Next::Fail(Reason::RuleIncomplete, e.to_string());
         }
     };
     let confidence = verdict.as_ref().map(|v| v.confidence);
     let analysis = AnalysisStatus {
-        decided_by: path.as_str().into(),
+        decided_by: match path {
+            Path::Llm => kubernaut_api::DecidedBy::Llm,
+            Path::Rules => kubernaut_api::DecidedBy::Rules,
+        },
         reason: reason.clone(),
         rule: d.rule.clone(),
         action: d.summary(),
@@ -155,8 +159,12 @@ fn analyzed_to_next(sup: &mut Sup, analyzed: Analyzed) -> Next {
         );
         return Next::commit(move |s| {
             s.analysis = Some(analysis);
-            set_condition(s, "Analyzed", "True", "RecentlyRemediated", now);
-            Some(Transition::new(Phase::Skipped, "RecentlyRemediated", msg))
+            set_condition(s, Cond::Analyzed, Truth::True, "RecentlyRemediated", now);
+            Some(Transition::new(
+                Phase::Skipped,
+                Reason::RecentlyRemediated,
+                msg,
+            ))
         });
     }
     let mut msg = match (path, confidence) {
@@ -176,11 +184,11 @@ fn analyzed_to_next(sup: &mut Sup, analyzed: Analyzed) -> Next {
         return Next::commit(move |s| {
             s.analysis = Some(analysis);
             s.approval = Some(approval);
-            set_condition(s, "Analyzed", "True", decided, now);
-            set_condition(s, "Approved", "Unknown", "ApprovalRequired", now);
+            set_condition(s, Cond::Analyzed, Truth::True, decided, now);
+            set_condition(s, Cond::Approved, Truth::Unknown, "ApprovalRequired", now);
             Some(Transition::new(
                 Phase::AwaitingApproval,
-                "ApprovalRequired",
+                Reason::ApprovalRequired,
                 msg,
             ))
         });
@@ -193,7 +201,7 @@ fn analyzed_to_next(sup: &mut Sup, analyzed: Analyzed) -> Next {
     Next::commit(move |s| {
         s.analysis = Some(analysis);
         s.approval = Some(approval);
-        set_condition(s, "Analyzed", "True", decided, now);
-        Some(Transition::new(Phase::Executing, "ActionChosen", msg))
+        set_condition(s, Cond::Analyzed, Truth::True, decided, now);
+        Some(Transition::new(Phase::Executing, Reason::ActionChosen, msg))
     })
 }

@@ -13,6 +13,7 @@ use kubernaut_api::{
 use super::{Next, Stage, StageResult, Sup};
 use crate::metrics::{ActorKind, ReasonLabels};
 use crate::rules;
+use crate::supervisor::transitions::Reason;
 use crate::supervisor::transitions::{Transition, after, record_decision};
 
 pub struct AwaitingApproval;
@@ -81,7 +82,7 @@ impl Stage for AwaitingApproval {
                     policy.max_failure_ratio * 100.0
                 );
                 let analysis = AnalysisStatus {
-                    decided_by: "rules".into(),
+                    decided_by: kubernaut_api::DecidedBy::Rules,
                     rule: d.rule.clone(),
                     action: d.summary(),
                     workflow: d.workflow,
@@ -90,14 +91,14 @@ impl Stage for AwaitingApproval {
                 Next::commit(move |s| {
                     record_decision(s, true, &by, now);
                     s.analysis = Some(analysis);
-                    Some(Transition::new(Phase::Executing, "Approved", msg))
+                    Some(Transition::new(Phase::Executing, Reason::Approved, msg))
                 })
             }
             Err(e) => {
                 let msg = format!("approved by {by}, but nothing can run: {e}");
                 Next::commit(move |s| {
                     record_decision(s, true, &by, now);
-                    Some(Transition::new(Phase::Failed, "NoStormPlan", msg))
+                    Some(Transition::new(Phase::Failed, Reason::NoStormPlan, msg))
                 })
             }
         }
@@ -117,12 +118,12 @@ impl AwaitingApproval {
         }
         if sup.spec.storm.is_none() {
             if sup.status.analysis.is_none() {
-                return Next::Fail("NoDecision", "approved without an analysis".into());
+                return Next::Fail(Reason::NoDecision, "approved without an analysis".into());
             }
             let msg = format!("approved by {by}");
             return Next::commit(move |s| {
                 record_decision(s, true, &by, now);
-                Some(Transition::new(Phase::Executing, "Approved", msg))
+                Some(Transition::new(Phase::Executing, Reason::Approved, msg))
             });
         }
         // The gateway keeps counting a storm's targets: take the latest list.
@@ -196,7 +197,7 @@ pub fn gate(
     let verdict = sup.ctx.approval.evaluate(&input);
     let label = match (&verdict.error, verdict.required) {
         (Some(e), _) => {
-            tracing::warn!(request = %sup.name, namespace = %sup.namespace, error = %e, "approval policy error: approval required");
+            tracing::warn!(error = %e, "approval policy error: approval required");
             "policy_error"
         }
         (None, true) => "required",

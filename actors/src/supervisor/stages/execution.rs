@@ -9,6 +9,7 @@ use kubernaut_api::{ExecutionStatus, Phase, StepStatus};
 use super::{Next, Stage, StageResult, Sup};
 use crate::metrics::ActionLabels;
 use crate::supervisor::Effect;
+use crate::supervisor::transitions::Reason;
 use crate::supervisor::transitions::{self, Transition};
 use crate::workflow;
 use crate::workflow::StepEvent;
@@ -18,12 +19,12 @@ pub struct Execution;
 impl Stage for Execution {
     fn next(&self, sup: &mut Sup) -> Next {
         let Some(analysis) = sup.status.analysis.clone() else {
-            return Next::Fail("NoDecision", "Executing without an analysis".into());
+            return Next::Fail(Reason::NoDecision, "Executing without an analysis".into());
         };
         match sup.status.execution.clone() {
             Some(exec) if exec.result.is_some() => Next::to(Transition::new(
                 Phase::Verifying,
-                "ActionFinished",
+                Reason::ActionFinished,
                 String::new(),
             )),
             None => {
@@ -78,7 +79,7 @@ impl Stage for Execution {
             Ok(report) => report,
             Err(invalid) => {
                 count_action(sup, "Invalid");
-                return Next::Fail("InvalidWorkflow", invalid);
+                return Next::Fail(Reason::InvalidWorkflow, invalid);
             }
         };
         sup.observe_stage("execution");

@@ -7,7 +7,8 @@ use kubernaut_api::k8s_openapi::jiff::Timestamp;
 
 use super::{Next, Stage, Sup};
 use crate::holds::{Asking, HoldReason};
-use crate::supervisor::transitions::{Transition, set_condition};
+use crate::supervisor::transitions::Reason;
+use crate::supervisor::transitions::{Cond, Transition, Truth, set_condition};
 
 pub struct Holding;
 
@@ -19,9 +20,10 @@ impl Stage for Holding {
         }
         let now = Timestamp::now();
         // A storm waits for a human anyway; it holds no single target.
+        let key = sup.key();
         let hold = sup.spec.storm.is_none().then(|| {
             let me = Asking {
-                name: &sup.key(),
+                key: &key,
                 created: sup.created,
                 target: &sup.spec.target,
                 times_held: sup.times_held,
@@ -31,11 +33,15 @@ impl Stage for Holding {
                 .before_start(&sup.ctx.settings.holds, &me, now)
         });
         let Some(hold) = hold.flatten() else {
-            let reason = if pending { "Started" } else { "HoldReleased" };
+            let reason = if pending {
+                Reason::Started
+            } else {
+                Reason::HoldReleased
+            };
             return Next::commit(move |s| {
                 if !pending {
                     s.blocked_until = None;
-                    set_condition(s, "Held", "False", reason, now);
+                    set_condition(s, Cond::Held, Truth::False, reason.as_str(), now);
                 }
                 Some(Transition::new(Phase::Processing, reason, ""))
             });
@@ -50,15 +56,15 @@ impl Stage for Holding {
         }
         if pending && hold.reason == HoldReason::ConsecutiveFailures {
             let detail = serde_json::json!({ "message": hold.message, "blockedUntil": hold.until.to_string() });
-            sup.escalate(hold.reason.as_str(), detail);
+            sup.escalate(hold.reason.into(), detail);
         }
-        tracing::info!(request = %sup.name, namespace = %sup.namespace, reason = hold.reason.as_str(), until = %hold.until, message = %hold.message, "routing hold");
+        tracing::info!(reason = hold.reason.as_str(), until = %hold.until, message = %hold.message, "routing hold");
         sup.recheck_at(hold.until);
-        let (reason, message, until) = (hold.reason.as_str(), hold.message, Time(hold.until));
+        let (reason, message, until) = (Reason::from(hold.reason), hold.message, Time(hold.until));
         Next::commit(move |s| {
             s.blocked_until = Some(until);
             s.message = Some(message.clone());
-            set_condition(s, "Held", "True", reason, now);
+            set_condition(s, Cond::Held, Truth::True, reason.as_str(), now);
             pending.then(|| Transition::new(Phase::Blocked, reason, message))
         })
     }

@@ -16,6 +16,7 @@ use kubernaut_api::{Phase, RemediationRequestStatus};
 use super::Sup;
 use super::transitions::Transition;
 use crate::metrics::ActorKind;
+use crate::supervisor::transitions::Reason;
 use crate::worker::Work;
 use crate::workflow::{self, WorkflowReport};
 
@@ -31,7 +32,7 @@ pub enum Next {
     /// Write this change, then look at the phase's work again.
     CommitThenAdvance(Change),
     /// Fail the request with this reason.
-    Fail(&'static str, String),
+    Fail(Reason, String),
     /// Transient trouble: try the phase's work again later.
     Retry(String),
     /// Run the work in a stage actor of this kind; its result comes back

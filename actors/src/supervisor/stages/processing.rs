@@ -8,7 +8,8 @@ use kubernaut_cluster::{Cluster, Scope};
 
 use super::{Next, Stage, StageResult, Sup};
 use crate::metrics::ActorKind;
-use crate::supervisor::transitions::{Transition, priority, set_condition};
+use crate::supervisor::transitions::Reason;
+use crate::supervisor::transitions::{Cond, Transition, Truth, priority, set_condition};
 
 pub struct Processing;
 
@@ -40,13 +41,13 @@ impl Stage for Processing {
                 let msg = format!("environment {}, priority {}", p.environment, p.priority);
                 Next::commit(move |s| {
                     s.processing = Some(p);
-                    set_condition(s, "Processed", "True", "Enriched", now);
-                    Some(Transition::new(Phase::Analyzing, "Enriched", msg))
+                    set_condition(s, Cond::Processed, Truth::True, "Enriched", now);
+                    Some(Transition::new(Phase::Analyzing, Reason::Enriched, msg))
                 })
             }
             Ok(Processed::OutOfScope(why)) => Next::commit(move |s| {
-                set_condition(s, "Processed", "False", "OutOfScope", now);
-                Some(Transition::new(Phase::Skipped, "OutOfScope", why))
+                set_condition(s, Cond::Processed, Truth::False, "OutOfScope", now);
+                Some(Transition::new(Phase::Skipped, Reason::OutOfScope, why))
             }),
             Err(e) => Next::Retry(e),
         }

@@ -12,6 +12,7 @@ use kubernaut_cluster::{ActionCall, Cluster, Outcome};
 use super::{Next, Stage, StageResult, Sup};
 use crate::metrics::ActorKind;
 use crate::supervisor::transitions;
+use crate::supervisor::transitions::Reason;
 
 const VERIFY_POLL: Duration = Duration::from_millis(250);
 
@@ -21,7 +22,7 @@ impl Stage for Verification {
     fn next(&self, sup: &mut Sup) -> Next {
         let Some(exec) = sup.status.execution.clone() else {
             return Next::Fail(
-                "NoExecutionRecord",
+                Reason::NoExecutionRecord,
                 "Verifying without an execution record".into(),
             );
         };
