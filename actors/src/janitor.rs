@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubernaut_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kubernaut_api::{Phase, RemediationRequest, RequestKey};
+use kubernaut_api::{Phase, RemediationRequest, RequestKey, StepPhase};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::Context;
@@ -44,6 +44,9 @@ pub struct Ended {
     phase: Phase,
     completed: Timestamp,
     expires: Timestamp,
+    /// Steps the status records as settled: each has its end in the audit
+    /// trail once the request is fully audited.
+    steps: usize,
     /// The audit trail was found to hold it (or was backfilled).
     audited: bool,
 }
@@ -75,6 +78,12 @@ impl Ended {
                 phase: status.phase,
                 completed,
                 expires,
+                steps: status.execution.as_ref().map_or(0, |e| {
+                    e.steps
+                        .iter()
+                        .filter(|s| !matches!(s.phase, StepPhase::Pending | StepPhase::Running))
+                        .count()
+                }),
                 audited: false,
             },
         ))
@@ -239,7 +248,14 @@ async fn backfill(
 ) -> Result<Vec<RequestKey>, kubernaut_store::Error> {
     let mut audited = Vec::new();
     for (key, e) in unchecked.into_iter().take(SWEEP_BATCH) {
-        if !ctx.audit.confirmed(&e.uid, e.phase.as_str()).await? {
+        // A replica killed with records queued loses them; if another
+        // finished the request, its final phase is there but a step's end
+        // may not be.
+        if !ctx
+            .audit
+            .complete(&e.uid, e.phase.as_str(), e.steps)
+            .await?
+        {
             match ctx.cluster.get_request(&key.namespace, &key.name).await {
                 Ok(Some(rr)) if rr.metadata.uid.as_deref() == Some(e.uid.as_str()) => {
                     tracing::warn!(namespace = %key.namespace, name = %key.name, "the audit trail lacks the request's final record; rebuilding it from the status");

@@ -8,7 +8,7 @@
 //! handler blocks on the cluster.
 
 pub mod analysis;
-pub mod approval;
+pub use kubernaut_decide::approval;
 pub mod backfill;
 pub mod children;
 pub mod controller;
@@ -19,7 +19,7 @@ pub mod membership;
 pub mod metrics;
 pub mod registry;
 pub mod root;
-pub mod rules;
+pub use kubernaut_decide::rules;
 pub mod shard;
 pub mod supervisor;
 pub mod tasks;

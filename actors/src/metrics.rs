@@ -86,6 +86,7 @@ pub struct Metrics {
     pub audit_backfilled: Counter,
     pub audit_dropped: Counter,
     pub requests_malformed: Counter,
+    pub events_dropped: Counter,
     pub llm_calls: Family<LlmLabels, Counter>,
     pub llm_seconds: Family<ProviderLabels, Histogram>,
     pub llm_tokens: Family<TokenLabels, Counter>,
@@ -154,6 +155,7 @@ impl Default for Metrics {
             audit_backfilled: Counter::default(),
             audit_dropped: Counter::default(),
             requests_malformed: Counter::default(),
+            events_dropped: Counter::default(),
             llm_calls: Family::default(),
             llm_seconds: Family::new_with_constructor(seconds),
             llm_tokens: Family::default(),
@@ -250,6 +252,11 @@ impl Metrics {
             "audit_dropped",
             "Audit records dropped because the audit queue was full (the janitor rebuilds a terminal request's records from its status)",
             m.audit_dropped.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Kubernetes Events on requests dropped because their queue was full",
+            m.events_dropped.clone(),
         );
         r.register(
             "requests_malformed",

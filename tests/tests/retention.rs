@@ -123,3 +123,79 @@ async fn the_janitor_deletes_expired_requests_only_once_audited() -> anyhow::Res
     );
     running.shutdown().await
 }
+
+/// A replica killed with records queued loses them; when another replica
+/// finished the request, PostgreSQL holds its final phase but not the end
+/// of the step the dead one ran. The janitor rebuilds that from the status.
+#[tokio::test]
+async fn a_step_end_lost_with_a_killed_replica_is_rebuilt_though_the_final_phase_is_audited()
+-> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "lost-step", "staging").await?;
+    let target = ObjectRef::new("Deployment", &ns, "web");
+    let name = create_request(&admin, "LostStep", &target, false).await?;
+    let api = Api::<RemediationRequest>::namespaced(admin.clone(), &ns);
+    let done = kubernaut_e2e::now_rfc3339();
+    let status = json!({"status": {
+        "phase": "Completed", "completionTime": done,
+        "execution": {"action": "restart_pod", "target": {"kind": "Deployment", "namespace": ns, "name": "web"},
+                      "targetUid": "uid-web", "startedAt": done, "finishedAt": done, "result": "Succeeded",
+                      "message": "1 steps succeeded",
+                      "steps": [{"id": "restart", "action": "restart_pod", "phase": "Succeeded",
+                                 "attempts": 1, "finishedAt": done}]}}});
+    let rr = api
+        .patch_status(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&status),
+        )
+        .await?;
+    let uid = rr.metadata.uid.clone().unwrap_or_default();
+    // The survivor's final phase is in PostgreSQL; the step's end is not.
+    let store = kubernaut_store::Store::connect(&stack.database_url, 2).await?;
+    store
+        .write(&kubernaut_store::AuditRecord::Request(
+            kubernaut_store::RequestRecord {
+                uid: uid.clone(),
+                namespace: ns.clone(),
+                name: name.clone(),
+                fingerprint: rr.spec.fingerprint.clone(),
+                signal_name: "LostStep".into(),
+                severity: rr.spec.severity.clone(),
+                source: rr.spec.source.as_str().into(),
+                target_kind: "Deployment".into(),
+                target_namespace: ns.clone(),
+                target_name: "web".into(),
+                phase: "Completed".into(),
+                firing_time: chrono::Utc::now(),
+            },
+        ))
+        .await?;
+    let running = control_plane(
+        stack,
+        &ns,
+        &[
+            ("CONTROLLER__AUDIT_GRACE_SECONDS", "1"),
+            ("CONTROLLER__JANITOR_INTERVAL_SECONDS", "1"),
+        ],
+        json!([]),
+    )
+    .await?;
+    let db = sqlx::PgPool::connect(&stack.database_url).await?;
+    let state: String = eventually("the step's end to be rebuilt", TIMEOUT, || async {
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT detail->>'state' FROM remediation_events
+             WHERE request_uid = $1 AND reason = 'StepFinished' AND detail->>'id' = 'restart'
+               AND detail->>'backfilled' = 'true'",
+        )
+        .bind(&uid)
+        .fetch_optional(&db)
+        .await?;
+        Ok(state)
+    })
+    .await?;
+    assert_eq!(state, "Succeeded");
+    assert!(metric(&running, "kubernaut_controller_audit_backfilled_total").await? >= 1.0);
+    running.shutdown().await
+}

@@ -86,7 +86,7 @@ impl Sup {
 
     /// A Kubernetes Event on the request, queued without waiting.
     pub(super) fn event(&self, warning: bool, reason: &str, note: String, action: &'static str) {
-        self.ctx.events.emit(kubernaut_cluster::Note {
+        let queued = self.ctx.events.emit(kubernaut_cluster::Note {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             uid: self.uid.clone(),
@@ -95,5 +95,8 @@ impl Sup {
             note,
             action,
         });
+        if !queued {
+            self.ctx.metrics.events_dropped.inc();
+        }
     }
 }

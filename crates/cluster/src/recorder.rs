@@ -50,10 +50,11 @@ impl EventSink {
         }
     }
 
-    /// Queues `note` without waiting; `false` when it was dropped.
+    /// Queues `note` without waiting; `false` when the queue was full and
+    /// it was dropped (a disabled sink drops nothing: it publishes nothing).
     pub fn emit(&self, note: Note) -> bool {
         let Some(tx) = &self.tx else {
-            return false;
+            return true;
         };
         if tx.try_send(note).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);

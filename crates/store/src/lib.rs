@@ -255,6 +255,26 @@ impl AuditLog {
         Ok(found.as_deref() == Some(phase))
     }
 
+    /// Whether the audit trail holds the request `uid` in `phase` and the
+    /// end of each of its `steps` settled steps: everything its status
+    /// tells. An error when PostgreSQL cannot say.
+    pub async fn complete(&self, uid: &str, phase: &str, steps: usize) -> Result<bool> {
+        if !self.confirmed(uid, phase).await? {
+            return Ok(false);
+        }
+        if steps == 0 {
+            return Ok(true);
+        }
+        let ended: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT detail->>'id') FROM remediation_events
+             WHERE request_uid = $1 AND kind = 'action' AND reason = 'StepFinished'",
+        )
+        .bind(uid)
+        .fetch_one(&self.store.pool)
+        .await?;
+        Ok(ended >= steps as i64)
+    }
+
     /// The recorded end of step `step` of request `uid` (its StepFinished
     /// detail: the step report, with the objects before and after).
     pub async fn step_finished(&self, uid: &str, step: &str) -> Result<Option<serde_json::Value>> {

@@ -58,7 +58,8 @@ pub enum RuleError {
 }
 
 impl Rule {
-    pub(crate) fn workflow(&self) -> Workflow {
+    /// The rule's workflow: its one action, or its steps.
+    pub fn workflow(&self) -> Workflow {
         match &self.action {
             Some(action) => Workflow::single(action, self.parameters.clone()),
             None => Workflow {

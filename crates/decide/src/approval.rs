@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 /// The built-in default policy.
-pub const DEFAULT_POLICY: &str = include_str!("../../config/approval.rego");
+pub const DEFAULT_POLICY: &str = include_str!("../../../config/approval.rego");
 const REQUIRED: &str = "data.kubernaut.approval.required";
 const REASONS: &str = "data.kubernaut.approval.reasons";
 

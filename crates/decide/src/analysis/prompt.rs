@@ -1,0 +1,113 @@
+//! The prompt: the system instruction and the incident document, with
+//! credential-named labels and annotations dropped and the whole cut to its
+//! bound while staying valid JSON.
+
+use kubernaut_api::{ProcessingStatus, RemediationRequestSpec};
+use serde_json::{Map, Value, json};
+
+use super::{Facts, Offered};
+
+pub const SYSTEM: &str = "You are the analysis stage of Kubernaut, a Kubernetes remediation controller. \
+Given an alert, the state of its target and what worked before, say what most likely caused the alert \
+and choose remediation actions from the allowed list only, in the order they should run. Prefer the \
+least risky action that addresses the cause and actions that worked before. Answer with one JSON object: \
+rootCause (one sentence), confidence (0 to 1), rationale (one sentence), actions (a list of {action, parameters}).";
+
+/// Label and annotation names whose values may be credentials.
+pub fn sensitive(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "apikey",
+        "api_key",
+        "api-key",
+        "credential",
+        "private",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+pub fn without_sensitive(map: &std::collections::BTreeMap<String, String>) -> Value {
+    map.iter()
+        .filter(|(k, _)| !sensitive(k))
+        .map(|(k, v)| (k.clone(), json!(truncate(v, 300))))
+        .collect::<Map<String, Value>>()
+        .into()
+}
+
+/// The incident document the prompt carries.
+pub fn incident(
+    spec: &RemediationRequestSpec,
+    processing: Option<&ProcessingStatus>,
+    facts: &Facts,
+    offered: &[Offered],
+) -> Value {
+    let history: Vec<Value> = facts
+        .history
+        .iter()
+        .map(|h| {
+            json!({"action": h.action, "requests": h.requests, "verified": h.completed,
+                   "effectiveness": (h.effectiveness() * 100.0).round() / 100.0})
+        })
+        .collect();
+    let actions: Vec<Value> = offered
+        .iter()
+        .map(|o| json!({"action": o.info.name, "risk": o.info.risk, "does": o.info.summary}))
+        .collect();
+    json!({
+        "alert": {
+            "name": spec.signal_name, "severity": spec.severity, "source": spec.source,
+            "labels": without_sensitive(&spec.labels),
+            "annotations": without_sensitive(&spec.annotations),
+        },
+        "target": spec.target.to_string(),
+        "signalResource": spec.signal_resource.to_string(),
+        "ownerChain": spec.owner_chain.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "environment": processing.map(|p| p.environment.as_str()).unwrap_or("unknown"),
+        "priority": processing.map(|p| p.priority.as_str()).unwrap_or("unknown"),
+        "pods": facts.pods,
+        "events": facts.events,
+        "history": history,
+        "unavailable": facts.gaps,
+        "allowedActions": actions,
+    })
+}
+
+/// The incident as prompt text of at most `max` characters: the least
+/// telling parts (oldest events, further pods, history, annotations) go
+/// first.
+pub fn bounded(mut incident: Value, max: usize) -> String {
+    let fits = |v: &Value| v.to_string().chars().count() <= max;
+    for key in ["events", "pods", "history"] {
+        while !fits(&incident) {
+            match incident[key].as_array_mut() {
+                Some(items) if !items.is_empty() => {
+                    items.pop();
+                }
+                _ => break,
+            }
+        }
+    }
+    for key in ["annotations", "labels"] {
+        if !fits(&incident) {
+            incident["alert"][key] = json!({});
+        }
+    }
+    let text = incident.to_string();
+    if fits(&incident) {
+        text
+    } else {
+        truncate(&text, max)
+    }
+}
+
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
