@@ -336,3 +336,60 @@ async fn sweep(
     }
     swept
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(status: serde_json::Value) -> RemediationRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+            "metadata": {"name": "r", "namespace": "shop", "uid": "u1", "resourceVersion": "7"},
+            "spec": {"fingerprint": "f", "signalName": "s", "severity": "warning",
+                     "source": "generic", "instanceId": "i",
+                     "target": {"kind": "Deployment", "namespace": "shop", "name": "web"},
+                     "signalResource": {"kind": "Deployment", "namespace": "shop", "name": "web"},
+                     "firingTime": "2026-11-22T03:00:00Z", "receivedTime": "2026-11-22T03:00:00Z",
+                     "originalPayload": "{}"},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    #[test]
+    fn only_a_terminal_request_with_a_completion_time_has_a_retention() {
+        assert!(Ended::of(&request(serde_json::json!({"phase": "Executing"})), DAY).is_none());
+        assert!(
+            Ended::of(&request(serde_json::json!({"phase": "Completed"})), DAY).is_none(),
+            "no time to count from"
+        );
+        let rr = request(
+            serde_json::json!({"phase": "Failed", "completionTime": "2026-11-22T04:00:00Z"}),
+        );
+        let (key, e) = Ended::of(&rr, DAY).unwrap();
+        assert_eq!(key, RequestKey::new("shop", "r"));
+        assert_eq!(
+            (e.uid.as_str(), e.resource_version.as_str(), e.phase),
+            ("u1", "7", Phase::Failed)
+        );
+        assert_eq!(e.expires.to_string(), "2026-11-23T04:00:00Z");
+    }
+
+    #[test]
+    fn a_recorded_expiry_wins_and_settled_steps_are_counted_for_the_audit_check() {
+        let rr = request(serde_json::json!({
+            "phase": "Completed", "completionTime": "2026-11-22T04:00:00Z",
+            "retentionExpiryTime": "2026-11-22T05:00:00Z",
+            "execution": {"action": "a", "target": {"kind": "Deployment", "namespace": "shop", "name": "web"},
+                          "targetUid": "x", "startedAt": "2026-11-22T03:30:00Z", "message": "",
+                          "steps": [{"id": "one", "action": "a", "phase": "Succeeded"},
+                                    {"id": "two", "action": "a", "phase": "Skipped"},
+                                    {"id": "three", "action": "a", "phase": "Running"}]}
+        }));
+        let (_, e) = Ended::of(&rr, DAY).unwrap();
+        assert_eq!(e.expires.to_string(), "2026-11-22T05:00:00Z");
+        assert_eq!(e.steps, 2, "a running step has no end to look for");
+    }
+}

@@ -1,11 +1,18 @@
-//! The controller's supervision tree (K-RR-3): a [`registry::Registry`] actor
-//! fed by the request watch spawns one [`supervisor::Supervisor`] per
-//! non-terminal `RemediationRequest`. A supervisor drives its request through
-//! Processing → Analyzing → Executing → Verifying → Completed, writing every
-//! transition to the status subresource and the audit log. Executing runs
-//! the analysis' workflow ([`workflow`]) over the action catalogue. Slow
-//! work (API calls) runs in tasks that report back as messages, so no
-//! handler blocks on the cluster.
+//! The controller's supervision tree (K-RR-3). A [`root::Root`] links the
+//! [`registry::Registry`], the [`janitor::Janitor`] and the
+//! [`membership::Membership`] actor, and restarts them under one restart
+//! policy ([`children`]). The registry, fed by the request watch, spawns one
+//! [`supervisor::Supervisor`] per non-terminal `RemediationRequest` this
+//! replica owns; a supervisor drives its request through Processing →
+//! Analyzing → Executing → Verifying → Completed, each phase's work in a
+//! stage actor, Executing's in the [`workflow`] actor over the action
+//! catalogue. Decisions (rules, prompt and answer handling, the approval
+//! policy) are the `kubernaut-decide` crate's.
+//!
+//! No handler awaits the network or the database: API calls, status
+//! writes and audit queries run in tasks or stage actors that report back
+//! as messages, and audit records are queued without waiting, so a slow
+//! or dead dependency never blocks a mailbox.
 
 pub mod analysis;
 pub use kubernaut_decide::approval;

@@ -64,20 +64,21 @@ pub struct RegistryState {
 }
 
 impl RegistryState {
+    fn view(&self) -> crate::shard::View<'_> {
+        crate::shard::View {
+            identity: &self.ctx.identity,
+            members: self.members.as_deref(),
+            releasing: self.releasing.is_some(),
+        }
+    }
+
     fn mine(&self, key: &RequestKey) -> bool {
-        self.releasing.is_none()
-            && self.members.as_ref().is_some_and(|m| {
-                crate::shard::owner_of(&key.to_string(), m) == Some(self.ctx.identity.as_str())
-            })
+        self.view().mine(key)
     }
 
     /// Nobody live drives a request recorded with this owner.
     fn free(&self, owner: &Option<String>) -> bool {
-        match owner {
-            None => true,
-            Some(o) if *o == self.ctx.identity => true,
-            Some(o) => !self.members.as_ref().is_some_and(|m| m.contains(o)),
-        }
+        self.view().free(owner.as_deref())
     }
 
     fn adoptable(&self, key: &RequestKey) -> bool {

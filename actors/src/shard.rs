@@ -23,9 +23,83 @@ pub fn owner_of<'a>(key: &str, members: &'a [String]) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// What one replica knows of the group: who it is, the live members
+/// (`None` until first known: nothing is adopted before), and whether it
+/// is handing everything over.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    pub identity: &'a str,
+    pub members: Option<&'a [String]>,
+    pub releasing: bool,
+}
+
+impl View<'_> {
+    /// Whether rendezvous hashing gives `key` to this replica now.
+    pub fn mine(&self, key: &kubernaut_api::RequestKey) -> bool {
+        !self.releasing
+            && self
+                .members
+                .is_some_and(|m| owner_of(&key.to_string(), m) == Some(self.identity))
+    }
+
+    /// Whether nobody live drives a request recorded with `owner`: none,
+    /// this replica, or a replica no longer among the members.
+    pub fn free(&self, owner: Option<&str>) -> bool {
+        match owner {
+            None => true,
+            Some(o) if o == self.identity => true,
+            Some(o) => !self.members.is_some_and(|m| m.iter().any(|x| x == o)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::owner_of;
+    use super::{View, owner_of};
+    use kubernaut_api::RequestKey;
+
+    #[test]
+    fn a_replica_adopts_only_its_own_share_and_only_once_it_knows_the_members() {
+        let m = members(3);
+        let key = (0..100)
+            .map(|i| RequestKey::new("ns", format!("rr-{i}")))
+            .find(|k| owner_of(&k.to_string(), &m) == Some("replica-1"))
+            .unwrap();
+        let view = |identity, members, releasing| View {
+            identity,
+            members,
+            releasing,
+        };
+        assert!(view("replica-1", Some(&m), false).mine(&key));
+        assert!(!view("replica-0", Some(&m), false).mine(&key));
+        assert!(
+            !view("replica-1", None, false).mine(&key),
+            "members unknown"
+        );
+        assert!(
+            !view("replica-1", Some(&m), true).mine(&key),
+            "handing over"
+        );
+    }
+
+    #[test]
+    fn a_request_is_free_unless_a_live_other_replica_drives_it() {
+        let m = members(2);
+        let v = View {
+            identity: "replica-0",
+            members: Some(&m),
+            releasing: false,
+        };
+        assert!(v.free(None));
+        assert!(v.free(Some("replica-0")), "its own");
+        assert!(!v.free(Some("replica-1")), "a live peer's");
+        assert!(v.free(Some("replica-9")), "a dead replica's");
+        let unknown = View { members: None, ..v };
+        assert!(
+            unknown.free(Some("replica-1")),
+            "no member list: nobody is known alive"
+        );
+    }
 
     fn members(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("replica-{i}")).collect()

@@ -533,9 +533,7 @@ impl Sup {
         let sink: workflow::Sink = Arc::new(move |out| {
             me.tell(match out {
                 Out::Step(event) => Msg::Step(epoch, event),
-                Out::Finished(r) => {
-                    Msg::StageDone(epoch, StageResult::Executed(r.map_err(|e| e.to_string())))
-                }
+                Out::Finished(r) => Msg::StageDone(epoch, StageResult::Executed(r)),
             });
         });
         let args = workflow::Args { sink, ..args };

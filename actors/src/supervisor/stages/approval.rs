@@ -140,8 +140,7 @@ impl AwaitingApproval {
                     let targets = cluster
                         .get_request(&ns, &name)
                         .await
-                        .map(|rr| storm_targets(rr.as_ref()))
-                        .map_err(|e| e.to_string());
+                        .map(|rr| storm_targets(rr.as_ref()));
                     StageResult::StormTargets(targets)
                 }
             }),

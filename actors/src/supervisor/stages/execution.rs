@@ -79,7 +79,7 @@ impl Stage for Execution {
             Ok(report) => report,
             Err(invalid) => {
                 count_action(sup, "Invalid");
-                return Next::Fail(Reason::InvalidWorkflow, invalid);
+                return Next::Fail(Reason::InvalidWorkflow, invalid.to_string());
             }
         };
         sup.observe_stage("execution");

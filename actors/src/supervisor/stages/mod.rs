@@ -56,12 +56,13 @@ impl Next {
 
 /// What a stage actor found.
 pub enum StageResult {
-    Processed(Result<processing::Processed, String>),
+    /// Transient trouble (the API) is tried again.
+    Processed(Result<processing::Processed, kubernaut_cluster::Error>),
     Analyzed(Box<crate::analysis::Analyzed>),
     /// The current targets of an approved storm.
-    StormTargets(Result<Vec<kubernaut_api::ObjectRef>, String>),
-    Executed(Result<WorkflowReport, String>),
-    Verified(Result<String, String>),
+    StormTargets(Result<Vec<kubernaut_api::ObjectRef>, kubernaut_cluster::Error>),
+    Executed(Result<WorkflowReport, workflow::InvalidWorkflow>),
+    Verified(Result<String, verification::VerifyError>),
 }
 
 /// One phase's work.

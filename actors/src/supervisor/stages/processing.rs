@@ -49,23 +49,23 @@ impl Stage for Processing {
                 set_condition(s, Cond::Processed, Truth::False, "OutOfScope", now);
                 Some(Transition::new(Phase::Skipped, Reason::OutOfScope, why))
             }),
-            Err(e) => Next::Retry(e),
+            Err(e) => Next::Retry(e.to_string()),
         }
     }
 }
 
-async fn process(cluster: &Cluster, spec: &RemediationRequestSpec) -> Result<Processed, String> {
-    let resolved = cluster
-        .resolve(&spec.target)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn process(
+    cluster: &Cluster,
+    spec: &RemediationRequestSpec,
+) -> Result<Processed, kubernaut_cluster::Error> {
+    let resolved = cluster.resolve(&spec.target).await?;
     let Some(resolved) = resolved else {
         return Ok(Processed::OutOfScope(format!(
             "{} no longer exists",
             spec.target
         )));
     };
-    let scope = match cluster.scope(&resolved).await.map_err(|e| e.to_string())? {
+    let scope = match cluster.scope(&resolved).await? {
         Scope::Managed(why) => why,
         Scope::Protected => {
             return Ok(Processed::OutOfScope(format!(
@@ -83,10 +83,7 @@ async fn process(cluster: &Cluster, spec: &RemediationRequestSpec) -> Result<Pro
     let ns_labels = if spec.target.namespace.is_empty() {
         None
     } else {
-        cluster
-            .namespace_labels(&spec.target.namespace)
-            .await
-            .map_err(|e| e.to_string())?
+        cluster.namespace_labels(&spec.target.namespace).await?
     };
     let environment = ns_labels
         .and_then(|l| l.get(ENVIRONMENT_LABEL).cloned())

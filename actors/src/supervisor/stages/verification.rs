@@ -16,6 +16,20 @@ use crate::supervisor::transitions::Reason;
 
 const VERIFY_POLL: Duration = Duration::from_millis(250);
 
+/// Why a run did not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The recorded step's call cannot be rebuilt.
+    #[error("step {step}: {reason}")]
+    Call { step: String, reason: String },
+    #[error("step {step} ({action}) did not show its effect within {timeout:?}")]
+    NotSeen {
+        step: String,
+        action: String,
+        timeout: Duration,
+    },
+}
+
 pub struct Verification;
 
 impl Stage for Verification {
@@ -60,6 +74,7 @@ impl Stage for Verification {
             sup.observe_stage("verification");
         }
         let now = Timestamp::now();
+        let result = result.map_err(|e| e.to_string());
         Next::commit(move |s| Some(transitions::verified(s, result, now)))
     }
 }
@@ -72,7 +87,7 @@ async fn verify(
     exec: &ExecutionStatus,
     outcomes: &BTreeMap<String, Outcome>,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, VerifyError> {
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::new();
     for step in &workflow.steps {
@@ -80,7 +95,12 @@ async fn verify(
             // Settled before a restart, or not run: nothing of it to check.
             continue;
         };
-        let call = ActionCall::parse(&step.action, step.parameters.clone())?;
+        let call = ActionCall::parse(&step.action, step.parameters.clone()).map_err(|reason| {
+            VerifyError::Call {
+                step: step.id.clone(),
+                reason,
+            }
+        })?;
         loop {
             match cluster.verify(&call, outcome).await {
                 Ok(Some(what)) => {
@@ -88,10 +108,11 @@ async fn verify(
                     break;
                 }
                 Ok(None) | Err(_) if Instant::now() >= deadline => {
-                    return Err(format!(
-                        "step {} ({}) did not show its effect within {timeout:?}",
-                        step.id, step.action
-                    ));
+                    return Err(VerifyError::NotSeen {
+                        step: step.id.clone(),
+                        action: step.action.clone(),
+                        timeout,
+                    });
                 }
                 _ => tokio::time::sleep(VERIFY_POLL).await,
             }
