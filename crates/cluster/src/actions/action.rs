@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ActionError, Bounds, Change, ExecSettings, Outcome, Risk};
+use super::{ActionError, Bounds, Change, ExecSettings, Risk};
 use crate::Cluster;
 
 /// What running an action needs: the cluster, the request's settings, the
@@ -57,18 +57,20 @@ pub trait Action: Send + Sync + fmt::Debug + 'static {
         let _ = change;
         None
     }
+}
 
-    /// `Some(what was seen)` once `outcome` shows in the cluster, `None`
-    /// while it does not yet. By default a plain update the API server
-    /// answered with the new object shows at once.
-    fn verify<'a>(
-        &'a self,
-        cluster: &'a Cluster,
-        outcome: &'a Outcome,
-    ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
-        let _ = cluster;
-        Box::pin(async move { Ok(Some(outcome.message.clone())) })
-    }
+/// How the Verifying stage sees that a run took effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// A plain update the API server answered with the new object, or an
+    /// action that waits for its effect itself (drain): at once.
+    Answered,
+    /// Every deleted object is gone (its controller's replacement has
+    /// another UID).
+    Gone,
+    /// The workload's controller has observed the generation each change
+    /// produced.
+    Observed,
 }
 
 /// What the catalogue knows of an action.
@@ -92,6 +94,8 @@ pub struct Kind {
     /// Its target does not exist before it runs: the namespace's scope
     /// decides.
     pub creates: bool,
+    /// How its effect is verified.
+    pub verify: Verify,
     schema: fn() -> Value,
     parse: fn(Value) -> Parsed,
 }
@@ -123,6 +127,7 @@ impl Kind {
             repeatable: true,
             writes: true,
             creates: false,
+            verify: Verify::Answered,
             schema: schema_of::<A>,
             parse: parse_as::<A>,
         }
@@ -149,6 +154,10 @@ impl Kind {
             writes: false,
             ..self
         }
+    }
+
+    pub const fn verified(self, verify: Verify) -> Kind {
+        Kind { verify, ..self }
     }
 
     pub const fn creates(self) -> Kind {

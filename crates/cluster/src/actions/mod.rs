@@ -43,7 +43,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use action::{Action, ActionCall, Catalogued, Kind, Ran, RunCx};
+pub use action::{Action, ActionCall, Catalogued, Kind, Ran, RunCx, Verify};
 pub use node::{NodeTarget, UncordonNode};
 pub use pod::{DeleteOutcome, PodState};
 pub use quantity::Quantity;
@@ -479,6 +479,19 @@ mod tests {
         }
         assert!(repeatable("scale_deployment") && repeatable("cordon_node"));
         assert!(of("drain_node").reversible && !of("restart_pod").reversible);
+        for (n, v) in [
+            ("restart_pod", Verify::Gone),
+            ("delete_job", Verify::Gone),
+            ("scale_deployment", Verify::Observed),
+            ("scale_statefulset", Verify::Observed),
+            ("rollout_restart", Verify::Observed),
+            ("rollback_deployment", Verify::Observed),
+            ("increase_resources", Verify::Observed),
+            ("cordon_node", Verify::Answered),
+            ("drain_node", Verify::Answered),
+        ] {
+            assert_eq!(of(n).verify, v, "{n}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::fmt::Debug;
 use futures::future::BoxFuture;
 
 use super::{
-    Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Outcome, Ran, Risk, RunCx,
+    Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Ran, Risk, RunCx, Verify,
     dry_run_refused, to_value,
 };
 use crate::{Cluster, bounded};
@@ -262,7 +262,8 @@ impl Catalogued for RestartPod {
         "Delete a pod (the one that exists now, by UID) so that its controller replaces it.",
         &["Pod"],
     )
-    .not_repeatable();
+    .not_repeatable()
+    .verified(Verify::Gone);
 }
 
 impl Catalogued for QuarantinePod {
@@ -281,7 +282,8 @@ impl Catalogued for DeleteJob {
         "Delete a Job and, in the background, its pods.",
         &["Job"],
     )
-    .not_repeatable();
+    .not_repeatable()
+    .verified(Verify::Gone);
 }
 
 impl Catalogued for UpdateHpa {
@@ -304,14 +306,6 @@ impl Action for RestartPod {
             let change = cx.cluster.restart_pod(&self.0, cx.dry_run).await?;
             Ok(Ran::Changed(change))
         })
-    }
-
-    fn verify<'a>(
-        &'a self,
-        cluster: &'a Cluster,
-        outcome: &'a Outcome,
-    ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
-        Box::pin(cluster.verify_gone(outcome))
     }
 }
 
@@ -338,14 +332,6 @@ impl Action for DeleteJob {
             let change = cx.cluster.delete_job(&self.0, cx.dry_run).await?;
             Ok(Ran::Changed(change))
         })
-    }
-
-    fn verify<'a>(
-        &'a self,
-        cluster: &'a Cluster,
-        outcome: &'a Outcome,
-    ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
-        Box::pin(cluster.verify_gone(outcome))
     }
 }
 

@@ -18,7 +18,7 @@ use super::quantity::{Quantity, Resource};
 use futures::future::BoxFuture;
 
 use super::{
-    Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Outcome, Ran, Risk, RunCx,
+    Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Ran, Risk, RunCx, Verify,
     WorkloadKind,
 };
 use crate::{Cluster, bounded};
@@ -266,7 +266,8 @@ impl Catalogued for IncreaseResources {
         super::workload::WORKLOADS,
     )
     .reversible()
-    .not_repeatable();
+    .not_repeatable()
+    .verified(Verify::Observed);
 }
 
 impl Catalogued for ExpandPvc {
@@ -304,14 +305,6 @@ impl Action for IncreaseResources {
 
     fn undo(&self, change: &Change) -> Option<ActionCall> {
         Some(ActionCall::of(self.restored(&change.before)?))
-    }
-
-    fn verify<'a>(
-        &'a self,
-        cluster: &'a Cluster,
-        outcome: &'a Outcome,
-    ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
-        Box::pin(cluster.verify_observed(outcome))
     }
 }
 

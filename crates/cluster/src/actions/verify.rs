@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::Api;
 use kubernaut_api::ObjectRef;
 
-use super::{ActionCall, ActionError, Outcome};
+use super::{ActionCall, ActionError, Outcome, Verify};
 use crate::{Cluster, bounded};
 
 impl Cluster {
@@ -30,15 +30,16 @@ impl Cluster {
         if outcome.changes.is_empty() {
             return Ok(Some(outcome.message.clone()));
         }
-        call.action().verify(self, outcome).await
+        match call.kind().verify {
+            Verify::Answered => Ok(Some(outcome.message.clone())),
+            Verify::Gone => self.verify_gone(outcome).await,
+            Verify::Observed => self.verify_observed(outcome).await,
+        }
     }
 
     /// Deletions: every object with the UID deleted is gone (its
     /// controller's replacement has another UID).
-    pub(super) async fn verify_gone(
-        &self,
-        outcome: &Outcome,
-    ) -> Result<Option<String>, ActionError> {
+    async fn verify_gone(&self, outcome: &Outcome) -> Result<Option<String>, ActionError> {
         for change in &outcome.changes {
             let uid = change.before["metadata"]["uid"]
                 .as_str()
@@ -53,10 +54,7 @@ impl Cluster {
 
     /// Pod-template and replica changes: the workload's controller has
     /// observed the generation each change produced.
-    pub(super) async fn verify_observed(
-        &self,
-        outcome: &Outcome,
-    ) -> Result<Option<String>, ActionError> {
+    async fn verify_observed(&self, outcome: &Outcome) -> Result<Option<String>, ActionError> {
         for change in &outcome.changes {
             let Some(wanted) = change.after["metadata"]["generation"].as_i64() else {
                 continue;

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 
 use super::objects::Named;
 use super::{
-    Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Outcome, Ran, Risk, RunCx,
+    Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Ran, Risk, RunCx, Verify,
 };
 use crate::{Cluster, bounded};
 
@@ -237,7 +237,8 @@ impl Catalogued for ScaleDeployment {
         "Set a Deployment's replicas (bounded by bounds.maxReplicas).",
         &["Deployment"],
     )
-    .reversible();
+    .reversible()
+    .verified(Verify::Observed);
 }
 
 impl Catalogued for ScaleStatefulset {
@@ -247,7 +248,8 @@ impl Catalogued for ScaleStatefulset {
         "Set a StatefulSet's replicas (bounded by bounds.maxReplicas).",
         &["StatefulSet"],
     )
-    .reversible();
+    .reversible()
+    .verified(Verify::Observed);
 }
 
 impl Catalogued for RolloutRestart {
@@ -257,7 +259,8 @@ impl Catalogued for RolloutRestart {
         "Restart a Deployment's, StatefulSet's or DaemonSet's pods through a rollout, as kubectl rollout restart does.",
         WORKLOADS,
     )
-    .not_repeatable();
+    .not_repeatable()
+    .verified(Verify::Observed);
 }
 
 impl Catalogued for RollbackDeployment {
@@ -267,7 +270,8 @@ impl Catalogued for RollbackDeployment {
         "Put back the pod template of a Deployment's previous revision (its ReplicaSet), as kubectl rollout undo does.",
         &["Deployment"],
     )
-    .not_repeatable();
+    .not_repeatable()
+    .verified(Verify::Observed);
 }
 
 macro_rules! scale_action {
@@ -291,14 +295,6 @@ macro_rules! scale_action {
             fn undo(&self, change: &Change) -> Option<ActionCall> {
                 Some(ActionCall::of($t(self.0.restored(&change.before)?)))
             }
-
-            fn verify<'a>(
-                &'a self,
-                cluster: &'a Cluster,
-                outcome: &'a Outcome,
-            ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
-                Box::pin(cluster.verify_observed(outcome))
-            }
         }
     };
 }
@@ -321,14 +317,6 @@ impl Action for RolloutRestart {
             Ok(Ran::Changed(change))
         })
     }
-
-    fn verify<'a>(
-        &'a self,
-        cluster: &'a Cluster,
-        outcome: &'a Outcome,
-    ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
-        Box::pin(cluster.verify_observed(outcome))
-    }
 }
 
 impl Action for RollbackDeployment {
@@ -345,13 +333,5 @@ impl Action for RollbackDeployment {
             let change = cx.cluster.rollback_deployment(&self.0, cx.dry_run).await?;
             Ok(Ran::Changed(change))
         })
-    }
-
-    fn verify<'a>(
-        &'a self,
-        cluster: &'a Cluster,
-        outcome: &'a Outcome,
-    ) -> BoxFuture<'a, Result<Option<String>, ActionError>> {
-        Box::pin(cluster.verify_observed(outcome))
     }
 }
