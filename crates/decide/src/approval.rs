@@ -36,11 +36,14 @@ pub struct Verdict {
 
 impl ApprovalPolicy {
     /// Parses `rego` (named `path` in errors).
-    pub fn new(path: &str, rego: &str) -> Result<Self, String> {
+    pub fn new(path: &str, rego: &str) -> Result<Self, crate::Error> {
         let mut engine = regorus::Engine::new();
         engine
             .add_policy(path.to_string(), rego.to_string())
-            .map_err(|e| format!("approval policy {path}: {e}"))?;
+            .map_err(|e| crate::Error::Policy {
+                path: path.to_string(),
+                message: e.to_string(),
+            })?;
         Ok(Self { engine })
     }
 

@@ -8,3 +8,15 @@ pub mod approval;
 pub mod rules;
 
 pub use rules::Rule;
+
+/// What this crate refuses when the configuration is loaded: a rule table
+/// or an approval policy that cannot be used. (A decision that cannot be
+/// made for one request is not an error here: the rules say why, and a
+/// policy that cannot answer requires approval.)
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Rules(String),
+    #[error("approval policy {path}: {message}")]
+    Policy { path: String, message: String },
+}

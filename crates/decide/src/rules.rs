@@ -73,7 +73,11 @@ impl Rule {
 /// Checked at start-up: every rule is one action or one workflow, over
 /// actions of the catalogue, with a valid DAG. Parameters are checked
 /// against the actions' schemas once their placeholders are filled.
-pub fn validate(rules: &[Rule]) -> Result<(), String> {
+pub fn validate(rules: &[Rule]) -> Result<(), crate::Error> {
+    check(rules).map_err(crate::Error::Rules)
+}
+
+fn check(rules: &[Rule]) -> Result<(), String> {
     let known: Vec<&str> = catalogue().iter().map(|a| a.name).collect();
     for r in rules {
         match (&r.action, r.workflow.is_empty()) {
@@ -379,18 +383,25 @@ mod tests {
         assert!(
             validate(std::slice::from_ref(&r))
                 .unwrap_err()
+                .to_string()
                 .contains("reboot_cluster")
         );
         r.action = None;
         assert!(
             validate(std::slice::from_ref(&r))
                 .unwrap_err()
+                .to_string()
                 .contains("neither")
         );
         let cyclic: Rule = serde_json::from_value(serde_json::json!({"signal": "S", "workflow": [
             {"id": "a", "action": "notify_only", "dependsOn": ["b"]},
             {"id": "b", "action": "notify_only", "dependsOn": ["a"]}]}))
         .unwrap();
-        assert!(validate(&[cyclic]).unwrap_err().contains("cycle"));
+        assert!(
+            validate(&[cyclic])
+                .unwrap_err()
+                .to_string()
+                .contains("cycle")
+        );
     }
 }
