@@ -304,6 +304,11 @@ impl Metrics {
     pub fn actor(&self, actor: ActorKind) -> ActorLabels {
         ActorLabels { actor }
     }
+
+    /// Counts one restart of an actor of `kind`.
+    pub fn restarted(&self, kind: ActorKind) {
+        self.restarts.get_or_create(&self.actor(kind)).inc();
+    }
 }
 
 /// One supervisor's place in the supervisors-by-phase gauge; it leaves

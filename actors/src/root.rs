@@ -162,8 +162,7 @@ impl Actor for Root {
                 after,
                 attempt,
             }) => {
-                let m = &st.ctx.metrics;
-                m.restarts.get_or_create(&m.actor(key.kind())).inc();
+                st.ctx.metrics.restarted(key.kind());
                 tracing::error!(actor = ?key, error = %why, restart = attempt, delay = ?after, "a top-level actor failed; restarting it");
                 st.timers.after(&st.me, after, Msg::Respawn(key));
             }

@@ -563,8 +563,7 @@ impl Sup {
         let reason = children::reason(&error);
         match self.children.failed(&cell.get_id()) {
             Some(Verdict::Restart { after, attempt, .. }) => {
-                let m = &self.ctx.metrics;
-                m.restarts.get_or_create(&m.actor(stage.kind)).inc();
+                self.ctx.metrics.restarted(stage.kind);
                 tracing::warn!(stage = ?stage.kind, error = %reason, restart = attempt, delay = ?after, "stage actor failed; restarting it");
                 self.timers
                     .after(&self.me, after, Msg::Restart(stage.epoch));

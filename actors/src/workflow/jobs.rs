@@ -148,7 +148,7 @@ pub(super) async fn spawn_job(myself: &ActorRef<Envelope<Msg>>, st: &mut State, 
 
 /// Step `i`'s call, made once from its parameters and its dependencies'
 /// results.
-pub(super) fn call_for(st: &mut State, i: usize) -> Result<ActionCall, String> {
+fn call_for(st: &mut State, i: usize) -> Result<ActionCall, String> {
     if let Some(c) = &st.calls[i] {
         return Ok(c.clone());
     }

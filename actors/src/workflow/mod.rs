@@ -46,7 +46,7 @@ use crate::metrics::{ActorKind, Metrics};
 use crate::tasks::Timers;
 use crate::worker::Chaos;
 use dag::Dag;
-use jobs::{call_for, job_kind, spawn_job};
+use jobs::{job_kind, spawn_job};
 use resume::{resume_recorded, resumed};
 use rollback::{Undo, Undone};
 use steps::step_references;
@@ -382,10 +382,7 @@ impl Actor for WorkflowActor {
                 attempt,
             } => {
                 let kind = job_kind(key);
-                st.a.metrics
-                    .restarts
-                    .get_or_create(&st.a.metrics.actor(kind))
-                    .inc();
+                st.a.metrics.restarted(kind);
                 tracing::warn!(job = ?key, error = %reason, restart = attempt, delay = ?after, "workflow child failed; restarting it");
                 if let Job::Step(i) = key {
                     st.restarting.insert(i);
@@ -509,11 +506,7 @@ async fn schedule(myself: &ActorRef<Envelope<Msg>>, st: &mut State) {
         finish(myself, st, Vec::new());
         return;
     }
-    for i in 0..st.calls.len() {
-        if st.calls[i].is_none() && st.reports[i].is_some() {
-            let _ = call_for(st, i);
-        }
-    }
+    // Calls that wait for results are rebuilt by the rollback itself.
     st.undo = Some(Undo {
         cluster: st.a.cluster.clone(),
         settings: st.a.settings.clone(),

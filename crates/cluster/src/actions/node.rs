@@ -73,42 +73,32 @@ impl Catalogued for UncordonNode {
     .reversible();
 }
 
-impl Action for CordonNode {
-    fn target(&self, _holder: &str) -> Option<ObjectRef> {
-        Some(ObjectRef::new("Node", "", &self.0.name))
-    }
+/// Sets `unschedulable`; each undoes the other, unless the node was
+/// already as it left it.
+macro_rules! schedulability {
+    ($t:ident, $unschedulable:literal, $undo:ident) => {
+        impl Action for $t {
+            fn target(&self, _holder: &str) -> Option<ObjectRef> {
+                Some(ObjectRef::new("Node", "", &self.0.name))
+            }
 
-    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
-        Box::pin(async move {
-            let change = cx
-                .cluster
-                .set_unschedulable(&self.0.name, true, cx.dry_run)
-                .await?;
-            Ok(Ran::Changed(change))
-        })
-    }
+            fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
+                Box::pin(async move {
+                    let change = cx
+                        .cluster
+                        .set_unschedulable(&self.0.name, $unschedulable, cx.dry_run)
+                        .await?;
+                    Ok(Ran::Changed(change))
+                })
+            }
 
-    fn undo(&self, change: &Change) -> Option<ActionCall> {
-        (!was_unschedulable(&change.before)).then(|| ActionCall::of(UncordonNode(self.0.clone())))
-    }
+            fn undo(&self, change: &Change) -> Option<ActionCall> {
+                (was_unschedulable(&change.before) != $unschedulable)
+                    .then(|| ActionCall::of($undo(self.0.clone())))
+            }
+        }
+    };
 }
 
-impl Action for UncordonNode {
-    fn target(&self, _holder: &str) -> Option<ObjectRef> {
-        Some(ObjectRef::new("Node", "", &self.0.name))
-    }
-
-    fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
-        Box::pin(async move {
-            let change = cx
-                .cluster
-                .set_unschedulable(&self.0.name, false, cx.dry_run)
-                .await?;
-            Ok(Ran::Changed(change))
-        })
-    }
-
-    fn undo(&self, change: &Change) -> Option<ActionCall> {
-        was_unschedulable(&change.before).then(|| ActionCall::of(CordonNode(self.0.clone())))
-    }
-}
+schedulability!(CordonNode, true, UncordonNode);
+schedulability!(UncordonNode, false, CordonNode);
