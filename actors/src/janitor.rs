@@ -28,6 +28,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::Context;
 use crate::mailbox::{Addr, Envelope, Inbox};
 use crate::metrics::{ActorKind, ReasonLabels};
+use crate::ports::{AuditTrail, Requests};
 use crate::tasks::{Task, Timers};
 
 /// At most this many deletions per sweep, so a backlog (after an outage of
@@ -194,7 +195,12 @@ impl Actor for Janitor {
                 let due = mine(st, |e| e.expires <= now);
                 let (ctx, me) = (st.ctx.clone(), st.me.clone());
                 st.sweeping = Some(Task::spawn(async move {
-                    let swept = sweep(&ctx, unchecked, due).await;
+                    let ports = Ports {
+                        requests: &ctx.cluster,
+                        audit: &ctx.audit,
+                        metrics: &ctx.metrics,
+                    };
+                    let swept = sweep(&ports, unchecked, due).await;
                     me.tell(Msg::Swept(swept));
                 }));
             }
@@ -239,11 +245,19 @@ fn mine(st: &State, select: impl Fn(&Ended) -> bool) -> Vec<(RequestKey, Ended)>
     picked
 }
 
+/// What a sweep works on: the requests, the audit trail, and the metrics
+/// it counts in.
+struct Ports<'a> {
+    requests: &'a dyn Requests,
+    audit: &'a dyn AuditTrail,
+    metrics: &'a crate::Metrics,
+}
+
 /// Rebuilds the audit records of requests that ended `audit_grace` ago
 /// and whose final record is not in PostgreSQL; the keys found or
 /// rebuilt. `Err` when PostgreSQL cannot answer.
 async fn backfill(
-    ctx: &Context,
+    ctx: &Ports<'_>,
     unchecked: Vec<(RequestKey, Ended)>,
 ) -> Result<Vec<RequestKey>, kubernaut_store::Error> {
     let mut audited = Vec::new();
@@ -256,7 +270,7 @@ async fn backfill(
             .complete(&e.uid, e.phase.as_str(), e.steps)
             .await?
         {
-            match ctx.cluster.get_request(&key.namespace, &key.name).await {
+            match ctx.requests.get(&key).await {
                 Ok(Some(rr)) if rr.metadata.uid.as_deref() == Some(e.uid.as_str()) => {
                     tracing::warn!(namespace = %key.namespace, name = %key.name, "the audit trail lacks the request's final record; rebuilding it from the status");
                     for record in crate::backfill::records(&rr) {
@@ -280,7 +294,7 @@ async fn backfill(
 
 /// Backfills the audit trail, then deletes what is due and confirmed.
 async fn sweep(
-    ctx: &Context,
+    ctx: &Ports<'_>,
     unchecked: Vec<(RequestKey, Ended)>,
     due: Vec<(RequestKey, Ended)>,
 ) -> Swept {
@@ -316,11 +330,7 @@ async fn sweep(
                 return swept;
             }
         }
-        match ctx
-            .cluster
-            .delete_request(&key.namespace, &key.name, &e.uid, &e.resource_version)
-            .await
-        {
+        match ctx.requests.delete(&key, &e.uid, &e.resource_version).await {
             Ok(_) => {
                 tracing::info!(namespace = %key.namespace, name = %key.name, phase = %e.phase, "retention expired and audit confirmed; request deleted");
                 ctx.metrics.retention_deleted.inc();
@@ -391,5 +401,166 @@ mod tests {
         let (_, e) = Ended::of(&rr, DAY).unwrap();
         assert_eq!(e.expires.to_string(), "2026-11-22T05:00:00Z");
         assert_eq!(e.steps, 2, "a running step has no end to look for");
+    }
+
+    mod sweeps {
+        use std::sync::atomic::Ordering;
+
+        use super::*;
+        use crate::ports::doubles::{FakeAudit, FakeRequests};
+
+        fn ended(uid: &str, phase: Phase, steps: usize) -> Ended {
+            Ended {
+                uid: uid.into(),
+                resource_version: "7".into(),
+                phase,
+                completed: "2026-11-22T04:00:00Z".parse().unwrap(),
+                expires: "2026-11-23T04:00:00Z".parse().unwrap(),
+                steps,
+                audited: false,
+            }
+        }
+
+        /// `n` terminal requests `r0…`, stored in the fake API server.
+        fn world(n: usize) -> (FakeRequests, Vec<(RequestKey, Ended)>) {
+            let fake = FakeRequests::default();
+            let mut due = Vec::new();
+            for i in 0..n {
+                let key = RequestKey::new("shop", format!("r{i}"));
+                let mut rr = request(serde_json::json!({
+                    "phase": "Completed", "completionTime": "2026-11-22T04:00:00Z"
+                }));
+                rr.metadata.name = Some(key.name.clone());
+                rr.metadata.uid = Some(format!("u{i}"));
+                fake.objects.lock().unwrap().insert(key.clone(), rr);
+                due.push((key, ended(&format!("u{i}"), Phase::Completed, 0)));
+            }
+            (fake, due)
+        }
+
+        fn metrics() -> crate::Metrics {
+            crate::Metrics::register(&mut Default::default())
+        }
+
+        fn deferred(m: &crate::Metrics, reason: &'static str) -> u64 {
+            m.retention_deferred
+                .get_or_create(&ReasonLabels { reason })
+                .get()
+        }
+
+        #[tokio::test]
+        async fn an_expired_request_is_deleted_only_once_its_final_record_is_stored() {
+            let (requests, due) = world(2);
+            let audit = FakeAudit::default();
+            audit
+                .stored
+                .lock()
+                .unwrap()
+                .insert("u0".into(), ("Completed".into(), 0));
+            let m = metrics();
+            let ports = Ports {
+                requests: &requests,
+                audit: &audit,
+                metrics: &m,
+            };
+            let swept = sweep(&ports, Vec::new(), due).await;
+            assert_eq!(swept.deleted, [RequestKey::new("shop", "r0")]);
+            assert_eq!(
+                *requests.deleted.lock().unwrap(),
+                [RequestKey::new("shop", "r0")]
+            );
+            assert!(
+                requests
+                    .objects
+                    .lock()
+                    .unwrap()
+                    .contains_key(&RequestKey::new("shop", "r1"))
+            );
+            assert_eq!(m.retention_deleted.get(), 1);
+            assert_eq!(deferred(&m, "unconfirmed"), 1);
+        }
+
+        #[tokio::test]
+        async fn while_the_audit_trail_cannot_answer_nothing_is_deleted() {
+            let (requests, due) = world(3);
+            let audit = FakeAudit::default();
+            audit.down.store(true, Ordering::Relaxed);
+            let m = metrics();
+            let ports = Ports {
+                requests: &requests,
+                audit: &audit,
+                metrics: &m,
+            };
+            let swept = sweep(&ports, Vec::new(), due).await;
+            assert!(swept.deleted.is_empty() && !swept.more);
+            assert!(requests.deleted.lock().unwrap().is_empty());
+            assert_eq!(
+                deferred(&m, "audit_unavailable"),
+                1,
+                "one sweep, deferred once"
+            );
+        }
+
+        #[tokio::test]
+        async fn one_sweep_deletes_at_most_a_batch_and_asks_for_the_next_at_once() {
+            let (requests, due) = world(SWEEP_BATCH + 3);
+            let audit = FakeAudit::default();
+            for (_, e) in &due {
+                audit
+                    .stored
+                    .lock()
+                    .unwrap()
+                    .insert(e.uid.clone(), ("Completed".into(), 0));
+            }
+            let m = metrics();
+            let ports = Ports {
+                requests: &requests,
+                audit: &audit,
+                metrics: &m,
+            };
+            let swept = sweep(&ports, Vec::new(), due).await;
+            assert_eq!(swept.deleted.len(), SWEEP_BATCH);
+            assert!(swept.more);
+        }
+
+        #[tokio::test]
+        async fn a_missing_final_record_is_rebuilt_from_the_status_of_the_same_request_only() {
+            let (requests, mut unchecked) = world(2);
+            // r1 was deleted and created again: another object by that name.
+            unchecked[1].1.uid = "an-older-uid".into();
+            let audit = FakeAudit::default();
+            let m = metrics();
+            let ports = Ports {
+                requests: &requests,
+                audit: &audit,
+                metrics: &m,
+            };
+            let swept = sweep(&ports, unchecked, Vec::new()).await;
+            assert_eq!(swept.audited.len(), 2, "both need no further check");
+            assert_eq!(m.audit_backfilled.get(), 1, "only r0 was rebuilt");
+            let records = audit.records.lock().unwrap();
+            assert!(!records.is_empty());
+            assert!(records.iter().all(|r| format!("{r:?}").contains("u0")));
+        }
+
+        #[tokio::test]
+        async fn a_request_whose_step_ends_are_missing_is_rebuilt_too() {
+            let (requests, mut unchecked) = world(1);
+            unchecked[0].1.steps = 2;
+            let audit = FakeAudit::default();
+            audit
+                .stored
+                .lock()
+                .unwrap()
+                .insert("u0".into(), ("Completed".into(), 1));
+            let m = metrics();
+            let ports = Ports {
+                requests: &requests,
+                audit: &audit,
+                metrics: &m,
+            };
+            sweep(&ports, unchecked, Vec::new()).await;
+            assert_eq!(m.audit_backfilled.get(), 1);
+        }
     }
 }

@@ -24,6 +24,7 @@ pub mod janitor;
 pub mod mailbox;
 pub mod membership;
 pub mod metrics;
+pub mod ports;
 pub mod registry;
 pub mod root;
 pub use kubernaut_decide::rules;

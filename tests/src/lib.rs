@@ -322,7 +322,7 @@ impl Gateway {
             },
             intake_metrics.clone(),
         );
-        let cloudwatch = CloudWatch::new(&sns_config(), None).map_err(anyhow::Error::msg)?;
+        let cloudwatch = CloudWatch::new(&sns_config(), None)?;
         let state = kubernaut_gateway::GatewayState {
             intake: Arc::new(intake),
             metrics: gateway_metrics,

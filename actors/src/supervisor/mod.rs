@@ -257,11 +257,10 @@ impl Sup {
         let status = rr.status.clone().unwrap_or_default();
         let span = tracing::info_span!("request", namespace = %args.namespace, name = %args.name);
         let writer = Writer::start(
-            args.ctx.cluster.clone(),
+            Arc::new(args.ctx.cluster.clone()),
             args.ctx.metrics.clone(),
             status::Target {
-                namespace: args.namespace.clone(),
-                name: args.name.clone(),
+                key: kubernaut_api::RequestKey::new(&args.namespace, &args.name),
                 identity: args.ctx.identity.clone(),
                 resource_version: rr.metadata.resource_version.clone().unwrap_or_default(),
                 owner: status.owner.clone(),

@@ -14,9 +14,10 @@
 //! backoff, on the newest wanted status, for as long as the supervisor
 //! lives: a deadline that passes meanwhile is itself a newer status.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kubernaut_api::RemediationRequestStatus;
+use kubernaut_api::{RemediationRequestStatus, RequestKey};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -25,6 +26,7 @@ use ractor::{ActorProcessingErr, ActorRef};
 
 use crate::mailbox::{Addr, Envelope};
 use crate::metrics::TransitionLabels;
+use crate::ports::Requests;
 use crate::supervisor::transitions::Reason;
 use crate::tasks::Task;
 
@@ -69,8 +71,7 @@ pub struct Writer {
 
 /// What the writer needs to know of the request.
 pub struct Target {
-    pub namespace: String,
-    pub name: String,
+    pub key: RequestKey,
     pub identity: String,
     pub resource_version: String,
     /// The owner recorded when the supervisor loaded the request.
@@ -79,14 +80,17 @@ pub struct Target {
 
 impl Writer {
     pub fn start(
-        cluster: kubernaut_cluster::Cluster,
+        requests: Arc<dyn Requests>,
         metrics: crate::Metrics,
         target: Target,
         report: Addr<Msg>,
         span: tracing::Span,
     ) -> Self {
         let (tx, rx) = watch::channel(None);
-        let task = Task::spawn(run(cluster, metrics, target, rx, report).instrument(span));
+        let report = move |r| {
+            report.tell(Msg::Written(r));
+        };
+        let task = Task::spawn(run(requests, metrics, target, rx, report).instrument(span));
         Self { tx, _task: task }
     }
 
@@ -104,11 +108,11 @@ enum Failure {
 }
 
 async fn run(
-    cluster: kubernaut_cluster::Cluster,
+    requests: Arc<dyn Requests>,
     metrics: crate::Metrics,
     mut t: Target,
     mut rx: watch::Receiver<Option<Wanted>>,
-    report: Addr<Msg>,
+    report: impl Fn(WriteReport),
 ) {
     let mut retry = WRITE_RETRY_BASE;
     loop {
@@ -119,15 +123,15 @@ async fn run(
             continue;
         };
         loop {
-            match write(&cluster, &metrics, &mut t, &wanted.status).await {
+            match write(&*requests, &metrics, &mut t, &wanted.status).await {
                 Ok(()) => {
                     retry = WRITE_RETRY_BASE;
                     t.owner = wanted.status.owner.clone();
-                    report.tell(Msg::Written(WriteReport::Written {
+                    report(WriteReport::Written {
                         seq: wanted.seq,
                         resource_version: t.resource_version.clone(),
                         status: Box::new(wanted.status),
-                    }));
+                    });
                     break;
                 }
                 Err(Failure::Transient(error)) => {
@@ -142,18 +146,18 @@ async fn run(
                     }
                 }
                 Err(Failure::Rejected(error)) => {
-                    report.tell(Msg::Written(WriteReport::Rejected {
+                    report(WriteReport::Rejected {
                         seq: wanted.seq,
                         error,
-                    }));
+                    });
                     break;
                 }
                 Err(Failure::Lost(owner)) => {
-                    report.tell(Msg::Written(WriteReport::Lost(owner)));
+                    report(WriteReport::Lost(owner));
                     return;
                 }
                 Err(Failure::Gone) => {
-                    report.tell(Msg::Written(WriteReport::Gone));
+                    report(WriteReport::Gone);
                     return;
                 }
             }
@@ -163,15 +167,15 @@ async fn run(
 
 /// One write, with the conflicts it meets re-read and written again.
 async fn write(
-    cluster: &kubernaut_cluster::Cluster,
+    requests: &dyn Requests,
     m: &crate::Metrics,
     t: &mut Target,
     status: &RemediationRequestStatus,
 ) -> Result<(), Failure> {
     for _ in 0..CONFLICT_ROUNDS {
         let started = Instant::now();
-        let r = cluster
-            .apply_status(&t.namespace, &t.name, status, Some(&t.resource_version))
+        let r = requests
+            .apply_status(&t.key, status, &t.resource_version)
             .await;
         m.status_patch_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -182,7 +186,7 @@ async fn write(
             }
             Err(e) if e.is_conflict() => {
                 m.status_conflicts.inc();
-                let now = match cluster.get_request(&t.namespace, &t.name).await {
+                let now = match requests.get(&t.key).await {
                     Ok(Some(now)) => now,
                     Ok(None) => return Err(Failure::Gone),
                     Err(e) => return Err(Failure::Transient(e.to_string())),
@@ -367,5 +371,203 @@ impl Sup {
             message,
             "Transition",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kubernaut_api::{Phase, RemediationRequest};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::ports::doubles::{FakeRequests, api_error};
+
+    fn key() -> RequestKey {
+        RequestKey::new("shop", "r")
+    }
+
+    fn target(rv: &str) -> Target {
+        Target {
+            key: key(),
+            identity: "me".into(),
+            resource_version: rv.into(),
+            owner: Some("me".into()),
+        }
+    }
+
+    fn status(phase: Phase) -> RemediationRequestStatus {
+        RemediationRequestStatus {
+            phase,
+            owner: Some("me".into()),
+            ..Default::default()
+        }
+    }
+
+    /// The request as the API server has it now: `rv`, owned by `owner`.
+    fn stored(rv: &str, owner: &str) -> RemediationRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+            "metadata": {"name": "r", "namespace": "shop", "uid": "u1", "resourceVersion": rv},
+            "spec": {"fingerprint": "f", "signalName": "s", "severity": "warning",
+                     "source": "generic", "instanceId": "i",
+                     "target": {"kind": "Deployment", "namespace": "shop", "name": "web"},
+                     "signalResource": {"kind": "Deployment", "namespace": "shop", "name": "web"},
+                     "firingTime": "2026-11-22T03:00:00Z", "receivedTime": "2026-11-22T03:00:00Z",
+                     "originalPayload": "{}"},
+            "status": {"phase": "Processing", "owner": owner}
+        }))
+        .unwrap()
+    }
+
+    /// A writer over `requests`, its reports in a channel.
+    fn writer(
+        requests: Arc<FakeRequests>,
+        t: Target,
+    ) -> (
+        watch::Sender<Option<Wanted>>,
+        mpsc::UnboundedReceiver<WriteReport>,
+        Task,
+    ) {
+        let metrics = crate::Metrics::register(&mut Default::default());
+        let (tx, rx) = watch::channel(None);
+        let (out, reports) = mpsc::unbounded_channel();
+        let task = Task::spawn(run(requests, metrics, t, rx, move |r| {
+            let _ = out.send(r);
+        }));
+        (tx, reports, task)
+    }
+
+    fn want(tx: &watch::Sender<Option<Wanted>>, seq: u64, status: RemediationRequestStatus) {
+        tx.send_replace(Some(Wanted { seq, status }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_answers_with_the_new_resource_version_and_bases_the_next_on_it() {
+        let fake = Arc::new(FakeRequests::default());
+        let (tx, mut reports, _task) = writer(fake.clone(), target("rv0"));
+        want(&tx, 1, status(Phase::Processing));
+        let Some(WriteReport::Written {
+            seq,
+            resource_version,
+            ..
+        }) = reports.recv().await
+        else {
+            panic!("not written")
+        };
+        assert_eq!((seq, resource_version.as_str()), (1, "rv1"));
+        want(&tx, 2, status(Phase::Analyzing));
+        assert!(matches!(
+            reports.recv().await,
+            Some(WriteReport::Written { seq: 2, .. })
+        ));
+        let bases: Vec<String> = fake
+            .applied
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, rv)| rv.clone())
+            .collect();
+        assert_eq!(bases, ["rv0", "rv1"], "each write names the version it saw");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflict_with_no_new_owner_is_written_again_on_the_version_read() {
+        let fake = Arc::new(FakeRequests::default());
+        fake.objects
+            .lock()
+            .unwrap()
+            .insert(key(), stored("rv7", "me"));
+        fake.apply_answers
+            .lock()
+            .unwrap()
+            .push_back(Err(api_error(409)));
+        let (tx, mut reports, _task) = writer(fake.clone(), target("rv0"));
+        want(&tx, 1, status(Phase::Processing));
+        assert!(matches!(
+            reports.recv().await,
+            Some(WriteReport::Written { seq: 1, .. })
+        ));
+        let applied = fake.applied.lock().unwrap();
+        assert_eq!(applied.len(), 2);
+        assert_eq!(applied[1].1, "rv7");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflict_with_another_replica_as_owner_loses_the_request() {
+        let fake = Arc::new(FakeRequests::default());
+        fake.objects
+            .lock()
+            .unwrap()
+            .insert(key(), stored("rv7", "other"));
+        fake.apply_answers
+            .lock()
+            .unwrap()
+            .push_back(Err(api_error(409)));
+        let (tx, mut reports, task) = writer(fake.clone(), target("rv0"));
+        want(&tx, 1, status(Phase::Processing));
+        assert!(matches!(reports.recv().await, Some(WriteReport::Lost(o)) if o == "other"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(task.is_finished(), "a writer that lost its request stops");
+        assert_eq!(fake.applied.lock().unwrap().len(), 1, "not written again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_status_is_reported_and_the_next_one_still_written() {
+        let fake = Arc::new(FakeRequests::default());
+        fake.apply_answers
+            .lock()
+            .unwrap()
+            .push_back(Err(api_error(422)));
+        let (tx, mut reports, _task) = writer(fake.clone(), target("rv0"));
+        want(&tx, 1, status(Phase::Processing));
+        assert!(matches!(
+            reports.recv().await,
+            Some(WriteReport::Rejected { seq: 1, .. })
+        ));
+        want(&tx, 2, status(Phase::Failed));
+        assert!(matches!(
+            reports.recv().await,
+            Some(WriteReport::Written { seq: 2, .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_request_is_gone() {
+        let fake = Arc::new(FakeRequests::default());
+        fake.apply_answers
+            .lock()
+            .unwrap()
+            .push_back(Err(api_error(404)));
+        let (tx, mut reports, _task) = writer(fake, target("rv0"));
+        want(&tx, 1, status(Phase::Processing));
+        assert!(matches!(reports.recv().await, Some(WriteReport::Gone)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_transient_failure_the_newest_wanted_status_is_written_not_the_old() {
+        let fake = Arc::new(FakeRequests::default());
+        {
+            let mut answers = fake.apply_answers.lock().unwrap();
+            answers.push_back(Err(api_error(503)));
+            answers.push_back(Err(api_error(503)));
+        }
+        let (tx, mut reports, _task) = writer(fake.clone(), target("rv0"));
+        want(&tx, 1, status(Phase::Processing));
+        while fake.applied.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        want(&tx, 2, status(Phase::Analyzing));
+        let Some(WriteReport::Written { seq, status, .. }) = reports.recv().await else {
+            panic!("not written")
+        };
+        assert_eq!((seq, status.phase), (2, Phase::Analyzing));
+        assert!(
+            reports.try_recv().is_err(),
+            "status 1 is never reported written"
+        );
+        let last = fake.applied.lock().unwrap().last().unwrap().0.phase;
+        assert_eq!(last, Phase::Analyzing);
     }
 }

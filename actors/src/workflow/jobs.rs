@@ -35,7 +35,7 @@ pub(super) async fn spawn_job(myself: &ActorRef<Envelope<Msg>>, st: &mut State, 
             let step = st.a.workflow.steps[i].clone();
             let announced_to = st.me.clone();
             let run = Arc::new(StepRun {
-                cluster: st.a.cluster.clone(),
+                cluster: Arc::new(st.a.cluster.clone()),
                 settings: st.a.settings.clone(),
                 sink: st.a.sink.clone(),
                 call: call_for(st, i),

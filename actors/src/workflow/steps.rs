@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kubernaut_api::workflow::{Fill, Step, fill_placeholders};
-use kubernaut_cluster::{ActionCall, ActionError, Cluster, ExecSettings, Outcome, repeatable};
+use kubernaut_cluster::{ActionCall, ActionError, ExecSettings, Outcome, repeatable};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{Intent, Out, Sink, StepEvent, StepReport};
+use crate::ports::Steps;
 
 /// Backoff before the second attempt; doubled each time up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -32,7 +33,7 @@ fn transient(e: &ActionError) -> bool {
 /// since means the action took effect: the step is done. When the target
 /// cannot be read, the step runs again and its own attempt reports the
 /// API's error; it never counts as done on a guess.
-pub async fn reconcile(cluster: &Cluster, action: &str, intent: &Intent) -> bool {
+pub async fn reconcile(cluster: &dyn Steps, action: &str, intent: &Intent) -> bool {
     if repeatable(action) {
         return true;
     }
@@ -52,7 +53,7 @@ pub async fn reconcile(cluster: &Cluster, action: &str, intent: &Intent) -> bool
 /// What a step actor needs to run its step.
 #[derive(Clone)]
 pub struct StepRun {
-    pub cluster: Cluster,
+    pub cluster: std::sync::Arc<dyn Steps>,
     pub settings: ExecSettings,
     pub sink: Sink,
     pub step: Step,
@@ -76,13 +77,13 @@ impl StepRun {
             }
         };
         if let Some(intent) = &self.prior
-            && !reconcile(&self.cluster, &step.action, intent).await
+            && !reconcile(&*self.cluster, &step.action, intent).await
         {
             report.state = kubernaut_api::StepPhase::AlreadyDone;
             return report;
         }
         match announce(
-            &self.cluster,
+            &*self.cluster,
             &self.sink,
             &step.id,
             call,
@@ -97,7 +98,7 @@ impl StepRun {
             }
         }
         let (result, attempts) = attempt(
-            &self.cluster,
+            &*self.cluster,
             call,
             &self.settings,
             self.timeout,
@@ -119,7 +120,7 @@ impl StepRun {
 /// Tells the supervisor the step is about to act, with its target's UID and
 /// generation, and waits until the intent is recorded.
 async fn announce(
-    cluster: &Cluster,
+    cluster: &dyn Steps,
     sink: &Sink,
     id: &str,
     call: &ActionCall,
@@ -214,7 +215,7 @@ pub fn with_results(
 
 /// One step: up to `1 + retries` attempts, each bounded by `timeout`.
 pub async fn attempt(
-    cluster: &Cluster,
+    cluster: &dyn Steps,
     call: &ActionCall,
     settings: &ExecSettings,
     timeout: Duration,
@@ -234,5 +235,160 @@ pub async fn attempt(
         tracing::info!(action = call.name(), attempt = n, error = %err, "retrying a workflow step");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use kubernaut_api::ObjectRef;
+    use kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kubernaut_api::workflow::Step;
+
+    use super::*;
+    use crate::ports::doubles::{FakeSteps, api_error};
+
+    fn web() -> ObjectRef {
+        ObjectRef::new("Deployment", "shop", "web")
+    }
+
+    fn meta(uid: &str, generation: i64) -> ObjectMeta {
+        ObjectMeta {
+            uid: Some(uid.into()),
+            generation: Some(generation),
+            ..Default::default()
+        }
+    }
+
+    fn intent(uid: &str, generation: i64) -> Intent {
+        Intent {
+            target: Some(web()),
+            uid: uid.into(),
+            generation: Some(generation),
+        }
+    }
+
+    /// Rolling back is not safe to repeat: reconciling decides.
+    fn rollback() -> ActionCall {
+        ActionCall::parse(
+            "rollback_deployment",
+            serde_json::json!({"namespace": "shop", "name": "web"}),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_step_runs_again_only_on_the_object_it_meant_to_change() {
+        let fake = FakeSteps::default();
+        fake.metadata.lock().unwrap().insert(web(), meta("u1", 3));
+        assert!(reconcile(&fake, "rollback_deployment", &intent("u1", 3)).await);
+        assert!(
+            !reconcile(&fake, "rollback_deployment", &intent("u1", 2)).await,
+            "the generation moved: the rollback took effect"
+        );
+        assert!(
+            !reconcile(&fake, "rollback_deployment", &intent("u0", 3)).await,
+            "replaced since"
+        );
+        fake.metadata.lock().unwrap().clear();
+        assert!(
+            !reconcile(&fake, "rollback_deployment", &intent("u1", 3)).await,
+            "deleted since"
+        );
+        fake.metadata_fails.store(true, Ordering::Relaxed);
+        assert!(
+            reconcile(&fake, "rollback_deployment", &intent("u1", 3)).await,
+            "unreadable: never done on a guess"
+        );
+        assert!(
+            reconcile(&fake, "restart_pod", &intent("u0", 1)).await,
+            "a repeatable action runs again whatever happened"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_tried_again_within_the_retries_and_others_are_not() {
+        let fake = FakeSteps::default();
+        {
+            let mut answers = fake.answers.lock().unwrap();
+            answers.push_back(Err(ActionError::Api(api_error(503))));
+            answers.push_back(Err(ActionError::Busy(web(), "other".into())));
+        }
+        let settings = ExecSettings::default();
+        let (result, attempts) =
+            attempt(&fake, &rollback(), &settings, Duration::from_secs(5), 2).await;
+        assert!(result.is_ok());
+        assert_eq!(attempts, 3);
+
+        fake.answers
+            .lock()
+            .unwrap()
+            .push_back(Err(ActionError::Refused("no".into())));
+        let (result, attempts) =
+            attempt(&fake, &rollback(), &settings, Duration::from_secs(5), 2).await;
+        assert_eq!((result.unwrap_err().as_str(), attempts), ("refused: no", 1));
+
+        fake.answers
+            .lock()
+            .unwrap()
+            .push_back(Err(ActionError::Api(api_error(503))));
+        let (result, attempts) =
+            attempt(&fake, &rollback(), &settings, Duration::from_secs(5), 0).await;
+        assert!(result.is_err() && attempts == 1, "no retries: one attempt");
+    }
+
+    fn run(fake: Arc<FakeSteps>, prior: Option<Intent>, sink: Sink) -> StepRun {
+        StepRun {
+            cluster: fake,
+            settings: ExecSettings::default(),
+            sink,
+            step: serde_json::from_value::<Step>(serde_json::json!({
+                "id": "undo", "action": "rollback_deployment",
+                "parameters": {"namespace": "shop", "name": "web"}
+            }))
+            .unwrap(),
+            call: Ok(rollback()),
+            prior,
+            timeout: Duration::from_secs(5),
+            announced: Arc::new(|_| {}),
+        }
+    }
+
+    /// A supervisor that records every intent it is told.
+    fn recording() -> Sink {
+        Arc::new(|out| {
+            if let Out::Step(StepEvent::Starting { ack, .. }) = out {
+                let _ = ack.send(());
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_step_that_already_took_effect_is_not_run_again() {
+        let fake = Arc::new(FakeSteps::default());
+        fake.metadata.lock().unwrap().insert(web(), meta("u1", 4));
+        let report = run(fake.clone(), Some(intent("u1", 3)), recording())
+            .run()
+            .await;
+        assert_eq!(report.state, kubernaut_api::StepPhase::AlreadyDone);
+        assert_eq!(fake.runs.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_step_acts_only_once_its_intent_is_recorded() {
+        let fake = Arc::new(FakeSteps::default());
+        fake.metadata.lock().unwrap().insert(web(), meta("u1", 3));
+        let report = run(fake.clone(), None, recording()).run().await;
+        assert_eq!(report.state, kubernaut_api::StepPhase::Succeeded);
+        assert_eq!(fake.runs.load(Ordering::Relaxed), 1);
+
+        // The supervisor went away before it recorded the intent.
+        let lost: Sink = Arc::new(|_| {});
+        let report = run(fake.clone(), None, lost).run().await;
+        assert_eq!(report.state, kubernaut_api::StepPhase::Failed);
+        assert!(report.error.unwrap().contains("did not record the intent"));
+        assert_eq!(fake.runs.load(Ordering::Relaxed), 1, "not run");
     }
 }

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::problem::Problem;
 use crate::sns::{self, SnsMessage};
 use crate::sns_trust::{Fetch, HttpsFetch, SigningKey, Trust, TrustError};
-use crate::{GatewayState, SignalError};
+use crate::{ConfigError, GatewayState, SignalError};
 
 /// Deadline of one outbound GET (certificate or subscription confirmation).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,20 +100,19 @@ impl CloudWatch {
 
     /// Reads the trusted certificates and checks the target rules; errors
     /// name the offending file or rule.
-    pub fn new(config: &CloudWatchConfig, cluster_name: Option<String>) -> Result<Self, String> {
+    pub fn new(
+        config: &CloudWatchConfig,
+        cluster_name: Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut trusted = Vec::new();
         for f in &config.trusted_certificate_files {
-            let pem = std::fs::read(f).map_err(|e| {
-                format!(
-                    "gateway.cloudwatch.trustedCertificateFiles: {}: {e}",
-                    f.display()
-                )
+            let pem = std::fs::read(f).map_err(|source| ConfigError::CertificateFile {
+                path: f.clone(),
+                source,
             })?;
-            let keys = SigningKey::from_pem(&pem).map_err(|e| {
-                format!(
-                    "gateway.cloudwatch.trustedCertificateFiles: {}: {e}",
-                    f.display()
-                )
+            let keys = SigningKey::from_pem(&pem).map_err(|reason| ConfigError::Certificate {
+                path: f.clone(),
+                reason,
             })?;
             trusted.extend(keys);
         }
@@ -236,12 +235,12 @@ impl CloudWatch {
 
 impl CloudWatchConfig {
     /// What can be checked without files or network; errors name the key.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ConfigError> {
         if self.replay_window_seconds == 0 {
-            return Err("gateway.cloudwatch.replayWindowSeconds must be at least 1".into());
+            return Err(ConfigError::ReplayWindow);
         }
-        for (i, rule) in self.targets.iter().enumerate() {
-            check_rule(rule).map_err(|e| format!("gateway.cloudwatch.targets[{i}]: {e}"))?;
+        for (index, rule) in self.targets.iter().enumerate() {
+            check_rule(rule).map_err(|reason| ConfigError::TargetRule { index, reason })?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 
 pub mod alertmanager;
 pub mod cloudwatch;
+mod error;
 pub mod generic;
 pub mod kubernetes_event;
 pub mod metrics;
@@ -19,6 +20,8 @@ pub mod sns;
 pub mod sns_trust;
 #[cfg(any(test, feature = "test-pki"))]
 pub mod test_pki;
+
+pub use error::ConfigError;
 
 use std::sync::Arc;
 use std::time::Instant;

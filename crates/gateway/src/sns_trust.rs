@@ -139,7 +139,7 @@ pub struct HttpsFetch {
 const FETCH_MAX_BYTES: usize = 64 * 1024;
 
 impl HttpsFetch {
-    pub fn new(timeout: Duration) -> Result<Self, String> {
+    pub fn new(timeout: Duration) -> Result<Self, crate::ConfigError> {
         // reqwest is built without a default TLS provider (see Cargo.toml);
         // an error means one is installed already, which is all we need.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -148,7 +148,7 @@ impl HttpsFetch {
             .redirect(reqwest::redirect::Policy::none())
             .https_only(true)
             .build()
-            .map_err(|e| format!("cannot build the HTTPS client: {e}"))?;
+            .map_err(crate::ConfigError::Https)?;
         Ok(Self { client })
     }
 }
@@ -180,13 +180,16 @@ impl Fetch for HttpsFetch {
 }
 
 /// Why a message's signature was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrustError {
     /// Malformed signature fields (400).
+    #[error("malformed signature: {0}")]
     Malformed(String),
     /// The signature does not verify with any usable key (403).
+    #[error("signature refused: {0}")]
     Refused(String),
     /// The signing certificate could not be fetched; SNS should re-send (503).
+    #[error("signing certificate unavailable: {0}")]
     Unavailable(String),
 }
 

@@ -19,6 +19,7 @@
 //! Any Redis failure is counted and that step falls back to the API server.
 
 mod metrics;
+mod storm;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,15 +28,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
-use kubernaut_api::signal::sha256_hex;
 use kubernaut_api::{
     ENVIRONMENT_LABEL, IngestOutcome, IntakeError, MANAGED_LABEL, ObjectRef, RejectReason,
-    RemediationRequest, RequestKey, Signal, SignalIntake, StormKind, StormSpec, fingerprint,
+    RemediationRequest, RequestKey, Signal, SignalIntake, StormSpec, fingerprint,
 };
 use kubernaut_cluster::{Cluster, Counted, Created, Occurrences, Require, Resolved, Scope};
-use kubernaut_store::index::{IndexResult, SignalIndex, WindowCounts};
+use kubernaut_store::index::{IndexResult, SignalIndex};
 
 pub use metrics::IntakeMetrics;
+pub use storm::StormSettings;
+use storm::{LocalWindow, storm_outcome};
 
 type Result<T, E = kubernaut_cluster::Error> = std::result::Result<T, E>;
 
@@ -50,38 +52,8 @@ pub struct IntakeSettings {
     pub storm: StormSettings,
 }
 
-/// Storm detection (K-GW-6), per namespace and alert name.
-#[derive(Clone, Debug)]
-pub struct StormSettings {
-    pub enabled: bool,
-    pub rate_window: Duration,
-    /// More distinct signals than this in the rate window is a rate storm.
-    pub rate_threshold: u64,
-    pub pattern_window: Duration,
-    /// More distinct targets than this in the pattern window is a pattern
-    /// storm, per environment (namespace label `kubernaut.io/environment`).
-    pub pattern_thresholds: HashMap<String, u64>,
-    pub default_pattern_threshold: u64,
-}
-
-impl Default for StormSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            rate_window: Duration::from_secs(60),
-            rate_threshold: 10,
-            pattern_window: Duration::from_secs(120),
-            pattern_thresholds: [("production", 5), ("staging", 8), ("development", 10)]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-            default_pattern_threshold: 5,
-        }
-    }
-}
-
 /// Where a signal is counted or opened: its own fingerprint, or its storm's.
-struct Plan {
+pub(crate) struct Plan {
     fp: String,
     /// The namespace the request lives in.
     ns: String,
@@ -93,14 +65,6 @@ struct Plan {
 
 /// How long a namespace's environment label is trusted.
 const ENVIRONMENT_TTL: Duration = Duration::from_secs(30);
-
-/// Storm windows kept in memory while Redis is unavailable: per replica,
-/// so a storm split over replicas is seen later, but it is still seen.
-#[derive(Default)]
-struct LocalWindow {
-    signals: HashMap<String, Instant>,
-    targets: HashMap<String, Instant>,
-}
 
 #[derive(Clone)]
 pub struct Intake {
@@ -162,31 +126,6 @@ fn duplicate(key: RequestKey, counted: Counted) -> IngestOutcome {
     }
 }
 
-fn storm_outcome(outcome: IngestOutcome) -> IngestOutcome {
-    match outcome {
-        IngestOutcome::Created {
-            request, namespace, ..
-        } => IngestOutcome::Storm {
-            request,
-            namespace,
-            created: true,
-            total_signals: 1,
-        },
-        IngestOutcome::Duplicate {
-            request,
-            namespace,
-            occurrence_count,
-            ..
-        } => IngestOutcome::Storm {
-            request,
-            namespace,
-            created: false,
-            total_signals: occurrence_count,
-        },
-        other => other,
-    }
-}
-
 /// 10–40 ms, growing a little with each round, jittered so that contenders
 /// polling for one holder do not move in lockstep.
 fn poll_pause(round: u32) -> Duration {
@@ -227,90 +166,6 @@ impl Inner {
                 }
                 None
             }
-        }
-    }
-
-    /// The storm this signal belongs to, if its alert name is storming in
-    /// its namespace (K-GW-6). Cluster-scoped targets are never aggregated.
-    async fn storm_of(
-        &self,
-        signal: &Signal,
-        resolved: &Resolved,
-        fp: &str,
-        instance: &str,
-    ) -> Result<Option<StormSpec>, IntakeError> {
-        let s = &self.settings.storm;
-        let ns = &resolved.target.namespace;
-        if !s.enabled || ns.is_empty() {
-            return Ok(None);
-        }
-        let scope = format!("{ns}/{}", signal.name);
-        let (rate, pattern) = (s.rate_window, s.pattern_window);
-        let counts = match self
-            .redis("storm_windows", async |i| {
-                i.storm_windows(&scope, instance, fp, rate, pattern).await
-            })
-            .await
-        {
-            Some(c) => c,
-            None => self.local_windows(&scope, instance, fp),
-        };
-        let env = self.environment(ns).await?;
-        let pattern_threshold = s
-            .pattern_thresholds
-            .get(&env)
-            .copied()
-            .unwrap_or(s.default_pattern_threshold);
-        let kind = if counts.targets > pattern_threshold {
-            StormKind::Pattern
-        } else if counts.signals > s.rate_threshold {
-            StormKind::Rate
-        } else {
-            return Ok(None);
-        };
-        Ok(Some(StormSpec {
-            kind,
-            alert_name: signal.name.clone(),
-            namespace: ns.clone(),
-        }))
-    }
-
-    fn storm_plan(&self, storm: StormSpec, resolved: &Resolved) -> Plan {
-        let cluster = self.cluster.config().cluster_name.as_deref().unwrap_or("");
-        let fp = sha256_hex(&format!(
-            "storm:{cluster}:{}:{}",
-            storm.namespace, storm.alert_name
-        ));
-        Plan {
-            fp,
-            ns: storm.namespace.clone(),
-            resolved: Resolved {
-                target: ObjectRef::new("Namespace", "", &storm.namespace),
-                chain: vec![resolved.target.clone()],
-                labels: Vec::new(),
-            },
-            storm: Some(storm),
-            storm_target: Some(resolved.target.clone()),
-        }
-    }
-
-    fn local_windows(&self, scope: &str, instance: &str, target: &str) -> WindowCounts {
-        let s = &self.settings.storm;
-        let now = Instant::now();
-        let mut all = self
-            .local_windows
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let w = all.entry(scope.to_string()).or_default();
-        w.signals.insert(instance.to_string(), now);
-        w.signals
-            .retain(|_, t| now.duration_since(*t) <= s.rate_window);
-        w.targets.insert(target.to_string(), now);
-        w.targets
-            .retain(|_, t| now.duration_since(*t) <= s.pattern_window);
-        WindowCounts {
-            signals: w.signals.len() as u64,
-            targets: w.targets.len() as u64,
         }
     }
 

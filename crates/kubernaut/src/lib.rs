@@ -194,8 +194,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         intake_metrics,
     );
     let protection = protection_config(&gateway, &cluster)?;
-    let cloudwatch = CloudWatch::new(&gateway.cloudwatch, cluster.config().cluster_name.clone())
-        .map_err(anyhow::Error::msg)?;
+    let cloudwatch = CloudWatch::new(&gateway.cloudwatch, cluster.config().cluster_name.clone())?;
     if gateway.cloudwatch.topics.is_empty() {
         tracing::info!(
             "no SNS topic is allowed (gateway.cloudwatch.topics): CloudWatch alarms are refused"

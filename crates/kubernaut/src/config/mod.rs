@@ -176,10 +176,7 @@ impl Config {
         if self.gateway.request_timeout_seconds == 0 {
             bail!("gateway.requestTimeoutSeconds must be at least 1");
         }
-        self.gateway
-            .cloudwatch
-            .check()
-            .map_err(anyhow::Error::msg)?;
+        self.gateway.cloudwatch.check()?;
         let auth = &self.gateway.auth;
         if auth.enabled
             && auth.tokens.is_empty()
