@@ -167,6 +167,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         .context("connecting to PostgreSQL")?;
     db.migrate().await.context("running migrations")?;
     let (audit, audit_task) = db.audit_log();
+    audit.register_metrics(registry.sub_registry_with_prefix("controller"));
 
     let index = if redis.url.is_empty() {
         tracing::warn!(

@@ -1,8 +1,11 @@
 //! Storage. [`index`] is the Redis signal index shared by gateway replicas.
 //! This module is the audit trail in PostgreSQL (K-AU-1): one row per request and an
 //! append-only event per transition or action. Writers hand records to an
-//! [`AuditLog`], a bounded queue drained by one task that retries with
-//! backoff while PostgreSQL is down. Actors hand records over with
+//! [`AuditLog`], a bounded queue drained by one task. The task retries a
+//! write only while PostgreSQL is unavailable; a record it refuses for its
+//! content goes to the `audit_dead_letters` table (counted), so that one
+//! bad record never holds up the ones behind it. NUL characters, which
+//! PostgreSQL's text and jsonb cannot hold, are replaced before writing. Actors hand records over with
 //! [`AuditLog::try_record`], which never waits: when the queue is full the
 //! record is dropped and counted ([`AuditLog::dropped`]), and the janitor's
 //! backfill rebuilds a request's records from its status.
@@ -36,6 +39,33 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the same write may succeed later: the database is
+    /// unreachable, restarting, short of resources, or the transaction
+    /// lost a race. Anything else (the record's own content, a constraint)
+    /// fails again however often it is retried.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Db(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // SQLSTATE classes: 08 connection, 40 transaction
+                // rollback, 53 insufficient resources, 55 object not in
+                // prerequisite state (lock not available), 57 operator
+                // intervention (shutdown), 58 system error.
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    matches!(c.get(..2), Some("08" | "40" | "53" | "55" | "57" | "58"))
+                }),
+                _ => false,
+            },
+            Error::Migrate(_) | Error::Full => false,
+            Error::Closed => true,
+        }
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Db(_) => "db",
@@ -48,7 +78,7 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RequestRecord {
     pub uid: String,
     pub namespace: String,
@@ -64,7 +94,7 @@ pub struct RequestRecord {
     pub firing_time: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct EventRecord {
     pub request_uid: String,
     pub at: DateTime<Utc>,
@@ -77,6 +107,16 @@ pub struct EventRecord {
     /// empty for the request itself.
     pub subject: String,
     pub detail: serde_json::Value,
+}
+
+impl AuditRecord {
+    /// The request the record is about.
+    pub fn request_uid(&self) -> &str {
+        match self {
+            AuditRecord::Request(r) => &r.uid,
+            AuditRecord::Event(e) => &e.request_uid,
+        }
+    }
 }
 
 impl EventRecord {
@@ -96,7 +136,7 @@ impl EventRecord {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub enum AuditRecord {
     /// Upserts the request row (its phase moves with it).
     Request(RequestRecord),
@@ -149,8 +189,10 @@ impl Store {
         &self.pool
     }
 
+    /// Writes one record, its text made storable first ([`storable`]).
     pub async fn write(&self, record: &AuditRecord) -> Result<()> {
-        match record {
+        let record = storable(record.clone());
+        match &record {
             AuditRecord::Request(r) => {
                 sqlx::query(
                     "INSERT INTO remediation_requests (uid, namespace, name, fingerprint, signal_name, severity, source,
@@ -193,16 +235,30 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps a record PostgreSQL refused, with why.
+    async fn dead_letter(&self, record: &AuditRecord, error: &str) -> Result<()> {
+        let bytes = serde_json::to_vec(record).unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO audit_dead_letters (request_uid, record, error) VALUES ($1, $2, $3)",
+        )
+        .bind(without_nul(record.request_uid().to_string()))
+        .bind(bytes)
+        .bind(without_nul(error.to_string()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Starts the writer task and returns the handle callers log through.
     pub fn audit_log(self) -> (AuditLog, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let task = tokio::spawn(drain(self.clone(), rx));
-        let dropped = std::sync::Arc::default();
+        let counts = Counts::default();
+        let task = tokio::spawn(drain(self.clone(), rx, counts.clone()));
         (
             AuditLog {
                 tx,
                 store: self,
-                dropped,
+                counts,
             },
             task,
         )
@@ -214,7 +270,16 @@ impl Store {
 pub struct AuditLog {
     tx: mpsc::Sender<AuditRecord>,
     store: Store,
+    counts: Counts,
+}
+
+/// What the writer could not write as asked, since start.
+#[derive(Clone, Default)]
+struct Counts {
+    /// Dropped because the queue was full.
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Refused by PostgreSQL for their content, kept as dead letters.
+    dead_letters: prometheus_client::metrics::counter::Counter,
 }
 
 impl AuditLog {
@@ -230,7 +295,8 @@ impl AuditLog {
     pub fn try_record(&self, record: AuditRecord) -> Result<()> {
         self.tx.try_send(record).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
-                self.dropped
+                self.counts
+                    .dropped
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Error::Full
             }
@@ -240,7 +306,24 @@ impl AuditLog {
 
     /// Records dropped because the queue was full, since start.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        self.counts
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records PostgreSQL refused for their content, since start (each is
+    /// a row of `audit_dead_letters`, or a log line when even that failed).
+    pub fn dead_letters(&self) -> u64 {
+        self.counts.dead_letters.get()
+    }
+
+    /// Registers the writer's metrics (`audit_dead_letters_total`).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "audit_dead_letters",
+            "Audit records PostgreSQL refused for their content, kept in the audit_dead_letters table",
+            self.counts.dead_letters.clone(),
+        );
     }
 
     /// Whether the audit trail holds the request `uid` in `phase`: its
@@ -331,14 +414,86 @@ impl AuditLog {
     }
 }
 
-async fn drain(store: Store, mut rx: mpsc::Receiver<AuditRecord>) {
+async fn drain(store: Store, mut rx: mpsc::Receiver<AuditRecord>, counts: Counts) {
     while let Some(record) = rx.recv().await {
         let mut backoff = Duration::from_millis(100);
-        // Records are written in order: an event must follow its request row.
-        while let Err(e) = store.write(&record).await {
-            tracing::warn!(error = %e, retry_in = ?backoff, "audit write failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+        // Records are written in order: an event must follow its request
+        // row. Only an unavailable database is waited for.
+        loop {
+            match store.write(&record).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "audit write failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    counts.dead_letters.inc();
+                    let error = e.to_string();
+                    tracing::error!(%error, request = record.request_uid(), "PostgreSQL refused an audit record; keeping it in audit_dead_letters");
+                    if let Err(e) = store.dead_letter(&record, &error).await {
+                        tracing::error!(error = %e, record = ?record, "could not keep a refused audit record either; it is in this log line only");
+                    }
+                    break;
+                }
+            }
         }
+    }
+}
+
+/// The record with every NUL character in its text replaced by U+FFFD:
+/// PostgreSQL's text and jsonb cannot hold NUL, and alert text is the
+/// sender's to choose.
+pub fn storable(record: AuditRecord) -> AuditRecord {
+    match record {
+        AuditRecord::Request(mut r) => {
+            for field in [
+                &mut r.uid,
+                &mut r.namespace,
+                &mut r.name,
+                &mut r.fingerprint,
+                &mut r.signal_name,
+                &mut r.severity,
+                &mut r.source,
+                &mut r.target_kind,
+                &mut r.target_namespace,
+                &mut r.target_name,
+                &mut r.phase,
+            ] {
+                *field = without_nul(std::mem::take(field));
+            }
+            AuditRecord::Request(r)
+        }
+        AuditRecord::Event(mut e) => {
+            e.request_uid = without_nul(e.request_uid);
+            e.from_phase = e.from_phase.map(without_nul);
+            e.to_phase = e.to_phase.map(without_nul);
+            e.reason = without_nul(e.reason);
+            e.subject = without_nul(e.subject);
+            e.detail = json_without_nul(e.detail);
+            AuditRecord::Event(e)
+        }
+    }
+}
+
+fn without_nul(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
+
+fn json_without_nul(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(without_nul(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(json_without_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (without_nul(k), json_without_nul(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }

@@ -1,0 +1,111 @@
+//! The audit writer against the real PostgreSQL: a record it refuses for
+//! its content never holds up the ones behind it (issue 17, finding 4).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use kubernaut_e2e::{Stack, eventually, unique};
+use kubernaut_store::{AuditRecord, EventRecord, RequestRecord, Store};
+use serde_json::json;
+
+fn request(uid: &str, signal: &str, severity: &str) -> AuditRecord {
+    AuditRecord::Request(RequestRecord {
+        uid: uid.into(),
+        namespace: "shop".into(),
+        name: uid.into(),
+        fingerprint: uid.into(),
+        signal_name: signal.into(),
+        severity: severity.into(),
+        source: "alertmanager".into(),
+        target_kind: "Deployment".into(),
+        target_namespace: "shop".into(),
+        target_name: "web".into(),
+        phase: "Completed".into(),
+        firing_time: Utc::now(),
+    })
+}
+
+fn event(uid: &str, detail: serde_json::Value) -> AuditRecord {
+    AuditRecord::Event(EventRecord {
+        request_uid: uid.into(),
+        at: Utc::now(),
+        kind: "transition",
+        from_phase: Some("Executing".into()),
+        to_phase: Some("Completed".into()),
+        reason: "Verified".into(),
+        subject: String::new(),
+        detail,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_bearing_record_and_a_refused_one_hold_up_none_of_the_100_behind_them()
+-> anyhow::Result<()> {
+    let stack = Stack::get();
+    let store = Store::connect(&stack.database_url, 2).await?;
+    store.migrate().await?;
+    let (audit, _task) = store.clone().audit_log();
+    let run = unique("audit-trust");
+
+    // Alert text is the sender's: NUL in the severity, in a detail's key
+    // and value. PostgreSQL's text and jsonb cannot hold NUL.
+    let nul = format!("{run}-nul");
+    audit
+        .record(request(&nul, "Crash\0Loop", "crit\0ical"))
+        .await?;
+    audit
+        .record(event(&nul, json!({"message\u{0}": "a\u{0}b"})))
+        .await?;
+    // An event of a request the trail has no row for: the foreign key
+    // refuses it, however often it is tried.
+    let orphan = format!("{run}-orphan");
+    audit.record(event(&orphan, json!({}))).await?;
+    let ordinary: Vec<String> = (0..100).map(|i| format!("{run}-{i}")).collect();
+    for uid in &ordinary {
+        audit
+            .record(request(uid, "HighErrorRate", "warning"))
+            .await?;
+    }
+
+    eventually(
+        "the 100 ordinary records",
+        Duration::from_secs(60),
+        || async {
+            for uid in &ordinary {
+                if !audit.confirmed(uid, "Completed").await? {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
+
+    let (severity, signal): (String, String) =
+        sqlx::query_as("SELECT severity, signal_name FROM remediation_requests WHERE uid = $1")
+            .bind(&nul)
+            .fetch_one(store.pool())
+            .await?;
+    assert_eq!(
+        (severity.as_str(), signal.as_str()),
+        ("crit\u{FFFD}ical", "Crash\u{FFFD}Loop"),
+        "stored with the NUL replaced, not lost"
+    );
+    let detail: serde_json::Value =
+        sqlx::query_scalar("SELECT detail FROM remediation_events WHERE request_uid = $1")
+            .bind(&nul)
+            .fetch_one(store.pool())
+            .await?;
+    assert_eq!(detail, json!({"message\u{FFFD}": "a\u{FFFD}b"}));
+
+    let (record, error): (Vec<u8>, String) =
+        sqlx::query_as("SELECT record, error FROM audit_dead_letters WHERE request_uid = $1")
+            .bind(&orphan)
+            .fetch_one(store.pool())
+            .await?;
+    let record: serde_json::Value = serde_json::from_slice(&record)?;
+    assert_eq!(record["Event"]["request_uid"], json!(orphan), "{record}");
+    assert!(error.contains("foreign key"), "{error}");
+    assert_eq!(audit.dead_letters(), 1);
+    Ok(())
+}
