@@ -1231,6 +1231,17 @@ pub async fn create_request(
     target: &kubernaut_api::ObjectRef,
     storm: bool,
 ) -> anyhow::Result<String> {
+    create_request_with(admin, signal, target, storm, json!({})).await
+}
+
+/// [`create_request`] with `extra` fields of the spec (labels, annotations).
+pub async fn create_request_with(
+    admin: &kube::Client,
+    signal: &str,
+    target: &kubernaut_api::ObjectRef,
+    storm: bool,
+    extra: serde_json::Value,
+) -> anyhow::Result<String> {
     let name = unique(&signal.to_lowercase());
     let now = now_rfc3339();
     let mut spec = json!({
@@ -1247,6 +1258,9 @@ pub async fn create_request(
     });
     if storm {
         spec["storm"] = json!({"kind": "rate", "alertName": signal, "namespace": target.namespace});
+    }
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
     }
     let rr: kubernaut_api::RemediationRequest = serde_json::from_value(json!({
         "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",

@@ -108,7 +108,7 @@ mod tests {
         json!({
             "environment": env, "priority": "P1", "decidedBy": "llm", "confidence": confidence,
             "target": {"kind": kind, "namespace": "shop", "name": "web"},
-            "actions": [{"name": "some_action", "risk": risk}],
+            "actions": [{"name": "some_action", "risk": risk, "destructive": false}],
             "storm": storm, "signal": {"name": "HighErrorRate", "severity": "critical", "source": "alertmanager"},
         })
     }
@@ -132,6 +132,38 @@ mod tests {
         let v = p.evaluate(&input("development", 1.0, "Deployment", "none", true));
         assert_eq!(v.reasons, ["storm"]);
         assert_eq!(v.error, None);
+    }
+
+    #[test]
+    fn an_unlabelled_environment_is_production() {
+        let p = ApprovalPolicy::new("approval.rego", DEFAULT_POLICY).unwrap();
+        for env in ["unknown", "", "prod", "Production-EU"] {
+            let v = p.evaluate(&input(env, 0.5, "Deployment", "low", false));
+            assert_eq!(
+                v.reasons,
+                ["production change with confidence below 0.8"],
+                "{env}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_llm_confidence_never_waives_approval_for_a_destructive_action() {
+        let p = ApprovalPolicy::new("approval.rego", DEFAULT_POLICY).unwrap();
+        let mut i = input("development", 1.0, "Deployment", "medium", false);
+        i["actions"] = json!([
+            {"name": "rollout_restart", "risk": "low", "destructive": false},
+            {"name": "scale_deployment", "risk": "medium", "destructive": true},
+        ]);
+        let v = p.evaluate(&i);
+        assert!(v.required, "{v:?}");
+        assert_eq!(
+            v.reasons,
+            ["destructive action scale_deployment chosen by the LLM"]
+        );
+        // The operators' own rule may: they wrote it.
+        i["decidedBy"] = json!("rules");
+        assert!(!p.evaluate(&i).required);
     }
 
     #[test]

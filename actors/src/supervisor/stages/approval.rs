@@ -173,12 +173,14 @@ pub fn gate(
         .steps
         .iter()
         .map(|step| {
-            let risk = catalogue
+            // An action not in the catalogue is treated as the worst kind.
+            let (risk, destructive) = catalogue
                 .iter()
                 .find(|a| a.name == step.action)
-                .map(|a| serde_json::json!(a.risk))
-                .unwrap_or_else(|| serde_json::json!("high"));
-            serde_json::json!({ "name": step.action, "risk": risk })
+                .map_or((serde_json::json!("high"), true), |a| {
+                    (serde_json::json!(a.risk), a.destructive)
+                });
+            serde_json::json!({ "name": step.action, "risk": risk, "destructive": destructive })
         })
         .collect();
     let processing = sup.status.processing.clone().unwrap_or_default();

@@ -96,6 +96,11 @@ pub struct Kind {
     pub creates: bool,
     /// How its effect is verified.
     pub verify: Verify,
+    /// It can take something away: capacity (a scale, which may be a
+    /// decrease; a drain), an object (a deletion) or a pod from service.
+    /// The default approval policy never lets the LLM's confidence alone
+    /// waive approval for such an action.
+    pub destructive: bool,
     schema: fn() -> Value,
     parse: fn(Value) -> Parsed,
 }
@@ -128,6 +133,7 @@ impl Kind {
             writes: true,
             creates: false,
             verify: Verify::Answered,
+            destructive: false,
             schema: schema_of::<A>,
             parse: parse_as::<A>,
         }
@@ -158,6 +164,13 @@ impl Kind {
 
     pub const fn verified(self, verify: Verify) -> Kind {
         Kind { verify, ..self }
+    }
+
+    pub const fn destructive(self) -> Kind {
+        Kind {
+            destructive: true,
+            ..self
+        }
     }
 
     pub const fn creates(self) -> Kind {

@@ -276,7 +276,8 @@ impl Catalogued for DrainNode {
         "Cordon a Node and evict its pods through the Eviction API, honouring PodDisruptionBudgets; DaemonSet, mirror and protected-namespace pods stay; refused when a pod has no controller.",
         &["Node"],
     )
-    .reversible();
+    .reversible()
+    .destructive();
 }
 
 impl Action for DrainNode {

@@ -80,6 +80,8 @@ pub struct ActionInfo {
     /// (notify_only) or on one it creates (run_job). The analysis offers
     /// the LLM only actions on objects the request is about.
     pub acts_on: &'static [&'static str],
+    /// It can take capacity, an object or a pod away ([`Kind::destructive`]).
+    pub destructive: bool,
 }
 
 /// Every action, one line each: its parameter type implements
@@ -126,6 +128,7 @@ pub fn catalogue() -> Vec<ActionInfo> {
             parameters: k.schema(),
             reversible: k.reversible,
             acts_on: k.acts_on,
+            destructive: k.destructive,
         })
         .collect()
 }

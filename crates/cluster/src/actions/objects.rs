@@ -272,7 +272,8 @@ impl Catalogued for QuarantinePod {
         Risk::Medium,
         "Take a pod out of its Services (and its ReplicaSet, which replaces it) by moving the selected labels into an annotation; the pod keeps running for inspection.",
         &["Pod"],
-    );
+    )
+    .destructive();
 }
 
 impl Catalogued for DeleteJob {
@@ -283,7 +284,8 @@ impl Catalogued for DeleteJob {
         &["Job"],
     )
     .not_repeatable()
-    .verified(Verify::Gone);
+    .verified(Verify::Gone)
+    .destructive();
 }
 
 impl Catalogued for UpdateHpa {

@@ -238,7 +238,8 @@ impl Catalogued for ScaleDeployment {
         &["Deployment"],
     )
     .reversible()
-    .verified(Verify::Observed);
+    .verified(Verify::Observed)
+    .destructive();
 }
 
 impl Catalogued for ScaleStatefulset {
@@ -249,7 +250,8 @@ impl Catalogued for ScaleStatefulset {
         &["StatefulSet"],
     )
     .reversible()
-    .verified(Verify::Observed);
+    .verified(Verify::Observed)
+    .destructive();
 }
 
 impl Catalogued for RolloutRestart {
