@@ -351,20 +351,7 @@ async fn sweep(
 mod tests {
     use super::*;
 
-    fn request(status: serde_json::Value) -> RemediationRequest {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
-            "metadata": {"name": "r", "namespace": "shop", "uid": "u1", "resourceVersion": "7"},
-            "spec": {"fingerprint": "f", "signalName": "s", "severity": "warning",
-                     "source": "generic", "instanceId": "i",
-                     "target": {"kind": "Deployment", "namespace": "shop", "name": "web"},
-                     "signalResource": {"kind": "Deployment", "namespace": "shop", "name": "web"},
-                     "firingTime": "2026-11-22T03:00:00Z", "receivedTime": "2026-11-22T03:00:00Z",
-                     "originalPayload": "{}"},
-            "status": status
-        }))
-        .unwrap()
-    }
+    use crate::ports::doubles::request;
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -442,6 +429,22 @@ mod tests {
             crate::Metrics::register(&mut Default::default())
         }
 
+        /// One sweep over the doubles; what it did, and its metrics.
+        async fn swept(
+            requests: &FakeRequests,
+            audit: &FakeAudit,
+            unchecked: Vec<(RequestKey, Ended)>,
+            due: Vec<(RequestKey, Ended)>,
+        ) -> (Swept, crate::Metrics) {
+            let metrics = metrics();
+            let ports = Ports {
+                requests,
+                audit,
+                metrics: &metrics,
+            };
+            (sweep(&ports, unchecked, due).await, metrics)
+        }
+
         fn deferred(m: &crate::Metrics, reason: &'static str) -> u64 {
             m.retention_deferred
                 .get_or_create(&ReasonLabels { reason })
@@ -457,13 +460,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .insert("u0".into(), ("Completed".into(), 0));
-            let m = metrics();
-            let ports = Ports {
-                requests: &requests,
-                audit: &audit,
-                metrics: &m,
-            };
-            let swept = sweep(&ports, Vec::new(), due).await;
+            let (swept, m) = swept(&requests, &audit, Vec::new(), due).await;
             assert_eq!(swept.deleted, [RequestKey::new("shop", "r0")]);
             assert_eq!(
                 *requests.deleted.lock().unwrap(),
@@ -485,13 +482,7 @@ mod tests {
             let (requests, due) = world(3);
             let audit = FakeAudit::default();
             audit.down.store(true, Ordering::Relaxed);
-            let m = metrics();
-            let ports = Ports {
-                requests: &requests,
-                audit: &audit,
-                metrics: &m,
-            };
-            let swept = sweep(&ports, Vec::new(), due).await;
+            let (swept, m) = swept(&requests, &audit, Vec::new(), due).await;
             assert!(swept.deleted.is_empty() && !swept.more);
             assert!(requests.deleted.lock().unwrap().is_empty());
             assert_eq!(
@@ -512,13 +503,7 @@ mod tests {
                     .unwrap()
                     .insert(e.uid.clone(), ("Completed".into(), 0));
             }
-            let m = metrics();
-            let ports = Ports {
-                requests: &requests,
-                audit: &audit,
-                metrics: &m,
-            };
-            let swept = sweep(&ports, Vec::new(), due).await;
+            let (swept, _) = swept(&requests, &audit, Vec::new(), due).await;
             assert_eq!(swept.deleted.len(), SWEEP_BATCH);
             assert!(swept.more);
         }
@@ -529,13 +514,7 @@ mod tests {
             // r1 was deleted and created again: another object by that name.
             unchecked[1].1.uid = "an-older-uid".into();
             let audit = FakeAudit::default();
-            let m = metrics();
-            let ports = Ports {
-                requests: &requests,
-                audit: &audit,
-                metrics: &m,
-            };
-            let swept = sweep(&ports, unchecked, Vec::new()).await;
+            let (swept, m) = swept(&requests, &audit, unchecked, Vec::new()).await;
             assert_eq!(swept.audited.len(), 2, "both need no further check");
             assert_eq!(m.audit_backfilled.get(), 1, "only r0 was rebuilt");
             let records = audit.records.lock().unwrap();
@@ -553,13 +532,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .insert("u0".into(), ("Completed".into(), 1));
-            let m = metrics();
-            let ports = Ports {
-                requests: &requests,
-                audit: &audit,
-                metrics: &m,
-            };
-            sweep(&ports, unchecked, Vec::new()).await;
+            let (_, m) = swept(&requests, &audit, unchecked, Vec::new()).await;
             assert_eq!(m.audit_backfilled.get(), 1);
         }
     }

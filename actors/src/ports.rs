@@ -159,6 +159,23 @@ pub(crate) mod doubles {
         }))
     }
 
+    /// Request `shop/r` (uid `u1`, resourceVersion `7`) on Deployment
+    /// `shop/web`, with `status`.
+    pub fn request(status: serde_json::Value) -> RemediationRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+            "metadata": {"name": "r", "namespace": "shop", "uid": "u1", "resourceVersion": "7"},
+            "spec": {"fingerprint": "f", "signalName": "s", "severity": "warning",
+                     "source": "generic", "instanceId": "i",
+                     "target": {"kind": "Deployment", "namespace": "shop", "name": "web"},
+                     "signalResource": {"kind": "Deployment", "namespace": "shop", "name": "web"},
+                     "firingTime": "2026-11-22T03:00:00Z", "receivedTime": "2026-11-22T03:00:00Z",
+                     "originalPayload": "{}"},
+            "status": status
+        }))
+        .expect("the fixture is a valid request")
+    }
+
     fn take<T>(script: &Mutex<VecDeque<T>>) -> Option<T> {
         script.lock().unwrap().pop_front()
     }

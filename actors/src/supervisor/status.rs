@@ -382,7 +382,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::ports::doubles::{FakeRequests, api_error};
+    use crate::ports::doubles::{FakeRequests, api_error, request};
 
     fn key() -> RequestKey {
         RequestKey::new("shop", "r")
@@ -407,18 +407,9 @@ mod tests {
 
     /// The request as the API server has it now: `rv`, owned by `owner`.
     fn stored(rv: &str, owner: &str) -> RemediationRequest {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
-            "metadata": {"name": "r", "namespace": "shop", "uid": "u1", "resourceVersion": rv},
-            "spec": {"fingerprint": "f", "signalName": "s", "severity": "warning",
-                     "source": "generic", "instanceId": "i",
-                     "target": {"kind": "Deployment", "namespace": "shop", "name": "web"},
-                     "signalResource": {"kind": "Deployment", "namespace": "shop", "name": "web"},
-                     "firingTime": "2026-11-22T03:00:00Z", "receivedTime": "2026-11-22T03:00:00Z",
-                     "originalPayload": "{}"},
-            "status": {"phase": "Processing", "owner": owner}
-        }))
-        .unwrap()
+        let mut rr = request(serde_json::json!({"phase": "Processing", "owner": owner}));
+        rr.metadata.resource_version = Some(rv.into());
+        rr
     }
 
     /// A writer over `requests`, its reports in a channel.
