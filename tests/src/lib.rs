@@ -329,6 +329,7 @@ impl Gateway {
             protection,
             cloudwatch: Arc::new(cloudwatch),
             approvals: None,
+            limits: kubernaut_gateway::Limits::default(),
         };
         let app = kubernaut_gateway::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -349,6 +350,14 @@ impl Gateway {
 
     pub fn url(&self, source: &str) -> String {
         format!("http://{}/api/v1/signals/{source}", self.addr)
+    }
+
+    /// The gateway's metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("metrics encode into a String");
+        text
     }
 }
 

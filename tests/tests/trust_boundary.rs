@@ -1,16 +1,17 @@
-//! Issue 17: requests others can create act only on what they own. A
-//! request created by hand in one managed namespace, naming a Deployment
-//! of another, changes nothing there.
+//! Issue 17 on the real stack: requests others can create act only on
+//! what they own, and what an alert sender writes is bounded before it
+//! reaches etcd.
 
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
+use kube::api::ListParams;
 use kube::api::PostParams;
 use kubernaut_api::{Phase, RemediationRequest};
 use kubernaut_e2e::{
-    Stack, api_target, control_plane, managed_namespace, now_rfc3339, phase_history,
-    terminal_request, unique,
+    Gateway, Stack, alertmanager_payload, api_target, control_plane, deployment_with_pods,
+    managed_namespace, now_rfc3339, phase_history, post, terminal_request, unique,
 };
 use serde_json::json;
 
@@ -64,4 +65,111 @@ async fn a_request_naming_another_namespaces_target_is_skipped_and_changes_nothi
         .and_then(|s| s.replicas);
     assert_eq!(replicas, Some(1));
     running.shutdown().await
+}
+
+/// One Alertmanager notification for `pod`, its first alert's labels and
+/// annotations extended by `labels` and `annotations`.
+fn hostile(
+    ns: &str,
+    pod: &str,
+    fp: &str,
+    labels: serde_json::Value,
+    annotations: serde_json::Value,
+) -> String {
+    let mut body: serde_json::Value = serde_json::from_str(&alertmanager_payload(
+        "Hostile",
+        ns,
+        &[(pod, fp)],
+        "2026-11-22T03:00:00Z",
+    ))
+    .expect("the harness writes JSON");
+    let alert = &mut body["alerts"][0];
+    for (field, extra) in [("labels", labels), ("annotations", annotations)] {
+        if let (Some(to), Some(from)) = (alert[field].as_object_mut(), extra.as_object()) {
+            to.extend(from.clone());
+        }
+    }
+    body.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_request_a_hostile_sender_can_cause_is_bounded() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "trust-size", "staging").await?;
+    let pods: Vec<String> = deployment_with_pods(&admin, &ns, "web", 3)
+        .await?
+        .into_iter()
+        .collect();
+    let gw = Gateway::start(stack, Some(&stack.redis_url), "gw-trust-size").await?;
+    let url = gw.url("alertmanager");
+
+    // About 200 KiB of annotations: refused, with the bound named.
+    let big = hostile(
+        &ns,
+        &pods[0],
+        "big",
+        json!({}),
+        json!({"description": "x".repeat(200 * 1024)}),
+    );
+    let reply = post(&url, "application/json", big).await?;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(reply.text.contains("annotations hold"), "{}", reply.text);
+    // Too many labels: refused.
+    let labels: serde_json::Map<String, serde_json::Value> =
+        (0..40).map(|i| (format!("l{i}"), json!("v"))).collect();
+    let reply = post(
+        &url,
+        "application/json",
+        hostile(&ns, &pods[1], "many", labels.into(), json!({})),
+    )
+    .await?;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+
+    // Everything at its bound, and NUL and escapes in the severity: taken,
+    // with the control characters gone.
+    let labels: serde_json::Map<String, serde_json::Value> = (0..28)
+        .map(|i| (format!("{i:0>128}"), json!("v".repeat(512))))
+        .collect();
+    let annotations: serde_json::Map<String, serde_json::Value> = (0..8)
+        .map(|i| (format!("a{i}"), json!("é".repeat(1020))))
+        .collect();
+    let mut body: serde_json::Value = serde_json::from_str(&hostile(
+        &ns,
+        &pods[2],
+        "max",
+        labels.into(),
+        annotations.into(),
+    ))?;
+    body["alerts"][0]["labels"]["severity"] = json!("crit\u{0}ical\u{1b}[2J");
+    let reply = post(&url, "application/json", body.to_string()).await?;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+
+    let rrs = Api::<RemediationRequest>::namespaced(admin.clone(), &ns)
+        .list(&ListParams::default())
+        .await?;
+    assert_eq!(rrs.items.len(), 1, "only the bounded alert made a request");
+    let rr = &rrs.items[0];
+    assert_eq!(rr.spec.severity, "critical[2J");
+    assert!(
+        rr.spec
+            .original_payload
+            .ends_with(kubernaut_gateway::limits::TRUNCATED)
+    );
+    let size = serde_json::to_vec(rr)?.len();
+    eprintln!("the largest request object a sender can cause: {size} bytes");
+    assert!(size < 64 * 1024, "{size} bytes");
+    let refused = |reason: &str| {
+        format!(
+            "kubernaut_gateway_signals_total{{source=\"alertmanager\",outcome=\"invalid\",reason=\"{reason}\"}}"
+        )
+    };
+    let text = gw.metrics_text();
+    for reason in ["annotations_too_large", "too_many_labels"] {
+        assert!(
+            text.contains(&format!("{} 1", refused(reason))),
+            "{reason}: {text}"
+        );
+    }
+    Ok(())
 }

@@ -66,6 +66,16 @@ pub async fn pump(events: impl Stream<Item = Event>, st: GatewayState, settings:
         }
         recent.insert(key, Instant::now());
         st.metrics.count(SOURCE, "received", "");
+        let signal = match st.limits.bound(signal) {
+            Ok(s) => s,
+            Err(e) => {
+                if let SignalError::TooLarge(bound, detail) = e {
+                    st.metrics.count(SOURCE, "invalid", bound);
+                    tracing::warn!(%detail, "a watched event is over the gateway's limits; skipped");
+                }
+                continue;
+            }
+        };
         for attempt in 0..3u32 {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;

@@ -13,6 +13,7 @@ pub mod cloudwatch;
 mod error;
 pub mod generic;
 pub mod kubernetes_event;
+pub mod limits;
 pub mod metrics;
 pub mod problem;
 pub mod protect;
@@ -22,6 +23,7 @@ pub mod sns_trust;
 pub mod test_pki;
 
 pub use error::ConfigError;
+pub use limits::Limits;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -62,6 +64,8 @@ pub struct GatewayState {
     pub cloudwatch: Arc<CloudWatch>,
     /// Approvals through HTTP; `None`: the endpoint answers 503.
     pub approvals: Option<Arc<dyn ApprovalDesk>>,
+    /// What one signal, and one request, may carry.
+    pub limits: Limits,
 }
 
 /// The signal endpoints. Serve with
@@ -391,6 +395,8 @@ pub enum SignalError {
     NoTarget(String),
     /// Well-formed and deliberately not acted on (200, rejected).
     Ignored(RejectReason, String),
+    /// Over one of the gateway's [`Limits`] (400), named by the bound.
+    TooLarge(&'static str, String),
 }
 
 /// The kinds a signal may name as its target (the owner resolution in the
@@ -506,12 +512,16 @@ async fn handle_signals(st: &GatewayState, source: &'static str, signals: Parsed
         st.metrics.count(source, "invalid", "");
         return Problem::bad_request("the payload holds no signal").into_response();
     }
-    let handled = futures::stream::iter(signals)
+    let handled = futures::stream::iter(st.limits.bound_all(signals))
         .map(|parsed| async move {
             st.metrics.count(source, "received", "");
             match parsed {
                 Err(SignalError::Invalid(detail)) => {
                     st.metrics.count(source, "invalid", "");
+                    Ok(SignalResult::invalid(detail))
+                }
+                Err(SignalError::TooLarge(bound, detail)) => {
+                    st.metrics.count(source, "invalid", bound);
                     Ok(SignalResult::invalid(detail))
                 }
                 Err(SignalError::NoTarget(detail)) => {

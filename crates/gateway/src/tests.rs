@@ -76,6 +76,7 @@ fn app_with(intake: Arc<Recorder>, protection: ProtectionConfig) -> Router {
         protection: Arc::new(Protection::new(protection)),
         cloudwatch: Arc::new(crate::CloudWatch::disabled()),
         approvals: None,
+        limits: Limits::default(),
     })
 }
 
@@ -455,6 +456,7 @@ async fn a_5xx_body_names_no_internal_error() {
         protection: Arc::new(Protection::new(ProtectionConfig::open())),
         cloudwatch: Arc::new(crate::CloudWatch::disabled()),
         approvals: Some(Arc::new(DownDesk)),
+        limits: Limits::default(),
     });
     let req = Request::post("/api/v1/remediations/shop/rr-1/approval")
         .header("content-type", "application/json")

@@ -255,6 +255,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
             cluster.clone(),
             gateway.auth.token_review.audiences.clone(),
         ))),
+        limits: gateway.limits.clone(),
     };
     let gw_app = kubernaut_gateway::router(gw_state.clone());
     let admin_app = admin_router(Arc::new(registry), ready.clone());

@@ -1,5 +1,5 @@
 //! Generated files in deploy/ must match their sources; regenerate with
-//! `make crds` (the CRD and the generic webhook's schema) or copy config/default.yaml into the ConfigMap.
+//! `make crds` (the CRD, the generic webhook's schema and the ConfigMap of config/default.yaml).
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 

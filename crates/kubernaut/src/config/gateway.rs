@@ -17,6 +17,10 @@ pub struct Gateway {
     pub storm: Storm,
     /// CloudWatch alarms through SNS (K-GW-3).
     pub cloudwatch: kubernaut_gateway::CloudWatchConfig,
+    /// What one signal may carry (labels, annotations, raw payload) and
+    /// how many signals one request may hold.
+    #[serde(default)]
+    pub limits: kubernaut_gateway::Limits,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
