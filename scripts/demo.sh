@@ -124,8 +124,8 @@ kubectl get rr -n kubernaut-demo -o jsonpath='{range .items[?(@.status.analysis.
 say "the production request waits for approval"
 PROD=$(kubectl -n kubernaut-prod get rr -o jsonpath='{.items[0].metadata.name}')
 kubectl -n kubernaut-prod get rr "$PROD" -o jsonpath='{.metadata.name}: {.status.phase} - {.status.message}{"\n"}'
-say "kubectl annotate rr $PROD kubernaut.io/approval=approved kubernaut.io/approved-by=demo-oncall"
-kubectl -n kubernaut-prod annotate rr "$PROD" kubernaut.io/approval=approved kubernaut.io/approved-by=demo-oncall >/dev/null
+say "kubectl annotate rr $PROD kubernaut.io/approval=approved"
+kubectl -n kubernaut-prod annotate rr "$PROD" kubernaut.io/approval=approved >/dev/null
 for _ in $(seq 120); do
   case "$(kubectl -n kubernaut-prod get rr "$PROD" -o jsonpath='{.status.phase}')" in Completed|Failed|TimedOut|Cancelled) break ;; esac
   sleep 0.5

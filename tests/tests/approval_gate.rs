@@ -2,7 +2,7 @@
 //! production StatefulSet change in AwaitingApproval; an approval by
 //! annotation or through the authenticated HTTP endpoint lets it run; the
 //! endpoint refuses callers the API server does not know or RBAC does not
-//! allow.
+//! allow; an approval written before the request waited approves nothing.
 
 use std::time::Duration;
 
@@ -92,10 +92,15 @@ async fn a_production_statefulset_change_waits_and_proceeds_once_annotated() -> 
     );
 
     let api = Api::<RemediationRequest>::namespaced(admin.clone(), &t.namespace);
+    // As `kubectl annotate` writes it; the approved-by text is anyone's to
+    // write, so the field manager is recorded instead.
     let patch = json!({"metadata": {"annotations": {
         "kubernaut.io/approval": "approved", "kubernaut.io/approved-by": "alice@example.com"}}});
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    let kubectl = PatchParams {
+        field_manager: Some("kubectl-annotate".into()),
+        ..PatchParams::default()
+    };
+    api.patch(&name, &kubectl, &Patch::Merge(&patch)).await?;
     let rr = terminal_request(&admin, &t.namespace, &name, TIMEOUT).await?;
     assert_eq!(
         phases(&rr)[..4],
@@ -108,7 +113,10 @@ async fn a_production_statefulset_change_waits_and_proceeds_once_annotated() -> 
     );
     let approval = rr.status.and_then(|s| s.approval).context("approval")?;
     assert_eq!(approval.decision.map(|d| d.as_str()), Some("approved"));
-    assert_eq!(approval.decided_by.as_deref(), Some("alice@example.com"));
+    assert_eq!(
+        approval.decided_by.as_deref(),
+        Some("field manager kubectl-annotate")
+    );
     assert_eq!(replicas(&admin, &t).await?, Some(2));
     assert!(
         metric(
@@ -184,5 +192,43 @@ async fn the_approval_endpoint_authenticates_authorises_and_records_who_decided(
     assert_eq!(replicas(&admin, &t).await?, Some(2));
     let again = post_as(&url, "application/json", body, Some(&oncall)).await?;
     assert_eq!(again.status, 409, "{again:?}");
+    running.shutdown().await
+}
+
+/// Issue 17, finding 2: an approval annotation a request was created with
+/// approves nothing decided later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_written_at_creation_approves_nothing() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let t = production_statefulset(&admin, "gate-early").await?;
+    let running = control_plane(stack, &t.namespace, &[], rules()).await?;
+    let name = kubernaut_e2e::unique("early");
+    let now = kubernaut_e2e::now_rfc3339();
+    let rr: RemediationRequest = serde_json::from_value(json!({
+        "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+        "metadata": {"name": name, "namespace": t.namespace, "annotations": {
+            "kubernaut.io/approval": "approved", "kubernaut.io/approved-by": "mallory"}},
+        "spec": {
+            "fingerprint": kubernaut_e2e::unique("fp"), "signalName": "DbLagging",
+            "severity": "warning", "source": "generic",
+            "instanceId": kubernaut_e2e::unique("instance"),
+            "target": t, "signalResource": t,
+            "firingTime": now, "receivedTime": now, "originalPayload": "{}",
+        },
+    }))?;
+    Api::<RemediationRequest>::namespaced(admin.clone(), &t.namespace)
+        .create(&PostParams::default(), &rr)
+        .await?;
+    let rr = awaiting(&admin, &t, &name).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let api = Api::<RemediationRequest>::namespaced(admin.clone(), &t.namespace);
+    assert_eq!(api.get(&name).await?.phase(), Phase::AwaitingApproval);
+    assert!(
+        rr.status
+            .and_then(|s| s.approval)
+            .is_some_and(|a| a.decision.is_none())
+    );
+    assert_eq!(replicas(&admin, &t).await?, Some(1), "nothing ran");
     running.shutdown().await
 }

@@ -10,6 +10,8 @@ use kubernaut_api::{
     RemediationRequest,
 };
 
+use kubernaut_cluster::FIELD_MANAGER;
+
 use super::{Next, Stage, StageResult, Sup};
 use crate::metrics::{ActorKind, ReasonLabels};
 use crate::rules;
@@ -26,10 +28,20 @@ pub struct Approval {
 }
 
 impl Approval {
-    /// The decision recorded on the request (`kubernaut.io/approval`), and
-    /// who made it: the `kubernaut.io/approved-by` annotation, else the
-    /// field manager that wrote the approval. Any other value is no
-    /// decision.
+    /// The decision recorded on the request (`kubernaut.io/approval`), if
+    /// it was written after the request began waiting, and who made it.
+    ///
+    /// Annotations are anyone's to write who may patch the request, so
+    /// their text is not taken on trust:
+    /// - The decision counts only when its writer's managedFields entry is
+    ///   dated at or after AwaitingApproval began, and (unless the
+    ///   approval endpoint wrote it, which checks the phase before a
+    ///   conditional write) after the request was created: an approval
+    ///   set at creation approves nothing decided later.
+    /// - Who decided is the user the approval endpoint authenticated
+    ///   (its `kubernaut.io/approved-by`, written by the endpoint's field
+    ///   manager), else the field manager that wrote the decision; an
+    ///   `approved-by` anyone else wrote is ignored.
     pub fn of(rr: &RemediationRequest) -> Option<Approval> {
         let annotations = rr.metadata.annotations.as_ref()?;
         let approved = match annotations.get(APPROVAL_ANNOTATION)?.trim() {
@@ -37,20 +49,49 @@ impl Approval {
             v if v.eq_ignore_ascii_case("rejected") => false,
             _ => return None,
         };
-        let field = format!("f:{APPROVAL_ANNOTATION}");
-        let by = annotations
-            .get(APPROVED_BY_ANNOTATION)
-            .cloned()
-            .or_else(|| {
-                rr.metadata.managed_fields.iter().flatten().find_map(|m| {
-                    let fields = &m.fields_v1.as_ref()?.0;
-                    let owns = fields["f:metadata"]["f:annotations"].get(&field).is_some();
-                    owns.then(|| m.manager.clone()).flatten()
-                })
-            })
-            .unwrap_or_else(|| "unknown".into());
+        let waiting_since = rr
+            .status
+            .as_ref()?
+            .phase_history
+            .iter()
+            .rev()
+            .find(|t| t.phase == Phase::AwaitingApproval)?
+            .time
+            .0;
+        let (manager, at) = writer_of(rr, APPROVAL_ANNOTATION)?;
+        let by_endpoint = manager == FIELD_MANAGER;
+        // managedFields times have whole seconds.
+        let waiting_since = waiting_since
+            .round(
+                kubernaut_api::k8s_openapi::jiff::TimestampRound::new()
+                    .smallest(kubernaut_api::k8s_openapi::jiff::Unit::Second)
+                    .mode(kubernaut_api::k8s_openapi::jiff::RoundMode::Trunc),
+            )
+            .ok()?;
+        let created = rr.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        if at < waiting_since || (!by_endpoint && created.is_some_and(|c| at <= c)) {
+            return None;
+        }
+        let endorsed = annotations.get(APPROVED_BY_ANNOTATION).filter(|_| {
+            by_endpoint
+                && writer_of(rr, APPROVED_BY_ANNOTATION).is_some_and(|(m, _)| m == FIELD_MANAGER)
+        });
+        let by = match endorsed {
+            Some(user) => user.clone(),
+            None => format!("field manager {manager}"),
+        };
         Some(Approval { approved, by })
     }
+}
+
+/// The field manager that last wrote annotation `key`, and when.
+fn writer_of(rr: &RemediationRequest, key: &str) -> Option<(String, Timestamp)> {
+    let field = format!("f:{key}");
+    rr.metadata.managed_fields.iter().flatten().find_map(|m| {
+        let fields = &m.fields_v1.as_ref()?.0;
+        fields["f:metadata"]["f:annotations"].get(&field)?;
+        Some((m.manager.clone()?, m.time.as_ref()?.0))
+    })
 }
 
 impl Stage for AwaitingApproval {
@@ -243,31 +284,101 @@ mod tests {
         .unwrap()
     }
 
+    /// A request waiting since 03:00:10, created at 03:00:00, whose
+    /// annotations were written by `managed` (manager, time, keys).
+    fn waiting(
+        annotations: serde_json::Value,
+        managed: &[(&str, &str, &[&str])],
+    ) -> kubernaut_api::RemediationRequest {
+        let managed: Vec<serde_json::Value> = managed
+            .iter()
+            .map(|(manager, time, keys)| {
+                let fields: serde_json::Map<String, serde_json::Value> = keys
+                    .iter()
+                    .map(|k| (format!("f:{k}"), serde_json::json!({})))
+                    .collect();
+                serde_json::json!({"manager": manager, "operation": "Update", "time": time,
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:annotations": fields}}})
+            })
+            .collect();
+        let mut rr = request(serde_json::json!({"name": "r", "annotations": annotations,
+            "creationTimestamp": "2026-11-22T03:00:00Z", "managedFields": managed}));
+        rr.status = Some(serde_json::from_value(serde_json::json!({
+            "phase": "AwaitingApproval",
+            "phaseHistory": [
+                {"phase": "Processing", "time": "2026-11-22T03:00:01Z", "reason": "Started"},
+                {"phase": "AwaitingApproval", "time": "2026-11-22T03:00:10.500Z", "reason": "ApprovalRequired"}]
+        })).unwrap());
+        rr
+    }
+
+    const APPROVAL: &str = "kubernaut.io/approval";
+    const BY: &str = "kubernaut.io/approved-by";
+
     #[test]
-    fn an_approval_names_who_decided() {
-        let managed = serde_json::json!([
-            {"manager": "kube-controller", "operation": "Update", "fieldsType": "FieldsV1",
-             "fieldsV1": {"f:status": {}}},
-            {"manager": "kubectl-annotate", "operation": "Update", "fieldsType": "FieldsV1",
-             "fieldsV1": {"f:metadata": {"f:annotations": {"f:kubernaut.io/approval": {}}}}}
-        ]);
-        let rr = request(serde_json::json!({"name": "r",
-            "annotations": {"kubernaut.io/approval": " Approved "}, "managedFields": managed}));
-        let by_manager = Approval {
-            approved: true,
-            by: "kubectl-annotate".into(),
-        };
-        assert_eq!(Approval::of(&rr), Some(by_manager));
-        let rr = request(serde_json::json!({"name": "r", "annotations": {
-            "kubernaut.io/approval": "rejected", "kubernaut.io/approved-by": "alice"}}));
-        let by_alice = Approval {
-            approved: false,
-            by: "alice".into(),
-        };
-        assert_eq!(Approval::of(&rr), Some(by_alice));
+    fn only_an_approval_written_while_waiting_counts() {
+        let approved = serde_json::json!({APPROVAL: " Approved "});
+        let rr = waiting(
+            approved.clone(),
+            &[("kubectl-annotate", "2026-11-22T03:00:20Z", &[APPROVAL])],
+        );
+        assert_eq!(
+            Approval::of(&rr),
+            Some(Approval {
+                approved: true,
+                by: "field manager kubectl-annotate".into()
+            })
+        );
+        // Written at creation, or before the wait began: approves nothing.
+        for at in ["2026-11-22T03:00:00Z", "2026-11-22T03:00:05Z"] {
+            let rr = waiting(approved.clone(), &[("kubectl-create", at, &[APPROVAL])]);
+            assert_eq!(Approval::of(&rr), None, "{at}");
+        }
+        // Not waiting (yet): nothing to decide.
+        let mut rr = waiting(
+            approved,
+            &[("kubectl-annotate", "2026-11-22T03:00:20Z", &[APPROVAL])],
+        );
+        rr.status.as_mut().unwrap().phase_history.pop();
+        assert_eq!(Approval::of(&rr), None);
+    }
+
+    #[test]
+    fn the_approver_is_the_endpoints_user_or_the_field_manager_never_an_annotations_text() {
+        let by_alice = serde_json::json!({APPROVAL: "rejected", BY: "alice"});
+        let rr = waiting(
+            by_alice.clone(),
+            &[("kubectl-annotate", "2026-11-22T03:00:20Z", &[APPROVAL, BY])],
+        );
+        assert_eq!(
+            Approval::of(&rr),
+            Some(Approval {
+                approved: false,
+                by: "field manager kubectl-annotate".into()
+            }),
+            "approved-by written by anyone but the endpoint is ignored"
+        );
+        let rr = waiting(
+            by_alice,
+            &[(
+                "kubernaut-controller",
+                "2026-11-22T03:00:10Z",
+                &[APPROVAL, BY],
+            )],
+        );
+        assert_eq!(
+            Approval::of(&rr),
+            Some(Approval {
+                approved: false,
+                by: "alice".into()
+            }),
+            "the endpoint's write in the second the wait began counts"
+        );
         for value in ["yes", ""] {
-            let rr = request(serde_json::json!({"name": "r",
-                "annotations": {"kubernaut.io/approval": value}}));
+            let rr = waiting(
+                serde_json::json!({APPROVAL: value}),
+                &[("kubectl-annotate", "2026-11-22T03:00:20Z", &[APPROVAL])],
+            );
             assert_eq!(Approval::of(&rr), None, "{value:?} is no decision");
         }
         assert_eq!(
