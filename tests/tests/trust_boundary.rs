@@ -10,8 +10,9 @@ use kube::api::ListParams;
 use kube::api::PostParams;
 use kubernaut_api::{Phase, RemediationRequest};
 use kubernaut_e2e::{
-    Gateway, Stack, alertmanager_payload, api_target, control_plane, deployment_with_pods,
-    managed_namespace, now_rfc3339, phase_history, post, terminal_request, unique,
+    Gateway, Stack, alertmanager_payload, api_target, control_plane, create_request, deployment,
+    deployment_with_pods, eventually, managed_namespace, now_rfc3339, phase_history, post,
+    terminal_request, unique,
 };
 use serde_json::json;
 
@@ -172,4 +173,61 @@ async fn the_largest_request_a_hostile_sender_can_cause_is_bounded() -> anyhow::
         );
     }
     Ok(())
+}
+
+/// Issue 17, finding 7: a Deployment holding a literal password is
+/// changed; neither the audit trail nor the request's status holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_literal_password_in_a_changed_object_reaches_neither_postgres_nor_the_status()
+-> anyhow::Result<()> {
+    const PASSWORD: &str = "correct-horse-battery-staple";
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "trust-secret", "staging").await?;
+    let mut d = serde_json::to_value(deployment("api", 1))?;
+    d["metadata"]["annotations"] = json!({
+        "kubectl.kubernetes.io/last-applied-configuration":
+            format!("{{\"env\":[{{\"name\":\"DB_PASSWORD\",\"value\":\"{PASSWORD}\"}}]}}")
+    });
+    d["spec"]["template"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "DB_PASSWORD", "value": PASSWORD}]);
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &serde_json::from_value(d)?)
+        .await?;
+    let t = kubernaut_api::ObjectRef::new("Deployment", &ns, "api");
+    let rules = json!([{ "signal": "Leaky", "action": "scale_deployment",
+        "parameters": {"namespace": "{{target.namespace}}", "name": "{{target.name}}", "replicas": 2} }]);
+    let running = control_plane(stack, &ns, &[], rules).await?;
+    let name = create_request(&admin, "Leaky", &t, false).await?;
+    let rr = terminal_request(&admin, &ns, &name, TIMEOUT).await?;
+    assert_eq!(rr.phase(), Phase::Completed, "{:?}", phase_history(&rr));
+    let uid = rr.metadata.uid.clone().unwrap_or_default();
+
+    let db = sqlx::PgPool::connect(&stack.database_url).await?;
+    let details: Vec<String> = eventually("the step's end in the audit trail", TIMEOUT, || async {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT detail::text FROM remediation_events WHERE request_uid = $1",
+        )
+        .bind(&uid)
+        .fetch_all(&db)
+        .await?;
+        Ok(rows
+            .iter()
+            .any(|d| d.contains("scale_deployment"))
+            .then_some(rows))
+    })
+    .await?;
+    let recorded = details.join("\n");
+    assert!(
+        recorded.contains("\"replicas\""),
+        "the change itself is recorded: {recorded}"
+    );
+    assert!(!recorded.contains(PASSWORD), "{recorded}");
+    assert!(
+        recorded.contains("DB_PASSWORD") && recorded.contains("<redacted>"),
+        "the object is recorded, its value redacted: {recorded}"
+    );
+    let status = serde_json::to_string(&rr.status)?;
+    assert!(!status.contains(PASSWORD), "{status}");
+    running.shutdown().await
 }

@@ -12,6 +12,7 @@ mod members;
 mod occurrences;
 mod owners;
 mod recorder;
+pub mod redact;
 mod requests;
 mod status;
 mod tokens;

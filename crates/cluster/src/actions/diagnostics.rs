@@ -35,25 +35,6 @@ pub struct CollectDiagnostics {
     pub name: String,
 }
 
-/// Drops what must not be recorded: managed fields, env values.
-fn redact(v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            map.remove("managedFields");
-            if let Some(Value::Array(env)) = map.get_mut("env") {
-                for e in env {
-                    if let Some(value) = e.get_mut("value") {
-                        *value = json!("<redacted>");
-                    }
-                }
-            }
-            map.values_mut().for_each(redact);
-        }
-        Value::Array(items) => items.iter_mut().for_each(redact),
-        _ => {}
-    }
-}
-
 impl Cluster {
     /// What collect_diagnostics records, read for the analysis prompt.
     pub async fn diagnostics(&self, target: &ObjectRef) -> Result<Value, ActionError> {
@@ -101,7 +82,7 @@ impl Cluster {
         let Some(mut object) = object else {
             return Err(ActionError::NotFound(target));
         };
-        redact(&mut object);
+        crate::redact::redact(&mut object);
 
         let events_api: Api<Event> = if d.namespace.is_empty() {
             Api::all(client.clone())
@@ -198,26 +179,5 @@ impl Action for CollectDiagnostics {
                 format!("collected diagnostics of {}", cx.target),
             ))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn environment_values_and_managed_fields_are_redacted_everywhere() {
-        let mut v = json!({"metadata": {"managedFields": [{"manager": "kubectl"}], "name": "p"},
-            "spec": {"template": {"spec": {"containers": [{"name": "app",
-                "env": [{"name": "DB_PASSWORD", "value": "hunter2"},
-                        {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}}}});
-        redact(&mut v);
-        let text = v.to_string();
-        assert!(!text.contains("hunter2"), "{text}");
-        assert!(!text.contains("managedFields"), "{text}");
-        assert!(
-            text.contains("DB_PASSWORD") && text.contains("secretKeyRef"),
-            "{text}"
-        );
     }
 }
