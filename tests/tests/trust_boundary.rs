@@ -231,3 +231,40 @@ async fn a_literal_password_in_a_changed_object_reaches_neither_postgres_nor_the
     assert!(!status.contains(PASSWORD), "{status}");
     running.shutdown().await
 }
+
+/// Issue 17, finding 9: a rule filled from alert labels cannot reach
+/// beyond the request: a step aimed at another namespace is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_steered_by_labels_to_another_namespace_is_refused() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let victim = api_target(&admin, "trust-rule-victim").await?;
+    let t = api_target(&admin, "trust-rule-home").await?;
+    let rules = json!([{ "signal": "Steered", "action": "scale_deployment",
+        "parameters": {"namespace": "{{labels.ns}}", "name": "api", "replicas": 0} }]);
+    let running = control_plane(stack, &t.namespace, &[], rules).await?;
+    let name = kubernaut_e2e::create_request_with(
+        &admin,
+        "Steered",
+        &t,
+        false,
+        json!({"labels": {"ns": victim.namespace}}),
+    )
+    .await?;
+    let rr = terminal_request(&admin, &t.namespace, &name, TIMEOUT).await?;
+    assert_eq!(rr.phase(), Phase::Failed, "{:?}", phase_history(&rr));
+    let status = serde_json::to_string(&rr.status)?;
+    assert!(
+        status.contains("is not one of the request's own objects"),
+        "{status}"
+    );
+    for ns in [&victim.namespace, &t.namespace] {
+        let replicas = Api::<Deployment>::namespaced(admin.clone(), ns)
+            .get("api")
+            .await?
+            .spec
+            .and_then(|s| s.replicas);
+        assert_eq!(replicas, Some(1), "{ns}");
+    }
+    running.shutdown().await
+}

@@ -160,6 +160,9 @@ fn call_for(st: &mut State, i: usize) -> Result<ActionCall, String> {
         &st.calls,
         &st.a.settings.holder,
     )?;
+    if let Some(owned) = &st.a.owned {
+        owned.check(&call, &st.a.settings.holder)?;
+    }
     st.calls[i] = Some(call.clone());
     Ok(call)
 }

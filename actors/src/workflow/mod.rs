@@ -127,6 +127,43 @@ pub enum Out {
 
 pub type Sink = Arc<dyn Fn(Out) + Send + Sync>;
 
+/// A request's own objects, the only ones its steps may act on, whoever
+/// chose them (a rule filled from alert labels, the LLM, a storm's
+/// fan-out): namespaced objects of the request's namespace, and the
+/// cluster-scoped objects the request is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owned {
+    pub namespace: String,
+    /// The target, the signal's resource and the owner chain.
+    pub objects: Vec<ObjectRef>,
+}
+
+impl Owned {
+    pub fn admits(&self, o: &ObjectRef) -> bool {
+        if o.namespace.is_empty() {
+            self.objects.contains(o)
+        } else {
+            o.namespace == self.namespace
+        }
+    }
+
+    /// Refuses a call on anything but the request's own objects.
+    pub fn check(&self, call: &ActionCall, holder: &str) -> Result<(), String> {
+        match call.target_of(holder) {
+            Some(target) if !self.admits(&target) => Err(format!(
+                "refused: {target} is not one of the request's own objects (namespace {:?}, or {})",
+                self.namespace,
+                self.objects
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A running step's recorded intent: what it was about to change.
 #[derive(Clone, Debug, Default)]
 pub struct Intent {
@@ -138,6 +175,9 @@ pub struct Intent {
 pub struct Args {
     pub cluster: Cluster,
     pub workflow: Workflow,
+    /// What the steps may act on: a request's own objects; `None` for a
+    /// workflow run on its own.
+    pub owned: Option<Owned>,
     pub settings: ExecSettings,
     pub default_timeout: Duration,
     /// The steps as recorded before a restart, to resume from.
@@ -175,6 +215,7 @@ pub async fn run(
     let args = Args {
         cluster: cluster.clone(),
         workflow: workflow.clone(),
+        owned: None,
         settings: settings.clone(),
         default_timeout,
         recorded: None,
@@ -436,10 +477,14 @@ fn prepare(st: &mut State) -> Result<(), InvalidWorkflow> {
             ));
         }
         st.calls.push(if refs.is_empty() {
-            Some(
-                ActionCall::parse(&s.action, s.parameters.clone())
-                    .map_err(|e| InvalidWorkflow::Parameters(s.id.clone(), e))?,
-            )
+            let call = ActionCall::parse(&s.action, s.parameters.clone())
+                .map_err(|e| InvalidWorkflow::Parameters(s.id.clone(), e))?;
+            if let Some(owned) = &st.a.owned {
+                owned
+                    .check(&call, &st.a.settings.holder)
+                    .map_err(|e| InvalidWorkflow::Parameters(s.id.clone(), e))?;
+            }
+            Some(call)
         } else {
             None
         });
@@ -533,4 +578,22 @@ fn finish(myself: &ActorRef<Envelope<Msg>>, st: &mut State, rollback_order: Vec<
     };
     (st.a.sink)(Out::Finished(Ok(report)));
     myself.stop(None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_owns_its_namespace_and_the_cluster_scoped_objects_it_is_about() {
+        let node = ObjectRef::new("Node", "", "n1");
+        let owned = Owned {
+            namespace: "shop".into(),
+            objects: vec![ObjectRef::new("Deployment", "shop", "web"), node.clone()],
+        };
+        assert!(owned.admits(&ObjectRef::new("Pod", "shop", "web-1")));
+        assert!(owned.admits(&node));
+        assert!(!owned.admits(&ObjectRef::new("Deployment", "bank", "web")));
+        assert!(!owned.admits(&ObjectRef::new("Node", "", "n2")));
+    }
 }

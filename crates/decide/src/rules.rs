@@ -162,11 +162,15 @@ pub fn storm_plan(
     };
     let mut rule = String::new();
     for (i, target) in targets.iter().enumerate() {
+        // Each target as itself: the storm's labels and annotations are
+        // the first signal's, and would name its pod for every target.
         let one = RemediationRequestSpec {
             signal_name: alert.clone(),
             target: target.clone(),
             signal_resource: target.clone(),
             storm: None,
+            labels: Default::default(),
+            annotations: Default::default(),
             ..spec.clone()
         };
         let d = decide(rules, &one)?;
@@ -326,6 +330,14 @@ mod tests {
         assert_eq!((w.max_parallel, w.max_failure_ratio), (Some(2), Some(0.25)));
         let known: Vec<&str> = catalogue().iter().map(|a| a.name).collect();
         assert!(w.validate(&known).is_ok());
+        // A rule that names its object by the signal's labels cannot be
+        // run per target: the storm's labels are one target's.
+        let by_label: Rule = serde_json::from_value(serde_json::json!({"signal": "HighLatency",
+            "action": "restart_pod", "parameters": {"namespace": "shop", "name": "{{labels.pod}}"}}))
+        .unwrap();
+        let mut labelled = storm.clone();
+        labelled.labels.insert("pod".into(), "a-1".into());
+        assert!(storm_plan(&[by_label], &labelled, &targets, policy).is_err());
         assert!(matches!(
             storm_plan(&[], &storm, &targets, policy),
             Err(RuleError::NoRule(_))

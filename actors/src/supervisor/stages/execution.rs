@@ -54,9 +54,15 @@ impl Stage for Execution {
             }
             Some(exec) => {
                 let ctx = &sup.ctx;
+                let mut objects = vec![sup.spec.target.clone(), sup.spec.signal_resource.clone()];
+                objects.extend(sup.spec.owner_chain.iter().cloned());
                 Next::Workflow(Box::new(workflow::Args {
                     cluster: ctx.cluster.clone(),
                     workflow: analysis.workflow.clone(),
+                    owned: Some(workflow::Owned {
+                        namespace: sup.namespace.clone(),
+                        objects,
+                    }),
                     settings: sup.exec_settings(),
                     default_timeout: ctx.settings.step_timeout,
                     recorded: Some(exec),
