@@ -963,8 +963,7 @@ fn storm_settings() -> kubernaut_intake::StormSettings {
 pub const SNS_TOPICS: &str = "arn:aws:sns:eu-west-1:123456789012:kubernaut-*";
 /// An accepted topic.
 pub const SNS_TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:kubernaut-alarms";
-pub const SNS_CERT_URL: &str =
-    "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0000000000000000000000.pem";
+pub const SNS_CERT_URL: &str = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-00000000000000000000000000000000.pem";
 
 /// The CloudWatch settings of test gateways: as where AWS is unreachable,
 /// the test PKI's `signer` certificate is trusted and nothing is fetched;

@@ -257,6 +257,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
         /// Whatever a sender puts in, what is kept is within the bounds
         /// and holds no control character but line breaks and tabs.
         #[test]

@@ -17,6 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hashlink::LruCache;
 use kubernaut_api::TokenReviewer;
 use kubernaut_api::signal::sha256_hex;
 
@@ -27,8 +28,14 @@ use crate::problem::Problem;
 /// within a minute, and a storm does not turn into a storm of reviews.
 const REVIEW_TTL_OK: Duration = Duration::from_secs(60);
 const REVIEW_TTL_DENIED: Duration = Duration::from_secs(10);
-/// Bound on cached review answers; the cache starts over when full.
+/// Bound on cached review answers (by token digest); past it the least
+/// recently used goes. Unknown tokens are cached too (as refused), so a
+/// sender cycling through made-up tokens costs one review each, and no
+/// more than this much memory.
 const REVIEW_CACHE_MAX: usize = 10_000;
+/// TokenReviews in flight at once; past it a request is answered 503
+/// rather than queueing on the API server.
+const REVIEWS_IN_FLIGHT: usize = 32;
 /// Rate-limiter keys not seen for a while are dropped this often.
 const LIMITER_CLEANUP_EVERY: u64 = 10_000;
 
@@ -109,7 +116,8 @@ pub struct Protection {
     static_digests: HashMap<String, usize>,
     allowed_users: HashSet<String>,
     allowed_groups: HashSet<String>,
-    reviews: Mutex<HashMap<String, (Instant, Verdict)>>,
+    reviews: Mutex<LruCache<String, (Instant, Verdict)>>,
+    reviewing: tokio::sync::Semaphore,
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     per_identity: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
@@ -142,7 +150,8 @@ impl Protection {
             static_digests,
             allowed_users,
             allowed_groups,
-            reviews: Mutex::default(),
+            reviews: Mutex::new(LruCache::new(REVIEW_CACHE_MAX)),
+            reviewing: tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT),
             clock: DefaultClock::default(),
             seen: Default::default(),
         }
@@ -174,6 +183,11 @@ impl Protection {
         if let Some(cached) = self.cached_review(&digest) {
             return cached;
         }
+        let Ok(_permit) = self.reviewing.try_acquire() else {
+            return Err(Refusal::ReviewUnavailable(format!(
+                "more than {REVIEWS_IN_FLIGHT} token reviews in flight"
+            )));
+        };
         let verdict = match policy.reviewer.review(token).await {
             Ok(None) => Err(Refusal::InvalidToken),
             Ok(Some(user)) => {
@@ -193,20 +207,27 @@ impl Protection {
         } else {
             REVIEW_TTL_DENIED
         };
-        let mut cache = self.reviews.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= REVIEW_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(digest, (Instant::now() + ttl, verdict.clone()));
+        self.reviews
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(digest, (Instant::now() + ttl, verdict.clone()));
         verdict
     }
 
     fn cached_review(&self, digest: &str) -> Option<Verdict> {
-        let cache = self.reviews.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self.reviews.lock().unwrap_or_else(PoisonError::into_inner);
         cache
             .get(digest)
             .filter(|(until, _)| *until > Instant::now())
             .map(|(_, v)| v.clone())
+    }
+
+    /// Review answers held, for tests of the bound.
+    pub fn cached_reviews(&self) -> usize {
+        self.reviews
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// The per-identity limit alone, for endpoints that authenticate the

@@ -69,7 +69,9 @@ impl SnsMessage {
 
 /// The signing certificate must come from SNS itself: `https`, a host
 /// matching `^sns\.[a-zA-Z0-9\-]{3,}\.amazonaws\.com(\.cn)?$` (no port, no
-/// user info) and a path ending in `.pem` (no query or fragment).
+/// user info) and the path SNS uses,
+/// `/SimpleNotificationService-[0-9a-f]{32}.pem` (no query or fragment):
+/// nothing else on an SNS host is fetched before a signature checks out.
 pub fn check_cert_url(url: &str) -> Result<(), String> {
     let refuse = |why: &str| Err(format!("SigningCertURL {url:?} refused: {why}"));
     let path = match sns_path(url) {
@@ -79,10 +81,15 @@ pub fn check_cert_url(url: &str) -> Result<(), String> {
     if path.contains(['?', '#']) {
         return refuse("has a query or fragment");
     }
-    if !path.ends_with(".pem") {
-        return refuse("does not end in .pem");
+    let digest = path
+        .strip_prefix("/SimpleNotificationService-")
+        .and_then(|p| p.strip_suffix(".pem"));
+    match digest {
+        Some(d) if d.len() == 32 && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            Ok(())
+        }
+        _ => refuse("is not /SimpleNotificationService-<32 hex digits>.pem"),
     }
-    Ok(())
 }
 
 /// A SubscribeURL is only ever fetched on an SNS host (the same host rule as
@@ -135,7 +142,7 @@ pub(crate) mod tests {
         "Timestamp": "2026-11-22T03:00:00.000Z",
         "SignatureVersion": "2",
         "Signature": "c2ln",
-        "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
+        "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem",
         "UnsubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=Unsubscribe"
     }"#;
 
@@ -184,9 +191,8 @@ pub(crate) mod tests {
     #[test]
     fn only_sns_certificate_urls_are_accepted() {
         for ok in [
-            "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
-            "https://sns.cn-north-1.amazonaws.com.cn/cert.pem",
-            "https://sns.us-gov-west-1.amazonaws.com/a/b.pem",
+            "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem",
+            "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem",
         ] {
             assert_eq!(check_cert_url(ok), Ok(()), "{ok}");
         }
@@ -201,6 +207,10 @@ pub(crate) mod tests {
             "https://sns.eu-west-1.amazonaws.com:8443/cert.pem",
             "https://sns.eu-west-1.amazonaws.com/cert.pem?x=.pem",
             "https://amazonaws.com/cert.pem",
+            "https://sns.us-gov-west-1.amazonaws.com/a/b.pem",
+            "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
+            "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789ABCDEF0123456789ABCDEF.pem",
+            "https://sns.eu-west-1.amazonaws.com/x/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem",
             "",
         ] {
             assert!(check_cert_url(bad).is_err(), "{bad}");

@@ -7,7 +7,7 @@
 //! Callers check the URL rules ([`crate::sns::check_cert_url`]) first: this
 //! module fetches whatever URL it is given.
 
-use std::collections::HashMap;
+use hashlink::LruCache;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,8 +29,17 @@ const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.1
 /// A fetched certificate is used this long; SNS names a new certificate by a
 /// new URL, so the content behind one URL does not change.
 const CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
-/// At most this many certificate URLs are remembered (SNS uses a handful).
+/// At most this many certificate URLs are remembered (SNS uses a handful);
+/// past it the least recently used goes.
 const CACHE_MAX: usize = 64;
+/// A failed fetch is remembered this long: a sender naming URLs that fail
+/// does not make the gateway fetch on every message.
+const FAILURE_TTL: Duration = Duration::from_secs(30);
+/// Certificate fetches in flight at once, over all URLs; a fetch waits at
+/// most [`FETCH_QUEUE_WAIT`] for its turn, then the message is answered 503
+/// and SNS delivers it again.
+const FETCHES_IN_FLIGHT: usize = 4;
+const FETCH_QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 /// The public key of one signing certificate and when it may be used.
 #[derive(Clone, Debug)]
@@ -193,14 +202,17 @@ pub enum TrustError {
     Unavailable(String),
 }
 
-type CachedKeys = Arc<tokio::sync::OnceCell<Arc<Vec<SigningKey>>>>;
+/// One URL's keys, or why they could not be had; fetched once however
+/// many messages ask at the same time.
+type CachedKeys = Arc<tokio::sync::OnceCell<Result<Arc<Vec<SigningKey>>, TrustError>>>;
 
 /// The keys messages may be signed with.
 pub struct Trust {
     trusted: Vec<SigningKey>,
     /// `None`: trusted certificates only, nothing is fetched.
     fetch: Option<Arc<dyn Fetch>>,
-    cache: Mutex<HashMap<String, (Instant, CachedKeys)>>,
+    cache: Mutex<LruCache<String, (Instant, CachedKeys)>>,
+    fetching: tokio::sync::Semaphore,
 }
 
 impl Trust {
@@ -208,7 +220,8 @@ impl Trust {
         Self {
             trusted,
             fetch,
-            cache: Mutex::default(),
+            cache: Mutex::new(LruCache::new(CACHE_MAX)),
+            fetching: tokio::sync::Semaphore::new(FETCHES_IN_FLIGHT),
         }
     }
 
@@ -243,7 +256,8 @@ impl Trust {
     }
 
     /// The keys at `url`: from the cache, or fetched once however many
-    /// messages ask at the same time. A failed fetch is not remembered.
+    /// messages ask at the same time. A failure is remembered for
+    /// [`FAILURE_TTL`], the keys for [`CACHE_TTL`].
     async fn fetched(
         &self,
         fetch: &dyn Fetch,
@@ -252,21 +266,29 @@ impl Trust {
         let cell = {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
-            if cache.len() >= CACHE_MAX && !cache.contains_key(url) {
-                cache.retain(|_, (at, _)| now.duration_since(*at) < CACHE_TTL);
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
-                }
+            let fresh = cache.get(url).is_some_and(|(at, cell)| {
+                let ttl = match cell.get() {
+                    Some(Err(_)) => FAILURE_TTL,
+                    _ => CACHE_TTL,
+                };
+                now.duration_since(*at) < ttl
+            });
+            if !fresh {
+                cache.insert(url.to_string(), (now, CachedKeys::default()));
             }
-            let entry = cache
-                .entry(url.to_string())
-                .or_insert_with(|| (now, CachedKeys::default()));
-            if now.duration_since(entry.0) >= CACHE_TTL {
-                *entry = (now, CachedKeys::default());
+            match cache.get(url) {
+                Some((_, cell)) => cell.clone(),
+                None => CachedKeys::default(),
             }
-            entry.1.clone()
         };
-        cell.get_or_try_init(|| async {
+        cell.get_or_init(|| async {
+            let Ok(Ok(_permit)) =
+                tokio::time::timeout(FETCH_QUEUE_WAIT, self.fetching.acquire()).await
+            else {
+                return Err(TrustError::Unavailable(
+                    "too many signing certificates are being fetched".into(),
+                ));
+            };
             let pem = fetch.get(url).await.map_err(TrustError::Unavailable)?;
             let keys = SigningKey::from_pem(&pem).map_err(|e| {
                 TrustError::Refused(format!("the certificate at {url} is unusable: {e}"))
@@ -275,7 +297,15 @@ impl Trust {
             Ok(Arc::new(keys))
         })
         .await
-        .cloned()
+        .clone()
+    }
+
+    #[cfg(test)]
+    fn cached_urls(&self) -> usize {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -416,7 +446,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_certificate_asks_for_a_retry_and_is_fetched_again() {
+    async fn an_unreachable_certificate_asks_for_a_retry_and_is_not_fetched_again_at_once() {
         struct Down(AtomicUsize);
         impl Fetch for Down {
             fn get<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Vec<u8>, String>> {
@@ -427,13 +457,43 @@ mod tests {
         let down = Arc::new(Down(AtomicUsize::new(0)));
         let trust = Trust::new(Vec::new(), Some(down.clone()));
         let m = signed(Pki::get(), "signer", "2", NOTIFICATION);
-        for _ in 0..2 {
+        for _ in 0..3 {
             assert!(matches!(
                 trust.verify(&m, SystemTime::now()).await,
                 Err(TrustError::Unavailable(_))
             ));
         }
-        assert_eq!(down.0.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            down.0.load(Ordering::SeqCst),
+            1,
+            "the failure is remembered for a while"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+        /// However many certificate URLs senders name, the cache holds at
+        /// most CACHE_MAX of them.
+        #[test]
+        fn the_certificate_cache_stays_within_its_bound(
+            urls in proptest::collection::vec("[0-9a-f]{32}", 1..200)
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            struct Refusing;
+            impl Fetch for Refusing {
+                fn get<'a>(&'a self, _url: &'a str) -> BoxFuture<'a, Result<Vec<u8>, String>> {
+                    Box::pin(async { Err("refused".to_string()) })
+                }
+            }
+            let trust = Trust::new(Vec::new(), Some(Arc::new(Refusing)));
+            rt.block_on(async {
+                for u in &urls {
+                    let url = format!("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-{u}.pem");
+                    let _ = trust.fetched(trust.fetch.as_deref().unwrap(), &url).await;
+                }
+            });
+            proptest::prop_assert!(trust.cached_urls() <= CACHE_MAX);
+        }
     }
 
     #[test]

@@ -281,6 +281,32 @@ mod protection {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3))]
+        /// Senders cycling through made-up tokens: each costs at most one
+        /// review, and the cache of answers stays within its bound.
+        #[test]
+        fn the_review_cache_stays_within_its_bound(extra in 1usize..300, seed in "[a-z]{8}") {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let reviewer = Arc::new(Reviewer::default());
+            let p = Protection::new(guarded(Some(reviewer.clone())));
+            let n = 10_000 + extra;
+            rt.block_on(async {
+                for i in 0..n {
+                    let mut headers = axum::http::HeaderMap::new();
+                    headers.insert(
+                        "authorization",
+                        format!("Bearer {seed}-{i}").parse().unwrap(),
+                    );
+                    proptest::prop_assert!(p.authenticate(&headers).await.is_err());
+                }
+                Ok(())
+            })?;
+            proptest::prop_assert!(p.cached_reviews() <= 10_000);
+            proptest::prop_assert_eq!(reviewer.asked.load(Ordering::SeqCst), n);
+        }
+    }
+
     async fn send(app: Router, token: Option<&str>) -> axum::response::Response {
         let mut req = Request::post("/api/v1/signals/alertmanager")
             .header("content-type", "application/json");

@@ -37,7 +37,7 @@ use kubernaut_store::index::{IndexResult, SignalIndex};
 
 pub use metrics::IntakeMetrics;
 pub use storm::StormSettings;
-use storm::{LocalWindow, storm_outcome};
+use storm::{LocalWindows, storm_outcome};
 
 type Result<T, E = kubernaut_cluster::Error> = std::result::Result<T, E>;
 
@@ -81,7 +81,7 @@ struct Inner {
     last_redis_warning: AtomicU64,
     /// The last Redis call failed.
     redis_down: AtomicBool,
-    local_windows: Mutex<HashMap<String, LocalWindow>>,
+    local_windows: Mutex<LocalWindows>,
     environments: Mutex<HashMap<String, (Instant, String)>>,
 }
 
