@@ -30,6 +30,41 @@ impl KubeApprovals {
     }
 }
 
+impl Cluster {
+    /// Whether RBAC lets `user` (in `groups`) approve request
+    /// `namespace/name`: a SubjectAccessReview for the verb `approve` on
+    /// `remediationrequests`. An error when the API server cannot say.
+    pub async fn may_approve(
+        &self,
+        user: &str,
+        groups: &[String],
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool, String> {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.to_string()),
+                groups: Some(groups.to_vec()),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("kubernaut.io".into()),
+                    resource: Some("remediationrequests".into()),
+                    verb: Some("approve".into()),
+                    namespace: Some(namespace.into()),
+                    name: Some(name.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let reviews: Api<SubjectAccessReview> = Api::all(self.client().clone());
+        let answer = bounded(reviews.create(&PostParams::default(), &review))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(answer.status.is_some_and(|s| s.allowed))
+    }
+}
+
 #[async_trait]
 impl ApprovalDesk for KubeApprovals {
     async fn decide(
@@ -45,27 +80,12 @@ impl ApprovalDesk for KubeApprovals {
             .await
             .map_err(ApprovalError::Unavailable)?
             .ok_or(ApprovalError::Unauthenticated)?;
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(user.username.clone()),
-                groups: Some(user.groups.clone()),
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some("kubernaut.io".into()),
-                    resource: Some("remediationrequests".into()),
-                    verb: Some("approve".into()),
-                    namespace: Some(namespace.into()),
-                    name: Some(name.into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let reviews: Api<SubjectAccessReview> = Api::all(self.cluster.client().clone());
-        let answer = bounded(reviews.create(&PostParams::default(), &review))
+        let allowed = self
+            .cluster
+            .may_approve(&user.username, &user.groups, namespace, name)
             .await
-            .map_err(|e| ApprovalError::Unavailable(e.to_string()))?;
-        if !answer.status.is_some_and(|s| s.allowed) {
+            .map_err(ApprovalError::Unavailable)?;
+        if !allowed {
             return Err(ApprovalError::Forbidden(user.username));
         }
         let api: Api<RemediationRequest> =

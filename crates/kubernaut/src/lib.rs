@@ -2,7 +2,9 @@
 //! configuration and runs the gateway, the controller and the admin
 //! endpoints in one process, with one shutdown path for all of them.
 
+pub mod admission;
 pub mod config;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -40,6 +42,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Running {
     pub gateway_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The admission webhook's address, when it is served.
+    pub admission_addr: Option<SocketAddr>,
     pub ready: Readiness,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -120,6 +124,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
     let Config {
         gateway,
         admin,
+        admission: admission_cfg,
         cluster,
         store,
         redis,
@@ -243,6 +248,22 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         .with_context(|| format!("binding the admin port to {}", admin.listen))?;
     let gateway_addr = gw_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let admission_listener = if admission_cfg.enabled {
+        let tls = tls::server_config(&admission_cfg.cert_file, &admission_cfg.key_file)
+            .context("admission: its certificate")?;
+        let tcp = TcpListener::bind(admission_cfg.listen)
+            .await
+            .with_context(|| {
+                format!("binding the admission webhook to {}", admission_cfg.listen)
+            })?;
+        Some(tls::TlsListener::new(tcp, tls)?)
+    } else {
+        None
+    };
+    let admission_addr = match &admission_listener {
+        Some(l) => Some(axum::serve::Listener::local_addr(l)?),
+        None => None,
+    };
 
     let ready = Readiness::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -295,6 +316,20 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
             ),
         ),
     ];
+    if let Some(listener) = admission_listener {
+        let policy = admission::Policy {
+            controllers: admission_cfg.controllers.iter().cloned().collect(),
+            cluster_home: cluster.config().cluster_scoped_namespace.clone(),
+        };
+        let app = admission::router(policy, cluster.clone());
+        let server = axum::serve(listener, app).with_graceful_shutdown(wait(shutdown_rx.clone()));
+        components.push((
+            "admission",
+            tokio::spawn(
+                async move { Ok(server.await?) }.instrument(tracing::info_span!("admission")),
+            ),
+        ));
+    }
     if gateway.kubernetes_events.watch {
         let settings = WatchSettings {
             max_age: Duration::from_secs(gateway.kubernetes_events.max_age_seconds),
@@ -348,6 +383,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
     Ok(Running {
         gateway_addr,
         admin_addr,
+        admission_addr,
         ready,
         shutdown: shutdown_tx,
         task,

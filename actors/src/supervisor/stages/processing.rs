@@ -5,9 +5,7 @@
 //! label, and the priority from environment × severity.
 
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
-use kubernaut_api::{
-    ENVIRONMENT_LABEL, ObjectRef, Phase, ProcessingStatus, RemediationRequestSpec,
-};
+use kubernaut_api::{ENVIRONMENT_LABEL, Phase, ProcessingStatus, RemediationRequestSpec};
 use kubernaut_cluster::{Cluster, Scope};
 
 use super::{Next, Stage, StageResult, Sup};
@@ -59,41 +57,14 @@ impl Stage for Processing {
     }
 }
 
-/// Whether a request living in namespace `home` may be about `spec`'s
-/// target and signal resource: a namespaced object only from its own
-/// namespace, a Namespace (a storm's target) only from itself, a
-/// cluster-scoped object only from the configured `cluster_home`.
-pub fn owned_by(
-    home: &str,
-    spec: &RemediationRequestSpec,
-    cluster_home: &str,
-) -> Result<(), String> {
-    let home_of = |o: &ObjectRef| -> String {
-        if o.kind == "Namespace" {
-            o.name.clone()
-        } else if o.namespace.is_empty() {
-            cluster_home.to_string()
-        } else {
-            o.namespace.clone()
-        }
-    };
-    for o in [&spec.target, &spec.signal_resource] {
-        let want = home_of(o);
-        if want != home {
-            return Err(format!(
-                "{o} may only be remediated by a request in namespace {want:?}, not {home:?}"
-            ));
-        }
-    }
-    Ok(())
-}
-
 async fn process(
     cluster: &Cluster,
     home: &str,
     spec: &RemediationRequestSpec,
 ) -> Result<Processed, kubernaut_cluster::Error> {
-    if let Err(why) = owned_by(home, spec, &cluster.config().cluster_scoped_namespace) {
+    if let Err(why) =
+        kubernaut_api::object::owned_by(home, spec, &cluster.config().cluster_scoped_namespace)
+    {
         return Ok(Processed::OutOfScope(why));
     }
     let resolved = cluster.resolve(&spec.target).await?;
@@ -132,43 +103,4 @@ async fn process(
         priority,
         scope,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(target: ObjectRef, signal: ObjectRef) -> RemediationRequestSpec {
-        let mut s: RemediationRequestSpec = serde_json::from_value(serde_json::json!({
-            "fingerprint": "f", "signalName": "s", "severity": "warning",
-            "source": "generic", "instanceId": "i",
-            "target": {"kind": "Deployment", "namespace": "a", "name": "web"},
-            "signalResource": {"kind": "Deployment", "namespace": "a", "name": "web"},
-            "firingTime": "2026-11-22T03:00:00Z", "receivedTime": "2026-11-22T03:00:00Z",
-            "originalPayload": "{}"
-        }))
-        .unwrap();
-        s.target = target;
-        s.signal_resource = signal;
-        s
-    }
-
-    #[test]
-    fn a_request_owns_only_the_objects_of_its_own_namespace() {
-        let web = |ns: &str| ObjectRef::new("Deployment", ns, "web");
-        let pod = |ns: &str| ObjectRef::new("Pod", ns, "web-1");
-        let node = ObjectRef::new("Node", "", "n1");
-        let storm = ObjectRef::new("Namespace", "", "a");
-        assert!(owned_by("a", &spec(web("a"), pod("a")), "kubernaut").is_ok());
-        let e = owned_by("a", &spec(web("b"), web("b")), "kubernaut").unwrap_err();
-        assert!(e.contains("namespace \"b\", not \"a\""), "{e}");
-        assert!(
-            owned_by("a", &spec(web("a"), pod("b")), "kubernaut").is_err(),
-            "the signal's resource too"
-        );
-        assert!(owned_by("kubernaut", &spec(node.clone(), node.clone()), "kubernaut").is_ok());
-        assert!(owned_by("a", &spec(node.clone(), node), "kubernaut").is_err());
-        assert!(owned_by("a", &spec(storm.clone(), pod("a")), "kubernaut").is_ok());
-        assert!(owned_by("b", &spec(storm, pod("a")), "kubernaut").is_err());
-    }
 }

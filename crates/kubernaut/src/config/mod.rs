@@ -32,6 +32,8 @@ pub use gateway::*;
 pub struct Config {
     pub gateway: Gateway,
     pub admin: Admin,
+    #[serde(default)]
+    pub admission: Admission,
     pub cluster: Cluster,
     pub store: Store,
     pub redis: Redis,
@@ -58,6 +60,32 @@ pub struct Redis {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Admin {
     pub listen: SocketAddr,
+}
+
+/// The validating admission webhook for RemediationRequests
+/// ([`crate::admission`]), served over TLS.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Admission {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    /// Kubernaut's own identities: they create requests, and write
+    /// approvals for the humans the approval endpoint authenticated.
+    pub controllers: Vec<String>,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: ([0, 0, 0, 0], 8443).into(),
+            cert_file: "/etc/kubernaut/admission/tls.crt".into(),
+            key_file: "/etc/kubernaut/admission/tls.key".into(),
+            controllers: vec!["system:serviceaccount:kubernaut-system:kubernaut".into()],
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
