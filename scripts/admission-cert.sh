@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Makes the admission webhook's serving certificate (a private CA and a
-# certificate for kubernaut.kubernaut-system.svc), stores it in the Secret
-# kubernaut-admission-tls and puts the CA into the webhook registration
-# (deploy/40-admission.yaml). Idempotent: an existing Secret is kept
+# Makes the serving certificate of the gateway and the admission webhook
+# (a private CA and a certificate for kubernaut.kubernaut-system.svc),
+# stores it in the Secret kubernaut-tls and puts the CA into the webhook
+# registration (deploy/40-admission.yaml). Senders of signals (Alertmanager)
+# trust the CA printed at the end. Idempotent: an existing Secret is kept
 # unless --renew is given. Needs openssl and kubectl with admin rights.
 set -euo pipefail
 NS=kubernaut-system
 SVC=kubernaut
-SECRET=kubernaut-admission-tls
+SECRET=kubernaut-tls
 HOOK=kubernaut-remediationrequests
 CACHE="${HOME}/.cache/kubernaut/admission-cert"
 mkdir -p "$CACHE"
@@ -32,4 +33,4 @@ fi
 [ -f ca.crt ] || { echo "admission-cert: the CA of the existing Secret is not in $CACHE; run with --renew" >&2; exit 1; }
 kubectl patch validatingwebhookconfiguration "$HOOK" --type=json \
   -p "[{\"op\": \"replace\", \"path\": \"/webhooks/0/clientConfig/caBundle\", \"value\": \"$(base64 -w0 < ca.crt)\"}]" >/dev/null
-echo "admission-cert: the webhook $HOOK trusts the CA"
+echo "admission-cert: the webhook $HOOK trusts the CA; senders trust $CACHE/ca.crt"

@@ -7,84 +7,20 @@
 //! The webhook is registered for this test's namespace only (a
 //! namespaceSelector), so other tests sharing the API server never meet it.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use base64::Engine as _;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kubernaut_api::RemediationRequest;
 use kubernaut_e2e::{
-    Stack, api_target, control_plane, eventually, now_rfc3339, service_account_token, unique,
+    Stack, api_target, control_plane, eventually, now_rfc3339, service_account_token,
+    tls_certificates, unique,
 };
 use serde_json::json;
 
 const LABEL: &str = "kubernaut-e2e-admission";
-
-/// A CA and a server certificate for 127.0.0.1, made with openssl.
-fn certificates(dir: &Path) -> anyhow::Result<()> {
-    let run = |args: &[&str]| -> anyhow::Result<()> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .context("running openssl")?;
-        ensure!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    };
-    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n")?;
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=admission-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ])?;
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "tls.key",
-        "-out",
-        "tls.csr",
-    ])?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "san.cnf",
-        "-out",
-        "tls.crt",
-    ])?;
-    Ok(())
-}
 
 fn request(name: &str, ns: &str, target_ns: &str) -> anyhow::Result<RemediationRequest> {
     let now = now_rfc3339();
@@ -112,7 +48,7 @@ async fn the_api_server_asks_the_webhook_and_only_kubernaut_and_approvers_get_th
 
     let dir = std::env::temp_dir().join(unique("kubernaut-admission"));
     std::fs::create_dir_all(&dir)?;
-    certificates(&dir)?;
+    tls_certificates(&dir)?;
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     let overrides = [
         ("ADMISSION__ENABLED", "true".to_string()),

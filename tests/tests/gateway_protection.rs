@@ -159,3 +159,67 @@ async fn admin_namespace(admin: &kube::Client, name: &str) -> anyhow::Result<()>
         .await?;
     Ok(())
 }
+
+/// A token for `audience` of ServiceAccount `ns/sa` (TokenRequest).
+async fn token_for(
+    admin: &kube::Client,
+    ns: &str,
+    sa: &str,
+    audience: &str,
+) -> anyhow::Result<String> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [audience], "expirationSeconds": 600}
+    }))?;
+    let issued: TokenRequest = kube::Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create_subresource("token", sa, &kube::api::PostParams::default(), &request)
+        .await?;
+    Ok(issued.status.map(|s| s.token).unwrap_or_default())
+}
+
+/// Issue 17, finding 8: with a dedicated audience, a token the API server
+/// issued for itself (or for anyone else) does not get a signal in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tokens_issued_for_kubernaut_are_accepted() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "audience", "staging").await?;
+    let pods: Vec<String> = deployment_with_pods(&admin, &ns, "web", 1)
+        .await?
+        .into_iter()
+        .collect();
+    let legacy = service_account_token(&admin, &ns, "alertmanager").await?;
+    let allowed = format!("system:serviceaccount:{ns}:alertmanager");
+    let gw = Gateway::start_with(stack, Some(&stack.redis_url), "gw-audience", |cluster| {
+        ProtectionConfig {
+            auth_enabled: true,
+            review: Some(ReviewPolicy {
+                reviewer: Arc::new(KubeTokenReviewer::new(
+                    cluster.clone(),
+                    vec!["kubernaut".into()],
+                )),
+                allowed_users: vec![allowed],
+                allowed_groups: vec![],
+            }),
+            ..ProtectionConfig::open()
+        }
+    })
+    .await?;
+    let url = gw.url("alertmanager");
+    let body = alertmanager_payload("KubePodCrashLooping", &ns, &[(&pods[0], "aud1")], STARTS_AT);
+
+    let elsewhere = token_for(&admin, &ns, "alertmanager", "https://vault.example.com").await?;
+    for (what, token) in [
+        ("the API server's own", &legacy),
+        ("another audience's", &elsewhere),
+    ] {
+        let r = post_as(&url, JSON, body.clone(), Some(token)).await?;
+        assert_eq!(r.status, 401, "{what} token: {}", r.text);
+    }
+    let ours = token_for(&admin, &ns, "alertmanager", "kubernaut").await?;
+    let r = post_as(&url, JSON, body, Some(&ours)).await?;
+    assert_eq!(r.status, 201, "{}", r.text);
+    Ok(())
+}

@@ -268,3 +268,68 @@ async fn a_rule_steered_by_labels_to_another_namespace_is_refused() -> anyhow::R
     }
     running.shutdown().await
 }
+
+/// Issue 17, finding 8: the gateway (and its approval endpoint, which
+/// takes humans' tokens) speaks HTTPS when `gateway.tls` is on, as in
+/// deploy/; plain HTTP gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_https_and_nothing_in_clear() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let t = api_target(&admin, "trust-tls").await?;
+    let dir = std::env::temp_dir().join(unique("kubernaut-gateway-tls"));
+    std::fs::create_dir_all(&dir)?;
+    kubernaut_e2e::tls_certificates(&dir)?;
+    let overrides = [
+        ("GATEWAY__TLS__ENABLED", "true".to_string()),
+        (
+            "GATEWAY__TLS__CERT_FILE",
+            dir.join("tls.crt").display().to_string(),
+        ),
+        (
+            "GATEWAY__TLS__KEY_FILE",
+            dir.join("tls.key").display().to_string(),
+        ),
+    ];
+    let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let running = control_plane(stack, &t.namespace, &overrides, json!([])).await?;
+    let port = running.gateway_addr.port();
+    let body = json!({"name": "TlsCheck", "id": "tls-1", "severity": "warning",
+        "target": {"kind": "Deployment", "namespace": t.namespace, "name": "api"}})
+    .to_string();
+    let curl = |scheme: &str| {
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                "--cacert",
+            ])
+            .arg(dir.join("ca.pem"))
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "authorization: Bearer dev-token",
+            ])
+            .args(["--data", &body])
+            .arg(format!(
+                "{scheme}://127.0.0.1:{port}/api/v1/signals/generic"
+            ))
+            .output()
+    };
+    let https = curl("https")?;
+    let code = String::from_utf8_lossy(&https.stdout).to_string();
+    assert!(
+        matches!(code.as_str(), "201" | "202" | "200"),
+        "https: {code}"
+    );
+    let http = curl("http")?;
+    let code = String::from_utf8_lossy(&http.stdout).to_string();
+    assert_eq!(code, "000", "plain HTTP is not answered");
+    running.shutdown().await
+}

@@ -247,6 +247,14 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the admin port to {}", admin.listen))?;
     let gateway_addr = gw_listener.local_addr()?;
+    let gateway_tls = if gateway.tls.enabled {
+        Some(
+            tls::server_config(&gateway.tls.cert_file, &gateway.tls.key_file)
+                .context("gateway.tls: its certificate")?,
+        )
+    } else {
+        None
+    };
     let admin_addr = admin_listener.local_addr()?;
     let admission_listener = if admission_cfg.enabled {
         let tls = tls::server_config(&admission_cfg.cert_file, &admission_cfg.key_file)
@@ -284,11 +292,24 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let gw_server = axum::serve(
-        gw_listener,
-        gw_app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(wait(shutdown_rx.clone()));
+    // TLS or not, the gateway sees each client's address (per-IP limits).
+    let gw_make = gw_app.into_make_service_with_connect_info::<SocketAddr>();
+    let gw_server: futures::future::BoxFuture<'static, std::io::Result<()>> = match &gateway_tls {
+        Some(tls) => {
+            use axum::serve::ListenerExt as _;
+            let listener = tls::TlsListener::new(gw_listener, tls.clone())?.tap_io(|_| {});
+            Box::pin(
+                axum::serve(listener, gw_make)
+                    .with_graceful_shutdown(wait(shutdown_rx.clone()))
+                    .into_future(),
+            )
+        }
+        None => Box::pin(
+            axum::serve(gw_listener, gw_make)
+                .with_graceful_shutdown(wait(shutdown_rx.clone()))
+                .into_future(),
+        ),
+    };
     let admin_server =
         axum::serve(admin_listener, admin_app).with_graceful_shutdown(wait(shutdown_rx.clone()));
     let ready_flag = ready.clone();

@@ -21,6 +21,19 @@ pub struct Gateway {
     /// how many signals one request may hold.
     #[serde(default)]
     pub limits: kubernaut_gateway::Limits,
+    /// HTTPS for the signal and approval endpoints: bearer tokens (and the
+    /// humans' tokens the approval endpoint takes) never cross the network
+    /// in clear.
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Tls {
+    pub enabled: bool,
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

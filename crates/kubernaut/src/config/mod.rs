@@ -81,8 +81,8 @@ impl Default for Admission {
         Self {
             enabled: false,
             listen: ([0, 0, 0, 0], 8443).into(),
-            cert_file: "/etc/kubernaut/admission/tls.crt".into(),
-            key_file: "/etc/kubernaut/admission/tls.key".into(),
+            cert_file: "/etc/kubernaut/tls/tls.crt".into(),
+            key_file: "/etc/kubernaut/tls/tls.key".into(),
             controllers: vec!["system:serviceaccount:kubernaut-system:kubernaut".into()],
         }
     }
@@ -220,6 +220,13 @@ impl Config {
             && auth.token_review.allowed_groups.is_empty()
         {
             bail!("gateway.auth.tokenReview needs allowedUsers or allowedGroups");
+        }
+        // A token the API server accepts is one for any of its clients:
+        // senders must present one issued for Kubernaut.
+        if auth.token_review.enabled && auth.token_review.audiences.is_empty() {
+            bail!(
+                "gateway.auth.tokenReview.audiences is empty: name the audience tokens must be issued for (e.g. kubernaut)"
+            );
         }
         for (key, r) in [
             ("perSourceIp", self.gateway.rate_limit.per_source_ip),
@@ -381,6 +388,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("perIdentity"), "{e:#}");
+        let e = Config::from_yaml(
+            &DEFAULTS.replace("audiences: [kubernaut]", "audiences: []"),
+            env(&[("DATABASE_URL", "x")]),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("audiences"), "{e:#}");
+    }
+
+    #[test]
+    fn in_cluster_defaults_ask_for_tokens_issued_for_kubernaut_and_serve_the_webhook() {
+        let c = Config::from_yaml(DEFAULTS, env(&[("DATABASE_URL", "x")])).unwrap();
+        assert_eq!(c.gateway.auth.token_review.audiences, ["kubernaut"]);
+        assert!(c.admission.enabled && c.gateway.tls.enabled);
+        assert_eq!(
+            c.admission.controllers,
+            ["system:serviceaccount:kubernaut-system:kubernaut"]
+        );
     }
 
     #[test]
