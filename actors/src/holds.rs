@@ -16,6 +16,12 @@
 //!   within `recently_remediated`; checked once the action is known, and the
 //!   request is skipped.
 //!
+//! The **remediation budget** (in the spirit of medik8s's `minHealthy`)
+//! bounds how much Kubernaut changes at once: requests executing per
+//! namespace, and remediations started per minute over the cluster. A
+//! request past it is escalated to a human (AwaitingApproval) instead of
+//! acting; see [`Holds::over_budget`].
+//!
 //! Only requests that executed something count as failures or successes:
 //! a request skipped, cancelled, or failed before acting says nothing about
 //! the target. Storm requests are not per-target work and are not indexed.
@@ -66,7 +72,27 @@ pub struct Entry {
     pub action: Option<String>,
     /// Whether it got as far as executing.
     pub executed: bool,
+    /// When its execution started.
+    pub started: Option<Timestamp>,
     pub finished: Option<Timestamp>,
+}
+
+/// How much Kubernaut may change at once (`controller.budget`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Requests executing at once in one namespace.
+    pub max_executing_per_namespace: usize,
+    /// Remediations started in any minute, over the whole cluster.
+    pub max_starts_per_minute: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            max_executing_per_namespace: 5,
+            max_starts_per_minute: 30,
+        }
+    }
 }
 
 /// Why a request may not start yet.
@@ -143,6 +169,7 @@ impl Holds {
             phase: status.phase,
             action: status.analysis.map(|a| a.action),
             executed: status.execution.is_some(),
+            started: status.execution.as_ref().map(|e| e.started_at.0),
             finished: status.completion_time.map(|t| t.0),
         };
         self.targets
@@ -170,6 +197,39 @@ impl Holds {
             self.by_target.remove_if(&key, |_, list| list.is_empty());
         }
         Some(target)
+    }
+
+    /// Why request `me` may not start executing now without a human: the
+    /// budget's bound it would pass, or `None`. Counts every other request
+    /// the watch shows (storm requests aside, which are approved by hand).
+    pub fn over_budget(&self, b: &Budget, me: &RequestKey, now: Timestamp) -> Option<String> {
+        let minute = SignedDuration::from_secs(60);
+        let (mut executing, mut started) = (0usize, 0usize);
+        for list in self.by_target.iter() {
+            for e in list.iter().filter(|e| e.key != *me) {
+                if e.key.namespace == me.namespace && e.phase == Phase::Executing {
+                    executing += 1;
+                }
+                if e.started
+                    .is_some_and(|t| t <= now && now.duration_since(t) < minute)
+                {
+                    started += 1;
+                }
+            }
+        }
+        if executing >= b.max_executing_per_namespace {
+            return Some(format!(
+                "remediation budget: {executing} requests are executing in namespace {} (at most {})",
+                me.namespace, b.max_executing_per_namespace
+            ));
+        }
+        if started >= b.max_starts_per_minute {
+            return Some(format!(
+                "remediation budget: {started} remediations started in the last minute (at most {})",
+                b.max_starts_per_minute
+            ));
+        }
+        None
     }
 
     /// The requests recorded for a target.
@@ -289,8 +349,64 @@ mod tests {
             phase,
             action: Some("restart_pod".into()),
             executed: finished.is_some() || phase == Phase::Executing,
+            started: None,
             finished: finished.map(at),
         }
+    }
+
+    #[test]
+    fn the_budget_bounds_executing_requests_per_namespace_and_starts_per_minute() {
+        let holds = Holds::default();
+        let b = Budget {
+            max_executing_per_namespace: 2,
+            max_starts_per_minute: 3,
+        };
+        let me = RequestKey::new("shop", "me");
+        let on = |name: &str| ObjectRef::new("Deployment", "shop", name);
+        holds.record(
+            &on("a"),
+            Entry {
+                started: Some(at(0)),
+                ..entry("shop/a", 0, Phase::Executing, None)
+            },
+        );
+        assert_eq!(holds.over_budget(&b, &me, at(10)), None);
+        holds.record(
+            &on("b"),
+            Entry {
+                started: Some(at(5)),
+                ..entry("shop/b", 0, Phase::Executing, None)
+            },
+        );
+        let why = holds.over_budget(&b, &me, at(10)).unwrap();
+        assert!(
+            why.contains("2 requests are executing in namespace shop"),
+            "{why}"
+        );
+        assert_eq!(
+            holds.over_budget(&b, &RequestKey::new("bank", "me"), at(10)),
+            None,
+            "another namespace has its own budget"
+        );
+        holds.record(
+            &ObjectRef::new("Deployment", "bank", "c"),
+            Entry {
+                started: Some(at(8)),
+                ..entry("bank/c", 0, Phase::Completed, Some(9))
+            },
+        );
+        let why = holds
+            .over_budget(&b, &RequestKey::new("bank", "me"), at(10))
+            .unwrap();
+        assert!(
+            why.contains("3 remediations started in the last minute"),
+            "{why}"
+        );
+        assert_eq!(
+            holds.over_budget(&b, &RequestKey::new("bank", "me"), at(61)),
+            None,
+            "a minute later the starts are spent"
+        );
     }
 
     /// Asks for `shop/me` (created at 1000) with `others` on its target.

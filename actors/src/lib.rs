@@ -94,6 +94,8 @@ pub struct Settings {
     pub audit_grace: Duration,
     /// How an approved storm fans out over its targets.
     pub storm: rules::StormPolicy,
+    /// How much may change at once before a human is asked.
+    pub budget: holds::Budget,
 }
 
 /// K-RR-4: how long a whole remediation and each phase may take. Keyed by
@@ -157,6 +159,7 @@ impl Default for Settings {
             janitor_interval: Duration::from_secs(60),
             audit_grace: Duration::from_secs(60),
             storm: rules::StormPolicy::default(),
+            budget: holds::Budget::default(),
         }
     }
 }

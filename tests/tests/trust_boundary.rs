@@ -333,3 +333,46 @@ async fn the_gateway_serves_https_and_nothing_in_clear() -> anyhow::Result<()> {
     assert_eq!(code, "000", "plain HTTP is not answered");
     running.shutdown().await
 }
+
+/// Issue 17: the remediation budget. Past it, a decided request waits
+/// for a human instead of acting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_remediation_budget_a_human_is_asked() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let first = api_target(&admin, "trust-budget").await?;
+    Api::<Deployment>::namespaced(admin.clone(), &first.namespace)
+        .create(&PostParams::default(), &deployment("api2", 1))
+        .await?;
+    let second = kubernaut_api::ObjectRef::new("Deployment", &first.namespace, "api2");
+    let rules = json!([{ "signal": "Budgeted", "action": "notify_only",
+        "parameters": {"message": "noted"} }]);
+    let running = control_plane(
+        stack,
+        &first.namespace,
+        &[("CONTROLLER__BUDGET__MAX_STARTS_PER_MINUTE", "1")],
+        rules,
+    )
+    .await?;
+    let a = create_request(&admin, "Budgeted", &first, false).await?;
+    let rr = terminal_request(&admin, &first.namespace, &a, TIMEOUT).await?;
+    assert_eq!(rr.phase(), Phase::Completed, "{:?}", phase_history(&rr));
+
+    let b = create_request(&admin, "Budgeted", &second, false).await?;
+    let api = Api::<RemediationRequest>::namespaced(admin.clone(), &first.namespace);
+    let rr = eventually("the second request to wait", TIMEOUT, || async {
+        let rr = api.get(&b).await?;
+        Ok((rr.phase() == Phase::AwaitingApproval).then_some(rr))
+    })
+    .await?;
+    let reasons = rr
+        .status
+        .and_then(|s| s.approval)
+        .map(|a| a.reasons)
+        .unwrap_or_default();
+    assert!(
+        reasons.iter().any(|r| r.contains("remediation budget")),
+        "{reasons:?}"
+    );
+    running.shutdown().await
+}

@@ -232,6 +232,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
                 max_parallel: ctl.storm.max_parallel,
                 max_failure_ratio: ctl.storm.max_failure_ratio,
             },
+            budget: ctl.budget.budget(),
             janitor_interval: Duration::from_secs(ctl.janitor_interval_seconds.max(1)),
             audit_grace: Duration::from_secs(ctl.audit_grace_seconds),
             executor: executor.settings(ctl.dry_run)?,

@@ -236,7 +236,15 @@ pub fn gate(
         "storm": sup.spec.storm.is_some(),
         "signal": { "name": sup.spec.signal_name, "severity": sup.spec.severity, "source": sup.spec.source },
     });
-    let verdict = sup.ctx.approval.evaluate(&input);
+    let mut verdict = sup.ctx.approval.evaluate(&input);
+    if let Some(why) =
+        sup.ctx
+            .holds
+            .over_budget(&sup.ctx.settings.budget, &sup.key(), Timestamp::now())
+    {
+        verdict.required = true;
+        verdict.reasons.push(why);
+    }
     let label = match (&verdict.error, verdict.required) {
         (Some(e), _) => {
             tracing::warn!(error = %e, "approval policy error: approval required");

@@ -27,6 +27,7 @@ pub struct Controller {
     pub audit_grace_seconds: u64,
     pub holds: HoldsConfig,
     pub storm: StormPolicyConfig,
+    pub budget: BudgetConfig,
     /// Off unless set: the next `times` actors of one kind panic.
     #[serde(default)]
     pub fault_injection: Option<FaultInjection>,
@@ -63,6 +64,23 @@ impl TimeoutsConfig {
 pub struct StormPolicyConfig {
     pub max_parallel: u32,
     pub max_failure_ratio: f64,
+}
+
+/// How much Kubernaut changes at once before it asks a human.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub max_executing_per_namespace: usize,
+    pub max_starts_per_minute: usize,
+}
+
+impl BudgetConfig {
+    pub fn budget(&self) -> kubernaut_actors::holds::Budget {
+        kubernaut_actors::holds::Budget {
+            max_executing_per_namespace: self.max_executing_per_namespace,
+            max_starts_per_minute: self.max_starts_per_minute,
+        }
+    }
 }
 
 /// Routing holds (K-RR-8), in seconds.
