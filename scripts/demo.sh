@@ -34,6 +34,8 @@ kubectl -n demo-unmanaged create deployment legacy --image=registry.local/legacy
 kubectl delete namespace kubernaut-prod --ignore-not-found --wait=true >/dev/null
 kubectl create namespace kubernaut-prod >/dev/null
 kubectl label namespace kubernaut-prod kubernaut.io/managed=true kubernaut.io/environment=production >/dev/null
+# Kubernaut's actions may write only where they are bound.
+"$BIN" rbac kubernaut-demo kubernaut-prod | kubectl apply -f - >/dev/null
 kubectl -n kubernaut-prod apply -f - >/dev/null <<'YAML'
 apiVersion: apps/v1
 kind: StatefulSet

@@ -699,7 +699,9 @@ impl Drop for PostgresServer {
     }
 }
 
-/// Creates a namespace opted in to remediation, with the given environment.
+/// Creates a namespace opted in to remediation, with the given
+/// environment, and lets Kubernaut's actions write there (as an installer
+/// does with `kubernaut rbac`).
 pub async fn managed_namespace(
     admin: &kube::Client,
     prefix: &str,
@@ -714,7 +716,19 @@ pub async fn managed_namespace(
             }}}))?,
         )
         .await?;
+    bind_actions(admin, &ns).await?;
     Ok(ns)
+}
+
+/// The RoleBinding `kubernaut rbac NS` prints, applied: Kubernaut's
+/// ServiceAccount may run its actions' writes in `ns`.
+pub async fn bind_actions(admin: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let yaml = kubernaut::rbac_bindings(&[ns.to_string()], "kubernaut-system/kubernaut")?;
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_norway::from_str(&yaml)?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    Ok(())
 }
 
 pub fn deployment(name: &str, replicas: i32) -> Deployment {

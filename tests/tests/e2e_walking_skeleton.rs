@@ -93,6 +93,7 @@ async fn e2e_alert_to_completed_restart_with_audit() -> anyhow::Result<()> {
             "metadata": {"name": ns, "labels": {"kubernaut.io/managed": "true", "kubernaut.io/environment": "production"}}
         }))?)
         .await?;
+    kubernaut_e2e::bind_actions(&admin, &ns).await?;
     let unmanaged = unique("e2e-unmanaged");
     namespaces
         .create(

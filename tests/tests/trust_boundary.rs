@@ -376,3 +376,45 @@ async fn past_the_remediation_budget_a_human_is_asked() -> anyhow::Result<()> {
     );
     running.shutdown().await
 }
+
+/// Issue 17, finding 6: as Kubernaut's own ServiceAccount, with the RBAC
+/// deploy/ grants, a write outside the managed namespaces is refused by the
+/// API server itself, whatever the controller's code would do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_kubernauts_writes_outside_managed_namespaces() -> anyhow::Result<()>
+{
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let managed = api_target(&admin, "trust-rbac").await?;
+    let plain = unique("trust-rbac-plain");
+    stack.kubectl(&["create", "namespace", &plain])?;
+    Api::<Deployment>::namespaced(admin.clone(), &plain)
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    let kubernaut = stack.controller_client().await?;
+    let scale_to_zero = |ns: &str| {
+        let api = Api::<Deployment>::namespaced(kubernaut.clone(), ns);
+        async move {
+            let mut d = api.get("api").await?;
+            if let Some(spec) = d.spec.as_mut() {
+                spec.replicas = Some(0);
+            }
+            api.replace("api", &PostParams::default(), &d).await
+        }
+    };
+    for ns in [plain.as_str(), "kube-system"] {
+        if ns == "kube-system" {
+            // A Deployment of the admin's in kube-system, as a target.
+            let _ = Api::<Deployment>::namespaced(admin.clone(), ns)
+                .create(&PostParams::default(), &deployment("api", 1))
+                .await;
+        }
+        match scale_to_zero(ns).await {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{ns}: {e:?}"),
+            other => panic!("{ns}: the write was not refused: {other:?}"),
+        }
+    }
+    // Where it is bound, the same write goes through.
+    scale_to_zero(&managed.namespace).await?;
+    Ok(())
+}

@@ -35,6 +35,30 @@ use tracing::Instrument;
 
 pub use config::Config;
 
+/// The RoleBindings (YAML) that bind the ClusterRole `kubernaut-actions`
+/// (deploy/10-rbac.yaml) to Kubernaut's ServiceAccount `namespace/name` in
+/// each of `namespaces`: where its actions may write.
+pub fn rbac_bindings(namespaces: &[String], service_account: &str) -> anyhow::Result<String> {
+    let (sa_ns, sa) = service_account
+        .split_once('/')
+        .context("--service-account is namespace/name")?;
+    let docs = namespaces
+        .iter()
+        .map(|ns| {
+            let binding = serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "kubernaut-actions", "namespace": ns,
+                             "labels": {"app.kubernetes.io/name": "kubernaut"}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "kubernaut-actions"},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}],
+            });
+            serde_norway::to_string(&binding).map_err(anyhow::Error::from)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(docs.join("---\n"))
+}
+
 /// How long shutdown waits for in-flight HTTP requests and audit writes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -32,6 +32,16 @@ enum Command {
     GenericSchema,
     /// Print the action catalogue: names, risk, parameter schemas (JSON).
     Actions,
+    /// Print the RoleBindings that let Kubernaut's actions write in these
+    /// managed namespaces (and nowhere else): `| kubectl apply -f -`.
+    Rbac {
+        /// The managed namespaces.
+        #[arg(required = true)]
+        namespaces: Vec<String>,
+        /// Kubernaut's ServiceAccount, as namespace/name.
+        #[arg(long, default_value = "kubernaut-system/kubernaut")]
+        service_account: String,
+    },
     /// Print the version.
     Version,
 }
@@ -60,6 +70,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Actions => {
             let list = kubernaut_cluster::catalogue();
             println!("{}", serde_json::to_string_pretty(&list)?);
+            Ok(())
+        }
+        Command::Rbac {
+            namespaces,
+            service_account,
+        } => {
+            print!(
+                "{}",
+                kubernaut::rbac_bindings(&namespaces, &service_account)?
+            );
             Ok(())
         }
         Command::GenericSchema => {
