@@ -23,6 +23,7 @@ pub mod sns_trust;
 pub mod test_pki;
 
 pub use error::ConfigError;
+pub use ipnet::IpNet;
 pub use limits::Limits;
 
 use std::sync::Arc;

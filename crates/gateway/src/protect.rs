@@ -64,6 +64,11 @@ pub struct ProtectionConfig {
     pub per_source_ip: Rate,
     pub per_identity: Rate,
     pub request_timeout: Duration,
+    /// Proxies in front of the gateway: for a connection from one of
+    /// them, the per-IP limit applies to the client X-Forwarded-For names
+    /// (the nearest address not itself a trusted proxy). From anyone else
+    /// the header is ignored: a client cannot choose its own address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl ProtectionConfig {
@@ -80,8 +85,35 @@ impl ProtectionConfig {
             per_source_ip: big,
             per_identity: big,
             request_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
+}
+
+/// X-Forwarded-For entries looked at, nearest first: a longer chain is a
+/// client making things up.
+const MAX_FORWARDED_HOPS: usize = 16;
+
+/// The address the per-IP limit counts: the peer, or, when the peer is a
+/// trusted proxy, the nearest X-Forwarded-For address that is not one.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .take(MAX_FORWARDED_HOPS)
+        .map_while(|h| h.parse().ok())
+        .collect();
+    hops.into_iter().find(|ip| !is_trusted(ip)).unwrap_or(peer)
 }
 
 /// The request's bearer token, if it carries a non-empty one.
@@ -354,7 +386,7 @@ pub async fn middleware(
     let ip = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| client_ip(c.0.ip(), req.headers(), &protection.config.trusted_proxies));
     let admitted = match admission {
         Admission::Bearer => protection.admit(ip, req.headers()).await.map(drop),
         Admission::Signed => protection.admit_signed(ip).await,

@@ -436,6 +436,45 @@ mod protection {
         );
     }
 
+    #[test]
+    fn only_a_trusted_proxy_may_name_the_client() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+        let forwarded = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", v.parse().unwrap());
+            h
+        };
+        // From the proxy: the nearest address that is not a proxy.
+        assert_eq!(
+            protect::client_ip(
+                ip("10.0.0.1"),
+                &forwarded("198.51.100.7, 10.0.0.9"),
+                &trusted
+            ),
+            ip("198.51.100.7")
+        );
+        // A client prepending a made-up address does not escape its own.
+        assert_eq!(
+            protect::client_ip(ip("10.0.0.1"), &forwarded("1.2.3.4, 203.0.113.5"), &trusted),
+            ip("203.0.113.5")
+        );
+        // From anyone else the header is ignored.
+        assert_eq!(
+            protect::client_ip(ip("203.0.113.5"), &forwarded("1.2.3.4"), &trusted),
+            ip("203.0.113.5")
+        );
+        // Garbage or nothing: the proxy itself.
+        assert_eq!(
+            protect::client_ip(ip("10.0.0.1"), &forwarded("not-an-ip"), &trusted),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            protect::client_ip(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
+    }
+
     #[tokio::test]
     async fn a_request_over_its_deadline_is_503() {
         let slow = Arc::new(Recorder {

@@ -131,6 +131,20 @@ fn protection_config(
         per_source_ip: rate(gateway.rate_limit.per_source_ip)?,
         per_identity: rate(gateway.rate_limit.per_identity)?,
         request_timeout: gateway.request_timeout(),
+        trusted_proxies: gateway
+            .rate_limit
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<kubernaut_gateway::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(Into::into))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "gateway.rateLimit.trustedProxies: {p:?} is not an address or CIDR range"
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?,
     })
 }
 

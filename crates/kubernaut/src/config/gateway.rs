@@ -112,6 +112,10 @@ pub struct TokenReview {
 pub struct RateLimits {
     pub per_source_ip: RateLimit,
     pub per_identity: RateLimit,
+    /// Addresses or CIDR ranges of proxies in front of the gateway, whose
+    /// X-Forwarded-For is believed for the per-IP limit.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize)]
