@@ -395,11 +395,13 @@ async fn the_api_server_refuses_kubernauts_writes_outside_managed_namespaces() -
     let scale_to_zero = |ns: &str| {
         let api = Api::<Deployment>::namespaced(kubernaut.clone(), ns);
         async move {
-            let mut d = api.get("api").await?;
-            if let Some(spec) = d.spec.as_mut() {
-                spec.replicas = Some(0);
-            }
-            api.replace("api", &PostParams::default(), &d).await
+            let patch = json!({"spec": {"replicas": 0}});
+            api.patch(
+                "api",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
         }
     };
     for ns in [plain.as_str(), "kube-system"] {

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::JobSpec;
 
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource};
 use kubernaut_api::ObjectRef;
 use kubernaut_api::signal::sha256_hex;
@@ -359,11 +359,13 @@ impl Cluster {
     }
 
     /// Read-modify-write of one object: `change` edits a fresh copy and
-    /// says whether anything needs changing; the replace carries the
-    /// `resourceVersion` read, goes first as a server-side dry run, and on a
-    /// conflict everything is read and decided again. Returns the object
-    /// before and after (as the dry run would leave it, in a dry run), or
-    /// `None` when it was already as wanted.
+    /// says whether anything needs changing. What changed is sent as a JSON
+    /// merge patch (RBAC `patch`, not `update`: nothing else of the object
+    /// is written back) carrying the `resourceVersion` read, so a change
+    /// made meanwhile is a conflict; it goes first as a server-side dry
+    /// run, and on a conflict everything is read and decided again. Returns
+    /// the object before and after (as the dry run would leave it, in a dry
+    /// run), or `None` when it was already as wanted.
     pub async fn update_object<K>(
         &self,
         api: &Api<K>,
@@ -374,13 +376,10 @@ impl Cluster {
     where
         K: Resource + Clone + Debug + Serialize + DeserializeOwned,
     {
-        let dry = PostParams {
-            dry_run: true,
+        let params = |dry_run| PatchParams {
+            dry_run,
             field_manager: Some(FIELD_MANAGER.into()),
-        };
-        let real = PostParams {
-            dry_run: false,
-            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
         };
         for _ in 0..CONFLICT_RETRIES {
             let Some(before) = bounded(api.get_opt(&object.name)).await? else {
@@ -390,7 +389,10 @@ impl Cluster {
             if !change(&mut wanted)? {
                 return Ok(None);
             }
-            let preview = match bounded(api.replace(&object.name, &dry, &wanted)).await {
+            let mut patch = merge_patch(&to_value(&before)?, &to_value(&wanted)?);
+            patch["metadata"]["resourceVersion"] = before.meta().resource_version.clone().into();
+            let patch = Patch::Merge(&patch);
+            let preview = match bounded(api.patch(&object.name, &params(true), &patch)).await {
                 Ok(p) => p,
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(dry_run_refused(e)),
@@ -398,7 +400,7 @@ impl Cluster {
             let after = if dry_run {
                 preview
             } else {
-                match bounded(api.replace(&object.name, &real, &wanted)).await {
+                match bounded(api.patch(&object.name, &params(false), &patch)).await {
                     Ok(done) => done,
                     Err(e) if e.is_conflict() => continue,
                     Err(e) => return Err(e.into()),
@@ -423,6 +425,32 @@ pub(super) fn dry_run_refused(e: Error) -> ActionError {
     }
 }
 
+/// The JSON merge patch (RFC 7386) that turns `before` into `after`:
+/// changed and new members, removed ones as null, arrays whole.
+pub(crate) fn merge_patch(before: &Value, after: &Value) -> Value {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            let mut patch = serde_json::Map::new();
+            for (k, av) in a {
+                match b.get(k) {
+                    Some(bv) if bv == av => {}
+                    Some(bv @ Value::Object(_)) if av.is_object() => {
+                        patch.insert(k.clone(), merge_patch(bv, av));
+                    }
+                    _ => {
+                        patch.insert(k.clone(), av.clone());
+                    }
+                }
+            }
+            for k in b.keys().filter(|k| !a.contains_key(*k)) {
+                patch.insert(k.clone(), Value::Null);
+            }
+            Value::Object(patch)
+        }
+        _ => after.clone(),
+    }
+}
+
 pub(super) fn to_value<K: Serialize>(k: &K) -> Result<Value, ActionError> {
     serde_json::to_value(k).map_err(|e| ActionError::Api(Error::Serialize("object", e)))
 }
@@ -430,6 +458,22 @@ pub(super) fn to_value<K: Serialize>(k: &K) -> Result<Value, ActionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_patch_carries_only_what_changed() {
+        let before = json!({"metadata": {"labels": {"app": "web", "tier": "a"}, "name": "p"},
+            "spec": {"replicas": 3, "containers": [{"name": "c", "image": "x:1"}]},
+            "status": {"ready": 3}});
+        let after = json!({"metadata": {"labels": {"app": "web"}, "name": "p",
+                "annotations": {"moved": "tier=a"}},
+            "spec": {"replicas": 0, "containers": [{"name": "c", "image": "x:1"}]},
+            "status": {"ready": 3}});
+        assert_eq!(
+            merge_patch(&before, &after),
+            json!({"metadata": {"labels": {"tier": null}, "annotations": {"moved": "tier=a"}},
+                   "spec": {"replicas": 0}})
+        );
+    }
     use serde_json::json;
 
     #[test]
