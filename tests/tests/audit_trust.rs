@@ -109,3 +109,93 @@ async fn a_nul_bearing_record_and_a_refused_one_hold_up_none_of_the_100_behind_t
     assert_eq!(audit.dead_letters(), 1);
     Ok(())
 }
+
+/// K-AU-1: the events are hash-chained and append-only. An event edited
+/// past the trigger (as a database superuser can) breaks the chain there,
+/// and `kubernaut audit verify` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_event_breaks_the_chain_and_verify_names_it() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let store = Store::connect(&stack.database_url, 2).await?;
+    store.migrate().await?;
+    let (audit, _task) = store.clone().audit_log();
+    let uid = unique("audit-chain");
+    audit.record(request(&uid, "ChainTest", "warning")).await?;
+    for reason in ["Started", "Analyzed", "Verified"] {
+        audit
+            .record(AuditRecord::Event(EventRecord {
+                request_uid: uid.clone(),
+                at: Utc::now(),
+                kind: "transition",
+                from_phase: None,
+                to_phase: Some(reason.into()),
+                reason: reason.into(),
+                subject: String::new(),
+                detail: json!({"message": format!("{reason} ok")}),
+            }))
+            .await?;
+    }
+    let ids: Vec<i64> = eventually("the three events", Duration::from_secs(30), || async {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM remediation_events WHERE request_uid = $1 ORDER BY id",
+        )
+        .bind(&uid)
+        .fetch_all(store.pool())
+        .await?;
+        Ok((ids.len() == 3).then_some(ids))
+    })
+    .await?;
+    let intact = store.verify_chain().await?;
+    assert_eq!(intact.broken, None, "{intact:?}");
+
+    // The application's writes cannot change an event.
+    let refused = sqlx::query("UPDATE remediation_events SET reason = 'Forged' WHERE id = $1")
+        .bind(ids[1])
+        .execute(store.pool())
+        .await
+        .expect_err("the trigger refuses updates");
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+
+    // A superuser with triggers off edits one event's detail.
+    let edit = |detail: &'static str| {
+        let pool = store.pool().clone();
+        let id = ids[1];
+        async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SET LOCAL session_replication_role = replica")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE remediation_events SET detail = $2::jsonb WHERE id = $1")
+                .bind(id)
+                .bind(detail)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        }
+    };
+    edit(r#"{"message": "nothing to see"}"#).await?;
+    let result = async {
+        let report = store.verify_chain().await?;
+        let broken = report.broken.clone().expect("the chain is broken");
+        assert_eq!((broken.id, broken.why), (ids[1], "content"), "{report:?}");
+        assert_eq!(broken.request_uid, uid);
+        let out = std::process::Command::new(kubernaut_e2e::kubernaut_binary()?)
+            .args(["audit", "verify"])
+            .env("DATABASE_URL", &stack.database_url)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("broken at event {}", ids[1])),
+            "{stderr}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    // Put it back: the database is shared with later runs.
+    edit(r#"{"message": "Analyzed ok"}"#).await?;
+    result?;
+    assert_eq!(store.verify_chain().await?.broken, None);
+    Ok(())
+}

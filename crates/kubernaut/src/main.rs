@@ -42,8 +42,31 @@ enum Command {
         #[arg(long, default_value = "kubernaut-system/kubernaut")]
         service_account: String,
     },
+    /// The audit trail in PostgreSQL.
+    Audit {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the events' hash chain; names the first broken link and exits
+    /// non-zero when there is one.
+    Verify,
+    /// Write events as JSON lines, oldest first.
+    Export {
+        /// RFC 3339 time; events at or after it.
+        #[arg(long)]
+        since: String,
+        /// Only requests of this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -82,6 +105,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Audit {
+            database_url,
+            command,
+        } => audit(&database_url, command).await,
         Command::GenericSchema => {
             print!("{}", kubernaut_gateway::generic::schema_json());
             Ok(())
@@ -125,4 +152,47 @@ async fn running_stop_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+async fn audit(database_url: &str, command: AuditCommand) -> anyhow::Result<()> {
+    let store = kubernaut_store::Store::connect(database_url, 2)
+        .await
+        .context("connecting to PostgreSQL")?;
+    match command {
+        AuditCommand::Verify => {
+            let report = store.verify_chain().await?;
+            match report.broken {
+                None => {
+                    println!(
+                        "audit chain intact: {} events, head {}",
+                        report.checked, report.head
+                    );
+                    Ok(())
+                }
+                Some(b) => anyhow::bail!(
+                    "audit chain broken at event {} (request {}, {}): its {} does not hold; {} events before it are intact",
+                    b.id,
+                    b.request_uid,
+                    b.reason,
+                    b.why,
+                    report.checked
+                ),
+            }
+        }
+        AuditCommand::Export { since, namespace } => {
+            let since: chrono::DateTime<chrono::Utc> = since
+                .parse()
+                .with_context(|| format!("--since {since:?} is not an RFC 3339 time"))?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            store
+                .export(since, namespace.as_deref(), |e| {
+                    use std::io::Write as _;
+                    serde_json::to_writer(&mut out, &e)?;
+                    out.write_all(b"\n")
+                })
+                .await?;
+            Ok(())
+        }
+    }
 }

@@ -10,6 +10,7 @@
 //! record is dropped and counted ([`AuditLog::dropped`]), and the janitor's
 //! backfill rebuilds a request's records from its status.
 
+pub mod chain;
 pub mod index;
 
 use std::time::Duration;
@@ -216,9 +217,21 @@ impl Store {
                 .await?;
             }
             AuditRecord::Event(e) => {
+                // One chain for all writers (replicas): the link to the
+                // last event is taken under a lock held to the commit, so
+                // ids and links are in the same order.
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(chain::LOCK)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(
-                    "INSERT INTO remediation_events (request_uid, at, kind, from_phase, to_phase, reason, detail, dedup_key)
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (dedup_key) DO NOTHING",
+                    "INSERT INTO remediation_events
+                       (request_uid, at, kind, from_phase, to_phase, reason, detail, dedup_key, prev_hash, hash)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, last.h,
+                            audit_event_hash(last.h, $1, $2, $3, $4, $5, $6, $7, $8)
+                     FROM (SELECT COALESCE((SELECT hash FROM remediation_events ORDER BY id DESC LIMIT 1), '') AS h) AS last
+                     ON CONFLICT (dedup_key) DO NOTHING",
                 )
                 .bind(&e.request_uid)
                 .bind(e.at)
@@ -228,8 +241,9 @@ impl Store {
                 .bind(&e.reason)
                 .bind(&e.detail)
                 .bind(e.dedup_key())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
             }
         }
         Ok(())
