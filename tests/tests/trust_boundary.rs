@@ -229,6 +229,15 @@ async fn a_literal_password_in_a_changed_object_reaches_neither_postgres_nor_the
     );
     let status = serde_json::to_string(&rr.status)?;
     assert!(!status.contains(PASSWORD), "{status}");
+    // The writer's queue and its refusals are watched like the rest.
+    let (_, metrics) =
+        kubernaut_e2e::get(&format!("http://{}/metrics", running.admin_addr)).await?;
+    for m in [
+        "kubernaut_controller_audit_backlog ",
+        "kubernaut_controller_audit_dead_letters_total ",
+    ] {
+        assert!(metrics.lines().any(|l| l.starts_with(m)), "{m}missing");
+    }
     running.shutdown().await
 }
 

@@ -331,13 +331,15 @@ impl AuditLog {
         self.counts.dead_letters.get()
     }
 
-    /// Registers the writer's metrics (`audit_dead_letters_total`).
+    /// Registers the writer's metrics (`audit_dead_letters_total`, and
+    /// `audit_backlog`, read at each scrape).
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register(
             "audit_dead_letters",
             "Audit records PostgreSQL refused for their content, kept in the audit_dead_letters table",
             self.counts.dead_letters.clone(),
         );
+        registry.register_collector(Box::new(Backlog(self.tx.clone())));
     }
 
     /// Whether the audit trail holds the request `uid` in `phase`: its
@@ -425,6 +427,28 @@ impl AuditLog {
     /// Records waiting to be written (the audit backlog, K-OP-1).
     pub fn backlog(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// The audit queue's length, as a gauge read at scrape time.
+#[derive(Debug)]
+struct Backlog(mpsc::Sender<AuditRecord>);
+
+impl prometheus_client::collector::Collector for Backlog {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::result::Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let waiting = self.0.max_capacity() - self.0.capacity();
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(waiting as i64);
+        let metric = encoder.encode_descriptor(
+            "audit_backlog",
+            "Audit records queued and not yet written to PostgreSQL",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
     }
 }
 
