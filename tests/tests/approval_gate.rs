@@ -73,7 +73,29 @@ async fn a_production_statefulset_change_waits_and_proceeds_once_annotated() -> 
     let status = rr.status.clone().context("status")?;
     let approval = status
         .approval
+        .clone()
         .context("the policy's verdict is recorded")?;
+    // The decision is in the audit trail as data (K-AU-1).
+    let db = sqlx::PgPool::connect(&stack.database_url).await?;
+    let uid = rr.metadata.uid.clone().unwrap_or_default();
+    let decided: serde_json::Value =
+        eventually("the decision in the audit trail", TIMEOUT, || async {
+            Ok(sqlx::query_scalar(
+            "SELECT detail FROM remediation_events WHERE request_uid = $1 AND kind = 'decision'",
+        )
+        .bind(&uid)
+        .fetch_optional(&db)
+        .await?)
+        })
+        .await?;
+    assert_eq!(decided["decidedBy"], "rules", "{decided}");
+    assert_eq!(decided["actions"], "scale_statefulset", "{decided}");
+    assert_eq!(decided["policy"]["required"], true, "{decided}");
+    assert_eq!(
+        decided["policy"]["reasons"],
+        json!(["StatefulSet target"]),
+        "{decided}"
+    );
     assert!(approval.required, "{approval:?}");
     assert_eq!(approval.reasons, ["StatefulSet target"]);
     assert!(approval.expires_at.is_some() && approval.decision.is_none());

@@ -99,7 +99,7 @@ pub struct RequestRecord {
 pub struct EventRecord {
     pub request_uid: String,
     pub at: DateTime<Utc>,
-    /// `transition` or `action`.
+    /// `transition`, `action`, `decision`, `approval` or `escalation`.
     pub kind: &'static str,
     pub from_phase: Option<String>,
     pub to_phase: Option<String>,

@@ -175,6 +175,21 @@ fn analyzed_to_next(sup: &mut Sup, analyzed: Analyzed) -> Next {
         msg.push_str(" (global dry-run: server-side dry runs only)");
     }
     let policy = gate(sup, path.as_str(), confidence.unwrap_or(1.0), &d.workflow);
+    // The decision as data, not only as the transition's message (K-AU-1).
+    sup.audit_event(
+        "decision",
+        None,
+        None,
+        "Decided",
+        "",
+        serde_json::json!({
+            "decidedBy": path.as_str(), "reason": &analysis.reason, "rule": &analysis.rule,
+            "actions": &analysis.action, "workflow": &analysis.workflow,
+            "rootCause": &analysis.root_cause, "rationale": &analysis.rationale,
+            "confidence": analysis.confidence, "attempts": analysis.attempts,
+            "policy": {"required": policy.required, "reasons": &policy.reasons, "error": &policy.error},
+        }),
+    );
     if policy.required {
         let approval = awaiting(sup, policy.reasons);
         let msg = format!("{msg}; approval required: {}", approval.reasons.join("; "));
