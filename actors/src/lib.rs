@@ -63,6 +63,8 @@ pub struct Context {
     pub approval: approval::ApprovalPolicy,
     /// Kubernetes Events on requests (transitions, escalations).
     pub events: kubernaut_cluster::EventSink,
+    /// Approvals waiting and escalations, to the configured receivers.
+    pub notifier: kubernaut_notify::Notifier,
 }
 
 #[derive(Clone, Debug)]

@@ -80,8 +80,47 @@ impl Sup {
             .as_str()
             .unwrap_or(reason.as_str())
             .to_string();
-        self.event(true, reason.as_str(), message, "Escalate");
+        self.event(true, reason.as_str(), message.clone(), "Escalate");
+        self.notify(kubernaut_notify::Kind::Escalation, message, detail.clone());
         self.audit_event("escalation", None, None, reason.as_str(), "", detail);
+    }
+
+    /// Tells the people the routes name (K-NT-1); never waits.
+    pub(super) fn notify(
+        &self,
+        kind: kubernaut_notify::Kind,
+        summary: String,
+        detail: serde_json::Value,
+    ) {
+        self.ctx.notifier.send(kubernaut_notify::Notification {
+            kind,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            severity: self.spec.severity.clone(),
+            environment: self
+                .status
+                .processing
+                .as_ref()
+                .map(|p| p.environment.clone())
+                .unwrap_or_default(),
+            summary,
+            detail,
+        });
+    }
+
+    /// What a human needs to approve or reject this request.
+    pub(super) fn how_to_approve(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kubectl": format!(
+                "kubectl -n {} annotate rr {} kubernaut.io/approval=approved",
+                self.namespace, self.name
+            ),
+            "http": format!(
+                "POST /api/v1/remediations/{}/{}/approval {{\"decision\": \"approved\"}}",
+                self.namespace, self.name
+            ),
+        })
     }
 
     /// A Kubernetes Event on the request, queued without waiting.

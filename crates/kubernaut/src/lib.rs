@@ -169,6 +169,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         controller: ctl,
         executor,
         analysis,
+        notifications,
         logging: _,
         rules,
     } = cfg;
@@ -244,9 +245,51 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
             "no SNS topic is allowed (gateway.cloudwatch.topics): CloudWatch alarms are refused"
         );
     }
+    let notifier = if notifications.receivers.is_empty() {
+        kubernaut_notify::Notifier::off()
+    } else {
+        let metrics =
+            kubernaut_notify::Metrics::register(registry.sub_registry_with_prefix("controller"));
+        let audit_log = audit.clone();
+        // Every delivery and failure in the audit trail, queued like the
+        // rest (a full queue drops and counts it).
+        let record = move |d: kubernaut_notify::Delivered| {
+            let at = chrono::Utc::now();
+            let _ = audit_log.try_record(kubernaut_store::AuditRecord::Event(
+                kubernaut_store::EventRecord {
+                    request_uid: d.notification.uid.clone(),
+                    at,
+                    kind: "notification",
+                    from_phase: None,
+                    to_phase: None,
+                    reason: if d.error.is_none() {
+                        "Delivered"
+                    } else {
+                        "DeliveryFailed"
+                    }
+                    .into(),
+                    subject: format!(
+                        "{}|{}|{}",
+                        d.receiver,
+                        d.notification.kind.as_str(),
+                        at.timestamp_micros()
+                    ),
+                    detail: serde_json::json!({
+                        "receiver": d.receiver, "kind": d.notification.kind,
+                        "attempts": d.attempts, "error": d.error,
+                        "summary": d.notification.summary,
+                    }),
+                },
+            ));
+        };
+        let (notifier, _task) =
+            kubernaut_notify::start(&notifications, metrics, record).map_err(anyhow::Error::msg)?;
+        notifier
+    };
     let ctx = Arc::new(Context {
         identity: identity.clone(),
         cluster: cluster.clone(),
+        notifier,
         audit,
         rules,
         metrics: controller_metrics,

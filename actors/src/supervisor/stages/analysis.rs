@@ -41,7 +41,8 @@ impl Stage for Analysis {
                 storm.namespace,
                 verdict.reasons.join("; ")
             );
-            let detail = serde_json::json!({ "message": msg, "alertName": storm.alert_name });
+            let detail = serde_json::json!({ "message": msg, "alertName": storm.alert_name,
+                "approve": sup.how_to_approve() });
             sup.escalate(Reason::StormEscalated, detail);
             let approval = awaiting(sup, verdict.reasons);
             let now = Timestamp::now();
@@ -196,6 +197,12 @@ fn analyzed_to_next(sup: &mut Sup, analyzed: Analyzed) -> Next {
         let detail =
             serde_json::json!({ "reasons": approval.reasons, "expiresAt": approval.expires_at });
         sup.audit_event("approval", None, None, "ApprovalRequested", "", detail);
+        sup.notify(
+            kubernaut_notify::Kind::ApprovalRequired,
+            msg.clone(),
+            serde_json::json!({"reasons": approval.reasons, "expiresAt": approval.expires_at,
+                               "actions": analysis.action, "approve": sup.how_to_approve()}),
+        );
         return Next::commit(move |s| {
             s.analysis = Some(analysis);
             s.approval = Some(approval);

@@ -40,6 +40,9 @@ pub struct Config {
     pub controller: Controller,
     pub executor: Executor,
     pub analysis: Analysis,
+    /// Who is told of approvals waiting and escalations (K-NT-1).
+    #[serde(default)]
+    pub notifications: kubernaut_notify::Settings,
     pub logging: Logging,
     #[serde(default)]
     pub rules: Vec<Rule>,

@@ -1,0 +1,165 @@
+//! K-NT-1 on the real stack: a request that needs approval is announced
+//! to a webhook receiver (a local server that checks the HMAC signature as
+//! a receiver would), with the policy's reasons and how to approve; the
+//! delivery is in the audit trail; a dead receiver is retried, counted as
+//! failed, and holds up nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::Api;
+use kube::api::PostParams;
+use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
+use kubernaut_e2e::{
+    Stack, control_plane, create_request, eventually, managed_namespace, metric, unique,
+};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const SECRET: &str = "webhook-s3cret";
+
+type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+/// A webhook receiver on a free port; what it received.
+async fn receiver() -> anyhow::Result<(String, Received)> {
+    let got: Received = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push((headers, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, got))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "notify", "production").await?;
+    Api::<StatefulSet>::namespaced(admin.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
+                "replicas": 1, "serviceName": "db",
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}},
+                    "spec": {"containers": [{"name": "db", "image": "registry.local/db:1"}]}}}}))?,
+        )
+        .await?;
+    let t = ObjectRef::new("StatefulSet", &ns, "db");
+    let (url, received) = receiver().await?;
+    let dir = std::env::temp_dir().join(unique("kubernaut-notify"));
+    std::fs::create_dir_all(&dir)?;
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n"))?;
+    let receivers = json!([
+        {"name": "oncall", "webhook": {"url": url, "secretFile": secret_file}},
+        {"name": "dead", "webhook": {"url": "http://127.0.0.1:9/hook"}},
+    ])
+    .to_string();
+    let routes = json!([
+        {"matchers": {"kind": "approval_required"}, "receiver": "oncall", "continue": true},
+        {"matchers": {"kind": "approval_required"}, "receiver": "dead"},
+    ])
+    .to_string();
+    let rules = json!([{ "signal": "DbLagging", "action": "scale_statefulset",
+        "parameters": {"namespace": "{{target.namespace}}", "name": "{{target.name}}", "replicas": 2} }]);
+    let running = control_plane(
+        stack,
+        &ns,
+        &[
+            ("NOTIFICATIONS__RECEIVERS", &receivers),
+            ("NOTIFICATIONS__ROUTES", &routes),
+            ("NOTIFICATIONS__RETRIES", "1"),
+        ],
+        rules,
+    )
+    .await?;
+    let name = create_request(&admin, "DbLagging", &t, false).await?;
+
+    let (headers, body) = eventually("the approval announced", TIMEOUT, || async {
+        Ok(received.lock().unwrap().first().cloned())
+    })
+    .await?;
+    let sent: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(sent["version"], "1");
+    assert_eq!(sent["kind"], "approval_required", "{sent}");
+    assert_eq!(
+        (sent["namespace"].as_str(), sent["name"].as_str()),
+        (Some(ns.as_str()), Some(name.as_str()))
+    );
+    assert_eq!(sent["environment"], "production");
+    assert_eq!(
+        sent["detail"]["reasons"],
+        json!(["StatefulSet target"]),
+        "{sent}"
+    );
+    assert!(
+        sent["detail"]["approve"]["kubectl"]
+            .as_str()
+            .is_some_and(|k| k.contains(&format!(
+                "annotate rr {name} kubernaut.io/approval=approved"
+            ))),
+        "{sent}"
+    );
+    // The signature, checked as a receiver checks it.
+    let timestamp = headers["x-kubernaut-timestamp"].to_str()?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    let expected = ring::hmac::sign(
+        &key,
+        format!("{timestamp}.")
+            .as_bytes()
+            .iter()
+            .chain(body.iter())
+            .copied()
+            .collect::<Vec<u8>>()
+            .as_slice(),
+    );
+    assert_eq!(
+        headers["x-kubernaut-signature"].to_str()?,
+        format!("sha256={}", hex::encode(expected.as_ref()))
+    );
+
+    // The request waits regardless of the dead receiver, which is tried
+    // again and counted as failed.
+    let api = Api::<RemediationRequest>::namespaced(admin.clone(), &ns);
+    assert_eq!(api.get(&name).await?.phase(), Phase::AwaitingApproval);
+    let failed = "kubernaut_controller_notifications_total{receiver=\"dead\",outcome=\"failed\"}";
+    eventually("the dead receiver given up", TIMEOUT, || async {
+        Ok((metric(&running, failed).await? >= 1.0).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        received.lock().unwrap().len(),
+        1,
+        "one message per request and kind"
+    );
+
+    // Both deliveries are in the audit trail.
+    let uid = api.get(&name).await?.metadata.uid.unwrap_or_default();
+    let db = sqlx::PgPool::connect(&stack.database_url).await?;
+    let reasons: Vec<String> = eventually("the deliveries audited", TIMEOUT, || async {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT reason FROM remediation_events WHERE request_uid = $1 AND kind = 'notification' ORDER BY reason",
+        )
+        .bind(&uid)
+        .fetch_all(&db)
+        .await?;
+        Ok((rows.len() == 2).then_some(rows))
+    })
+    .await?;
+    assert_eq!(reasons, ["Delivered", "DeliveryFailed"]);
+    running.shutdown().await
+}
