@@ -1,8 +1,9 @@
 //! K-NT-1 on the real stack: a request that needs approval is announced
 //! to a webhook receiver (a local server that checks the HMAC signature as
 //! a receiver would), with the policy's reasons and how to approve; the
-//! delivery is in the audit trail; a dead receiver is retried, counted as
-//! failed, and holds up nothing.
+//! same approval reaches Slack (Block Kit) and PagerDuty (Events API v2)
+//! in their documented shapes; every delivery is in the audit trail; a dead
+//! receiver is retried, counted as failed, and holds up nothing.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,26 +22,45 @@ use serde_json::json;
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SECRET: &str = "webhook-s3cret";
 
-type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+type Received = Arc<Mutex<Vec<(String, HeaderMap, Bytes)>>>;
 
-/// A webhook receiver on a free port; what it received.
+/// One local server standing in for the webhook receiver, Slack and
+/// PagerDuty (by path); its base URL and what it received.
 async fn receiver() -> anyhow::Result<(String, Received)> {
     let got: Received = Arc::default();
     let sink = got.clone();
     let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push((headers, body));
-                "ok"
-            }
-        }),
+        "/{channel}",
+        axum::routing::post(
+            move |axum::extract::Path(channel): axum::extract::Path<String>,
+                  headers: HeaderMap,
+                  body: Bytes| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().unwrap().push((channel.clone(), headers, body));
+                    // Each service's documented success answer.
+                    if channel == "pd" {
+                        (axum::http::StatusCode::ACCEPTED, r#"{"status":"success"}"#)
+                    } else {
+                        (axum::http::StatusCode::OK, "ok")
+                    }
+                }
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
+    let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((url, got))
+    Ok((base, got))
+}
+
+fn body_of(received: &Received, channel: &str) -> Option<(HeaderMap, Bytes)> {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(c, _, _)| c == channel)
+        .map(|(_, h, b)| (h.clone(), b.clone()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,18 +79,26 @@ async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result
         )
         .await?;
     let t = ObjectRef::new("StatefulSet", &ns, "db");
-    let (url, received) = receiver().await?;
+    let (base, received) = receiver().await?;
     let dir = std::env::temp_dir().join(unique("kubernaut-notify"));
     std::fs::create_dir_all(&dir)?;
     let secret_file = dir.join("secret");
     std::fs::write(&secret_file, format!("{SECRET}\n"))?;
+    let slack_url = dir.join("slack-url");
+    std::fs::write(&slack_url, format!("{base}/slack"))?;
+    let routing_key = dir.join("routing-key");
+    std::fs::write(&routing_key, "R0UTINGKEY")?;
     let receivers = json!([
-        {"name": "oncall", "webhook": {"url": url, "secretFile": secret_file}},
+        {"name": "oncall", "webhook": {"url": format!("{base}/hook"), "secretFile": secret_file}},
+        {"name": "chat", "slack": {"urlFile": slack_url}},
+        {"name": "pager", "pagerduty": {"routingKeyFile": routing_key, "url": format!("{base}/pd")}},
         {"name": "dead", "webhook": {"url": "http://127.0.0.1:9/hook"}},
     ])
     .to_string();
     let routes = json!([
         {"matchers": {"kind": "approval_required"}, "receiver": "oncall", "continue": true},
+        {"matchers": {"kind": "approval_required", "environment": "production"}, "receiver": "chat", "continue": true},
+        {"matchers": {"kind": "approval_required", "severity": "warning"}, "receiver": "pager", "continue": true},
         {"matchers": {"kind": "approval_required"}, "receiver": "dead"},
     ])
     .to_string();
@@ -90,7 +118,7 @@ async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result
     let name = create_request(&admin, "DbLagging", &t, false).await?;
 
     let (headers, body) = eventually("the approval announced", TIMEOUT, || async {
-        Ok(received.lock().unwrap().first().cloned())
+        Ok(body_of(&received, "hook"))
     })
     .await?;
     let sent: serde_json::Value = serde_json::from_slice(&body)?;
@@ -141,13 +169,39 @@ async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result
         Ok((metric(&running, failed).await? >= 1.0).then_some(()))
     })
     .await?;
+    // Slack: Block Kit, as its incoming webhooks take it.
+    let (_, slack) = eventually("the Slack message", TIMEOUT, || async {
+        Ok(body_of(&received, "slack"))
+    })
+    .await?;
+    let slack: serde_json::Value = serde_json::from_slice(&slack)?;
+    assert_eq!(slack["blocks"][0]["type"], "header", "{slack}");
+    assert!(
+        slack["text"].as_str().is_some_and(|t| t.contains(&name)),
+        "{slack}"
+    );
+    // PagerDuty: an Events API v2 trigger, one alert per fingerprint.
+    let (_, pd) = eventually("the PagerDuty event", TIMEOUT, || async {
+        Ok(body_of(&received, "pd"))
+    })
+    .await?;
+    let pd: serde_json::Value = serde_json::from_slice(&pd)?;
+    assert_eq!(pd["routing_key"], "R0UTINGKEY");
+    assert_eq!(pd["event_action"], "trigger");
+    assert!(
+        pd["dedup_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("kubernaut-")),
+        "{pd}"
+    );
+    assert_eq!(pd["payload"]["severity"], "warning");
     assert_eq!(
         received.lock().unwrap().len(),
-        1,
-        "one message per request and kind"
+        3,
+        "one message per request, kind and receiver"
     );
 
-    // Both deliveries are in the audit trail.
+    // Every delivery is in the audit trail.
     let uid = api.get(&name).await?.metadata.uid.unwrap_or_default();
     let db = sqlx::PgPool::connect(&stack.database_url).await?;
     let reasons: Vec<String> = eventually("the deliveries audited", TIMEOUT, || async {
@@ -157,9 +211,12 @@ async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result
         .bind(&uid)
         .fetch_all(&db)
         .await?;
-        Ok((rows.len() == 2).then_some(rows))
+        Ok((rows.len() == 4).then_some(rows))
     })
     .await?;
-    assert_eq!(reasons, ["Delivered", "DeliveryFailed"]);
+    assert_eq!(
+        reasons,
+        ["Delivered", "Delivered", "Delivered", "DeliveryFailed"]
+    );
     running.shutdown().await
 }

@@ -105,6 +105,7 @@ impl Sup {
                 .map(|p| p.environment.clone())
                 .unwrap_or_default(),
             summary,
+            fingerprint: self.spec.fingerprint.clone(),
             detail,
         });
     }

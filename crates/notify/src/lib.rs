@@ -10,8 +10,10 @@
 //! back through [`Delivered`] for the audit trail.
 //!
 //! Channels: a generic webhook (JSON, signed with HMAC-SHA256; the schema
-//! is [`Payload`]). The signature is `X-Kubernaut-Signature: sha256=<hex>`
-//! over `<X-Kubernaut-Timestamp>.<body>`.
+//! is [`Payload`]; the signature is `X-Kubernaut-Signature: sha256=<hex>`
+//! over `<X-Kubernaut-Timestamp>.<body>`), Slack incoming webhooks (Block
+//! Kit) and PagerDuty's Events API v2 (`dedup_key` from the fingerprint).
+//! Secrets (keys, webhook URLs, routing keys) are read from files.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,6 +58,8 @@ pub struct Notification {
     pub environment: String,
     /// One line for a human.
     pub summary: String,
+    /// The signal's fingerprint: one incident, one PagerDuty alert.
+    pub fingerprint: String,
     /// The reasons, the policy's verdict, how to approve: per kind.
     pub detail: serde_json::Value,
 }
@@ -77,7 +81,34 @@ pub struct Payload<'a> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Receiver {
     pub name: String,
+    #[serde(default)]
     pub webhook: Option<Webhook>,
+    #[serde(default)]
+    pub slack: Option<Slack>,
+    #[serde(default)]
+    pub pagerduty: Option<PagerDuty>,
+}
+
+/// A Slack incoming webhook; its URL is a secret, so it is read from a file.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Slack {
+    pub url_file: std::path::PathBuf,
+}
+
+/// PagerDuty's Events API v2.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PagerDuty {
+    pub routing_key_file: std::path::PathBuf,
+    #[serde(default = "PagerDuty::default_url")]
+    pub url: String,
+}
+
+impl PagerDuty {
+    fn default_url() -> String {
+        "https://events.pagerduty.com/v2/enqueue".into()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -246,7 +277,151 @@ impl Notifier {
 struct Channel {
     name: String,
     url: String,
-    key: Option<ring::hmac::Key>,
+    kind: ChannelKind,
+}
+
+enum ChannelKind {
+    Webhook(Option<ring::hmac::Key>),
+    Slack,
+    PagerDuty { routing_key: String },
+}
+
+/// A secret read from a file, trimmed.
+fn secret(receiver: &str, key: &str, path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| {
+            format!(
+                "notifications.receivers[{receiver}].{key}: {}: {e}",
+                path.display()
+            )
+        })
+}
+
+impl Channel {
+    fn of(r: &Receiver) -> Result<Channel, String> {
+        let (url, kind) = match (&r.webhook, &r.slack, &r.pagerduty) {
+            (Some(w), None, None) => {
+                let key = match &w.secret_file {
+                    Some(f) => Some(ring::hmac::Key::new(
+                        ring::hmac::HMAC_SHA256,
+                        secret(&r.name, "webhook.secretFile", f)?.as_bytes(),
+                    )),
+                    None => None,
+                };
+                (w.url.clone(), ChannelKind::Webhook(key))
+            }
+            (None, Some(s), None) => (
+                secret(&r.name, "slack.urlFile", &s.url_file)?,
+                ChannelKind::Slack,
+            ),
+            (None, None, Some(p)) => (
+                p.url.clone(),
+                ChannelKind::PagerDuty {
+                    routing_key: secret(&r.name, "pagerduty.routingKeyFile", &p.routing_key_file)?,
+                },
+            ),
+            _ => {
+                return Err(format!(
+                    "notifications.receivers[{}]: exactly one of webhook, slack, pagerduty",
+                    r.name
+                ));
+            }
+        };
+        Ok(Channel {
+            name: r.name.clone(),
+            url,
+            kind,
+        })
+    }
+
+    /// The request body and extra headers for `n`, sent at `sent_at`.
+    fn body(&self, n: &Notification, sent_at: u64) -> (Vec<u8>, Vec<(&'static str, String)>) {
+        match &self.kind {
+            ChannelKind::Webhook(key) => {
+                let body = serde_json::to_vec(&Payload {
+                    version: "1",
+                    receiver: &self.name,
+                    notification: n,
+                    sent_at,
+                })
+                .unwrap_or_default();
+                let mut headers = vec![("x-kubernaut-timestamp", sent_at.to_string())];
+                if let Some(key) = key {
+                    headers.push(("x-kubernaut-signature", signature(key, sent_at, &body)));
+                }
+                (body, headers)
+            }
+            ChannelKind::Slack => (
+                serde_json::to_vec(&slack_message(n)).unwrap_or_default(),
+                vec![],
+            ),
+            ChannelKind::PagerDuty { routing_key } => (
+                serde_json::to_vec(&pagerduty_event(n, routing_key)).unwrap_or_default(),
+                vec![],
+            ),
+        }
+    }
+}
+
+fn title(n: &Notification) -> String {
+    let what = match n.kind {
+        Kind::ApprovalRequired => "Approval required",
+        Kind::Escalation => "Escalation",
+        Kind::Completed => "Remediation completed",
+    };
+    format!("{what}: {}/{}", n.namespace, n.name)
+}
+
+/// A Slack message in Block Kit: a header, the summary, how to approve.
+pub fn slack_message(n: &Notification) -> serde_json::Value {
+    let mut blocks = vec![
+        serde_json::json!({"type": "header", "text": {"type": "plain_text", "text": title(n)}}),
+        serde_json::json!({"type": "section", "text": {"type": "mrkdwn", "text": n.summary}}),
+    ];
+    if let Some(cmd) = n.detail["approve"]["kubectl"].as_str() {
+        blocks.push(
+            serde_json::json!({"type": "section", "text": {"type": "mrkdwn",
+            "text": format!("Approve with `{cmd}`")}}),
+        );
+    }
+    blocks.push(
+        serde_json::json!({"type": "context", "elements": [{"type": "mrkdwn",
+        "text": format!("{} · {} · {}", n.environment, n.severity, n.kind.as_str())}]}),
+    );
+    serde_json::json!({"text": format!("{}: {}", title(n), n.summary), "blocks": blocks})
+}
+
+/// A PagerDuty Events API v2 event: triggered by approvals and
+/// escalations, resolved by a completion; one alert per fingerprint.
+pub fn pagerduty_event(n: &Notification, routing_key: &str) -> serde_json::Value {
+    let severity = match n.severity.as_str() {
+        s @ ("critical" | "error" | "warning" | "info") => s,
+        _ => "warning",
+    };
+    let action = if n.kind == Kind::Completed {
+        "resolve"
+    } else {
+        "trigger"
+    };
+    let summary: String = format!("{}: {}", title(n), n.summary)
+        .chars()
+        .take(1024)
+        .collect();
+    serde_json::json!({
+        "routing_key": routing_key,
+        "event_action": action,
+        "dedup_key": format!("kubernaut-{}", n.fingerprint),
+        "payload": {
+            "summary": summary,
+            "source": format!("{}/{}", n.namespace, n.name),
+            "severity": severity,
+            "component": n.namespace,
+            "group": n.environment,
+            "class": n.kind.as_str(),
+            "custom_details": n.detail,
+        },
+    })
 }
 
 /// Deliveries in flight at once, over all receivers.
@@ -264,31 +439,11 @@ pub fn start(
     metrics: Metrics,
     audit: impl Fn(Delivered) + Send + Sync + 'static,
 ) -> Result<(Notifier, tokio::task::JoinHandle<()>), String> {
-    let mut channels = Vec::new();
-    for r in &settings.receivers {
-        let Some(w) = &r.webhook else {
-            return Err(format!("notifications.receivers[{}]: no channel", r.name));
-        };
-        let key = match &w.secret_file {
-            Some(f) => {
-                let secret = std::fs::read(f).map_err(|e| {
-                    format!(
-                        "notifications.receivers[{}].webhook.secretFile: {}: {e}",
-                        r.name,
-                        f.display()
-                    )
-                })?;
-                let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
-                Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
-            }
-            None => None,
-        };
-        channels.push(Channel {
-            name: r.name.clone(),
-            url: w.url.clone(),
-            key,
-        });
-    }
+    let channels = settings
+        .receivers
+        .iter()
+        .map(Channel::of)
+        .collect::<Result<Vec<_>, _>>()?;
     for route in &settings.routes {
         if !channels.iter().any(|c| c.name == route.receiver) {
             return Err(format!(
@@ -423,19 +578,12 @@ async fn deliver(
         let sent_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let body = serde_json::to_vec(&Payload {
-            version: "1",
-            receiver: &channel.name,
-            notification: n,
-            sent_at,
-        })
-        .unwrap_or_default();
+        let (body, headers) = channel.body(n, sent_at);
         let mut req = http
             .post(&channel.url)
-            .header("content-type", "application/json")
-            .header("x-kubernaut-timestamp", sent_at.to_string());
-        if let Some(key) = &channel.key {
-            req = req.header("x-kubernaut-signature", signature(key, sent_at, &body));
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(k, v);
         }
         let error = match req.body(body).send().await {
             Ok(r) if r.status().is_success() => return (attempt, None),
@@ -470,8 +618,35 @@ mod tests {
             severity: "critical".into(),
             environment: env.into(),
             summary: "s".into(),
-            detail: serde_json::Value::Null,
+            fingerprint: "f1".into(),
+            detail: serde_json::json!({"approve": {"kubectl": "kubectl annotate"}}),
         }
+    }
+
+    #[test]
+    fn slack_and_pagerduty_get_their_documented_shapes() {
+        let m = slack_message(&n(Kind::ApprovalRequired, "production"));
+        assert_eq!(m["blocks"][0]["type"], "header");
+        assert_eq!(m["blocks"][0]["text"]["type"], "plain_text");
+        assert!(
+            m["text"]
+                .as_str()
+                .unwrap()
+                .contains("Approval required: shop/r")
+        );
+        assert!(
+            m["blocks"][2]["text"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("kubectl annotate")
+        );
+        let e = pagerduty_event(&n(Kind::Escalation, "production"), "rk");
+        assert_eq!(e["routing_key"], "rk");
+        assert_eq!(e["event_action"], "trigger");
+        assert_eq!(e["dedup_key"], "kubernaut-f1");
+        assert_eq!(e["payload"]["severity"], "critical");
+        let e = pagerduty_event(&n(Kind::Completed, "production"), "rk");
+        assert_eq!(e["event_action"], "resolve");
     }
 
     fn r(matchers: &[(&str, &str)], receiver: &str, cont: bool) -> Route {
