@@ -452,6 +452,9 @@ pub fn start(
             ));
         }
     }
+    // reqwest is built without a default TLS provider (see the workspace's
+    // Cargo.toml); an error means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(settings.timeout_seconds.max(1)))
         .redirect(reqwest::redirect::Policy::none())
