@@ -1504,3 +1504,22 @@ pub fn tls_certificates(dir: &Path) -> anyhow::Result<()> {
     ])?;
     Ok(())
 }
+
+/// A production namespace with StatefulSet `db` (1 replica).
+pub async fn production_statefulset(
+    admin: &kube::Client,
+    prefix: &str,
+) -> anyhow::Result<kubernaut_api::ObjectRef> {
+    let ns = managed_namespace(admin, prefix, "production").await?;
+    Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(admin.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
+                "replicas": 1, "serviceName": "db",
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}},
+                    "spec": {"containers": [{"name": "db", "image": "registry.local/db:1"}]}}}}))?,
+        )
+        .await?;
+    Ok(kubernaut_api::ObjectRef::new("StatefulSet", &ns, "db"))
+}

@@ -13,28 +13,12 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
 use kubernaut_e2e::{
-    Stack, control_plane, create_request, eventually, managed_namespace, metric, phases, post_as,
-    service_account_token, terminal_request,
+    Stack, control_plane, create_request, eventually, metric, phases, post_as,
+    production_statefulset, service_account_token, terminal_request,
 };
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A production namespace with StatefulSet `db` (1 replica).
-async fn production_statefulset(admin: &kube::Client, prefix: &str) -> anyhow::Result<ObjectRef> {
-    let ns = managed_namespace(admin, prefix, "production").await?;
-    Api::<StatefulSet>::namespaced(admin.clone(), &ns)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
-                "replicas": 1, "serviceName": "db",
-                "selector": {"matchLabels": {"app": "db"}},
-                "template": {"metadata": {"labels": {"app": "db"}},
-                    "spec": {"containers": [{"name": "db", "image": "registry.local/db:1"}]}}}}))?,
-        )
-        .await?;
-    Ok(ObjectRef::new("StatefulSet", &ns, "db"))
-}
 
 fn rules() -> serde_json::Value {
     json!([{ "signal": "DbLagging", "action": "scale_statefulset",

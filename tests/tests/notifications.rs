@@ -10,12 +10,10 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
-use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::Api;
-use kube::api::PostParams;
-use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
+use kubernaut_api::{Phase, RemediationRequest};
 use kubernaut_e2e::{
-    Stack, control_plane, create_request, eventually, managed_namespace, metric, unique,
+    Stack, control_plane, create_request, eventually, metric, production_statefulset, unique,
 };
 use serde_json::json;
 
@@ -67,18 +65,8 @@ fn body_of(received: &Received, channel: &str) -> Option<(HeaderMap, Bytes)> {
 async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result<()> {
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
-    let ns = managed_namespace(&admin, "notify", "production").await?;
-    Api::<StatefulSet>::namespaced(admin.clone(), &ns)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
-                "replicas": 1, "serviceName": "db",
-                "selector": {"matchLabels": {"app": "db"}},
-                "template": {"metadata": {"labels": {"app": "db"}},
-                    "spec": {"containers": [{"name": "db", "image": "registry.local/db:1"}]}}}}))?,
-        )
-        .await?;
-    let t = ObjectRef::new("StatefulSet", &ns, "db");
+    let t = production_statefulset(&admin, "notify").await?;
+    let ns = t.namespace.clone();
     let (base, received) = receiver().await?;
     let dir = std::env::temp_dir().join(unique("kubernaut-notify"));
     std::fs::create_dir_all(&dir)?;
