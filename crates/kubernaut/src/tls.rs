@@ -1,6 +1,8 @@
 //! Serving HTTPS with rustls: a listener for `axum::serve` that completes
 //! TLS handshakes in their own tasks (a slow or hostile client never holds
-//! up the others) and hands over only finished connections.
+//! up the others) and hands over only finished connections. Connections
+//! between accept and hand-over are bounded: past the bound the listener
+//! stops accepting and the kernel's backlog holds the rest.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,6 +23,8 @@ use tokio_rustls::server::TlsStream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the server to take them.
 const READY_BACKLOG: usize = 64;
+/// Connections accepted and not yet handed over (handshaking or waiting).
+const PENDING_MAX: usize = 256;
 
 /// The certificate chain and key of `cert` and `key` (PEM files), as a
 /// rustls server configuration.
@@ -51,8 +55,12 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(READY_BACKLOG);
+        let pending = Arc::new(tokio::sync::Semaphore::new(PENDING_MAX));
         let accepting = tokio::spawn(async move {
             loop {
+                let Ok(slot) = pending.clone().acquire_owned().await else {
+                    return;
+                };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -63,6 +71,7 @@ impl TlsListener {
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
