@@ -238,7 +238,7 @@ const CONFLICT_RETRIES: usize = 5;
 
 /// What a run did, as the record says it.
 fn outcome(call: &ActionCall, target: &ObjectRef, dry_run: bool, ran: Ran) -> Outcome {
-    let (mut changes, mut evidence, message) = match ran {
+    let (mut changes, evidence, message) = match ran {
         Ran::Changed(change) => {
             let message = match (&change, dry_run) {
                 (None, _) => format!("{target} already as {} wants it", call.name()),
@@ -250,12 +250,13 @@ fn outcome(call: &ActionCall, target: &ObjectRef, dry_run: bool, ran: Ran) -> Ou
         Ran::Many(changes, message) => (changes, Value::Null, message),
         Ran::Read(evidence, message) => (Vec::new(), evidence, message),
     };
-    // What an outcome holds goes to the audit trail and the status.
+    // What an outcome holds goes to the audit trail and the status. A read
+    // action's evidence is redacted where it is read (collect_diagnostics,
+    // which the analysis prompt also uses), so only changes are here.
     for c in &mut changes {
         crate::redact::redact(&mut c.before);
         crate::redact::redact(&mut c.after);
     }
-    crate::redact::redact(&mut evidence);
     Outcome {
         dry_run,
         changes,
