@@ -139,16 +139,7 @@ mod tests {
 
     #[test]
     fn the_status_gives_the_request_its_transitions_and_finished_steps() {
-        let rr: RemediationRequest = serde_json::from_value(json!({
-            "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
-            "metadata": {"name": "r", "namespace": "shop", "uid": "u-1"},
-            "spec": {"fingerprint": "f", "signalName": "s", "severity": "warning",
-                     "source": "generic", "instanceId": "i",
-                     "target": {"kind": "Deployment", "namespace": "shop", "name": "web"},
-                     "signalResource": {"kind": "Deployment", "namespace": "shop", "name": "web"},
-                     "firingTime": "2026-11-22T03:00:00Z", "receivedTime": "2026-11-22T03:00:00Z",
-                     "originalPayload": "{}"},
-            "status": {"phase": "Completed",
+        let mut rr = crate::ports::doubles::request(json!({"phase": "Completed",
                 "phaseHistory": [
                     {"phase": "Processing", "time": "2026-11-22T03:00:01Z", "reason": "Started"},
                     {"phase": "Executing", "time": "2026-11-22T03:00:02Z", "reason": "ActionChosen"},
@@ -157,9 +148,9 @@ mod tests {
                     "startedAt": "2026-11-22T03:00:02Z", "result": "Succeeded",
                     "steps": [
                         {"id": "one", "action": "rollout_restart", "phase": "Succeeded", "attempts": 1},
-                        {"id": "two", "action": "notify_only", "phase": "Running"}]}}
-        }))
-        .unwrap();
+                        {"id": "two", "action": "notify_only", "phase": "Running"}]}
+        }));
+        rr.metadata.uid = Some("u-1".into());
         let recs = records(&rr);
         let AuditRecord::Request(req) = &recs[0] else {
             panic!("the request row comes first: {recs:?}");

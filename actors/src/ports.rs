@@ -176,6 +176,18 @@ pub(crate) mod doubles {
         .expect("the fixture is a valid request")
     }
 
+    /// A 503 while `fails` is set, else what `ok` reads.
+    fn unless_failing<T>(
+        fails: &std::sync::atomic::AtomicBool,
+        ok: impl FnOnce() -> T,
+    ) -> KubeResult<T> {
+        if fails.load(std::sync::atomic::Ordering::Relaxed) {
+            Err(api_error(503))
+        } else {
+            Ok(ok())
+        }
+    }
+
     fn take<T>(script: &Mutex<VecDeque<T>>) -> Option<T> {
         script.lock().unwrap().pop_front()
     }
@@ -196,11 +208,9 @@ pub(crate) mod doubles {
             &'a self,
             key: &'a RequestKey,
         ) -> BoxFuture<'a, KubeResult<Option<RemediationRequest>>> {
-            let r = if self.get_fails.load(std::sync::atomic::Ordering::Relaxed) {
-                Err(api_error(503))
-            } else {
-                Ok(self.objects.lock().unwrap().get(key).cloned())
-            };
+            let r = unless_failing(&self.get_fails, || {
+                self.objects.lock().unwrap().get(key).cloned()
+            });
             async move { r }.boxed()
         }
 
@@ -310,14 +320,9 @@ pub(crate) mod doubles {
             &'a self,
             obj: &'a ObjectRef,
         ) -> BoxFuture<'a, KubeResult<Option<ObjectMeta>>> {
-            let r = if self
-                .metadata_fails
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                Err(api_error(503))
-            } else {
-                Ok(self.metadata.lock().unwrap().get(obj).cloned())
-            };
+            let r = unless_failing(&self.metadata_fails, || {
+                self.metadata.lock().unwrap().get(obj).cloned()
+            });
             async move { r }.boxed()
         }
 

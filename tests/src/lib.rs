@@ -470,6 +470,11 @@ fn llm_script(instance: &str, command: &str) -> anyhow::Result<String> {
 /// The overrides that point a control plane's analysis at an LLM server
 /// running the packaged base model: llama.cpp takes the schema with
 /// `json_object`, and the model has no chat template for system prompts.
+/// Owned overrides as the `(key, value)` pairs [`control_plane`] takes.
+pub fn overrides<'a>(o: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    o.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 pub fn llm_overrides(url: &str, model: &str) -> Vec<(&'static str, String)> {
     vec![
         ("ANALYSIS__LLM__ENABLED", "true".into()),

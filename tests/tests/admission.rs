@@ -56,7 +56,7 @@ async fn the_api_server_asks_the_webhook_and_only_kubernaut_and_approvers_get_th
         ("ADMISSION__CERT_FILE", cert.display().to_string()),
         ("ADMISSION__KEY_FILE", key.display().to_string()),
     ];
-    let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let overrides = kubernaut_e2e::overrides(&overrides);
     let rules = json!([{ "signal": "Guarded", "action": "notify_only" }]);
     let running = control_plane(stack, &ns, &overrides, rules).await?;
     let addr = running.admission_addr.context("the webhook is served")?;

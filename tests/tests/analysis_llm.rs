@@ -13,15 +13,11 @@ use kubernaut_api::{AnalysisStatus, ObjectRef, RemediationRequest};
 use kubernaut_cluster::catalogue;
 use kubernaut_e2e::{
     LlmInstance, Stack, api_target, control_plane, create_request, eventually, llm_overrides,
-    llm_server, metric,
+    llm_server, metric, overrides,
 };
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-fn overrides<'a>(o: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    o.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
 
 /// Waits until the request's analysis is recorded.
 async fn analysis_of(admin: &kube::Client, ns: &str, name: &str) -> anyhow::Result<AnalysisStatus> {

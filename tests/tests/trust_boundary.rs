@@ -300,7 +300,7 @@ async fn the_gateway_serves_https_and_nothing_in_clear() -> anyhow::Result<()> {
             dir.join("tls.key").display().to_string(),
         ),
     ];
-    let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let overrides = kubernaut_e2e::overrides(&overrides);
     let running = control_plane(stack, &t.namespace, &overrides, json!([])).await?;
     let port = running.gateway_addr.port();
     let body = json!({"name": "TlsCheck", "id": "tls-1", "severity": "warning",
