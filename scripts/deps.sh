@@ -6,7 +6,7 @@ set -euo pipefail
 
 PKGS=(etcd-server postgresql redis-server openssl rsync golang-1.19-go
       dpkg-dev curl jq ca-certificates golang-github-modern-go-reflect2-dev
-      prometheus-alertmanager)
+      prometheus-alertmanager prometheus python3-aiosmtpd)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -22,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The Debian packages start their own daemons; the stack runs private
   # instances on free ports, so the system ones are not needed.
-  for svc in postgresql redis-server etcd prometheus-alertmanager; do
+  for svc in postgresql redis-server etcd prometheus-alertmanager prometheus; do
     $SUDO service "$svc" stop >/dev/null 2>&1 || true
   done
 fi

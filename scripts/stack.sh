@@ -5,6 +5,11 @@
 # $KUBERNAUT_STACK_DIR (default: $TMPDIR/kubernaut-stack).
 #
 #   scripts/stack.sh up       start what is not running (idempotent)
+#   scripts/stack.sh up --pods  the same, plus the pod simulator
+#   scripts/stack.sh pods     start the pod simulator (podsim: a kubelet and
+#                             scheduler stand-in, tests/src/podsim.rs) for
+#                             namespaces labelled podsim.kubernaut.io/enabled=true;
+#                             $KUBERNAUT_PODSIM_BIN names a built binary
 #   scripts/stack.sh down     stop everything and delete the state
 #   scripts/stack.sh status   exit 0 when every service is up
 #   scripts/stack.sh env      KUBECONFIG=, DATABASE_URL=, REDIS_URL= lines to eval
@@ -194,8 +199,25 @@ ENV
   log "up: API server https://127.0.0.1:$API_PORT, PostgreSQL :$PG_PORT, Redis :$REDIS_PORT"
 }
 
+pods() {
+  [ -f "$S/env" ] || up
+  exec 8>"$S/.podsim.lock"; flock 8
+  alive podsim && return 0
+  local bin="${KUBERNAUT_PODSIM_BIN:-}"
+  if [ -z "$bin" ]; then
+    log "building the pod simulator (cargo build -p kubernaut-e2e --bin podsim)"
+    bin=$(cd "$ROOT" && cargo build -p kubernaut-e2e --bin podsim --message-format=json-render-diagnostics |
+      jq -r 'select(.executable != null) | .executable' | tail -n1)
+  fi
+  KUBECONFIG="$S/admin.kubeconfig" nohup "$bin" > "$S/podsim.log" 2>&1 8>&- 9>&- &
+  echo $! > "$S/podsim.pid"
+  wait_for podsim 30 grep -q "simulating pods" "$S/podsim.log"
+  log "pod simulator up (log: $S/podsim.log)"
+}
+
 down() {
   [ -d "$S" ] || return 0
+  if alive podsim; then kill "$(cat "$S/podsim.pid")" 2>/dev/null || true; fi
   for svc in redis kube-controller-manager kube-apiserver etcd; do
     if alive "$svc"; then kill "$(cat "$S/$svc.pid")" 2>/dev/null || true; fi
   done
@@ -229,9 +251,10 @@ env_() {
 }
 
 case "${1:-}" in
-  up) up ;;
+  up) up; if [ "${2:-}" = --pods ]; then pods; fi ;;
+  pods) pods ;;
   down) down ;;
   status) status ;;
   env) env_ ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--pods]|pods|down|status|env" >&2; exit 2 ;;
 esac

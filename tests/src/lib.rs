@@ -6,6 +6,8 @@
 //! gateway on its own (without the controller, which is one per stack) and
 //! private Redis and PostgreSQL servers for tests that stop them.
 
+pub mod podsim;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
