@@ -117,27 +117,87 @@ pub async fn analyze(
     holder: &str,
 ) -> Analyzed {
     let started = std::time::Instant::now();
-    let fallback = |reason: String, label: &'static str, attempts: u32| {
-        if label != "disabled" {
-            ctx.metrics
-                .fallbacks
-                .get_or_create(&ReasonLabels { reason: label })
-                .inc();
-        }
-        ctx.metrics
-            .analyses
-            .get_or_create(&PathLabels { path: "rules" })
-            .inc();
-        Analyzed {
-            path: Path::Rules,
-            reason,
-            fallback: Some(label),
-            decision: rules::decide(&ctx.rules, spec),
-            verdict: None,
-            attempts,
-            elapsed: started.elapsed(),
-        }
+    let (reason, label, attempts) = match ask_llm(ctx, spec, processing, holder, started).await {
+        Ok(analyzed) => return analyzed,
+        Err(fallback) => fallback,
     };
+    if label != "disabled" {
+        ctx.metrics
+            .fallbacks
+            .get_or_create(&ReasonLabels { reason: label })
+            .inc();
+    }
+    ctx.metrics
+        .analyses
+        .get_or_create(&PathLabels { path: "rules" })
+        .inc();
+    Analyzed {
+        path: Path::Rules,
+        reason,
+        fallback: Some(label),
+        decision: by_rules(ctx, spec).await,
+        verdict: None,
+        attempts,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// The rules' decision; a rule with ranked alternatives is decided with
+/// the recent effectiveness of its choices (K-AI-2), and without it (the
+/// first choice) when PostgreSQL does not answer.
+async fn by_rules(ctx: &Context, spec: &RemediationRequestSpec) -> Result<Decision, RuleError> {
+    let ranked = rules::rule_for(&ctx.rules, spec).is_some_and(|r| !r.alternatives.is_empty());
+    let past = if ranked {
+        history(ctx, spec).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ranking a rule's choices without their history");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    let record = |action: &str| {
+        past.iter()
+            .find(|p| p.action == action)
+            .map(|p| rules::Record {
+                requests: p.requests,
+                effective: p.effective,
+            })
+    };
+    rules::decide_ranked(&ctx.rules, spec, &record, ctx.settings.learning)
+}
+
+/// Recent verified outcomes of this alert on this kind of target.
+async fn history(
+    ctx: &Context,
+    spec: &RemediationRequestSpec,
+) -> Result<Vec<kubernaut_store::PastOutcome>, String> {
+    let asked = ctx.audit.history(
+        &spec.signal_name,
+        &spec.target.kind,
+        ctx.settings.learning.window_days,
+        ctx.analyst.settings.history_limit,
+    );
+    match tokio::time::timeout(Duration::from_secs(2), asked).await {
+        Ok(Ok(h)) => Ok(h
+            .into_iter()
+            .filter(|p| kubernaut_cluster::writes(&p.action))
+            .collect()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("PostgreSQL did not answer".into()),
+    }
+}
+
+/// The LLM's decision, or why the rules decide instead (the reason, its
+/// metric label, the answers asked for).
+async fn ask_llm(
+    ctx: &Context,
+    spec: &RemediationRequestSpec,
+    processing: Option<&ProcessingStatus>,
+    holder: &str,
+    started: std::time::Instant,
+) -> Result<Analyzed, (String, &'static str, u32)> {
+    let fallback =
+        |reason: String, label: &'static str, attempts: u32| Err((reason, label, attempts));
     let Some(llm) = ctx.analyst.llm.clone() else {
         return fallback("no LLM is configured".into(), "disabled", 0);
     };
@@ -219,18 +279,23 @@ pub async fn analyze(
                     ctx.analyst.model,
                     answer.latency.as_secs_f64()
                 );
-                return Analyzed {
+                return Ok(Analyzed {
                     path: Path::Llm,
                     reason,
                     fallback: None,
                     decision: Ok(Decision {
                         rule: String::new(),
                         workflow,
+                        // The rule's query measures the alert, whoever decided.
+                        verify_query: rules::decide(&ctx.rules, spec)
+                            .ok()
+                            .and_then(|d| d.verify_query),
+                        passed_over: Vec::new(),
                     }),
                     verdict: Some(verdict),
                     attempts,
                     elapsed: started.elapsed(),
-                };
+                });
             }
             Err(errors) => {
                 count_call(ctx, provider, "invalid");
@@ -281,28 +346,18 @@ async fn gather(ctx: &Context, spec: &RemediationRequestSpec) -> Facts {
             Err(e) => f.gaps.push(format!("target state: {e}")),
         }
     }
-    let history = tokio::time::timeout(
-        Duration::from_secs(2),
-        ctx.audit.history(
-            &spec.signal_name,
-            &spec.target.kind,
-            ctx.analyst.settings.history_limit,
-        ),
-    )
-    .await;
-    match history {
-        Ok(Ok(h)) => {
+    match history(ctx, spec).await {
+        Ok(h) => {
             f.history = h
                 .into_iter()
                 .map(|p| Past {
                     action: p.action,
                     requests: p.requests,
-                    completed: p.completed,
+                    effective: p.effective,
                 })
                 .collect()
         }
-        Ok(Err(e)) => f.gaps.push(format!("history: {e}")),
-        Err(_) => f.gaps.push("history: PostgreSQL did not answer".into()),
+        Err(e) => f.gaps.push(format!("history: {e}")),
     }
     f
 }

@@ -164,7 +164,7 @@ mod tests {
                     e.reason.clone(),
                     e.subject.clone(),
                 ),
-                AuditRecord::Request(_) => panic!("one request row"),
+                other => panic!("one request row, then events: {other:?}"),
             })
             .collect();
         let want = [

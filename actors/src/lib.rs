@@ -65,6 +65,8 @@ pub struct Context {
     pub events: kubernaut_cluster::EventSink,
     /// Approvals waiting and escalations, to the configured receivers.
     pub notifier: kubernaut_notify::Notifier,
+    /// The scorers of Verifying (K-AU-2) and their window.
+    pub verifier: kubernaut_verify::Verifier,
 }
 
 #[derive(Clone, Debug)]
@@ -98,6 +100,8 @@ pub struct Settings {
     pub storm: rules::StormPolicy,
     /// How much may change at once before a human is asked.
     pub budget: holds::Budget,
+    /// When a rule's choice is passed over for its recent outcomes.
+    pub learning: rules::Learning,
 }
 
 /// K-RR-4: how long a whole remediation and each phase may take. Keyed by
@@ -162,6 +166,7 @@ impl Default for Settings {
             audit_grace: Duration::from_secs(60),
             storm: rules::StormPolicy::default(),
             budget: holds::Budget::default(),
+            learning: rules::Learning::default(),
         }
     }
 }

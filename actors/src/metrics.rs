@@ -2,7 +2,7 @@
 //! time messages wait in the mailbox, messages handled, handling time,
 //! restarts and live actors; supervisors by phase; phase transitions; actions
 //! by type and result; stage durations; status-patch latency and conflicts;
-//! escalations; what the janitor deleted and deferred; LLM calls, their
+//! escalations; verification outcomes; what the janitor deleted and deferred; LLM calls, their
 //! latency and tokens, the circuit breaker, analysis paths and fallbacks,
 //! and approval-policy verdicts.
 
@@ -65,6 +65,11 @@ pub struct StageLabels {
     pub stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub mailbox_depth: Family<ActorLabels, Gauge>,
@@ -81,6 +86,8 @@ pub struct Metrics {
     pub status_conflicts: Counter,
     pub status_write_errors: Counter,
     pub escalations: Family<StageLabels, Counter>,
+    /// Verification outcomes (K-AU-2).
+    pub verifications: Family<OutcomeLabels, Counter>,
     pub retention_deleted: Counter,
     pub retention_deferred: Family<ReasonLabels, Counter>,
     pub audit_backfilled: Counter,
@@ -150,6 +157,7 @@ impl Default for Metrics {
             status_conflicts: Counter::default(),
             status_write_errors: Counter::default(),
             escalations: Family::default(),
+            verifications: Family::default(),
             retention_deleted: Counter::default(),
             retention_deferred: Family::default(),
             audit_backfilled: Counter::default(),
@@ -232,6 +240,11 @@ impl Metrics {
             "escalations",
             "Escalations recorded, by cause",
             m.escalations.clone(),
+        );
+        r.register(
+            "verifications",
+            "Verified remediations, by outcome (Effective, Ineffective, Inconclusive)",
+            m.verifications.clone(),
         );
         r.register(
             "retention_deleted",

@@ -75,6 +75,22 @@ impl Stack {
 
     fn up() -> anyhow::Result<Stack> {
         script("stack.sh", &["up"])?;
+        // Pods that live (podsim, next to this test binary: cargo builds
+        // the package's binaries for its tests and benchmarks).
+        let podsim = std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("podsim"))
+            .filter(|p| p.exists())
+            .context("the podsim binary next to the test binary")?;
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/stack.sh"))
+            .arg("pods")
+            .env("KUBERNAUT_PODSIM_BIN", &podsim)
+            .stderr(Stdio::inherit())
+            .status()
+            .context("starting the pod simulator")?;
+        ensure!(out.success(), "stack.sh pods failed with {out}");
         let env = script("stack.sh", &["env"])?;
         let var = |k: &str| -> anyhow::Result<String> {
             env.lines()
@@ -708,7 +724,7 @@ impl Drop for PostgresServer {
 
 /// Creates a namespace opted in to remediation, with the given
 /// environment, and lets Kubernaut's actions write there (as an installer
-/// does with `kubernaut rbac`).
+/// does with `kubernaut rbac`). Its pods run, as the pod simulator says.
 pub async fn managed_namespace(
     admin: &kube::Client,
     prefix: &str,
@@ -719,7 +735,8 @@ pub async fn managed_namespace(
         .create(
             &PostParams::default(),
             &serde_json::from_value(json!({"metadata": {"name": ns, "labels": {
-                "kubernaut.io/managed": "true", "kubernaut.io/environment": environment
+                "kubernaut.io/managed": "true", "kubernaut.io/environment": environment,
+                (podsim::ENABLED_LABEL): "true"
             }}}))?,
         )
         .await?;
@@ -964,6 +981,123 @@ impl Drop for AlertmanagerServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A real Prometheus (Debian's `prometheus`) on a free port, scraping
+/// `targets` (`host:port`) every second.
+pub struct PrometheusServer {
+    pub url: String,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl PrometheusServer {
+    pub async fn start(targets: &[String]) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(unique("kubernaut-prometheus"));
+        std::fs::create_dir_all(&dir)?;
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: test\n    static_configs:\n      - targets: {}\n",
+            serde_json::to_string(targets)?
+        );
+        std::fs::write(dir.join("prometheus.yml"), config)?;
+        let log = std::fs::File::create(dir.join("prometheus.log"))?;
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting prometheus (scripts/deps.sh installs it)")?;
+        let server = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            dir,
+        };
+        let ready = format!("{}/-/ready", server.url);
+        eventually(
+            "Prometheus to be ready",
+            Duration::from_secs(60),
+            || async { Ok((get_status(&ready).await.ok() == Some(200)).then_some(())) },
+        )
+        .await?;
+        Ok(server)
+    }
+
+    /// The number of series `query` returns now.
+    pub async fn series(&self, query: &str) -> anyhow::Result<usize> {
+        let mut url = format!("{}/api/v1/query?query=", self.url);
+        for b in query.bytes() {
+            if b.is_ascii_alphanumeric() {
+                url.push(b as char);
+            } else {
+                url.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let (status, body) = get(&url).await?;
+        ensure!(status == 200, "Prometheus answered {status}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(v["data"]["result"].as_array().map_or(0, Vec::len))
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `/metrics` endpoint serving whatever text the test sets.
+pub struct Exporter {
+    pub addr: SocketAddr,
+    text: Arc<std::sync::Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Exporter {
+    pub async fn start(text: &str) -> anyhow::Result<Self> {
+        let shared = Arc::new(std::sync::Mutex::new(text.to_string()));
+        let served = shared.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let served = served.clone();
+                async move { served.lock().map(|t| t.clone()).unwrap_or_default() }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            addr,
+            text: shared,
+            task,
+        })
+    }
+
+    pub fn set(&self, text: &str) {
+        if let Ok(mut t) = self.text.lock() {
+            *t = text.to_string();
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

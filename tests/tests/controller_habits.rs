@@ -69,7 +69,7 @@ async fn every_phase_transition_is_a_kubernetes_event_on_the_request() -> anyhow
         "Enriched",
         "ActionChosen",
         "ActionFinished",
-        "Verified",
+        "NothingChanged",
     ];
     let reasons = eventually("an Event per transition", TIMEOUT, || async {
         let mut reasons: Vec<String> = events

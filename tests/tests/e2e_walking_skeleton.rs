@@ -85,12 +85,14 @@ async fn e2e_alert_to_completed_restart_with_audit() -> anyhow::Result<()> {
         "{dry}"
     );
 
-    // A managed namespace with a Deployment; controller-manager makes its pods.
+    // A managed namespace with a Deployment; controller-manager makes its
+    // pods, and the pod simulator runs them.
     let ns = unique("e2e-skeleton");
     let namespaces: Api<Namespace> = Api::all(admin.clone());
     namespaces
         .create(&PostParams::default(), &serde_json::from_value(json!({
-            "metadata": {"name": ns, "labels": {"kubernaut.io/managed": "true", "kubernaut.io/environment": "production"}}
+            "metadata": {"name": ns, "labels": {"kubernaut.io/managed": "true", "kubernaut.io/environment": "production",
+                                                 (kubernaut_e2e::podsim::ENABLED_LABEL): "true"}}
         }))?)
         .await?;
     kubernaut_e2e::bind_actions(&admin, &ns).await?;

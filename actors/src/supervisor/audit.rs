@@ -85,6 +85,25 @@ impl Sup {
         self.audit_event("escalation", None, None, reason.as_str(), "", detail);
     }
 
+    /// A request completed: told with its verification, when scored.
+    pub(super) fn completed(
+        &self,
+        verification: Option<&kubernaut_api::VerificationStatus>,
+        message: &str,
+    ) {
+        let detail = serde_json::json!({
+            "message": message,
+            "outcome": verification.and_then(|v| v.outcome).map(|o| o.as_str()),
+            "score": verification.and_then(|v| v.score),
+            "components": verification.map(|v| &v.components),
+        });
+        self.notify(
+            kubernaut_notify::Kind::Completed,
+            message.to_string(),
+            detail,
+        );
+    }
+
     /// Tells the people the routes name (K-NT-1); never waits.
     pub(super) fn notify(
         &self,

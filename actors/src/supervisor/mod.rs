@@ -360,7 +360,10 @@ impl Sup {
         }
         match msg {
             Msg::Advance => self.advance(myself).await,
-            Msg::Recheck if self.phase() == Phase::Blocked => self.advance(myself).await,
+            // A hold ends, or a verification window does.
+            Msg::Recheck if matches!(self.phase(), Phase::Blocked | Phase::Verifying) => {
+                self.advance(myself).await
+            }
             Msg::Approval(a) => {
                 let new = self.approval.as_ref() != Some(&a);
                 self.approval = Some(a);

@@ -10,7 +10,7 @@ use kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, T
 use kubernaut_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kubernaut_api::{
     Decision, ExecutionResult, Phase, PhaseTransition, RemediationRequestStatus, StepPhase,
-    TransitionError,
+    TransitionError, VerificationOutcome,
 };
 
 use crate::Timeouts;
@@ -43,6 +43,12 @@ pub enum Reason {
     InvalidWorkflow,
     Verified,
     VerificationFailed,
+    /// Scored, and the incident did not go away (K-AU-2).
+    Ineffective,
+    /// Scored, and the scorers could not tell.
+    Inconclusive,
+    /// The workflow changed nothing, so there is nothing to score.
+    NothingChanged,
     NoExecutionRecord,
     StageFailed,
     StatusRejected,
@@ -80,6 +86,9 @@ impl Reason {
             Reason::InvalidWorkflow => "InvalidWorkflow",
             Reason::Verified => "Verified",
             Reason::VerificationFailed => "VerificationFailed",
+            Reason::Ineffective => "Ineffective",
+            Reason::Inconclusive => "Inconclusive",
+            Reason::NothingChanged => "NothingChanged",
             Reason::NoExecutionRecord => "NoExecutionRecord",
             Reason::StageFailed => "StageFailed",
             Reason::StatusRejected => "StatusRejected",
@@ -390,15 +399,32 @@ pub fn executed(
 }
 
 /// Verification's verdict: Completed, or Failed with why.
+/// The end of Verifying: the outcome of the scores (none when nothing
+/// was changed, so nothing was scored), or why the change was never seen.
+/// Ineffective fails the request: the incident is still there, and
+/// routing holds count it as the failure it is.
 pub fn verified(
     status: &mut RemediationRequestStatus,
-    result: Result<String, String>,
+    result: Result<(Option<VerificationOutcome>, String), String>,
     now: Timestamp,
 ) -> Transition {
+    use VerificationOutcome::*;
     match result {
-        Ok(msg) => {
-            set_condition(status, Cond::Verified, Truth::True, "Verified", now);
+        Ok((Some(Effective), msg)) => {
+            set_condition(status, Cond::Verified, Truth::True, "Effective", now);
             Transition::new(Phase::Completed, Reason::Verified, msg)
+        }
+        Ok((None, msg)) => {
+            set_condition(status, Cond::Verified, Truth::True, "NothingChanged", now);
+            Transition::new(Phase::Completed, Reason::NothingChanged, msg)
+        }
+        Ok((Some(Inconclusive), msg)) => {
+            set_condition(status, Cond::Verified, Truth::Unknown, "Inconclusive", now);
+            Transition::new(Phase::Completed, Reason::Inconclusive, msg)
+        }
+        Ok((Some(Ineffective), msg)) => {
+            set_condition(status, Cond::Verified, Truth::False, "Ineffective", now);
+            Transition::new(Phase::Failed, Reason::Ineffective, msg)
         }
         Err(e) => Transition::new(Phase::Failed, Reason::VerificationFailed, e),
     }
@@ -715,10 +741,29 @@ mod tests {
     fn verification_completes_or_fails() {
         let c = clock();
         let mut s = in_phase(Phase::Verifying);
-        assert_eq!(
-            verified(&mut s, Ok("seen".into()), c.now).to,
-            Phase::Completed
-        );
+        use VerificationOutcome::*;
+        let cases = [
+            (Some(Effective), Phase::Completed, Reason::Verified, "True"),
+            (None, Phase::Completed, Reason::NothingChanged, "True"),
+            (
+                Some(Inconclusive),
+                Phase::Completed,
+                Reason::Inconclusive,
+                "Unknown",
+            ),
+            (
+                Some(Ineffective),
+                Phase::Failed,
+                Reason::Ineffective,
+                "False",
+            ),
+        ];
+        for (outcome, phase, reason, truth) in cases {
+            let t = verified(&mut s, Ok((outcome, "scored".into())), c.now);
+            assert_eq!((t.to, t.reason), (phase, reason), "{outcome:?}");
+            let cond = s.conditions.iter().find(|c| c.type_ == "Verified").unwrap();
+            assert_eq!(cond.status, truth, "{outcome:?}");
+        }
         assert_eq!(
             verified(&mut s, Err("not seen".into()), c.now).reason,
             Reason::VerificationFailed

@@ -159,6 +159,11 @@ pub struct RemediationRequestStatus {
     pub approval: Option<ApprovalStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<ExecutionStatus>,
+    /// Did the fix work (K-AU-2): the stabilisation window and its scores.
+    /// Kept here, not in memory, so a replica that takes the request over
+    /// finishes a window another one started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
     /// The whole remediation times out at this instant (K-RR-4); set when
@@ -282,6 +287,14 @@ pub struct AnalysisStatus {
     /// What the Execution stage runs (K-EX-1).
     #[serde(default)]
     pub workflow: crate::workflow::Workflow,
+    /// Better-ranked choices of the rule that were passed over, and why
+    /// (their recent effectiveness, K-AI-2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<String>,
+    /// The PromQL the metric scorer evaluates after the window (K-AU-2).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_schema_default)]
+    pub verify_query: String,
 }
 
 macro_rules! closed_set {
@@ -350,6 +363,74 @@ fn is_zero(n: &u32) -> bool {
 
 fn is_zero_u64(n: &u64) -> bool {
     *n == 0
+}
+
+/// Whether a remediation made the incident go away (K-AU-2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum VerificationOutcome {
+    Effective,
+    Ineffective,
+    /// The scorers could not tell (nothing applicable, a middling score,
+    /// or someone else changed the target during the window).
+    Inconclusive,
+}
+
+impl VerificationOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationOutcome::Effective => "Effective",
+            VerificationOutcome::Ineffective => "Ineffective",
+            VerificationOutcome::Inconclusive => "Inconclusive",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationStatus {
+    /// The window began when the change was seen applied.
+    pub started_at: Time,
+    /// Scoring happens at this instant.
+    pub window_ends: Time,
+    /// The target as the action left it, for the drift and restart scores.
+    #[serde(default)]
+    pub baseline: VerificationBaseline,
+    /// One entry per scorer, once scored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ScoreComponent>,
+    /// The weighted score of the applicable components, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<VerificationOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_at: Option<Time>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationBaseline {
+    /// SHA-256 of the target's canonical spec just after the action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
+    /// Each of the target's pods' container restarts just after the action
+    /// (at most 64 pods).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub restarts: BTreeMap<String, i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScoreComponent {
+    /// `health`, `alert`, `metric` or `drift`.
+    pub name: String,
+    /// 0 to 1; absent when the scorer does not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    pub weight: f64,
+    /// What the scorer saw.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub evidence: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

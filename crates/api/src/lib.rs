@@ -15,8 +15,8 @@ pub use crd::{
     AffectedTarget, AnalysisStatus, ApprovalStatus, DecidedBy, Decision, Deduplication,
     ExecutionResult, ExecutionStatus, MAX_RECENT_INSTANCES, MAX_STORM_TARGETS, ObjectRef,
     PhaseTransition, ProcessingStatus, RemediationRequest, RemediationRequestSpec,
-    RemediationRequestStatus, SignalResolution, StepPhase, StepStatus, StormKind, StormSpec,
-    StormStatus,
+    RemediationRequestStatus, ScoreComponent, SignalResolution, StepPhase, StepStatus, StormKind,
+    StormSpec, StormStatus, VerificationBaseline, VerificationOutcome, VerificationStatus,
 };
 pub use k8s_openapi;
 pub use kube;
@@ -24,7 +24,7 @@ pub use object::RequestKey;
 pub use phase::{Phase, TransitionError};
 pub use signal::{
     IngestOutcome, IntakeError, RejectReason, ReviewedUser, Signal, SignalIntake, SignalSource,
-    SignalStatus, TokenReviewer, fingerprint,
+    SignalStatus, TokenReviewer, fingerprint, sha256_hex,
 };
 
 /// Label on a namespace or resource that opts it in to remediation (K-GW-8).

@@ -8,6 +8,7 @@ mod actions;
 mod approvals;
 mod claims;
 mod events;
+mod health;
 mod members;
 mod occurrences;
 mod owners;
@@ -22,11 +23,12 @@ use std::time::Duration;
 
 pub use actions::{
     Action, ActionCall, ActionError, ActionInfo, Bounds, Catalogued, Change, ExecSettings, KINDS,
-    Kind, Outcome, Quantity, Ran, Risk, RunCx, catalogue, kind, lock_name, repeatable,
+    Kind, Outcome, Quantity, Ran, Risk, RunCx, catalogue, kind, lock_name, repeatable, writes,
 };
 pub use actions::{DeleteOutcome, PodState};
 pub use approvals::KubeApprovals;
 pub use claims::LeaseClaim;
+pub use health::{MAX_HEALTH_PODS, Observed, PodHealth, canonical_hash};
 pub use kube::Client;
 pub use members::member_lease_name;
 pub use occurrences::{Counted, Occurrences, Require};

@@ -3,6 +3,11 @@
 //! `{{labels.X}}`, `{{target.kind|name|namespace}}` and
 //! `{{resource.kind|name|namespace}}` in any string parameter are filled
 //! from the request's spec; other values keep their YAML types.
+//!
+//! A rule may list ranked `alternatives`; [`decide_ranked`] passes over a
+//! choice whose recent effectiveness for this alert and target kind is
+//! below a threshold (K-AI-2). Its `verifyQuery` is the PromQL the metric
+//! scorer evaluates (K-AU-2); placeholders in it are PromQL-escaped.
 
 use kubernaut_api::RemediationRequestSpec;
 use kubernaut_api::workflow::{Fill, Step, Workflow, fill_placeholders};
@@ -22,12 +27,86 @@ pub struct Rule {
     pub parameters: Value,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workflow: Vec<Step>,
+    /// Ranked fallbacks, each an action with parameters or a workflow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternatives: Vec<Choice>,
+    /// PromQL that returns series while the problem lasts, as an alerting
+    /// rule's expression does; empty after a fix that worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_query: Option<String>,
+}
+
+/// One of a rule's ranked alternatives.
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Choice {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub parameters: Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workflow: Vec<Step>,
+}
+
+impl Choice {
+    fn workflow(&self) -> Workflow {
+        match &self.action {
+            Some(action) => Workflow::single(action, self.parameters.clone()),
+            None => Workflow {
+                steps: self.workflow.clone(),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub rule: String,
     pub workflow: Workflow,
+    /// The rule's PromQL for the metric scorer, placeholders filled.
+    pub verify_query: Option<String>,
+    /// Why better-ranked choices were passed over, best first.
+    pub passed_over: Vec<String>,
+}
+
+/// How an action did for an alert and target kind: finished requests whose
+/// outcome is known, and those verified Effective.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Record {
+    pub requests: i64,
+    pub effective: i64,
+}
+
+impl Record {
+    pub fn effectiveness(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.effective as f64 / self.requests as f64
+        }
+    }
+}
+
+/// When a choice is passed over: it was tried at least `min_samples`
+/// times recently and worked in fewer than `threshold` of them.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Learning {
+    pub threshold: f64,
+    pub min_samples: i64,
+    /// Only outcomes of this many recent days count.
+    pub window_days: u32,
+}
+
+impl Default for Learning {
+    fn default() -> Self {
+        Learning {
+            threshold: 0.5,
+            min_samples: 3,
+            window_days: 30,
+        }
+    }
 }
 
 impl Decision {
@@ -98,16 +177,89 @@ fn check(rules: &[Rule]) -> Result<(), String> {
         r.workflow()
             .validate(&known)
             .map_err(|e| format!("rule for {:?}: {e}", r.signal))?;
+        for (i, c) in r.alternatives.iter().enumerate() {
+            if c.action.is_some() != c.workflow.is_empty() {
+                return Err(format!(
+                    "rule for {:?}: alternative {} needs exactly one of action and workflow",
+                    r.signal,
+                    i + 1
+                ));
+            }
+            c.workflow()
+                .validate(&known)
+                .map_err(|e| format!("rule for {:?}, alternative {}: {e}", r.signal, i + 1))?;
+        }
     }
     Ok(())
 }
 
+/// The rule for `spec`'s signal, if there is one.
+pub fn rule_for<'a>(rules: &'a [Rule], spec: &RemediationRequestSpec) -> Option<&'a Rule> {
+    rules.iter().find(|r| r.signal == spec.signal_name)
+}
+
+/// The matching rule's first choice.
 pub fn decide(rules: &[Rule], spec: &RemediationRequestSpec) -> Result<Decision, RuleError> {
-    let rule = rules
-        .iter()
-        .find(|r| r.signal == spec.signal_name)
-        .ok_or_else(|| RuleError::NoRule(spec.signal_name.clone()))?;
-    let mut workflow = rule.workflow();
+    decide_ranked(rules, spec, &|_| None, Learning::default())
+}
+
+/// The matching rule's best-ranked choice that has not recently failed:
+/// a choice any of whose mutating actions has `record` below
+/// `learning.threshold` over at least `learning.min_samples` requests is
+/// passed over for the next. When every choice is passed over, the one
+/// that did best is taken, and the reasons say so.
+pub fn decide_ranked(
+    rules: &[Rule],
+    spec: &RemediationRequestSpec,
+    record: &dyn Fn(&str) -> Option<Record>,
+    learning: Learning,
+) -> Result<Decision, RuleError> {
+    let rule = rule_for(rules, spec).ok_or_else(|| RuleError::NoRule(spec.signal_name.clone()))?;
+    let choices: Vec<Workflow> = std::iter::once(rule.workflow())
+        .chain(rule.alternatives.iter().map(Choice::workflow))
+        .collect();
+    let mut passed_over = Vec::new();
+    let mut best: Option<(f64, usize)> = None;
+    let mut chosen = None;
+    for (i, w) in choices.iter().enumerate() {
+        let worst = fixes(w)
+            .filter_map(|a| record(a).map(|r| (a, r)))
+            .filter(|(_, r)| r.requests >= learning.min_samples.max(1))
+            .min_by(|a, b| a.1.effectiveness().total_cmp(&b.1.effectiveness()));
+        match worst {
+            Some((action, r)) if r.effectiveness() < learning.threshold => {
+                passed_over.push(format!(
+                    "{action} worked in {} of its last {} {} requests on a {} ({:.0}%, below {:.0}%)",
+                    r.effective,
+                    r.requests,
+                    spec.signal_name,
+                    spec.target.kind,
+                    r.effectiveness() * 100.0,
+                    learning.threshold * 100.0
+                ));
+                if best.is_none_or(|(e, _)| r.effectiveness() > e) {
+                    best = Some((r.effectiveness(), i));
+                }
+            }
+            _ => {
+                chosen = Some(i);
+                break;
+            }
+        }
+    }
+    let index = match chosen {
+        Some(i) => i,
+        None => {
+            let i = best.map_or(0, |(_, i)| i);
+            passed_over.push(format!(
+                "every choice did poorly; taking choice {} of {}, which did best",
+                i + 1,
+                choices.len()
+            ));
+            i
+        }
+    };
+    let mut workflow = choices[index].clone();
     for step in &mut workflow.steps {
         fill_placeholders(&mut step.parameters, &mut |key| lookup(key, spec)).map_err(|u| {
             RuleError::MissingValue {
@@ -117,10 +269,60 @@ pub fn decide(rules: &[Rule], spec: &RemediationRequestSpec) -> Result<Decision,
             }
         })?;
     }
+    let verify_query = match &rule.verify_query {
+        Some(q) => Some(promql(q, spec).map_err(|u| RuleError::MissingValue {
+            rule: rule.signal.clone(),
+            param: "verifyQuery".into(),
+            placeholder: u.placeholder,
+        })?),
+        None => None,
+    };
     Ok(Decision {
         rule: rule.signal.clone(),
         workflow,
+        verify_query,
+        passed_over,
     })
+}
+
+/// The workflow's actions that change something: the ones whose
+/// effectiveness counts (reading or notifying fixes nothing).
+pub fn fixes(w: &Workflow) -> impl Iterator<Item = &str> {
+    let mut seen: Vec<&str> = Vec::new();
+    w.steps
+        .iter()
+        .map(|s| s.action.as_str())
+        .filter(|a| kubernaut_cluster::writes(a))
+        .filter(move |a| {
+            let new = !seen.contains(a);
+            seen.push(a);
+            new
+        })
+}
+
+/// Fills `query`'s placeholders with values escaped for a PromQL string
+/// literal: a label value is outside input, and must not end the string.
+fn promql(
+    query: &str,
+    spec: &RemediationRequestSpec,
+) -> Result<String, kubernaut_api::workflow::Unfilled> {
+    let mut v = Value::String(query.to_string());
+    fill_placeholders(&mut v, &mut |key| match lookup(key, spec) {
+        Fill::With(s) => Fill::With(
+            s.chars()
+                .flat_map(|c| match c {
+                    '\\' => vec!['\\', '\\'],
+                    '"' => vec!['\\', '"'],
+                    '\'' => vec!['\\', '\''],
+                    '\n' => vec!['\\', 'n'],
+                    c if c.is_control() => vec![],
+                    c => vec![c],
+                })
+                .collect(),
+        ),
+        other => other,
+    })?;
+    Ok(v.as_str().unwrap_or_default().to_string())
 }
 
 /// The storm policy's fan-out: how an approved storm runs its rule over
@@ -197,6 +399,8 @@ pub fn storm_plan(
     Ok(Decision {
         rule,
         workflow: plan,
+        verify_query: None,
+        passed_over: Vec::new(),
     })
 }
 
@@ -414,6 +618,104 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("cycle")
+        );
+    }
+
+    fn ranked_rule() -> Rule {
+        serde_json::from_value(serde_json::json!({
+            "signal": "HighErrorRate",
+            "workflow": [
+                {"id": "look", "action": "collect_diagnostics", "parameters":
+                    {"kind": "Deployment", "namespace": "shop", "name": "cart"}},
+                {"id": "fix", "action": "rollout_restart", "dependsOn": ["look"], "parameters":
+                    {"kind": "Deployment", "namespace": "shop", "name": "cart"}}],
+            "alternatives": [
+                {"action": "rollback_deployment", "parameters": {"namespace": "shop", "name": "cart"}},
+                {"action": "notify_only", "parameters": {"message": "nothing worked"}}],
+            "verifyQuery": "rate(errors{pod=\"{{labels.pod}}\"}[5m]) > 0"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_choice_that_recently_did_not_work_is_passed_over_and_the_status_says_why() {
+        let rules = vec![ranked_rule()];
+        validate(&rules).unwrap();
+        let s = spec("HighErrorRate", &[("pod", "cart-1")]);
+        let learning = Learning::default();
+        let history = |action: &str| match action {
+            "rollout_restart" => Some(Record {
+                requests: 4,
+                effective: 1,
+            }),
+            "collect_diagnostics" => Some(Record {
+                requests: 9,
+                effective: 0,
+            }),
+            _ => None,
+        };
+        let d = decide_ranked(&rules, &s, &history, learning).unwrap();
+        assert_eq!(d.workflow.steps[0].action, "rollback_deployment");
+        assert_eq!(d.passed_over.len(), 1);
+        assert!(
+            d.passed_over[0].starts_with("rollout_restart worked in 1 of its last 4"),
+            "{:?}",
+            d.passed_over
+        );
+        // Too few samples say nothing: the first choice stands.
+        let few = |_: &str| {
+            Some(Record {
+                requests: 2,
+                effective: 0,
+            })
+        };
+        let d = decide_ranked(&rules, &s, &few, learning).unwrap();
+        assert_eq!(d.workflow.steps[1].action, "rollout_restart");
+        assert!(d.passed_over.is_empty());
+        // A choice that changes nothing is never passed over.
+        let bad = |_: &str| {
+            Some(Record {
+                requests: 10,
+                effective: 0,
+            })
+        };
+        let d = decide_ranked(&rules, &s, &bad, learning).unwrap();
+        assert_eq!(d.workflow.steps[0].action, "notify_only");
+        // Every choice that changes something failed: the best of them, said so.
+        let mut rule = ranked_rule();
+        rule.alternatives.pop();
+        let rules = vec![rule];
+        let bad = |a: &str| {
+            Some(Record {
+                requests: 10,
+                effective: if a == "rollback_deployment" { 4 } else { 0 },
+            })
+        };
+        let d = decide_ranked(&rules, &s, &bad, learning).unwrap();
+        assert_eq!(d.workflow.steps[0].action, "rollback_deployment");
+        assert!(d.passed_over.last().unwrap().contains("choice 2 of 2"));
+    }
+
+    #[test]
+    fn a_verify_query_escapes_outside_values() {
+        let rules = vec![ranked_rule()];
+        let s = spec("HighErrorRate", &[("pod", "x\"} or vector(1) #\\")]);
+        let d = decide(&rules, &s).unwrap();
+        assert_eq!(
+            d.verify_query.as_deref(),
+            Some(r#"rate(errors{pod="x\"} or vector(1) #\\"}[5m]) > 0"#)
+        );
+    }
+
+    #[test]
+    fn an_alternative_must_be_one_action_or_one_workflow() {
+        let mut r = ranked_rule();
+        r.alternatives[0].workflow = r.workflow.clone();
+        assert!(
+            validate(&[r])
+                .unwrap_err()
+                .to_string()
+                .contains("alternative 1")
         );
     }
 }

@@ -170,6 +170,8 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         executor,
         analysis,
         notifications,
+        verification,
+        learning,
         logging: _,
         rules,
     } = cfg;
@@ -286,10 +288,19 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
             kubernaut_notify::start(&notifications, metrics, record).map_err(anyhow::Error::msg)?;
         notifier
     };
+    if verification.window_seconds + ctl.verify_timeout_seconds >= ctl.timeouts.verifying_seconds {
+        tracing::warn!(
+            window = verification.window_seconds,
+            verifying = ctl.timeouts.verifying_seconds,
+            "verification.windowSeconds plus controller.verifyTimeoutSeconds is not below controller.timeouts.verifyingSeconds: requests that change something will time out in Verifying"
+        );
+    }
+    let verifier = kubernaut_verify::Verifier::new(verification).map_err(anyhow::Error::msg)?;
     let ctx = Arc::new(Context {
         identity: identity.clone(),
         cluster: cluster.clone(),
         notifier,
+        verifier,
         audit,
         rules,
         metrics: controller_metrics,
@@ -314,6 +325,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
                 max_failure_ratio: ctl.storm.max_failure_ratio,
             },
             budget: ctl.budget.budget(),
+            learning,
             janitor_interval: Duration::from_secs(ctl.janitor_interval_seconds.max(1)),
             audit_grace: Duration::from_secs(ctl.audit_grace_seconds),
             executor: executor.settings(ctl.dry_run)?,

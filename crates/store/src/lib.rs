@@ -116,6 +116,7 @@ impl AuditRecord {
         match self {
             AuditRecord::Request(r) => &r.uid,
             AuditRecord::Event(e) => &e.request_uid,
+            AuditRecord::Outcome(o) => &o.request_uid,
         }
     }
 }
@@ -142,6 +143,22 @@ pub enum AuditRecord {
     /// Upserts the request row (its phase moves with it).
     Request(RequestRecord),
     Event(EventRecord),
+    /// A verification's outcome, one per action that changed something.
+    Outcome(OutcomeRecord),
+}
+
+/// What verification concluded of one action of a request (K-AU-2).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct OutcomeRecord {
+    pub request_uid: String,
+    pub action: String,
+    pub signal_name: String,
+    pub target_kind: String,
+    pub environment: String,
+    /// `Effective`, `Ineffective` or `Inconclusive`.
+    pub outcome: String,
+    pub score: Option<f64>,
+    pub components: serde_json::Value,
 }
 
 /// One action's record for an alert and target kind (K-AI-2).
@@ -149,10 +166,11 @@ pub enum AuditRecord {
 #[serde(rename_all = "camelCase")]
 pub struct PastOutcome {
     pub action: String,
-    /// Finished requests that ran it.
+    /// Recent finished requests that ran it whose outcome is known: failed,
+    /// or verified Effective or Ineffective (Inconclusive ones say nothing).
     pub requests: i64,
-    /// Of those, the ones verified to have worked.
-    pub completed: i64,
+    /// Of those, the ones verified Effective.
+    pub effective: i64,
 }
 
 impl PastOutcome {
@@ -161,7 +179,7 @@ impl PastOutcome {
         if self.requests == 0 {
             0.0
         } else {
-            self.completed as f64 / self.requests as f64
+            self.effective as f64 / self.requests as f64
         }
     }
 }
@@ -244,6 +262,25 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
+            }
+            AuditRecord::Outcome(o) => {
+                sqlx::query(
+                    "INSERT INTO remediation_outcomes
+                       (request_uid, action, signal_name, target_kind, environment, outcome, score, components)
+                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
+                     ON CONFLICT (request_uid, action) DO UPDATE SET outcome = EXCLUDED.outcome,
+                       score = EXCLUDED.score, components = EXCLUDED.components, recorded_at = now()",
+                )
+                .bind(&o.request_uid)
+                .bind(&o.action)
+                .bind(&o.signal_name)
+                .bind(&o.target_kind)
+                .bind(&o.environment)
+                .bind(&o.outcome)
+                .bind(o.score)
+                .bind(&o.components)
+                .execute(&self.pool)
+                .await?;
             }
         }
         Ok(())
@@ -388,38 +425,52 @@ impl AuditLog {
         .await?)
     }
 
-    /// What remediations of `signal` on targets of `target_kind` did
-    /// before (K-AI-2): per action, how many finished requests ran it and
-    /// how many of those were verified (Completed), most used first.
+    /// What remediations of `signal` on targets of `target_kind` did in
+    /// the last `window_days` (K-AI-2): per action, how many finished requests ran it with a known outcome (failed, or
+    /// verified Effective or Ineffective) and how many were Effective,
+    /// most used first (callers keep the actions that change something).
+    /// Reaching Completed is not success: only a verified
+    /// outcome is; Inconclusive ones are left out.
     pub async fn history(
         &self,
         signal: &str,
         target_kind: &str,
+        window_days: u32,
         limit: i64,
     ) -> Result<Vec<PastOutcome>> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT e.detail->>'action' AS action,
-                    count(DISTINCT r.uid) AS requests,
-                    count(DISTINCT r.uid) FILTER (WHERE r.phase = 'Completed') AS completed
-             FROM remediation_requests r
-             JOIN remediation_events e ON e.request_uid = r.uid
-             WHERE r.signal_name = $1 AND r.target_kind = $2
-               AND r.phase IN ('Completed', 'Failed', 'TimedOut')
-               AND e.kind = 'action' AND e.reason = 'StepFinished'
-               AND e.detail->>'action' IS NOT NULL
-             GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $3",
+            "WITH runs AS (
+               SELECT DISTINCT r.uid, r.phase, e.detail->>'action' AS action
+               FROM remediation_requests r
+               JOIN remediation_events e ON e.request_uid = r.uid
+               WHERE r.signal_name = $1 AND r.target_kind = $2
+                 AND r.phase IN ('Completed', 'Failed', 'TimedOut')
+                 AND r.updated_at > now() - make_interval(days => $3)
+                 AND e.kind = 'action' AND e.reason = 'StepFinished'
+                 AND e.detail->>'action' IS NOT NULL
+             )
+             SELECT runs.action,
+                    count(*) FILTER (WHERE o.outcome IN ('Effective', 'Ineffective')
+                                        OR (o.outcome IS NULL AND runs.phase <> 'Completed')) AS requests,
+                    count(*) FILTER (WHERE o.outcome = 'Effective') AS effective
+             FROM runs
+             LEFT JOIN remediation_outcomes o ON o.request_uid = runs.uid AND o.action = runs.action
+             GROUP BY 1 HAVING count(*) FILTER (WHERE o.outcome IN ('Effective', 'Ineffective')
+                                        OR (o.outcome IS NULL AND runs.phase <> 'Completed')) > 0
+             ORDER BY 2 DESC, 1 LIMIT $4",
         )
         .bind(signal)
         .bind(target_kind)
+        .bind(i32::try_from(window_days).unwrap_or(i32::MAX))
         .bind(limit)
         .fetch_all(&self.store.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(action, requests, completed)| PastOutcome {
+            .map(|(action, requests, effective)| PastOutcome {
                 action,
                 requests,
-                completed,
+                effective,
             })
             .collect())
     }
@@ -510,6 +561,20 @@ pub fn storable(record: AuditRecord) -> AuditRecord {
             e.subject = without_nul(e.subject);
             e.detail = json_without_nul(e.detail);
             AuditRecord::Event(e)
+        }
+        AuditRecord::Outcome(mut o) => {
+            for field in [
+                &mut o.request_uid,
+                &mut o.action,
+                &mut o.signal_name,
+                &mut o.target_kind,
+                &mut o.environment,
+                &mut o.outcome,
+            ] {
+                *field = without_nul(std::mem::take(field));
+            }
+            o.components = json_without_nul(o.components);
+            AuditRecord::Outcome(o)
         }
     }
 }

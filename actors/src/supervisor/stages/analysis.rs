@@ -137,6 +137,8 @@ fn analyzed_to_next(sup: &mut Sup, analyzed: Analyzed) -> Next {
             .unwrap_or_default(),
         attempts,
         elapsed_millis: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        passed_over: d.passed_over.clone(),
+        verify_query: d.verify_query.clone().unwrap_or_default(),
     };
     let decided = match path {
         Path::Llm => "LlmDecided",

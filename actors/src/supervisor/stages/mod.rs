@@ -62,7 +62,10 @@ pub enum StageResult {
     /// The current targets of an approved storm.
     StormTargets(Result<Vec<kubernaut_api::ObjectRef>, kubernaut_cluster::Error>),
     Executed(Result<WorkflowReport, workflow::InvalidWorkflow>),
-    Verified(Result<String, verification::VerifyError>),
+    /// The change was seen applied (or not).
+    Verified(Result<verification::Applied, verification::VerifyError>),
+    /// The scorers' components at the end of the window.
+    Scored(Vec<kubernaut_api::ScoreComponent>),
 }
 
 /// One phase's work.

@@ -117,6 +117,12 @@ pub fn repeatable(action: &str) -> bool {
     kind(action).is_none_or(|k| k.repeatable)
 }
 
+/// Whether `action` changes the cluster: only such actions can fix
+/// anything, so only they count in effectiveness (K-AI-2).
+pub fn writes(action: &str) -> bool {
+    kind(action).is_some_and(|k| k.writes)
+}
+
 /// Every action Kubernaut can run, with its parameter schema.
 pub fn catalogue() -> Vec<ActionInfo> {
     KINDS

@@ -11,10 +11,10 @@ use super::{MAX_EVENTS, MAX_PODS};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Past {
     pub action: String,
-    /// Finished requests that ran it.
+    /// Recent finished requests that ran it with a known outcome.
     pub requests: i64,
-    /// Of those, the ones verified to have worked.
-    pub completed: i64,
+    /// Of those, the ones verified Effective (K-AU-2).
+    pub effective: i64,
 }
 
 impl Past {
@@ -23,7 +23,7 @@ impl Past {
         if self.requests == 0 {
             0.0
         } else {
-            self.completed as f64 / self.requests as f64
+            self.effective as f64 / self.requests as f64
         }
     }
 }

@@ -39,7 +39,7 @@ pub fn incident(
         .history
         .iter()
         .map(|h| {
-            json!({"action": h.action, "requests": h.requests, "verified": h.completed,
+            json!({"action": h.action, "requests": h.requests, "effective": h.effective,
                    "effectiveness": (h.effectiveness() * 100.0).round() / 100.0})
         })
         .collect();

@@ -43,6 +43,12 @@ pub struct Config {
     /// Who is told of approvals waiting and escalations (K-NT-1).
     #[serde(default)]
     pub notifications: kubernaut_notify::Settings,
+    /// Did the fix work (K-AU-2): the window and the scorers.
+    #[serde(default)]
+    pub verification: kubernaut_verify::Settings,
+    /// When a rule's choice is passed over for its recent outcomes (K-AI-2).
+    #[serde(default)]
+    pub learning: kubernaut_actors::rules::Learning,
     pub logging: Logging,
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -161,6 +167,11 @@ impl Config {
             }
         }
         a.approval_policy().context("analysis.approval")?;
+        self.verification.validate().map_err(anyhow::Error::msg)?;
+        let l = &self.learning;
+        if !(0.0..=1.0).contains(&l.threshold) || l.min_samples < 1 {
+            bail!("learning: threshold must be in [0, 1] and minSamples at least 1");
+        }
         kubernaut_actors::rules::validate(&self.rules)
             .map_err(anyhow::Error::msg)
             .context("rules")?;
