@@ -348,6 +348,7 @@ impl Gateway {
             cloudwatch: Arc::new(cloudwatch),
             approvals: None,
             limits: kubernaut_gateway::Limits::default(),
+            slack: None,
         };
         let app = kubernaut_gateway::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -1051,6 +1052,66 @@ impl PrometheusServer {
 }
 
 impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A real SMTP server (Debian's python3-aiosmtpd) on a free port, keeping
+/// what it receives in a maildir.
+pub struct SmtpServer {
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl SmtpServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(unique("kubernaut-smtp"));
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(dir.join("mail").join(sub))?;
+        }
+        let log = std::fs::File::create(dir.join("smtp.log"))?;
+        // Debian's interpreter, which has the package (not a pyenv one).
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.join("mail"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting aiosmtpd (scripts/deps.sh installs python3-aiosmtpd)")?;
+        let server = Self { port, child, dir };
+        eventually(
+            "the SMTP server to listen",
+            Duration::from_secs(30),
+            || async {
+                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ()))
+            },
+        )
+        .await?;
+        Ok(server)
+    }
+
+    /// Every message received, as its raw text.
+    pub fn messages(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.join("mail/new"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -13,8 +13,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
 use kubernaut_e2e::{
-    Stack, control_plane, create_request, eventually, metric, phases, post_as,
-    production_statefulset, service_account_token, terminal_request,
+    Stack, control_plane, create_request, eventually, metric, phases, post_as, post_with,
+    production_statefulset, service_account_token, terminal_request, unique,
 };
 use serde_json::json;
 
@@ -236,5 +236,146 @@ async fn an_approval_written_at_creation_approves_nothing() -> anyhow::Result<()
             .is_some_and(|a| a.decision.is_none())
     );
     assert_eq!(replicas(&admin, &t).await?, Some(1), "nothing ran");
+    running.shutdown().await
+}
+
+const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+
+/// A Slack `block_actions` callback for a button, form-encoded, and the
+/// headers Slack signs it with at `ts`.
+fn slack_click(
+    user: &str,
+    action: &str,
+    value: &str,
+    ts: i64,
+    secret: &str,
+) -> (String, [(String, String); 2]) {
+    let payload = json!({"type": "block_actions", "user": {"id": user, "username": user},
+        "actions": [{"action_id": action, "block_id": "kubernaut-approval", "value": value, "type": "button"}]});
+    let body = format!("payload={}", urlencode(&payload.to_string()));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let sig = ring::hmac::sign(&key, format!("v0:{ts}:{body}").as_bytes());
+    let headers = [
+        ("x-slack-request-timestamp".to_string(), ts.to_string()),
+        (
+            "x-slack-signature".to_string(),
+            format!("v0={}", hex::encode(sig.as_ref())),
+        ),
+    ];
+    (body, headers)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_button_approves_only_when_slack_signed_it_for_an_approver_rbac_allows()
+-> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let t = production_statefulset(&admin, "gate-slack").await?;
+    let dir = std::env::temp_dir().join(unique("kubernaut-slack"));
+    std::fs::create_dir_all(&dir)?;
+    let secret_file = dir.join("signing-secret");
+    std::fs::write(&secret_file, format!("{SLACK_SECRET}\n"))?;
+    let approvers = json!({"U0ALICE": "alice@example.com", "U0BOB": "bob@example.com"}).to_string();
+    let secret_path = secret_file.display().to_string();
+    let running = control_plane(
+        stack,
+        &t.namespace,
+        &[
+            ("GATEWAY__SLACK__SIGNING_SECRET_FILE", secret_path.as_str()),
+            ("GATEWAY__SLACK__APPROVERS", approvers.as_str()),
+        ],
+        rules(),
+    )
+    .await?;
+    let name = create_request(&admin, "DbLagging", &t, false).await?;
+    awaiting(&admin, &t, &name).await?;
+    // Only alice may approve here.
+    Api::<RoleBinding>::namespaced(admin.clone(), &t.namespace)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "alice-approves"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubernaut-approver"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice@example.com"}]}))?,
+        )
+        .await?;
+    let url = format!("http://{}/api/v1/slack/interactions", running.gateway_addr);
+    let value = format!("{}/{name}", t.namespace);
+    let now = chrono::Utc::now().timestamp();
+    let send = |(body, headers): (String, [(String, String); 2])| {
+        let url = url.clone();
+        async move {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            post_with(&url, "application/x-www-form-urlencoded", body, &h).await
+        }
+    };
+
+    // Forged, replayed, or from someone who is not an approver: refused.
+    let r = send(slack_click(
+        "U0ALICE",
+        "approve",
+        &value,
+        now,
+        "not the secret",
+    ))
+    .await?;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = send(slack_click(
+        "U0ALICE",
+        "approve",
+        &value,
+        now - 600,
+        SLACK_SECRET,
+    ))
+    .await?;
+    assert_eq!(r.status, 401, "a replay after five minutes: {r:?}");
+    let r = send(slack_click(
+        "U0MALLORY",
+        "approve",
+        &value,
+        now,
+        SLACK_SECRET,
+    ))
+    .await?;
+    assert_eq!(r.status, 403, "{r:?}");
+    // An approver RBAC does not allow here.
+    let r = send(slack_click("U0BOB", "approve", &value, now, SLACK_SECRET)).await?;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.text.contains("bob@example.com"), "{r:?}");
+    let api = Api::<RemediationRequest>::namespaced(admin.clone(), &t.namespace);
+    assert_eq!(api.get(&name).await?.phase(), Phase::AwaitingApproval);
+
+    // Alice, signed as Slack signs it.
+    let r = eventually("RBAC to allow alice", Duration::from_secs(30), || async {
+        let r = send(slack_click(
+            "U0ALICE",
+            "approve",
+            &value,
+            chrono::Utc::now().timestamp(),
+            SLACK_SECRET,
+        ))
+        .await?;
+        Ok((r.status == 200).then_some(r))
+    })
+    .await?;
+    assert!(r.text.contains("alice@example.com"), "{r:?}");
+    let rr = terminal_request(&admin, &t.namespace, &name, TIMEOUT).await?;
+    let approval = rr.status.and_then(|s| s.approval).context("approval")?;
+    assert_eq!(approval.decided_by.as_deref(), Some("alice@example.com"));
+    assert_eq!(replicas(&admin, &t).await?, Some(2));
     running.shutdown().await
 }

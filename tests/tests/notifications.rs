@@ -1,9 +1,11 @@
 //! K-NT-1 on the real stack: a request that needs approval is announced
 //! to a webhook receiver (a local server that checks the HMAC signature as
 //! a receiver would), with the policy's reasons and how to approve; the
-//! same approval reaches Slack (Block Kit) and PagerDuty (Events API v2)
-//! in their documented shapes; every delivery is in the audit trail; a dead
-//! receiver is retried, counted as failed, and holds up nothing.
+//! same approval reaches Slack (Block Kit, with Approve and Reject
+//! buttons), Microsoft Teams (an Adaptive Card) and PagerDuty (Events API
+//! v2) in their documented shapes, and an inbox through a real SMTP server;
+//! every delivery is in the audit trail; a dead receiver is retried,
+//! counted as failed, and holds up nothing.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +15,8 @@ use axum::http::HeaderMap;
 use kube::Api;
 use kubernaut_api::{Phase, RemediationRequest};
 use kubernaut_e2e::{
-    Stack, control_plane, create_request, eventually, metric, production_statefulset, unique,
+    SmtpServer, Stack, control_plane, create_request, eventually, metric, production_statefulset,
+    unique,
 };
 use serde_json::json;
 
@@ -74,11 +77,18 @@ async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result
     std::fs::write(&secret_file, format!("{SECRET}\n"))?;
     let slack_url = dir.join("slack-url");
     std::fs::write(&slack_url, format!("{base}/slack"))?;
+    let teams_url = dir.join("teams-url");
+    std::fs::write(&teams_url, format!("{base}/teams"))?;
+    let smtp = SmtpServer::start().await?;
     let routing_key = dir.join("routing-key");
     std::fs::write(&routing_key, "R0UTINGKEY")?;
     let receivers = json!([
         {"name": "oncall", "webhook": {"url": format!("{base}/hook"), "secretFile": secret_file}},
-        {"name": "chat", "slack": {"urlFile": slack_url}},
+        {"name": "chat", "slack": {"urlFile": slack_url, "approveButtons": true}},
+        {"name": "teams", "teams": {"urlFile": teams_url}},
+        {"name": "mail", "email": {"host": "127.0.0.1", "port": smtp.port, "tls": "none",
+                                   "from": "Kubernaut <kubernaut@example.com>",
+                                   "to": ["oncall@example.com"]}},
         {"name": "pager", "pagerduty": {"routingKeyFile": routing_key, "url": format!("{base}/pd")}},
         {"name": "dead", "webhook": {"url": "http://127.0.0.1:9/hook"}},
     ])
@@ -86,6 +96,8 @@ async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result
     let routes = json!([
         {"matchers": {"kind": "approval_required"}, "receiver": "oncall", "continue": true},
         {"matchers": {"kind": "approval_required", "environment": "production"}, "receiver": "chat", "continue": true},
+        {"matchers": {"kind": "approval_required"}, "receiver": "teams", "continue": true},
+        {"matchers": {"kind": "approval_required"}, "receiver": "mail", "continue": true},
         {"matchers": {"kind": "approval_required", "severity": "warning"}, "receiver": "pager", "continue": true},
         {"matchers": {"kind": "approval_required"}, "receiver": "dead"},
     ])
@@ -168,6 +180,49 @@ async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result
         slack["text"].as_str().is_some_and(|t| t.contains(&name)),
         "{slack}"
     );
+    let buttons = slack["blocks"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["type"] == "actions"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(buttons["elements"][0]["action_id"], "approve", "{slack}");
+    assert_eq!(buttons["elements"][1]["action_id"], "reject", "{slack}");
+    assert_eq!(buttons["elements"][0]["value"], format!("{ns}/{name}"));
+    // Teams: an Adaptive Card in an incoming-webhook message.
+    let (_, teams) = eventually("the Teams card", TIMEOUT, || async {
+        Ok(body_of(&received, "teams"))
+    })
+    .await?;
+    let teams: serde_json::Value = serde_json::from_slice(&teams)?;
+    assert_eq!(teams["type"], "message", "{teams}");
+    let card = &teams["attachments"][0];
+    assert_eq!(
+        card["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert_eq!(card["content"]["type"], "AdaptiveCard");
+    assert!(
+        card["content"]["body"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(&name)),
+        "{teams}"
+    );
+    // Email: through a real SMTP server, with how to approve.
+    let mail = eventually("the email", TIMEOUT, || async {
+        Ok(smtp.messages().into_iter().next())
+    })
+    .await?;
+    assert!(mail.contains("To: oncall@example.com"), "{mail}");
+    assert!(
+        mail.contains(&format!("Subject: Approval required: {ns}/{name}")),
+        "{mail}"
+    );
+    // The body is quoted-printable: soft line breaks, `=` as `=3D`.
+    let text = mail
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    assert!(text.contains("kubernaut.io/approval=approved"), "{mail}");
     // PagerDuty: an Events API v2 trigger, one alert per fingerprint.
     let (_, pd) = eventually("the PagerDuty event", TIMEOUT, || async {
         Ok(body_of(&received, "pd"))
@@ -185,7 +240,7 @@ async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result
     assert_eq!(pd["payload"]["severity"], "warning");
     assert_eq!(
         received.lock().unwrap().len(),
-        3,
+        4,
         "one message per request, kind and receiver"
     );
 
@@ -199,12 +254,19 @@ async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result
         .bind(&uid)
         .fetch_all(&db)
         .await?;
-        Ok((rows.len() == 4).then_some(rows))
+        Ok((rows.len() == 6).then_some(rows))
     })
     .await?;
     assert_eq!(
         reasons,
-        ["Delivered", "Delivered", "Delivered", "DeliveryFailed"]
+        [
+            "Delivered",
+            "Delivered",
+            "Delivered",
+            "Delivered",
+            "Delivered",
+            "DeliveryFailed"
+        ]
     );
     running.shutdown().await
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -12,8 +13,9 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kubernaut_api::{ObjectRef, Phase, RemediationRequest, VerificationOutcome};
 use kubernaut_e2e::{
-    AlertmanagerServer, Exporter, PrometheusServer, Stack, control_plane, create_request_with,
-    deployment, eventually, managed_namespace, metric, overrides, terminal_request, unique,
+    AlertmanagerServer, ControllerProcess, Exporter, PrometheusServer, Stack, control_plane,
+    create_request_with, deployment, eventually, managed_namespace, metric, overrides,
+    terminal_request, unique,
 };
 use kubernaut_store::{AuditRecord, EventRecord, OutcomeRecord, RequestRecord, Store};
 use serde_json::json;
@@ -463,5 +465,69 @@ async fn a_choice_that_recently_did_not_work_is_passed_over_and_changing_nothing
     let last = status.phase_history.last().map(|t| t.reason.clone());
     assert_eq!(last.as_deref(), Some("NothingChanged"));
     running.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_takes_the_request_over_finishes_the_window_another_began()
+-> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "verify-failover", "development").await?;
+    workload(&admin, &ns, "pay", 1, "registry.local/pay:1.0").await?;
+    eventually("a pod available", WAIT, || async {
+        Ok((available(&admin, &ns, "pay").await? == 1).then_some(()))
+    })
+    .await?;
+    let rules = json!([{"signal": "PayLatency", "action": "rollout_restart",
+        "parameters": {"kind": "Deployment", "namespace": "{{target.namespace}}", "name": "{{target.name}}"}}]);
+    let settings = [
+        ("CONTROLLER__LEASE_DURATION_SECONDS", "6"),
+        ("CONTROLLER__LEASE_RENEW_SECONDS", "1"),
+        ("VERIFICATION__WINDOW_SECONDS", "15"),
+    ];
+    let mut first = ControllerProcess::start(stack, &ns, "vf-a", &settings, rules.clone()).await?;
+    let name = create_request_with(
+        &admin,
+        "PayLatency",
+        &ObjectRef::new("Deployment", &ns, "pay"),
+        false,
+        json!({}),
+    )
+    .await?;
+    let began = in_window(&admin, &ns, &name).await?;
+    let window = began
+        .status
+        .as_ref()
+        .and_then(|s| s.verification.clone())
+        .expect("a window");
+    first.kill9();
+
+    let second = ControllerProcess::start(stack, &ns, "vf-b", &settings, rules).await?;
+    let rr = terminal_request(&admin, &ns, &name, WAIT)
+        .await
+        .with_context(|| second.tail())?;
+    let status = rr.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Phase::Completed, "{status:?}");
+    let v = status.verification.clone().expect("a verification");
+    assert_eq!(v.outcome, Some(VerificationOutcome::Effective), "{v:?}");
+    // The same window, not a new one: its start and baseline are the first
+    // replica's.
+    assert_eq!(v.started_at, window.started_at);
+    assert_eq!(v.window_ends, window.window_ends);
+    assert_eq!(v.baseline, window.baseline);
+    assert!(
+        v.scored_at
+            .as_ref()
+            .is_some_and(|t| t.0 >= window.window_ends.0),
+        "scored once the window ended: {v:?}"
+    );
+    assert!(
+        status
+            .owner
+            .as_deref()
+            .is_some_and(|o| o.starts_with("vf-b")),
+        "{status:?}"
+    );
     Ok(())
 }

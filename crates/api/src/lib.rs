@@ -72,6 +72,17 @@ pub trait ApprovalDesk: Send + Sync {
         name: &str,
         approved: bool,
     ) -> Result<String, ApprovalError>;
+
+    /// The same, for a user another channel has already authenticated (a
+    /// Slack user, verified by Slack's signature and mapped to a Kubernetes
+    /// user name): RBAC still says whether they may approve.
+    async fn decide_as(
+        &self,
+        user: &str,
+        namespace: &str,
+        name: &str,
+        approved: bool,
+    ) -> Result<String, ApprovalError>;
 }
 
 /// Label on a request naming the source's own identity of the signal instance.

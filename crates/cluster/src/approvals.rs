@@ -80,13 +80,38 @@ impl ApprovalDesk for KubeApprovals {
             .await
             .map_err(ApprovalError::Unavailable)?
             .ok_or(ApprovalError::Unauthenticated)?;
+        self.record(&user.username, &user.groups, namespace, name, approved)
+            .await
+    }
+
+    async fn decide_as(
+        &self,
+        user: &str,
+        namespace: &str,
+        name: &str,
+        approved: bool,
+    ) -> Result<String, ApprovalError> {
+        self.record(user, &[], namespace, name, approved).await
+    }
+}
+
+impl KubeApprovals {
+    /// Asks RBAC whether `user` may approve, then writes the decision.
+    async fn record(
+        &self,
+        user: &str,
+        groups: &[String],
+        namespace: &str,
+        name: &str,
+        approved: bool,
+    ) -> Result<String, ApprovalError> {
         let allowed = self
             .cluster
-            .may_approve(&user.username, &user.groups, namespace, name)
+            .may_approve(user, groups, namespace, name)
             .await
             .map_err(ApprovalError::Unavailable)?;
         if !allowed {
-            return Err(ApprovalError::Forbidden(user.username));
+            return Err(ApprovalError::Forbidden(user.to_string()));
         }
         let api: Api<RemediationRequest> =
             Api::namespaced(self.cluster.client().clone(), namespace);
@@ -103,7 +128,7 @@ impl ApprovalDesk for KubeApprovals {
             "resourceVersion": rr.metadata.resource_version,
             "annotations": {
                 APPROVAL_ANNOTATION: if approved { "approved" } else { "rejected" },
-                APPROVED_BY_ANNOTATION: user.username,
+                APPROVED_BY_ANNOTATION: user,
             },
         }});
         bounded(api.patch(
@@ -119,6 +144,6 @@ impl ApprovalDesk for KubeApprovals {
                 ApprovalError::Unavailable(e.to_string())
             }
         })?;
-        Ok(user.username)
+        Ok(user.to_string())
     }
 }

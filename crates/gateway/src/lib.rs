@@ -6,7 +6,8 @@
 //! input with an RFC 7807 body, and 503 when the signal must be sent again.
 //! It also serves `POST /api/v1/remediations/{namespace}/{name}/approval`
 //! (K-AI-4), handing the decision to an
-//! [`ApprovalDesk`](kubernaut_api::ApprovalDesk).
+//! [`ApprovalDesk`](kubernaut_api::ApprovalDesk), and the same decision
+//! from Slack's buttons at `POST /api/v1/slack/interactions` ([`slack`]).
 
 pub mod alertmanager;
 pub mod cloudwatch;
@@ -17,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod problem;
 pub mod protect;
+pub mod slack;
 pub mod sns;
 pub mod sns_trust;
 #[cfg(any(test, feature = "test-pki"))]
@@ -65,6 +67,8 @@ pub struct GatewayState {
     pub cloudwatch: Arc<CloudWatch>,
     /// Approvals through HTTP; `None`: the endpoint answers 503.
     pub approvals: Option<Arc<dyn ApprovalDesk>>,
+    /// Approvals from Slack's buttons; `None`: that endpoint answers 503.
+    pub slack: Option<Arc<slack::SlackApprovals>>,
     /// What one signal, and one request, may carry.
     pub limits: Limits,
 }
@@ -95,6 +99,7 @@ pub fn router(state: GatewayState) -> Router {
             "/api/v1/remediations/{namespace}/{name}/approval",
             post(approval),
         )
+        .route("/api/v1/slack/interactions", post(slack_interaction))
         .route_layer(guard(protect::Admission::Signed));
     bearer
         .merge(signed)
@@ -172,6 +177,64 @@ async fn approval(
                 decision: decision.decision,
                 decided_by: by,
             })
+            .into_response()
+        }
+        Err(e) => approval_problem(e),
+    }
+}
+
+/// An Approve or Reject button pressed in Slack ([`slack`]).
+async fn slack_interaction(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (Some(desk), Some(slack)) = (state.approvals.clone(), state.slack.clone()) else {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            "Slack approvals are not configured here (gateway.slack)",
+        )
+        .into_response();
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return Problem::bad_request(e.body_text()).into_response(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let click = match slack.verify(&headers, &body, now) {
+        Ok(c) => c,
+        Err(e @ slack::SlackError::Malformed(_)) => {
+            return Problem::bad_request(e.to_string()).into_response();
+        }
+        Err(e @ slack::SlackError::NotAnApprover(_)) => {
+            tracing::warn!(error = %e, "a Slack approval from someone who is not an approver");
+            return Problem::new(StatusCode::FORBIDDEN, "Forbidden", e.to_string()).into_response();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a Slack callback refused");
+            return Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", e.to_string())
+                .into_response();
+        }
+    };
+    let decision = if click.approved {
+        "approved"
+    } else {
+        "rejected"
+    };
+    match desk
+        .decide_as(&click.user, &click.namespace, &click.name, click.approved)
+        .await
+    {
+        Ok(by) => {
+            tracing::info!(namespace = %click.namespace, name = %click.name, decision, %by, slack_user = %click.slack_user, "approval recorded from Slack");
+            // Slack shows this text to the person who clicked.
+            Json(serde_json::json!({
+                "response_type": "ephemeral", "replace_original": false,
+                "text": format!("{decision} {}/{} as {by}", click.namespace, click.name),
+            }))
             .into_response()
         }
         Err(e) => approval_problem(e),

@@ -77,6 +77,7 @@ fn app_with(intake: Arc<Recorder>, protection: ProtectionConfig) -> Router {
         cloudwatch: Arc::new(crate::CloudWatch::disabled()),
         approvals: None,
         limits: Limits::default(),
+        slack: None,
     })
 }
 
@@ -510,6 +511,18 @@ impl kubernaut_api::ApprovalDesk for DownDesk {
             "dial tcp 10.0.0.1:6443: connection refused (internal)".into(),
         ))
     }
+
+    async fn decide_as(
+        &self,
+        _user: &str,
+        _namespace: &str,
+        _name: &str,
+        _approved: bool,
+    ) -> Result<String, kubernaut_api::ApprovalError> {
+        Err(kubernaut_api::ApprovalError::Unavailable(
+            "dial tcp 10.0.0.1:6443: connection refused (internal)".into(),
+        ))
+    }
 }
 
 #[tokio::test]
@@ -522,6 +535,7 @@ async fn a_5xx_body_names_no_internal_error() {
         cloudwatch: Arc::new(crate::CloudWatch::disabled()),
         approvals: Some(Arc::new(DownDesk)),
         limits: Limits::default(),
+        slack: None,
     });
     let req = Request::post("/api/v1/remediations/shop/rr-1/approval")
         .header("content-type", "application/json")

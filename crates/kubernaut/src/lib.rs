@@ -379,6 +379,9 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
             gateway.auth.token_review.audiences.clone(),
         ))),
         limits: gateway.limits.clone(),
+        slack: kubernaut_gateway::slack::SlackApprovals::load(&gateway.slack)
+            .map_err(anyhow::Error::msg)?
+            .map(Arc::new),
     };
     let gw_app = kubernaut_gateway::router(gw_state.clone());
     let admin_app = admin_router(Arc::new(registry), ready.clone());

@@ -51,8 +51,7 @@ async fn main() {
                 url,
                 secret_file: None,
             }),
-            slack: None,
-            pagerduty: None,
+            ..Default::default()
         }],
         routes: vec![Route {
             matchers: Default::default(),

@@ -9,15 +9,20 @@
 //! deliveries at a time. Every delivery and failure is counted and handed
 //! back through [`Delivered`] for the audit trail.
 //!
-//! Channels: a generic webhook (JSON, signed with HMAC-SHA256; the schema
-//! is [`Payload`]; the signature is `X-Kubernaut-Signature: sha256=<hex>`
-//! over `<X-Kubernaut-Timestamp>.<body>`), Slack incoming webhooks (Block
-//! Kit) and PagerDuty's Events API v2 (`dedup_key` from the fingerprint).
-//! Secrets (keys, webhook URLs, routing keys) are read from files.
+//! Channels ([`channels`]): a generic webhook (JSON, signed with
+//! HMAC-SHA256; the schema is [`Payload`]; the signature is
+//! `X-Kubernaut-Signature: sha256=<hex>` over
+//! `<X-Kubernaut-Timestamp>.<body>`), Slack incoming webhooks (Block Kit,
+//! optionally with Approve and Reject buttons), Microsoft Teams incoming
+//! webhooks (an Adaptive Card), PagerDuty's Events API v2 (`dedup_key` from
+//! the fingerprint) and email over SMTP. Secrets (keys, webhook URLs,
+//! routing keys, SMTP credentials) are read from files.
+
+pub mod channels;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hashlink::LruCache;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -26,6 +31,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
+
+use channels::{Channel, deliver};
+pub use channels::{
+    Email, EmailTls, PagerDuty, Receiver, Slack, Teams, Webhook, email_text, pagerduty_event,
+    signature, slack_message, teams_card,
+};
 
 /// What happened, in the words routes match on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,50 +85,6 @@ pub struct Payload<'a> {
     pub notification: &'a Notification,
     /// Seconds since the epoch.
     pub sent_at: u64,
-}
-
-/// Where notifications go.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Receiver {
-    pub name: String,
-    #[serde(default)]
-    pub webhook: Option<Webhook>,
-    #[serde(default)]
-    pub slack: Option<Slack>,
-    #[serde(default)]
-    pub pagerduty: Option<PagerDuty>,
-}
-
-/// A Slack incoming webhook; its URL is a secret, so it is read from a file.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Slack {
-    pub url_file: std::path::PathBuf,
-}
-
-/// PagerDuty's Events API v2.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PagerDuty {
-    pub routing_key_file: std::path::PathBuf,
-    #[serde(default = "PagerDuty::default_url")]
-    pub url: String,
-}
-
-impl PagerDuty {
-    fn default_url() -> String {
-        "https://events.pagerduty.com/v2/enqueue".into()
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Webhook {
-    pub url: String,
-    /// A file holding the HMAC key (a mounted Secret), never the key itself.
-    #[serde(default)]
-    pub secret_file: Option<std::path::PathBuf>,
 }
 
 /// A route: matchers on `kind`, `severity`, `environment`, `namespace`
@@ -273,163 +240,10 @@ impl Notifier {
     }
 }
 
-/// A receiver ready to deliver.
-struct Channel {
-    name: String,
-    url: String,
-    kind: ChannelKind,
-}
-
-enum ChannelKind {
-    Webhook(Option<ring::hmac::Key>),
-    Slack,
-    PagerDuty { routing_key: String },
-}
-
-/// A secret read from a file, trimmed.
-fn secret(receiver: &str, key: &str, path: &std::path::Path) -> Result<String, String> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| {
-            format!(
-                "notifications.receivers[{receiver}].{key}: {}: {e}",
-                path.display()
-            )
-        })
-}
-
-impl Channel {
-    fn of(r: &Receiver) -> Result<Channel, String> {
-        let (url, kind) = match (&r.webhook, &r.slack, &r.pagerduty) {
-            (Some(w), None, None) => {
-                let key = match &w.secret_file {
-                    Some(f) => Some(ring::hmac::Key::new(
-                        ring::hmac::HMAC_SHA256,
-                        secret(&r.name, "webhook.secretFile", f)?.as_bytes(),
-                    )),
-                    None => None,
-                };
-                (w.url.clone(), ChannelKind::Webhook(key))
-            }
-            (None, Some(s), None) => (
-                secret(&r.name, "slack.urlFile", &s.url_file)?,
-                ChannelKind::Slack,
-            ),
-            (None, None, Some(p)) => (
-                p.url.clone(),
-                ChannelKind::PagerDuty {
-                    routing_key: secret(&r.name, "pagerduty.routingKeyFile", &p.routing_key_file)?,
-                },
-            ),
-            _ => {
-                return Err(format!(
-                    "notifications.receivers[{}]: exactly one of webhook, slack, pagerduty",
-                    r.name
-                ));
-            }
-        };
-        Ok(Channel {
-            name: r.name.clone(),
-            url,
-            kind,
-        })
-    }
-
-    /// The request body and extra headers for `n`, sent at `sent_at`.
-    fn body(&self, n: &Notification, sent_at: u64) -> (Vec<u8>, Vec<(&'static str, String)>) {
-        match &self.kind {
-            ChannelKind::Webhook(key) => {
-                let body = serde_json::to_vec(&Payload {
-                    version: "1",
-                    receiver: &self.name,
-                    notification: n,
-                    sent_at,
-                })
-                .unwrap_or_default();
-                let mut headers = vec![("x-kubernaut-timestamp", sent_at.to_string())];
-                if let Some(key) = key {
-                    headers.push(("x-kubernaut-signature", signature(key, sent_at, &body)));
-                }
-                (body, headers)
-            }
-            ChannelKind::Slack => (
-                serde_json::to_vec(&slack_message(n)).unwrap_or_default(),
-                vec![],
-            ),
-            ChannelKind::PagerDuty { routing_key } => (
-                serde_json::to_vec(&pagerduty_event(n, routing_key)).unwrap_or_default(),
-                vec![],
-            ),
-        }
-    }
-}
-
-fn title(n: &Notification) -> String {
-    let what = match n.kind {
-        Kind::ApprovalRequired => "Approval required",
-        Kind::Escalation => "Escalation",
-        Kind::Completed => "Remediation completed",
-    };
-    format!("{what}: {}/{}", n.namespace, n.name)
-}
-
-/// A Slack message in Block Kit: a header, the summary, how to approve.
-pub fn slack_message(n: &Notification) -> serde_json::Value {
-    let mut blocks = vec![
-        serde_json::json!({"type": "header", "text": {"type": "plain_text", "text": title(n)}}),
-        serde_json::json!({"type": "section", "text": {"type": "mrkdwn", "text": n.summary}}),
-    ];
-    if let Some(cmd) = n.detail["approve"]["kubectl"].as_str() {
-        blocks.push(
-            serde_json::json!({"type": "section", "text": {"type": "mrkdwn",
-            "text": format!("Approve with `{cmd}`")}}),
-        );
-    }
-    blocks.push(
-        serde_json::json!({"type": "context", "elements": [{"type": "mrkdwn",
-        "text": format!("{} · {} · {}", n.environment, n.severity, n.kind.as_str())}]}),
-    );
-    serde_json::json!({"text": format!("{}: {}", title(n), n.summary), "blocks": blocks})
-}
-
-/// A PagerDuty Events API v2 event: triggered by approvals and
-/// escalations, resolved by a completion; one alert per fingerprint.
-pub fn pagerduty_event(n: &Notification, routing_key: &str) -> serde_json::Value {
-    let severity = match n.severity.as_str() {
-        s @ ("critical" | "error" | "warning" | "info") => s,
-        _ => "warning",
-    };
-    let action = if n.kind == Kind::Completed {
-        "resolve"
-    } else {
-        "trigger"
-    };
-    let summary: String = format!("{}: {}", title(n), n.summary)
-        .chars()
-        .take(1024)
-        .collect();
-    serde_json::json!({
-        "routing_key": routing_key,
-        "event_action": action,
-        "dedup_key": format!("kubernaut-{}", n.fingerprint),
-        "payload": {
-            "summary": summary,
-            "source": format!("{}/{}", n.namespace, n.name),
-            "severity": severity,
-            "component": n.namespace,
-            "group": n.environment,
-            "class": n.kind.as_str(),
-            "custom_details": n.detail,
-        },
-    })
-}
-
 /// Deliveries in flight at once, over all receivers.
 const IN_FLIGHT: usize = 8;
 /// (request uid, kind, receiver) remembered for repeat suppression.
 const REMEMBERED: usize = 10_000;
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Starts the notifier; `audit` is told of every delivery's end. An
 /// error names what is wrong in the settings (an unknown receiver, an
@@ -442,7 +256,7 @@ pub fn start(
     let channels = settings
         .receivers
         .iter()
-        .map(Channel::of)
+        .map(|r| Channel::of(r, Duration::from_secs(settings.timeout_seconds.max(1))))
         .collect::<Result<Vec<_>, _>>()?;
     for route in &settings.routes {
         if !channels.iter().any(|c| c.name == route.receiver) {
@@ -551,63 +365,6 @@ impl Worker {
     }
 }
 
-/// The signature header's value for `body` sent at `timestamp`.
-pub fn signature(key: &ring::hmac::Key, timestamp: u64, body: &[u8]) -> String {
-    let mut ctx = ring::hmac::Context::with_key(key);
-    ctx.update(timestamp.to_string().as_bytes());
-    ctx.update(b".");
-    ctx.update(body);
-    format!("sha256={}", hex::encode(ctx.sign().as_ref()))
-}
-
-fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
-}
-
-/// Up to `1 + retries` attempts; the attempts made and the last error.
-async fn deliver(
-    http: &reqwest::Client,
-    channel: &Channel,
-    n: &Notification,
-    retries: u32,
-) -> (u32, Option<String>) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let sent_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let (body, headers) = channel.body(n, sent_at);
-        let mut req = http
-            .post(&channel.url)
-            .header("content-type", "application/json");
-        for (k, v) in headers {
-            req = req.header(k, v);
-        }
-        let error = match req.body(body).send().await {
-            Ok(r) if r.status().is_success() => return (attempt, None),
-            // A 4xx other than 429 will not be accepted however often.
-            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                return (
-                    attempt,
-                    Some(format!("{} answered {}", channel.name, r.status())),
-                );
-            }
-            Ok(r) => format!("{} answered {}", channel.name, r.status()),
-            Err(e) => format!("{}: {e}", channel.name),
-        };
-        if attempt > retries {
-            return (attempt, Some(error));
-        }
-        tokio::time::sleep(jitter(backoff)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,7 +385,7 @@ mod tests {
 
     #[test]
     fn slack_and_pagerduty_get_their_documented_shapes() {
-        let m = slack_message(&n(Kind::ApprovalRequired, "production"));
+        let m = slack_message(&n(Kind::ApprovalRequired, "production"), false);
         assert_eq!(m["blocks"][0]["type"], "header");
         assert_eq!(m["blocks"][0]["text"]["type"], "plain_text");
         assert!(

@@ -26,6 +26,9 @@ pub struct Gateway {
     /// in clear.
     #[serde(default)]
     pub tls: Tls,
+    /// Approve and Reject from Slack's buttons (K-NT-1).
+    #[serde(default)]
+    pub slack: kubernaut_gateway::slack::SlackConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
