@@ -890,20 +890,59 @@ pub async fn get(url: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, String::from_utf8_lossy(&bytes).to_string()))
 }
 
+/// A server process a test started: killed, and its directory removed,
+/// when dropped.
+struct Process {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts `cmd` in `dir` with its output in `dir/<log>`, and waits until
+/// `ready` (when given) answers 200.
+async fn serve(
+    mut cmd: Command,
+    dir: PathBuf,
+    log: &str,
+    what: &str,
+    ready: Option<String>,
+) -> anyhow::Result<Process> {
+    let out = std::fs::File::create(dir.join(log))?;
+    let child = cmd
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {what} (scripts/deps.sh installs it)"))?;
+    let process = Process { child, dir };
+    if let Some(ready) = ready {
+        eventually(
+            &format!("{what} to be ready"),
+            Duration::from_secs(60),
+            || async { Ok((get_status(&ready).await.ok() == Some(200)).then_some(())) },
+        )
+        .await?;
+    }
+    Ok(process)
+}
+
 /// A real Alertmanager (Debian's prometheus-alertmanager) on a free port,
 /// whose only receiver is a webhook to the gateway with a bearer token,
 /// grouping fast so that tests see notifications within a second or two.
 pub struct AlertmanagerServer {
     pub url: String,
-    child: Child,
-    dir: PathBuf,
+    process: Process,
 }
 
 impl AlertmanagerServer {
     pub async fn start(webhook_url: &str, token: &str) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let dir = std::env::temp_dir().join(unique("kubernaut-alertmanager"));
         std::fs::create_dir_all(&dir)?;
         let config = format!(
@@ -926,32 +965,25 @@ receivers:
 "#
         );
         std::fs::write(dir.join("alertmanager.yml"), config)?;
-        let log = std::fs::File::create(dir.join("alertmanager.log"))?;
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("alertmanager.yml").display()
-            ))
-            .arg(format!("--storage.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting prometheus-alertmanager (scripts/deps.sh installs it)")?;
-        let server = Self {
-            url: format!("http://127.0.0.1:{port}"),
-            child,
+        let mut cmd = Command::new("prometheus-alertmanager");
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.join("alertmanager.yml").display()
+        ))
+        .arg(format!("--storage.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=");
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = Some(format!("{url}/-/ready"));
+        let process = serve(
+            cmd,
             dir,
-        };
-        let ready = format!("{}/-/ready", server.url);
-        eventually(
-            "Alertmanager to be ready",
-            Duration::from_secs(30),
-            || async { Ok((get_status(&ready).await.ok() == Some(200)).then_some(())) },
+            "alertmanager.log",
+            "prometheus-alertmanager",
+            ready,
         )
         .await?;
-        Ok(server)
+        Ok(Self { url, process })
     }
 
     /// Injects alerts through Alertmanager's API (`POST /api/v2/alerts`).
@@ -973,15 +1005,7 @@ receivers:
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("alertmanager.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for AlertmanagerServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::read_to_string(self.process.dir.join("alertmanager.log")).unwrap_or_default()
     }
 }
 
@@ -989,8 +1013,7 @@ impl Drop for AlertmanagerServer {
 /// `targets` (`host:port`) every second.
 pub struct PrometheusServer {
     pub url: String,
-    child: Child,
-    dir: PathBuf,
+    _process: Process,
 }
 
 impl PrometheusServer {
@@ -1004,34 +1027,23 @@ impl PrometheusServer {
             serde_json::to_string(targets)?
         );
         std::fs::write(dir.join("prometheus.yml"), config)?;
-        let log = std::fs::File::create(dir.join("prometheus.log"))?;
-        let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting prometheus (scripts/deps.sh installs it)")?;
-        let server = Self {
-            url: format!("http://127.0.0.1:{port}"),
-            child,
-            dir,
-        };
-        let ready = format!("{}/-/ready", server.url);
-        eventually(
-            "Prometheus to be ready",
-            Duration::from_secs(60),
-            || async { Ok((get_status(&ready).await.ok() == Some(200)).then_some(())) },
-        )
-        .await?;
-        Ok(server)
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = Some(format!("{url}/-/ready"));
+        let process = serve(cmd, dir, "prometheus.log", "prometheus", ready).await?;
+        Ok(Self {
+            url,
+            _process: process,
+        })
     }
 
     /// The number of series `query` returns now.
@@ -1051,20 +1063,11 @@ impl PrometheusServer {
     }
 }
 
-impl Drop for PrometheusServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A real SMTP server (Debian's python3-aiosmtpd) on a free port, keeping
 /// what it receives in a maildir.
 pub struct SmtpServer {
     pub port: u16,
-    child: Child,
-    dir: PathBuf,
+    process: Process,
 }
 
 impl SmtpServer {
@@ -1074,18 +1077,13 @@ impl SmtpServer {
         for sub in ["tmp", "new", "cur"] {
             std::fs::create_dir_all(dir.join("mail").join(sub))?;
         }
-        let log = std::fs::File::create(dir.join("smtp.log"))?;
         // Debian's interpreter, which has the package (not a pyenv one).
-        let child = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l"])
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(dir.join("mail"))
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting aiosmtpd (scripts/deps.sh installs python3-aiosmtpd)")?;
-        let server = Self { port, child, dir };
+            .arg(dir.join("mail"));
+        let process = serve(cmd, dir, "smtp.log", "aiosmtpd (python3-aiosmtpd)", None).await?;
         eventually(
             "the SMTP server to listen",
             Duration::from_secs(30),
@@ -1097,25 +1095,17 @@ impl SmtpServer {
             },
         )
         .await?;
-        Ok(server)
+        Ok(Self { port, process })
     }
 
     /// Every message received, as its raw text.
     pub fn messages(&self) -> Vec<String> {
-        std::fs::read_dir(self.dir.join("mail/new"))
+        std::fs::read_dir(self.process.dir.join("mail/new"))
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| std::fs::read_to_string(e.path()).ok())
             .collect()
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -111,7 +111,30 @@ impl Sup {
         summary: String,
         detail: serde_json::Value,
     ) {
-        self.ctx.notifier.send(kubernaut_notify::Notification {
+        self.ctx
+            .notifier
+            .send(self.notification(kind, summary, detail));
+    }
+
+    /// [`Sup::notify`], once the change the stage commits next is written.
+    pub(super) fn notify_when_written(
+        &mut self,
+        kind: kubernaut_notify::Kind,
+        summary: String,
+        detail: serde_json::Value,
+    ) {
+        let n = self.notification(kind, summary, detail);
+        self.effects
+            .push((self.seq + 1, super::Effect::Notify(Box::new(n))));
+    }
+
+    fn notification(
+        &self,
+        kind: kubernaut_notify::Kind,
+        summary: String,
+        detail: serde_json::Value,
+    ) -> kubernaut_notify::Notification {
+        kubernaut_notify::Notification {
             kind,
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -126,7 +149,7 @@ impl Sup {
             summary,
             fingerprint: self.spec.fingerprint.clone(),
             detail,
-        });
+        }
     }
 
     /// What a human needs to approve or reject this request.

@@ -97,6 +97,10 @@ enum Effect {
     /// A step's intent is recorded: it may act.
     Ack(oneshot::Sender<()>),
     Audit(Box<kubernaut_store::AuditRecord>),
+    /// Tell people, once what they are told about is in the status (an
+    /// approval asked for before the request is AwaitingApproval could not
+    /// be given).
+    Notify(Box<kubernaut_notify::Notification>),
     /// The phase changed.
     Entered {
         from: Phase,

@@ -292,6 +292,7 @@ impl Sup {
                             let _ = ack.send(());
                         }
                         Effect::Audit(rec) => self.audit(*rec),
+                        Effect::Notify(n) => self.ctx.notifier.send(*n),
                         Effect::Entered { from, t } => {
                             self.entered(from, &t);
                             advance = true;

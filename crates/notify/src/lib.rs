@@ -383,32 +383,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn slack_and_pagerduty_get_their_documented_shapes() {
-        let m = slack_message(&n(Kind::ApprovalRequired, "production"), false);
-        assert_eq!(m["blocks"][0]["type"], "header");
-        assert_eq!(m["blocks"][0]["text"]["type"], "plain_text");
-        assert!(
-            m["text"]
-                .as_str()
-                .unwrap()
-                .contains("Approval required: shop/r")
-        );
-        assert!(
-            m["blocks"][2]["text"]["text"]
-                .as_str()
-                .unwrap()
-                .contains("kubectl annotate")
-        );
-        let e = pagerduty_event(&n(Kind::Escalation, "production"), "rk");
-        assert_eq!(e["routing_key"], "rk");
-        assert_eq!(e["event_action"], "trigger");
-        assert_eq!(e["dedup_key"], "kubernaut-f1");
-        assert_eq!(e["payload"]["severity"], "critical");
-        let e = pagerduty_event(&n(Kind::Completed, "production"), "rk");
-        assert_eq!(e["event_action"], "resolve");
-    }
-
     fn r(matchers: &[(&str, &str)], receiver: &str, cont: bool) -> Route {
         Route {
             matchers: matchers

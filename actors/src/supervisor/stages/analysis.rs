@@ -199,7 +199,7 @@ fn analyzed_to_next(sup: &mut Sup, analyzed: Analyzed) -> Next {
         let detail =
             serde_json::json!({ "reasons": approval.reasons, "expiresAt": approval.expires_at });
         sup.audit_event("approval", None, None, "ApprovalRequested", "", detail);
-        sup.notify(
+        sup.notify_when_written(
             kubernaut_notify::Kind::ApprovalRequired,
             msg.clone(),
             serde_json::json!({"reasons": approval.reasons, "expiresAt": approval.expires_at,
