@@ -2,7 +2,11 @@
 # Benchmark of the gateway's signal paths on the local stack (a benchmark,
 # not a test: it prints figures and asserts only the outcome counts).
 #
-#   new        one alert per target, every one creates a request
+#   raw-create the limit: as many RemediationRequests created straight on the
+#              API server at the same concurrency
+#   new        one alert per target, each with its own alert name (one name
+#              over many targets would be a storm), every one creates a
+#              request; printed as a share of raw-create
 #   duplicate  re-deliveries of alerts whose request exists (Redis instance
 #              index, then the group-committed occurrence count)
 #   no-redis   the duplicate path again with Redis switched off in kubernaut
@@ -73,10 +77,17 @@ stop() { kill "$KPID" 2>/dev/null || true; wait "$KPID" 2>/dev/null || true; }
 trap stop EXIT
 LT=("$BIN/loadtest" --url "http://$GW/api/v1/signals/alertmanager" --namespace "$NS")
 
+say "the limit: $N RemediationRequests created on the API server, concurrency 8"
+"$BIN/loadtest" --raw-create --namespace "$NS" --label raw-create --pods "$PODS" --requests "$N" \
+  --concurrency 8 --expect-created "$N" | tee "$S/bench-raw.txt"
+
 serve REDIS_URL="$REDIS_URL"
-say "new-signal path: $N alerts, $N targets, concurrency 8"
+say "new-signal path: $N alerts with distinct names, $N targets, concurrency 8"
 "${LT[@]}" --label new --pods "$PODS" --requests "$N" --concurrency 8 --expect-created "$N" \
-  --svg "$S/bench-new.svg"
+  --distinct-alertnames --svg "$S/bench-new.svg" | tee "$S/bench-new.txt"
+rate() { awk '/^elapsed/ {print $5}' "$1"; }
+awk -v new="$(rate "$S/bench-new.txt")" -v raw="$(rate "$S/bench-raw.txt")" \
+  'BEGIN { printf "new-signal path: %.0f alerts/s = %.3f x the raw create rate (%.0f/s)\n", new, new / raw, raw }'
 say "duplicate path (Redis): $DUPS re-deliveries of one alert, concurrency 32"
 "${LT[@]}" --label duplicate --pods "$ONE" --requests "$DUPS" --concurrency 32 --duplicate-share 1 \
   --expect-created 0 --svg "$S/bench-duplicate.svg"

@@ -3,6 +3,13 @@
 //! re-deliveries, and reports throughput, latency percentiles, status codes,
 //! and requests created against what was expected. `--svg` draws latency
 //! over time; `--csv` keeps every sample.
+//!
+//! `--raw-create` measures the limit instead: the same number of
+//! RemediationRequests created straight on the API server (`$KUBECONFIG`)
+//! at the same concurrency, so that a report can give the gateway's
+//! new-signal rate as a share of what the API server itself allows.
+//! `--distinct-alertnames` gives every new alert its own name, so that
+//! storm detection (one name over many targets) does not aggregate them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -52,6 +59,14 @@ struct Args {
     /// Alert names to cycle through.
     #[arg(long, value_delimiter = ',', default_value = "KubePodCrashLooping")]
     alertnames: Vec<String>,
+    /// Every new alert gets its own name (the first of --alertnames with a
+    /// number), so that the new-signal path is measured, not storms.
+    #[arg(long)]
+    distinct_alertnames: bool,
+    /// Create the requests on the API server directly instead (the limit
+    /// the new-signal path is measured against).
+    #[arg(long)]
+    raw_create: bool,
     /// Requests the storm should create (printed next to what it did create).
     #[arg(long)]
     expect_created: Option<usize>,
@@ -85,7 +100,12 @@ fn alert_for(args: &Args, i: usize, run: &str) -> serde_json::Value {
         i % new_before.max(1)
     };
     let pod = &args.pods[id % args.pods.len()];
-    let name = &args.alertnames[id % args.alertnames.len()];
+    let base = &args.alertnames[id % args.alertnames.len()];
+    let name = if args.distinct_alertnames {
+        format!("{base}{id:06}")
+    } else {
+        base.clone()
+    };
     json!({
         "status": "firing",
         "labels": {"alertname": name, "namespace": args.namespace, "pod": pod, "severity": "warning"},
@@ -197,6 +217,9 @@ async fn main() -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
     );
+    if args.raw_create {
+        return raw_create(&args, &run).await;
+    }
     let bodies: Vec<String> = (0..args.requests)
         .map(|i| notification(alert_for(&args, i, &run)))
         .collect();
@@ -229,8 +252,61 @@ async fn main() -> anyhow::Result<()> {
         .await;
     let elapsed = started.elapsed();
 
+    report(&args, &samples, elapsed)
+}
+
+/// RemediationRequests created straight on the API server, as the gateway
+/// would create them, `--concurrency` at a time.
+async fn raw_create(args: &Args, run: &str) -> anyhow::Result<()> {
+    use kubernaut_api::RemediationRequest;
+    let client = kube::Client::try_default()
+        .await
+        .context("a client for $KUBECONFIG")?;
+    let api: kube::Api<RemediationRequest> = kube::Api::namespaced(client, &args.namespace);
+    let started = Instant::now();
+    let samples: Vec<Sample> = futures::stream::iter(0..args.requests)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let pod = &args.pods[i % args.pods.len()];
+                let now = "2026-11-22T03:00:00Z";
+                let rr: Result<RemediationRequest, _> = serde_json::from_value(json!({
+                    "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+                    "metadata": {"name": format!("raw-{run}-{i}"), "namespace": args.namespace},
+                    "spec": {
+                        "fingerprint": format!("{run}-{i:08}"), "signalName": "RawCreate",
+                        "severity": "warning", "source": "alertmanager",
+                        "instanceId": format!("{run}-{i}"),
+                        "target": {"kind": "Pod", "namespace": args.namespace, "name": pod},
+                        "signalResource": {"kind": "Pod", "namespace": args.namespace, "name": pod},
+                        "firingTime": now, "receivedTime": now, "originalPayload": "{}",
+                    },
+                }));
+                let sent = Instant::now();
+                let status = match rr {
+                    Ok(rr) => match api.create(&kube::api::PostParams::default(), &rr).await {
+                        Ok(_) => 201,
+                        Err(kube::Error::Api(e)) => e.code,
+                        Err(_) => 0,
+                    },
+                    Err(_) => 0,
+                };
+                Sample {
+                    at: sent - started,
+                    latency: sent.elapsed(),
+                    status,
+                }
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect()
+        .await;
+    report(args, &samples, started.elapsed())
+}
+
+fn report(args: &Args, samples: &[Sample], elapsed: Duration) -> anyhow::Result<()> {
     let mut codes: BTreeMap<u16, usize> = BTreeMap::new();
-    for s in &samples {
+    for s in samples {
         *codes.entry(s.status).or_default() += 1;
     }
     let mut lat: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
@@ -279,13 +355,13 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(path) = &args.csv {
         let mut out = String::from("sent_ms,latency_ms,status\n");
-        for s in &samples {
+        for s in samples {
             let _ = writeln!(out, "{:.3},{:.3},{}", ms(s.at), ms(s.latency), s.status);
         }
         std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.svg {
-        std::fs::write(path, svg(&samples, &args.label))
+        std::fs::write(path, svg(samples, &args.label))
             .with_context(|| format!("writing {}", path.display()))?;
         println!("plot: {}", path.display());
     }
