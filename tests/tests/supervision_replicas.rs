@@ -9,20 +9,34 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kubernaut_api::Phase;
 use kubernaut_e2e::{
-    Stack, control_plane, create_request, deployments, managed_namespace, terminal_request,
+    Stack, control_plane, create_request, deployments, eventually, managed_namespace,
+    terminal_request,
 };
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The replicas the request's transitions name, once the audit writer
+/// (which queues, and never waits) has stored its final one.
 async fn replicas_of(db: &sqlx::PgPool, uid: &str) -> anyhow::Result<BTreeSet<String>> {
-    let rows: Vec<Option<String>> = sqlx::query_scalar(
-        "SELECT detail->>'replica' FROM remediation_events WHERE request_uid = $1 AND kind = 'transition'",
+    eventually(
+        "the transitions audited",
+        Duration::from_secs(30),
+        || async {
+            let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT detail->>'replica', to_phase FROM remediation_events
+             WHERE request_uid = $1 AND kind = 'transition'",
+            )
+            .bind(uid)
+            .fetch_all(db)
+            .await?;
+            let done = rows
+                .iter()
+                .any(|(_, to)| to.as_deref() == Some("Completed"));
+            Ok(done.then(|| rows.into_iter().filter_map(|(r, _)| r).collect()))
+        },
     )
-    .bind(uid)
-    .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().flatten().collect())
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
