@@ -67,6 +67,10 @@ mkdir -p .go/src/k8s.io
 
 log "compiling kube-apiserver and kube-controller-manager (about 10 minutes on 2 cores)"
 start=$(date +%s)
+# Go prints little while it compiles: a heartbeat says it is still going.
+( while sleep 30; do log "still compiling ($(( $(date +%s) - start ))s so far)"; done ) &
+HEARTBEAT=$!
+trap 'kill $HEARTBEAT 2>/dev/null || true' EXIT
 (
   cd .go/src/k8s.io/kubernetes
   PATH=/usr/lib/go-1.19/bin:$PATH GOPATH="$WORK/$TREE/.go" CGO_ENABLED=0 GOPROXY=off \
@@ -75,6 +79,7 @@ start=$(date +%s)
     make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" 2>&1 |
     while IFS= read -r line; do echo "build-k8s: [$(( $(date +%s) - start ))s] $line" >&2; done
 )
+kill "$HEARTBEAT" 2>/dev/null || true
 mkdir -p "$BIN"
 for b in kube-apiserver kube-controller-manager; do
   f=$(find . -path '*/_output/*' -type f -name "$b" | head -n1)

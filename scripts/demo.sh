@@ -23,7 +23,8 @@ say "the local LLM (llama.cpp's server, Gemma 3 270M; the first run builds it, t
 eval "$(bash scripts/llm.sh up)"
 
 say "building kubernaut"
-cargo build -q -p kubernaut
+# Not quiet: a cold build takes minutes, and cargo shows its progress.
+cargo build -p kubernaut
 BIN="$CARGO_TARGET_DIR/debug/kubernaut"
 
 say "demo workloads (namespace kubernaut-demo is opted in; demo-unmanaged is not)"

@@ -38,6 +38,24 @@ pub enum ActorKind {
     root,
 }
 
+impl ActorKind {
+    pub const ALL: [ActorKind; 13] = [
+        ActorKind::registry,
+        ActorKind::supervisor,
+        ActorKind::processing,
+        ActorKind::analysis,
+        ActorKind::workflow,
+        ActorKind::step,
+        ActorKind::verification,
+        ActorKind::approval,
+        ActorKind::resume,
+        ActorKind::rollback,
+        ActorKind::janitor,
+        ActorKind::membership,
+        ActorKind::root,
+    ];
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActorLabels {
     pub actor: ActorKind,
@@ -178,6 +196,11 @@ impl Default for Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
+        // Every kind has its restart series from the start, at 0: a
+        // dashboard shows 0, not "no data", and rate() sees the first one.
+        for actor in ActorKind::ALL {
+            let _series = m.restarts.get_or_create(&ActorLabels { actor });
+        }
         let r = registry;
         r.register(
             "actor_mailbox_depth",
@@ -362,5 +385,22 @@ impl PhaseCount {
 impl Drop for PhaseCount {
     fn drop(&mut self) {
         self.gauge().dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_actor_kind_has_a_restart_series_at_zero() {
+        let mut registry = Registry::default();
+        let _m = Metrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for kind in ActorKind::ALL {
+            let line = format!("actor_restarts_total{{actor=\"{kind:?}\"}} 0");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
     }
 }
