@@ -286,10 +286,7 @@ async fn ask_llm(
                     decision: Ok(Decision {
                         rule: String::new(),
                         workflow,
-                        // The rule's query measures the alert, whoever decided.
-                        verify_query: rules::decide(&ctx.rules, spec)
-                            .ok()
-                            .and_then(|d| d.verify_query),
+                        verify_query: rules::verify_query(&ctx.rules, spec).ok().flatten(),
                         passed_over: Vec::new(),
                     }),
                     verdict: Some(verdict),

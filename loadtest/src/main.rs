@@ -229,29 +229,11 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build(connector);
 
-    let started = Instant::now();
-    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
-    let client_ref = &client;
-    let args_ref = &args;
-    let samples: Vec<Sample> = futures::stream::iter(bodies.into_iter().enumerate())
-        .map(|(i, body)| async move {
-            if let Some(every) = interval {
-                let due = started + every.mul_f64(i as f64);
-                tokio::time::sleep_until(due.into()).await;
-            }
-            let sent = Instant::now();
-            let status = send(client_ref, &args_ref.url, &args_ref.token, body).await;
-            Sample {
-                at: sent - started,
-                latency: sent.elapsed(),
-                status,
-            }
-        })
-        .buffer_unordered(args.concurrency)
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
-
+    let (client, args_ref, bodies) = (&client, &args, &bodies);
+    let (samples, elapsed) = fire(&args, |i| async move {
+        send(client, &args_ref.url, &args_ref.token, bodies[i].clone()).await
+    })
+    .await;
     report(&args, &samples, elapsed)
 }
 
@@ -263,45 +245,66 @@ async fn raw_create(args: &Args, run: &str) -> anyhow::Result<()> {
         .await
         .context("a client for $KUBECONFIG")?;
     let api: kube::Api<RemediationRequest> = kube::Api::namespaced(client, &args.namespace);
-    let started = Instant::now();
-    let samples: Vec<Sample> = futures::stream::iter(0..args.requests)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let pod = &args.pods[i % args.pods.len()];
-                let now = "2026-11-22T03:00:00Z";
-                let rr: Result<RemediationRequest, _> = serde_json::from_value(json!({
-                    "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
-                    "metadata": {"name": format!("raw-{run}-{i}"), "namespace": args.namespace},
-                    "spec": {
-                        "fingerprint": format!("{run}-{i:08}"), "signalName": "RawCreate",
-                        "severity": "warning", "source": "alertmanager",
-                        "instanceId": format!("{run}-{i}"),
-                        "target": {"kind": "Pod", "namespace": args.namespace, "name": pod},
-                        "signalResource": {"kind": "Pod", "namespace": args.namespace, "name": pod},
-                        "firingTime": now, "receivedTime": now, "originalPayload": "{}",
-                    },
-                }));
-                let sent = Instant::now();
-                let status = match rr {
-                    Ok(rr) => match api.create(&kube::api::PostParams::default(), &rr).await {
-                        Ok(_) => 201,
-                        Err(kube::Error::Api(e)) => e.code,
-                        Err(_) => 0,
-                    },
+    let (samples, elapsed) = fire(args, |i| {
+        let api = api.clone();
+        async move {
+            let pod = &args.pods[i % args.pods.len()];
+            let now = "2026-11-22T03:00:00Z";
+            let rr: Result<RemediationRequest, _> = serde_json::from_value(json!({
+                "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+                "metadata": {"name": format!("raw-{run}-{i}"), "namespace": args.namespace},
+                "spec": {
+                    "fingerprint": format!("{run}-{i:08}"), "signalName": "RawCreate",
+                    "severity": "warning", "source": "alertmanager",
+                    "instanceId": format!("{run}-{i}"),
+                    "target": {"kind": "Pod", "namespace": args.namespace, "name": pod},
+                    "signalResource": {"kind": "Pod", "namespace": args.namespace, "name": pod},
+                    "firingTime": now, "receivedTime": now, "originalPayload": "{}",
+                },
+            }));
+            match rr {
+                Ok(rr) => match api.create(&kube::api::PostParams::default(), &rr).await {
+                    Ok(_) => 201,
+                    Err(kube::Error::Api(e)) => e.code,
                     Err(_) => 0,
-                };
-                Sample {
-                    at: sent - started,
-                    latency: sent.elapsed(),
-                    status,
-                }
+                },
+                Err(_) => 0,
+            }
+        }
+    })
+    .await;
+    report(args, &samples, elapsed)
+}
+
+/// Runs `one(i)` for every request, `--concurrency` at a time (at
+/// `--rate` when set, each timed from when it is sent); the
+/// samples and the elapsed time.
+async fn fire<F, Fut>(args: &Args, one: F) -> (Vec<Sample>, Duration)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let started = Instant::now();
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+    let one = &one;
+    let samples = futures::stream::iter(0..args.requests)
+        .map(|i| async move {
+            if let Some(every) = interval {
+                let due = started + every.mul_f64(i as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let sent = Instant::now();
+            let status = one(i).await;
+            Sample {
+                at: sent - started,
+                latency: sent.elapsed(),
+                status,
             }
         })
         .buffer_unordered(args.concurrency)
         .collect()
         .await;
-    report(args, &samples, started.elapsed())
+    (samples, started.elapsed())
 }
 
 fn report(args: &Args, samples: &[Sample], elapsed: Duration) -> anyhow::Result<()> {

@@ -128,6 +128,15 @@ impl Sup {
             .push((self.seq + 1, super::Effect::Notify(Box::new(n))));
     }
 
+    /// The request's environment, once Processing found it.
+    pub(super) fn environment(&self) -> String {
+        self.status
+            .processing
+            .as_ref()
+            .map(|p| p.environment.clone())
+            .unwrap_or_default()
+    }
+
     fn notification(
         &self,
         kind: kubernaut_notify::Kind,
@@ -140,12 +149,7 @@ impl Sup {
             name: self.name.clone(),
             uid: self.uid.clone(),
             severity: self.spec.severity.clone(),
-            environment: self
-                .status
-                .processing
-                .as_ref()
-                .map(|p| p.environment.clone())
-                .unwrap_or_default(),
+            environment: self.environment(),
             summary,
             fingerprint: self.spec.fingerprint.clone(),
             detail,

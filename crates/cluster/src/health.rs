@@ -70,6 +70,18 @@ impl PodHealth {
     }
 }
 
+/// A workload spec's `selector.matchLabels` as a label selector.
+pub(crate) fn pod_selector(spec: &Value) -> Option<String> {
+    let labels = spec["selector"]["matchLabels"].as_object()?;
+    Some(
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
 /// SHA-256 of `value`'s canonical JSON: serde_json's map is ordered by key
 /// (the crate is built without `preserve_order`), so equal specs hash alike
 /// whatever order the server sent their fields in.
@@ -135,12 +147,7 @@ impl Cluster {
         }
         .map(|d| i32::try_from(d).unwrap_or(i32::MAX));
         let mut pods = Vec::new();
-        if let Some(labels) = spec["selector"]["matchLabels"].as_object() {
-            let selector = labels
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",");
+        if let Some(selector) = pod_selector(spec) {
             let api: Api<Pod> = Api::namespaced(client.clone(), ns);
             let list = ListParams::default()
                 .labels(&selector)

@@ -269,20 +269,37 @@ pub fn decide_ranked(
             }
         })?;
     }
-    let verify_query = match &rule.verify_query {
-        Some(q) => Some(promql(q, spec).map_err(|u| RuleError::MissingValue {
-            rule: rule.signal.clone(),
-            param: "verifyQuery".into(),
-            placeholder: u.placeholder,
-        })?),
-        None => None,
-    };
     Ok(Decision {
         rule: rule.signal.clone(),
         workflow,
-        verify_query,
+        verify_query: query_of(rule, spec)?,
         passed_over,
     })
+}
+
+/// The PromQL of `spec`'s rule, filled, whoever decides (the LLM too): it
+/// measures the alert, not the action.
+pub fn verify_query(
+    rules: &[Rule],
+    spec: &RemediationRequestSpec,
+) -> Result<Option<String>, RuleError> {
+    match rule_for(rules, spec) {
+        Some(rule) => query_of(rule, spec),
+        None => Ok(None),
+    }
+}
+
+fn query_of(rule: &Rule, spec: &RemediationRequestSpec) -> Result<Option<String>, RuleError> {
+    let Some(q) = &rule.verify_query else {
+        return Ok(None);
+    };
+    promql(q, spec)
+        .map(Some)
+        .map_err(|u| RuleError::MissingValue {
+            rule: rule.signal.clone(),
+            param: "verifyQuery".into(),
+            placeholder: u.placeholder,
+        })
 }
 
 /// The workflow's actions that change something: the ones whose

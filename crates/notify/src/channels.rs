@@ -144,54 +144,43 @@ fn secret(receiver: &str, key: &str, path: &std::path::Path) -> Result<String, S
 
 impl Channel {
     pub(crate) fn of(r: &Receiver, timeout: Duration) -> Result<Channel, String> {
-        let set = [
-            r.webhook.is_some(),
-            r.slack.is_some(),
-            r.teams.is_some(),
-            r.pagerduty.is_some(),
-            r.email.is_some(),
-        ];
-        if set.iter().filter(|s| **s).count() != 1 {
-            return Err(format!(
-                "notifications.receivers[{}]: exactly one of webhook, slack, teams, pagerduty, email",
-                r.name
-            ));
-        }
-        let (url, kind) = if let Some(w) = &r.webhook {
-            let key = match &w.secret_file {
-                Some(f) => Some(ring::hmac::Key::new(
-                    ring::hmac::HMAC_SHA256,
-                    secret(&r.name, "webhook.secretFile", f)?.as_bytes(),
-                )),
-                None => None,
-            };
-            (w.url.clone(), ChannelKind::Webhook(key))
-        } else if let Some(s) = &r.slack {
-            (
+        let (url, kind) = match (&r.webhook, &r.slack, &r.teams, &r.pagerduty, &r.email) {
+            (Some(w), None, None, None, None) => {
+                let key = match &w.secret_file {
+                    Some(f) => Some(ring::hmac::Key::new(
+                        ring::hmac::HMAC_SHA256,
+                        secret(&r.name, "webhook.secretFile", f)?.as_bytes(),
+                    )),
+                    None => None,
+                };
+                (w.url.clone(), ChannelKind::Webhook(key))
+            }
+            (None, Some(s), None, None, None) => (
                 secret(&r.name, "slack.urlFile", &s.url_file)?,
                 ChannelKind::Slack {
                     buttons: s.approve_buttons,
                 },
-            )
-        } else if let Some(t) = &r.teams {
-            (
+            ),
+            (None, None, Some(t), None, None) => (
                 secret(&r.name, "teams.urlFile", &t.url_file)?,
                 ChannelKind::Teams,
-            )
-        } else if let Some(p) = &r.pagerduty {
-            (
+            ),
+            (None, None, None, Some(p), None) => (
                 p.url.clone(),
                 ChannelKind::PagerDuty {
                     routing_key: secret(&r.name, "pagerduty.routingKeyFile", &p.routing_key_file)?,
                 },
-            )
-        } else if let Some(e) = &r.email {
-            (
+            ),
+            (None, None, None, None, Some(e)) => (
                 String::new(),
                 ChannelKind::Email(Box::new(smtp(&r.name, e, timeout)?)),
-            )
-        } else {
-            unreachable!("exactly one channel was checked above")
+            ),
+            _ => {
+                return Err(format!(
+                    "notifications.receivers[{}]: exactly one of webhook, slack, teams, pagerduty, email",
+                    r.name
+                ));
+            }
         };
         Ok(Channel {
             name: r.name.clone(),
@@ -516,15 +505,8 @@ mod tests {
 
     fn n(kind: Kind, detail: serde_json::Value) -> Notification {
         Notification {
-            kind,
-            namespace: "shop".into(),
-            name: "r".into(),
-            uid: "u".into(),
-            severity: "critical".into(),
-            environment: "production".into(),
-            summary: "s".into(),
-            fingerprint: "f1".into(),
             detail,
+            ..crate::tests::n(kind, "production")
         }
     }
 

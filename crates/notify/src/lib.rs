@@ -366,10 +366,11 @@ impl Worker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn n(kind: Kind, env: &str) -> Notification {
+    /// A notification about `shop/r` (the channels' tests use it too).
+    pub(crate) fn n(kind: Kind, env: &str) -> Notification {
         Notification {
             kind,
             namespace: "shop".into(),

@@ -449,14 +449,16 @@ impl AuditLog {
                  AND e.kind = 'action' AND e.reason = 'StepFinished'
                  AND e.detail->>'action' IS NOT NULL
              )
-             SELECT runs.action,
-                    count(*) FILTER (WHERE o.outcome IN ('Effective', 'Ineffective')
-                                        OR (o.outcome IS NULL AND runs.phase <> 'Completed')) AS requests,
-                    count(*) FILTER (WHERE o.outcome = 'Effective') AS effective
-             FROM runs
-             LEFT JOIN remediation_outcomes o ON o.request_uid = runs.uid AND o.action = runs.action
-             GROUP BY 1 HAVING count(*) FILTER (WHERE o.outcome IN ('Effective', 'Ineffective')
-                                        OR (o.outcome IS NULL AND runs.phase <> 'Completed')) > 0
+             SELECT action, requests, effective FROM (
+               SELECT runs.action,
+                      count(*) FILTER (WHERE o.outcome IN ('Effective', 'Ineffective')
+                                          OR (o.outcome IS NULL AND runs.phase <> 'Completed')) AS requests,
+                      count(*) FILTER (WHERE o.outcome = 'Effective') AS effective
+               FROM runs
+               LEFT JOIN remediation_outcomes o ON o.request_uid = runs.uid AND o.action = runs.action
+               GROUP BY 1
+             ) known
+             WHERE requests > 0
              ORDER BY 2 DESC, 1 LIMIT $4",
         )
         .bind(signal)

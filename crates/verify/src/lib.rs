@@ -115,6 +115,10 @@ impl Default for Weights {
 pub struct Verifier {
     settings: Settings,
     http: reqwest::Client,
+    /// `GET /api/v2/alerts` of Alertmanager, when configured.
+    alerts: Option<reqwest::Url>,
+    /// `GET /api/v1/query` of Prometheus, when configured.
+    query: Option<reqwest::Url>,
 }
 
 impl Verifier {
@@ -128,7 +132,26 @@ impl Verifier {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Verifier { settings, http })
+        let endpoint = |base: &str, path: &str, key: &str| {
+            if base.is_empty() {
+                return Ok(None);
+            }
+            reqwest::Url::parse(&format!("{}{path}", base.trim_end_matches('/')))
+                .map(Some)
+                .map_err(|e| format!("verification.{key}: {e}"))
+        };
+        let alerts = endpoint(
+            &settings.alertmanager_url,
+            "/api/v2/alerts",
+            "alertmanagerUrl",
+        )?;
+        let query = endpoint(&settings.prometheus_url, "/api/v1/query", "prometheusUrl")?;
+        Ok(Verifier {
+            settings,
+            http,
+            alerts,
+            query,
+        })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -149,13 +172,9 @@ impl Verifier {
                 "the source reported it resolved",
             );
         }
-        if self.settings.alertmanager_url.is_empty() || labels.is_empty() {
+        let (Some(url), false) = (&self.alerts, labels.is_empty()) else {
             return component("alert", None, weight, "no Alertmanager to ask");
-        }
-        let url = format!(
-            "{}/api/v2/alerts",
-            self.settings.alertmanager_url.trim_end_matches('/')
-        );
+        };
         let mut query: Vec<(&str, String)> = vec![
             ("active", "true".into()),
             ("silenced", "true".into()),
@@ -163,7 +182,7 @@ impl Verifier {
         ];
         query.extend(labels.iter().map(|(k, v)| ("filter", matcher(k, v))));
         let answer = async {
-            let r = self.http.get(with_query(&url, &query)).send().await?;
+            let r = self.http.get(with_query(url, &query)).send().await?;
             r.error_for_status()?.json::<Vec<Value>>().await
         }
         .await;
@@ -196,17 +215,13 @@ impl Verifier {
     /// through Prometheus's HTTP API; no series is 1, any series is 0.
     pub async fn metric(&self, query: Option<&str>) -> ScoreComponent {
         let weight = self.settings.weights.metric;
-        let (Some(query), false) = (query, self.settings.prometheus_url.is_empty()) else {
+        let (Some(query), Some(url)) = (query, &self.query) else {
             return component("metric", None, weight, "no query, or no Prometheus");
         };
-        let url = format!(
-            "{}/api/v1/query",
-            self.settings.prometheus_url.trim_end_matches('/')
-        );
         let answer = async {
             let r = self
                 .http
-                .get(with_query(&url, &[("query", query.to_string())]))
+                .get(with_query(url, &[("query", query.to_string())]))
                 .send()
                 .await?;
             r.error_for_status()?.json::<Value>().await
@@ -231,9 +246,8 @@ impl Verifier {
 }
 
 /// `url` with the query string of `pairs`, each encoded.
-fn with_query(url: &str, pairs: &[(&str, String)]) -> reqwest::Url {
-    let mut u = reqwest::Url::parse(url)
-        .unwrap_or_else(|_| reqwest::Url::parse("http://invalid/").expect("a URL"));
+fn with_query(url: &reqwest::Url, pairs: &[(&str, String)]) -> reqwest::Url {
+    let mut u = url.clone();
     u.query_pairs_mut()
         .extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())));
     u

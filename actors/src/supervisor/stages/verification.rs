@@ -11,7 +11,7 @@ use kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kubernaut_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kubernaut_api::workflow::Workflow;
 use kubernaut_api::{
-    ExecutionStatus, ScoreComponent, SignalSource, StepPhase, VerificationBaseline,
+    ExecutionStatus, ScoreComponent, SignalSource, StepPhase, StepStatus, VerificationBaseline,
     VerificationOutcome, VerificationStatus,
 };
 use kubernaut_cluster::{ActionCall, Cluster, Outcome};
@@ -172,13 +172,19 @@ fn changed(sup: &Sup, exec: &ExecutionStatus) -> bool {
         return false;
     }
     exec.steps.iter().any(|s| {
-        kubernaut_cluster::writes(&s.action)
-            && matches!(s.phase, StepPhase::Succeeded | StepPhase::AlreadyDone)
+        wrote(s)
             && sup
                 .outcomes
                 .get(&s.id)
                 .is_none_or(|o| !o.dry_run && !o.changes.is_empty())
     })
+}
+
+/// A step of an action that writes took effect: the actions whose
+/// outcomes count (K-AI-2).
+fn wrote(s: &StepStatus) -> bool {
+    kubernaut_cluster::writes(&s.action)
+        && matches!(s.phase, StepPhase::Succeeded | StepPhase::AlreadyDone)
 }
 
 /// The end of the window: every scorer, in a stage actor.
@@ -305,18 +311,10 @@ fn record_outcomes(sup: &Sup, v: &VerificationStatus) {
     let Some(outcome) = v.outcome else {
         return;
     };
-    let environment = sup
-        .status
-        .processing
-        .as_ref()
-        .map(|p| p.environment.clone())
-        .unwrap_or_default();
+    let environment = sup.environment();
     let mut actions: Vec<&str> = Vec::new();
     for s in sup.status.execution.iter().flat_map(|e| &e.steps) {
-        if kubernaut_cluster::writes(&s.action)
-            && matches!(s.phase, StepPhase::Succeeded | StepPhase::AlreadyDone)
-            && !actions.contains(&s.action.as_str())
-        {
+        if wrote(s) && !actions.contains(&s.action.as_str()) {
             actions.push(&s.action);
         }
     }

@@ -110,12 +110,7 @@ impl Cluster {
 
         let pods = if d.kind == "Pod" {
             vec![object.clone()]
-        } else if let Some(labels) = object["spec"]["selector"]["matchLabels"].as_object() {
-            let selector = labels
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",");
+        } else if let Some(selector) = crate::health::pod_selector(&object["spec"]) {
             let api: Api<Pod> = Api::namespaced(client.clone(), &d.namespace);
             bounded(
                 api.list(
