@@ -270,3 +270,48 @@ async fn an_approval_waiting_is_announced_signed_and_audited() -> anyhow::Result
     );
     running.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_fails_is_announced_as_an_escalation() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = kubernaut_e2e::managed_namespace(&admin, "notify-fail", "development").await?;
+    kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), &ns)
+        .create(&Default::default(), &kubernaut_e2e::deployment("api", 1))
+        .await?;
+    let (base, received) = receiver().await?;
+    let receivers =
+        json!([{"name": "oncall", "webhook": {"url": format!("{base}/hook")}}]).to_string();
+    let routes = json!([{"matchers": {"kind": "escalation"}, "receiver": "oncall"}]).to_string();
+    // Past executor.bounds.maxReplicas (20): the executor refuses it.
+    let rules = json!([{ "signal": "TooBig", "action": "scale_deployment",
+        "parameters": {"namespace": "{{target.namespace}}", "name": "{{target.name}}", "replicas": 500} }]);
+    let running = control_plane(
+        stack,
+        &ns,
+        &[
+            ("NOTIFICATIONS__RECEIVERS", &receivers),
+            ("NOTIFICATIONS__ROUTES", &routes),
+        ],
+        rules,
+    )
+    .await?;
+    let target = kubernaut_api::ObjectRef::new("Deployment", &ns, "api");
+    let name = create_request(&admin, "TooBig", &target, false).await?;
+    let rr = kubernaut_e2e::terminal_request(&admin, &ns, &name, TIMEOUT).await?;
+    assert_eq!(rr.phase(), Phase::Failed, "{:?}", rr.status);
+    let (_, body) = eventually("the failure announced", TIMEOUT, || async {
+        Ok(body_of(&received, "hook"))
+    })
+    .await?;
+    let sent: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(sent["kind"], "escalation", "{sent}");
+    assert_eq!(sent["name"], name.as_str(), "{sent}");
+    assert!(
+        sent["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("Failed")),
+        "{sent}"
+    );
+    running.shutdown().await
+}

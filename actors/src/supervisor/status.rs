@@ -366,6 +366,17 @@ impl Sup {
         } else {
             format!("{from} -> {to}: {}", t.message)
         };
+        if to == Phase::Failed {
+            // A failure is an escalation (K-NT-1), whatever failed. Where a
+            // stage already told people (an ineffective fix, an expired
+            // approval), the notifier's repeat suppression keeps it to one
+            // message.
+            self.notify(
+                kubernaut_notify::Kind::Escalation,
+                message.clone(),
+                serde_json::json!({"message": message, "reason": t.reason.as_str()}),
+            );
+        }
         self.event(
             matches!(to, Phase::Failed | Phase::TimedOut),
             t.reason.as_str(),
