@@ -29,9 +29,10 @@ use kubernaut_cluster::{Cluster, ClusterConfig};
 use kubernaut_gateway::test_pki::Pki;
 use kubernaut_gateway::{CloudWatch, CloudWatchConfig, Protection, ProtectionConfig};
 use kubernaut_intake::{Intake, IntakeMetrics, IntakeSettings};
-use kubernaut_store::index::{IndexTtl, SignalIndex};
+use kubernaut_store::index::SignalIndex;
 use prometheus_client::registry::Registry;
 use serde_json::json;
+use tracing::Instrument;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -315,7 +316,7 @@ impl Gateway {
             Some(url) => {
                 // One prefix for all test gateways: replicas share the index,
                 // and tests never share namespaces, hence fingerprints.
-                let index = SignalIndex::connect(url, "kubernaut-e2e", IndexTtl::default())?;
+                let index = SignalIndex::connect(url, "kubernaut-e2e")?;
                 ensure!(
                     index.wait_connected(Duration::from_secs(5)).await,
                     "Redis at {url} is not reachable"
@@ -334,15 +335,14 @@ impl Gateway {
             cluster,
             index,
             IntakeSettings {
-                holder: holder.to_string(),
-                claim_ttl: Duration::from_secs(10),
+                sync_timeout: Duration::from_secs(30),
                 storm: storm_settings(),
             },
             intake_metrics.clone(),
         );
         let cloudwatch = CloudWatch::new(&sns_config(), None)?;
         let state = kubernaut_gateway::GatewayState {
-            intake: Arc::new(intake),
+            intake: Arc::new(intake.clone()),
             metrics: gateway_metrics,
             protection,
             cloudwatch: Arc::new(cloudwatch),
@@ -353,10 +353,19 @@ impl Gateway {
         let app = kubernaut_gateway::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let _ = axum::serve(listener, app).await;
-        });
+        ensure!(
+            intake.wait_synced(Duration::from_secs(30)).await,
+            "the intake's watches did not list within 30 s"
+        );
+        // The replica's name on every log line of its gateway.
+        let span = tracing::info_span!("gateway", replica = holder);
+        let task = tokio::spawn(
+            async move {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                let _ = axum::serve(listener, app).await;
+            }
+            .instrument(span),
+        );
         Ok(Self {
             addr,
             state,

@@ -1,10 +1,12 @@
-//! Deduplication across gateway replicas on the real stack (K-GW-5): Redis
-//! as the shared fast path, Kubernetes as the truth, Lease claims when Redis
-//! is gone. Every test counts requests in the API server and the occurrence
-//! count in their status: an accepted signal is a request or a counted
-//! duplicate, never lost and never doubled.
+//! Deduplication across gateway replicas on the real stack (K-GW-5): each
+//! replica's watch-fed view of requests, and names determined by a
+//! fingerprint's sequence so that the API server's "already exists" decides
+//! every creation race, with or without Redis. Every test counts requests in
+//! the API server and the occurrence count in their status: an accepted
+//! signal is a request or a counted duplicate, never lost and never doubled.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::join_all;
@@ -20,10 +22,7 @@ use serde_json::json;
 const STARTS_AT: &str = "2026-11-22T03:00:00Z";
 
 fn occurrences(rr: &RemediationRequest) -> i64 {
-    rr.status
-        .as_ref()
-        .and_then(|s| s.deduplication.as_ref())
-        .map_or(0, |d| d.occurrence_count)
+    rr.occurrence_count()
 }
 
 /// How many replies had each status code.
@@ -89,7 +88,8 @@ async fn different_first_signals_for_one_target_open_one_request_even_without_re
         .await?
         .into_iter()
         .collect();
-    // One replica has Redis, the other has lost it: only the Lease serialises them.
+    // One replica has Redis, the other has lost it: only the API server's
+    // name uniqueness serialises them.
     let with_redis = Gateway::start(stack, Some(&stack.redis_url), "gw-redis").await?;
     let without = Gateway::start(stack, None, "gw-no-redis").await?;
 
@@ -256,24 +256,91 @@ async fn after_a_request_ends_redeliveries_stay_duplicates_and_new_firings_open_
     Ok(())
 }
 
-/// A replica's concurrent signals share its name: its own unexpired
-/// fingerprint claim stops the second, as anyone else's would (unlike a
-/// request's target lock, which the request's adopter takes back).
+/// A name is taken once: after a fingerprint's latest request was deleted,
+/// the next one takes the next place in the sequence, not the freed name
+/// (a replica whose view still held the deleted request would otherwise
+/// create a second open request beside it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_does_not_claim_a_fingerprint_it_already_holds() -> anyhow::Result<()> {
+async fn a_deleted_requests_place_is_not_taken_again() -> anyhow::Result<()> {
     let stack = Stack::get();
-    let cluster = kubernaut_e2e::controller_cluster(stack).await?;
-    let fp = kubernaut_e2e::unique("fp-own");
-    let ttl = std::time::Duration::from_secs(30);
-    let first = cluster.claim_fingerprint(&fp, "gateway-a", ttl).await?;
-    let first = first.context("the first claim is taken")?;
-    let second = cluster.claim_fingerprint(&fp, "gateway-a", ttl).await?;
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "dedup-deleted", "development").await?;
+    let pods = deployment_with_pods(&admin, &ns, "web", 1).await?;
+    let pod = pods.first().context("a pod")?;
+    let gw = Gateway::start(stack, None, "gw-deleted").await?;
+    let url = gw.url("alertmanager");
+    let send = |id: &str| {
+        let body = alertmanager_payload("KubePodCrashLooping", &ns, &[(pod, id)], STARTS_AT);
+        let url = url.clone();
+        async move { post(&url, "application/json", body).await }
+    };
+    let first = send("a1").await?;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let name = first.body["request"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
-        second.is_none(),
-        "the same replica claimed the fingerprint twice"
+        name.starts_with("deployment-web-") && name.ends_with("-1"),
+        "{name}"
     );
-    first.release().await;
-    let again = cluster.claim_fingerprint(&fp, "gateway-a", ttl).await?;
-    assert!(again.is_some(), "released, it can be claimed again");
+    let rrs: Api<RemediationRequest> = Api::namespaced(admin.clone(), &ns);
+    rrs.delete(&name, &Default::default()).await?;
+    kubernaut_e2e::eventually("the deletion", Duration::from_secs(10), || async {
+        Ok(rrs.get_opt(&name).await?.is_none().then_some(()))
+    })
+    .await?;
+    // Long enough for the replica's watch to have seen the deletion, so
+    // that only the tombstone keeps place 1 taken.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let second = send("a2").await?;
+    assert_eq!(second.status, 201, "{}", second.text);
+    let next = second.body["request"].as_str().unwrap_or_default();
+    assert_eq!(next, format!("{}2", name.trim_end_matches('1')));
+    Ok(())
+}
+
+/// A request someone else wrote under the name of a fingerprint's next
+/// place, about another target, neither blocks the fingerprint nor is
+/// counted on: the intake takes the place after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_squatting_the_next_name_is_skipped_not_counted_on() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "dedup-squat", "development").await?;
+    let pods = deployment_with_pods(&admin, &ns, "web", 1).await?;
+    let pod = pods.first().context("a pod")?;
+    let fp = kubernaut_api::fingerprint(
+        None,
+        &kubernaut_api::ObjectRef::new("Deployment", &ns, "web"),
+    );
+    let squatted = kubernaut_cluster::request_name("Deployment-web", &fp, 1);
+    let rrs: Api<RemediationRequest> = Api::namespaced(admin.clone(), &ns);
+    rrs.create(
+        &Default::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+            "metadata": {"name": squatted},
+            "spec": {
+                "fingerprint": "0".repeat(64), "signalName": "Squat", "severity": "warning",
+                "source": "generic", "instanceId": "squat",
+                "target": {"kind": "Deployment", "namespace": ns, "name": "other"},
+                "signalResource": {"kind": "Deployment", "namespace": ns, "name": "other"},
+                "firingTime": STARTS_AT, "receivedTime": STARTS_AT, "originalPayload": "{}"
+            }
+        }))?,
+    )
+    .await?;
+    let gw = Gateway::start(stack, None, "gw-squat").await?;
+    let body = alertmanager_payload("KubePodCrashLooping", &ns, &[(pod, "s1")], STARTS_AT);
+    let created = post(&gw.url("alertmanager"), "application/json", body).await?;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(
+        created.body["request"],
+        kubernaut_cluster::request_name("Deployment-web", &fp, 2).as_str()
+    );
+    let squatter = rrs.get(&squatted).await?;
+    assert_eq!(occurrences(&squatter), 1, "nothing was counted on it");
     Ok(())
 }

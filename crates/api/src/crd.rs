@@ -140,7 +140,8 @@ pub struct RemediationRequestStatus {
     /// Every phase change, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phase_history: Vec<PhaseTransition>,
-    /// Written by the gateway only.
+    /// Written by the gateway only, from the first duplicate on: absent
+    /// means the signal was seen once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deduplication: Option<Deduplication>,
     /// The source reported a signal of this request resolved (K-GW-2);
@@ -519,6 +520,27 @@ fn no_schema_default(schema: &mut schemars::Schema) {
 impl RemediationRequest {
     pub fn phase(&self) -> Phase {
         self.status.as_ref().map(|s| s.phase).unwrap_or_default()
+    }
+
+    /// How many times its signal was seen. The creating signal is not
+    /// written into the status (a second write for every new request):
+    /// `deduplication` is absent until the first duplicate, and absent
+    /// means once.
+    pub fn occurrence_count(&self) -> i64 {
+        self.status
+            .as_ref()
+            .and_then(|s| s.deduplication.as_ref())
+            .map_or(1, |d| d.occurrence_count)
+    }
+
+    /// Whether this signal instance created the request or was counted on it.
+    pub fn has_seen(&self, instance: &str) -> bool {
+        self.spec.instance_id == instance
+            || self
+                .status
+                .as_ref()
+                .and_then(|s| s.deduplication.as_ref())
+                .is_some_and(|d| d.has_seen(instance))
     }
 
     /// The CRD as YAML, exactly as `deploy/crds/` holds it.

@@ -88,6 +88,12 @@ pub trait ApprovalDesk: Send + Sync {
 /// Label on a request naming the source's own identity of the signal instance.
 pub const INSTANCE_LABEL: &str = "kubernaut.io/signal-instance";
 
+/// Label on a request holding its place in its fingerprint's sequence of
+/// requests (1, 2, …), which is also the end of its name: the intake creates
+/// the next request of a fingerprint under the name its successor must
+/// have, so that concurrent creators collide on the API server (K-GW-5).
+pub const SEQUENCE_LABEL: &str = "kubernaut.io/sequence";
+
 /// Prefix length of a hex digest used as a label value (< 63 characters).
 pub const LABEL_DIGEST_LEN: usize = 40;
 

@@ -1,12 +1,11 @@
-//! Creation claims on a fingerprint as coordination.k8s.io Leases: the
-//! Kubernetes-level guarantee that concurrent first signals for one
-//! fingerprint, on any replica, create one request even when Redis (whose
-//! `SET NX` claim normally serialises them) is unavailable.
+//! Claims as coordination.k8s.io Leases: one supervisor at a time acts for
+//! a request on a target (the target locks).
 //!
 //! Creating a Lease is atomic, so exactly one contender gets it; the holder
-//! checks for an open request, creates one if there is none, and deletes
-//! the Lease. A holder that dies leaves a Lease that expires after its
-//! duration and is then taken over with an optimistic-concurrency update.
+//! deletes it when done. A holder that dies leaves a Lease that expires
+//! after its duration and is then taken over with an optimistic-concurrency
+//! update; the holder's own Lease, left by a process that died, is taken
+//! back by the replica that adopted its request.
 
 use std::time::Duration;
 
@@ -28,20 +27,6 @@ pub struct LeaseClaim {
 }
 
 impl Cluster {
-    /// Tries to claim `fingerprint` for `holder`, a gateway replica; `None`
-    /// while anyone, this replica included, holds an unexpired claim: the
-    /// replica's concurrent signals share its name, and only one of them
-    /// may create the request.
-    pub async fn claim_fingerprint(
-        &self,
-        fingerprint: &str,
-        holder: &str,
-        duration: Duration,
-    ) -> Result<Option<LeaseClaim>> {
-        let name = format!("kubernaut-claim-{fingerprint}");
-        self.claim(&name, holder, duration, Own::Wait).await
-    }
-
     /// Tries to take the Lease `name` in the lease namespace for `holder`,
     /// a request (one supervisor at a time acts for it); `None` while
     /// someone else holds it unexpired. The holder's own unexpired Lease is
@@ -52,16 +37,6 @@ impl Cluster {
         name: &str,
         holder: &str,
         duration: Duration,
-    ) -> Result<Option<LeaseClaim>> {
-        self.claim(name, holder, duration, Own::Reclaim).await
-    }
-
-    async fn claim(
-        &self,
-        name: &str,
-        holder: &str,
-        duration: Duration,
-        own: Own,
     ) -> Result<Option<LeaseClaim>> {
         let api: Api<Lease> =
             Api::namespaced(self.client().clone(), &self.config().lease_namespace);
@@ -94,16 +69,15 @@ impl Cluster {
             Err(e) => return Err(e),
         }
         // Someone holds it; take it over only if it has expired, or if it
-        // is this holder's own and the holder may reclaim it.
+        // is this holder's own.
         let Some(current) = bounded(api.get_opt(&name)).await? else {
             return Ok(None); // released just now: the caller retries
         };
-        let ours = own == Own::Reclaim
-            && current
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_deref())
-                == Some(holder);
+        let ours = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(holder);
         if !ours && !expired(&current, now) {
             return Ok(None);
         }
@@ -123,15 +97,6 @@ impl Cluster {
             Err(e) => Err(e),
         }
     }
-}
-
-/// What an unexpired Lease of the same holder means.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Own {
-    /// The holder is one actor at a time: its Lease is its own to take back.
-    Reclaim,
-    /// The holder acts concurrently: its Lease is another task's.
-    Wait,
 }
 
 fn expired(lease: &Lease, now: Timestamp) -> bool {

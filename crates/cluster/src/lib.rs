@@ -9,6 +9,7 @@ mod approvals;
 mod claims;
 mod events;
 mod health;
+mod known;
 mod members;
 mod occurrences;
 mod owners;
@@ -17,8 +18,10 @@ pub mod redact;
 mod requests;
 mod status;
 mod tokens;
+mod views;
 mod watch;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use actions::{
@@ -29,6 +32,7 @@ pub use actions::{DeleteOutcome, PodState};
 pub use approvals::KubeApprovals;
 pub use claims::LeaseClaim;
 pub use health::{MAX_HEALTH_PODS, Observed, PodHealth, canonical_hash};
+pub use known::{Index as KnownIndex, KnownRequests, sequence_of};
 pub use kube::Client;
 pub use members::member_lease_name;
 pub use occurrences::{Counted, Occurrences, Require};
@@ -121,6 +125,8 @@ pub struct Cluster {
     /// drain_node decides itself when to ask again.
     no_retry: Client,
     config: ClusterConfig,
+    /// Watch-fed metadata for owner resolution and scope, when started.
+    views: Option<Arc<views::Views>>,
 }
 
 impl Cluster {
@@ -132,7 +138,24 @@ impl Cluster {
             client: Client::try_from(kube)?,
             no_retry,
             config,
+            views: None,
         })
+    }
+
+    /// This handle, resolving owners and scope from reflectors it starts
+    /// now (the gateway's hot path) instead of an API call per object.
+    pub fn with_views(mut self) -> Self {
+        self.views = Some(Arc::new(views::Views::start(&self.client)));
+        self
+    }
+
+    /// Waits until the reflectors have their first lists (at once without
+    /// them); lookups work before that, through API calls.
+    pub async fn views_synced(&self, timeout: Duration) -> bool {
+        match &self.views {
+            Some(v) => v.wait_synced(timeout).await,
+            None => true,
+        }
     }
 
     pub fn client(&self) -> &Client {

@@ -30,6 +30,13 @@ pub struct Resolved {
 impl Cluster {
     /// Metadata of a supported object, or `None` when it does not exist.
     pub async fn metadata(&self, obj: &ObjectRef) -> Result<Option<ObjectMeta>> {
+        if let Some(meta) = self
+            .views
+            .as_ref()
+            .and_then(|v| v.metadata(&obj.kind, &obj.namespace, &obj.name))
+        {
+            return Ok(Some(meta));
+        }
         macro_rules! get {
             ($t:ty, namespaced) => {{
                 let api: Api<$t> = Api::namespaced(self.client.clone(), &obj.namespace);
@@ -105,6 +112,13 @@ impl Cluster {
         &self,
         namespace: &str,
     ) -> Result<Option<BTreeMap<String, String>>> {
+        if let Some(meta) = self
+            .views
+            .as_ref()
+            .and_then(|v| v.metadata("Namespace", "", namespace))
+        {
+            return Ok(Some(meta.labels.unwrap_or_default()));
+        }
         let api: Api<Namespace> = Api::all(self.client.clone());
         Ok(bounded(api.get_metadata_opt(namespace))
             .await?

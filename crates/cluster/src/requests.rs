@@ -1,20 +1,21 @@
-//! Requests as the gateway's intake sees them: scope checks (K-GW-8),
-//! lookups by signal instance and fingerprint (K-GW-5; Kubernetes is the
-//! source of truth), and creation.
+//! Requests as the gateway's intake writes them: scope checks (K-GW-8),
+//! creation and resolutions. Lookups are the watch-fed
+//! [`KnownRequests`](crate::KnownRequests)'.
 //!
-//! Request names are derived from the fingerprint and the signal instance, so
-//! two concurrent deliveries of one signal collide on create and the loser
-//! finds the winner instead of opening a second request.
+//! Request names are derived from the fingerprint and the request's place
+//! in the fingerprint's sequence, so concurrent creators of one place
+//! collide on create and the losers are told what won (K-GW-5).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kubernaut_api::{
-    Deduplication, FINGERPRINT_LABEL, INSTANCE_LABEL, LABEL_DIGEST_LEN, MANAGED_LABEL, ObjectRef,
-    RemediationRequest, RemediationRequestSpec, RequestKey, Signal, SignalResolution, StormSpec,
+    FINGERPRINT_LABEL, INSTANCE_LABEL, LABEL_DIGEST_LEN, MANAGED_LABEL, ObjectRef,
+    RemediationRequest, RemediationRequestSpec, RequestKey, SEQUENCE_LABEL, Signal,
+    SignalResolution, StormSpec,
 };
 use serde_json::json;
 
@@ -58,8 +59,12 @@ impl Cluster {
 #[derive(Debug)]
 pub enum Created {
     Created(RequestKey),
-    /// A request of that name exists already: a concurrent creator won.
-    AlreadyExists(RequestKey),
+    /// The name was taken: by a concurrent creator of the same place in the
+    /// fingerprint's sequence, or by an earlier request the caller's view
+    /// had not seen yet. This is what holds it now.
+    Taken(Box<RemediationRequest>),
+    /// The name was taken, and freed again before it could be read.
+    Vanished,
 }
 
 impl Cluster {
@@ -75,47 +80,6 @@ impl Cluster {
 
     fn requests(&self, namespace: &str) -> Api<RemediationRequest> {
         Api::namespaced(self.client().clone(), namespace)
-    }
-
-    /// The request created by this signal instance, if any.
-    pub async fn find_instance(
-        &self,
-        namespace: &str,
-        instance: &str,
-    ) -> Result<Option<RemediationRequest>> {
-        find_instance(&self.requests(namespace), instance).await
-    }
-
-    /// The request this signal counts on (K-GW-5): one that this very
-    /// instance created or was counted on, else an open one of the fingerprint.
-    pub async fn find_open_or_same(
-        &self,
-        namespace: &str,
-        fingerprint: &str,
-        instance: &str,
-    ) -> Result<Option<RemediationRequest>> {
-        find_open_or_same(&self.requests(namespace), fingerprint, instance).await
-    }
-
-    /// The request a resolution of `signal_name` belongs to: the one of the
-    /// fingerprint that this signal instance created or was counted on,
-    /// whatever its state; else the open one that a signal of that name
-    /// opened. The second case serves sources whose resolution is a new
-    /// message with its own identity (a CloudWatch OK has a new MessageId).
-    pub async fn find_resolvable(
-        &self,
-        namespace: &str,
-        fingerprint: &str,
-        instance: &str,
-        signal_name: &str,
-    ) -> Result<Option<RemediationRequest>> {
-        let all = by_fingerprint(&self.requests(namespace), fingerprint).await?;
-        if let Some(seen) = all.iter().find(|r| has_seen(r, instance)) {
-            return Ok(Some(seen.clone()));
-        }
-        Ok(all
-            .into_iter()
-            .find(|r| !r.phase().is_terminal() && r.spec.signal_name == signal_name))
     }
 
     /// Records that the source resolved a signal of the request (K-GW-2).
@@ -145,113 +109,59 @@ impl Cluster {
         }
     }
 
-    /// Creates the request for a resolved, in-scope signal and records its
-    /// first occurrence. A storm request lives in the storm's namespace and
-    /// starts its storm status with the signal's target (the first of
-    /// `resolved.chain`).
+    /// Creates the request for a resolved, in-scope signal as place `seq` of
+    /// its fingerprint's sequence, under the name that place determines, so
+    /// that every creator of the same place collides and exactly one wins
+    /// (K-GW-5). One API call: the first occurrence is the spec's own
+    /// (`status.deduplication` starts with the first duplicate). A storm
+    /// request lives in the storm's namespace and starts its storm status
+    /// with the signal's target (the first of `resolved.chain`).
     pub async fn create_request(
         &self,
         signal: &Signal,
         resolved: &Resolved,
         fingerprint: &str,
         storm: Option<&StormSpec>,
+        seq: u64,
     ) -> Result<Created> {
         let ns = match storm {
             Some(s) => s.namespace.clone(),
             None => self.request_namespace(&resolved.target),
         };
         let api = self.requests(&ns);
-        let mut rr = build_request(signal, resolved, fingerprint, &signal.instance_id(), &ns);
-        if let Some(s) = storm {
-            rr.spec.storm = Some(s.clone());
-            rr.metadata.name = Some(request_name(
-                &format!("storm-{}", signal.name),
-                fingerprint,
-                &signal.instance_id(),
-            ));
-        }
+        let prefix = match storm {
+            Some(_) => format!("storm-{}", signal.name),
+            None => format!("{}-{}", resolved.target.kind, resolved.target.name),
+        };
+        let mut rr = build_request(signal, resolved, fingerprint, &ns);
+        rr.metadata.name = Some(request_name(&prefix, fingerprint, seq));
+        rr.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(SEQUENCE_LABEL.to_string(), seq.to_string());
+        rr.spec.storm = storm.cloned();
         let name = rr.metadata.name.clone().unwrap_or_default();
         let created = match bounded(api.create(&PostParams::default(), &rr)).await {
             Ok(created) => created,
             Err(e) if e.is_conflict() => {
-                return Ok(Created::AlreadyExists(RequestKey::new(ns, name)));
+                return match bounded(api.get(&name)).await {
+                    Ok(taken) => Ok(Created::Taken(Box::new(taken))),
+                    Err(e) if e.is_not_found() => Ok(Created::Vanished),
+                    Err(e) => Err(e),
+                };
             }
             Err(e) => return Err(e),
         };
-        let first_target = storm.and(resolved.chain.first());
-        set_first_occurrence(
-            &api,
-            created,
-            signal.received_time,
-            &signal.instance_id(),
-            first_target,
-        )
-        .await?;
+        if let Some(first) = storm.and(resolved.chain.first()) {
+            set_storm_target(&api, created, first).await?;
+        }
         tracing::info!(request = %name, namespace = %ns, target = %resolved.target, signal = %signal.name, "request created");
         Ok(Created::Created(RequestKey::new(ns, name)))
     }
 }
 
-async fn find_instance(
-    api: &Api<RemediationRequest>,
-    instance: &str,
-) -> Result<Option<RemediationRequest>> {
-    let lp = ListParams::default().labels(&format!(
-        "{INSTANCE_LABEL}={}",
-        &instance[..LABEL_DIGEST_LEN]
-    ));
-    Ok(bounded(api.list(&lp))
-        .await?
-        .items
-        .into_iter()
-        .find(|r| r.spec.instance_id == instance))
-}
-
-/// Every request of a fingerprint (the label holds a prefix; the spec decides).
-async fn by_fingerprint(
-    api: &Api<RemediationRequest>,
-    fp: &str,
-) -> Result<Vec<RemediationRequest>> {
-    let lp =
-        ListParams::default().labels(&format!("{FINGERPRINT_LABEL}={}", &fp[..LABEL_DIGEST_LEN]));
-    let list = bounded(api.list(&lp)).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|r| r.spec.fingerprint == fp)
-        .collect())
-}
-
-/// Whether this signal instance created or was counted on the request.
-fn has_seen(r: &RemediationRequest, instance: &str) -> bool {
-    r.spec.instance_id == instance
-        || r.status
-            .as_ref()
-            .and_then(|s| s.deduplication.as_ref())
-            .is_some_and(|d| d.has_seen(instance))
-}
-
-/// A request for this fingerprint that is either still open or was opened by
-/// (or counted) this very signal instance (K-GW-5); the same instance wins.
-async fn find_open_or_same(
-    api: &Api<RemediationRequest>,
-    fp: &str,
-    instance: &str,
-) -> Result<Option<RemediationRequest>> {
-    let mine = by_fingerprint(api, fp).await?;
-    if let Some(same) = mine.iter().find(|r| has_seen(r, instance)) {
-        return Ok(Some(same.clone()));
-    }
-    Ok(mine.into_iter().find(|r| !r.phase().is_terminal()))
-}
-
-fn build_request(
-    signal: &Signal,
-    resolved: &Resolved,
-    fp: &str,
-    instance: &str,
-    ns: &str,
-) -> RemediationRequest {
+fn build_request(signal: &Signal, resolved: &Resolved, fp: &str, ns: &str) -> RemediationRequest {
+    let instance = signal.instance_id();
     let mut labels = BTreeMap::new();
     labels.insert(
         FINGERPRINT_LABEL.to_string(),
@@ -270,7 +180,7 @@ fn build_request(
         signal_name: signal.name.clone(),
         severity: signal.severity.clone(),
         source: signal.source,
-        instance_id: instance.to_string(),
+        instance_id: instance.clone(),
         target: resolved.target.clone(),
         signal_resource: signal.resource.clone(),
         owner_chain: resolved.chain.clone(),
@@ -285,7 +195,6 @@ fn build_request(
     };
     RemediationRequest {
         metadata: ObjectMeta {
-            name: Some(request_name(&signal.name, fp, instance)),
             namespace: Some(ns.to_string()),
             labels: Some(labels),
             ..Default::default()
@@ -302,61 +211,45 @@ fn non_empty(m: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `<signal>-<fp8>-<instance8>`: readable, unique per incident instance, and
-/// deterministic so that concurrent creates of one instance collide.
-pub fn request_name(signal: &str, fp: &str, instance: &str) -> String {
-    let mut prefix: String = signal
+/// `<prefix>-<fp10>-<seq>`: readable (the prefix names the target, or the
+/// storm), and determined by the fingerprint and the place in its sequence,
+/// so that concurrent creators of one place collide. At most 63 characters.
+pub fn request_name(prefix: &str, fp: &str, seq: u64) -> String {
+    let mut prefix: String = prefix
         .chars()
         .map(|c| c.to_ascii_lowercase())
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    prefix.truncate(40);
+    prefix.truncate(30);
     let prefix = prefix.trim_matches('-');
     let prefix = if prefix.is_empty() { "signal" } else { prefix };
-    format!("{prefix}-{}-{}", &fp[..8], &instance[..8])
+    format!("{prefix}-{}-{seq}", &fp[..10])
 }
 
-/// Records the creating signal in a new request's status. Duplicates may
-/// already have been counted on it (without Redis, a replica finds the
-/// request as soon as it exists): their writers count a missing
-/// `deduplication` as this first occurrence, so it is only written when
-/// still missing, and the write carries the `resourceVersion` read so that
-/// it never overwrites their counts.
-async fn set_first_occurrence(
+/// Starts a new storm request's status with the target of the signal that
+/// opened it. Counters may already have written (they find the request as
+/// soon as it exists), so the write carries the `resourceVersion` read and
+/// is retried on a conflict rather than overwriting theirs.
+async fn set_storm_target(
     api: &Api<RemediationRequest>,
     created: RemediationRequest,
-    at: Timestamp,
-    instance: &str,
-    storm_target: Option<&ObjectRef>,
+    target: &ObjectRef,
 ) -> Result<()> {
     let name = created.metadata.name.clone().unwrap_or_default();
     let mut current = created;
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let status = current.status.clone().unwrap_or_default();
-        let mut patch = json!({
+        let mut storm = current
+            .status
+            .as_ref()
+            .and_then(|s| s.storm.clone())
+            .unwrap_or_default();
+        storm.add(target);
+        let patch = json!({
             "metadata": { "resourceVersion": current.metadata.resource_version },
-            "status": {},
+            "status": { "storm": storm },
         });
-        if status.deduplication.is_none() {
-            let mut dedup = Deduplication {
-                occurrence_count: 1,
-                first_seen_at: Time(at),
-                last_seen_at: Time(at),
-                recent_instances: Vec::new(),
-            };
-            dedup.remember(instance);
-            patch["status"]["deduplication"] = json!(dedup);
-        }
-        if let Some(t) = storm_target {
-            let mut storm = status.storm.unwrap_or_default();
-            storm.add(t);
-            patch["status"]["storm"] = json!(storm);
-        }
-        if patch["status"].as_object().is_some_and(|s| s.is_empty()) {
-            return Ok(());
-        }
         match bounded(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))).await
         {
             Ok(_) => return Ok(()),
@@ -376,16 +269,15 @@ mod tests {
     #[test]
     fn request_names_are_dns_safe_and_bounded() {
         let fp = "3e1358e2c5121b674e7543f385ca3ff7d99cac5b91409d4af44a88248b4f3082";
-        let inst = "a1b2c3d4e5f6";
         assert_eq!(
-            request_name("KubePodCrashLooping", fp, inst),
-            "kubepodcrashlooping-3e1358e2-a1b2c3d4"
+            request_name("Deployment-web", fp, 1),
+            "deployment-web-3e1358e2c5-1"
         );
         assert_eq!(
-            request_name("CPU > 90%", fp, inst),
-            "cpu---90-3e1358e2-a1b2c3d4"
+            request_name("storm-CPU > 90%", fp, 12),
+            "storm-cpu---90-3e1358e2c5-12"
         );
-        assert_eq!(request_name("!!!", fp, inst), "signal-3e1358e2-a1b2c3d4");
-        assert!(request_name(&"X".repeat(300), fp, inst).len() <= 58);
+        assert_eq!(request_name("!!!", fp, 3), "signal-3e1358e2c5-3");
+        assert!(request_name(&"X".repeat(300), fp, u64::MAX).len() <= 63);
     }
 }

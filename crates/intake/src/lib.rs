@@ -1,54 +1,54 @@
 //! The signal intake (K-GW-4, K-GW-5, K-GW-8): turns an accepted signal into
 //! a new request or a counted duplicate, exactly once across replicas.
 //!
-//! Kubernetes is the source of truth; Redis is the shared fast path in front
-//! of it. For each signal:
+//! Kubernetes is the source of truth, and every read on the way comes from
+//! watches: owner chains and namespaces from the cluster crate's
+//! reflectors, requests from [`KnownRequests`]. For each signal:
 //!
-//! 1. A known signal instance (Redis; when Redis cannot answer, the request
-//!    it created) is a duplicate whatever the state of its request.
+//! 1. A known signal instance is a duplicate whatever the state of its
+//!    request.
 //! 2. The resource is resolved to its top-level owner and scope-checked.
-//! 3. An open request for the fingerprint named by Redis, once the API
-//!    server confirms it is open, takes the signal as a duplicate; when
-//!    Redis is down, the fingerprint's requests are listed instead.
-//! 4. Otherwise the creator claims the fingerprint, first in Redis (`SET NX`,
-//!    so that contenders wait on Redis rather than on the API server), then
-//!    with a Lease, which holds even when Redis is down or lost its data.
-//!    Under both claims it looks for an open request in Kubernetes and counts
-//!    on it or creates one, then records it in Redis for the contenders.
+//! 3. A storm takes the signal into its storm request.
+//! 4. The fingerprint's open request, once its counter confirms it is still
+//!    open, takes the signal as a duplicate.
+//! 5. Otherwise the signal creates the fingerprint's next request, under the
+//!    name its place in the fingerprint's sequence determines. The API
+//!    server's "already exists" is the claim: every replica that saw the
+//!    same history tries the same name, one wins, and the others are told
+//!    what won and count on it (or, if it has ended, try the place after).
 //!
-//! Any Redis failure is counted and that step falls back to the API server.
+//! Redis is the replicas' shared storm window; when it cannot answer, each
+//! replica counts its own window, and the failure is counted.
 
 mod metrics;
 mod storm;
 
-use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
 use kubernaut_api::{
     ENVIRONMENT_LABEL, IngestOutcome, IntakeError, MANAGED_LABEL, ObjectRef, RejectReason,
-    RemediationRequest, RequestKey, Signal, SignalIntake, StormSpec, fingerprint,
+    RequestKey, Signal, SignalIntake, StormSpec, fingerprint,
 };
-use kubernaut_cluster::{Cluster, Counted, Created, Occurrences, Require, Resolved, Scope};
+use kubernaut_cluster::{
+    Cluster, Counted, Created, KnownRequests, Occurrences, Require, Resolved, Scope, sequence_of,
+};
 use kubernaut_store::index::{IndexResult, SignalIndex};
 
 pub use metrics::IntakeMetrics;
 pub use storm::StormSettings;
 use storm::{LocalWindows, storm_outcome};
 
-type Result<T, E = kubernaut_cluster::Error> = std::result::Result<T, E>;
-
-/// Tunables of the claim protocol and storm detection.
+/// Tunables of the intake and storm detection.
 #[derive(Clone, Debug)]
 pub struct IntakeSettings {
-    /// Identity written into claims: the replica's pod name and a nonce.
-    pub holder: String,
-    /// How long a claim lives if its holder dies; also how long a contender
-    /// waits for the holder before asking the sender to retry (503).
-    pub claim_ttl: Duration,
+    /// How long a signal waits for the intake's first lists (after a start)
+    /// before the sender is asked to retry (503).
+    pub sync_timeout: Duration,
     pub storm: StormSettings,
 }
 
@@ -63,8 +63,10 @@ pub(crate) struct Plan {
     storm_target: Option<ObjectRef>,
 }
 
-/// How long a namespace's environment label is trusted.
-const ENVIRONMENT_TTL: Duration = Duration::from_secs(30);
+/// Creation attempts for one signal before the sender is asked to retry:
+/// each failed attempt means the fingerprint moved on meanwhile (a request
+/// was created and ended, or deleted), which takes seconds, not rounds.
+const MAX_CREATE_ROUNDS: u32 = 8;
 
 #[derive(Clone)]
 pub struct Intake {
@@ -73,48 +75,48 @@ pub struct Intake {
 
 struct Inner {
     cluster: Cluster,
+    known: KnownRequests,
     index: Option<SignalIndex>,
     occurrences: Occurrences,
     settings: IntakeSettings,
     metrics: IntakeMetrics,
     /// Seconds since the epoch of the last "Redis unavailable" warning.
     last_redis_warning: AtomicU64,
-    /// The last Redis call failed.
-    redis_down: AtomicBool,
+    /// Set once the watches' first lists are in.
+    synced: AtomicBool,
     local_windows: Mutex<LocalWindows>,
-    environments: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl Intake {
-    /// `index` is `None` when no Redis is configured: every step then goes
-    /// to the API server.
+    /// Starts the watches the intake reads from (it must be called within
+    /// a Tokio runtime). `index` is `None` when no Redis is configured:
+    /// storm windows are then counted per replica.
     pub fn new(
         cluster: Cluster,
         index: Option<SignalIndex>,
         settings: IntakeSettings,
         metrics: IntakeMetrics,
     ) -> Self {
+        let cluster = cluster.with_views();
         Self {
             inner: Arc::new(Inner {
                 occurrences: Occurrences::new(cluster.clone()),
+                known: KnownRequests::start(&cluster),
                 cluster,
                 index,
                 settings,
                 metrics,
                 last_redis_warning: AtomicU64::new(0),
-                redis_down: AtomicBool::new(false),
+                synced: AtomicBool::new(false),
                 local_windows: Mutex::default(),
-                environments: Mutex::default(),
             }),
         }
     }
-}
 
-fn key_of(rr: &RemediationRequest) -> RequestKey {
-    RequestKey::new(
-        rr.metadata.namespace.clone().unwrap_or_default(),
-        rr.metadata.name.clone().unwrap_or_default(),
-    )
+    /// Waits until the intake's watches have their first lists.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        self.inner.wait_synced(timeout).await
+    }
 }
 
 fn duplicate(key: RequestKey, counted: Counted) -> IngestOutcome {
@@ -124,15 +126,6 @@ fn duplicate(key: RequestKey, counted: Counted) -> IngestOutcome {
         fingerprint: counted.fingerprint,
         occurrence_count: counted.count,
     }
-}
-
-/// 10–40 ms, growing a little with each round, jittered so that contenders
-/// polling for one holder do not move in lockstep.
-fn poll_pause(round: u32) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    Duration::from_millis(10 + u64::from(round.min(10)) * 2 + u64::from(nanos % 10))
 }
 
 impl Inner {
@@ -145,12 +138,8 @@ impl Inner {
     ) -> Option<T> {
         let index = self.index.as_ref()?;
         match call(index).await {
-            Ok(v) => {
-                self.redis_down.store(false, Ordering::Relaxed);
-                Some(v)
-            }
+            Ok(v) => Some(v),
             Err(e) => {
-                self.redis_down.store(true, Ordering::Relaxed);
                 self.metrics.redis_fallback(op);
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -162,84 +151,65 @@ impl Inner {
                         .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok()
                 {
-                    tracing::warn!(error = %e, op, "Redis unavailable; falling back to the Kubernetes API");
+                    tracing::warn!(error = %e, op, "Redis unavailable; counting storm windows per replica");
                 }
                 None
             }
         }
     }
 
-    /// The namespace's `kubernaut.io/environment` label, cached briefly.
-    async fn environment(&self, ns: &str) -> Result<String, IntakeError> {
-        if let Some((at, env)) = self
-            .environments
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(ns)
-            && at.elapsed() < ENVIRONMENT_TTL
-        {
-            return Ok(env.clone());
+    async fn wait_synced(&self, timeout: Duration) -> bool {
+        if self.synced.load(Ordering::Acquire) {
+            return true;
         }
-        let env = self
+        let deadline = tokio::time::Instant::now() + timeout;
+        let ok = self.known.wait_synced(timeout).await
+            && self
+                .cluster
+                .views_synced(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                .await;
+        if ok {
+            self.synced.store(true, Ordering::Release);
+        }
+        ok
+    }
+
+    /// Nothing is decided from a view that has not listed yet.
+    async fn ready(&self) -> Result<(), IntakeError> {
+        if self.wait_synced(self.settings.sync_timeout).await {
+            Ok(())
+        } else {
+            Err(IntakeError::Unavailable(
+                "the intake's watches of requests and owners have not listed yet".into(),
+            ))
+        }
+    }
+
+    /// The namespace's `kubernaut.io/environment` label.
+    async fn environment(&self, ns: &str) -> Result<String, IntakeError> {
+        Ok(self
             .cluster
             .namespace_labels(ns)
             .await
             .map_err(unavailable)?
             .and_then(|l| l.get(ENVIRONMENT_LABEL).cloned())
-            .unwrap_or_default();
-        self.environments
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(ns.to_string(), (Instant::now(), env.clone()));
-        Ok(env)
-    }
-
-    /// Whether the last Redis call worked (false without Redis).
-    fn redis_available(&self) -> bool {
-        self.index.is_some() && !self.redis_down.load(Ordering::Relaxed)
-    }
-
-    async fn remember(&self, instance: &str, open: Option<&str>, key: &RequestKey) {
-        self.redis("remember_instance", async |i| {
-            i.remember_instance(instance, key).await
-        })
-        .await;
-        if let Some(fp) = open {
-            self.redis("remember_open", async |i| i.remember_open(fp, key).await)
-                .await;
-        }
+            .unwrap_or_default())
     }
 
     async fn ingest(&self, signal: Signal) -> Result<IngestOutcome, IntakeError> {
+        self.ready().await?;
         let instance = signal.instance_id();
         let at = signal.received_time;
 
         // 1. A re-delivery is a duplicate whatever happened since, even if
         // the remediation removed its pod, so it is looked up before the
-        // resource is resolved. Kubernetes is only asked (a list, whose cost
-        // grows with the namespace's requests) when Redis cannot answer; a
-        // re-delivery Redis forgot is still found through its fingerprint.
-        let indexed = self
-            .redis("instance_get", async |i| i.instance(&instance).await)
-            .await;
-        if let Some(Some(key)) = &indexed
-            && let Some(c) = self.count(key, at, &instance, Require::Any).await?
-        {
-            return Ok(duplicate(key.clone(), c));
-        }
+        // resource is resolved. One the view has not seen yet is found on
+        // creation (step 5).
         let home = self.cluster.request_namespace(&signal.resource);
-        if indexed.is_none()
-            && let Some(rr) = self
-                .cluster
-                .find_instance(&home, &instance)
-                .await
-                .map_err(unavailable)?
+        if let Some(key) = self.known.read(|ix| ix.instance(&home, &instance))
+            && let Some(c) = self.count(&key, at, &instance, Require::Any).await?
         {
-            let key = key_of(&rr);
-            if let Some(c) = self.count(&key, at, &instance, Require::Any).await? {
-                self.remember(&instance, None, &key).await;
-                return Ok(duplicate(key, c));
-            }
+            return Ok(duplicate(key, c));
         }
 
         // 2. Resolution and scope.
@@ -268,10 +238,8 @@ impl Inner {
         self.count_or_open(&signal, &plan, &instance).await
     }
 
-    /// Counts the signal on the plan's open request, or opens one:
-    /// 4. the open request as Redis knows it, or, when Redis cannot say, as
-    ///    Kubernetes does (no claim is needed to count);
-    /// 5. otherwise claim the fingerprint, then count or create.
+    /// Counts the signal on the plan's open request (step 4), or opens the
+    /// fingerprint's next one (step 5).
     async fn count_or_open(
         &self,
         signal: &Signal,
@@ -280,84 +248,80 @@ impl Inner {
     ) -> Result<IngestOutcome, IntakeError> {
         let at = signal.received_time;
         let fp = plan.fp.as_str();
-        if self.redis_available() {
-            if let Some(out) = self.count_on_indexed_open(plan, instance, at).await? {
-                return Ok(out);
-            }
-        } else if let Some(rr) = self
-            .cluster
-            .find_open_or_same(&plan.ns, fp, instance)
-            .await
-            .map_err(unavailable)?
-        {
-            let key = key_of(&rr);
-            if let Some(c) = self
-                .count_in(plan, &key, at, instance, Require::Any)
-                .await?
+        // Places below this are known to be taken by requests that ended.
+        let mut floor = 0;
+        let mut tried_open = None;
+        for _ in 0..MAX_CREATE_ROUNDS {
+            let (open, next) = self
+                .known
+                .read(|ix| (ix.open(&plan.ns, fp), ix.next_sequence(&plan.ns, fp)));
+            if let Some(key) = open
+                && tried_open.as_ref() != Some(&key)
             {
-                return Ok(duplicate(key, c));
-            }
-        }
-
-        let deadline = Instant::now() + self.settings.claim_ttl;
-        let mut round = 0;
-        loop {
-            let ttl = self.settings.claim_ttl;
-            let holder = self.settings.holder.as_str();
-            let redis_claim = self
-                .redis("claim", async |i| i.claim(fp, holder, ttl).await)
-                .await;
-            if redis_claim == Some(false) {
-                self.metrics.claim("redis_contended");
-                if Instant::now() >= deadline {
-                    return Err(IntakeError::Conflict(format!(
-                        "fingerprint {fp} stayed claimed for {ttl:?}"
-                    )));
+                if let Some(c) = self
+                    .count_in(plan, &key, at, instance, Require::Open)
+                    .await?
+                {
+                    return Ok(duplicate(key, c));
                 }
-                tokio::time::sleep(poll_pause(round)).await;
-                round += 1;
-                if let Some(out) = self.count_on_indexed_open(plan, instance, at).await? {
-                    return Ok(out);
-                }
-                continue;
+                // It ended (or went) since the view saw it open.
+                tried_open = Some(key);
             }
-            let lease = match self.cluster.claim_fingerprint(fp, holder, ttl).await {
-                Ok(Some(lease)) => lease,
-                Ok(None) => {
-                    self.metrics.claim("lease_contended");
-                    if redis_claim == Some(true) {
-                        self.redis("release", async |i| i.release(fp, holder).await)
-                            .await;
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(IntakeError::Conflict(format!(
-                            "the creation Lease of fingerprint {fp} stayed held for {ttl:?}"
-                        )));
-                    }
-                    tokio::time::sleep(poll_pause(round)).await;
-                    round += 1;
+            let seq = next.max(floor);
+            let created = self
+                .cluster
+                .create_request(signal, &plan.resolved, fp, plan.storm.as_ref(), seq)
+                .await
+                .map_err(unavailable)?;
+            let taken = match created {
+                Created::Created(key) => {
+                    self.metrics.creation("created");
+                    return Ok(IngestOutcome::Created {
+                        request: key.name,
+                        namespace: key.namespace,
+                        fingerprint: fp.to_string(),
+                    });
+                }
+                Created::Vanished => {
+                    self.metrics.creation("vanished");
                     continue;
                 }
-                Err(e) => {
-                    if redis_claim == Some(true) {
-                        self.redis("release", async |i| i.release(fp, holder).await)
-                            .await;
-                    }
-                    return Err(unavailable(e));
-                }
+                Created::Taken(rr) => rr,
             };
-            self.metrics.claim("acquired");
-            let result = self.count_or_create(signal, plan, instance).await;
-            lease.release().await;
-            if redis_claim == Some(true) {
-                self.redis("release", async |i| i.release(fp, holder).await)
-                    .await;
+            self.metrics.creation("taken");
+            let key = RequestKey::new(
+                taken.metadata.namespace.clone().unwrap_or_default(),
+                taken.metadata.name.clone().unwrap_or_default(),
+            );
+            if taken.spec.fingerprint != fp {
+                // Someone else's object squats the name: every creator
+                // skips it alike, so they still collide on the next one.
+                tracing::warn!(request = %key, fingerprint = fp, seq, "a request of another fingerprint holds this place's name; skipping the place");
+                floor = seq + 1;
+                continue;
             }
-            return result;
+            // A re-delivery counts whatever the state; a new signal only on
+            // a request still open.
+            let require = if taken.has_seen(instance) {
+                Require::Any
+            } else if !taken.phase().is_terminal() {
+                Require::Open
+            } else {
+                floor = seq.max(sequence_of(&taken)) + 1;
+                continue;
+            };
+            if let Some(c) = self.count_in(plan, &key, at, instance, require).await? {
+                return Ok(duplicate(key, c));
+            }
+            floor = seq + 1;
         }
+        Err(IntakeError::Conflict(format!(
+            "fingerprint {fp} kept moving on while a request was being created; retry"
+        )))
     }
 
     async fn record_resolution(&self, signal: Signal) -> Result<IngestOutcome, IntakeError> {
+        self.ready().await?;
         let instance = signal.instance_id();
         let at = signal.ended_time.unwrap_or(signal.received_time);
         let Some(key) = self.request_of(&signal, &instance).await? else {
@@ -374,28 +338,18 @@ impl Inner {
     }
 
     /// The request a resolution belongs to: the one its signal instance
-    /// created or was counted on (Redis, the creator label, then the
-    /// requests of its target's fingerprint), else the open request of that
-    /// fingerprint that a signal of the same name opened.
+    /// created or was counted on, else the open request of its target's
+    /// fingerprint that a signal of the same name opened. The second case
+    /// serves sources whose resolution is a new message with its own
+    /// identity (a CloudWatch OK has a new MessageId).
     async fn request_of(
         &self,
         signal: &Signal,
         instance: &str,
     ) -> Result<Option<RequestKey>, IntakeError> {
-        if let Some(Some(key)) = self
-            .redis("instance_get", async |i| i.instance(instance).await)
-            .await
-        {
-            return Ok(Some(key));
-        }
         let home = self.cluster.request_namespace(&signal.resource);
-        if let Some(rr) = self
-            .cluster
-            .find_instance(&home, instance)
-            .await
-            .map_err(unavailable)?
-        {
-            return Ok(Some(key_of(&rr)));
+        if let Some(key) = self.known.read(|ix| ix.instance(&home, instance)) {
+            return Ok(Some(key));
         }
         let Some(resolved) = self
             .cluster
@@ -411,12 +365,8 @@ impl Inner {
         );
         let ns = self.cluster.request_namespace(&resolved.target);
         Ok(self
-            .cluster
-            .find_resolvable(&ns, &fp, instance, &signal.name)
-            .await
-            .map_err(unavailable)?
-            .as_ref()
-            .map(key_of))
+            .known
+            .read(|ix| ix.open_of_signal(&ns, &fp, &signal.name)))
     }
 
     /// Counts an occurrence on a request.
@@ -482,95 +432,6 @@ impl Inner {
                 ),
             },
         )
-    }
-
-    /// Counts on the open request Redis names for `fp`, if the API server
-    /// confirms it is open; a stale entry is dropped.
-    async fn count_on_indexed_open(
-        &self,
-        plan: &Plan,
-        instance: &str,
-        at: Timestamp,
-    ) -> Result<Option<IngestOutcome>, IntakeError> {
-        let fp = plan.fp.as_str();
-        let Some(Some(key)) = self
-            .redis("open_get", async |i| i.open_request(fp).await)
-            .await
-        else {
-            return Ok(None);
-        };
-        match self
-            .count_in(plan, &key, at, instance, Require::Open)
-            .await?
-        {
-            Some(c) => {
-                self.remember(instance, None, &key).await;
-                Ok(Some(duplicate(key, c)))
-            }
-            None => {
-                self.redis("forget_open", async |i| i.forget_open(fp, &key).await)
-                    .await;
-                Ok(None)
-            }
-        }
-    }
-
-    /// Under the claims: count on the request Kubernetes knows, or create one.
-    async fn count_or_create(
-        &self,
-        signal: &Signal,
-        plan: &Plan,
-        instance: &str,
-    ) -> Result<IngestOutcome, IntakeError> {
-        let at = signal.received_time;
-        let fp = plan.fp.as_str();
-        if let Some(rr) = self
-            .cluster
-            .find_open_or_same(&plan.ns, fp, instance)
-            .await
-            .map_err(unavailable)?
-        {
-            let key = key_of(&rr);
-            let open = (!rr.phase().is_terminal()).then_some(fp);
-            if let Some(c) = self
-                .count_in(plan, &key, at, instance, Require::Any)
-                .await?
-            {
-                self.remember(instance, open, &key).await;
-                return Ok(duplicate(key, c));
-            }
-            // Deleted between the list and the count: create a new one.
-        }
-        let key = match self
-            .cluster
-            .create_request(signal, &plan.resolved, fp, plan.storm.as_ref())
-            .await
-            .map_err(unavailable)?
-        {
-            Created::Created(key) => key,
-            // Only a creator without our claims (an older version, or one
-            // whose claim expired) gets here: count on its request.
-            Created::AlreadyExists(key) => {
-                return match self
-                    .count_in(plan, &key, at, instance, Require::Any)
-                    .await?
-                {
-                    Some(c) => {
-                        self.remember(instance, Some(fp), &key).await;
-                        Ok(duplicate(key, c))
-                    }
-                    None => Err(IntakeError::Conflict(format!(
-                        "request {key} was created and deleted concurrently"
-                    ))),
-                };
-            }
-        };
-        self.remember(instance, Some(fp), &key).await;
-        Ok(IngestOutcome::Created {
-            request: key.name,
-            namespace: key.namespace,
-            fingerprint: fp.to_string(),
-        })
     }
 }
 

@@ -1,5 +1,5 @@
 //! Intake metrics (K-OP-1): Redis fallbacks per operation and the outcome of
-//! creation claims.
+//! creation attempts.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,15 +12,16 @@ struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClaimLabels {
-    /// acquired, redis_contended, lease_contended
+struct CreateLabels {
+    /// created; taken (another creator, or a request the view had not seen
+    /// yet, holds the name); vanished (taken and deleted again)
     result: &'static str,
 }
 
 #[derive(Clone, Default)]
 pub struct IntakeMetrics {
     redis_fallbacks: Family<OpLabels, Counter>,
-    claims: Family<ClaimLabels, Counter>,
+    creations: Family<CreateLabels, Counter>,
     /// All operations together, for tests and logs (not exported).
     fallbacks_total: Counter,
 }
@@ -34,9 +35,9 @@ impl IntakeMetrics {
             m.redis_fallbacks.clone(),
         );
         registry.register(
-            "intake_claims",
-            "Creation claims on a fingerprint, by result",
-            m.claims.clone(),
+            "intake_creations",
+            "Attempts to create a fingerprint's next request, by result",
+            m.creations.clone(),
         );
         m
     }
@@ -46,8 +47,8 @@ impl IntakeMetrics {
         self.fallbacks_total.inc();
     }
 
-    pub(crate) fn claim(&self, result: &'static str) {
-        self.claims.get_or_create(&ClaimLabels { result }).inc();
+    pub(crate) fn creation(&self, result: &'static str) {
+        self.creations.get_or_create(&CreateLabels { result }).inc();
     }
 
     /// Fallbacks so far, all operations together (for tests and logs).

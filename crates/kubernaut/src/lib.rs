@@ -25,7 +25,7 @@ use kubernaut_gateway::{
 };
 use kubernaut_intake::{Intake, IntakeMetrics, IntakeSettings};
 use kubernaut_store::Store;
-use kubernaut_store::index::{IndexTtl, SignalIndex};
+use kubernaut_store::index::SignalIndex;
 use kubernaut_telemetry::{Readiness, admin_router};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -221,7 +221,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         );
         None
     } else {
-        let index = SignalIndex::connect(&redis.url, &redis.key_prefix, IndexTtl::default())
+        let index = SignalIndex::connect(&redis.url, &redis.key_prefix)
             .context("configuring the Redis client")?;
         if !index.wait_connected(Duration::from_secs(2)).await {
             tracing::warn!(
@@ -234,8 +234,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         cluster.clone(),
         index,
         IntakeSettings {
-            holder: identity.clone(),
-            claim_ttl: gateway.claim_ttl(),
+            sync_timeout: gateway.sync_timeout(),
             storm: gateway.storm.settings(),
         },
         intake_metrics,
@@ -370,7 +369,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
     let ready = Readiness::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let gw_state = GatewayState {
-        intake: Arc::new(intake),
+        intake: Arc::new(intake.clone()),
         metrics: gateway_metrics,
         protection: Arc::new(Protection::new(protection)),
         cloudwatch: Arc::new(cloudwatch),
@@ -410,9 +409,17 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
     let admin_server =
         axum::serve(admin_listener, admin_app).with_graceful_shutdown(wait(shutdown_rx.clone()));
     let ready_flag = ready.clone();
+    // Ready once the controller has its requests and the intake its
+    // watches: before that a signal would wait for them (or get a 503).
     let controller = controller::run(ctx, shutdown_rx.clone(), move || {
-        tracing::info!("initial request list synced; ready");
-        ready_flag.set(true);
+        let (intake, ready_flag) = (intake.clone(), ready_flag.clone());
+        tokio::spawn(async move {
+            while !intake.wait_synced(Duration::from_secs(30)).await {
+                tracing::warn!("the intake's watches have not listed after 30 s; not ready yet");
+            }
+            tracing::info!("initial lists synced; ready");
+            ready_flag.set(true);
+        });
     });
     let mut components: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
         (

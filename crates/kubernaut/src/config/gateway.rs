@@ -6,9 +6,9 @@ use super::*;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Gateway {
     pub listen: SocketAddr,
-    /// How long a creation claim on a fingerprint lives if its holder dies,
-    /// and how long a contender waits for it before answering 503.
-    pub claim_ttl_seconds: u64,
+    /// How long a signal waits for the intake's first lists (after a start)
+    /// before the sender is told to retry.
+    pub sync_timeout_seconds: u64,
     /// Deadline of one signal request; past it the sender is told to retry.
     pub request_timeout_seconds: u64,
     pub auth: Auth,
@@ -76,8 +76,8 @@ pub struct KubernetesEvents {
 }
 
 impl Gateway {
-    pub fn claim_ttl(&self) -> Duration {
-        Duration::from_secs(self.claim_ttl_seconds)
+    pub fn sync_timeout(&self) -> Duration {
+        Duration::from_secs(self.sync_timeout_seconds)
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -208,8 +208,8 @@ impl Config {
         if self.cluster.lease_namespace.is_empty() {
             bail!("cluster.leaseNamespace must name a namespace");
         }
-        if self.gateway.claim_ttl_seconds == 0 {
-            bail!("gateway.claimTtlSeconds must be at least 1");
+        if self.gateway.sync_timeout_seconds == 0 {
+            bail!("gateway.syncTimeoutSeconds must be at least 1");
         }
         let storm = &self.gateway.storm;
         if storm.rate_window_seconds == 0 || storm.pattern_window_seconds == 0 {
