@@ -131,6 +131,10 @@ impl Occurrences {
 async fn writer(cluster: Cluster, pending: Pending, request: RequestKey) {
     let api: Api<RemediationRequest> =
         Api::namespaced(cluster.client().clone(), &request.namespace);
+    // What the last write returned: while arrivals keep this writer busy,
+    // each batch is one PATCH on it rather than a GET and a PATCH (a
+    // conflict, another replica's write, reads again).
+    let mut last = None;
     loop {
         let batch = {
             let mut map = pending.lock().unwrap_or_else(PoisonError::into_inner);
@@ -142,20 +146,29 @@ async fn writer(cluster: Cluster, pending: Pending, request: RequestKey) {
                 }
             }
         };
-        write_batch(&api, &request.name, batch).await;
+        last = write_batch(&api, &request.name, batch, last.take()).await;
     }
 }
 
-async fn write_batch(api: &Api<RemediationRequest>, name: &str, batch: Vec<Waiter>) {
+/// Writes one batch; returns the request as written, for the next batch.
+async fn write_batch(
+    api: &Api<RemediationRequest>,
+    name: &str,
+    batch: Vec<Waiter>,
+    mut known: Option<RemediationRequest>,
+) -> Option<RemediationRequest> {
     let mut last_err = String::new();
     for attempt in 0..MAX_WRITE_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(jitter(attempt)).await;
         }
-        let rr = match bounded(api.get_status(name)).await {
-            Ok(rr) => rr,
-            Err(e) if e.is_not_found() => return answer_all(batch, Ok(None)),
-            Err(e) => return answer_all(batch, Err(e.to_string())),
+        let rr = match known.take() {
+            Some(rr) => rr,
+            None => match bounded(api.get_status(name)).await {
+                Ok(rr) => rr,
+                Err(e) if e.is_not_found() => return answer_all(batch, Ok(None)),
+                Err(e) => return answer_all(batch, Err(e.to_string())),
+            },
         };
         let ended = rr.phase().is_terminal();
         let countable = |w: &Waiter| !(ended && w.require == Require::Open);
@@ -202,7 +215,7 @@ async fn write_batch(api: &Api<RemediationRequest>, name: &str, batch: Vec<Waite
         });
         match bounded(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))).await
         {
-            Ok(_) => {
+            Ok(written) => {
                 let fingerprint = rr.spec.fingerprint;
                 let mut next = base;
                 for w in batch {
@@ -217,20 +230,25 @@ async fn write_batch(api: &Api<RemediationRequest>, name: &str, batch: Vec<Waite
                     };
                     let _ = w.reply.send(Ok(r));
                 }
-                return;
+                return Some(written);
             }
             Err(e) if e.is_conflict() => last_err = e.to_string(),
             Err(e) if e.is_not_found() => return answer_all(batch, Ok(None)),
             Err(e) => return answer_all(batch, Err(e.to_string())),
         }
     }
-    answer_all(batch, Err(format!("write conflicts persisted: {last_err}")));
+    answer_all(batch, Err(format!("write conflicts persisted: {last_err}")))
 }
 
-fn answer_all(batch: Vec<Waiter>, r: Result<Option<Counted>, String>) {
+/// Answers every waiter alike; nothing is known of the request afterwards.
+fn answer_all(
+    batch: Vec<Waiter>,
+    r: Result<Option<Counted>, String>,
+) -> Option<RemediationRequest> {
     for w in batch {
         let _ = w.reply.send(r.clone());
     }
+    None
 }
 
 /// 5–25 ms, growing with the attempt: replicas that conflicted drift apart.
