@@ -258,6 +258,16 @@ async fn main() -> anyhow::Result<()> {
     let restart_done = phases(&api, "BenchRestart").await?;
 
     // 3. The whole pipeline, creation to Completed.
+    let patches = |text: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("kubernaut_controller_status_patch_seconds_count ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let patches_before = patches(&metrics(&running).await?);
     let start = Instant::now();
     create_all(&admin, "BenchNotify", &targets).await?;
     let notify_created = start.elapsed();
@@ -266,6 +276,7 @@ async fn main() -> anyhow::Result<()> {
     let notify_done = phases(&api, "BenchNotify").await?;
 
     let text = metrics(&running).await?;
+    let writes_per_request = (patches(&text) - patches_before) / n as f64;
     println!("pipeline bench, N = {n} (real API server, in-process control plane, 2 cores)");
     println!(
         "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {report_live} live: {:.1} KiB per live tree",
@@ -276,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
         n as f64 / restart_secs
     );
     println!(
-        "  notify_only: {n} requests created in {:.1} s, all ended {notify_secs:.1} s after the first: {:.0} requests/s; {notify_done:?}",
+        "  notify_only: {n} requests created in {:.1} s, all ended {notify_secs:.1} s after the first: {:.0} requests/s, {writes_per_request:.2} status writes per request; {notify_done:?}",
         notify_created.as_secs_f64(),
         n as f64 / notify_secs
     );

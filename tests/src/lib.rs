@@ -311,7 +311,7 @@ impl Gateway {
         holder: &str,
         protection: impl FnOnce(&Cluster) -> ProtectionConfig,
     ) -> anyhow::Result<Self> {
-        let cluster = controller_cluster(stack).await?;
+        let cluster = controller_cluster(stack).await?.with_views();
         let index = match redis_url {
             Some(url) => {
                 // One prefix for all test gateways: replicas share the index,

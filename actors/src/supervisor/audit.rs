@@ -128,9 +128,10 @@ impl Sup {
             .push((self.seq + 1, super::Effect::Notify(Box::new(n))));
     }
 
-    /// The request's environment, once Processing found it.
+    /// The request's environment, once Processing found it (and before
+    /// that is written: a phase that runs ahead may announce it).
     pub(super) fn environment(&self) -> String {
-        self.status
+        self.current()
             .processing
             .as_ref()
             .map(|p| p.environment.clone())

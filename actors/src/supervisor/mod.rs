@@ -157,6 +157,9 @@ pub struct Sup {
     /// What this run's workflow steps did, by step id, for Verifying. Kept
     /// in memory only: full object states go to the audit trail.
     outcomes: BTreeMap<String, kubernaut_cluster::Outcome>,
+    /// When steps that change nothing in the cluster started: written
+    /// with their end, as nothing has to be recorded before they run.
+    started: BTreeMap<String, Timestamp>,
     /// How often this supervisor found its target busy (its backoff).
     times_held: u32,
     approval: Option<Approval>,
@@ -298,6 +301,7 @@ impl Sup {
             retry: RETRY_BASE,
             releasing: false,
             outcomes: BTreeMap::new(),
+            started: BTreeMap::new(),
             times_held: 0,
             approval: Approval::of(&rr),
             timers: Timers::default(),
@@ -409,10 +413,10 @@ impl Sup {
         &mut self,
         myself: &ActorRef<Envelope<Msg>>,
     ) -> Result<(), ActorProcessingErr> {
-        if self.stage.is_some() || self.settling() {
+        let phase = self.phase();
+        if self.stage.is_some() || (self.settling() && !runs_ahead(phase)) {
             return Ok(());
         }
-        let phase = self.phase();
         if phase.is_terminal() {
             if self.desired.is_none() {
                 myself.stop(Some(format!("request reached {phase}")));
@@ -422,9 +426,10 @@ impl Sup {
         if self.releasing {
             return self.release(myself);
         }
-        // First this replica claims the request (K-RR-7): from now on a
-        // write by anyone else's supervisor conflicts.
-        if self.status.owner.as_deref() != Some(self.ctx.identity.as_str()) {
+        // Before it acts, this replica claims the request (K-RR-7): from
+        // then on a write by anyone else's supervisor conflicts. A phase that
+        // only reads and decides runs first; its own write carries the claim.
+        if !runs_ahead(phase) && self.status.owner.as_deref() != Some(self.ctx.identity.as_str()) {
             return self.commit(|_| None, true);
         }
         let Some(stage) = stages::of(phase) else {
@@ -440,10 +445,19 @@ impl Sup {
         myself: &ActorRef<Envelope<Msg>>,
         next: Next,
     ) -> Result<(), ActorProcessingErr> {
+        let from = self.phase();
         match next {
             Next::Wait => Ok(()),
-            Next::Commit(change) => self.commit(change, false),
-            Next::CommitThenAdvance(change) => self.commit(change, true),
+            Next::Commit(change) => {
+                self.commit(change, false)?;
+                self.run_ahead(from);
+                Ok(())
+            }
+            Next::CommitThenAdvance(change) => {
+                self.commit(change, true)?;
+                self.run_ahead(from);
+                Ok(())
+            }
             Next::Fail(reason, message) => self.fail(reason, message),
             Next::Retry(error) => {
                 self.retry_later(error);
@@ -457,6 +471,18 @@ impl Sup {
                 self.spawn_workflow(myself, *args).await;
                 Ok(())
             }
+        }
+    }
+
+    /// A phase just entered whose work only reads and decides starts at
+    /// once, before the write recording it lands: its own write and the
+    /// ones before it go out together (a new request reaches Executing in
+    /// one or two writes, not four), and nothing acts on the world until a
+    /// write carrying the claim has landed.
+    fn run_ahead(&self, from: Phase) {
+        let to = self.phase();
+        if to != from && runs_ahead(to) && !self.releasing {
+            self.me.tell(Msg::Advance);
         }
     }
 
@@ -611,4 +637,10 @@ impl Sup {
     {
         Arc::new(move || f().boxed())
     }
+}
+
+/// Phases whose work only reads the cluster and decides: they may run
+/// before the claim (K-RR-7) and their own transitions are written.
+fn runs_ahead(phase: Phase) -> bool {
+    matches!(phase, Phase::Pending | Phase::Processing | Phase::Analyzing)
 }

@@ -88,16 +88,17 @@ struct Inner {
 }
 
 impl Intake {
-    /// Starts the watches the intake reads from (it must be called within
-    /// a Tokio runtime). `index` is `None` when no Redis is configured:
-    /// storm windows are then counted per replica.
+    /// Starts the intake's watch of requests (it must be called within a
+    /// Tokio runtime). `cluster` should have its views
+    /// ([`Cluster::with_views`]), or every resolution costs API calls.
+    /// `index` is `None` when no Redis is configured: storm windows are
+    /// then counted per replica.
     pub fn new(
         cluster: Cluster,
         index: Option<SignalIndex>,
         settings: IntakeSettings,
         metrics: IntakeMetrics,
     ) -> Self {
-        let cluster = cluster.with_views();
         Self {
             inner: Arc::new(Inner {
                 occurrences: Occurrences::new(cluster.clone()),

@@ -201,7 +201,10 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
             lease_namespace: cluster.lease_namespace,
         },
     )
-    .context("building the Kubernetes client")?;
+    .context("building the Kubernetes client")?
+    // Owner chains, namespaces and nodes from reflectors, for the intake
+    // and the controller's stages alike.
+    .with_views();
     // The CRD must be servable before anything watches or creates requests.
     Api::<RemediationRequest>::all(cluster.client().clone())
         .list(&ListParams::default().limit(1))

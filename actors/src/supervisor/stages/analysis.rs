@@ -57,7 +57,7 @@ impl Stage for Analysis {
             });
         }
         let (ctx, spec) = (sup.ctx.clone(), sup.spec.clone());
-        let (processing, holder) = (sup.status.processing.clone(), sup.name.clone());
+        let (processing, holder) = (sup.current().processing.clone(), sup.name.clone());
         Next::Run(
             ActorKind::analysis,
             Sup::work(move || {

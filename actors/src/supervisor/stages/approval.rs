@@ -224,7 +224,7 @@ pub fn gate(
             serde_json::json!({ "name": step.action, "risk": risk, "destructive": destructive })
         })
         .collect();
-    let processing = sup.status.processing.clone().unwrap_or_default();
+    let processing = sup.current().processing.clone().unwrap_or_default();
     let t = &sup.spec.target;
     let input = serde_json::json!({
         "environment": if processing.environment.is_empty() { "unknown" } else { processing.environment.as_str() },

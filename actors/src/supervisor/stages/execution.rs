@@ -140,6 +140,22 @@ impl Sup {
                 let detail = serde_json::json!({ "step": id, "target": target.as_ref().map(|t| t.to_string()),
                                                  "targetUid": uid, "targetGeneration": generation });
                 let record = self.event_record("action", None, None, "StepStarted", &id, detail);
+                let changes_nothing = self
+                    .current()
+                    .execution
+                    .iter()
+                    .flat_map(|e| &e.steps)
+                    .find(|s| s.id == id)
+                    .is_some_and(|s| !kubernaut_cluster::writes(&s.action));
+                if changes_nothing {
+                    // Its start need not land before it runs (a resumed
+                    // supervisor has no effect to look for): it is written
+                    // with its end, one status write instead of two.
+                    self.started.insert(id, now);
+                    self.audit(record);
+                    let _ = ack.send(());
+                    return;
+                }
                 self.edit(|s| {
                     if let Some(step) = transitions::step_mut(s, &id) {
                         step.phase = kubernaut_api::StepPhase::Running;
@@ -171,8 +187,16 @@ impl Sup {
                 }
                 let detail = serde_json::to_value(&report).unwrap_or_default();
                 self.audit_event("action", None, None, "StepFinished", &report.id, detail);
+                let started = self.started.remove(&report.id);
                 self.edit(|s| {
                     if let Some(step) = transitions::step_mut(s, &report.id) {
+                        if let Some(at) = started {
+                            step.started_at.get_or_insert(
+                                kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                    at,
+                                ),
+                            );
+                        }
                         step.phase = report.state;
                         step.attempts = step.attempts.max(report.attempts);
                         step.finished_at = Some(
