@@ -2,7 +2,7 @@
 # Cargo's target dir lives outside the clone so CI and fresh clones reuse it.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/kubernaut/target
 
-.PHONY: demo test stack stack-down lint unit e2e crds toolchain
+.PHONY: demo test bench stack stack-down lint unit e2e crds toolchain
 
 ## The main job: local stack, control plane, a demo alert storm, the result table.
 demo: stack
@@ -13,6 +13,10 @@ test: toolchain stack lint
 	# The process-level tests run the binary (tests/src: kubernaut_binary).
 	cargo build -p kubernaut --bin kubernaut
 	cargo nextest run --workspace --no-fail-fast
+
+## Every performance figure, measured here, into docs/performance.md (~15 min).
+bench: toolchain stack
+	bash loadtest/bench.sh
 
 stack:
 	bash scripts/stack.sh up

@@ -2,46 +2,57 @@
 # Benchmark of the gateway's signal paths on the local stack (a benchmark,
 # not a test: it prints figures and asserts only the outcome counts).
 #
-#   raw-create the limit: as many RemediationRequests created straight on the
-#              API server at the same concurrency
+#   raw-create the limit: RemediationRequests created straight on the API
+#              server at the same concurrency
 #   new        one alert per target, each with its own alert name (one name
 #              over many targets would be a storm), every one creates a
-#              request; printed as a share of raw-create
-#   duplicate  re-deliveries of alerts whose request exists (Redis instance
-#              index, then the group-committed occurrence count)
-#   no-redis   the duplicate path again with Redis switched off in kubernaut
+#              request; printed as a share of raw-create, once with the
+#              namespace nearly empty and once after FILL more requests
+#              (the new-signal path must not slow down as requests pile up)
+#   duplicate  re-deliveries of an alert whose request exists: closed loop
+#              at concurrency 32 and 128, and open loop at 5 000/s
+#   no-redis   the duplicate path again with Redis switched off
+#   storm      10 000 alerts over 1 000 pods in 10 s, one alert name: every
+#              accepted alert accounted for in the cluster
+#   replicas   the new-signal path through 1, 2 and 3 replicas at once
 #
 # It runs release builds of `kubernaut serve` (gateway and admin on their own
 # ports; the controller watches an empty namespace, so the figures are the
 # gateway's alone) and of the loadtest runner, then redis-benchmark against
-# the same Redis for reference. Usage: loadtest/bench-gateway.sh [TARGETS]
+# the same Redis for reference. Figures also go, one `key=value` per line,
+# to $BENCH_OUT/gateway.env (for loadtest/bench.sh). Usage:
+#   loadtest/bench-gateway.sh [TARGETS]     (default 1200 Deployments)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-N=${1:-200}
-DUPS=${DUPS:-5000}
-SLOW_DUPS=${SLOW_DUPS:-500}
+N=${1:-1200}
+FILL=${FILL:-10000}
+DUPS=${DUPS:-20000}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kubernaut/target}"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 bash scripts/stack.sh up
 eval "$(bash scripts/stack.sh env)"
 S="${KUBERNAUT_STACK_DIR:-${TMPDIR:-/tmp}/kubernaut-stack}"
+OUT=${BENCH_OUT:-$S/bench}
+mkdir -p "$OUT"
+FIG="$OUT/gateway.env"
+: >"$FIG"
 CONTROLLER_KUBECONFIG=$(bash scripts/controller-kubeconfig.sh)
 say "building release binaries (kubernaut, loadtest)"
-cargo build --release -q -p kubernaut -p kubernaut-loadtest
+cargo build --release -p kubernaut -p kubernaut-loadtest
 BIN="$CARGO_TARGET_DIR/release"
 
-NS="bench-$(date +%s)"
-say "$N Deployments with one pod each in $NS"
-kubectl create namespace "$NS" >/dev/null
-kubectl label namespace "$NS" kubernaut.io/managed=true kubernaut.io/environment=staging >/dev/null
-for i in $(seq -w 1 "$N"); do
-  cat <<YAML
+# namespace NAME DEPLOYMENTS: a managed namespace with one pod per Deployment.
+namespace() {
+  kubectl create namespace "$1" >/dev/null
+  kubectl label namespace "$1" kubernaut.io/managed=true kubernaut.io/environment=staging >/dev/null
+  for i in $(seq -w 1 "$2"); do
+    cat <<YAML
 ---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: app-$i, namespace: $NS}
+metadata: {name: app-$i, namespace: $1}
 spec:
   replicas: 1
   selector: {matchLabels: {app: app-$i}}
@@ -49,19 +60,33 @@ spec:
     metadata: {labels: {app: app-$i}}
     spec: {containers: [{name: app, image: registry.local/app:1.0}]}
 YAML
-done | kubectl apply -f - >/dev/null
-for _ in $(seq 300); do
-  [ "$(kubectl -n "$NS" get pods --no-headers 2>/dev/null | wc -l)" -ge "$N" ] && break
-  sleep 0.5
-done
-PODS=$(kubectl -n "$NS" get pods -o jsonpath='{range .items[*]}{.metadata.name}{","}{end}')
-PODS=${PODS%,}
-ONE=${PODS%%,*}
+  done | kubectl apply -f - >/dev/null
+  for _ in $(seq 600); do
+    [ "$(kubectl -n "$1" get pods --no-headers 2>/dev/null | wc -l)" -ge "$2" ] && return
+    sleep 0.5
+  done
+  echo "the pods of $1 did not all appear" >&2; exit 1
+}
+# pods NS FROM COUNT: comma-separated pod names, a slice of the namespace's.
+pods() {
+  kubectl -n "$1" get pods -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' \
+    | sort | tail -n +"$(($2 + 1))" | head -n "$3" | paste -sd, -
+}
+
+RUN=$(date +%s)
+NS="bench-$RUN"
+say "$N Deployments with one pod each in $NS"
+namespace "$NS" "$N"
+Q=$((N / 6))
 
 GW=127.0.0.1:18080
-serve() { # extra env...
+KPIDS=()
+# serve PORT-OFFSET env...: one replica, its gateway on 18080+offset.
+serve() {
+  local off=$1; shift
   env KUBECONFIG="$CONTROLLER_KUBECONFIG" DATABASE_URL="$DATABASE_URL" \
-    KUBERNAUT__GATEWAY__LISTEN=$GW KUBERNAUT__ADMIN__LISTEN=127.0.0.1:18090 \
+    KUBERNAUT__GATEWAY__LISTEN=127.0.0.1:$((18080 + off)) \
+    KUBERNAUT__ADMIN__LISTEN=127.0.0.1:$((18090 + off)) \
     KUBERNAUT__CONTROLLER__WATCH_NAMESPACE=kubernaut-bench-idle \
     KUBERNAUT__GATEWAY__RATE_LIMIT__PER_IDENTITY__PER_SECOND=1000000 \
     KUBERNAUT__GATEWAY__RATE_LIMIT__PER_IDENTITY__BURST=1000000 \
@@ -69,36 +94,98 @@ serve() { # extra env...
     KUBERNAUT__GATEWAY__RATE_LIMIT__PER_SOURCE_IP__BURST=1000000 \
     KUBERNAUT__LOGGING__LEVEL=warn "$@" \
     "$BIN/kubernaut" serve --config config/dev.yaml >>"$S/bench-kubernaut.log" 2>&1 &
-  KPID=$!
-  for _ in $(seq 150); do curl -sf http://127.0.0.1:18090/readyz >/dev/null && return; sleep 0.2; done
+  KPIDS+=($!)
+  for _ in $(seq 300); do curl -sf "http://127.0.0.1:$((18090 + off))/readyz" >/dev/null && return; sleep 0.2; done
   echo "kubernaut did not become ready; see $S/bench-kubernaut.log" >&2; exit 1
 }
-stop() { kill "$KPID" 2>/dev/null || true; wait "$KPID" 2>/dev/null || true; }
+stop() {
+  for p in "${KPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${KPIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  KPIDS=()
+}
 trap stop EXIT
-LT=("$BIN/loadtest" --url "http://$GW/api/v1/signals/alertmanager" --namespace "$NS")
+url() { echo "http://127.0.0.1:$((18080 + $1))/api/v1/signals/alertmanager"; }
+# figures KEY FILE: the run's throughput and latency percentiles as KEY_*.
+figures() {
+  awk -v k="$1" '
+    /^elapsed/ { printf "%s_rate=%.0f\n", k, $5 }
+    /^latency ms/ { printf "%s_p50=%s\n%s_p99=%s\n", k, $4, k, $8 }
+    /^accounted/ { printf "%s_accepted=%s\n%s_lost=%s\n%s_requests=%s\n%s_storm_requests=%s\n", k, $4, k, $NF, k, $8, k, substr($10, 2) }
+  ' "$2" >>"$FIG"
+}
+lt() { # KEY loadtest-args...
+  local key=$1; shift
+  "$BIN/loadtest" --namespace "$NS" --label "$key" "$@" | tee "$OUT/$key.txt"
+  figures "$key" "$OUT/$key.txt"
+}
+share() { # NEW RAW
+  awk -v n="$(awk -F= -v k="$1_rate" '$1==k {print $2}' "$FIG")" \
+    -v r="$(awk -F= -v k="$2_rate" '$1==k {print $2}' "$FIG")" 'BEGIN { printf "%.3f", n / r }'
+}
 
-say "the limit: $N RemediationRequests created on the API server, concurrency 8"
-"$BIN/loadtest" --raw-create --namespace "$NS" --label raw-create --pods "$PODS" --requests "$N" \
-  --concurrency 8 --expect-created "$N" | tee "$S/bench-raw.txt"
+say "the limit: $Q RemediationRequests created on the API server, concurrency 8"
+lt raw --raw-create --pods "$(pods "$NS" 0 "$Q")" --requests "$Q" \
+  --concurrency 8 --expect-created "$Q"
 
-serve REDIS_URL="$REDIS_URL"
-say "new-signal path: $N alerts with distinct names, $N targets, concurrency 8"
-"${LT[@]}" --label new --pods "$PODS" --requests "$N" --concurrency 8 --expect-created "$N" \
-  --distinct-alertnames --svg "$S/bench-new.svg" | tee "$S/bench-new.txt"
-rate() { awk '/^elapsed/ {print $5}' "$1"; }
-awk -v new="$(rate "$S/bench-new.txt")" -v raw="$(rate "$S/bench-raw.txt")" \
-  'BEGIN { printf "new-signal path: %.0f alerts/s = %.3f x the raw create rate (%.0f/s)\n", new, new / raw, raw }'
-say "duplicate path (Redis): $DUPS re-deliveries of one alert, concurrency 32"
-"${LT[@]}" --label duplicate --pods "$ONE" --requests "$DUPS" --concurrency 32 --duplicate-share 1 \
-  --expect-created 0 --svg "$S/bench-duplicate.svg"
-stop
+serve 0 REDIS_URL="$REDIS_URL"
+say "new-signal path: $Q alerts with distinct names, $Q targets, concurrency 8"
+lt new --url "$(url 0)" --pods "$(pods "$NS" 0 "$Q")" --requests "$Q" --concurrency 8 \
+  --expect-created "$Q" --distinct-alertnames --svg "$OUT/new.svg"
+echo "new_share=$(share new raw)" >>"$FIG"
 
-serve REDIS_URL=
-say "duplicate path (no Redis): $SLOW_DUPS re-deliveries of one alert, concurrency 32"
-"${LT[@]}" --label duplicate-no-redis --pods "$ONE" --requests "$SLOW_DUPS" --concurrency 32 \
+say "$FILL more requests in $NS, then the new-signal path again on other targets"
+lt fill --raw-create --pods "$(pods "$NS" 0 "$Q")" --requests "$FILL" \
+  --concurrency 16 --expect-created "$FILL"
+lt raw_full --raw-create --pods "$(pods "$NS" "$Q" "$Q")" --requests "$Q" \
+  --concurrency 8 --expect-created "$Q"
+lt new_full --url "$(url 0)" --pods "$(pods "$NS" "$Q" "$Q")" --requests "$Q" --concurrency 8 \
+  --expect-created "$Q" --distinct-alertnames
+echo "new_full_share=$(share new_full raw_full)" >>"$FIG"
+echo "fill=$FILL" >>"$FIG"
+
+ONE=$(pods "$NS" 0 1)
+say "duplicate path (Redis): $DUPS re-deliveries of one alert"
+lt dup32 --url "$(url 0)" --pods "$ONE" --requests "$DUPS" --concurrency 32 --duplicate-share 1 \
+  --expect-created 0 --svg "$OUT/duplicate.svg"
+lt dup128 --url "$(url 0)" --pods "$ONE" --requests "$DUPS" --concurrency 128 --duplicate-share 1 \
+  --expect-created 0
+lt dup5k --url "$(url 0)" --pods "$ONE" --requests "$DUPS" --concurrency 512 --rate 5000 \
   --duplicate-share 1 --expect-created 0
 stop
 
+serve 0 REDIS_URL=
+say "duplicate path (no Redis): $DUPS re-deliveries of one alert"
+lt nored32 --url "$(url 0)" --pods "$ONE" --requests "$DUPS" --concurrency 32 --duplicate-share 1 \
+  --expect-created 0
+lt nored128 --url "$(url 0)" --pods "$ONE" --requests "$DUPS" --concurrency 128 \
+  --duplicate-share 1 --expect-created 0
+stop
+
+say "replicas: the new-signal path through 1, 2 and 3 replicas, concurrency 8 each"
+for r in 1 2 3; do
+  urls=""
+  for i in $(seq 0 $((r - 1))); do
+    serve "$i" REDIS_URL="$REDIS_URL"
+    urls="$urls${urls:+,}$(url "$i")"
+  done
+  lt "replicas$r" --url "$urls" --pods "$(pods "$NS" $((Q * (r + 1))) "$Q")" --requests "$Q" \
+    --concurrency $((8 * r)) --expect-created "$Q" --distinct-alertnames
+  stop
+done
+
+say "storm: 10000 alerts over 1000 pods in 10 s (1000/s), one alert name"
+STORM="bench-storm-$RUN"
+namespace "$STORM" 1000
+serve 0 REDIS_URL="$REDIS_URL"
+"$BIN/loadtest" --namespace "$STORM" --label storm --url "$(url 0)" \
+  --pods "$(pods "$STORM" 0 1000)" --requests 10000 --rate 1000 --concurrency 512 \
+  --duplicate-share 0 --account --svg "$OUT/storm.svg" | tee "$OUT/storm.txt"
+figures storm "$OUT/storm.txt"
+grep -o '5[0-9][0-9]: [0-9]*' "$OUT/storm.txt" | awk '{s += $2} END {print "storm_5xx=" s + 0}' >>"$FIG"
+stop
+
 say "reference: redis-benchmark on the same Redis (100000 requests, 32 clients)"
-redis-benchmark -p "${REDIS_URL##*:}" -q -n 100000 -c 32 -t set,get
-kubectl delete namespace "$NS" --wait=false >/dev/null
+redis-benchmark -p "${REDIS_URL##*:}" -q -n 100000 -c 32 -t set,get | tr '\r' '\n' \
+  | awk '/^(SET|GET): [0-9]/ { printf "redis_%s=%.0f\n", tolower(substr($1, 1, 3)), $2 }' | tee -a "$FIG"
+kubectl delete namespace "$NS" "$STORM" --wait=false >/dev/null
+say "figures in $FIG"

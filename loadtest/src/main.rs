@@ -29,12 +29,14 @@ use serde_json::json;
 #[derive(Parser, Debug)]
 #[command(about = "Fire an alert storm at the Kubernaut gateway and report what happened")]
 struct Args {
-    /// The Alertmanager endpoint of the gateway.
+    /// The Alertmanager endpoint of the gateway; several (comma-separated,
+    /// one per replica) take the notifications in turn.
     #[arg(
         long,
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:8080/api/v1/signals/alertmanager"
     )]
-    url: String,
+    url: Vec<String>,
     /// Bearer token.
     #[arg(long, env = "KUBERNAUT_DEV_TOKEN", default_value = "dev-token")]
     token: String,
@@ -70,6 +72,12 @@ struct Args {
     /// Requests the storm should create (printed next to what it did create).
     #[arg(long)]
     expect_created: Option<usize>,
+    /// After the run, read every request in the namespace (`$KUBECONFIG`)
+    /// and check that each accepted alert is accounted for: the requests'
+    /// occurrence counts add up to the alerts answered 201 or 202. Use a
+    /// namespace of its own for the run.
+    #[arg(long)]
+    account: bool,
     /// A label for this run in the report.
     #[arg(long, default_value = "storm")]
     label: String,
@@ -231,10 +239,42 @@ async fn main() -> anyhow::Result<()> {
 
     let (client, args_ref, bodies) = (&client, &args, &bodies);
     let (samples, elapsed) = fire(&args, |i| async move {
-        send(client, &args_ref.url, &args_ref.token, bodies[i].clone()).await
+        let url = &args_ref.url[i % args_ref.url.len()];
+        send(client, url, &args_ref.token, bodies[i].clone()).await
     })
     .await;
-    report(&args, &samples, elapsed)
+    report(&args, &samples, elapsed)?;
+    if args.account {
+        let accepted = samples
+            .iter()
+            .filter(|s| s.status == 201 || s.status == 202)
+            .count();
+        account(&args, accepted as i64).await?;
+    }
+    Ok(())
+}
+
+/// Every accepted alert ends in a request or a counted duplicate (a storm
+/// member is counted on its storm request): the occurrence counts of the
+/// namespace's requests add up to the accepted alerts.
+async fn account(args: &Args, accepted: i64) -> anyhow::Result<()> {
+    use kubernaut_api::RemediationRequest;
+    let client = kube::Client::try_default()
+        .await
+        .context("a client for $KUBECONFIG")?;
+    let api: kube::Api<RemediationRequest> = kube::Api::namespaced(client, &args.namespace);
+    let all = api.list(&kube::api::ListParams::default()).await?.items;
+    let storms = all.iter().filter(|r| r.spec.storm.is_some()).count();
+    let counted: i64 = all.iter().map(RemediationRequest::occurrence_count).sum();
+    let lost = accepted - counted;
+    println!(
+        "accounted: {counted} of {accepted} accepted alerts in {} requests ({storms} storm requests); lost {lost}",
+        all.len()
+    );
+    if lost != 0 {
+        bail!("{lost} accepted alerts are not accounted for");
+    }
+    Ok(())
 }
 
 /// RemediationRequests created straight on the API server, as the gateway
@@ -277,8 +317,8 @@ async fn raw_create(args: &Args, run: &str) -> anyhow::Result<()> {
 }
 
 /// Runs `one(i)` for every request, `--concurrency` at a time (at
-/// `--rate` when set, each timed from when it is sent); the
-/// samples and the elapsed time.
+/// `--rate` when set, each timed from when it was due); the samples and
+/// the elapsed time.
 async fn fire<F, Fut>(args: &Args, one: F) -> (Vec<Sample>, Duration)
 where
     F: Fn(usize) -> Fut,
@@ -289,15 +329,21 @@ where
     let one = &one;
     let samples = futures::stream::iter(0..args.requests)
         .map(|i| async move {
-            if let Some(every) = interval {
-                let due = started + every.mul_f64(i as f64);
-                tokio::time::sleep_until(due.into()).await;
-            }
-            let sent = Instant::now();
+            // Open loop: latency counts from when the notification was due,
+            // so a gateway that falls behind is not flattered by the
+            // sender waiting for it (no coordinated omission).
+            let due = match interval {
+                Some(every) => {
+                    let due = started + every.mul_f64(i as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                    due
+                }
+                None => Instant::now(),
+            };
             let status = one(i).await;
             Sample {
-                at: sent - started,
-                latency: sent.elapsed(),
+                at: due - started,
+                latency: due.elapsed(),
                 status,
             }
         })
