@@ -6,6 +6,7 @@
 #
 #   loadtest/bench-gateway.sh    the gateway's paths, storm, replicas
 #   benches/pipeline.rs          the actor pipeline (PIPELINE_N requests)
+#   benches/reaction.rs          alert sent to the first mutating API call
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -30,6 +31,11 @@ awk '
     }
   }
 ' "$BENCH_OUT/pipeline.txt" >"$BENCH_OUT/pipeline.env"
+
+say "reaction time: 200 alerts at 20/s, alert to first mutating API call"
+cargo bench -p kubernaut-e2e --bench reaction -- 200 20 | tee "$BENCH_OUT/reaction.txt"
+awk '/^  p50/ { gsub(",", ""); printf "react_p50=%s\nreact_p99=%s\nreact_max=%s\n", $2, $8, $11 }' \
+  "$BENCH_OUT/reaction.txt" >>"$BENCH_OUT/pipeline.env"
 
 say "writing docs/performance.md"
 set -a
@@ -91,6 +97,7 @@ at 2d67f45 for the paths the issue did not measure).
 | duplicate without Redis, concurrency 32 / 128 | 3–12 alerts/s (O(n) list) | ${nored32_rate} / ${nored128_rate} alerts/s, p99 ${nored32_p99} / ${nored128_p99} ms | |
 | pipeline, notify_only, creation → Completed (${PIPELINE_N}) | 26 requests/s, ~6 status writes each | ${notify_rate} requests/s, ${notify_writes} status writes each | |
 | pipeline, rollout_restart, verified (${PIPELINE_N}) | — | ${restart_rate} requests/s | |
+| alert received → first mutating API call (rule path, 200 alerts at 20/s) | — | p50 ${react_p50} ms, p99 ${react_p99} ms, max ${react_max} ms | |
 | memory per full live tree (supervisor, workflow, step) | 180 KiB | ${tree_kib} KiB | |
 | storm: 10 000 alerts over 1 000 pods in 10 s | — | ${storm_accepted} accepted, **${storm_lost} lost**, ${storm_requests} requests (${storm_storm_requests} storm requests), ${storm_5xx} answers 5xx, p99 ${storm_p99} ms | |
 
