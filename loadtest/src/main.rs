@@ -172,7 +172,28 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Points a plot draws at most: beyond that, each point stands for a run
+/// of consecutive samples and is the slowest of them (a failed one first),
+/// so the tail stays visible and the file stays small.
+const MAX_POINTS: usize = 2000;
+
 fn svg(samples: &[Sample], title: &str) -> String {
+    let mut by_time: Vec<&Sample> = samples.iter().collect();
+    by_time.sort_by_key(|s| s.at);
+    let per_point = by_time.len().div_ceil(MAX_POINTS).max(1);
+    let points: Vec<&Sample> = by_time
+        .chunks(per_point)
+        .filter_map(|run| {
+            run.iter()
+                .copied()
+                .max_by_key(|s| (!(200..300).contains(&s.status), s.latency))
+        })
+        .collect();
+    let title = if per_point > 1 {
+        format!("{title} (each point the slowest of {per_point})")
+    } else {
+        title.to_string()
+    };
     let (w, h, pad) = (800.0, 400.0, 50.0);
     let max_t = samples.iter().map(|s| ms(s.at)).fold(1.0, f64::max);
     let max_l = samples.iter().map(|s| ms(s.latency)).fold(1.0, f64::max);
@@ -190,7 +211,7 @@ fn svg(samples: &[Sample], title: &str) -> String {
         h - pad,
         h - pad
     );
-    for s in samples {
+    for s in points {
         let x = pad + ms(s.at) / max_t * (w - 1.5 * pad);
         let y = h - pad - ms(s.latency) / max_l * (h - 2.0 * pad);
         let color = match s.status {
@@ -420,4 +441,34 @@ fn report(args: &Args, samples: &[Sample], elapsed: Duration) -> anyhow::Result<
         bail!("created {created} requests, expected {want}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_run_is_plotted_in_bounded_points_keeping_its_failures_and_tail() {
+        let samples: Vec<Sample> = (0..10_000u64)
+            .map(|i| Sample {
+                at: Duration::from_millis(i),
+                latency: Duration::from_millis(if i == 7_777 { 900 } else { 5 }),
+                status: if i == 1_234 { 503 } else { 202 },
+            })
+            .collect();
+        let plot = svg(&samples, "run");
+        assert_eq!(plot.matches("<circle").count(), MAX_POINTS);
+        assert_eq!(
+            plot.matches(r#"r="1.5" fill="red""#).count(),
+            1,
+            "the 503 is drawn"
+        );
+        assert!(
+            plot.contains("up to 900.0"),
+            "the slowest sample sets the scale"
+        );
+        assert!(plot.contains("each point the slowest of 5"));
+        let short = svg(&samples[..10], "short");
+        assert_eq!(short.matches("<circle").count(), 10);
+    }
 }
