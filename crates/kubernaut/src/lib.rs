@@ -491,7 +491,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         let (first, index, rest) = futures::future::select_all(handles).await;
         let name = names[index];
         tracing::info!(component = name, "shutting down");
-        ready_down.set(false);
+        ready_down.close();
         let _ = shutdown_all.send(true);
         let drain = async {
             futures::future::join_all(rest).await;

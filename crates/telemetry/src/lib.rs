@@ -3,7 +3,7 @@
 //! the gateway accepts), `/metrics` (Prometheus text format).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -31,16 +31,35 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
-/// Readiness as a shared flag flipped by the wiring.
+/// Readiness as a shared flag flipped by the wiring. Once
+/// [`closed`](Readiness::close) (the process is shutting down) it stays
+/// down, whatever a late "ready" from a start-up task says.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<AtomicU8>);
+
+const NOT_READY: u8 = 0;
+const READY: u8 = 1;
+const CLOSED: u8 = 2;
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        let (from, to) = if ready {
+            (NOT_READY, READY)
+        } else {
+            (READY, NOT_READY)
+        };
+        let _ = self
+            .0
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire);
     }
+
+    /// Down for good.
+    pub fn close(&self) {
+        self.0.store(CLOSED, Ordering::Release);
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) == READY
     }
 }
 
@@ -122,5 +141,18 @@ mod tests {
         let (s, body) = get_path(app, "/metrics").await;
         assert_eq!(s, StatusCode::OK);
         assert!(body.contains("kubernaut_things_total 1"), "{body}");
+    }
+
+    #[test]
+    fn a_closed_readiness_stays_down_whatever_a_late_task_says() {
+        let ready = Readiness::default();
+        ready.set(true);
+        ready.set(false);
+        assert!(!ready.is_ready());
+        ready.set(true);
+        ready.close();
+        assert!(!ready.is_ready());
+        ready.set(true);
+        assert!(!ready.is_ready(), "shutting down is for good");
     }
 }
