@@ -39,9 +39,10 @@ if [ "${PIPELINE:-}" != reuse ]; then
   # gone before anything else is timed on the same API server.
   settle() {
     for _ in $(seq 300); do
-      kubectl get namespaces -o name | grep -q '/bench-' || return 0
+      [ "$(kubectl get namespaces -o name | grep -c '/bench-' || true)" = 0 ] && return 0
       sleep 2
     done
+    echo "bench namespaces are still being deleted; timing anyway" >&2
   }
   eval "$(bash scripts/stack.sh env)"
   settle
@@ -150,11 +151,11 @@ Plots of latency over the run: [new signals](performance/new.svg),
 
 | goal | now | |
 |---|---|---|
-| new-signal path ≥ 0.6 × raw creates, flat as requests accumulate | ${new_share} × raw; ${new_full_share} × raw after ${fill} more requests | flat; just under the ratio |
+| new-signal path ≥ 0.6 × raw creates, flat as requests accumulate | ${new_share} × raw; ${new_full_share} × raw after ${fill} more requests | flat; short runs on shared cores: the ratio moved between 0.52 and 0.71 across this session's runs |
 | duplicates ≥ 10 000/s, p99 < 10 ms at 5 000/s | ${dup128_rate}/s at concurrency 128; p99 ${dup5k_p99} ms at 5 000/s | rate met; each answer still waits for its batch's PATCH, so p99 is an API round trip under load |
 | duplicates without Redis ≥ 5 000/s | ${nored128_rate}/s | met: Redis is no longer on the path |
 | pipeline ≥ 150 requests/s (notify_only), ≤ 3 status writes on the straight path | ${notify_rate}/s, ${notify_writes} writes | not met |
-| alert → first mutating call p50 < 300 ms, p99 < 1 s | p50 ${react5_p50} / ${react10_p50} / ${react20_p50} ms at 5 / 10 / 20 alerts/s | met below ~10 restarts/s here; above that the pipeline's own API calls (below) saturate the API server |
+| alert → first mutating call p50 < 300 ms, p99 < 1 s | p50 ${react5_p50} / ${react10_p50} / ${react20_p50} ms at 5 / 10 / 20 alerts/s | met at 5/s; at 10–20/s the p50 nears or passes 300 ms, as the rollouts and the pipeline's own API calls (below) load the API server |
 | ≤ 64 KiB per full tree | ${tree_kib} KiB | not met |
 | storm of 10 000: 0 lost, ≤ 1 storm request per namespace and name, no 5xx | ${storm_lost} lost, ${storm_storm_requests} storm request, ${storm_5xx} 5xx | met |
 

@@ -131,5 +131,10 @@ async fn main() -> anyhow::Result<()> {
         took.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     );
     running.shutdown().await?;
+    // Its rollouts would otherwise go on loading the API server under the
+    // next measurement.
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin)
+        .delete(&ns, &Default::default())
+        .await?;
     Ok(())
 }
