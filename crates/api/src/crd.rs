@@ -522,6 +522,14 @@ impl RemediationRequest {
         self.status.as_ref().map(|s| s.phase).unwrap_or_default()
     }
 
+    /// Its namespace and name.
+    pub fn key(&self) -> crate::RequestKey {
+        crate::RequestKey::new(
+            self.metadata.namespace.clone().unwrap_or_default(),
+            self.metadata.name.clone().unwrap_or_default(),
+        )
+    }
+
     /// How many times its signal was seen. The creating signal is not
     /// written into the status (a second write for every new request):
     /// `deduplication` is absent until the first duplicate, and absent

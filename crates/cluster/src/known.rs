@@ -87,7 +87,7 @@ pub struct Index {
 
 impl Index {
     pub fn apply(&mut self, rr: &RemediationRequest) {
-        let key = key_of(rr);
+        let key = rr.key();
         match &mut self.listing {
             Some(next) => next.insert(key, Entry::of(rr)),
             None => self.insert(key, Entry::of(rr)),
@@ -223,13 +223,6 @@ impl Index {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-}
-
-fn key_of(rr: &RemediationRequest) -> RequestKey {
-    RequestKey::new(
-        rr.metadata.namespace.clone().unwrap_or_default(),
-        rr.metadata.name.clone().unwrap_or_default(),
-    )
 }
 
 /// The shared, watch-fed [`Index`]. Cheap to clone.

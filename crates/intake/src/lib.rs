@@ -290,10 +290,7 @@ impl Inner {
                 Created::Taken(rr) => rr,
             };
             self.metrics.creation("taken");
-            let key = RequestKey::new(
-                taken.metadata.namespace.clone().unwrap_or_default(),
-                taken.metadata.name.clone().unwrap_or_default(),
-            );
+            let key = taken.key();
             if taken.spec.fingerprint != fp {
                 // Someone else's object squats the name: every creator
                 // skips it alike, so they still collide on the next one.
