@@ -31,8 +31,8 @@ lint:
 crds:
 	cargo run -q -p kubernaut -- crds > deploy/crds/remediationrequests.kubernaut.io.yaml
 	cargo run -q -p kubernaut -- generic-schema > docs/generic-signal.schema.json
-	{ sed -n '1,/^  config.yaml: |$$/p' deploy/20-config.yaml; sed 's/^./    &/' config/default.yaml; } > deploy/20-config.yaml.new
-	mv deploy/20-config.yaml.new deploy/20-config.yaml
+	{ sed -n '1,/^  config.yaml: |$$/p' deploy/base/config.yaml; sed 's/^./    &/' config/default.yaml; } > deploy/base/config.yaml.new
+	mv deploy/base/config.yaml.new deploy/base/config.yaml
 
 toolchain:
 	@command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest

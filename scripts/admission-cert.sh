@@ -2,7 +2,7 @@
 # Makes the serving certificate of the gateway and the admission webhook
 # (a private CA and a certificate for kubernaut.kubernaut-system.svc),
 # stores it in the Secret kubernaut-tls and puts the CA into the webhook
-# registration (deploy/40-admission.yaml). Senders of signals (Alertmanager)
+# registration (deploy/base/admission.yaml). Senders of signals (Alertmanager)
 # trust the CA printed at the end. Idempotent: an existing Secret is kept
 # unless --renew is given. Needs openssl and kubectl with admin rights.
 set -euo pipefail

@@ -12,7 +12,7 @@ k() { kubectl --kubeconfig "$KUBECONFIG" "$@"; }
 # apply`s race on creating the same objects, so callers take turns.
 exec 8>"$S/.kubeconfig.lock"; flock 8
 
-k apply -f "$ROOT/deploy/crds/" -f "$ROOT/deploy/00-namespace.yaml" -f "$ROOT/deploy/10-rbac.yaml" >/dev/null
+k apply -f "$ROOT/deploy/crds/remediationrequests.kubernaut.io.yaml" -f "$ROOT/deploy/base/namespace.yaml" -f "$ROOT/deploy/base/rbac.yaml" >/dev/null
 k wait --for condition=established --timeout=30s crd/remediationrequests.kubernaut.io >/dev/null
 # On 1.20 the token controller puts a token Secret on the ServiceAccount.
 secret=""

@@ -6,7 +6,7 @@ set -euo pipefail
 
 PKGS=(etcd-server postgresql redis-server openssl rsync golang-1.19-go
       dpkg-dev curl jq ca-certificates golang-github-modern-go-reflect2-dev
-      prometheus-alertmanager prometheus python3-aiosmtpd)
+      prometheus-alertmanager prometheus python3-aiosmtpd buildah skopeo)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -159,12 +159,18 @@ impl State {
         let (ctx, group, me) = (self.ctx.clone(), self.group.clone(), self.me.clone());
         self.busy = Some(Task::spawn(async move {
             let cluster = &ctx.cluster;
-            if let Some(duration) = renew
-                && let Err(e) = cluster.renew_member(&group, &ctx.identity, duration).await
-            {
-                // Not renewed for a lease duration, this replica drops
-                // out of the live set and gives its requests up.
-                tracing::warn!(error = %e, "renewing this replica's membership Lease failed");
+            if let Some(duration) = renew {
+                let renewed = cluster.renew_member(&group, &ctx.identity, duration).await;
+                let result = if renewed.is_ok() { "ok" } else { "failed" };
+                ctx.metrics
+                    .renewals
+                    .get_or_create(&crate::metrics::ResultLabels { result })
+                    .inc();
+                if let Err(e) = renewed {
+                    // Not renewed for a lease duration, this replica drops
+                    // out of the live set and gives its requests up.
+                    tracing::warn!(error = %e, "renewing this replica's membership Lease failed");
+                }
             }
             let found = cluster
                 .live_members(&group)
@@ -186,6 +192,7 @@ fn checked(
 ) {
     match found {
         Ok((live, first_expiry)) => {
+            st.ctx.metrics.members.set(live.len() as i64);
             if st.last.as_ref() != Some(&live) {
                 tracing::info!(members = ?live, "live replicas changed");
                 st.last = Some(live.clone());

@@ -119,6 +119,15 @@ pub struct Metrics {
     pub analyses: Family<PathLabels, Counter>,
     pub fallbacks: Family<ReasonLabels, Counter>,
     pub approvals: Family<ReasonLabels, Counter>,
+    /// This replica's membership Lease renewals, by result (ok, failed).
+    pub renewals: Family<ResultLabels, Counter>,
+    /// The live replicas this replica's last look found.
+    pub members: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -189,6 +198,8 @@ impl Default for Metrics {
             analyses: Family::default(),
             fallbacks: Family::default(),
             approvals: Family::default(),
+            renewals: Family::default(),
+            members: Gauge::default(),
         }
     }
 }
@@ -200,6 +211,11 @@ impl Metrics {
         // dashboard shows 0, not "no data", and rate() sees the first one.
         for actor in ActorKind::ALL {
             let _series = m.restarts.get_or_create(&ActorLabels { actor });
+        }
+        // Likewise both renewal results, so that an alert on failures has
+        // a series to compare against before the first one.
+        for result in ["ok", "failed"] {
+            let _series = m.renewals.get_or_create(&ResultLabels { result });
         }
         let r = registry;
         r.register(
@@ -333,6 +349,16 @@ impl Metrics {
             "approval_decisions",
             "Approval-policy verdicts (required, not_required, policy_error)",
             m.approvals.clone(),
+        );
+        r.register(
+            "membership_renewals",
+            "Renewals of this replica's membership Lease, by result (ok, failed)",
+            m.renewals.clone(),
+        );
+        r.register(
+            "members_live",
+            "Live replicas, as this replica's last membership check found them",
+            m.members.clone(),
         );
         m
     }

@@ -70,21 +70,6 @@ async fn e2e_alert_to_completed_restart_with_audit() -> anyhow::Result<()> {
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
 
-    // deploy/ applies cleanly against the real API server.
-    let dry = stack.kubectl(&[
-        "apply",
-        "--dry-run=server",
-        "-f",
-        "deploy/crds/",
-        "-f",
-        "deploy/",
-    ])?;
-    assert!(
-        dry.contains("deployment.apps/kubernaut")
-            && dry.contains("clusterrole.rbac.authorization.k8s.io/kubernaut"),
-        "{dry}"
-    );
-
     // A managed namespace with a Deployment; controller-manager makes its
     // pods, and the pod simulator runs them.
     let ns = unique("e2e-skeleton");

@@ -10,7 +10,7 @@ use kubernaut_api::{ReviewedUser, TokenReviewer};
 use crate::{Cluster, bounded};
 
 /// Reviews tokens as the controller's identity, which needs `create` on
-/// `tokenreviews` (deploy/10-rbac.yaml binds system:auth-delegator).
+/// `tokenreviews` (deploy/base/rbac.yaml binds system:auth-delegator).
 #[derive(Clone)]
 pub struct KubeTokenReviewer {
     cluster: Cluster,

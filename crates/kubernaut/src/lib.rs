@@ -36,7 +36,7 @@ use tracing::Instrument;
 pub use config::Config;
 
 /// The RoleBindings (YAML) that bind the ClusterRole `kubernaut-actions`
-/// (deploy/10-rbac.yaml) to Kubernaut's ServiceAccount `namespace/name` in
+/// (deploy/base/rbac.yaml) to Kubernaut's ServiceAccount `namespace/name` in
 /// each of `namespaces`: where its actions may write.
 pub fn rbac_bindings(namespaces: &[String], service_account: &str) -> anyhow::Result<String> {
     let (sa_ns, sa) = service_account

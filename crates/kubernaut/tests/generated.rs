@@ -28,14 +28,14 @@ fn published_generic_schema_matches_the_rust_types() {
 #[test]
 fn deploy_configmap_carries_the_default_config() {
     let cm: serde_norway::Value =
-        serde_norway::from_str(&read("deploy/20-config.yaml")).expect("valid YAML");
+        serde_norway::from_str(&read("deploy/base/config.yaml")).expect("valid YAML");
     let embedded = cm["data"]["config.yaml"]
         .as_str()
         .expect("data.config.yaml");
     assert_eq!(
         embedded,
         read("config/default.yaml"),
-        "deploy/20-config.yaml is stale"
+        "deploy/base/config.yaml is stale"
     );
 }
 
