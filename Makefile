@@ -2,14 +2,14 @@
 # Cargo's target dir lives outside the clone so CI and fresh clones reuse it.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/kubernaut/target
 
-.PHONY: demo test bench stack stack-down lint unit e2e crds toolchain
+.PHONY: demo test bench image stack stack-down lint unit e2e crds toolchain
 
 ## The main job: local stack, control plane, a demo alert storm, the result table.
 demo: stack
 	bash scripts/demo.sh
 
 ## Every test: formatting, lints, generated files, unit and end-to-end tests.
-test: toolchain stack lint
+test: toolchain stack lint image
 	# The process-level tests run the binary (tests/src: kubernaut_binary).
 	cargo build -p kubernaut --bin kubernaut
 	cargo nextest run --workspace --no-fail-fast
@@ -17,6 +17,11 @@ test: toolchain stack lint
 ## Every performance figure, measured here, into docs/performance.md (~15 min).
 bench: toolchain stack
 	bash loadtest/bench.sh
+
+## The container image, built without a daemon (buildah): localhost/kubernaut:VERSION,
+## and archives for docker load / kind load / skopeo copy under $(CARGO_TARGET_DIR)/image.
+image:
+	bash scripts/image.sh build
 
 stack:
 	bash scripts/stack.sh up

@@ -66,10 +66,7 @@ fn every_overlay_is_accepted_by_the_api_server() -> anyhow::Result<()> {
     let overlays: Vec<String> = std::fs::read_dir(repo_root().join("deploy/overlays"))?
         .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
         .collect::<anyhow::Result<_>>()?;
-    ensure!(
-        overlays.len() >= 2,
-        "deploy/overlays holds {overlays:?}"
-    );
+    ensure!(overlays.len() >= 2, "deploy/overlays holds {overlays:?}");
     let dir = scratch("overlays")?;
     for overlay in &overlays {
         let (yaml, objects) = render(overlay)?;
@@ -115,9 +112,12 @@ fn every_overlay_is_accepted_by_the_api_server() -> anyhow::Result<()> {
     ensure!(deployment["spec"]["replicas"] == 3);
     let pdb = find(&production, "PodDisruptionBudget").context("production's budget")?;
     ensure!(pdb["spec"]["minAvailable"] == 2, "{pdb}");
-    let anti = &deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
-        ["requiredDuringSchedulingIgnoredDuringExecution"][0];
-    ensure!(anti["topologyKey"] == "kubernetes.io/hostname", "{deployment}");
+    let anti = &deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        [0];
+    ensure!(
+        anti["topologyKey"] == "kubernetes.io/hostname",
+        "{deployment}"
+    );
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     ensure!(
         container["image"]
