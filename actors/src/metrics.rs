@@ -217,6 +217,10 @@ impl Metrics {
         for result in ["ok", "failed"] {
             let _series = m.renewals.get_or_create(&ResultLabels { result });
         }
+        for reason in crate::supervisor::transitions::Reason::ESCALATIONS {
+            let stage = reason.as_str();
+            let _series = m.escalations.get_or_create(&StageLabels { stage });
+        }
         let r = registry;
         r.register(
             "actor_mailbox_depth",

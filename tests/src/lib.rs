@@ -1552,6 +1552,7 @@ pub fn kubernaut_binary() -> anyhow::Result<PathBuf> {
 pub struct ControllerProcess {
     pub pod: String,
     pub admin_addr: SocketAddr,
+    pub gateway_addr: SocketAddr,
     pub log: PathBuf,
     child: Child,
 }
@@ -1572,6 +1573,7 @@ impl ControllerProcess {
     ) -> anyhow::Result<Self> {
         let binary = kubernaut_binary()?;
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = std::env::temp_dir().join(unique(&format!("kubernaut-{pod}")) + ".log");
         let out = std::fs::File::create(&log)?;
         let own_database = overrides.iter().any(|(k, _)| *k == "STORE__DATABASE_URL");
@@ -1585,10 +1587,7 @@ impl ControllerProcess {
             .env("KUBECONFIG", &stack.controller_kubeconfig)
             .env("POD_NAME", pod)
             .env("REDIS_URL", &stack.redis_url)
-            .env(
-                "KUBERNAUT__GATEWAY__LISTEN",
-                format!("127.0.0.1:{}", free_port()?),
-            )
+            .env("KUBERNAUT__GATEWAY__LISTEN", gateway_addr.to_string())
             .env("KUBERNAUT__ADMIN__LISTEN", admin_addr.to_string())
             .env("KUBERNAUT__CONTROLLER__WATCH_NAMESPACE", ns)
             .env("KUBERNAUT__RULES", rules.to_string())
@@ -1602,6 +1601,7 @@ impl ControllerProcess {
         let mut process = Self {
             pod: pod.to_string(),
             admin_addr,
+            gateway_addr,
             log,
             child,
         };

@@ -271,6 +271,7 @@ impl Sup {
                 identity: args.ctx.identity.clone(),
                 resource_version: rr.metadata.resource_version.clone().unwrap_or_default(),
                 owner: status.owner.clone(),
+                loaded: status::driven_mark(rr.status.as_ref()),
             },
             me.clone(),
             span.clone(),

@@ -76,6 +76,26 @@ pub struct Target {
     pub resource_version: String,
     /// The owner recorded when the supervisor loaded the request.
     pub owner: Option<String>,
+    /// [`driven_mark`] of the status as loaded: a request adopted from
+    /// another replica is taken over only while that replica leaves it as
+    /// it was.
+    pub loaded: u64,
+}
+
+/// A digest of what a request's driver writes (everything of the status
+/// but the gateway's counts): it changes when some replica drives the
+/// request on.
+pub fn driven_mark(status: Option<&RemediationRequestStatus>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut driven = status.cloned().unwrap_or_default();
+    driven.deduplication = None;
+    driven.signal_resolution = None;
+    driven.storm = None;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&driven)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 impl Writer {
@@ -186,24 +206,30 @@ async fn write(
             }
             Err(e) if e.is_conflict() => {
                 m.status_conflicts.inc();
-                let now = match requests.get(&t.key).await {
-                    Ok(Some(now)) => now,
-                    Ok(None) => return Err(Failure::Gone),
-                    Err(e) => return Err(Failure::Transient(e.to_string())),
-                };
-                let owner = now.status.as_ref().and_then(|s| s.owner.clone());
-                if let Some(o) = owner
-                    && o != t.identity
-                    && t.owner.as_deref() != Some(o.as_str())
-                {
-                    return Err(Failure::Lost(o));
-                }
-                t.resource_version = now.metadata.resource_version.unwrap_or_default();
+                reread(requests, t).await?;
             }
             Err(e) if e.is_not_found() => return Err(Failure::Gone),
             Err(e) if e.is_invalid() => {
-                m.status_write_errors.inc();
-                return Err(Failure::Rejected(e.to_string()));
+                // A server-side apply is validated merged with the stored
+                // object, before its resourceVersion is compared: when
+                // another replica wrote since the version this write is
+                // based on, the refusal can be that merge's. Then it is
+                // the conflict it really is; otherwise this status itself
+                // is refused.
+                let moved = match requests.get(&t.key).await {
+                    Ok(Some(now)) => {
+                        now.metadata.resource_version.as_deref()
+                            != Some(t.resource_version.as_str())
+                    }
+                    Ok(None) => return Err(Failure::Gone),
+                    Err(_) => false,
+                };
+                if !moved {
+                    m.status_write_errors.inc();
+                    return Err(Failure::Rejected(e.to_string()));
+                }
+                m.status_conflicts.inc();
+                reread(requests, t).await?;
             }
             Err(e) => {
                 m.status_write_errors.inc();
@@ -215,6 +241,28 @@ async fn write(
     Err(Failure::Transient(
         "the request kept changing under five status writes".into(),
     ))
+}
+
+/// After a conflict: the request as it is now. Lost when another replica
+/// has taken it since it was loaded, or when the replica it was adopted
+/// from (believed gone) has driven it on since: that one is alive, and
+/// this replica's view of the members was behind. Otherwise (the gateway
+/// counted a duplicate) the next write is based on the version read.
+async fn reread(requests: &dyn Requests, t: &mut Target) -> Result<(), Failure> {
+    let now = match requests.get(&t.key).await {
+        Ok(Some(now)) => now,
+        Ok(None) => return Err(Failure::Gone),
+        Err(e) => return Err(Failure::Transient(e.to_string())),
+    };
+    let owner = now.status.as_ref().and_then(|s| s.owner.clone());
+    if let Some(o) = owner
+        && o != t.identity
+        && (t.owner.as_deref() != Some(o.as_str()) || driven_mark(now.status.as_ref()) != t.loaded)
+    {
+        return Err(Failure::Lost(o));
+    }
+    t.resource_version = now.metadata.resource_version.unwrap_or_default();
+    Ok(())
 }
 
 impl Sup {
@@ -406,6 +454,7 @@ mod tests {
             identity: "me".into(),
             resource_version: rv.into(),
             owner: Some("me".into()),
+            loaded: 0,
         }
     }
 
@@ -519,6 +568,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_refused_status_is_reported_and_the_next_one_still_written() {
         let fake = Arc::new(FakeRequests::default());
+        fake.objects
+            .lock()
+            .unwrap()
+            .insert(key(), stored("rv0", "me"));
         fake.apply_answers
             .lock()
             .unwrap()
@@ -534,6 +587,65 @@ mod tests {
             reports.recv().await,
             Some(WriteReport::Written { seq: 2, .. })
         ));
+    }
+
+    /// Two replicas that both believed they owned a request (one had not
+    /// yet seen the other join): the API server refused the late one's
+    /// apply as invalid, merged with the other's newer status. That is a
+    /// conflict lost, not a status to fail the request over.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_of_a_write_based_on_an_old_version_is_a_conflict() {
+        let fake = Arc::new(FakeRequests::default());
+        fake.objects
+            .lock()
+            .unwrap()
+            .insert(key(), stored("rv7", "other"));
+        fake.apply_answers
+            .lock()
+            .unwrap()
+            .push_back(Err(api_error(422)));
+        let mut t = target("rv0");
+        t.owner = None;
+        let (tx, mut reports, _task) = writer(fake.clone(), t);
+        want(&tx, 1, status(Phase::Executing));
+        assert!(matches!(reports.recv().await, Some(WriteReport::Lost(o)) if o == "other"));
+        assert_eq!(fake.applied.lock().unwrap().len(), 1, "not written again");
+    }
+
+    /// Adopted from "old", believed gone: the gateway's counts do not stop
+    /// the takeover, but "old" driving the request on does.
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_request_is_lost_when_its_old_owner_drives_it_on() {
+        let loaded = stored("rv3", "old");
+        for (now, lost) in [("Processing", false), ("Analyzing", true)] {
+            let fake = Arc::new(FakeRequests::default());
+            let mut counted = request(serde_json::json!({"phase": now, "owner": "old",
+                    "deduplication": {"occurrenceCount": 3, "firstSeenAt": "2026-12-01T00:00:00Z",
+                                      "lastSeenAt": "2026-12-01T00:00:01Z"}}));
+            counted.metadata.resource_version = Some("rv4".into());
+            fake.objects.lock().unwrap().insert(key(), counted);
+            fake.apply_answers
+                .lock()
+                .unwrap()
+                .push_back(Err(api_error(409)));
+            let mut t = target("rv3");
+            t.owner = Some("old".into());
+            t.loaded = driven_mark(loaded.status.as_ref());
+            let (tx, mut reports, _task) = writer(fake.clone(), t);
+            want(&tx, 1, status(Phase::Analyzing));
+            let report = reports.recv().await;
+            if lost {
+                assert!(
+                    matches!(report, Some(WriteReport::Lost(ref o)) if o == "old"),
+                    "{report:?}"
+                );
+            } else {
+                assert!(
+                    matches!(report, Some(WriteReport::Written { .. })),
+                    "{report:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

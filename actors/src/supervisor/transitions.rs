@@ -61,6 +61,21 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The causes an escalation is recorded for (`Sup::escalate`): their
+    /// counters exist from the start, so an alert's increase() sees the
+    /// first one.
+    pub const ESCALATIONS: [Reason; 9] = [
+        Reason::ConsecutiveFailures,
+        Reason::StormEscalated,
+        Reason::Ineffective,
+        Reason::ProcessingTimeout,
+        Reason::AnalyzingTimeout,
+        Reason::ApprovalTimeout,
+        Reason::ExecutingTimeout,
+        Reason::VerifyingTimeout,
+        Reason::RequestTimeout,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Started => "Started",

@@ -191,6 +191,15 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
     let controller_metrics =
         ControllerMetrics::register(registry.sub_registry_with_prefix("controller"));
     let intake_metrics = IntakeMetrics::register(registry.sub_registry_with_prefix("gateway"));
+    if let Some(llm) = &analyst.llm {
+        // Closed until the first call says otherwise: the breaker panel and
+        // alert have a series from the start.
+        let provider = llm.provider_name();
+        controller_metrics
+            .llm_breaker
+            .get_or_create(&kubernaut_actors::metrics::ProviderLabels { provider })
+            .set(0);
+    }
 
     let cluster = Cluster::connect(
         kube,

@@ -266,6 +266,17 @@ pub fn start(
             ));
         }
     }
+    // Each receiver's series exist from the start, at 0: dashboards show
+    // 0 rather than no data, and an alert's increase() sees the first
+    // failure.
+    for c in &channels {
+        for outcome in ["delivered", "failed"] {
+            let _series = metrics.sent.get_or_create(&Labels {
+                receiver: c.name.clone(),
+                outcome,
+            });
+        }
+    }
     // reqwest is built without a default TLS provider (see the workspace's
     // Cargo.toml); an error means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
