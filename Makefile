@@ -2,7 +2,7 @@
 # Cargo's target dir lives outside the clone so CI and fresh clones reuse it.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/kubernaut/target
 
-.PHONY: demo test bench image stack stack-down lint unit e2e crds toolchain
+.PHONY: demo test bench loadtest image stack stack-down lint unit e2e crds toolchain
 
 ## The main job: local stack, control plane, a demo alert storm, the result table.
 demo: stack
@@ -17,6 +17,10 @@ test: toolchain stack lint image
 ## Every performance figure, measured here, into docs/performance.md (~15 min).
 bench: toolchain stack
 	bash loadtest/bench.sh
+
+## The default storm scenario end to end; the report goes to $(CARGO_TARGET_DIR)/loadtest/.
+loadtest: toolchain stack
+	bash loadtest/storm.sh
 
 ## The container image, built without a daemon (buildah): localhost/kubernaut:VERSION,
 ## and archives for docker load / kind load / skopeo copy under $(CARGO_TARGET_DIR)/image.

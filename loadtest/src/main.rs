@@ -10,6 +10,13 @@
 //! new-signal rate as a share of what the API server itself allows.
 //! `--distinct-alertnames` gives every new alert its own name, so that
 //! storm detection (one name over many targets) does not aggregate them.
+//!
+//! `--scenario FILE` runs a storm described in YAML instead (phases, mixed
+//! sources, end-to-end accounting, a Markdown report with plots): see
+//! [`scenario`].
+
+mod plot;
+mod scenario;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -41,11 +48,32 @@ struct Args {
     #[arg(long, env = "KUBERNAUT_DEV_TOKEN", default_value = "dev-token")]
     token: String,
     /// Namespace of the target pods.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "scenario", default_value = "")]
     namespace: String,
     /// Target pods, comma-separated (`kubectl get pods -o name` without `pod/`).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "scenario")]
     pods: Vec<String>,
+    /// Run this scenario (loadtest/scenarios/*.yaml) instead: it makes its
+    /// own namespaces and targets ($KUBECONFIG: an admin) and sends to the
+    /// gateways of --url, given as base URLs (http://127.0.0.1:8080).
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Scenario mode: the admin endpoints (/metrics) of the replicas.
+    #[arg(long, value_delimiter = ',')]
+    admin_url: Vec<String>,
+    /// Scenario mode: where the report goes.
+    #[arg(long, default_value = "target/loadtest")]
+    out: PathBuf,
+    /// Scenario mode: a PKCS#8 DER RSA key to sign SNS messages with; the
+    /// gateway must trust its certificate (gateway.cloudwatch).
+    #[arg(long)]
+    sns_key: Option<PathBuf>,
+    /// Scenario mode: the SNS topic the messages come from.
+    #[arg(
+        long,
+        default_value = "arn:aws:sns:eu-west-1:123456789012:kubernaut-loadtest"
+    )]
+    sns_topic: String,
     /// Notifications to send.
     #[arg(long, default_value_t = 1000)]
     requests: usize,
@@ -234,6 +262,25 @@ fn svg(samples: &[Sample], title: &str) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(path) = &args.scenario {
+        let s = scenario::Scenario::load(path)?;
+        let sns = match &args.sns_key {
+            Some(key) => Some(scenario::SnsSigner::load(key, args.sns_topic.clone())?),
+            None => None,
+        };
+        let trim = |u: &String| u.trim_end_matches('/').to_string();
+        return scenario::run(
+            s,
+            scenario::Options {
+                gateways: args.url.iter().map(trim).collect(),
+                admins: args.admin_url.iter().map(trim).collect(),
+                token: args.token.clone(),
+                sns,
+                out: args.out.clone(),
+            },
+        )
+        .await;
+    }
     if args.concurrency == 0 || args.requests == 0 {
         bail!("--concurrency and --requests must be at least 1");
     }
