@@ -884,6 +884,20 @@ pub async fn service_account_token(
     Ok(String::from_utf8(token.0)?)
 }
 
+/// deploy/'s PrometheusRule.
+pub fn prometheus_rule() -> anyhow::Result<serde_json::Value> {
+    Ok(serde_norway::from_str(&std::fs::read_to_string(
+        repo_root().join("deploy/base/prometheusrule.yaml"),
+    )?)?)
+}
+
+/// Its groups as a Prometheus rule file, `dir/rules.yaml` (what promtool
+/// and Prometheus read).
+pub fn prometheus_rule_file(dir: &Path) -> anyhow::Result<()> {
+    let spec = serde_norway::to_string(&prometheus_rule()?["spec"])?;
+    Ok(std::fs::write(dir.join("rules.yaml"), spec)?)
+}
+
 /// GETs a URL; the status code (for readiness checks).
 pub async fn get_status(url: &str) -> anyhow::Result<u16> {
     Ok(get(url).await?.0)

@@ -5,7 +5,6 @@
 //! unit tests by `promtool test rules`, and the Alertmanager receiver
 //! example by `amtool check-config`.
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, ensure};
@@ -145,22 +144,10 @@ fn every_overlay_is_accepted_by_the_api_server() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The PrometheusRule's groups as a Prometheus rule file, in `dir`.
-fn rule_file(dir: &Path) -> anyhow::Result<()> {
-    let rule: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(
-        repo_root().join("deploy/base/prometheusrule.yaml"),
-    )?)?;
-    std::fs::write(
-        dir.join("rules.yaml"),
-        serde_norway::to_string(&rule["spec"])?,
-    )?;
-    Ok(())
-}
-
 #[test]
 fn the_alerting_rules_pass_promtool_and_their_unit_tests() -> anyhow::Result<()> {
     let dir = scratch("rules")?;
-    rule_file(&dir)?;
+    kubernaut_e2e::prometheus_rule_file(&dir)?;
     let rules = dir.join("rules.yaml");
     let checked = run("promtool", &["check", "rules", &rules.to_string_lossy()])?;
     ensure!(checked.contains("SUCCESS"), "{checked}");

@@ -87,13 +87,7 @@ impl Prometheus {
     async fn start(targets: &[(&str, SocketAddr)]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(unique("prometheus"));
         std::fs::create_dir_all(dir.join("data"))?;
-        let rule: Value = serde_norway::from_str(&std::fs::read_to_string(
-            repo_root().join("deploy/base/prometheusrule.yaml"),
-        )?)?;
-        std::fs::write(
-            dir.join("rules.yaml"),
-            serde_norway::to_string(&rule["spec"])?,
-        )?;
+        kubernaut_e2e::prometheus_rule_file(&dir)?;
         let static_configs: Vec<Value> = targets
             .iter()
             .map(|(pod, addr)| json!({"targets": [addr.to_string()], "labels": {"pod": pod}}))
@@ -191,9 +185,7 @@ fn dashboard_queries() -> anyhow::Result<Vec<(String, String)>> {
 
 /// The rules' alert names and expressions.
 fn alerting_rules() -> anyhow::Result<Vec<(String, String)>> {
-    let rule: Value = serde_norway::from_str(&std::fs::read_to_string(
-        repo_root().join("deploy/base/prometheusrule.yaml"),
-    )?)?;
+    let rule = kubernaut_e2e::prometheus_rule()?;
     Ok(rule["spec"]["groups"]
         .as_array()
         .into_iter()
