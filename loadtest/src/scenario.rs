@@ -271,6 +271,10 @@ struct Alert {
     id: String,
     name: String,
     namespace: String,
+    /// The Deployment (its `app` label) and the pod first chosen; a pod a
+    /// remediation has replaced since is swapped for a live one of the
+    /// same Deployment when the alert is first sent (see [`Pods`]).
+    app: String,
     pod: String,
 }
 
@@ -320,13 +324,14 @@ pub fn shots(s: &Scenario, world: &World, run: &str) -> Vec<Shot> {
                     if !earlier.is_empty() && rng.unit() < s.duplicate_share {
                         return earlier[rng.below(earlier.len())].clone();
                     }
-                    let (namespace, _, pods) =
+                    let (namespace, app, pods) =
                         &world.deployments[rng.below(world.deployments.len())];
                     n += 1;
                     let alert = Alert {
                         id: format!("{run}-{n:07}"),
                         name: s.alertnames[rng.pick(&weights)].name.clone(),
                         namespace: namespace.clone(),
+                        app: app.clone(),
                         pod: pods[rng.below(pods.len())].clone(),
                     };
                     earlier.push(alert.clone());
@@ -397,8 +402,104 @@ impl SnsSigner {
     }
 }
 
-/// The body a shot POSTs.
-fn body(shot: &Shot, sns: Option<&SnsSigner>) -> anyhow::Result<String> {
+/// The live pods of the run's Deployments, kept by a watch, and the pod
+/// each alert was sent about: as a monitoring system would, alerts name
+/// pods that exist when they first fire (remediations replace pods), and a
+/// re-delivery names the same pod again.
+/// Live pod names by (namespace, Deployment).
+type LivePods = BTreeMap<(String, String), Vec<String>>;
+
+#[derive(Clone, Default)]
+struct Pods {
+    live: Arc<Mutex<LivePods>>,
+    pinned: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Pods {
+    fn watch(
+        &self,
+        client: &kube::Client,
+        namespaces: &[String],
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::runtime::watcher;
+        namespaces
+            .iter()
+            .map(|ns| {
+                let api = Api::<Pod>::namespaced(client.clone(), ns);
+                let (live, ns) = (self.live.clone(), ns.clone());
+                tokio::spawn(async move {
+                    let mut events = watcher(api, watcher::Config::default()).boxed();
+                    while let Some(event) = events.next().await {
+                        let (pod, gone) = match event {
+                            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                                let gone = p.metadata.deletion_timestamp.is_some();
+                                (p, gone)
+                            }
+                            Ok(watcher::Event::Delete(p)) => (p, true),
+                            _ => continue,
+                        };
+                        let app = pod
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("app").cloned())
+                            .unwrap_or_default();
+                        let name = pod.metadata.name.unwrap_or_default();
+                        let Ok(mut live) = live.lock() else { return };
+                        let pods = live.entry((ns.clone(), app)).or_default();
+                        pods.retain(|p| *p != name);
+                        if !gone {
+                            pods.push(name);
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// The pod `a` names: the one it was first sent about, else its first
+    /// choice if still live, else a live pod of the same Deployment.
+    fn of(&self, a: &Alert) -> String {
+        let Ok(mut pinned) = self.pinned.lock() else {
+            return a.pod.clone();
+        };
+        if let Some(p) = pinned.get(&a.id) {
+            return p.clone();
+        }
+        let live = self.live.lock().ok().and_then(|l| {
+            let pods = l.get(&(a.namespace.clone(), a.app.clone()))?;
+            if pods.contains(&a.pod) || pods.is_empty() {
+                return Some(a.pod.clone());
+            }
+            let h =
+                a.id.bytes()
+                    .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+            Some(pods[h % pods.len()].clone())
+        });
+        let pod = live.unwrap_or_else(|| a.pod.clone());
+        pinned.insert(a.id.clone(), pod.clone());
+        pod
+    }
+}
+
+/// The body a shot POSTs, naming the pods `pods` gives its alerts.
+fn body(shot: &Shot, sns: Option<&SnsSigner>, pods: &Pods) -> anyhow::Result<String> {
+    let pinned: Vec<Alert> = shot
+        .alerts
+        .iter()
+        .map(|a| Alert {
+            pod: pods.of(a),
+            ..a.clone()
+        })
+        .collect();
+    let shot = &Shot {
+        due: shot.due,
+        phase: shot.phase,
+        source: shot.source,
+        alerts: pinned,
+    };
     Ok(match shot.source {
         Source::Alertmanager => {
             let alerts: Vec<Value> = shot
@@ -761,10 +862,8 @@ pub async fn run(s: Scenario, o: Options) -> anyhow::Result<()> {
     let seen: Seen = Arc::default();
     let watchers = watch_requests(&client, &world.namespaces, &seen);
     let shots = shots(&s, &world, &run);
-    let bodies = shots
-        .iter()
-        .map(|shot| body(shot, o.sns.as_ref()))
-        .collect::<anyhow::Result<Vec<String>>>()?;
+    let pods = Pods::default();
+    let pod_watchers = pods.watch(&client, &world.namespaces);
     println!(
         "sending {} notifications ({} alerts) over {:.0} s",
         shots.len(),
@@ -815,9 +914,10 @@ pub async fn run(s: Scenario, o: Options) -> anyhow::Result<()> {
     // max_in_flight at once; a late sender is measured, not hidden.
     let slots = Arc::new(tokio::sync::Semaphore::new(s.max_in_flight));
     let mut tasks = Vec::with_capacity(shots.len());
-    for (i, (shot, body)) in shots.iter().zip(bodies).enumerate() {
+    for (i, shot) in shots.iter().enumerate() {
         let due = started + shot.due;
         tokio::time::sleep_until(due.into()).await;
+        let body = body(shot, o.sns.as_ref(), &pods)?;
         let permit = slots.clone().acquire_owned().await?;
         let (http, url, token) = (
             http.clone(),
@@ -885,7 +985,7 @@ pub async fn run(s: Scenario, o: Options) -> anyhow::Result<()> {
     // A last scrape after the end.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     scraper.abort();
-    for w in watchers {
+    for w in watchers.into_iter().chain(pod_watchers) {
         w.abort();
     }
     let scrapes = scrapes.lock().map(|s| s.clone()).unwrap_or_default();
