@@ -217,6 +217,16 @@ impl Metrics {
         for result in ["ok", "failed"] {
             let _series = m.renewals.get_or_create(&ResultLabels { result });
         }
+        // Verification outcomes too: a storm of notify-only requests
+        // scores nothing, and "no Ineffective" should read 0.
+        for outcome in [
+            kubernaut_api::VerificationOutcome::Effective,
+            kubernaut_api::VerificationOutcome::Ineffective,
+            kubernaut_api::VerificationOutcome::Inconclusive,
+        ] {
+            let outcome = outcome.as_str();
+            let _series = m.verifications.get_or_create(&OutcomeLabels { outcome });
+        }
         for reason in crate::supervisor::transitions::Reason::ESCALATIONS {
             let stage = reason.as_str();
             let _series = m.escalations.get_or_create(&StageLabels { stage });
@@ -430,6 +440,10 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for kind in ActorKind::ALL {
             let line = format!("actor_restarts_total{{actor=\"{kind:?}\"}} 0");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        for outcome in ["Effective", "Ineffective", "Inconclusive"] {
+            let line = format!("verifications_total{{outcome=\"{outcome}\"}} 0");
             assert!(text.contains(&line), "{line} in\n{text}");
         }
     }

@@ -112,6 +112,21 @@ enum Effect {
     Stop,
 }
 
+impl Effect {
+    /// Whether something waits for the write this effect follows, so that
+    /// it must go out at once: an acknowledgement, work that starts only
+    /// once the status has landed (a phase that acts, a claim), a stop.
+    /// Entering a phase that only reads and decides, an audit record or a
+    /// message may wait for the next status (see [`status::LINGER`]).
+    fn waits(&self) -> bool {
+        match self {
+            Effect::Ack(_) | Effect::Advance | Effect::Stop => true,
+            Effect::Entered { t, .. } => !runs_ahead(t.to),
+            Effect::Audit(_) | Effect::Notify(_) => false,
+        }
+    }
+}
+
 /// A supervisor loads its request in a task: spawning is awaited by the
 /// registry, which must not wait on the API server for every request it
 /// starts. What arrives before the request is loaded waits, and follows it.
@@ -415,7 +430,9 @@ impl Sup {
         myself: &ActorRef<Envelope<Msg>>,
     ) -> Result<(), ActorProcessingErr> {
         let phase = self.phase();
-        if self.stage.is_some() || (self.settling() && !runs_ahead(phase)) {
+        let mine = self.status.owner.as_deref() == Some(self.ctx.identity.as_str());
+        let ahead = runs_ahead(phase) && (before_claim(phase) || mine);
+        if self.stage.is_some() || (self.settling() && !ahead) {
             return Ok(());
         }
         if phase.is_terminal() {
@@ -430,7 +447,7 @@ impl Sup {
         // Before it acts, this replica claims the request (K-RR-7): from
         // then on a write by anyone else's supervisor conflicts. A phase that
         // only reads and decides runs first; its own write carries the claim.
-        if !runs_ahead(phase) && self.status.owner.as_deref() != Some(self.ctx.identity.as_str()) {
+        if !before_claim(phase) && !mine {
             return self.commit(|_| None, true);
         }
         let Some(stage) = stages::of(phase) else {
@@ -511,7 +528,7 @@ impl Sup {
         }
         if self.status.owner.is_some() || self.desired.is_some() {
             self.commit(|_| None, false)?;
-            self.effects.push((self.seq, Effect::Stop));
+            self.wait_for_write(Effect::Stop);
             return Ok(());
         }
         tracing::info!("handed over");
@@ -551,7 +568,18 @@ impl Sup {
             me.tell(Msg::StageDone(epoch, r));
         });
         let (metrics, chaos) = (&self.ctx.metrics, &self.ctx.settings.chaos);
-        match worker::spawn(kind, metrics, chaos, work, report, myself.get_cell()).await {
+        // Boxed: spawning's future is large, and inline it would size the
+        // supervisor's message loop (held for the actor's whole life).
+        match Box::pin(worker::spawn(
+            kind,
+            metrics,
+            chaos,
+            work,
+            report,
+            myself.get_cell(),
+        ))
+        .await
+        {
             Ok(cell) => self.started(kind, cell, epoch),
             Err(e) => self.retry_later(format!("the {kind:?} actor did not start: {e}")),
         }
@@ -570,7 +598,14 @@ impl Sup {
             });
         });
         let args = workflow::Args { sink, ..args };
-        match Actor::spawn_linked(None, WorkflowActor, args, myself.get_cell()).await {
+        match Box::pin(Actor::spawn_linked(
+            None,
+            WorkflowActor,
+            args,
+            myself.get_cell(),
+        ))
+        .await
+        {
             Ok((actor, _)) => self.started(ActorKind::workflow, actor.get_cell(), epoch),
             Err(e) => self.retry_later(format!("the workflow actor did not start: {e}")),
         }
@@ -640,8 +675,98 @@ impl Sup {
     }
 }
 
-/// Phases whose work only reads the cluster and decides: they may run
-/// before the claim (K-RR-7) and their own transitions are written.
+/// Phases whose work only reads the cluster and decides: it starts before
+/// the write recording the phase lands (that write may linger for the
+/// next), and what it decides is written with it.
 fn runs_ahead(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Pending | Phase::Processing | Phase::Analyzing | Phase::Verifying
+    )
+}
+
+/// Phases whose work may run before this replica's claim (K-RR-7) has
+/// landed: nothing has acted yet, and their own write carries the claim.
+/// Verifying follows an execution, so it runs ahead only for the replica
+/// that already holds the request; an adopted one is claimed first.
+fn before_claim(phase: Phase) -> bool {
     matches!(phase, Phase::Pending | Phase::Processing | Phase::Analyzing)
+}
+
+/// A live actor holds its message loop's future, sized by the largest
+/// handler future, for its whole life; a step waiting for its target's lock
+/// holds its action's future. With ten thousand requests live, these are
+/// most of what a request costs: large awaits are boxed, and these sizes
+/// are kept in check.
+#[cfg(test)]
+mod future_sizes {
+    use super::*;
+    use crate::workflow::WorkflowActor;
+
+    /// The future an actor's `handle` returns.
+    type Handle<'a, A, Fut> = fn(
+        &'a A,
+        ActorRef<<A as Actor>::Msg>,
+        <A as Actor>::Msg,
+        &'a mut <A as Actor>::State,
+    ) -> Fut;
+
+    fn handler<'a, A: Actor, Fut>(_: Handle<'a, A, Fut>) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    fn action<'a, Fut>(
+        _: fn(
+            &'a kubernaut_cluster::Cluster,
+            &'a kubernaut_cluster::ActionCall,
+            &'a kubernaut_cluster::ExecSettings,
+        ) -> Fut,
+    ) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn what_a_live_request_holds_stays_small() {
+        let sup = handler(<Supervisor as Actor>::handle);
+        let wf = handler(<WorkflowActor as Actor>::handle);
+        let act = action(kubernaut_cluster::Cluster::run_action);
+        assert!(sup <= 4096, "the supervisor's handler future: {sup} bytes");
+        assert!(wf <= 2048, "the workflow's handler future: {wf} bytes");
+        assert!(act <= 1024, "a waiting action's future: {act} bytes");
+    }
+}
+
+#[cfg(test)]
+mod lingering {
+    use super::*;
+
+    fn entering(to: Phase) -> Effect {
+        Effect::Entered {
+            from: Phase::Pending,
+            t: Transition::new(to, Reason::ActionChosen, String::new()),
+        }
+    }
+
+    /// Only what nothing waits for may wait for the next status: entering
+    /// a phase that reads and decides, records, messages.
+    #[test]
+    fn a_write_lingers_only_when_nothing_waits_for_it() {
+        for to in [Phase::Processing, Phase::Analyzing, Phase::Verifying] {
+            assert!(!entering(to).waits(), "{to}");
+        }
+        for to in [
+            Phase::Executing,
+            Phase::AwaitingApproval,
+            Phase::Blocked,
+            Phase::Completed,
+            Phase::Failed,
+            Phase::TimedOut,
+        ] {
+            assert!(entering(to).waits(), "{to}");
+        }
+        let (ack, _rx) = oneshot::channel();
+        assert!(Effect::Ack(ack).waits());
+        assert!(Effect::Advance.waits());
+        assert!(Effect::Stop.waits());
+    }
 }

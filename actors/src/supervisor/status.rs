@@ -7,6 +7,14 @@
 //! then does the supervisor take the status as its state and act on the
 //! transition it records (see [`super::Sup::on_written`]).
 //!
+//! A wanted status may *linger* (see [`Writer::want`]): when nothing waits
+//! for it to land (a phase that only reads and decides was entered, a step
+//! that ended was recorded), the writer waits up to [`LINGER`] for the
+//! status that usually follows at once, so that a notify-only request goes
+//! from Pending to Completed in two writes rather than five. A status that
+//! something waits for (a claim, a step's write-ahead record, a phase that
+//! acts, an end) is written at once, and takes any lingering one with it.
+//!
 //! A write names the resourceVersion it was based on. A conflict is read
 //! again: when another replica has taken the request since, this one has
 //! lost it (K-RR-7); otherwise (the gateway counted a duplicate) it is
@@ -38,6 +46,10 @@ const WRITE_RETRY_BASE: Duration = Duration::from_millis(200);
 const WRITE_RETRY_CAP: Duration = Duration::from_secs(30);
 /// Conflicts re-read and written again before the write counts as failed.
 const CONFLICT_ROUNDS: usize = 5;
+/// How long a status that nothing waits for may wait for the next one.
+/// What it costs is only how soon `kubectl get` shows an intermediate
+/// phase (an LLM analysis shows Analyzing this much later).
+pub const LINGER: Duration = Duration::from_millis(250);
 
 /// What the writer tells its supervisor.
 #[derive(Debug)]
@@ -61,6 +73,7 @@ pub enum WriteReport {
 struct Wanted {
     seq: u64,
     status: RemediationRequestStatus,
+    linger: bool,
 }
 
 /// The supervisor's handle on its writer; the task ends with it.
@@ -115,8 +128,15 @@ impl Writer {
     }
 
     /// Wants `status` written as number `seq`; replaces what was wanted.
-    pub fn want(&self, seq: u64, status: RemediationRequestStatus) {
-        self.tx.send_replace(Some(Wanted { seq, status }));
+    /// With `linger`, nothing waits for it: it may wait up to [`LINGER`]
+    /// for a newer status to be written with. The caller never lingers a
+    /// status that replaces an unwritten one something waits for.
+    pub fn want(&self, seq: u64, status: RemediationRequestStatus, linger: bool) {
+        self.tx.send_replace(Some(Wanted {
+            seq,
+            status,
+            linger,
+        }));
     }
 }
 
@@ -142,6 +162,18 @@ async fn run(
         let Some(mut wanted) = rx.borrow_and_update().clone() else {
             continue;
         };
+        if wanted.linger {
+            let until = tokio::time::Instant::now() + LINGER;
+            while wanted.linger {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    changed = rx.changed() => if changed.is_err() { return },
+                }
+                if let Some(newer) = rx.borrow_and_update().clone() {
+                    wanted = newer;
+                }
+            }
+        }
         loop {
             match write(&*requests, &metrics, &mut t, &wanted.status).await {
                 Ok(()) => {
@@ -279,6 +311,12 @@ impl Sup {
         let t = change(&mut next);
         if let Some(t) = &t {
             transitions::enter(&mut next, t, &self.clock())?;
+            if next.phase == Phase::Executing && next.execution.is_none() {
+                // The plan goes with the phase: K-EX-1 wants it recorded
+                // before any step runs, and the workflow starts only once
+                // this write has landed.
+                next.execution = super::stages::execution::plan(&next, &self.spec.target);
+            }
         }
         next.owner = (!self.releasing).then(|| self.ctx.identity.clone());
         self.seq += 1;
@@ -287,9 +325,20 @@ impl Sup {
             None if advance => self.effects.push((self.seq, Effect::Advance)),
             None => {}
         }
-        self.writer.want(self.seq, next.clone());
+        let linger = !self.releasing && !self.effects.iter().any(|(_, e)| e.waits());
+        self.writer.want(self.seq, next.clone(), linger);
         self.desired = Some(next);
         Ok(())
+    }
+
+    /// Something waits for the status wanted last (an acknowledgement, a
+    /// stop): it goes out at once instead of lingering.
+    pub(super) fn wait_for_write(&mut self, effect: Effect) {
+        debug_assert!(effect.waits());
+        self.effects.push((self.seq, effect));
+        if let Some(wanted) = &self.desired {
+            self.writer.want(self.seq, wanted.clone(), false);
+        }
     }
 
     /// Edits the status without a phase change: step edits that arrive
@@ -492,7 +541,61 @@ mod tests {
     }
 
     fn want(tx: &watch::Sender<Option<Wanted>>, seq: u64, status: RemediationRequestStatus) {
-        tx.send_replace(Some(Wanted { seq, status }));
+        tx.send_replace(Some(Wanted {
+            seq,
+            status,
+            linger: false,
+        }));
+    }
+
+    fn linger(tx: &watch::Sender<Option<Wanted>>, seq: u64, status: RemediationRequestStatus) {
+        tx.send_replace(Some(Wanted {
+            seq,
+            status,
+            linger: true,
+        }));
+    }
+
+    /// Processing and Analyzing, wanted one after the other with nothing
+    /// waiting for them, then Executing: one write, of Executing.
+    #[tokio::test(start_paused = true)]
+    async fn lingering_statuses_go_out_with_the_one_that_follows() {
+        let fake = Arc::new(FakeRequests::default());
+        let (tx, mut reports, _task) = writer(fake.clone(), target("rv0"));
+        linger(&tx, 1, status(Phase::Processing));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        linger(&tx, 2, status(Phase::Analyzing));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(fake.applied.lock().unwrap().is_empty(), "still lingering");
+        want(&tx, 3, status(Phase::Executing));
+        let Some(WriteReport::Written { seq, .. }) = reports.recv().await else {
+            panic!("not written")
+        };
+        assert_eq!(seq, 3);
+        let phases: Vec<Phase> = fake
+            .applied
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, _)| s.phase)
+            .collect();
+        assert_eq!(phases, [Phase::Executing]);
+    }
+
+    /// A lingering status with nothing after it is written once the linger
+    /// is over, not held back for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_status_alone_is_written_after_the_linger() {
+        let fake = Arc::new(FakeRequests::default());
+        let (tx, mut reports, _task) = writer(fake.clone(), target("rv0"));
+        let asked = tokio::time::Instant::now();
+        linger(&tx, 1, status(Phase::Analyzing));
+        let Some(WriteReport::Written { seq, .. }) = reports.recv().await else {
+            panic!("not written")
+        };
+        assert_eq!(seq, 1);
+        assert!(asked.elapsed() >= LINGER, "{:?}", asked.elapsed());
+        assert!(asked.elapsed() < LINGER * 2, "{:?}", asked.elapsed());
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,28 +27,12 @@ impl Stage for Execution {
                 Reason::ActionFinished,
                 String::new(),
             )),
+            // Recorded by a replica from before the plan went with the
+            // transition into Executing.
             None => {
-                let exec = ExecutionStatus {
-                    action: analysis.action.clone(),
-                    target: sup.spec.target.clone(),
-                    target_uid: String::new(),
-                    started_at: Time(Timestamp::now()),
-                    finished_at: None,
-                    result: None,
-                    message: String::new(),
-                    steps: analysis
-                        .workflow
-                        .steps
-                        .iter()
-                        .map(|s| StepStatus {
-                            id: s.id.clone(),
-                            action: s.action.clone(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                };
+                let exec = plan(sup.current(), &sup.spec.target);
                 Next::CommitThenAdvance(Box::new(move |s| {
-                    s.execution = Some(exec);
+                    s.execution = exec;
                     None
                 }))
             }
@@ -107,6 +91,34 @@ impl Stage for Execution {
         let now = Timestamp::now();
         Next::commit(move |s| Some(transitions::executed(s, &report, now)))
     }
+}
+
+/// The execution record of the analysis' workflow, every step pending
+/// (`None` before an analysis).
+pub(in crate::supervisor) fn plan(
+    status: &kubernaut_api::RemediationRequestStatus,
+    target: &kubernaut_api::ObjectRef,
+) -> Option<ExecutionStatus> {
+    let analysis = status.analysis.as_ref()?;
+    Some(ExecutionStatus {
+        action: analysis.action.clone(),
+        target: target.clone(),
+        target_uid: String::new(),
+        started_at: Time(Timestamp::now()),
+        finished_at: None,
+        result: None,
+        message: String::new(),
+        steps: analysis
+            .workflow
+            .steps
+            .iter()
+            .map(|s| StepStatus {
+                id: s.id.clone(),
+                action: s.action.clone(),
+                ..Default::default()
+            })
+            .collect(),
+    })
 }
 
 /// Counts the decided action's result.
@@ -169,7 +181,7 @@ impl Sup {
                         );
                     }
                 });
-                self.effects.push((self.seq, Effect::Ack(ack)));
+                self.wait_for_write(Effect::Ack(ack));
                 self.effects
                     .push((self.seq, Effect::Audit(Box::new(record))));
             }

@@ -51,13 +51,13 @@ pub struct Verification;
 
 impl Stage for Verification {
     fn next(&self, sup: &mut Sup) -> Next {
-        let Some(exec) = sup.status.execution.clone() else {
+        let Some(exec) = sup.current().execution.clone() else {
             return Next::Fail(
                 Reason::NoExecutionRecord,
                 "Verifying without an execution record".into(),
             );
         };
-        match sup.status.verification.clone() {
+        match sup.current().verification.clone() {
             None => applied(sup, exec),
             Some(v) if v.outcome.is_none() => {
                 if v.window_ends.0 > Timestamp::now() {
@@ -202,7 +202,7 @@ fn score(sup: &mut Sup, exec: ExecutionStatus, v: VerificationStatus) -> Next {
         .signal_resolution
         .as_ref()
         .is_some_and(|r| r.resolved_at.0 >= exec.started_at.0);
-    let analysis = sup.status.analysis.as_ref();
+    let analysis = sup.current().analysis.as_ref();
     let query = analysis
         .map(|a| a.verify_query.clone())
         .filter(|q| !q.is_empty())
@@ -313,7 +313,7 @@ fn record_outcomes(sup: &Sup, v: &VerificationStatus) {
     };
     let environment = sup.environment();
     let mut actions: Vec<&str> = Vec::new();
-    for s in sup.status.execution.iter().flat_map(|e| &e.steps) {
+    for s in sup.current().execution.iter().flat_map(|e| &e.steps) {
         if wrote(s) && !actions.contains(&s.action.as_str()) {
             actions.push(&s.action);
         }
