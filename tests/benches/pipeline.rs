@@ -15,11 +15,14 @@
 //!
 //! 1. Memory: N requests on N Deployments whose target locks another
 //!    holder has, so every request stays Executing with its whole tree live
-//!    (supervisor, workflow actor, step actor retrying Busy). RSS per live
-//!    tree = (RSS with N trees − RSS before) / N.
+//!    (supervisor, workflow actor, step actor waiting on the Lease watch).
+//!    RSS per live tree = (RSS with N trees − RSS before) / N, and the
+//!    Lease requests the API server served meanwhile.
 //! 2. Throughput, rollout_restart: the locks released, N requests finish
 //!    (real action, verified when the controller-manager observed it).
-//! 3. Throughput, notify_only: N new requests from creation to Completed.
+//! 3. Throughput, notify_only: N new requests from creation to Completed,
+//!    then the API server's own rate of status merge patches on them (the
+//!    limit the mutating run is compared with).
 //!
 //! Mailbox wait p99 per actor kind comes from the control plane's own
 //! histogram (`kubernaut_controller_actor_mailbox_wait_seconds`), over all
@@ -30,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
 use kubernaut_e2e::{
     Stack, control_plane, controller_cluster, create_request, deployments, get, managed_namespace,
@@ -145,6 +148,38 @@ fn mailbox_p99(text: &str) -> BTreeMap<String, (f64, f64)> {
         .collect()
 }
 
+/// Requests to the API server about Leases so far, from its own
+/// `apiserver_request_total` (every client's: the membership renewals too).
+async fn lease_requests(admin: &kube::Client) -> anyhow::Result<f64> {
+    let req = hyper::Request::get("/metrics").body(Vec::new())?;
+    let text = admin.request_text(req).await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("resource=\"leases\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum())
+}
+
+/// The API server's own rate of status merge patches on `requests`, at
+/// the bench's concurrency: the limit a mutating pipeline is measured
+/// against.
+async fn raw_status_patches(
+    api: &Api<RemediationRequest>,
+    names: &[String],
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    futures::stream::iter(names.iter().enumerate())
+        .map(|(i, name)| async move {
+            let patch = json!({"status": {"message": format!("bench patch {i}")}});
+            api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(names.len() as f64 / start.elapsed().as_secs_f64())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args()
@@ -218,8 +253,11 @@ async fn main() -> anyhow::Result<()> {
         p == Phase::Executing
     })
     .await?;
-    // Every step has had its first Busy answer.
+    // Every step is waiting for its lock. What that costs the API server:
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let leases_before = lease_requests(&admin).await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
+    let waiting_leases = lease_requests(&admin).await? - leases_before;
     let text = metrics(&running).await?;
     let held = rss_mib();
     let trees = live(&text, "supervisor");
@@ -239,6 +277,9 @@ async fn main() -> anyhow::Result<()> {
             "  {n} requests created in {:.1} s; all Executing after {:.1} s",
             created.as_secs_f64(),
             start.elapsed().as_secs_f64()
+        );
+        println!(
+            "  waiting for locks held elsewhere: {waiting_leases:.0} Lease requests to the API server in 10 s (membership renewals included)"
         );
         print_mailboxes(&text);
         running.shutdown().await?;
@@ -277,14 +318,30 @@ async fn main() -> anyhow::Result<()> {
 
     let text = metrics(&running).await?;
     let writes_per_request = (patches(&text) - patches_before) / n as f64;
+    let names: Vec<String> = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|rr| rr.spec.signal_name == "BenchNotify")
+        .filter_map(|rr| rr.metadata.name)
+        .collect();
+    let patch_rate = raw_status_patches(&api, &names).await?;
+    let restart_rate = n as f64 / restart_secs;
     println!("pipeline bench, N = {n} (real API server, in-process control plane, 2 cores)");
     println!(
         "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {report_live} live: {:.1} KiB per live tree",
         (held - before) * 1024.0 / trees.max(1.0)
     );
     println!(
-        "  rollout_restart: {n} requests finished {restart_secs:.1} s after their locks were released: {:.0} requests/s; {restart_done:?}",
-        n as f64 / restart_secs
+        "  waiting for locks held elsewhere: {waiting_leases:.0} Lease requests to the API server in 10 s (membership renewals included)"
+    );
+    println!(
+        "  rollout_restart: {n} requests finished {restart_secs:.1} s after their locks were released: {restart_rate:.0} requests/s; {restart_done:?}"
+    );
+    println!(
+        "  raw status merge patches, concurrency {CONCURRENCY}: {patch_rate:.0}/s; rollout_restart at {:.3} x that",
+        restart_rate / patch_rate
     );
     println!(
         "  notify_only: {n} requests created in {:.1} s, all ended {notify_secs:.1} s after the first: {:.0} requests/s, {writes_per_request:.2} status writes per request; {notify_done:?}",

@@ -761,3 +761,45 @@ async fn statefulsets_scale_and_statefulsets_and_daemonsets_restart() -> anyhow:
     );
     Ok(())
 }
+
+/// A step whose target another request has locked waits for the lock to
+/// go, seen through the Lease watch, and then acts: it neither fails Busy
+/// at once nor asks the API server again and again while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_target_is_waited_for_through_the_lease_watch() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?.with_views();
+    assert!(cluster.views_synced(Duration::from_secs(30)).await);
+    let ns = managed_namespace(&admin, "act-wait", "staging").await?;
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    let target = ObjectRef::new("Deployment", &ns, "api");
+    let held = cluster
+        .claim_lease(
+            &kubernaut_cluster::lock_name(&target),
+            "rr-other",
+            Duration::from_secs(300),
+        )
+        .await?
+        .expect("the lock is free");
+    let scale = call(
+        "scale_deployment",
+        json!({"namespace": ns, "name": "api", "replicas": 2}),
+    );
+    let waiting = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.run_action(&scale, &exec_settings("rr-mine")).await }
+    });
+    // Time for a step that did not wait to have failed, or acted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!waiting.is_finished(), "{:?}", waiting.await);
+    assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 1);
+    held.release().await;
+    // Far sooner than the lock's 300 s expiry: the watch saw it go.
+    let out = tokio::time::timeout(Duration::from_secs(60), waiting).await???;
+    assert_eq!(out.changes.len(), 1);
+    assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 2);
+    Ok(())
+}

@@ -10,6 +10,7 @@ mod claims;
 mod events;
 mod health;
 mod known;
+mod leases;
 mod members;
 mod occurrences;
 mod owners;
@@ -127,6 +128,8 @@ pub struct Cluster {
     config: ClusterConfig,
     /// Watch-fed metadata for owner resolution and scope, when started.
     views: Option<Arc<views::Views>>,
+    /// Watch-fed target locks, when started with the views.
+    leases: Option<Arc<leases::Leases>>,
 }
 
 impl Cluster {
@@ -139,6 +142,7 @@ impl Cluster {
             no_retry,
             config,
             views: None,
+            leases: None,
         })
     }
 
@@ -146,15 +150,24 @@ impl Cluster {
     /// now (the gateway's hot path) instead of an API call per object.
     pub fn with_views(mut self) -> Self {
         self.views = Some(Arc::new(views::Views::start(&self.client)));
+        self.leases = Some(Arc::new(leases::Leases::start(
+            &self.client,
+            &self.config.lease_namespace,
+        )));
         self
     }
 
     /// Waits until the reflectors have their first lists (at once without
     /// them); lookups work before that, through API calls.
     pub async fn views_synced(&self, timeout: Duration) -> bool {
-        match &self.views {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let views = match &self.views {
             Some(v) => v.wait_synced(timeout).await,
             None => true,
+        };
+        match &self.leases {
+            Some(l) => views && l.wait_synced(deadline).await,
+            None => views,
         }
     }
 

@@ -280,8 +280,28 @@ pub fn lock_name(target: &ObjectRef) -> String {
 }
 
 impl Cluster {
-    /// Runs `call` with every safety of the module documentation.
+    /// Runs `call` with every safety of the module documentation. When
+    /// another request holds the target's lock, it first waits for the
+    /// lock Leases' watch to see it go: a small future while it waits, the
+    /// action's own (boxed) only once it runs.
     pub async fn run_action(
+        &self,
+        call: &ActionCall,
+        settings: &ExecSettings,
+    ) -> Result<Outcome, ActionError> {
+        if let (Some(leases), Some(target)) = (&self.leases, call.target_of(&settings.holder))
+            && call.kind().writes
+        {
+            // Held by another request: wait for the watch to see it go,
+            // not the API server to be asked again.
+            leases
+                .wait_free(&lock_name(&target), &settings.holder)
+                .await;
+        }
+        Box::pin(self.run_action_now(call, settings)).await
+    }
+
+    async fn run_action_now(
         &self,
         call: &ActionCall,
         settings: &ExecSettings,
