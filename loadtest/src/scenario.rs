@@ -440,12 +440,7 @@ impl Pods {
                             Ok(watcher::Event::Delete(p)) => (p, true),
                             _ => continue,
                         };
-                        let app = pod
-                            .metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get("app").cloned())
-                            .unwrap_or_default();
+                        let app = app_of(&pod);
                         let name = pod.metadata.name.unwrap_or_default();
                         let Ok(mut live) = live.lock() else { return };
                         let pods = live.entry((ns.clone(), app)).or_default();
@@ -766,12 +761,7 @@ async fn world(s: &Scenario, client: &kube::Client, run: &str) -> anyhow::Result
             if list.len() >= want {
                 let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for p in list {
-                    let app = p
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("app").cloned())
-                        .unwrap_or_default();
+                    let app = app_of(&p);
                     by.entry(app)
                         .or_default()
                         .push(p.metadata.name.unwrap_or_default());
@@ -1433,6 +1423,15 @@ impl Report {
         }
         Ok(md)
     }
+}
+
+/// The Deployment a pod of the scenario's world belongs to (its `app` label).
+fn app_of(pod: &k8s_openapi::api::core::v1::Pod) -> String {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app").cloned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -527,8 +527,7 @@ impl Sup {
             return Ok(());
         }
         if self.status.owner.is_some() || self.desired.is_some() {
-            self.commit(|_| None, false)?;
-            self.wait_for_write(Effect::Stop);
+            self.commit_then(|_| None, false, Some(Effect::Stop))?;
             return Ok(());
         }
         tracing::info!("handed over");

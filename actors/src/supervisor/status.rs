@@ -306,6 +306,18 @@ impl Sup {
         change: impl FnOnce(&mut RemediationRequestStatus) -> Option<Transition>,
         advance: bool,
     ) -> Result<(), ActorProcessingErr> {
+        self.commit_then(change, advance, None)
+    }
+
+    /// [`Self::commit`], with `then` happening once the status is written
+    /// (an acknowledgement, a stop): whether the write may linger is
+    /// decided with it.
+    pub(super) fn commit_then(
+        &mut self,
+        change: impl FnOnce(&mut RemediationRequestStatus) -> Option<Transition>,
+        advance: bool,
+        then: Option<Effect>,
+    ) -> Result<(), ActorProcessingErr> {
         let mut next = self.current().clone();
         let from = next.phase;
         let t = change(&mut next);
@@ -325,32 +337,35 @@ impl Sup {
             None if advance => self.effects.push((self.seq, Effect::Advance)),
             None => {}
         }
+        if let Some(then) = then {
+            self.effects.push((self.seq, then));
+        }
         let linger = !self.releasing && !self.effects.iter().any(|(_, e)| e.waits());
         self.writer.want(self.seq, next.clone(), linger);
         self.desired = Some(next);
         Ok(())
     }
 
-    /// Something waits for the status wanted last (an acknowledgement, a
-    /// stop): it goes out at once instead of lingering.
-    pub(super) fn wait_for_write(&mut self, effect: Effect) {
-        debug_assert!(effect.waits());
-        self.effects.push((self.seq, effect));
-        if let Some(wanted) = &self.desired {
-            self.writer.want(self.seq, wanted.clone(), false);
-        }
-    }
-
     /// Edits the status without a phase change: step edits that arrive
     /// together are written together, latest state winning.
     pub(super) fn edit(&mut self, edit: impl FnOnce(&mut RemediationRequestStatus)) {
+        self.edit_then(edit, None);
+    }
+
+    /// [`Self::edit`], with `then` happening once it is written.
+    pub(super) fn edit_then(
+        &mut self,
+        edit: impl FnOnce(&mut RemediationRequestStatus),
+        then: Option<Effect>,
+    ) {
         // Cannot fail: no transition.
-        let _ = self.commit(
+        let _ = self.commit_then(
             |s| {
                 edit(s);
                 None
             },
             false,
+            then,
         );
     }
 

@@ -100,17 +100,16 @@ impl Cluster {
 }
 
 fn expired(lease: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = &lease.spec else {
-        return true;
-    };
-    let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
-        return true;
-    };
+    held_until(lease).is_none_or(|until| until < now)
+}
+
+/// When a Lease expires unless renewed: its last renewal (or acquisition)
+/// plus its duration; `None` when it says neither.
+pub(crate) fn held_until(lease: &Lease) -> Option<Timestamp> {
+    let spec = lease.spec.as_ref()?;
+    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?;
     let secs = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    renewed
-        .0
-        .checked_add(SignedDuration::from_secs(secs))
-        .map_or(true, |until| until < now)
+    renewed.0.checked_add(SignedDuration::from_secs(secs)).ok()
 }
 
 impl LeaseClaim {

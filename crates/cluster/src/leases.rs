@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -38,19 +38,15 @@ fn free_for(
     holder: &str,
     now: Timestamp,
 ) -> Result<(), (String, Timestamp)> {
-    let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
+    let Some((lease, Some(spec))) = lease.map(|l| (l, l.spec.as_ref())) else {
         return Ok(());
     };
     let owner = spec.holder_identity.clone().unwrap_or_default();
     if owner == holder {
         return Ok(());
     }
-    let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
-        return Ok(());
-    };
-    let secs = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    match renewed.0.checked_add(SignedDuration::from_secs(secs)) {
-        Ok(until) if until > now => Err((owner, until)),
+    match crate::claims::held_until(lease) {
+        Some(until) if until > now => Err((owner, until)),
         _ => Ok(()),
     }
 }
@@ -184,6 +180,7 @@ impl Drop for Leave<'_> {
 mod tests {
     use k8s_openapi::api::coordination::v1::LeaseSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::SignedDuration;
 
     use super::*;
 

@@ -168,20 +168,22 @@ impl Sup {
                     let _ = ack.send(());
                     return;
                 }
-                self.edit(|s| {
-                    if let Some(step) = transitions::step_mut(s, &id) {
-                        step.phase = kubernaut_api::StepPhase::Running;
-                        step.target = target;
-                        step.target_uid = uid;
-                        step.target_generation = generation;
-                        step.started_at = Some(
-                            kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                                now,
-                            ),
-                        );
-                    }
-                });
-                self.wait_for_write(Effect::Ack(ack));
+                self.edit_then(
+                    |s| {
+                        if let Some(step) = transitions::step_mut(s, &id) {
+                            step.phase = kubernaut_api::StepPhase::Running;
+                            step.target = target;
+                            step.target_uid = uid;
+                            step.target_generation = generation;
+                            step.started_at = Some(
+                                kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                    now,
+                                ),
+                            );
+                        }
+                    },
+                    Some(Effect::Ack(ack)),
+                );
                 self.effects
                     .push((self.seq, Effect::Audit(Box::new(record))));
             }
