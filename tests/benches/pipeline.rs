@@ -5,7 +5,8 @@
 //!
 //!   cargo bench -p kubernaut-e2e --bench pipeline -- [N] [--memory-only]
 //!
-//! N defaults to 1000; `--memory-only` stops after the first part.
+//! N defaults to 1000; `--memory-only` stops after the first part;
+//! `--notify-only` runs only the third.
 //!
 //!   cargo bench -p kubernaut-e2e --bench pipeline -- N --waiting
 //!
@@ -187,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
         .find_map(|a| a.parse().ok())
         .unwrap_or(1000);
     let memory_only = std::env::args().any(|a| a == "--memory-only");
+    let notify_only = std::env::args().any(|a| a == "--notify-only");
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
     let ns = managed_namespace(&admin, "bench", "staging").await?;
@@ -196,7 +198,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let targets = deployments(&admin, &ns, "svc", n, 0).await?;
     let cluster = controller_cluster(stack).await?;
-    let locks: Vec<_> = futures::stream::iter(&targets)
+    let held_targets = if notify_only {
+        &targets[..0]
+    } else {
+        &targets[..]
+    };
+    let locks: Vec<_> = futures::stream::iter(held_targets)
         .map(|t| {
             let cluster = cluster.clone();
             async move {
@@ -232,6 +239,20 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let api = Api::<RemediationRequest>::namespaced(admin.clone(), &ns);
+    if notify_only {
+        let notify = notify_run(&admin, &api, &running, &targets).await?;
+        println!(
+            "pipeline bench, N = {n}, notify_only (real API server, in-process control plane, 2 cores)"
+        );
+        notify.print(n);
+        println!(
+            "  raw status merge patches, concurrency {CONCURRENCY}: {:.0}/s",
+            notify.patch_rate
+        );
+        print_mailboxes(&notify.metrics);
+        running.shutdown().await?;
+        return cleanup(&admin, &ns).await;
+    }
     let metrics = |running: &kubernaut::Running| {
         let url = format!("http://{}/metrics", running.admin_addr);
         async move { get(&url).await.map(|(_, t)| t) }
@@ -299,34 +320,7 @@ async fn main() -> anyhow::Result<()> {
     let restart_done = phases(&api, "BenchRestart").await?;
 
     // 3. The whole pipeline, creation to Completed.
-    let patches = |text: &str| {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("kubernaut_controller_status_patch_seconds_count ")?
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    };
-    let patches_before = patches(&metrics(&running).await?);
-    let start = Instant::now();
-    create_all(&admin, "BenchNotify", &targets).await?;
-    let notify_created = start.elapsed();
-    let notified = wait_for(&api, "BenchNotify", n, "notified", |p| p.is_terminal()).await?;
-    let notify_secs = notified.duration_since(start).as_secs_f64();
-    let notify_done = phases(&api, "BenchNotify").await?;
-
-    let text = metrics(&running).await?;
-    let writes_per_request = (patches(&text) - patches_before) / n as f64;
-    let names: Vec<String> = api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|rr| rr.spec.signal_name == "BenchNotify")
-        .filter_map(|rr| rr.metadata.name)
-        .collect();
-    let patch_rate = raw_status_patches(&api, &names).await?;
+    let notify = notify_run(&admin, &api, &running, &targets).await?;
     let restart_rate = n as f64 / restart_secs;
     println!("pipeline bench, N = {n} (real API server, in-process control plane, 2 cores)");
     println!(
@@ -340,21 +334,88 @@ async fn main() -> anyhow::Result<()> {
         "  rollout_restart: {n} requests finished {restart_secs:.1} s after their locks were released: {restart_rate:.0} requests/s; {restart_done:?}"
     );
     println!(
-        "  raw status merge patches, concurrency {CONCURRENCY}: {patch_rate:.0}/s; rollout_restart at {:.3} x that",
-        restart_rate / patch_rate
+        "  raw status merge patches, concurrency {CONCURRENCY}: {:.0}/s; rollout_restart at {:.3} x that",
+        notify.patch_rate,
+        restart_rate / notify.patch_rate
     );
-    println!(
-        "  notify_only: {n} requests created in {:.1} s, all ended {notify_secs:.1} s after the first: {:.0} requests/s, {writes_per_request:.2} status writes per request; {notify_done:?}",
-        notify_created.as_secs_f64(),
-        n as f64 / notify_secs
-    );
+    notify.print(n);
     println!(
         "  (creating the {n} held requests took {:.1} s)",
         created.as_secs_f64()
     );
-    print_mailboxes(&text);
+    print_mailboxes(&notify.metrics);
     running.shutdown().await?;
     cleanup(&admin, &ns).await
+}
+
+/// What the notify-only run measured.
+struct Notify {
+    created: Duration,
+    secs: f64,
+    writes_per_request: f64,
+    done: BTreeMap<&'static str, usize>,
+    patch_rate: f64,
+    metrics: String,
+}
+
+/// Part 3: one notify-only request per target, creation to Completed, then
+/// the raw status-patch rate on the same requests.
+async fn notify_run(
+    admin: &kube::Client,
+    api: &Api<RemediationRequest>,
+    running: &kubernaut::Running,
+    targets: &[ObjectRef],
+) -> anyhow::Result<Notify> {
+    let n = targets.len();
+    let url = format!("http://{}/metrics", running.admin_addr);
+    let patches = |text: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("kubernaut_controller_status_patch_seconds_count ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let patches_before = patches(&get(&url).await?.1);
+    let start = Instant::now();
+    create_all(admin, "BenchNotify", targets).await?;
+    let created = start.elapsed();
+    let notified = wait_for(api, "BenchNotify", n, "notified", |p| p.is_terminal()).await?;
+    let secs = notified.duration_since(start).as_secs_f64();
+    let done = phases(api, "BenchNotify").await?;
+    let metrics = get(&url).await?.1;
+    let writes_per_request = (patches(&metrics) - patches_before) / n as f64;
+    let names: Vec<String> = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|rr| rr.spec.signal_name == "BenchNotify")
+        .filter_map(|rr| rr.metadata.name)
+        .collect();
+    let patch_rate = raw_status_patches(api, &names).await?;
+    Ok(Notify {
+        created,
+        secs,
+        writes_per_request,
+        done,
+        patch_rate,
+        metrics,
+    })
+}
+
+impl Notify {
+    fn print(&self, n: usize) {
+        println!(
+            "  notify_only: {n} requests created in {:.1} s, all ended {:.1} s after the first: {:.0} requests/s, {:.2} status writes per request; {:?}",
+            self.created.as_secs_f64(),
+            self.secs,
+            n as f64 / self.secs,
+            self.writes_per_request,
+            self.done
+        );
+    }
 }
 
 /// Deletes the bench's namespace (its thousands of objects would slow the
