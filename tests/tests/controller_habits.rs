@@ -1,6 +1,7 @@
 //! Controller habits on the real stack: the request watch survives an
-//! object its types reject, and every phase transition is a Kubernetes
-//! Event on the request, as `kubectl describe` shows it.
+//! object its types reject, and every phase transition is told by a
+//! Kubernetes Event on the request, as `kubectl describe` shows it (the
+//! transitions written together in one Event).
 
 use std::time::Duration;
 
@@ -55,7 +56,8 @@ async fn a_request_its_types_reject_does_not_stop_the_watch_for_the_others() -> 
 }
 
 #[tokio::test]
-async fn every_phase_transition_is_a_kubernetes_event_on_the_request() -> anyhow::Result<()> {
+async fn every_phase_transition_is_told_by_a_kubernetes_event_on_the_request() -> anyhow::Result<()>
+{
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
     let t = api_target(&admin, "habit-events").await?;
@@ -64,33 +66,47 @@ async fn every_phase_transition_is_a_kubernetes_event_on_the_request() -> anyhow
     let rr = terminal_request(&admin, &t.namespace, &name, TIMEOUT).await?;
     assert_eq!(rr.phase(), Phase::Completed);
     let events: Api<Event> = Api::namespaced(admin.clone(), &t.namespace);
-    let want = [
-        "Started",
-        "Enriched",
-        "ActionChosen",
-        "ActionFinished",
-        "NothingChanged",
-    ];
-    let reasons = eventually("an Event per transition", TIMEOUT, || async {
-        let mut reasons: Vec<String> = events
+    let path = "Pending -> Processing -> Analyzing -> Executing -> Verifying -> Completed";
+    let told = eventually("Events telling every transition", TIMEOUT, || async {
+        let mut told: Vec<Event> = events
             .list(&ListParams::default())
             .await?
             .items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
-            .filter_map(|e| e.reason)
             .collect();
-        reasons.sort();
-        Ok(want
-            .iter()
-            .all(|w| reasons.iter().any(|r| r == w))
-            .then_some(reasons))
+        told.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        // Each Event's path starts where the one before ended.
+        let mut walked = String::from("Pending");
+        for e in &told {
+            let note = e.note.as_deref().unwrap_or_default();
+            let hops = note.split(';').next().unwrap_or_default();
+            let Some(rest) = hops.strip_prefix(walked.rsplit(" -> ").next().unwrap_or_default())
+            else {
+                anyhow::bail!(
+                    "an Event that does not follow the last one: {note:?} after {walked:?}"
+                );
+            };
+            walked.push_str(rest);
+        }
+        Ok((walked == path).then_some(told))
     })
     .await?;
+    let last = told.last().expect("at least one Event");
+    assert_eq!(last.reason.as_deref(), Some("NothingChanged"));
+    assert_eq!(last.type_.as_deref(), Some("Normal"));
     assert_eq!(
-        reasons.len(),
-        want.len(),
-        "one Event per transition: {reasons:?}"
+        last.reporting_controller.as_deref(),
+        Some("kubernaut-controller")
+    );
+    // One per status write that changed the phase, not one per transition:
+    // this control plane wrote nothing else.
+    let writes = metric(&running, "kubernaut_controller_status_patch_seconds_count").await?;
+    assert!(
+        (told.len() as f64) <= writes && told.len() < 5,
+        "{} Events for {writes} status writes: {:?}",
+        told.len(),
+        told.iter().map(|e| &e.note).collect::<Vec<_>>()
     );
     running.shutdown().await
 }

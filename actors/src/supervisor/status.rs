@@ -82,6 +82,16 @@ pub struct Writer {
     _task: Task,
 }
 
+/// Empties the writer's slot if it holds status `seq` or an older one.
+fn let_go(tx: &watch::Sender<Option<Wanted>>, seq: u64) {
+    tx.send_if_modified(|w| {
+        if w.as_ref().is_some_and(|w| w.seq <= seq) {
+            *w = None;
+        }
+        false
+    });
+}
+
 /// What the writer needs to know of the request.
 pub struct Target {
     pub key: RequestKey,
@@ -125,6 +135,13 @@ impl Writer {
         };
         let task = Task::spawn(run(requests, metrics, target, rx, report).instrument(span));
         Self { tx, _task: task }
+    }
+
+    /// Status `seq` is written: the writer's copy of it goes (a live
+    /// request would otherwise hold its status twice, for its whole life).
+    /// A newer wanted status stays; the writer is not woken.
+    pub fn written(&self, seq: u64) {
+        let_go(&self.tx, seq);
     }
 
     /// Wants `status` written as number `seq`; replaces what was wanted.
@@ -388,6 +405,7 @@ impl Sup {
     ) -> Result<(), ActorProcessingErr> {
         match report {
             WriteReport::Written { seq, status, .. } => {
+                self.writer.written(seq);
                 self.status = *status;
                 if seq >= self.seq {
                     self.desired = None;
@@ -398,6 +416,7 @@ impl Sup {
                     .partition(|(s, _)| *s <= seq);
                 self.effects = later;
                 let (mut advance, mut stop) = (false, false);
+                let mut entered = Vec::new();
                 for (_, effect) in due {
                     match effect {
                         Effect::Ack(ack) => {
@@ -407,11 +426,15 @@ impl Sup {
                         Effect::Notify(n) => self.ctx.notifier.send(*n),
                         Effect::Entered { from, t } => {
                             self.entered(from, &t);
+                            entered.push((from, t));
                             advance = true;
                         }
                         Effect::Advance => advance = true,
                         Effect::Stop => stop = true,
                     }
+                }
+                if let Some((reason, note, warning)) = transitions_event(&entered) {
+                    self.event(warning, reason, note, "Transition");
                 }
                 self.arm();
                 if stop {
@@ -473,12 +496,12 @@ impl Sup {
             serde_json::json!({ "message": t.message, "replica": self.ctx.identity }),
         );
         self.counted.set(to);
-        let message = if t.message.is_empty() {
-            format!("{from} -> {to}")
-        } else {
-            format!("{from} -> {to}: {}", t.message)
-        };
         if to == Phase::Failed {
+            let message = if t.message.is_empty() {
+                format!("{from} -> {to}")
+            } else {
+                format!("{from} -> {to}: {}", t.message)
+            };
             // A failure is an escalation (K-NT-1), whatever failed. Where a
             // stage already told people (an ineffective fix, an expired
             // approval), the notifier's repeat suppression keeps it to one
@@ -489,18 +512,69 @@ impl Sup {
                 serde_json::json!({"message": message, "reason": t.reason.as_str()}),
             );
         }
-        self.event(
-            matches!(to, Phase::Failed | Phase::TimedOut),
-            t.reason.as_str(),
-            message,
-            "Transition",
-        );
     }
+}
+
+/// The one Event for the transitions a status write recorded (people care
+/// about where a request went and why, not about each write's steps): the
+/// last transition's reason, and the path with every message.
+fn transitions_event(entered: &[(Phase, Transition)]) -> Option<(&'static str, String, bool)> {
+    let (first, last) = (entered.first()?, entered.last()?);
+    let mut note = first.0.to_string();
+    for (_, t) in entered {
+        note.push_str(" -> ");
+        note.push_str(t.to.as_str());
+    }
+    for (_, t) in entered.iter().filter(|(_, t)| !t.message.is_empty()) {
+        note.push_str("; ");
+        note.push_str(t.to.as_str());
+        note.push_str(": ");
+        note.push_str(&t.message);
+    }
+    let warning = entered
+        .iter()
+        .any(|(_, t)| matches!(t.to, Phase::Failed | Phase::TimedOut));
+    Some((last.1.reason.as_str(), note, warning))
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    #[test]
+    fn the_transitions_written_together_are_one_event() {
+        let t = |to, reason, message: &str| Transition::new(to, reason, message.to_string());
+        let written = [
+            (Phase::Pending, t(Phase::Processing, Reason::Started, "")),
+            (Phase::Processing, t(Phase::Analyzing, Reason::Enriched, "")),
+            (
+                Phase::Analyzing,
+                t(
+                    Phase::Executing,
+                    Reason::ActionChosen,
+                    "rule chose notify_only",
+                ),
+            ),
+        ];
+        let (reason, note, warning) = super::transitions_event(&written).unwrap();
+        assert_eq!(reason, Reason::ActionChosen.as_str());
+        assert_eq!(
+            note,
+            "Pending -> Processing -> Analyzing -> Executing; Executing: rule chose notify_only"
+        );
+        assert!(!warning);
+        let failed = [(
+            Phase::Executing,
+            t(Phase::Failed, Reason::StatusRejected, "refused"),
+        )];
+        let (_, note, warning) = super::transitions_event(&failed).unwrap();
+        assert_eq!(note, "Executing -> Failed; Failed: refused");
+        assert!(warning, "a failure is a Warning");
+        assert!(
+            super::transitions_event(&[]).is_none(),
+            "no transition, no Event"
+        );
+    }
 
     use kubernaut_api::{Phase, RemediationRequest};
     use tokio::sync::mpsc;
@@ -611,6 +685,31 @@ mod tests {
         assert_eq!(seq, 1);
         assert!(asked.elapsed() >= LINGER, "{:?}", asked.elapsed());
         assert!(asked.elapsed() < LINGER * 2, "{:?}", asked.elapsed());
+    }
+
+    /// Once written, the writer holds no copy of the status; a newer one
+    /// still to be written stays.
+    #[tokio::test(start_paused = true)]
+    async fn a_written_status_is_not_kept_twice() {
+        let fake = Arc::new(FakeRequests::default());
+        let (tx, mut reports, _task) = writer(fake.clone(), target("rv0"));
+        want(&tx, 1, status(Phase::Processing));
+        let Some(WriteReport::Written { seq: 1, .. }) = reports.recv().await else {
+            panic!("not written")
+        };
+        linger(&tx, 2, status(Phase::Analyzing));
+        let_go(&tx, 1);
+        assert_eq!(tx.borrow().as_ref().map(|w| w.seq), Some(2), "newer stays");
+        let Some(WriteReport::Written { seq: 2, .. }) = reports.recv().await else {
+            panic!("not written")
+        };
+        let_go(&tx, 2);
+        assert!(tx.borrow().is_none());
+        want(&tx, 3, status(Phase::Executing));
+        assert!(matches!(
+            reports.recv().await,
+            Some(WriteReport::Written { seq: 3, .. })
+        ));
     }
 
     #[tokio::test(start_paused = true)]
