@@ -34,6 +34,12 @@ if [ "${PIPELINE:-}" != reuse ]; then
       }
     }
     /waiting for locks held elsewhere/ { for (i = 1; i <= NF; i++) if ($i == "Lease") printf "waiting_leases=%s\n", $(i - 1) }
+    /raw pipeline/ {
+      for (i = 1; i <= NF; i++) {
+        if ($i == "requests/s;") printf "raw_pipeline=%s\n", $(i - 1)
+        if ($i == "x") printf "notify_ratio=%s\n", $(i - 1)
+      }
+    }
     /notify_only:/ {
       for (i = 1; i <= NF; i++) {
         if ($i == "requests/s,") printf "notify_rate=%s\n", $(i - 1)

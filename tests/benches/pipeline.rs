@@ -1,7 +1,7 @@
 //! The supervision tree under load, on the real local stack: N requests
-//! driven concurrently through the actor pipeline of an in-process control
-//! plane, every cluster call going to the real API server. It prints
-//! figures; it asserts nothing.
+//! driven concurrently through the actor pipeline of a control plane (the
+//! release binary, as its own process, as in a pod), every cluster call
+//! going to the real API server. It prints figures; it asserts nothing.
 //!
 //!   cargo bench -p kubernaut-e2e --bench pipeline -- [N] [--memory-only]
 //!
@@ -17,13 +17,17 @@
 //! 1. Memory: N requests on N Deployments whose target locks another
 //!    holder has, so every request stays Executing with its whole tree live
 //!    (supervisor, workflow actor, step actor waiting on the Lease watch).
-//!    RSS per live tree = (RSS with N trees − RSS before) / N, and the
+//!    RSS per live tree = (the control plane's RSS with N trees − before) / N, and the
 //!    Lease requests the API server served meanwhile.
 //! 2. Throughput, rollout_restart: the locks released, N requests finish
 //!    (real action, verified when the controller-manager observed it).
 //! 3. Throughput, notify_only: N new requests from creation to Completed,
 //!    then the API server's own rate of status merge patches on them (the
 //!    limit the mutating run is compared with).
+//!
+//! Before the control plane starts, the API server's own rate for what a
+//! notify-only request costs it (created, two status writes, two Events),
+//! with no controller: the limit the notify-only run is compared with.
 //!
 //! Mailbox wait p99 per actor kind comes from the control plane's own
 //! histogram (`kubernaut_controller_actor_mailbox_wait_seconds`), over all
@@ -34,23 +38,15 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
 use kubernaut_e2e::{
-    Stack, control_plane, controller_cluster, create_request, deployments, get, managed_namespace,
+    ControllerProcess, Stack, controller_cluster, create_request, deployments, get,
+    kubernaut_release_binary, managed_namespace,
 };
 use serde_json::json;
 
 const CONCURRENCY: usize = 16;
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 /// Requests of `signal` in `ns` by phase.
 async fn phases(
@@ -228,9 +224,14 @@ async fn main() -> anyhow::Result<()> {
         }]},
         {"signal": "BenchNotify", "action": "notify_only"}
     ]);
-    let running = control_plane(
+    // Before any control plane runs, so that nothing else loads the API server.
+    let (raw_rate, raw_ns) = raw_pipeline(&admin, &targets).await?;
+    eprintln!("  raw: {raw_rate:.0} requests/s");
+    let running = ControllerProcess::start_binary(
+        kubernaut_release_binary()?,
         stack,
         &ns,
+        "bench",
         &[
             ("CONTROLLER__VERIFY_TIMEOUT_SECONDS", "1800"),
             ("CONTROLLER__TIMEOUTS__EXECUTING_SECONDS", "3600"),
@@ -242,18 +243,20 @@ async fn main() -> anyhow::Result<()> {
     if notify_only {
         let notify = notify_run(&admin, &api, &running, &targets).await?;
         println!(
-            "pipeline bench, N = {n}, notify_only (real API server, in-process control plane, 2 cores)"
+            "pipeline bench, N = {n}, notify_only (real API server, the control plane's release binary as its own process, 2 cores)"
         );
         notify.print(n);
+        notify.print_limits(n, raw_rate);
         println!(
             "  raw status merge patches, concurrency {CONCURRENCY}: {:.0}/s",
             notify.patch_rate
         );
         print_mailboxes(&notify.metrics);
-        running.shutdown().await?;
+        drop(running);
+        cleanup(&admin, &raw_ns).await?;
         return cleanup(&admin, &ns).await;
     }
-    let metrics = |running: &kubernaut::Running| {
+    let metrics = |running: &ControllerProcess| {
         let url = format!("http://{}/metrics", running.admin_addr);
         async move { get(&url).await.map(|(_, t)| t) }
     };
@@ -266,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. Memory with N live trees.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = rss_mib();
+    let before = running.rss_kib()? / 1024.0;
     let start = Instant::now();
     create_all(&admin, "BenchRestart", &targets).await?;
     let created = start.elapsed();
@@ -280,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let waiting_leases = lease_requests(&admin).await? - leases_before;
     let text = metrics(&running).await?;
-    let held = rss_mib();
+    let held = running.rss_kib()? / 1024.0;
     let trees = live(&text, "supervisor");
     let report_live = format!(
         "supervisors {trees}, workflows {}, steps {}",
@@ -289,7 +292,9 @@ async fn main() -> anyhow::Result<()> {
     );
 
     if memory_only {
-        println!("pipeline bench, N = {n} (real API server, in-process control plane, 2 cores)");
+        println!(
+            "pipeline bench, N = {n} (real API server, the control plane's release binary as its own process, 2 cores)"
+        );
         println!(
             "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {report_live} live: {:.1} KiB per live tree",
             (held - before) * 1024.0 / trees.max(1.0)
@@ -303,7 +308,7 @@ async fn main() -> anyhow::Result<()> {
             "  waiting for locks held elsewhere: {waiting_leases:.0} Lease requests to the API server in 10 s (membership renewals included)"
         );
         print_mailboxes(&text);
-        running.shutdown().await?;
+        drop(running);
         futures::stream::iter(locks)
             .for_each_concurrent(CONCURRENCY, |claim| claim.release())
             .await;
@@ -322,7 +327,9 @@ async fn main() -> anyhow::Result<()> {
     // 3. The whole pipeline, creation to Completed.
     let notify = notify_run(&admin, &api, &running, &targets).await?;
     let restart_rate = n as f64 / restart_secs;
-    println!("pipeline bench, N = {n} (real API server, in-process control plane, 2 cores)");
+    println!(
+        "pipeline bench, N = {n} (real API server, the control plane's release binary as its own process, 2 cores)"
+    );
     println!(
         "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {report_live} live: {:.1} KiB per live tree",
         (held - before) * 1024.0 / trees.max(1.0)
@@ -339,13 +346,60 @@ async fn main() -> anyhow::Result<()> {
         restart_rate / notify.patch_rate
     );
     notify.print(n);
+    notify.print_limits(n, raw_rate);
     println!(
         "  (creating the {n} held requests took {:.1} s)",
         created.as_secs_f64()
     );
     print_mailboxes(&notify.metrics);
-    running.shutdown().await?;
+    drop(running);
+    cleanup(&admin, &raw_ns).await?;
     cleanup(&admin, &ns).await
+}
+
+/// The API server's own rate for what a notify-only request costs it, at
+/// the bench's concurrency and without a controller: the request created,
+/// two status writes (merge patches, smaller than the pipeline's applies)
+/// and two Events. Done in a namespace of its own, which no control plane
+/// watches; `targets` only name the requests' targets.
+async fn raw_pipeline(
+    admin: &kube::Client,
+    targets: &[ObjectRef],
+) -> anyhow::Result<(f64, String)> {
+    use k8s_openapi::api::events::v1::Event;
+    let ns = managed_namespace(admin, "bench-raw", "staging").await?;
+    let api = Api::<RemediationRequest>::namespaced(admin.clone(), &ns);
+    let events = Api::<Event>::namespaced(admin.clone(), &ns);
+    let start = Instant::now();
+    futures::stream::iter(targets.iter().enumerate())
+        .map(|(i, t)| {
+            let (api, events, ns) = (api.clone(), events.clone(), ns.clone());
+            async move {
+                let mut t = t.clone();
+                t.namespace = ns.clone();
+                let name = create_request(admin, "BenchRaw", &t, false).await?;
+                for (phase, reason) in [("Executing", "ActionChosen"), ("Completed", "NothingChanged")] {
+                    let patch = json!({"status": {"phase": phase, "message": format!("raw {i}")}});
+                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
+                    let event: Event = serde_json::from_value(json!({
+                        "metadata": {"name": format!("{name}.{reason}").to_lowercase(), "namespace": ns},
+                        "regarding": {"apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+                                      "namespace": ns, "name": name},
+                        "eventTime": "2026-01-01T00:00:00.000000Z",
+                        "type": "Normal", "reason": reason, "action": "Transition",
+                        "note": format!("raw {i} {phase}"),
+                        "reportingController": "bench", "reportingInstance": "bench",
+                    }))?;
+                    events.create(&PostParams::default(), &event).await?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok((targets.len() as f64 / start.elapsed().as_secs_f64(), ns))
 }
 
 /// What the notify-only run measured.
@@ -363,7 +417,7 @@ struct Notify {
 async fn notify_run(
     admin: &kube::Client,
     api: &Api<RemediationRequest>,
-    running: &kubernaut::Running,
+    running: &ControllerProcess,
     targets: &[ObjectRef],
 ) -> anyhow::Result<Notify> {
     let n = targets.len();
@@ -406,6 +460,14 @@ async fn notify_run(
 }
 
 impl Notify {
+    /// The API server's own rates, measured in the same run.
+    fn print_limits(&self, n: usize, raw_rate: f64) {
+        println!(
+            "  raw pipeline (create, two status patches, two Events per request), concurrency {CONCURRENCY}: {raw_rate:.0} requests/s; notify_only at {:.3} x that",
+            n as f64 / self.secs / raw_rate
+        );
+    }
+
     fn print(&self, n: usize) {
         println!(
             "  notify_only: {n} requests created in {:.1} s, all ended {:.1} s after the first: {:.0} requests/s, {:.2} status writes per request; {:?}",
@@ -430,16 +492,18 @@ async fn cleanup(admin: &kube::Client, ns: &str) -> anyhow::Result<()> {
 /// N storm requests, each waiting for approval with its supervisor live.
 async fn waiting(stack: &Stack, admin: &kube::Client, ns: &str, n: usize) -> anyhow::Result<()> {
     let target = deployments(admin, ns, "svc", 1, 0).await?;
-    let running = control_plane(
+    let running = ControllerProcess::start_binary(
+        kubernaut_release_binary()?,
         stack,
         ns,
+        "bench",
         &[("CONTROLLER__TIMEOUTS__APPROVAL_SECONDS", "3600")],
         json!([]),
     )
     .await?;
     let api = Api::<RemediationRequest>::namespaced(admin.clone(), ns);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = rss_mib();
+    let before = running.rss_kib()? / 1024.0;
     let start = Instant::now();
     futures::stream::iter(0..n)
         .map(|_| create_request(admin, "BenchStorm", &target[0], true))
@@ -454,14 +518,14 @@ async fn waiting(stack: &Stack, admin: &kube::Client, ns: &str, n: usize) -> any
     let waited = start.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (_, text) = get(&format!("http://{}/metrics", running.admin_addr)).await?;
-    let held = rss_mib();
+    let held = running.rss_kib()? / 1024.0;
     let sample = "kubernaut_controller_actors_live{actor=\"supervisor\"} ";
     let live = text
         .lines()
         .find_map(|l| l.strip_prefix(sample)?.parse::<f64>().ok())
         .unwrap_or(0.0);
     println!(
-        "pipeline bench, N = {n} waiting requests (real API server, in-process control plane, 2 cores)"
+        "pipeline bench, N = {n} waiting requests (real API server, the control plane's release binary as its own process, 2 cores)"
     );
     println!(
         "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {live} live supervisors: {:.1} KiB per live supervisor",
@@ -474,7 +538,7 @@ async fn waiting(stack: &Stack, admin: &kube::Client, ns: &str, n: usize) -> any
         n as f64 / waited.as_secs_f64()
     );
     print_mailboxes(&text);
-    running.shutdown().await?;
+    drop(running);
     cleanup(admin, ns).await
 }
 

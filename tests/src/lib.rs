@@ -1539,24 +1539,40 @@ pub async fn metric(running: &kubernaut::Running, sample: &str) -> anyhow::Resul
 pub fn kubernaut_binary() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| repo_root().join("target"));
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "kubernaut", "--bin", "kubernaut"])
-                .env("CARGO_TARGET_DIR", &target)
-                .current_dir(repo_root())
-                .status()
-                .map_err(|e| format!("running cargo build: {e}"))?;
-            if !status.success() {
-                return Err(format!("cargo build -p kubernaut failed with {status}"));
-            }
-            Ok(target.join("debug").join("kubernaut"))
-        })
+        .get_or_init(|| build_kubernaut(false))
         .clone()
         .map_err(anyhow::Error::msg)
+}
+
+/// [`kubernaut_binary`] as released (optimised): what benchmarks measure.
+pub fn kubernaut_release_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_kubernaut(true))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_kubernaut(release: bool) -> Result<PathBuf, String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut args = vec!["build", "-q", "-p", "kubernaut", "--bin", "kubernaut"];
+    if release {
+        args.push("--release");
+    }
+    let status = Command::new(cargo)
+        .args(&args)
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(repo_root())
+        .status()
+        .map_err(|e| format!("running cargo build: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build -p kubernaut failed with {status}"));
+    }
+    let profile = if release { "release" } else { "debug" };
+    Ok(target.join(profile).join("kubernaut"))
 }
 
 /// A control plane as its own OS process (`kubernaut serve`), as it runs
@@ -1585,7 +1601,18 @@ impl ControllerProcess {
         overrides: &[(&str, &str)],
         rules: serde_json::Value,
     ) -> anyhow::Result<Self> {
-        let binary = kubernaut_binary()?;
+        Self::start_binary(kubernaut_binary()?, stack, ns, pod, overrides, rules).await
+    }
+
+    /// [`Self::start`] with `binary` (a release build, say).
+    pub async fn start_binary(
+        binary: PathBuf,
+        stack: &Stack,
+        ns: &str,
+        pod: &str,
+        overrides: &[(&str, &str)],
+        rules: serde_json::Value,
+    ) -> anyhow::Result<Self> {
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = std::env::temp_dir().join(unique(&format!("kubernaut-{pod}")) + ".log");
@@ -1634,6 +1661,16 @@ impl ControllerProcess {
             process.kill9();
             bail!("{problem}\n--- {pod}'s log ---\n{}", process.tail());
         }
+    }
+
+    /// The process's resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
     }
 
     /// SIGKILL: no shutdown, no hand-over, no Lease release.
