@@ -151,7 +151,7 @@ up() {
       --service-account-key-file "$S/pki/sa.pub" --service-account-signing-key-file "$S/pki/sa.key" \
       --service-account-issuer https://kubernetes.default.svc \
       --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
-      --allow-privileged=true --profiling=false --feature-gates "$FEATURE_GATES" \
+      --allow-privileged=true --profiling=true --feature-gates "$FEATURE_GATES" \
       > "$S/kube-apiserver.log" 2>&1 9>&- &
     echo $! > "$S/kube-apiserver.pid"
     wait_for kube-apiserver 90 curl -sf --cacert "$S/pki/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \

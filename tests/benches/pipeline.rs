@@ -48,6 +48,52 @@ use serde_json::json;
 
 const CONCURRENCY: usize = 16;
 
+/// Waits until the Deployment controller has caught up with `n` new
+/// Deployments in `ns` (each observed, with its ReplicaSet): its work on
+/// them (ReplicaSets, their status, Events) would otherwise load the API
+/// server during what is measured next.
+async fn settle(admin: &kube::Client, ns: &str, n: usize) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), ns);
+    let sets = Api::<ReplicaSet>::namespaced(admin.clone(), ns);
+    let start = Instant::now();
+    loop {
+        let observed = deployments
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|d| {
+                d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+            })
+            .count();
+        let with_sets = sets.list(&ListParams::default()).await?.items.len();
+        if observed >= n && with_sets >= n {
+            // The last status writes and Events of the controller.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!(
+                "the Deployment controller did not catch up: {observed} observed, {with_sets} ReplicaSets of {n}"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The control plane's status writes so far, from its `/metrics`.
+fn patch_count(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("kubernaut_controller_status_patch_seconds_count ")?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 /// Requests of `signal` in `ns` by phase.
 async fn phases(
     api: &Api<RemediationRequest>,
@@ -215,7 +261,10 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .collect();
-    eprintln!("  {n} deployments and their target locks are ready");
+    settle(&admin, &ns, n).await?;
+    eprintln!(
+        "  {n} deployments (observed, with their ReplicaSets) and their target locks are ready"
+    );
 
     let rules = json!([
         {"signal": "BenchRestart", "workflow": [{
@@ -422,16 +471,7 @@ async fn notify_run(
 ) -> anyhow::Result<Notify> {
     let n = targets.len();
     let url = format!("http://{}/metrics", running.admin_addr);
-    let patches = |text: &str| {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("kubernaut_controller_status_patch_seconds_count ")?
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    };
-    let patches_before = patches(&get(&url).await?.1);
+    let patches_before = patch_count(&get(&url).await?.1);
     let start = Instant::now();
     create_all(admin, "BenchNotify", targets).await?;
     let created = start.elapsed();
@@ -439,7 +479,7 @@ async fn notify_run(
     let secs = notified.duration_since(start).as_secs_f64();
     let done = phases(api, "BenchNotify").await?;
     let metrics = get(&url).await?.1;
-    let writes_per_request = (patches(&metrics) - patches_before) / n as f64;
+    let writes_per_request = (patch_count(&metrics) - patches_before) / n as f64;
     let names: Vec<String> = api
         .list(&ListParams::default())
         .await?
@@ -532,8 +572,9 @@ async fn waiting(stack: &Stack, admin: &kube::Client, ns: &str, n: usize) -> any
         (held - before) * 1024.0 / live.max(1.0)
     );
     println!(
-        "  {n} requests created in {:.1} s; all AwaitingApproval (4 status writes each) after {:.1} s: {:.0} requests/s",
+        "  {n} requests created in {:.1} s; all AwaitingApproval ({:.2} status writes each) after {:.1} s: {:.0} requests/s",
         created.as_secs_f64(),
+        patch_count(&text) / n as f64,
         waited.as_secs_f64(),
         n as f64 / waited.as_secs_f64()
     );
