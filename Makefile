@@ -14,7 +14,7 @@ test: toolchain stack lint image
 	cargo build -p kubernaut --bin kubernaut
 	cargo nextest run --workspace --no-fail-fast
 
-## Every performance figure, measured here, into docs/performance.md (~15 min).
+## Every performance figure, measured here, into docs/performance.md (~35 min).
 bench: toolchain stack
 	bash loadtest/bench.sh
 

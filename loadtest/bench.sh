@@ -2,7 +2,7 @@
 # `make bench`: measures every figure of docs/performance.md on this machine
 # against the local stack, then writes the document from them (and copies
 # the runner's plots next to it). A benchmark, not a test: it takes about
-# fifteen minutes and fails only when a run's outcome counts are wrong.
+# thirty-five minutes and fails only when a run's outcome counts are wrong.
 #
 #   loadtest/bench-gateway.sh    the gateway's paths, storm, replicas
 #   benches/pipeline.rs          the actor pipeline (PIPELINE_N requests)
@@ -262,6 +262,8 @@ $(cat "$BENCH_OUT/calls.md")
 The status writes (\`APPLY remediationrequests/status\`) and the reads of
 the target during verification are Kubernaut's to cut next; the rollout's
 own work (ReplicaSets, pods, their status and events) is the cluster's.
+(\`POST events\` counts the cluster's Events and Kubernaut's: one per
+status write that changes the phase.)
 
 ## Scaling
 
@@ -285,8 +287,9 @@ re-sends every group interval), which cost no API call until a batch of
 them is written: one status PATCH per open request per API round trip,
 however many arrive. Say 1% are new incidents: 100 creates/s, plus the
 duplicate batches of (at most) every open request, plus the pipeline's
-own calls per request (the table above: today five to seven status writes
-and a few reads of the target).
+own calls per request (above: two status writes, two Events and one read
+for a notify-only request; a rollout adds its action, the reads of its
+verification and the cluster's own work).
 
 - **Replicas**: at the rate measured here, one replica's gateway answers
   several thousand duplicates per second on a share of two cores; three
