@@ -68,9 +68,12 @@ YAML
   echo "the pods of $1 did not all appear" >&2; exit 1
 }
 # pods NS FROM COUNT: comma-separated pod names, a slice of the namespace's.
+# Pods $2+1 .. $2+$3 of $1 by name, comma-separated. awk reads all its
+# input: with `tail | head`, head's early exit could kill tail with SIGPIPE,
+# which pipefail turns into a failed run.
 pods() {
   kubectl -n "$1" get pods -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' \
-    | sort | tail -n +"$(($2 + 1))" | head -n "$3" | paste -sd, -
+    | sort | awk -v from="$2" -v n="$3" 'NR > from && NR <= from + n' | paste -sd, -
 }
 
 RUN=$(date +%s)
