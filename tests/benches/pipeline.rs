@@ -47,6 +47,9 @@ use kubernaut_e2e::{
 use serde_json::json;
 
 const CONCURRENCY: usize = 16;
+/// What every report runs on.
+const SETUP: &str =
+    "real API server, the control plane's release binary as its own process, 2 cores";
 
 /// Waits until the Deployment controller has caught up with `n` new
 /// Deployments in `ns` (each observed, with its ReplicaSet): its work on
@@ -291,9 +294,7 @@ async fn main() -> anyhow::Result<()> {
     let api = Api::<RemediationRequest>::namespaced(admin.clone(), &ns);
     if notify_only {
         let notify = notify_run(&admin, &api, &running, &targets).await?;
-        println!(
-            "pipeline bench, N = {n}, notify_only (real API server, the control plane's release binary as its own process, 2 cores)"
-        );
+        println!("pipeline bench, N = {n}, notify_only ({SETUP})");
         notify.print(n);
         notify.print_limits(n, raw_rate);
         println!(
@@ -341,9 +342,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     if memory_only {
-        println!(
-            "pipeline bench, N = {n} (real API server, the control plane's release binary as its own process, 2 cores)"
-        );
+        println!("pipeline bench, N = {n} ({SETUP})");
         println!(
             "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {report_live} live: {:.1} KiB per live tree",
             (held - before) * 1024.0 / trees.max(1.0)
@@ -376,9 +375,7 @@ async fn main() -> anyhow::Result<()> {
     // 3. The whole pipeline, creation to Completed.
     let notify = notify_run(&admin, &api, &running, &targets).await?;
     let restart_rate = n as f64 / restart_secs;
-    println!(
-        "pipeline bench, N = {n} (real API server, the control plane's release binary as its own process, 2 cores)"
-    );
+    println!("pipeline bench, N = {n} ({SETUP})");
     println!(
         "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {report_live} live: {:.1} KiB per live tree",
         (held - before) * 1024.0 / trees.max(1.0)
@@ -564,9 +561,7 @@ async fn waiting(stack: &Stack, admin: &kube::Client, ns: &str, n: usize) -> any
         .lines()
         .find_map(|l| l.strip_prefix(sample)?.parse::<f64>().ok())
         .unwrap_or(0.0);
-    println!(
-        "pipeline bench, N = {n} waiting requests (real API server, the control plane's release binary as its own process, 2 cores)"
-    );
+    println!("pipeline bench, N = {n} waiting requests ({SETUP})");
     println!(
         "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {live} live supervisors: {:.1} KiB per live supervisor",
         (held - before) * 1024.0 / live.max(1.0)

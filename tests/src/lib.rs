@@ -1537,18 +1537,18 @@ pub async fn metric(running: &kubernaut::Running, sample: &str) -> anyhow::Resul
 /// The `kubernaut` binary, built (or found up to date) once per test
 /// process in the workspace's target dir.
 pub fn kubernaut_binary() -> anyhow::Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| build_kubernaut(false))
-        .clone()
-        .map_err(anyhow::Error::msg)
+    built_kubernaut(false)
 }
 
 /// [`kubernaut_binary`] as released (optimised): what benchmarks measure.
 pub fn kubernaut_release_binary() -> anyhow::Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| build_kubernaut(true))
+    built_kubernaut(true)
+}
+
+fn built_kubernaut(release: bool) -> anyhow::Result<PathBuf> {
+    static BUILT: [OnceLock<Result<PathBuf, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    BUILT[usize::from(release)]
+        .get_or_init(|| build_kubernaut(release))
         .clone()
         .map_err(anyhow::Error::msg)
 }

@@ -541,6 +541,12 @@ fn transitions_event(entered: &[(Phase, Transition)]) -> Option<(&'static str, S
 mod tests {
     use std::sync::Arc;
 
+    use kubernaut_api::{Phase, RemediationRequest};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::ports::doubles::{FakeRequests, api_error, request};
+
     #[test]
     fn the_transitions_written_together_are_one_event() {
         let t = |to, reason, message: &str| Transition::new(to, reason, message.to_string());
@@ -556,7 +562,7 @@ mod tests {
                 ),
             ),
         ];
-        let (reason, note, warning) = super::transitions_event(&written).unwrap();
+        let (reason, note, warning) = transitions_event(&written).unwrap();
         assert_eq!(reason, Reason::ActionChosen.as_str());
         assert_eq!(
             note,
@@ -567,20 +573,11 @@ mod tests {
             Phase::Executing,
             t(Phase::Failed, Reason::StatusRejected, "refused"),
         )];
-        let (_, note, warning) = super::transitions_event(&failed).unwrap();
+        let (_, note, warning) = transitions_event(&failed).unwrap();
         assert_eq!(note, "Executing -> Failed; Failed: refused");
         assert!(warning, "a failure is a Warning");
-        assert!(
-            super::transitions_event(&[]).is_none(),
-            "no transition, no Event"
-        );
+        assert!(transitions_event(&[]).is_none(), "no transition, no Event");
     }
-
-    use kubernaut_api::{Phase, RemediationRequest};
-    use tokio::sync::mpsc;
-
-    use super::*;
-    use crate::ports::doubles::{FakeRequests, api_error, request};
 
     fn key() -> RequestKey {
         RequestKey::new("shop", "r")
