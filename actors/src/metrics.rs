@@ -204,7 +204,24 @@ impl Default for Metrics {
     }
 }
 
+/// What a status writer counts. Every live request has a writer, so it
+/// holds these three rather than a copy of all of [`Metrics`].
+#[derive(Clone)]
+pub struct WriteMetrics {
+    pub seconds: Histogram,
+    pub conflicts: Counter,
+    pub errors: Counter,
+}
+
 impl Metrics {
+    pub fn writes(&self) -> WriteMetrics {
+        WriteMetrics {
+            seconds: self.status_patch_seconds.clone(),
+            conflicts: self.status_conflicts.clone(),
+            errors: self.status_write_errors.clone(),
+        }
+    }
+
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         // Every kind has its restart series from the start, at 0: a

@@ -33,7 +33,7 @@ use kubernaut_api::Phase;
 use ractor::{ActorProcessingErr, ActorRef};
 
 use crate::mailbox::{Addr, Envelope};
-use crate::metrics::TransitionLabels;
+use crate::metrics::{TransitionLabels, WriteMetrics};
 use crate::ports::Requests;
 use crate::supervisor::transitions::Reason;
 use crate::tasks::Task;
@@ -124,7 +124,7 @@ pub fn driven_mark(status: Option<&RemediationRequestStatus>) -> u64 {
 impl Writer {
     pub fn start(
         requests: Arc<dyn Requests>,
-        metrics: crate::Metrics,
+        metrics: WriteMetrics,
         target: Target,
         report: Addr<Msg>,
         span: tracing::Span,
@@ -164,27 +164,84 @@ enum Failure {
     Gone,
 }
 
-async fn run(
+async fn run<R: Fn(WriteReport)>(
     requests: Arc<dyn Requests>,
-    metrics: crate::Metrics,
+    metrics: WriteMetrics,
     mut t: Target,
     mut rx: watch::Receiver<Option<Wanted>>,
-    report: impl Fn(WriteReport),
+    report: R,
 ) {
     let mut retry = WRITE_RETRY_BASE;
     loop {
         if rx.changed().await.is_err() {
             return;
         }
-        let Some(mut wanted) = rx.borrow_and_update().clone() else {
+        let Some(wanted) = rx.borrow_and_update().clone() else {
             continue;
         };
+        // Boxed: a writer waits for most of its request's life, and its
+        // task is as large as the largest thing it awaits; boxed, what a
+        // write holds (a status, the API call) exists only while it runs.
+        let w = Delivery {
+            requests: &*requests,
+            metrics: &metrics,
+            t: &mut t,
+            rx: &mut rx,
+            report: &report,
+            retry: &mut retry,
+        };
+        if Box::pin(w.deliver(wanted)).await.is_break() {
+            return;
+        }
+    }
+}
+
+/// The size of a writer's task, which lives as long as its request.
+#[cfg(test)]
+pub(super) fn writer_task_size() -> usize {
+    type Run<F> = fn(
+        Arc<dyn Requests>,
+        WriteMetrics,
+        Target,
+        watch::Receiver<Option<Wanted>>,
+        fn(WriteReport),
+    ) -> F;
+    fn size<F>(_: Run<F>) -> usize {
+        std::mem::size_of::<F>()
+    }
+    size(run::<fn(WriteReport)>)
+}
+
+/// What one wanted status's delivery works with.
+struct Delivery<'a, R> {
+    requests: &'a dyn Requests,
+    metrics: &'a WriteMetrics,
+    t: &'a mut Target,
+    rx: &'a mut watch::Receiver<Option<Wanted>>,
+    report: &'a R,
+    retry: &'a mut Duration,
+}
+
+impl<R: Fn(WriteReport)> Delivery<'_, R> {
+    /// Writes `wanted` (after its linger), or a newer one that replaces it
+    /// meanwhile, until it is written or refused. Breaks when the writer
+    /// is done: the supervisor has gone, or the request has.
+    async fn deliver(self, mut wanted: Wanted) -> std::ops::ControlFlow<()> {
+        use std::ops::ControlFlow::{Break, Continue};
+        let Delivery {
+            requests,
+            metrics,
+            t,
+            rx,
+            report,
+            retry,
+        } = self;
         if wanted.linger {
             let until = tokio::time::Instant::now() + LINGER;
             while wanted.linger {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => break,
-                    changed = rx.changed() => if changed.is_err() { return },
+                    changed = rx.changed() => if changed.is_err() { return Break(()) },
                 }
                 if let Some(newer) = rx.borrow_and_update().clone() {
                     wanted = newer;
@@ -192,24 +249,24 @@ async fn run(
             }
         }
         loop {
-            match write(&*requests, &metrics, &mut t, &wanted.status).await {
+            match write(requests, metrics, t, &wanted.status).await {
                 Ok(()) => {
-                    retry = WRITE_RETRY_BASE;
+                    *retry = WRITE_RETRY_BASE;
                     t.owner = wanted.status.owner.clone();
                     report(WriteReport::Written {
                         seq: wanted.seq,
                         resource_version: t.resource_version.clone(),
                         status: Box::new(wanted.status),
                     });
-                    break;
+                    return Continue(());
                 }
                 Err(Failure::Transient(error)) => {
-                    tracing::warn!(%error, retry_in = ?retry, "status write failed; retrying");
+                    tracing::warn!(%error, retry_in = ?*retry, "status write failed; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(retry) => {}
-                        changed = rx.changed() => if changed.is_err() { return },
+                        _ = tokio::time::sleep(*retry) => {}
+                        changed = rx.changed() => if changed.is_err() { return Break(()) },
                     }
-                    retry = (retry * 2).min(WRITE_RETRY_CAP);
+                    *retry = (*retry * 2).min(WRITE_RETRY_CAP);
                     if let Some(newer) = rx.borrow_and_update().clone() {
                         wanted = newer;
                     }
@@ -219,15 +276,15 @@ async fn run(
                         seq: wanted.seq,
                         error,
                     });
-                    break;
+                    return Continue(());
                 }
                 Err(Failure::Lost(owner)) => {
                     report(WriteReport::Lost(owner));
-                    return;
+                    return Break(());
                 }
                 Err(Failure::Gone) => {
                     report(WriteReport::Gone);
-                    return;
+                    return Break(());
                 }
             }
         }
@@ -237,7 +294,7 @@ async fn run(
 /// One write, with the conflicts it meets re-read and written again.
 async fn write(
     requests: &dyn Requests,
-    m: &crate::Metrics,
+    m: &WriteMetrics,
     t: &mut Target,
     status: &RemediationRequestStatus,
 ) -> Result<(), Failure> {
@@ -246,15 +303,14 @@ async fn write(
         let r = requests
             .apply_status(&t.key, status, &t.resource_version)
             .await;
-        m.status_patch_seconds
-            .observe(started.elapsed().as_secs_f64());
+        m.seconds.observe(started.elapsed().as_secs_f64());
         match r {
             Ok(rv) => {
                 t.resource_version = rv;
                 return Ok(());
             }
             Err(e) if e.is_conflict() => {
-                m.status_conflicts.inc();
+                m.conflicts.inc();
                 reread(requests, t).await?;
             }
             Err(e) if e.is_not_found() => return Err(Failure::Gone),
@@ -274,19 +330,19 @@ async fn write(
                     Err(_) => false,
                 };
                 if !moved {
-                    m.status_write_errors.inc();
+                    m.errors.inc();
                     return Err(Failure::Rejected(e.to_string()));
                 }
-                m.status_conflicts.inc();
+                m.conflicts.inc();
                 reread(requests, t).await?;
             }
             Err(e) => {
-                m.status_write_errors.inc();
+                m.errors.inc();
                 return Err(Failure::Transient(e.to_string()));
             }
         }
     }
-    m.status_write_errors.inc();
+    m.errors.inc();
     Err(Failure::Transient(
         "the request kept changing under five status writes".into(),
     ))
@@ -617,7 +673,7 @@ mod tests {
         mpsc::UnboundedReceiver<WriteReport>,
         Task,
     ) {
-        let metrics = crate::Metrics::register(&mut Default::default());
+        let metrics = crate::Metrics::register(&mut Default::default()).writes();
         let (tx, rx) = watch::channel(None);
         let (out, reports) = mpsc::unbounded_channel();
         let task = Task::spawn(run(requests, metrics, t, rx, move |r| {

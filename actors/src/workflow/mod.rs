@@ -359,48 +359,9 @@ impl Actor for WorkflowActor {
         env: Envelope<Msg>,
         st: &mut State,
     ) -> Result<(), ActorProcessingErr> {
-        let (msg, _handling) = st.inbox.open(env);
-        match msg {
-            Msg::Start => {
-                if st.a.chaos.strikes(ActorKind::workflow) {
-                    panic!("injected fault: the workflow actor panics");
-                }
-                if let Err(e) = prepare(st) {
-                    (st.a.sink)(Out::Finished(Err(e)));
-                    myself.stop(None);
-                    return Ok(());
-                }
-                st.checks = resume_recorded(st);
-                if !st.checks.is_empty() && spawn_job(&myself, st, Job::Resume).await {
-                    return Ok(());
-                }
-            }
-            Msg::Resumed(may_run) => {
-                st.children.succeeded(&Job::Resume);
-                resumed(st, may_run);
-            }
-            Msg::Announced(i, intent) => st.intents[i] = Some(intent),
-            Msg::StepDone(i, report) => {
-                st.children.succeeded(&Job::Step(i));
-                settle(st, i, report);
-            }
-            Msg::Retry(job) => {
-                if let Job::Step(i) = job {
-                    st.restarting.remove(&i);
-                }
-                if spawn_job(&myself, st, job).await {
-                    return Ok(());
-                }
-            }
-            Msg::RolledBack((reports, rollback_order)) => {
-                st.children.succeeded(&Job::Rollback);
-                st.reports = reports;
-                finish(&myself, st, rollback_order);
-                return Ok(());
-            }
-        }
-        schedule(&myself, st).await;
-        Ok(())
+        // Boxed: the actor's task holds its handler's future for its whole
+        // life; boxed, it exists only while a message is handled.
+        Box::pin(on_message(myself, env, st)).await
     }
 
     async fn handle_supervisor_evt(
@@ -409,58 +370,117 @@ impl Actor for WorkflowActor {
         evt: SupervisionEvent,
         st: &mut State,
     ) -> Result<(), ActorProcessingErr> {
-        let SupervisionEvent::ActorFailed(cell, error) = evt else {
-            return Ok(());
-        };
-        let reason = children::reason(&error);
-        let Some(verdict) = st.children.failed(&cell.get_id()) else {
-            return Ok(());
-        };
-        match verdict {
-            Verdict::Restart {
-                key,
-                after,
-                attempt,
-            } => {
-                let kind = job_kind(key);
-                st.a.metrics.restarted(kind);
-                tracing::warn!(job = ?key, error = %reason, restart = attempt, delay = ?after, "workflow child failed; restarting it");
-                if let Job::Step(i) = key {
-                    st.restarting.insert(i);
-                }
-                st.timers.after(&st.me, after, Msg::Retry(key));
+        Box::pin(on_child_failed(myself, evt, st)).await
+    }
+}
+
+async fn on_message(
+    myself: ActorRef<Envelope<Msg>>,
+    env: Envelope<Msg>,
+    st: &mut State,
+) -> Result<(), ActorProcessingErr> {
+    let (msg, _handling) = st.inbox.open(env);
+    match msg {
+        Msg::Start => {
+            if st.a.chaos.strikes(ActorKind::workflow) {
+                panic!("injected fault: the workflow actor panics");
             }
-            Verdict::GiveUp { key, failures } => {
-                let why = format!("its actor failed {failures} times; last: {reason}");
-                match key {
-                    Job::Step(i) => {
-                        let step = &st.a.workflow.steps[i];
-                        let mut report = StepReport::new(&step.id, &step.action, StepPhase::Failed);
-                        report.error = Some(format!(
-                            "the step's actor failed {failures} times; last: {reason}"
-                        ));
-                        settle(st, i, report);
-                        schedule(&myself, st).await;
-                    }
-                    // Whether they took effect is unknown: they run again,
-                    // and their own attempts tell (as when unreadable).
-                    Job::Resume => {
-                        let n = st.checks.len();
-                        resumed(st, vec![true; n]);
-                        schedule(&myself, st).await;
-                    }
-                    Job::Rollback => {
-                        if let Some(undo) = st.undo.take() {
-                            let (reports, order) = undo.gave_up(&why);
-                            st.reports = reports;
-                            finish(&myself, st, order);
-                        }
+            if let Err(e) = prepare(st) {
+                (st.a.sink)(Out::Finished(Err(e)));
+                myself.stop(None);
+                return Ok(());
+            }
+            st.checks = resume_recorded(st);
+            if !st.checks.is_empty() && spawn_job(&myself, st, Job::Resume).await {
+                return Ok(());
+            }
+        }
+        Msg::Resumed(may_run) => {
+            st.children.succeeded(&Job::Resume);
+            resumed(st, may_run);
+        }
+        Msg::Announced(i, intent) => st.intents[i] = Some(intent),
+        Msg::StepDone(i, report) => {
+            st.children.succeeded(&Job::Step(i));
+            settle(st, i, report);
+        }
+        Msg::Retry(job) => {
+            if let Job::Step(i) = job {
+                st.restarting.remove(&i);
+            }
+            if spawn_job(&myself, st, job).await {
+                return Ok(());
+            }
+        }
+        Msg::RolledBack((reports, rollback_order)) => {
+            st.children.succeeded(&Job::Rollback);
+            st.reports = reports;
+            finish(&myself, st, rollback_order);
+            return Ok(());
+        }
+    }
+    schedule(&myself, st).await;
+    Ok(())
+}
+
+/// A child failed: restarted under the policy, or its work settled as
+/// failed once the budget is spent.
+async fn on_child_failed(
+    myself: ActorRef<Envelope<Msg>>,
+    evt: SupervisionEvent,
+    st: &mut State,
+) -> Result<(), ActorProcessingErr> {
+    let SupervisionEvent::ActorFailed(cell, error) = evt else {
+        return Ok(());
+    };
+    let reason = children::reason(&error);
+    let Some(verdict) = st.children.failed(&cell.get_id()) else {
+        return Ok(());
+    };
+    match verdict {
+        Verdict::Restart {
+            key,
+            after,
+            attempt,
+        } => {
+            let kind = job_kind(key);
+            st.a.metrics.restarted(kind);
+            tracing::warn!(job = ?key, error = %reason, restart = attempt, delay = ?after, "workflow child failed; restarting it");
+            if let Job::Step(i) = key {
+                st.restarting.insert(i);
+            }
+            st.timers.after(&st.me, after, Msg::Retry(key));
+        }
+        Verdict::GiveUp { key, failures } => {
+            let why = format!("its actor failed {failures} times; last: {reason}");
+            match key {
+                Job::Step(i) => {
+                    let step = &st.a.workflow.steps[i];
+                    let mut report = StepReport::new(&step.id, &step.action, StepPhase::Failed);
+                    report.error = Some(format!(
+                        "the step's actor failed {failures} times; last: {reason}"
+                    ));
+                    settle(st, i, report);
+                    schedule(&myself, st).await;
+                }
+                // Whether they took effect is unknown: they run again,
+                // and their own attempts tell (as when unreadable).
+                Job::Resume => {
+                    let n = st.checks.len();
+                    resumed(st, vec![true; n]);
+                    schedule(&myself, st).await;
+                }
+                Job::Rollback => {
+                    if let Some(undo) = st.undo.take() {
+                        let (reports, order) = undo.gave_up(&why);
+                        st.reports = reports;
+                        finish(&myself, st, order);
                     }
                 }
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Validates the DAG and parses every step that does not wait for results.
