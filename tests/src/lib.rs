@@ -1562,7 +1562,30 @@ fn build_kubernaut(release: bool) -> Result<PathBuf, String> {
     if release {
         args.push("--release");
     }
-    let status = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    // Cargo describes the running test's own package in the environment
+    // (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, OUT_DIR, ...), and build scripts
+    // (ring's, among others) rebuild when those change: inherited, they
+    // would make this build and the next `cargo test` or `cargo bench`
+    // rebuild each other's dependencies every time.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            build.env_remove(key.as_ref());
+        }
+    }
+    let status = build
         .args(&args)
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(repo_root())
