@@ -20,7 +20,9 @@
 //!    RSS per live tree = (the control plane's RSS with N trees − before) / N, and the
 //!    Lease requests the API server served meanwhile.
 //! 2. Throughput, rollout_restart: the locks released, N requests finish
-//!    (real action, verified when the controller-manager observed it).
+//!    (real action, verified when the controller-manager observed it),
+//!    compared with the cluster's own rate for the same rollouts with no
+//!    controller (measured before the control plane starts).
 //! 3. Throughput, notify_only: N new requests from creation to Completed,
 //!    then the API server's own rate of status merge patches on them (the
 //!    limit the mutating run is compared with).
@@ -28,6 +30,10 @@
 //! Before the control plane starts, the API server's own rate for what a
 //! notify-only request costs it (created, two status writes, two Events),
 //! with no controller: the limit the notify-only run is compared with.
+//! Once it has stopped, the same again with status writes as large as the
+//! controller's (a Completed request's status): what of the difference is
+//! the size of what is written. The notify-only run also prints its API
+//! calls per request, by verb and resource.
 //!
 //! Mailbox wait p99 per actor kind comes from the control plane's own
 //! histogram (`kubernaut_controller_actor_mailbox_wait_seconds`), over all
@@ -194,15 +200,46 @@ fn mailbox_p99(text: &str) -> BTreeMap<String, (f64, f64)> {
         .collect()
 }
 
-/// Requests to the API server about Leases so far, from its own
-/// `apiserver_request_total` (every client's: the membership renewals too).
-async fn lease_requests(admin: &kube::Client) -> anyhow::Result<f64> {
+/// Requests the API server has served so far, by verb and resource (with
+/// its subresource), every client's and every answer code's, from its own
+/// `apiserver_request_total`.
+async fn api_calls(admin: &kube::Client) -> anyhow::Result<BTreeMap<String, f64>> {
     let req = hyper::Request::get("/metrics").body(Vec::new())?;
     let text = admin.request_text(req).await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("resource=\"leases\""))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+    let mut calls = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\"")?.strip_suffix('"'))
+                .unwrap_or("")
+        };
+        let sub = label("subresource");
+        let key = format!(
+            "{} {}{}{sub}",
+            label("verb"),
+            label("resource"),
+            if sub.is_empty() { "" } else { "/" }
+        );
+        *calls.entry(key).or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(calls)
+}
+
+/// Requests to the API server about Leases so far (every client's: the
+/// membership renewals too).
+async fn lease_requests(admin: &kube::Client) -> anyhow::Result<f64> {
+    Ok(api_calls(admin)
+        .await?
+        .iter()
+        .filter(|(k, _)| k.ends_with(" leases"))
+        .map(|(_, v)| v)
         .sum())
 }
 
@@ -277,8 +314,16 @@ async fn main() -> anyhow::Result<()> {
         {"signal": "BenchNotify", "action": "notify_only"}
     ]);
     // Before any control plane runs, so that nothing else loads the API server.
-    let (raw_rate, raw_ns) = raw_pipeline(&admin, &targets).await?;
+    let (raw_rate, raw_ns) = raw_pipeline(&admin, &targets, None).await?;
     eprintln!("  raw: {raw_rate:.0} requests/s");
+    let raw_rollout_rate = if notify_only {
+        0.0
+    } else {
+        let rate = raw_rollouts(&admin, &targets).await?;
+        eprintln!("  raw rollouts: {rate:.0}/s");
+        settle(&admin, &ns, n).await?;
+        rate
+    };
     let running = ControllerProcess::start_binary(
         kubernaut_release_binary()?,
         stack,
@@ -303,7 +348,10 @@ async fn main() -> anyhow::Result<()> {
         );
         print_mailboxes(&notify.metrics);
         drop(running);
-        cleanup(&admin, &raw_ns).await?;
+        let raw_like_ns = notify.raw_like_written(&admin, &targets).await?;
+        for raw in [Some(raw_ns), raw_like_ns].into_iter().flatten() {
+            cleanup(&admin, &raw).await?;
+        }
         return cleanup(&admin, &ns).await;
     }
     let metrics = |running: &ControllerProcess| {
@@ -391,6 +439,10 @@ async fn main() -> anyhow::Result<()> {
         notify.patch_rate,
         restart_rate / notify.patch_rate
     );
+    println!(
+        "  raw rollout restarts (the pod template patched until the Deployment controller observed it), concurrency {CONCURRENCY}: {raw_rollout_rate:.0}/s; rollout_restart at {:.3} x that",
+        restart_rate / raw_rollout_rate
+    );
     notify.print(n);
     notify.print_limits(n, raw_rate);
     println!(
@@ -399,34 +451,51 @@ async fn main() -> anyhow::Result<()> {
     );
     print_mailboxes(&notify.metrics);
     drop(running);
-    cleanup(&admin, &raw_ns).await?;
+    let raw_like_ns = notify.raw_like_written(&admin, &targets).await?;
+    for raw in [Some(raw_ns), raw_like_ns].into_iter().flatten() {
+        cleanup(&admin, &raw).await?;
+    }
     cleanup(&admin, &ns).await
 }
 
 /// The API server's own rate for what a notify-only request costs it, at
 /// the bench's concurrency and without a controller: the request created,
-/// two status writes (merge patches, smaller than the pipeline's applies)
-/// and two Events. Done in a namespace of its own, which no control plane
-/// watches; `targets` only name the requests' targets.
+/// two status writes (merge patches) and two Events. Done in a namespace
+/// of its own, which no control plane watches; `targets` only name the
+/// requests' targets. The status writes carry a phase and a message, or,
+/// given `like`, a status the controller wrote (its phase set to Executing,
+/// then as it was), so that the limit is measured with the controller's
+/// own object sizes.
 async fn raw_pipeline(
     admin: &kube::Client,
     targets: &[ObjectRef],
+    like: Option<&serde_json::Value>,
 ) -> anyhow::Result<(f64, String)> {
     use k8s_openapi::api::events::v1::Event;
     let ns = managed_namespace(admin, "bench-raw", "staging").await?;
     let api = Api::<RemediationRequest>::namespaced(admin.clone(), &ns);
     let events = Api::<Event>::namespaced(admin.clone(), &ns);
+    let body = |phase: &str, i: usize| match like {
+        Some(status) => {
+            let mut status = status.clone();
+            if phase != "Completed" {
+                status["phase"] = json!(phase);
+            }
+            status["message"] = json!(format!("raw {i}"));
+            json!({ "status": status })
+        }
+        None => json!({"status": {"phase": phase, "message": format!("raw {i}")}}),
+    };
     let start = Instant::now();
     futures::stream::iter(targets.iter().enumerate())
         .map(|(i, t)| {
-            let (api, events, ns) = (api.clone(), events.clone(), ns.clone());
+            let (api, events, ns, body) = (api.clone(), events.clone(), ns.clone(), &body);
             async move {
                 let mut t = t.clone();
                 t.namespace = ns.clone();
                 let name = create_request(admin, "BenchRaw", &t, false).await?;
                 for (phase, reason) in [("Executing", "ActionChosen"), ("Completed", "NothingChanged")] {
-                    let patch = json!({"status": {"phase": phase, "message": format!("raw {i}")}});
-                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body(phase, i)))
                         .await?;
                     let event: Event = serde_json::from_value(json!({
                         "metadata": {"name": format!("{name}.{reason}").to_lowercase(), "namespace": ns},
@@ -448,6 +517,61 @@ async fn raw_pipeline(
     Ok((targets.len() as f64 / start.elapsed().as_secs_f64(), ns))
 }
 
+/// The cluster's own rate for a rollout restart, with no controller: each
+/// of `targets`' pod templates annotated as `kubectl rollout restart` does,
+/// at the bench's concurrency, until the Deployment controller has
+/// observed every new generation (what Kubernaut's verification waits
+/// for). The limit the rollout_restart run is compared with.
+async fn raw_rollouts(admin: &kube::Client, targets: &[ObjectRef]) -> anyhow::Result<f64> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let Some(ns) = targets.first().map(|t| t.namespace.clone()) else {
+        return Ok(0.0);
+    };
+    let api = Api::<Deployment>::namespaced(admin.clone(), &ns);
+    let start = Instant::now();
+    let wanted: BTreeMap<String, i64> = futures::stream::iter(targets)
+        .map(|t| {
+            let api = api.clone();
+            async move {
+                let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+                    "kubectl.kubernetes.io/restartedAt": "raw rollout"
+                }}}}});
+                let d = api
+                    .patch(&t.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                anyhow::Ok((t.name.clone(), d.metadata.generation.unwrap_or_default()))
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    loop {
+        let observed = api
+            .list(&ListParams::default().match_any())
+            .await?
+            .items
+            .iter()
+            .filter(|d| {
+                let name = d.metadata.name.as_deref().unwrap_or_default();
+                let observed = d.status.as_ref().and_then(|s| s.observed_generation);
+                wanted
+                    .get(name)
+                    .is_some_and(|w| observed.unwrap_or(0) >= *w)
+            })
+            .count();
+        if observed >= wanted.len() {
+            return Ok(wanted.len() as f64 / start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > Duration::from_secs(1800) {
+            anyhow::bail!(
+                "raw rollouts: {observed} of {} observed after 30 minutes",
+                wanted.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// What the notify-only run measured.
 struct Notify {
     created: Duration,
@@ -455,6 +579,11 @@ struct Notify {
     writes_per_request: f64,
     done: BTreeMap<&'static str, usize>,
     patch_rate: f64,
+    /// A Completed request's status, as the controller wrote it.
+    written: Option<serde_json::Value>,
+    /// API calls per request while it ran, by verb and resource (every
+    /// client's: the bench's creates and polling lists too).
+    calls: Vec<(String, f64)>,
     metrics: String,
 }
 
@@ -469,20 +598,43 @@ async fn notify_run(
     let n = targets.len();
     let url = format!("http://{}/metrics", running.admin_addr);
     let patches_before = patch_count(&get(&url).await?.1);
+    let calls_before = api_calls(admin).await?;
     let start = Instant::now();
     create_all(admin, "BenchNotify", targets).await?;
     let created = start.elapsed();
     let notified = wait_for(api, "BenchNotify", n, "notified", |p| p.is_terminal()).await?;
     let secs = notified.duration_since(start).as_secs_f64();
+    // The control plane's last Events may still be on their way.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut calls: Vec<(String, f64)> = api_calls(admin)
+        .await?
+        .into_iter()
+        .map(|(k, v)| {
+            let per = (v - calls_before.get(&k).copied().unwrap_or(0.0)) / n as f64;
+            (k, per)
+        })
+        .filter(|(_, per)| *per >= 0.05)
+        .collect();
+    calls.sort_by(|a, b| b.1.total_cmp(&a.1));
     let done = phases(api, "BenchNotify").await?;
     let metrics = get(&url).await?.1;
     let writes_per_request = (patch_count(&metrics) - patches_before) / n as f64;
-    let names: Vec<String> = api
+    let notified: Vec<RemediationRequest> = api
         .list(&ListParams::default())
         .await?
         .items
         .into_iter()
         .filter(|rr| rr.spec.signal_name == "BenchNotify")
+        .collect();
+    // A status the controller wrote, for the raw pipeline's second run.
+    let written = notified
+        .iter()
+        .find(|rr| rr.phase() == Phase::Completed)
+        .and_then(|rr| rr.status.as_ref())
+        .map(serde_json::to_value)
+        .transpose()?;
+    let names: Vec<String> = notified
+        .into_iter()
         .filter_map(|rr| rr.metadata.name)
         .collect();
     let patch_rate = raw_status_patches(api, &names).await?;
@@ -492,6 +644,8 @@ async fn notify_run(
         writes_per_request,
         done,
         patch_rate,
+        written,
+        calls,
         metrics,
     })
 }
@@ -505,6 +659,28 @@ impl Notify {
         );
     }
 
+    /// The raw pipeline again, its status writes as large as the
+    /// controller's, once the control plane has stopped (and before any
+    /// namespace is deleted: the deletion would load the API server).
+    /// Returns the namespace it used.
+    async fn raw_like_written(
+        &self,
+        admin: &kube::Client,
+        targets: &[ObjectRef],
+    ) -> anyhow::Result<Option<String>> {
+        let Some(written) = &self.written else {
+            println!("  raw pipeline with the controller's status: no request Completed");
+            return Ok(None);
+        };
+        let bytes = serde_json::to_vec(written)?.len();
+        let (rate, ns) = raw_pipeline(admin, targets, Some(written)).await?;
+        println!(
+            "  raw pipeline with the controller's status ({bytes} bytes of JSON), concurrency {CONCURRENCY}: {rate:.0} requests/s; notify_only at {:.3} x that",
+            targets.len() as f64 / self.secs / rate
+        );
+        Ok(Some(ns))
+    }
+
     fn print(&self, n: usize) {
         println!(
             "  notify_only: {n} requests created in {:.1} s, all ended {:.1} s after the first: {:.0} requests/s, {:.2} status writes per request; {:?}",
@@ -513,6 +689,15 @@ impl Notify {
             n as f64 / self.secs,
             self.writes_per_request,
             self.done
+        );
+        let calls: Vec<String> = self
+            .calls
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect();
+        println!(
+            "  API calls per notify_only request (every client's): {}",
+            calls.join(", ")
         );
     }
 }
