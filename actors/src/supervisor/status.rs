@@ -182,15 +182,10 @@ async fn run<R: Fn(WriteReport)>(
         // Boxed: a writer waits for most of its request's life, and its
         // task is as large as the largest thing it awaits; boxed, what a
         // write holds (a status, the API call) exists only while it runs.
-        let w = Delivery {
-            requests: &*requests,
-            metrics: &metrics,
-            t: &mut t,
-            rx: &mut rx,
-            report: &report,
-            retry: &mut retry,
-        };
-        if Box::pin(w.deliver(wanted)).await.is_break() {
+        let delivered = deliver(
+            &*requests, &metrics, &mut t, &mut rx, &report, &mut retry, wanted,
+        );
+        if Box::pin(delivered).await.is_break() {
             return;
         }
     }
@@ -212,80 +207,68 @@ pub(super) fn writer_task_size() -> usize {
     size(run::<fn(WriteReport)>)
 }
 
-/// What one wanted status's delivery works with.
-struct Delivery<'a, R> {
-    requests: &'a dyn Requests,
-    metrics: &'a WriteMetrics,
-    t: &'a mut Target,
-    rx: &'a mut watch::Receiver<Option<Wanted>>,
-    report: &'a R,
-    retry: &'a mut Duration,
-}
-
-impl<R: Fn(WriteReport)> Delivery<'_, R> {
-    /// Writes `wanted` (after its linger), or a newer one that replaces it
-    /// meanwhile, until it is written or refused. Breaks when the writer
-    /// is done: the supervisor has gone, or the request has.
-    async fn deliver(self, mut wanted: Wanted) -> std::ops::ControlFlow<()> {
-        use std::ops::ControlFlow::{Break, Continue};
-        let Delivery {
-            requests,
-            metrics,
-            t,
-            rx,
-            report,
-            retry,
-        } = self;
-        if wanted.linger {
-            let until = tokio::time::Instant::now() + LINGER;
-            while wanted.linger {
+/// Writes `wanted` (after its linger), or a newer one that replaces it
+/// meanwhile, until it is written or refused. Breaks when the writer is
+/// done: the supervisor has gone, or the request has.
+async fn deliver(
+    requests: &dyn Requests,
+    metrics: &WriteMetrics,
+    t: &mut Target,
+    rx: &mut watch::Receiver<Option<Wanted>>,
+    report: &impl Fn(WriteReport),
+    retry: &mut Duration,
+    mut wanted: Wanted,
+) -> std::ops::ControlFlow<()> {
+    use std::ops::ControlFlow::{Break, Continue};
+    if wanted.linger {
+        let until = tokio::time::Instant::now() + LINGER;
+        while wanted.linger {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                changed = rx.changed() => if changed.is_err() { return Break(()) },
+            }
+            if let Some(newer) = rx.borrow_and_update().clone() {
+                wanted = newer;
+            }
+        }
+    }
+    loop {
+        match write(requests, metrics, t, &wanted.status).await {
+            Ok(()) => {
+                *retry = WRITE_RETRY_BASE;
+                t.owner = wanted.status.owner.clone();
+                report(WriteReport::Written {
+                    seq: wanted.seq,
+                    resource_version: t.resource_version.clone(),
+                    status: Box::new(wanted.status),
+                });
+                return Continue(());
+            }
+            Err(Failure::Transient(error)) => {
+                tracing::warn!(%error, retry_in = ?*retry, "status write failed; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep_until(until) => break,
+                    _ = tokio::time::sleep(*retry) => {}
                     changed = rx.changed() => if changed.is_err() { return Break(()) },
                 }
+                *retry = (*retry * 2).min(WRITE_RETRY_CAP);
                 if let Some(newer) = rx.borrow_and_update().clone() {
                     wanted = newer;
                 }
             }
-        }
-        loop {
-            match write(requests, metrics, t, &wanted.status).await {
-                Ok(()) => {
-                    *retry = WRITE_RETRY_BASE;
-                    t.owner = wanted.status.owner.clone();
-                    report(WriteReport::Written {
-                        seq: wanted.seq,
-                        resource_version: t.resource_version.clone(),
-                        status: Box::new(wanted.status),
-                    });
-                    return Continue(());
-                }
-                Err(Failure::Transient(error)) => {
-                    tracing::warn!(%error, retry_in = ?*retry, "status write failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(*retry) => {}
-                        changed = rx.changed() => if changed.is_err() { return Break(()) },
-                    }
-                    *retry = (*retry * 2).min(WRITE_RETRY_CAP);
-                    if let Some(newer) = rx.borrow_and_update().clone() {
-                        wanted = newer;
-                    }
-                }
-                Err(Failure::Rejected(error)) => {
-                    report(WriteReport::Rejected {
-                        seq: wanted.seq,
-                        error,
-                    });
-                    return Continue(());
-                }
-                Err(Failure::Lost(owner)) => {
-                    report(WriteReport::Lost(owner));
-                    return Break(());
-                }
-                Err(Failure::Gone) => {
-                    report(WriteReport::Gone);
-                    return Break(());
-                }
+            Err(Failure::Rejected(error)) => {
+                report(WriteReport::Rejected {
+                    seq: wanted.seq,
+                    error,
+                });
+                return Continue(());
+            }
+            Err(Failure::Lost(owner)) => {
+                report(WriteReport::Lost(owner));
+                return Break(());
+            }
+            Err(Failure::Gone) => {
+                report(WriteReport::Gone);
+                return Break(());
             }
         }
     }
