@@ -1,5 +1,6 @@
 //! The audit writer against the real PostgreSQL: a record it refuses for
-//! its content never holds up the ones behind it (issue 17, finding 4).
+//! its content never holds up the ones behind it (issue 17, finding 4);
+//! what it writes in batches lands whole, in order, on one chain.
 
 use std::time::Duration;
 
@@ -196,6 +197,61 @@ async fn an_edited_event_breaks_the_chain_and_verify_names_it() -> anyhow::Resul
     // Put it back: the database is shared with later runs.
     edit(r#"{"message": "Analyzed ok"}"#).await?;
     result?;
+    assert_eq!(store.verify_chain().await?.broken, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_bursts_land_whole_in_order_on_one_unbroken_chain() -> anyhow::Result<()> {
+    const EVENTS: usize = 400;
+    let stack = Stack::get();
+    let store = Store::connect(&stack.database_url, 4).await?;
+    store.migrate().await?;
+    // Two replicas' writers, each queueing a burst faster than it can be
+    // written one record at a time, so that it goes out in batches.
+    let (a, _ta) = store.clone().audit_log();
+    let (b, _tb) = store.clone().audit_log();
+    let run = unique("audit-burst");
+    let uids = [format!("{run}-a"), format!("{run}-b")];
+    for (audit, uid) in [(&a, &uids[0]), (&b, &uids[1])] {
+        audit.record(request(uid, "BurstTest", "warning")).await?;
+    }
+    for i in 0..EVENTS {
+        for (audit, uid) in [(&a, &uids[0]), (&b, &uids[1])] {
+            // The subject tells the events apart (it is in the dedup key).
+            audit
+                .record(AuditRecord::Event(EventRecord {
+                    request_uid: uid.clone(),
+                    at: Utc::now(),
+                    kind: "action",
+                    from_phase: None,
+                    to_phase: None,
+                    reason: "StepFinished".into(),
+                    subject: format!("step-{i}"),
+                    detail: json!({"seq": i}),
+                }))
+                .await?;
+        }
+    }
+    for uid in &uids {
+        let seqs: Vec<i64> = eventually("the whole burst", Duration::from_secs(60), || async {
+            let seqs: Vec<i64> = sqlx::query_scalar(
+                "SELECT (detail->>'seq')::bigint FROM remediation_events
+                 WHERE request_uid = $1 ORDER BY id",
+            )
+            .bind(uid)
+            .fetch_all(store.pool())
+            .await?;
+            Ok((seqs.len() >= EVENTS).then_some(seqs))
+        })
+        .await?;
+        let expected: Vec<i64> = (0..EVENTS as i64).collect();
+        assert_eq!(
+            seqs, expected,
+            "{uid}: each event once, in the order queued"
+        );
+    }
+    assert_eq!(a.dead_letters() + b.dead_letters(), 0);
     assert_eq!(store.verify_chain().await?.broken, None);
     Ok(())
 }

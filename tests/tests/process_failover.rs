@@ -102,6 +102,20 @@ async fn killed_mid_step_and_restarted_the_action_happens_once() -> anyhow::Resu
         },
     )
     .await?;
+    // The trail can only say who started the request once the first
+    // process's records have landed: a SIGKILL loses what is still queued
+    // (the janitor rebuilds that without a replica's name).
+    let db = sqlx::PgPool::connect(&stack.database_url).await?;
+    let uid = api.get(&name).await?.metadata.uid.context("uid")?;
+    eventually(
+        "crash-a's transitions in the audit trail",
+        Duration::from_secs(30),
+        || async {
+            let replicas = drivers(&db, &uid).await?;
+            Ok((replicas.iter().any(|r| r.starts_with("crash-a-"))).then_some(()))
+        },
+    )
+    .await?;
     first.kill9();
     held.release().await;
 
@@ -115,8 +129,6 @@ async fn killed_mid_step_and_restarted_the_action_happens_once() -> anyhow::Resu
         1,
         "restarted exactly once"
     );
-    let db = sqlx::PgPool::connect(&stack.database_url).await?;
-    let uid = rr.metadata.uid.clone().context("uid")?;
     let replicas = drivers(&db, &uid).await?;
     assert!(
         replicas.first().is_some_and(|r| r.starts_with("crash-a-"))
@@ -339,13 +351,38 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
             })
             .count()
     };
-    // Kill the first replica while it drives requests.
+    // Kill the first replica while it drives requests, once the trail
+    // says it started some of them: a SIGKILL loses the records still
+    // queued, and those the janitor rebuilds name no replica.
+    let db = sqlx::PgPool::connect(&stack.database_url).await?;
     eventually(
         "fo-a to drive requests",
         Duration::from_secs(120),
         || async {
             let list = api.list(&ListParams::default()).await?.items;
-            Ok((by_owner(&list, "fo-a-") >= 5).then_some(()))
+            if by_owner(&list, "fo-a-") < 5 {
+                return Ok(None);
+            }
+            let live: Vec<String> = list
+                .iter()
+                .filter(|r| !r.phase().is_terminal())
+                .filter(|r| {
+                    r.status
+                        .as_ref()
+                        .and_then(|s| s.owner.as_deref())
+                        .is_some_and(|o| o.starts_with("fo-a-"))
+                })
+                .filter_map(|r| r.metadata.uid.clone())
+                .collect();
+            let recorded: i64 = sqlx::query_scalar(
+                "SELECT count(DISTINCT request_uid) FROM remediation_events
+                 WHERE request_uid = ANY($1) AND kind = 'transition'
+                   AND detail->>'replica' LIKE 'fo-a-%'",
+            )
+            .bind(&live)
+            .fetch_one(&db)
+            .await?;
+            Ok((recorded >= 1).then_some(()))
         },
     )
     .await?;
@@ -365,7 +402,6 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
     .with_context(|| b.tail())?;
     let adopted_after = killed.elapsed();
 
-    let db = sqlx::PgPool::connect(&stack.database_url).await?;
     let mut finished_by: BTreeMap<String, usize> = BTreeMap::new();
     let mut handed = 0;
     let mut rebuilt = 0;

@@ -1,7 +1,8 @@
 //! Storage. [`index`] is the Redis signal index shared by gateway replicas.
 //! This module is the audit trail in PostgreSQL (K-AU-1): one row per request and an
 //! append-only event per transition or action. Writers hand records to an
-//! [`AuditLog`], a bounded queue drained by one task. The task retries a
+//! [`AuditLog`], a bounded queue drained by one task, a transaction per
+//! batch of what has queued up. The task retries a
 //! write only while PostgreSQL is unavailable; a record it refuses for its
 //! content goes to the `audit_dead_letters` table (counted), so that one
 //! bad record never holds up the ones behind it. NUL characters, which
@@ -26,6 +27,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 /// [`AuditLog::record`] waits and [`AuditLog::try_record`] drops.
 const QUEUE_CAPACITY: usize = 10_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Records per transaction at most: a batch holds the chain's lock for a
+/// few milliseconds, not long enough to hold up another replica's writer.
+const BATCH: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -210,79 +214,93 @@ impl Store {
 
     /// Writes one record, its text made storable first ([`storable`]).
     pub async fn write(&self, record: &AuditRecord) -> Result<()> {
-        let record = storable(record.clone());
-        match &record {
-            AuditRecord::Request(r) => {
-                sqlx::query(
-                    "INSERT INTO remediation_requests (uid, namespace, name, fingerprint, signal_name, severity, source,
-                       target_kind, target_namespace, target_name, phase, firing_time)
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)
-                     ON CONFLICT (uid) DO UPDATE SET phase = EXCLUDED.phase, updated_at = now()",
-                )
-                .bind(&r.uid)
-                .bind(&r.namespace)
-                .bind(&r.name)
-                .bind(&r.fingerprint)
-                .bind(&r.signal_name)
-                .bind(&r.severity)
-                .bind(&r.source)
-                .bind(&r.target_kind)
-                .bind(&r.target_namespace)
-                .bind(&r.target_name)
-                .bind(&r.phase)
-                .bind(r.firing_time)
-                .execute(&self.pool)
-                .await?;
-            }
-            AuditRecord::Event(e) => {
-                // One chain for all writers (replicas): the link to the
-                // last event is taken under a lock held to the commit, so
-                // ids and links are in the same order.
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(chain::LOCK)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO remediation_events
-                       (request_uid, at, kind, from_phase, to_phase, reason, detail, dedup_key, prev_hash, hash)
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, last.h,
-                            audit_event_hash(last.h, $1, $2, $3, $4, $5, $6, $7, $8)
-                     FROM (SELECT COALESCE((SELECT hash FROM remediation_events ORDER BY id DESC LIMIT 1), '') AS h) AS last
-                     ON CONFLICT (dedup_key) DO NOTHING",
-                )
-                .bind(&e.request_uid)
-                .bind(e.at)
-                .bind(e.kind)
-                .bind(&e.from_phase)
-                .bind(&e.to_phase)
-                .bind(&e.reason)
-                .bind(&e.detail)
-                .bind(e.dedup_key())
+        self.write_batch(std::slice::from_ref(record)).await
+    }
+
+    /// Writes `records` in order in one transaction: all of them or none.
+    /// A batch with events takes the chain's lock once, for all of them, so
+    /// it costs the round trips of its inserts and a single commit, and the
+    /// writers of other replicas wait for the lock once per batch rather
+    /// than once per event.
+    pub async fn write_batch(&self, records: &[AuditRecord]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // One chain for all writers (replicas): the link to the last event
+        // is taken under a lock held to the commit, so ids and links are in
+        // the same order. Taken before any row lock, so that two writers
+        // never wait for each other's locks in opposite orders.
+        if records.iter().any(|r| matches!(r, AuditRecord::Event(_))) {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(chain::LOCK)
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
-            }
-            AuditRecord::Outcome(o) => {
-                sqlx::query(
-                    "INSERT INTO remediation_outcomes
-                       (request_uid, action, signal_name, target_kind, environment, outcome, score, components)
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
-                     ON CONFLICT (request_uid, action) DO UPDATE SET outcome = EXCLUDED.outcome,
-                       score = EXCLUDED.score, components = EXCLUDED.components, recorded_at = now()",
-                )
-                .bind(&o.request_uid)
-                .bind(&o.action)
-                .bind(&o.signal_name)
-                .bind(&o.target_kind)
-                .bind(&o.environment)
-                .bind(&o.outcome)
-                .bind(o.score)
-                .bind(&o.components)
-                .execute(&self.pool)
-                .await?;
+        }
+        for record in records {
+            let record = storable(record.clone());
+            match &record {
+                AuditRecord::Request(r) => {
+                    sqlx::query(
+                        "INSERT INTO remediation_requests (uid, namespace, name, fingerprint, signal_name, severity, source,
+                           target_kind, target_namespace, target_name, phase, firing_time)
+                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)
+                         ON CONFLICT (uid) DO UPDATE SET phase = EXCLUDED.phase, updated_at = now()",
+                    )
+                    .bind(&r.uid)
+                    .bind(&r.namespace)
+                    .bind(&r.name)
+                    .bind(&r.fingerprint)
+                    .bind(&r.signal_name)
+                    .bind(&r.severity)
+                    .bind(&r.source)
+                    .bind(&r.target_kind)
+                    .bind(&r.target_namespace)
+                    .bind(&r.target_name)
+                    .bind(&r.phase)
+                    .bind(r.firing_time)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                AuditRecord::Event(e) => {
+                    sqlx::query(
+                        "INSERT INTO remediation_events
+                           (request_uid, at, kind, from_phase, to_phase, reason, detail, dedup_key, prev_hash, hash)
+                         SELECT $1, $2, $3, $4, $5, $6, $7, $8, last.h,
+                                audit_event_hash(last.h, $1, $2, $3, $4, $5, $6, $7, $8)
+                         FROM (SELECT COALESCE((SELECT hash FROM remediation_events ORDER BY id DESC LIMIT 1), '') AS h) AS last
+                         ON CONFLICT (dedup_key) DO NOTHING",
+                    )
+                    .bind(&e.request_uid)
+                    .bind(e.at)
+                    .bind(e.kind)
+                    .bind(&e.from_phase)
+                    .bind(&e.to_phase)
+                    .bind(&e.reason)
+                    .bind(&e.detail)
+                    .bind(e.dedup_key())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                AuditRecord::Outcome(o) => {
+                    sqlx::query(
+                        "INSERT INTO remediation_outcomes
+                           (request_uid, action, signal_name, target_kind, environment, outcome, score, components)
+                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
+                         ON CONFLICT (request_uid, action) DO UPDATE SET outcome = EXCLUDED.outcome,
+                           score = EXCLUDED.score, components = EXCLUDED.components, recorded_at = now()",
+                    )
+                    .bind(&o.request_uid)
+                    .bind(&o.action)
+                    .bind(&o.signal_name)
+                    .bind(&o.target_kind)
+                    .bind(&o.environment)
+                    .bind(&o.outcome)
+                    .bind(o.score)
+                    .bind(&o.components)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -505,13 +523,39 @@ impl prometheus_client::collector::Collector for Backlog {
     }
 }
 
+/// Drains the queue a batch at a time: what queued up while the last
+/// batch was written goes out in the next transaction.
 async fn drain(store: Store, mut rx: mpsc::Receiver<AuditRecord>, counts: Counts) {
-    while let Some(record) = rx.recv().await {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        write_batch(&store, &batch, &counts).await;
+        batch.clear();
+    }
+}
+
+/// Writes `batch`, waiting out an unavailable database. A batch refused
+/// for its content is written again one record at a time, so that only the
+/// record at fault ends in `audit_dead_letters`.
+async fn write_batch(store: &Store, batch: &[AuditRecord], counts: &Counts) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store.write_batch(batch).await {
+            Ok(()) => return,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, records = batch.len(), retry_in = ?backoff, "audit write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(_) if batch.len() > 1 => break,
+            Err(e) => return dead_letter(store, &batch[0], &e, counts).await,
+        }
+    }
+    for record in batch {
         let mut backoff = Duration::from_millis(100);
         // Records are written in order: an event must follow its request
         // row. Only an unavailable database is waited for.
         loop {
-            match store.write(&record).await {
+            match store.write(record).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "audit write failed; retrying");
@@ -519,16 +563,20 @@ async fn drain(store: Store, mut rx: mpsc::Receiver<AuditRecord>, counts: Counts
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => {
-                    counts.dead_letters.inc();
-                    let error = e.to_string();
-                    tracing::error!(%error, request = record.request_uid(), "PostgreSQL refused an audit record; keeping it in audit_dead_letters");
-                    if let Err(e) = store.dead_letter(&record, &error).await {
-                        tracing::error!(error = %e, record = ?record, "could not keep a refused audit record either; it is in this log line only");
-                    }
+                    dead_letter(store, record, &e, counts).await;
                     break;
                 }
             }
         }
+    }
+}
+
+async fn dead_letter(store: &Store, record: &AuditRecord, e: &Error, counts: &Counts) {
+    counts.dead_letters.inc();
+    let error = e.to_string();
+    tracing::error!(%error, request = record.request_uid(), "PostgreSQL refused an audit record; keeping it in audit_dead_letters");
+    if let Err(e) = store.dead_letter(record, &error).await {
+        tracing::error!(error = %e, record = ?record, "could not keep a refused audit record either; it is in this log line only");
     }
 }
 
