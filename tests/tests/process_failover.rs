@@ -52,6 +52,22 @@ async fn drivers(db: &sqlx::PgPool, uid: &str) -> anyhow::Result<Vec<String>> {
     Ok(rows.into_iter().flatten().collect())
 }
 
+/// The requests in `list` still live and owned by a replica whose name
+/// starts with `prefix`.
+fn live_owned<'a>(
+    list: &'a [RemediationRequest],
+    prefix: &'a str,
+) -> impl Iterator<Item = &'a RemediationRequest> {
+    list.iter()
+        .filter(|r| !r.phase().is_terminal())
+        .filter(move |r| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.owner.as_deref())
+                .is_some_and(|o| o.starts_with(prefix))
+        })
+}
+
 /// How each of a request's steps finished, from the audit trail.
 async fn step_results(db: &sqlx::PgPool, uid: &str) -> anyhow::Result<Vec<String>> {
     let rows: Vec<Option<String>> = sqlx::query_scalar(
@@ -340,17 +356,7 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
         names.push(create_request(&admin, "CrashTest", t, false).await?);
     }
     let api = Api::<RemediationRequest>::namespaced(admin.clone(), &ns);
-    let by_owner = |list: &[RemediationRequest], prefix: &str| {
-        list.iter()
-            .filter(|r| !r.phase().is_terminal())
-            .filter(|r| {
-                r.status
-                    .as_ref()
-                    .and_then(|s| s.owner.as_deref())
-                    .is_some_and(|o| o.starts_with(prefix))
-            })
-            .count()
-    };
+    let by_owner = |list: &[RemediationRequest], prefix: &str| live_owned(list, prefix).count();
     // Kill the first replica while it drives requests, once the trail
     // says it started some of them: a SIGKILL loses the records still
     // queued, and those the janitor rebuilds name no replica.
@@ -363,15 +369,7 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
             if by_owner(&list, "fo-a-") < 5 {
                 return Ok(None);
             }
-            let live: Vec<String> = list
-                .iter()
-                .filter(|r| !r.phase().is_terminal())
-                .filter(|r| {
-                    r.status
-                        .as_ref()
-                        .and_then(|s| s.owner.as_deref())
-                        .is_some_and(|o| o.starts_with("fo-a-"))
-                })
+            let live: Vec<String> = live_owned(&list, "fo-a-")
                 .filter_map(|r| r.metadata.uid.clone())
                 .collect();
             let recorded: i64 = sqlx::query_scalar(

@@ -533,40 +533,35 @@ async fn drain(store: Store, mut rx: mpsc::Receiver<AuditRecord>, counts: Counts
     }
 }
 
-/// Writes `batch`, waiting out an unavailable database. A batch refused
-/// for its content is written again one record at a time, so that only the
-/// record at fault ends in `audit_dead_letters`.
+/// Writes `batch`. A batch refused for its content is written again one
+/// record at a time, in order (an event must follow its request row), so
+/// that only the record at fault ends in `audit_dead_letters`.
 async fn write_batch(store: &Store, batch: &[AuditRecord], counts: &Counts) {
+    match write_retrying(store, batch).await {
+        Ok(()) => {}
+        Err(e) if batch.len() == 1 => dead_letter(store, &batch[0], &e, counts).await,
+        Err(_) => {
+            for record in batch {
+                if let Err(e) = write_retrying(store, std::slice::from_ref(record)).await {
+                    dead_letter(store, record, &e, counts).await;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `records` in one transaction, waiting out an unavailable
+/// database; the error is one that writing again would not mend.
+async fn write_retrying(store: &Store, records: &[AuditRecord]) -> Result<()> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match store.write_batch(batch).await {
-            Ok(()) => return,
+        match store.write_batch(records).await {
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, records = batch.len(), retry_in = ?backoff, "audit write failed; retrying");
+                tracing::warn!(error = %e, records = records.len(), retry_in = ?backoff, "audit write failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            Err(_) if batch.len() > 1 => break,
-            Err(e) => return dead_letter(store, &batch[0], &e, counts).await,
-        }
-    }
-    for record in batch {
-        let mut backoff = Duration::from_millis(100);
-        // Records are written in order: an event must follow its request
-        // row. Only an unavailable database is waited for.
-        loop {
-            match store.write(record).await {
-                Ok(()) => break,
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "audit write failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(e) => {
-                    dead_letter(store, record, &e, counts).await;
-                    break;
-                }
-            }
+            done => return done,
         }
     }
 }
