@@ -25,6 +25,27 @@ fn occurrences(rr: &RemediationRequest) -> i64 {
     rr.occurrence_count()
 }
 
+/// The namespace's requests once their occurrence counts add up to at
+/// least `total`: a duplicate answered from the Redis journal reaches its
+/// request's status shortly after its answer (within a settle interval,
+/// or a sweep if its replica is gone). Callers assert the exact figures.
+async fn requests_counting(
+    admin: &kube::Client,
+    ns: &str,
+    total: i64,
+) -> anyhow::Result<Vec<RemediationRequest>> {
+    kubernaut_e2e::eventually(
+        &format!("{total} occurrences in the status of {ns}'s requests"),
+        Duration::from_secs(20),
+        || async {
+            let rrs = requests(admin, ns).await?;
+            let sum: i64 = rrs.iter().map(occurrences).sum();
+            Ok((sum >= total).then_some(rrs))
+        },
+    )
+    .await
+}
+
 /// How many replies had each status code.
 fn codes(replies: &[Reply]) -> BTreeMap<u16, usize> {
     let mut m = BTreeMap::new();
@@ -63,7 +84,7 @@ async fn two_gateways_racing_100_identical_first_signals_create_one_request() ->
         "{:?}",
         replies.iter().map(|r| &r.text).collect::<Vec<_>>()
     );
-    let rrs = requests(&admin, &ns).await?;
+    let rrs = requests_counting(&admin, &ns, 100).await?;
     assert_eq!(rrs.len(), 1, "exactly one request");
     assert_eq!(occurrences(&rrs[0]), 100);
     let name = rrs[0].metadata.name.clone().unwrap_or_default();
@@ -103,7 +124,7 @@ async fn different_first_signals_for_one_target_open_one_request_even_without_re
     let replies = fire(&[&with_redis, &without], &bodies).await?;
 
     assert_eq!(codes(&replies), BTreeMap::from([(201, 1), (202, 59)]));
-    let rrs = requests(&admin, &ns).await?;
+    let rrs = requests_counting(&admin, &ns, 60).await?;
     assert_eq!(rrs.len(), 1, "pods of one Deployment are one incident");
     assert_eq!(occurrences(&rrs[0]), 60);
     assert_eq!(rrs[0].spec.target.kind, "Deployment");
@@ -178,7 +199,7 @@ async fn redis_stopped_mid_test_keeps_deduplication_correct() -> anyhow::Result<
             .collect::<Vec<_>>()
     );
 
-    let rrs = requests(&admin, &ns).await?;
+    let rrs = requests_counting(&admin, &ns, 80).await?;
     let by_target: BTreeMap<String, i64> = rrs
         .iter()
         .map(|r| (r.spec.target.name.clone(), occurrences(r)))
@@ -342,5 +363,91 @@ async fn a_request_squatting_the_next_name_is_skipped_not_counted_on() -> anyhow
     );
     let squatter = rrs.get(&squatted).await?;
     assert_eq!(occurrences(&squatter), 1, "nothing was counted on it");
+    Ok(())
+}
+
+/// A replica that answered duplicates from the Redis journal and died
+/// before writing them leaves them in the journal; another replica's sweep
+/// writes them. Settling the same figure again adds nothing, and
+/// duplicates counted meanwhile through the API server (a replica without
+/// Redis) are kept beside the journal's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_journaled_duplicates_are_written_by_another_exactly_once()
+-> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let ns = managed_namespace(&admin, "dedup-journal", "staging").await?;
+    let pods = deployment_with_pods(&admin, &ns, "web", 1).await?;
+    let pod = pods.first().context("a pod")?;
+    let without = Gateway::start(stack, None, "gw-no-redis").await?;
+    let body = |id: &str| alertmanager_payload("KubePodCrashLooping", &ns, &[(pod, id)], STARTS_AT);
+    let created = post(&without.url("alertmanager"), "application/json", body("j0")).await?;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let name = created.body["request"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let id = format!("{ns}/{name}");
+
+    // The dead replica: seven duplicates numbered in the journal (as its
+    // intake does, from the status it saw: count 1, none journaled), and
+    // never written.
+    let journal = kubernaut_store::index::SignalIndex::connect(&stack.redis_url, "kubernaut-e2e")?;
+    assert!(journal.wait_connected(Duration::from_secs(5)).await);
+    let at = kubernaut_api::k8s_openapi::jiff::Timestamp::now().as_millisecond();
+    let mut answers = Vec::new();
+    for _ in 0..7 {
+        answers.push(journal.count_occurrence(&id, 1, 0, at).await?.count);
+    }
+    assert_eq!(answers, (2..=8).collect::<Vec<_>>());
+    // Meanwhile a replica without Redis counts two through the API server.
+    for i in 1..=2 {
+        let r = post(
+            &without.url("alertmanager"),
+            "application/json",
+            body(&format!("j{i}")),
+        )
+        .await?;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let rrs: Api<RemediationRequest> = Api::namespaced(admin.clone(), &ns);
+    assert_eq!(
+        occurrences(&rrs.get(&name).await?),
+        3,
+        "the journal's seven are not written yet"
+    );
+
+    // A live replica with Redis sweeps the journal.
+    let _live = Gateway::start(stack, Some(&stack.redis_url), "gw-sweeper").await?;
+    let settled = requests_counting(&admin, &ns, 10).await?;
+    assert_eq!(
+        occurrences(&settled[0]),
+        10,
+        "1 + 2 through the API server + 7 journaled"
+    );
+    let dedup = settled[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.deduplication.clone())
+        .context("deduplication status")?;
+    assert_eq!(dedup.journaled, Some(7));
+    kubernaut_e2e::eventually("the journal settled", Duration::from_secs(10), || async {
+        let stale = journal.stale_unsettled(Duration::ZERO, 10_000).await?;
+        Ok((!stale.contains(&id)).then_some(()))
+    })
+    .await?;
+
+    // Settling the same figure again (a second sweeper, a retry) adds nothing.
+    let key = kubernaut_api::RequestKey::new(ns.clone(), name.clone());
+    let again = kubernaut_cluster::Occurrences::new(without.cluster.clone())
+        .settle(
+            &key,
+            7,
+            kubernaut_api::k8s_openapi::jiff::Timestamp::now(),
+            vec![],
+        )
+        .await?;
+    assert_eq!(again, Some(7));
+    assert_eq!(occurrences(&rrs.get(&name).await?), 10);
     Ok(())
 }

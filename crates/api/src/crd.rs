@@ -207,6 +207,11 @@ pub struct Deduplication {
     /// Kubernetes alone when the Redis index is empty or down (K-GW-5).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_instances: Vec<String>,
+    /// How many of `occurrenceCount` the gateway's Redis journal numbered
+    /// (answered before they were written here). Writing a journal's
+    /// figure again adds nothing, so replicas may settle it in any order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journaled: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

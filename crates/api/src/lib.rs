@@ -135,6 +135,7 @@ mod tests {
             first_seen_at: t.clone(),
             last_seen_at: t,
             recent_instances: vec![],
+            journaled: None,
         };
         d.remember("a");
         d.remember("a");

@@ -36,6 +36,25 @@ struct Entry {
     open: bool,
     signal_name: String,
     instances: Vec<String>,
+    /// The occurrence count its status holds, and how many of them the
+    /// Redis journal numbered.
+    occurrences: i64,
+    journaled: i64,
+    storm: bool,
+}
+
+/// What the intake needs to count a duplicate on a request without the
+/// API server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Countable {
+    pub fingerprint: String,
+    pub open: bool,
+    /// A storm request: its occurrences also count targets.
+    pub storm: bool,
+    /// The occurrence count its status held when the view last saw it,
+    /// and how many of them the Redis journal numbered.
+    pub occurrences: i64,
+    pub journaled: i64,
 }
 
 impl Entry {
@@ -55,7 +74,35 @@ impl Entry {
             open: !rr.phase().is_terminal() && rr.metadata.deletion_timestamp.is_none(),
             signal_name: rr.spec.signal_name.clone(),
             instances,
+            occurrences: rr.occurrence_count(),
+            journaled: rr
+                .status
+                .as_ref()
+                .and_then(|s| s.deduplication.as_ref())
+                .and_then(|d| d.journaled)
+                .unwrap_or(0),
+            storm: rr.spec.storm.is_some(),
         }
+    }
+}
+
+impl From<&Entry> for Countable {
+    fn from(e: &Entry) -> Self {
+        Self {
+            fingerprint: e.fingerprint.clone(),
+            open: e.open,
+            storm: e.storm,
+            occurrences: e.occurrences,
+            journaled: e.journaled,
+        }
+    }
+}
+
+impl Countable {
+    /// What a request read from the API server says (one the view has
+    /// not seen yet).
+    pub fn of(rr: &RemediationRequest) -> Self {
+        Self::from(&Entry::of(rr))
     }
 }
 
@@ -177,6 +224,11 @@ impl Index {
             .get(instance)
             .filter(|k| k.namespace == namespace)
             .cloned()
+    }
+
+    /// What the view knows of a request for counting on it.
+    pub fn countable(&self, key: &RequestKey) -> Option<Countable> {
+        self.entries.get(key).map(Countable::from)
     }
 
     fn requests(&self, namespace: &str, fp: &str) -> impl Iterator<Item = (&RequestKey, &Entry)> {
@@ -378,6 +430,7 @@ mod tests {
             first_seen_at: at.clone(),
             last_seen_at: at,
             recent_instances: vec!["inst-r1".into(), "later".into()],
+            journaled: None,
         });
         ix.apply(&r);
         let key = Some(RequestKey::new("a", "r1"));

@@ -33,7 +33,7 @@ pub use actions::{DeleteOutcome, PodState};
 pub use approvals::KubeApprovals;
 pub use claims::LeaseClaim;
 pub use health::{MAX_HEALTH_PODS, Observed, PodHealth, canonical_hash};
-pub use known::{Index as KnownIndex, KnownRequests, sequence_of};
+pub use known::{Countable, Index as KnownIndex, KnownRequests, sequence_of};
 pub use kube::Client;
 pub use members::member_lease_name;
 pub use occurrences::{Counted, Occurrences, Require};

@@ -8,9 +8,16 @@
 //! caller is answered only once the write that includes it has landed. Under
 //! load that is one write per API round trip however many signals arrive,
 //! and conflicts happen only between replicas.
+//!
+//! Where a count already has its place elsewhere (the intake's Redis
+//! journal answers a duplicate at once and settles it here later),
+//! [`Occurrences::settle`] writes it through the same writer: the status
+//! takes the larger of its own count and the settled one, so settling is
+//! idempotent and any replica may settle another's journal.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -46,11 +53,28 @@ pub struct Counted {
 
 struct Waiter {
     at: Timestamp,
-    instance: String,
-    require: Require,
-    /// On a storm request: the target this signal is about.
-    storm_target: Option<ObjectRef>,
+    /// The instances this waiter brings, oldest first (one for a count).
+    instances: Vec<String>,
+    kind: Kind,
     reply: oneshot::Sender<Result<Option<Counted>, String>>,
+}
+
+enum Kind {
+    /// One more occurrence, numbered by the write that includes it.
+    Count {
+        require: Require,
+        /// On a storm request: the target this signal is about.
+        storm_target: Option<ObjectRef>,
+    },
+    /// Occurrences numbered by the Redis journal: `journaled` of them in
+    /// all (the count's share the status records as `journaled`).
+    Settle { journaled: i64 },
+}
+
+impl Waiter {
+    fn counts(&self) -> bool {
+        matches!(self.kind, Kind::Count { .. })
+    }
 }
 
 /// A key is present while its writer task runs; arrivals join its queue.
@@ -60,6 +84,10 @@ type Pending = Arc<Mutex<HashMap<RequestKey, Vec<Waiter>>>>;
 pub struct Occurrences {
     cluster: Cluster,
     pending: Pending,
+    /// Set once the API server dropped `status.deduplication.journaled`
+    /// from a write: the installed CRD predates it, and settling a journal
+    /// would add its figure again on every write.
+    journal_pruned: Arc<AtomicBool>,
 }
 
 impl Occurrences {
@@ -67,7 +95,13 @@ impl Occurrences {
         Self {
             cluster,
             pending: Arc::default(),
+            journal_pruned: Arc::default(),
         }
+    }
+
+    /// Whether the installed CRD keeps what settling a journal needs.
+    pub fn journal_supported(&self) -> bool {
+        !self.journal_pruned.load(Ordering::Relaxed)
     }
 
     /// Counts one occurrence of `instance` on `request`. `Ok(None)` when the
@@ -92,12 +126,50 @@ impl Occurrences {
         require: Require,
         storm_target: Option<ObjectRef>,
     ) -> Result<Option<Counted>> {
+        self.queue(
+            request,
+            at,
+            vec![instance.to_string()],
+            Kind::Count {
+                require,
+                storm_target,
+            },
+        )
+        .await
+    }
+
+    /// Writes occurrences that the Redis journal numbered, `journaled` of
+    /// them in all: the status's count grows by however many of them it
+    /// does not hold yet (`journaled` records how many it holds), its last
+    /// occurrence becomes at least `last_seen`, and `instances` (oldest
+    /// first) are remembered. Returns the journal's figure as the status
+    /// now holds it, `None` when the request does not exist. Applies to
+    /// ended requests too: what was accepted is recorded.
+    pub async fn settle(
+        &self,
+        request: &RequestKey,
+        journaled: i64,
+        last_seen: Timestamp,
+        instances: Vec<String>,
+    ) -> Result<Option<i64>> {
+        Ok(self
+            .queue(request, last_seen, instances, Kind::Settle { journaled })
+            .await?
+            .map(|c| c.count))
+    }
+
+    async fn queue(
+        &self,
+        request: &RequestKey,
+        at: Timestamp,
+        instances: Vec<String>,
+        kind: Kind,
+    ) -> Result<Option<Counted>> {
         let (reply, rx) = oneshot::channel();
         let waiter = Waiter {
             at,
-            instance: instance.to_string(),
-            require,
-            storm_target,
+            instances,
+            kind,
             reply,
         };
         let start_writer = {
@@ -118,6 +190,7 @@ impl Occurrences {
             tokio::spawn(writer(
                 self.cluster.clone(),
                 self.pending.clone(),
+                self.journal_pruned.clone(),
                 request.clone(),
             ));
         }
@@ -128,7 +201,12 @@ impl Occurrences {
     }
 }
 
-async fn writer(cluster: Cluster, pending: Pending, request: RequestKey) {
+async fn writer(
+    cluster: Cluster,
+    pending: Pending,
+    journal_pruned: Arc<AtomicBool>,
+    request: RequestKey,
+) {
     let api: Api<RemediationRequest> =
         Api::namespaced(cluster.client().clone(), &request.namespace);
     // What the last write returned: while arrivals keep this writer busy,
@@ -146,7 +224,17 @@ async fn writer(cluster: Cluster, pending: Pending, request: RequestKey) {
                 }
             }
         };
+        let wrote_journal = batch.iter().any(|w| !w.counts());
         last = write_batch(&api, &request.name, batch, last.take()).await;
+        let pruned = last.as_ref().is_some_and(|rr| {
+            rr.status
+                .as_ref()
+                .and_then(|s| s.deduplication.as_ref())
+                .is_some_and(|d| d.journaled.is_none() && d.occurrence_count > 1)
+        }) && wrote_journal;
+        if pruned && !journal_pruned.swap(true, Ordering::Relaxed) {
+            tracing::error!(request = %request, "the installed RemediationRequest CRD drops status.deduplication.journaled: duplicates are now counted through the API server only; apply the CRD of this version (kubernaut crds)");
+        }
     }
 }
 
@@ -171,32 +259,67 @@ async fn write_batch(
             },
         };
         let ended = rr.phase().is_terminal();
-        let countable = |w: &Waiter| !(ended && w.require == Require::Open);
-        let n = batch.iter().filter(|w| countable(w)).count();
-        if n == 0 {
+        let countable = |w: &Waiter| match &w.kind {
+            Kind::Count { require, .. } => !(ended && *require == Require::Open),
+            Kind::Settle { .. } => true,
+        };
+        let n = batch.iter().filter(|w| countable(w) && w.counts()).count();
+        let settled = batch
+            .iter()
+            .filter_map(|w| match w.kind {
+                Kind::Settle { journaled } => Some(journaled),
+                Kind::Count { .. } => None,
+            })
+            .max();
+        if n == 0 && settled.is_none() {
             return answer_all(batch, Ok(None));
         }
         let prev = rr.status.as_ref().and_then(|s| s.deduplication.clone());
-        // A request whose first occurrence was never written has been seen once.
-        let base = prev.as_ref().map_or(1, |d| d.occurrence_count);
+        // What the journal numbered beyond what the status holds of it: a
+        // journal's figure written twice adds nothing the second time.
+        let journaled_before = prev.as_ref().and_then(|d| d.journaled).unwrap_or(0);
+        let journaled = settled.map(|j| j.max(journaled_before));
+        let newly_journaled = journaled.map_or(0, |j| j - journaled_before);
+        // A request whose first occurrence was never written has been seen
+        // once.
+        let base = prev.as_ref().map_or(1, |d| d.occurrence_count) + newly_journaled;
         let mut dedup = prev.unwrap_or_else(|| Deduplication {
             occurrence_count: 1,
             first_seen_at: rr.spec.received_time.clone(),
             last_seen_at: rr.spec.received_time.clone(),
             recent_instances: vec![rr.spec.instance_id.clone()],
+            journaled: None,
         });
+        if journaled.is_some() {
+            dedup.journaled = journaled;
+        }
         for w in batch.iter().filter(|w| countable(w)) {
-            dedup.remember(&w.instance);
+            for i in &w.instances {
+                dedup.remember(i);
+            }
             if w.at > dedup.last_seen_at.0 {
                 dedup.last_seen_at = Time(w.at);
             }
         }
         dedup.occurrence_count = base + n as i64;
+        let unchanged = n == 0 && prev_equal(&rr, &dedup);
+        if unchanged {
+            // Settled already (by another replica): nothing to write.
+            let counted = Counted {
+                count: dedup.journaled.unwrap_or(0),
+                fingerprint: rr.spec.fingerprint.clone(),
+            };
+            answer_all(batch, Ok(Some(counted)));
+            return Some(rr);
+        }
         let mut status = json!({ "deduplication": dedup });
         let storm_targets: Vec<&ObjectRef> = batch
             .iter()
             .filter(|w| countable(w))
-            .filter_map(|w| w.storm_target.as_ref())
+            .filter_map(|w| match &w.kind {
+                Kind::Count { storm_target, .. } => storm_target.as_ref(),
+                Kind::Settle { .. } => None,
+            })
             .collect();
         if !storm_targets.is_empty() {
             let mut storm = rr
@@ -217,9 +340,15 @@ async fn write_batch(
         {
             Ok(written) => {
                 let fingerprint = rr.spec.fingerprint;
+                let written_journaled = dedup.journaled.unwrap_or(0);
                 let mut next = base;
                 for w in batch {
-                    let r = if countable(&w) {
+                    let r = if !w.counts() {
+                        Some(Counted {
+                            count: written_journaled,
+                            fingerprint: fingerprint.clone(),
+                        })
+                    } else if countable(&w) {
                         next += 1;
                         Some(Counted {
                             count: next,
@@ -238,6 +367,14 @@ async fn write_batch(
         }
     }
     answer_all(batch, Err(format!("write conflicts persisted: {last_err}")))
+}
+
+/// Whether the request's status already says what `dedup` would.
+fn prev_equal(rr: &RemediationRequest, dedup: &Deduplication) -> bool {
+    rr.status
+        .as_ref()
+        .and_then(|s| s.deduplication.as_ref())
+        .is_some_and(|d| d == dedup)
 }
 
 /// Answers every waiter alike; nothing is known of the request afterwards.

@@ -17,9 +17,13 @@
 //!    same history tries the same name, one wins, and the others are told
 //!    what won and count on it (or, if it has ended, try the place after).
 //!
-//! Redis is the replicas' shared storm window; when it cannot answer, each
-//! replica counts its own window, and the failure is counted.
+//! Redis is the replicas' shared storm window and, for duplicates, the
+//! journal that numbers them so that they are answered before their status
+//! write ([`journal`]); when it cannot answer, each replica counts its own
+//! window, duplicates wait for their status write, and the failure is
+//! counted.
 
+mod journal;
 mod metrics;
 mod storm;
 
@@ -32,10 +36,11 @@ use async_trait::async_trait;
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
 use kubernaut_api::{
     ENVIRONMENT_LABEL, IngestOutcome, IntakeError, MANAGED_LABEL, ObjectRef, RejectReason,
-    RequestKey, Signal, SignalIntake, StormSpec, fingerprint,
+    RemediationRequest, RequestKey, Signal, SignalIntake, StormSpec, fingerprint,
 };
 use kubernaut_cluster::{
-    Cluster, Counted, Created, KnownRequests, Occurrences, Require, Resolved, Scope, sequence_of,
+    Cluster, Countable, Counted, Created, KnownRequests, Occurrences, Require, Resolved, Scope,
+    sequence_of,
 };
 use kubernaut_store::index::{IndexResult, SignalIndex};
 
@@ -85,6 +90,8 @@ struct Inner {
     /// Set once the watches' first lists are in.
     synced: AtomicBool,
     local_windows: Mutex<LocalWindows>,
+    /// With Redis: duplicates numbered there, written to status shortly after.
+    journal: Option<journal::Journal>,
 }
 
 impl Intake {
@@ -99,9 +106,14 @@ impl Intake {
         settings: IntakeSettings,
         metrics: IntakeMetrics,
     ) -> Self {
+        let occurrences = Occurrences::new(cluster.clone());
+        let journal = index
+            .clone()
+            .map(|ix| journal::Journal::start(ix, occurrences.clone()));
         Self {
             inner: Arc::new(Inner {
-                occurrences: Occurrences::new(cluster.clone()),
+                journal,
+                occurrences,
                 known: KnownRequests::start(&cluster),
                 cluster,
                 index,
@@ -111,6 +123,15 @@ impl Intake {
                 synced: AtomicBool::new(false),
                 local_windows: Mutex::default(),
             }),
+        }
+    }
+
+    /// Writes every duplicate this replica has answered to its request's
+    /// status (on shutdown: a clean stop leaves nothing for other replicas
+    /// to settle).
+    pub async fn settle(&self) {
+        if let Some(j) = &self.inner.journal {
+            j.settle_now().await;
         }
     }
 
@@ -260,7 +281,7 @@ impl Inner {
                 && tried_open.as_ref() != Some(&key)
             {
                 if let Some(c) = self
-                    .count_in(plan, &key, at, instance, Require::Open)
+                    .count_in(plan, &key, None, at, instance, Require::Open)
                     .await?
                 {
                     return Ok(duplicate(key, c));
@@ -308,7 +329,10 @@ impl Inner {
                 floor = seq.max(sequence_of(&taken)) + 1;
                 continue;
             };
-            if let Some(c) = self.count_in(plan, &key, at, instance, require).await? {
+            if let Some(c) = self
+                .count_in(plan, &key, Some(&taken), at, instance, require)
+                .await?
+            {
                 return Ok(duplicate(key, c));
             }
             floor = seq + 1;
@@ -367,7 +391,8 @@ impl Inner {
             .read(|ix| ix.open_of_signal(&ns, &fp, &signal.name)))
     }
 
-    /// Counts an occurrence on a request.
+    /// Counts an occurrence on a request: numbered by the Redis journal and
+    /// answered at once when it can be, else through the status write.
     async fn count(
         &self,
         key: &RequestKey,
@@ -375,22 +400,73 @@ impl Inner {
         instance: &str,
         require: Require,
     ) -> Result<Option<Counted>, IntakeError> {
+        let known = self.known.read(|ix| ix.countable(key));
+        if let Some(c) = self
+            .count_journaled(key, known, at, instance, require)
+            .await
+        {
+            return Ok(Some(c));
+        }
         self.occurrences
             .record(key, at, instance, require)
             .await
             .map_err(unavailable)
     }
 
+    /// The journal's count of a duplicate of a request known from the view
+    /// or a read (open, unless any state will do) that no storm aggregates;
+    /// `None` sends it through the status write.
+    async fn count_journaled(
+        &self,
+        key: &RequestKey,
+        known: Option<Countable>,
+        at: Timestamp,
+        instance: &str,
+        require: Require,
+    ) -> Option<Counted> {
+        let journal = self.journal.as_ref()?;
+        if !self.occurrences.journal_supported() {
+            return None;
+        }
+        let known = known?;
+        if known.storm || (require == Require::Open && !known.open) {
+            return None;
+        }
+        let count = self
+            .redis("count_duplicate", async |_| {
+                journal.count(key, &known, at, instance).await
+            })
+            .await?;
+        Some(Counted {
+            count,
+            fingerprint: known.fingerprint,
+        })
+    }
+
     /// Counts an occurrence on the plan's request; on a storm plan, also
     /// against the signal's target.
+    /// `taken` is the request as the create that collided with it read it.
     async fn count_in(
         &self,
         plan: &Plan,
         key: &RequestKey,
+        taken: Option<&RemediationRequest>,
         at: Timestamp,
         instance: &str,
         require: Require,
     ) -> Result<Option<Counted>, IntakeError> {
+        if plan.storm_target.is_none() {
+            let known = self
+                .known
+                .read(|ix| ix.countable(key))
+                .or_else(|| taken.map(Countable::of));
+            if let Some(c) = self
+                .count_journaled(key, known, at, instance, require)
+                .await
+            {
+                return Ok(Some(c));
+            }
+        }
         self.occurrences
             .record_on(key, at, instance, require, plan.storm_target.clone())
             .await

@@ -421,6 +421,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
     let admin_server =
         axum::serve(admin_listener, admin_app).with_graceful_shutdown(wait(shutdown_rx.clone()));
     let ready_flag = ready.clone();
+    let intake_drain = intake.clone();
     // Ready once the controller has its requests and the intake its
     // watches: before that a signal would wait for them (or get a 503).
     let controller = controller::run(ctx, shutdown_rx.clone(), move || {
@@ -504,6 +505,9 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
         let _ = shutdown_all.send(true);
         let drain = async {
             futures::future::join_all(rest).await;
+            // Duplicates answered from the Redis journal reach their status
+            // now rather than by another replica's sweep.
+            intake_drain.settle().await;
             // The controller's context held the last audit handle; the
             // writer ends once its queue is empty.
             let _ = audit_task.await;

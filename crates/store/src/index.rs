@@ -1,10 +1,21 @@
 //! What the gateway replicas share in Redis: the storm windows of each
 //! alert name (K-GW-6), so that every replica sees one rate and one set of
-//! targets.
+//! targets; and the journal of duplicates (K-GW-5), so that a duplicate is
+//! answered once Redis has numbered it rather than once the API server has
+//! written it.
 //!
-//! Redis is never the truth: every call fails fast (no queueing while
-//! disconnected) so that callers fall back at once (each replica counting
-//! its own windows) when Redis is down.
+//! The journal holds, per request, the occurrence count every replica
+//! numbers from and the latest occurrence's time, and a set of the requests
+//! whose count the API server has not caught up with yet, scored by their
+//! last occurrence. The replica that numbered an occurrence writes it to
+//! the request's status shortly after and then takes the request out of the
+//! set if nothing was numbered since; a request left in the set (its
+//! replica died) is written by any replica that finds it there.
+//!
+//! Redis is never the truth for creation: every call fails fast (no
+//! queueing while disconnected) so that callers fall back at once (each
+//! replica counting its own storm windows, duplicates counted through the
+//! API server) when Redis is down.
 
 use std::time::Duration;
 
@@ -35,6 +46,72 @@ redis.call('PEXPIRE', KEYS[2], pattern_ms)
 return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
 ";
 
+/// Numbers one occurrence of a request. Two figures: `count`, the number
+/// the duplicate is answered with (the request's occurrence count, resumed
+/// from the status's when larger, so the numbering carries on from
+/// Kubernetes), and `numbered`, how many occurrences the journal numbered
+/// in all (resumed from the status's `journaled`), which is what settling
+/// writes.
+/// KEYS: the request's journal hash, the unsettled set. ARGV: the status's
+/// count, the occurrence's time (ms), the request's id, the journal's TTL
+/// (ms), the status's `journaled`.
+const OCCURRENCE_COUNT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local count = math.max(tonumber(redis.call('HGET', KEYS[1], 'count') or '0'), tonumber(ARGV[1])) + 1
+local numbered = math.max(tonumber(redis.call('HGET', KEYS[1], 'numbered') or '0'), tonumber(ARGV[5])) + 1
+redis.call('HSET', KEYS[1], 'count', count, 'numbered', numbered)
+local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '0')
+if tonumber(ARGV[2]) > last then redis.call('HSET', KEYS[1], 'last', ARGV[2]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+return {count, numbered}
+";
+
+/// Takes a request out of the unsettled set if its status now holds every
+/// occurrence the journal numbered. KEYS: journal hash, unsettled set.
+/// ARGV: the `journaled` figure written, the request's id.
+const OCCURRENCE_SETTLED: &str = r"
+local numbered = tonumber(redis.call('HGET', KEYS[1], 'numbered') or '0')
+if numbered <= tonumber(ARGV[1]) then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Requests unsettled for longer than ARGV[1] ms (at most ARGV[2]), on
+/// Redis's clock. KEYS: the unsettled set.
+const OCCURRENCES_STALE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, tonumber(ARGV[2]))
+";
+
+/// How long a request's journal outlives its last occurrence: long enough
+/// that an incident's duplicates keep one numbering, short enough that
+/// Redis does not keep every request ever counted. An expired journal
+/// resumes from the status's count.
+const JOURNAL_TTL: Duration = Duration::from_secs(3600);
+
+/// One occurrence, numbered by the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Numbered {
+    /// The request's occurrence count with this one: the duplicate's answer.
+    pub count: i64,
+    /// Occurrences the journal numbered in all: what settling writes.
+    pub numbered: i64,
+}
+
+/// A request's journal: what its status must come to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Journal {
+    /// Occurrences the journal numbered in all.
+    pub numbered: i64,
+    /// The latest occurrence, in milliseconds since the epoch.
+    pub last_ms: i64,
+}
+
 /// What the storm windows of one alert name hold after a signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowCounts {
@@ -55,6 +132,9 @@ pub struct SignalIndex {
     client: fred::prelude::Client,
     prefix: String,
     storm_windows: Script,
+    occurrence_count: Script,
+    occurrence_settled: Script,
+    occurrences_stale: Script,
 }
 
 impl SignalIndex {
@@ -84,6 +164,9 @@ impl SignalIndex {
             client,
             prefix: prefix.to_string(),
             storm_windows: Script::from_lua(STORM_WINDOWS),
+            occurrence_count: Script::from_lua(OCCURRENCE_COUNT),
+            occurrence_settled: Script::from_lua(OCCURRENCE_SETTLED),
+            occurrences_stale: Script::from_lua(OCCURRENCES_STALE),
         })
     }
 
@@ -137,5 +220,89 @@ impl SignalIndex {
             )
             .await?;
         Ok(WindowCounts { signals, targets })
+    }
+
+    fn unsettled(&self) -> String {
+        format!("{}:occ-unsettled", self.prefix)
+    }
+
+    /// Numbers one occurrence of `request` (`namespace/name`).
+    /// `status_count` and `status_journaled` are what the request's status
+    /// was last seen with; `at_ms` is the occurrence's time.
+    pub async fn count_occurrence(
+        &self,
+        request: &str,
+        status_count: i64,
+        status_journaled: i64,
+        at_ms: i64,
+    ) -> IndexResult<Numbered> {
+        let ttl = i64::try_from(JOURNAL_TTL.as_millis()).unwrap_or(i64::MAX);
+        let (count, numbered): (i64, i64) = self
+            .occurrence_count
+            .evalsha_with_reload(
+                &self.fast(),
+                vec![self.key("occ", request), self.unsettled()],
+                vec![
+                    status_count.to_string(),
+                    at_ms.to_string(),
+                    request.to_string(),
+                    ttl.to_string(),
+                    status_journaled.to_string(),
+                ],
+            )
+            .await?;
+        Ok(Numbered { count, numbered })
+    }
+
+    /// The journal of `request`, if it has one.
+    pub async fn journal(&self, request: &str) -> IndexResult<Option<Journal>> {
+        use fred::prelude::HashesInterface;
+        let (numbered, last): (Option<i64>, Option<i64>) = self
+            .fast()
+            .hmget(self.key("occ", request), vec!["numbered", "last"])
+            .await?;
+        Ok(numbered.map(|numbered| Journal {
+            numbered,
+            last_ms: last.unwrap_or(0),
+        }))
+    }
+
+    /// The status of `request` now holds `written` of the occurrences the
+    /// journal numbered: it leaves the unsettled set unless more were
+    /// numbered meanwhile. Returns whether it left.
+    pub async fn settled(&self, request: &str, written: i64) -> IndexResult<bool> {
+        let left: i64 = self
+            .occurrence_settled
+            .evalsha_with_reload(
+                &self.fast(),
+                vec![self.key("occ", request), self.unsettled()],
+                vec![written.to_string(), request.to_string()],
+            )
+            .await?;
+        Ok(left == 1)
+    }
+
+    /// `request` is gone: its journal goes too.
+    pub async fn forget(&self, request: &str) -> IndexResult<()> {
+        use fred::prelude::{KeysInterface, SortedSetsInterface};
+        let fast = self.fast();
+        let () = fast.del(self.key("occ", request)).await?;
+        let () = fast.zrem(self.unsettled(), request).await?;
+        Ok(())
+    }
+
+    /// Up to `limit` requests whose occurrences have waited longer than
+    /// `age` for their status write: their replica died or lost the API
+    /// server.
+    pub async fn stale_unsettled(&self, age: Duration, limit: usize) -> IndexResult<Vec<String>> {
+        let ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        Ok(self
+            .occurrences_stale
+            .evalsha_with_reload(
+                &self.fast(),
+                vec![self.unsettled()],
+                vec![ms.to_string(), limit.to_string()],
+            )
+            .await?)
     }
 }
