@@ -1,7 +1,10 @@
 //! Duplicates answered from the Redis journal (K-GW-5): with Redis
-//! configured, a duplicate is numbered by one Redis script and answered at
+//! configured, a duplicate is numbered by a Redis script and answered at
 //! once; its status write follows within [`SETTLE_EVERY`], one write per
-//! request however many duplicates arrived meanwhile.
+//! request however many duplicates arrived meanwhile. Duplicates of one
+//! request that arrive while a script call is in flight are numbered
+//! together by the next one, so a stream of them costs Redis one call per
+//! round trip rather than one per duplicate.
 //!
 //! A duplicate answered 2xx must end up counted on its request. It is held
 //! in two places until its status write lands: in Redis (the journal's
@@ -18,15 +21,18 @@
 //! aggregates, take this path; the rest (and every duplicate while Redis
 //! fails) wait for their status write as before.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
+use hashlink::LruCache;
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
 use kubernaut_api::{MAX_RECENT_INSTANCES, RequestKey};
 use kubernaut_cluster::{Countable, Occurrences};
-use kubernaut_store::index::{Numbered, SignalIndex};
+use kubernaut_store::index::{IndexError, IndexResult, Numbered, SignalIndex};
+use tokio::sync::oneshot;
 
 /// How long an answered duplicate may wait for its status write: the
 /// lag `kubectl get` shows, and the most one write per request per
@@ -42,6 +48,10 @@ const CONCURRENT_SETTLES: usize = 16;
 /// Requests this replica tracks in memory. Beyond it, a request's
 /// occurrences are still in Redis and the sweep settles them.
 const MAX_TRACKED: usize = 100_000;
+
+/// Instances remembered for resolutions that overtake their status write:
+/// far more than arrive in a settle interval.
+const RECENT_INSTANCES: usize = 10_000;
 
 /// What this replica numbered on one request and has not written yet.
 #[derive(Debug)]
@@ -72,10 +82,24 @@ impl Unsettled {
     }
 }
 
+/// A duplicate waiting for its number.
+struct Waiting {
+    at: Timestamp,
+    instance: String,
+    reply: oneshot::Sender<IndexResult<i64>>,
+}
+
 #[derive(Clone)]
 pub(crate) struct Journal {
     index: SignalIndex,
     occurrences: Occurrences,
+    /// A key is present while its numbering task runs; arrivals queue.
+    numbering: Arc<Mutex<HashMap<RequestKey, Vec<Waiting>>>>,
+    /// The request of each instance numbered lately, for a resolution that
+    /// arrives before the instance reaches its request's status (and so the
+    /// intake's view). The mapping never changes, so entries need no
+    /// removal; the bound keeps the newest.
+    instances: Arc<Mutex<LruCache<String, RequestKey>>>,
     unsettled: Arc<Mutex<HashMap<RequestKey, Unsettled>>>,
 }
 
@@ -96,6 +120,8 @@ impl Journal {
         let journal = Self {
             index,
             occurrences,
+            numbering: Arc::default(),
+            instances: Arc::new(Mutex::new(LruCache::new(RECENT_INSTANCES))),
             unsettled: Arc::default(),
         };
         let settler = journal.clone();
@@ -117,42 +143,150 @@ impl Journal {
     /// Numbers one occurrence of `key` and returns the duplicate's count;
     /// `known` is what the view last saw of the request. The error is
     /// Redis's: the caller counts through the API server instead.
+    ///
+    /// Duplicates of one request that arrive while a numbering is in flight
+    /// wait for the next, which numbers them all with one script call.
     pub(crate) async fn count(
         &self,
         key: &RequestKey,
         known: &Countable,
         at: Timestamp,
         instance: &str,
-    ) -> kubernaut_store::index::IndexResult<i64> {
-        let Numbered { count, numbered } = self
-            .index
-            .count_occurrence(&id(key), known.occurrences, known.journaled, at.as_millisecond())
-            .await?;
+    ) -> IndexResult<i64> {
+        let (reply, rx) = oneshot::channel();
+        let waiting = Waiting {
+            at,
+            instance: instance.to_string(),
+            reply,
+        };
+        let lead = {
+            let mut map = self
+                .numbering
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match map.entry(key.clone()) {
+                Entry::Occupied(mut e) => {
+                    e.get_mut().push(waiting);
+                    false
+                }
+                Entry::Vacant(e) => {
+                    e.insert(vec![waiting]);
+                    true
+                }
+            }
+        };
+        if lead {
+            // A task of its own: the numbering completes even if this
+            // caller goes away, and answers everyone queued behind it.
+            tokio::spawn(self.clone().number(key.clone(), known.clone()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(IndexError::canceled("the journal's numbering stopped")))
+    }
+
+    /// Numbers what has queued up for `key`, batch after batch, until
+    /// nothing waits.
+    async fn number(self, key: RequestKey, known: Countable) {
+        let rid = id(&key);
+        loop {
+            let batch = {
+                let mut map = self
+                    .numbering
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match map.get_mut(&key) {
+                    Some(w) if !w.is_empty() => std::mem::take(w),
+                    _ => {
+                        map.remove(&key);
+                        return;
+                    }
+                }
+            };
+            let n = batch.len();
+            let last = batch
+                .iter()
+                .map(|w| w.at)
+                .max()
+                .unwrap_or_else(Timestamp::now);
+            match self
+                .index
+                .count_occurrences(
+                    &rid,
+                    known.occurrences,
+                    known.journaled,
+                    n,
+                    last.as_millisecond(),
+                )
+                .await
+            {
+                Ok(Numbered { count, numbered }) => {
+                    {
+                        let mut recent = self
+                            .instances
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        for w in &batch {
+                            recent.insert(w.instance.clone(), key.clone());
+                        }
+                    }
+                    self.track(
+                        &key,
+                        numbered,
+                        last,
+                        batch.iter().map(|w| w.instance.clone()),
+                    );
+                    let first = count - n as i64 + 1;
+                    for (i, w) in batch.into_iter().enumerate() {
+                        let _ = w.reply.send(Ok(first + i as i64));
+                    }
+                }
+                Err(e) => {
+                    for w in batch {
+                        let _ = w.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The request an instance this replica numbered lately was counted on.
+    pub(crate) fn request_of(&self, instance: &str) -> Option<RequestKey> {
+        self.instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(instance)
+            .cloned()
+    }
+
+    /// Remembers what was numbered on `key` until it is written.
+    fn track(
+        &self,
+        key: &RequestKey,
+        numbered: i64,
+        last: Timestamp,
+        instances: impl Iterator<Item = String>,
+    ) {
+        let mut u = Unsettled {
+            numbered,
+            last,
+            instances: VecDeque::new(),
+        };
+        for i in instances {
+            u.remember(i);
+        }
         let mut map = self
             .unsettled
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let tracked = map.len();
         match map.get_mut(key) {
-            Some(u) => u.merge(Unsettled {
-                numbered,
-                last: at,
-                instances: VecDeque::from([instance.to_string()]),
-            }),
+            Some(known) => known.merge(u),
             None if tracked < MAX_TRACKED => {
-                map.insert(
-                    key.clone(),
-                    Unsettled {
-                        numbered,
-                        last: at,
-                        instances: VecDeque::from([instance.to_string()]),
-                    },
-                );
+                map.insert(key.clone(), u);
             }
             // Redis holds it; the sweep settles it.
             None => {}
         }
-        Ok(count)
     }
 
     /// Writes everything this replica has numbered to the requests' status.

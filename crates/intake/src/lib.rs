@@ -373,6 +373,12 @@ impl Inner {
         if let Some(key) = self.known.read(|ix| ix.instance(&home, instance)) {
             return Ok(Some(key));
         }
+        // Counted from the journal moments ago: not in the status yet.
+        if let Some(key) = self.journal.as_ref().and_then(|j| j.request_of(instance))
+            && key.namespace == home
+        {
+            return Ok(Some(key));
+        }
         let Some(resolved) = self
             .cluster
             .resolve(&signal.resource)

@@ -52,17 +52,20 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
 /// Kubernetes), and `numbered`, how many occurrences the journal numbered
 /// in all (resumed from the status's `journaled`), which is what settling
 /// writes.
+/// Several occurrences at once are numbered consecutively.
 /// KEYS: the request's journal hash, the unsettled set. ARGV: the status's
-/// count, the occurrence's time (ms), the request's id, the journal's TTL
-/// (ms), the status's `journaled`.
+/// count, the latest occurrence's time (ms), the request's id, the
+/// journal's TTL (ms), the status's `journaled`, how many occurrences.
+/// Returns the figures after the last of them.
 const OCCURRENCE_COUNT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local count = math.max(tonumber(redis.call('HGET', KEYS[1], 'count') or '0'), tonumber(ARGV[1])) + 1
-local numbered = math.max(tonumber(redis.call('HGET', KEYS[1], 'numbered') or '0'), tonumber(ARGV[5])) + 1
-redis.call('HSET', KEYS[1], 'count', count, 'numbered', numbered)
-local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '0')
-if tonumber(ARGV[2]) > last then redis.call('HSET', KEYS[1], 'last', ARGV[2]) end
+local h = redis.call('HMGET', KEYS[1], 'count', 'numbered', 'last')
+local n = tonumber(ARGV[6])
+local count = math.max(tonumber(h[1] or '0'), tonumber(ARGV[1])) + n
+local numbered = math.max(tonumber(h[2] or '0'), tonumber(ARGV[5])) + n
+local last = math.max(tonumber(h[3] or '0'), tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'count', count, 'numbered', numbered, 'last', last)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[2], now, ARGV[3])
 return {count, numbered}
@@ -94,10 +97,11 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LI
 /// resumes from the status's count.
 const JOURNAL_TTL: Duration = Duration::from_secs(3600);
 
-/// One occurrence, numbered by the journal.
+/// Occurrences, numbered by the journal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Numbered {
-    /// The request's occurrence count with this one: the duplicate's answer.
+    /// The request's occurrence count with the last of them: the last
+    /// duplicate's answer (the others' are the numbers just below).
     pub count: i64,
     /// Occurrences the journal numbered in all: what settling writes.
     pub numbered: i64,
@@ -121,9 +125,19 @@ pub struct WindowCounts {
     pub targets: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("Redis is unavailable: {0}")]
 pub struct IndexError(#[from] fred::error::Error);
+
+impl IndexError {
+    /// A call that was abandoned before Redis answered.
+    pub fn canceled(why: &'static str) -> Self {
+        Self(fred::error::Error::new(
+            fred::error::ErrorKind::Canceled,
+            why,
+        ))
+    }
+}
 
 pub type IndexResult<T> = std::result::Result<T, IndexError>;
 
@@ -226,14 +240,15 @@ impl SignalIndex {
         format!("{}:occ-unsettled", self.prefix)
     }
 
-    /// Numbers one occurrence of `request` (`namespace/name`).
+    /// Numbers `n` occurrences of `request` (`namespace/name`).
     /// `status_count` and `status_journaled` are what the request's status
-    /// was last seen with; `at_ms` is the occurrence's time.
-    pub async fn count_occurrence(
+    /// was last seen with; `at_ms` is the latest occurrence's time.
+    pub async fn count_occurrences(
         &self,
         request: &str,
         status_count: i64,
         status_journaled: i64,
+        n: usize,
         at_ms: i64,
     ) -> IndexResult<Numbered> {
         let ttl = i64::try_from(JOURNAL_TTL.as_millis()).unwrap_or(i64::MAX);
@@ -248,6 +263,7 @@ impl SignalIndex {
                     request.to_string(),
                     ttl.to_string(),
                     status_journaled.to_string(),
+                    n.to_string(),
                 ],
             )
             .await?;
