@@ -12,8 +12,10 @@
 //! Where a count already has its place elsewhere (the intake's Redis
 //! journal answers a duplicate at once and settles it here later),
 //! [`Occurrences::settle`] writes it through the same writer: the status
-//! takes the larger of its own count and the settled one, so settling is
-//! idempotent and any replica may settle another's journal.
+//! records how many of its count the journal numbered (`journaled`) and
+//! grows only by what the journal numbered beyond that, so settling is
+//! idempotent, any replica may settle another's journal, and occurrences
+//! counted here meanwhile are kept.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;

@@ -306,16 +306,16 @@ impl Journal {
             .for_each_concurrent(CONCURRENT_SETTLES, |(key, u)| async move {
                 if let Err(u) = self.settle_one(&key, u).await {
                     // Kept for the next round (the sweep has it too).
-                    self.unsettled
+                    let mut map = self
+                        .unsettled
                         .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .entry(key)
-                        .or_insert_with(|| Unsettled {
-                            numbered: 0,
-                            last: u.last,
-                            instances: VecDeque::new(),
-                        })
-                        .merge(u);
+                        .unwrap_or_else(PoisonError::into_inner);
+                    match map.entry(key) {
+                        Entry::Occupied(mut e) => e.get_mut().merge(u),
+                        Entry::Vacant(e) => {
+                            e.insert(u);
+                        }
+                    }
                 }
             })
             .await;

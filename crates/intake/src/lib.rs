@@ -229,7 +229,7 @@ impl Inner {
         // creation (step 5).
         let home = self.cluster.request_namespace(&signal.resource);
         if let Some(key) = self.known.read(|ix| ix.instance(&home, &instance))
-            && let Some(c) = self.count(&key, at, &instance, Require::Any).await?
+            && let Some(c) = self.count(&key, None, at, &instance, Require::Any).await?
         {
             return Ok(duplicate(key, c));
         }
@@ -399,14 +399,19 @@ impl Inner {
 
     /// Counts an occurrence on a request: numbered by the Redis journal and
     /// answered at once when it can be, else through the status write.
+    /// `taken` is the request as a create that collided with it read it.
     async fn count(
         &self,
         key: &RequestKey,
+        taken: Option<&RemediationRequest>,
         at: Timestamp,
         instance: &str,
         require: Require,
     ) -> Result<Option<Counted>, IntakeError> {
-        let known = self.known.read(|ix| ix.countable(key));
+        let known = self
+            .known
+            .read(|ix| ix.countable(key))
+            .or_else(|| taken.map(Countable::of));
         if let Some(c) = self
             .count_journaled(key, known, at, instance, require)
             .await
@@ -450,8 +455,8 @@ impl Inner {
     }
 
     /// Counts an occurrence on the plan's request; on a storm plan, also
-    /// against the signal's target.
-    /// `taken` is the request as the create that collided with it read it.
+    /// against the signal's target (through the status write: the journal
+    /// counts no targets).
     async fn count_in(
         &self,
         plan: &Plan,
@@ -461,20 +466,11 @@ impl Inner {
         instance: &str,
         require: Require,
     ) -> Result<Option<Counted>, IntakeError> {
-        if plan.storm_target.is_none() {
-            let known = self
-                .known
-                .read(|ix| ix.countable(key))
-                .or_else(|| taken.map(Countable::of));
-            if let Some(c) = self
-                .count_journaled(key, known, at, instance, require)
-                .await
-            {
-                return Ok(Some(c));
-            }
-        }
+        let Some(target) = &plan.storm_target else {
+            return self.count(key, taken, at, instance, require).await;
+        };
         self.occurrences
-            .record_on(key, at, instance, require, plan.storm_target.clone())
+            .record_on(key, at, instance, require, Some(target.clone()))
             .await
             .map_err(unavailable)
     }
