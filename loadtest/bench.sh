@@ -75,6 +75,19 @@ if [ "${PIPELINE:-}" != reuse ]; then
 
   settle
 
+  # TREES_N=10000 also holds that many full trees on locked targets (about
+  # half an hour here); its output is kept in docs/performance/trees.txt,
+  # which every later run reports until the next TREES_N run replaces it.
+  if [ -n "${TREES_N:-}" ]; then
+    say "$TREES_N full trees waiting on locked targets"
+    {
+      echo "# cargo bench -p kubernaut-e2e --bench pipeline -- $TREES_N --memory-only, $(date -u +%Y-%m-%d) at $(git rev-parse --short HEAD)"
+      cargo bench -p kubernaut-e2e --bench pipeline -- "$TREES_N" --memory-only
+    } | tee "$BENCH_OUT/trees.txt"
+    mkdir -p docs/performance && cp "$BENCH_OUT/trees.txt" docs/performance/trees.txt
+    settle
+  fi
+
   say "memory per live supervisor: 2000 requests waiting for approval"
   cargo bench -p kubernaut-e2e --bench pipeline -- 2000 --waiting | tee "$BENCH_OUT/waiting.txt"
   awk '/KiB per live supervisor/ { for (i = 1; i <= NF; i++) if ($i == "KiB") printf "sup_kib=%s\n", $(i - 1) }' \
@@ -102,6 +115,14 @@ if [ "${PIPELINE:-}" != reuse ]; then
       "$BENCH_OUT/reaction$rate.txt" >>"$BENCH_OUT/pipeline.env"
     settle
   done
+  # "    <stage>: p50 / p99" per rate, as one table: a stage per row.
+  awk '/^    [^:]+: [0-9]+ \/ [0-9]+$/ {
+         split($0, kv, ": "); stage = kv[1]; sub(/^ +/, "", stage)
+         if (!(stage in row)) { order[++n] = stage; row[stage] = "| " stage }
+         row[stage] = row[stage] " | " kv[2] }
+       END { for (i = 1; i <= n; i++) print row[order[i]] " |" }' \
+    "$BENCH_OUT/reaction5.txt" "$BENCH_OUT/reaction10.txt" "$BENCH_OUT/reaction20.txt" \
+    >"$BENCH_OUT/react_stages.md"
 
   say "the audit writer: 4000 records one transaction each, then through its queue (cargo bench --bench audit)"
   cargo bench -p kubernaut-e2e --bench audit -- 500 | tee "$BENCH_OUT/audit.txt"
@@ -160,6 +181,16 @@ nored_verdict=$(judge "$nored128_rate >= 5000" "met: each answer waits for its b
   "not met in this run: without Redis each answer waits for its batch's status PATCH")
 react_verdict="$(judge "$react5_p50 < 300 && $react5_p99 < 1000" "met at 5/s" "not met at 5/s"); at 10 and 20/s the API server also does the rollouts themselves, and the cluster restarts only ${raw_rollout} Deployments/s here with no controller at all"
 storm_verdict=$(judge "$storm_lost == 0 && $storm_storm_requests <= 1 && $storm_5xx == 0" "met" "not met")
+# The last TREES_N run (see above), if any.
+trees_row="| many full trees waiting on locked targets | — | not measured yet: \`TREES_N=10000 make bench\` | |"
+if [ -f docs/performance/trees.txt ]; then
+  trees_row=$(awk '
+    /^# cargo bench/ { n = $9; when = $11 " at " $13 }
+    /KiB per live tree/ { for (i = 1; i <= NF; i++) { if ($i == "KiB") kib = $(i - 1); if ($i == "supervisors") sup = $(i + 1); if ($i == "steps") steps = $(i + 1) } }
+    /waiting for locks held elsewhere/ { for (i = 1; i <= NF; i++) if ($i == "Lease") leases = $(i - 1) }
+    END { sub(/,$/, "", sup); printf "| %s full trees waiting on targets locked elsewhere (run %s, [output](performance/trees.txt)) | — | %s Lease requests to the API server in 10 s with %s supervisors and %s steps live; %s KiB per tree | |", n, when, leases, sup, steps, kib }
+  ' docs/performance/trees.txt)
+fi
 mkdir -p docs/performance
 for p in new duplicate storm; do
   [ -f "$BENCH_OUT/$p.svg" ] && cp "$BENCH_OUT/$p.svg" "docs/performance/$p.svg"
@@ -232,6 +263,7 @@ at 2d67f45 for the paths the issue did not measure).
 | pipeline, notify_only, creation → Completed (${PIPELINE_N}) | 26 requests/s, ~6 status writes and 5 Events each | ${notify_rate} requests/s, ${notify_writes} status writes each: **${notify_ratio} × raw**; ${like_ratio} × raw with the controller's status | the same writes without a controller (create, 2 status patches, 2 Events): ${raw_pipeline}/s; the same with the controller's status (${status_bytes} bytes of JSON) in each: ${raw_like}/s |
 | pipeline, rollout_restart, verified (${PIPELINE_N}) | — | ${restart_rate} requests/s: ${restart_ratio} × the patch rate; **${rollout_ratio} × raw rollouts** | raw status merge patches: ${patch_rate}/s; the same rollouts without a controller (the pod template patched until the Deployment controller observed it): ${raw_rollout}/s |
 | ${PIPELINE_N} full trees waiting on targets locked elsewhere, Lease requests to the API server in 10 s | polling: one claim per step every 0.5–5 s | ${waiting_leases} (membership renewals included) | |
+${trees_row}
 | alert received → first mutating API call (rule path, 200 alerts at 5 / 10 / 20 per s) | — | p50 ${react5_p50} / ${react10_p50} / ${react20_p50} ms, p99 ${react5_p99} / ${react10_p99} / ${react20_p99} ms | |
 | audit trail, a burst of 4 000 records (500 requests' worth) into PostgreSQL | one transaction per record: ${audit_single} records/s | a transaction per batch: **${audit_batched} records/s, ${audit_ratio} ×** | |
 | memory per full live tree (supervisor, workflow, step; the control plane's RSS) | 180 KiB | ${tree_kib} KiB | |
@@ -321,6 +353,23 @@ no longer has) and the control plane's own share of the two cores.
 150 requests/s would take the API server about 750 writes/s of that size
 on these two shared cores; it does not have them, with or without
 Kubernaut.
+
+## Where a reaction's time goes
+
+The reaction runs above, split by a watch of the requests into what
+precedes the first mutating call: the gateway's answer (the request's
+create), the request reaching a watch (the controller's, here the
+bench's), the first status write (it carries Processing, Analyzing and
+Executing with the plan and the claim; the action waits for it), and then
+the step: its write-ahead record (K-RR-6: a rollout_restart must not run
+twice after a restart), the target's lock Lease, the read of the target,
+the server-side dry run and the patch. Every stage is an API round trip on
+the same two cores that run the rollouts, so at 10 and 20 alerts/s every
+stage grows alike; milliseconds, p50 / p99:
+
+| stage | 5/s | 10/s | 20/s |
+|---|---|---|---|
+$(cat "$BENCH_OUT/react_stages.md")
 
 ## The pipeline's API calls
 

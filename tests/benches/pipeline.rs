@@ -324,6 +324,9 @@ async fn main() -> anyhow::Result<()> {
         settle(&admin, &ns, n).await?;
         rate
     };
+    // The remediation budget would hold all but its first thousand
+    // requests for approval: every one of the N is to run.
+    let budget = n.max(10_000).to_string();
     let running = ControllerProcess::start_binary(
         kubernaut_release_binary()?,
         stack,
@@ -332,6 +335,8 @@ async fn main() -> anyhow::Result<()> {
         &[
             ("CONTROLLER__VERIFY_TIMEOUT_SECONDS", "1800"),
             ("CONTROLLER__TIMEOUTS__EXECUTING_SECONDS", "3600"),
+            ("CONTROLLER__BUDGET__MAX_EXECUTING_PER_NAMESPACE", &budget),
+            ("CONTROLLER__BUDGET__MAX_STARTS_PER_MINUTE", &budget),
         ],
         rules,
     )

@@ -5,7 +5,10 @@
 //! restarts the Deployment without approval; a watch of the Deployments
 //! timestamps the rollout_restart's patch (the pod template's
 //! `restartedAt`) as the API server reports it. It prints p50, p95, p99 and
-//! max of (patch seen − alert sent), and asserts nothing.
+//! max of (patch seen − alert sent), and asserts nothing. A watch of the
+//! requests splits that time into stages: the alert's answer, the request
+//! seen by a watch, its status first seen Executing (the write-ahead record
+//! the action waits for) and the patch.
 //!
 //!   cargo bench -p kubernaut-e2e --bench reaction -- [N] [RATE]
 //!
@@ -18,6 +21,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
+use kubernaut_api::{Phase, RemediationRequest};
 use kubernaut_e2e::{Stack, control_plane, deployments, managed_namespace, post};
 use serde_json::json;
 
@@ -66,6 +70,24 @@ async fn main() -> anyhow::Result<()> {
             }),
     );
 
+    // Per target: when its request was first seen, and first seen Executing.
+    let requests = Api::<RemediationRequest>::namespaced(admin.clone(), &ns);
+    let (stage_tx, mut stage_rx) = tokio::sync::mpsc::unbounded_channel();
+    let stages = tokio::spawn(
+        watcher(requests, watcher::Config::default())
+            .applied_objects()
+            .for_each(move |r| {
+                if let Ok(r) = r {
+                    let executing = r.status.as_ref().is_some_and(|s| {
+                        s.phase == Phase::Executing
+                            || s.phase_history.iter().any(|t| t.phase == Phase::Executing)
+                    });
+                    let _ = stage_tx.send((Instant::now(), r.spec.target.name, executing));
+                }
+                async {}
+            }),
+    );
+
     let every = Duration::from_secs_f64(1.0 / rate);
     let started = Instant::now();
     let mut sent: HashMap<String, Instant> = HashMap::new();
@@ -91,14 +113,19 @@ async fn main() -> anyhow::Result<()> {
         .to_string();
         let url = url.clone();
         senders.push(tokio::spawn(async move {
-            post(&url, "application/json", body).await
+            let answer = post(&url, "application/json", body).await;
+            (answer, Instant::now())
         }));
     }
     let mut codes: HashMap<u16, usize> = HashMap::new();
-    for s in senders {
-        let status = s.await?.map_or(0, |r| r.status);
-        *codes.entry(status).or_default() += 1;
+    let mut answered: HashMap<String, Instant> = HashMap::new();
+    for (s, t) in senders.into_iter().zip(&targets) {
+        let (answer, at) = s.await?;
+        *codes.entry(answer.map_or(0, |r| r.status)).or_default() += 1;
+        answered.insert(t.name.clone(), at);
     }
+    let due = sent.clone();
+    let mut patched_at: HashMap<String, Instant> = HashMap::new();
     let mut took: Vec<Duration> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     while took.len() < n && Instant::now() < deadline {
@@ -108,11 +135,36 @@ async fn main() -> anyhow::Result<()> {
         };
         if let Some(from) = sent.remove(&name) {
             took.push(at.saturating_duration_since(from));
+            patched_at.insert(name, at);
         }
     }
     watch.abort();
+    stages.abort();
+    let mut seen: HashMap<String, Instant> = HashMap::new();
+    let mut executing: HashMap<String, Instant> = HashMap::new();
+    while let Ok((at, name, is_executing)) = stage_rx.try_recv() {
+        seen.entry(name.clone()).or_insert(at);
+        if is_executing {
+            executing.entry(name).or_insert(at);
+        }
+    }
+    let mut stage = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for (name, patched) in &patched_at {
+        let (Some(&from), Some(&answer), Some(&created), Some(&exec)) = (
+            due.get(name),
+            answered.get(name),
+            seen.get(name),
+            executing.get(name),
+        ) else {
+            continue;
+        };
+        let points = [from, answer, created, exec, *patched];
+        for (i, s) in stage.iter_mut().enumerate() {
+            s.push(points[i + 1].saturating_duration_since(points[i]));
+        }
+    }
     took.sort();
-    let q = |p: f64| {
+    let q = |took: &[Duration], p: f64| {
         took.get(((took.len() as f64 * p).ceil() as usize).saturating_sub(1))
             .copied()
             .unwrap_or_default()
@@ -125,11 +177,22 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "  p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        q(0.50),
-        q(0.95),
-        q(0.99),
+        q(&took, 0.50),
+        q(&took, 0.95),
+        q(&took, 0.99),
         took.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     );
+    println!("  by stage (p50 / p99 ms):");
+    let names = [
+        "sent -> answered (the gateway's create)",
+        "answered -> request seen by a watch",
+        "seen -> status Executing seen (the write-ahead status write)",
+        "Executing seen -> patch seen (lock, read, dry run, patch)",
+    ];
+    for (name, mut s) in names.iter().zip(stage) {
+        s.sort();
+        println!("    {name}: {:.0} / {:.0}", q(&s, 0.5), q(&s, 0.99));
+    }
     running.shutdown().await?;
     // Its rollouts would otherwise go on loading the API server under the
     // next measurement.
