@@ -11,7 +11,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kubernaut_api::{ObjectRef, RemediationRequest, RemediationRequestStatus, RequestKey};
-use kubernaut_cluster::{ActionCall, ActionError, Cluster, ExecSettings, Outcome};
+use kubernaut_cluster::{ActionCall, ActionError, Cluster, ExecSettings, HeldLock, Outcome};
 use kubernaut_store::{AuditLog, AuditRecord};
 
 type KubeResult<T> = Result<T, kubernaut_cluster::Error>;
@@ -45,10 +45,20 @@ pub trait Requests: Send + Sync {
 pub trait Steps: Send + Sync {
     fn metadata<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, KubeResult<Option<ObjectMeta>>>;
 
+    /// The lock `call` takes, claimed ahead of running it
+    /// ([`Cluster::claim_lock`]).
+    fn claim_lock<'a>(
+        &'a self,
+        call: &'a ActionCall,
+        settings: &'a ExecSettings,
+    ) -> BoxFuture<'a, Option<HeldLock>>;
+
+    /// Runs `call`, under `held` when it is the lock `call` takes.
     fn run_action<'a>(
         &'a self,
         call: &'a ActionCall,
         settings: &'a ExecSettings,
+        held: Option<HeldLock>,
     ) -> BoxFuture<'a, Result<Outcome, ActionError>>;
 }
 
@@ -109,12 +119,21 @@ impl Steps for Cluster {
         Cluster::metadata(self, obj).boxed()
     }
 
+    fn claim_lock<'a>(
+        &'a self,
+        call: &'a ActionCall,
+        settings: &'a ExecSettings,
+    ) -> BoxFuture<'a, Option<HeldLock>> {
+        Cluster::claim_lock(self, call, settings).boxed()
+    }
+
     fn run_action<'a>(
         &'a self,
         call: &'a ActionCall,
         settings: &'a ExecSettings,
+        held: Option<HeldLock>,
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
-        Cluster::run_action(self, call, settings).boxed()
+        Cluster::run_action_holding(self, call, settings, held).boxed()
     }
 }
 
@@ -326,10 +345,21 @@ pub(crate) mod doubles {
             async move { r }.boxed()
         }
 
+        /// No Leases here: steps claim with their action, as they do
+        /// when another request holds the lock.
+        fn claim_lock<'a>(
+            &'a self,
+            _call: &'a ActionCall,
+            _settings: &'a ExecSettings,
+        ) -> BoxFuture<'a, Option<HeldLock>> {
+            async { None }.boxed()
+        }
+
         fn run_action<'a>(
             &'a self,
             call: &'a ActionCall,
             _settings: &'a ExecSettings,
+            _held: Option<HeldLock>,
         ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
             self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let r = take(&self.answers).unwrap_or_else(|| {

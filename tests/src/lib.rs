@@ -1422,6 +1422,24 @@ pub async fn control_plane(
     overrides: &[(&str, &str)],
     rules: serde_json::Value,
 ) -> anyhow::Result<kubernaut::Running> {
+    let running = control_plane_started(stack, ns, overrides, rules).await?;
+    eventually(
+        "the controller to be ready",
+        Duration::from_secs(30),
+        || async { Ok(running.ready.is_ready().then_some(())) },
+    )
+    .await?;
+    Ok(running)
+}
+
+/// [`control_plane`] without waiting for it to be Ready: for a test whose
+/// control plane may fail before it gets there.
+pub async fn control_plane_started(
+    stack: &Stack,
+    ns: &str,
+    overrides: &[(&str, &str)],
+    rules: serde_json::Value,
+) -> anyhow::Result<kubernaut::Running> {
     // `KUBERNAUT_TEST_LOG=info` (or any filter) shows the control
     // plane's logs in the test's output.
     if let Ok(level) = std::env::var("KUBERNAUT_TEST_LOG") {
@@ -1450,14 +1468,7 @@ pub async fn control_plane(
     kubernaut_actors::rules::validate(&rules).map_err(anyhow::Error::msg)?;
     rules.append(&mut cfg.rules);
     cfg.rules = rules;
-    let running = kubernaut::start(cfg, stack.controller_config().await?).await?;
-    eventually(
-        "the controller to be ready",
-        Duration::from_secs(30),
-        || async { Ok(running.ready.is_ready().then_some(())) },
-    )
-    .await?;
-    Ok(running)
+    kubernaut::start(cfg, stack.controller_config().await?).await
 }
 
 /// Creates a RemediationRequest for `signal` on `target` directly (as the

@@ -803,3 +803,73 @@ async fn a_locked_target_is_waited_for_through_the_lease_watch() -> anyhow::Resu
     assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 2);
     Ok(())
 }
+
+/// A step claims its target's lock while its intent is written
+/// (`Cluster::claim_lock`): the action runs under that claim and releases
+/// it, and an action that ends before it takes its lock gives the claim
+/// back at once rather than leaving the target locked until the Lease
+/// expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_claimed_ahead_is_acted_under_or_given_back() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-ahead", "staging").await?;
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    let lock = kubernaut_cluster::lock_name(&ObjectRef::new("Deployment", &ns, "api"));
+    let mine = exec_settings("rr-ahead");
+    let scale = |replicas: i32| {
+        call(
+            "scale_deployment",
+            json!({"namespace": ns, "name": "api", "replicas": replicas}),
+        )
+    };
+    // Whether another request could take the lock now (and give it back).
+    let free = async || -> anyhow::Result<bool> {
+        Ok(
+            match cluster
+                .claim_lease(&lock, "rr-other", Duration::from_secs(30))
+                .await?
+            {
+                Some(claim) => {
+                    claim.release().await;
+                    true
+                }
+                None => false,
+            },
+        )
+    };
+
+    let held = cluster.claim_lock(&scale(2), &mine).await;
+    assert!(held.is_some(), "the lock was free");
+    assert!(!free().await?, "claimed ahead, the target is locked");
+    let out = cluster.run_action_holding(&scale(2), &mine, held).await?;
+    assert_eq!(out.changes.len(), 1);
+    assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 2);
+    assert!(free().await?, "released with the action");
+
+    // Refused by the bounds before it takes its lock: the claim goes back.
+    let held = cluster.claim_lock(&scale(11), &mine).await;
+    assert!(held.is_some());
+    let r = cluster.run_action_holding(&scale(11), &mine, held).await;
+    assert!(matches!(&r, Err(ActionError::Refused(_))), "{r:?}");
+    assert!(free().await?, "given back, not left until it expires");
+    assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 2);
+
+    // Held by another request: nothing is claimed ahead, and the action
+    // reports whose it is as before.
+    let other = cluster
+        .claim_lease(&lock, "rr-other", Duration::from_secs(30))
+        .await?
+        .expect("the lock is free");
+    assert!(cluster.claim_lock(&scale(3), &mine).await.is_none());
+    let r = cluster.run_action_holding(&scale(3), &mine, None).await;
+    assert!(
+        matches!(&r, Err(ActionError::Busy(_, holder)) if holder == "rr-other"),
+        "{r:?}"
+    );
+    other.release().await;
+    Ok(())
+}

@@ -200,3 +200,55 @@ async fn a_dependant_uses_the_result_of_the_step_it_depends_on() -> anyhow::Resu
 
     Ok(())
 }
+
+/// A step claims its target's lock while its intent is written; when the
+/// supervisor never records the intent, the step does not act and gives
+/// the lock back at once, so the target is not locked until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_intent_is_not_recorded_gives_its_lock_back() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "wf-unrecorded", "staging").await?;
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    let parameters = json!({"namespace": ns, "name": "api", "replicas": 2});
+    let run = workflow::steps::StepRun {
+        cluster: std::sync::Arc::new(cluster.clone()),
+        settings: exec_settings("rr-unrecorded"),
+        // The supervisor went away: the intent's acknowledgement is dropped.
+        sink: std::sync::Arc::new(|_| {}),
+        step: serde_json::from_value(json!({
+            "id": "scale", "action": "scale_deployment", "parameters": parameters
+        }))?,
+        call: kubernaut_cluster::ActionCall::parse("scale_deployment", parameters.clone()),
+        prior: None,
+        timeout: Duration::from_secs(30),
+        announced: std::sync::Arc::new(|_| {}),
+    };
+    let report = run.run().await;
+    assert_eq!(report.state, StepPhase::Failed);
+    assert!(
+        report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("did not record the intent")),
+        "{report:?}"
+    );
+    assert_eq!(
+        deployment_replicas(&admin, &ns, "api").await?,
+        1,
+        "not acted"
+    );
+    let lock =
+        kubernaut_cluster::lock_name(&kubernaut_api::ObjectRef::new("Deployment", &ns, "api"));
+    let other = cluster
+        .claim_lease(&lock, "rr-other", Duration::from_secs(30))
+        .await?;
+    assert!(other.is_some(), "the lock claimed ahead was given back");
+    if let Some(claim) = other {
+        claim.release().await;
+    }
+    Ok(())
+}

@@ -58,7 +58,7 @@ impl Undo {
                 let Some(undo) = self.calls[i].as_ref().and_then(|c| c.rollback(change)) else {
                     continue;
                 };
-                match attempt(&self.cluster, &undo, &self.settings, self.timeout, 2).await {
+                match attempt(&self.cluster, &undo, &self.settings, self.timeout, 2, None).await {
                     (Ok(o), _) => report.rollback.push(o),
                     (Err(e), _) => {
                         tracing::error!(step = %id, error = %e, "rolling back a workflow step failed");

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kubernaut_api::workflow::{Fill, Step, fill_placeholders};
-use kubernaut_cluster::{ActionCall, ActionError, ExecSettings, Outcome, repeatable};
+use kubernaut_cluster::{ActionCall, ActionError, ExecSettings, HeldLock, Outcome, repeatable};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -82,27 +82,46 @@ impl StepRun {
             report.state = kubernaut_api::StepPhase::AlreadyDone;
             return report;
         }
-        match announce(
-            &*self.cluster,
-            &self.sink,
-            &step.id,
-            call,
-            &self.settings.holder,
-        )
-        .await
-        {
+        // The target's lock is claimed while the intent is written: both
+        // are a round trip, and the action needs both. Claiming early only
+        // holds the target one write longer; a claim left unused is
+        // released.
+        let (announced, held) = tokio::join!(
+            announce(
+                &*self.cluster,
+                &self.sink,
+                &step.id,
+                call,
+                &self.settings.holder,
+            ),
+            self.cluster.claim_lock(call, &self.settings)
+        );
+        match announced {
             Ok(intent) => (self.announced)(intent),
             Err(e) => {
+                if let Some(h) = held {
+                    h.release().await;
+                }
                 report.error = Some(e);
                 return report;
             }
         }
+        let held = match held {
+            // The Lease could expire before a first attempt ends (the intent
+            // took long to write): the attempt claims afresh.
+            Some(h) if h.age() + self.timeout >= self.settings.lock_ttl => {
+                h.release().await;
+                None
+            }
+            held => held,
+        };
         let (result, attempts) = attempt(
             &*self.cluster,
             call,
             &self.settings,
             self.timeout,
             step.retries,
+            held,
         )
         .await;
         report.attempts = attempts;
@@ -213,19 +232,22 @@ pub fn with_results(
     ActionCall::parse(&step.action, parameters)
 }
 
-/// One step: up to `1 + retries` attempts, each bounded by `timeout`.
+/// One step: up to `1 + retries` attempts, each bounded by `timeout`; the
+/// first under `held`, the target's lock if it was claimed ahead.
 pub async fn attempt(
     cluster: &dyn Steps,
     call: &ActionCall,
     settings: &ExecSettings,
     timeout: Duration,
     retries: u32,
+    mut held: Option<HeldLock>,
 ) -> (Result<Outcome, String>, u32) {
     let mut backoff = FIRST_BACKOFF;
     let mut n = 0;
     loop {
         n += 1;
-        let err = match tokio::time::timeout(timeout, cluster.run_action(call, settings)).await {
+        let run = cluster.run_action(call, settings, held.take());
+        let err = match tokio::time::timeout(timeout, run).await {
             Ok(Ok(o)) => return (Ok(o), n),
             Ok(Err(e)) if transient(&e) && n <= retries => e.to_string(),
             Ok(Err(e)) => return (Err(e.to_string()), n),
@@ -317,8 +339,15 @@ mod tests {
             answers.push_back(Err(ActionError::Busy(web(), "other".into())));
         }
         let settings = ExecSettings::default();
-        let (result, attempts) =
-            attempt(&fake, &rollback(), &settings, Duration::from_secs(5), 2).await;
+        let (result, attempts) = attempt(
+            &fake,
+            &rollback(),
+            &settings,
+            Duration::from_secs(5),
+            2,
+            None,
+        )
+        .await;
         assert!(result.is_ok());
         assert_eq!(attempts, 3);
 
@@ -326,16 +355,30 @@ mod tests {
             .lock()
             .unwrap()
             .push_back(Err(ActionError::Refused("no".into())));
-        let (result, attempts) =
-            attempt(&fake, &rollback(), &settings, Duration::from_secs(5), 2).await;
+        let (result, attempts) = attempt(
+            &fake,
+            &rollback(),
+            &settings,
+            Duration::from_secs(5),
+            2,
+            None,
+        )
+        .await;
         assert_eq!((result.unwrap_err().as_str(), attempts), ("refused: no", 1));
 
         fake.answers
             .lock()
             .unwrap()
             .push_back(Err(ActionError::Api(api_error(503))));
-        let (result, attempts) =
-            attempt(&fake, &rollback(), &settings, Duration::from_secs(5), 0).await;
+        let (result, attempts) = attempt(
+            &fake,
+            &rollback(),
+            &settings,
+            Duration::from_secs(5),
+            0,
+            None,
+        )
+        .await;
         assert!(result.is_err() && attempts == 1, "no retries: one attempt");
     }
 

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -123,10 +124,7 @@ impl Leases {
         if !self.synced.load(Ordering::Acquire) {
             return;
         }
-        let notify = {
-            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            waiters.entry(name.to_string()).or_default().clone()
-        };
+        let notify = self.register(name);
         let _leave = Leave {
             waiters: &self.waiters,
             name,
@@ -154,6 +152,45 @@ impl Leases {
             tokio::select! {
                 _ = changed => {}
                 _ = tokio::time::sleep(left) => {}
+            }
+        }
+    }
+}
+
+impl Leases {
+    fn register(&self, name: &str) -> Arc<Notify> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        waiters.entry(name.to_string()).or_default().clone()
+    }
+
+    /// After the API server refused `holder` the Lease `name`: waits until
+    /// the watch shows it held by another, at most `max`. The watch lags
+    /// the API server, so a Lease created just before the refused claim may
+    /// not be in it yet, and [`wait_free`](Self::wait_free) would return at
+    /// once. False when the watch did not catch up in time (or has not
+    /// listed): the caller should not wait on it.
+    pub async fn wait_seen_held(&self, name: &str, holder: &str, max: Duration) -> bool {
+        if !self.synced.load(Ordering::Acquire) {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + max;
+        let notify = self.register(name);
+        let _leave = Leave {
+            waiters: &self.waiters,
+            name,
+            notify: &notify,
+        };
+        loop {
+            let changed = notify.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            let held = || free_for(self.get(name).as_deref(), holder, Timestamp::now()).is_err();
+            if held() {
+                return true;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => return held(),
             }
         }
     }

@@ -26,8 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use actions::{
-    Action, ActionCall, ActionError, ActionInfo, Bounds, Catalogued, Change, ExecSettings, KINDS,
-    Kind, Outcome, Quantity, Ran, Risk, RunCx, catalogue, kind, lock_name, repeatable, writes,
+    Action, ActionCall, ActionError, ActionInfo, Bounds, Catalogued, Change, ExecSettings,
+    HeldLock, KINDS, Kind, Outcome, Quantity, Ran, Risk, RunCx, catalogue, kind, lock_name,
+    repeatable, writes,
 };
 pub use actions::{DeleteOutcome, PodState};
 pub use approvals::KubeApprovals;

@@ -49,7 +49,7 @@ pub use pod::{DeleteOutcome, PodState};
 pub use quantity::Quantity;
 pub use workload::WorkloadKind;
 
-use crate::{Cluster, Error, FIELD_MANAGER, Scope, bounded};
+use crate::{Cluster, Error, FIELD_MANAGER, LeaseClaim, Scope, bounded};
 
 /// How much harm an action can do if it is the wrong one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -241,6 +241,11 @@ pub enum ActionError {
 
 /// Read-modify-write attempts before a conflict is reported.
 const CONFLICT_RETRIES: usize = 5;
+/// How long a refused claim waits for the Lease watch to show the Lease
+/// that refused it; past that the watch is taken to be behind or down,
+/// and the step gets Busy (and retries with its backoff) rather than
+/// waiting on a picture it cannot trust.
+const WATCH_CATCH_UP: Duration = Duration::from_secs(2);
 
 /// What a run did, as the record says it.
 fn outcome(call: &ActionCall, target: &ObjectRef, dry_run: bool, ran: Ran) -> Outcome {
@@ -279,6 +284,27 @@ pub fn lock_name(target: &ObjectRef) -> String {
     )
 }
 
+/// A target's lock claimed ahead of its action ([`Cluster::claim_lock`]),
+/// for [`Cluster::run_action_holding`] to act under. Release it if it is
+/// not used: dropped, it holds the target until its Lease expires.
+#[derive(Debug)]
+pub struct HeldLock {
+    name: String,
+    claim: LeaseClaim,
+    claimed: std::time::Instant,
+}
+
+impl HeldLock {
+    /// How long ago it was claimed: the Lease expires `lock_ttl` after.
+    pub fn age(&self) -> Duration {
+        self.claimed.elapsed()
+    }
+
+    pub async fn release(self) {
+        self.claim.release().await;
+    }
+}
+
 impl Cluster {
     /// Runs `call` with every safety of the module documentation. When
     /// another request holds the target's lock, it first waits for the
@@ -289,22 +315,101 @@ impl Cluster {
         call: &ActionCall,
         settings: &ExecSettings,
     ) -> Result<Outcome, ActionError> {
-        if let (Some(leases), Some(target)) = (&self.leases, call.target_of(&settings.holder))
-            && call.kind().writes
-        {
-            // Held by another request: wait for the watch to see it go,
-            // not the API server to be asked again.
-            leases
-                .wait_free(&lock_name(&target), &settings.holder)
-                .await;
+        // What stays live across these awaits is kept small and the bigger
+        // futures (an action, a Lease delete) boxed: every step waiting on
+        // a locked target holds this future.
+        let watched = match (&self.leases, call.target_of(&settings.holder)) {
+            (Some(leases), Some(target)) if call.kind().writes => {
+                Some((leases, lock_name(&target)))
+            }
+            _ => None,
+        };
+        loop {
+            if let Some((leases, name)) = &watched {
+                // Held by another request: wait for the watch to see it go,
+                // not the API server to be asked again.
+                leases.wait_free(name, &settings.holder).await;
+            }
+            let busy = match Box::pin(self.run_action_once(call, settings, None)).await {
+                Err(ActionError::Busy(target, holder)) => (target, holder),
+                done => return done,
+            };
+            if let Some((leases, name)) = &watched
+                && Box::pin(leases.wait_seen_held(name, &settings.holder, WATCH_CATCH_UP)).await
+            {
+                // The watch had not yet seen the Lease that refused us; now
+                // it has, so waiting on it is waiting for the holder.
+                continue;
+            }
+            return Err(ActionError::Busy(busy.0, busy.1));
         }
-        Box::pin(self.run_action_now(call, settings)).await
+    }
+
+    /// Claims the lock `call` would take, ahead of running it, so that a
+    /// step can claim while its write-ahead record is written. `None` when
+    /// the action takes no lock, another request holds it, or the claim
+    /// failed: the action then claims (and waits, and reports) as usual.
+    pub async fn claim_lock(&self, call: &ActionCall, settings: &ExecSettings) -> Option<HeldLock> {
+        let target = call.target_of(&settings.holder)?;
+        if !call.kind().writes {
+            return None;
+        }
+        let name = lock_name(&target);
+        let claimed = std::time::Instant::now();
+        let claim = self
+            .claim_lease(&name, &settings.holder, settings.lock_ttl)
+            .await
+            .ok()??;
+        Some(HeldLock {
+            name,
+            claim,
+            claimed,
+        })
+    }
+
+    /// [`run_action`](Self::run_action), under `held` when it is the lock
+    /// the action takes; a lock it does not use is released.
+    pub async fn run_action_holding(
+        &self,
+        call: &ActionCall,
+        settings: &ExecSettings,
+        held: Option<HeldLock>,
+    ) -> Result<Outcome, ActionError> {
+        let Some(held) = held else {
+            return self.run_action(call, settings).await;
+        };
+        let ours = call.kind().writes
+            && call
+                .target_of(&settings.holder)
+                .is_some_and(|t| lock_name(&t) == held.name);
+        if ours {
+            // Our own claim: nothing to wait for, and it cannot be Busy.
+            return Box::pin(self.run_action_once(call, settings, Some(held))).await;
+        }
+        Box::pin(held.release()).await;
+        Box::pin(self.run_action(call, settings)).await
+    }
+
+    /// One try: under `held` if given; a claim it did not use is released.
+    async fn run_action_once(
+        &self,
+        call: &ActionCall,
+        settings: &ExecSettings,
+        mut held: Option<HeldLock>,
+    ) -> Result<Outcome, ActionError> {
+        let result = self.run_action_now(call, settings, &mut held).await;
+        // An action that ended before it took its lock gives it back.
+        if let Some(h) = held {
+            h.release().await;
+        }
+        result
     }
 
     async fn run_action_now(
         &self,
         call: &ActionCall,
         settings: &ExecSettings,
+        held: &mut Option<HeldLock>,
     ) -> Result<Outcome, ActionError> {
         call.check(&settings.bounds)?;
         let Some(target) = call.target_of(&settings.holder) else {
@@ -331,10 +436,14 @@ impl Cluster {
         let dry_run = settings.dry_run_only
             || (!target.namespace.is_empty()
                 && settings.dry_run_namespaces.contains(&target.namespace));
-        let Some(lock) = self
-            .claim_lease(&lock_name(&target), &settings.holder, settings.lock_ttl)
-            .await?
-        else {
+        let lock = match held.take() {
+            Some(h) => Some(h.claim),
+            None => {
+                self.claim_lease(&lock_name(&target), &settings.holder, settings.lock_ttl)
+                    .await?
+            }
+        };
+        let Some(lock) = lock else {
             let holder = self.lock_holder(&target).await.unwrap_or_default();
             return Err(ActionError::Busy(target, holder));
         };
