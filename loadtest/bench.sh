@@ -362,8 +362,9 @@ create), the request reaching a watch (the controller's, here the
 bench's), the first status write (it carries Processing, Analyzing and
 Executing with the plan and the claim; the action waits for it), and then
 the step: its write-ahead record (K-RR-6: a rollout_restart must not run
-twice after a restart), the target's lock Lease, the read of the target,
-the server-side dry run and the patch. Every stage is an API round trip on
+twice after a restart) with the target's lock Lease claimed alongside it
+(\`Cluster::claim_lock\`: the two round trips overlap), the read of the
+target, the server-side dry run and the patch. Every stage is an API round trip on
 the same two cores that run the rollouts, so at 10 and 20 alerts/s every
 stage grows alike; milliseconds, p50 / p99:
 
