@@ -413,6 +413,7 @@ async fn main() -> anyhow::Result<()> {
         futures::stream::iter(locks)
             .for_each_concurrent(CONCURRENCY, |claim| claim.release())
             .await;
+        cleanup(&admin, &raw_ns).await?;
         return cleanup(&admin, &ns).await;
     }
 

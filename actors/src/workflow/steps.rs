@@ -338,16 +338,18 @@ mod tests {
             answers.push_back(Err(ActionError::Api(api_error(503))));
             answers.push_back(Err(ActionError::Busy(web(), "other".into())));
         }
-        let settings = ExecSettings::default();
-        let (result, attempts) = attempt(
-            &fake,
-            &rollback(),
-            &settings,
-            Duration::from_secs(5),
-            2,
-            None,
-        )
-        .await;
+        let (settings, call) = (ExecSettings::default(), rollback());
+        let tries = |retries| {
+            attempt(
+                &fake,
+                &call,
+                &settings,
+                Duration::from_secs(5),
+                retries,
+                None,
+            )
+        };
+        let (result, attempts) = tries(2).await;
         assert!(result.is_ok());
         assert_eq!(attempts, 3);
 
@@ -355,30 +357,14 @@ mod tests {
             .lock()
             .unwrap()
             .push_back(Err(ActionError::Refused("no".into())));
-        let (result, attempts) = attempt(
-            &fake,
-            &rollback(),
-            &settings,
-            Duration::from_secs(5),
-            2,
-            None,
-        )
-        .await;
+        let (result, attempts) = tries(2).await;
         assert_eq!((result.unwrap_err().as_str(), attempts), ("refused: no", 1));
 
         fake.answers
             .lock()
             .unwrap()
             .push_back(Err(ActionError::Api(api_error(503))));
-        let (result, attempts) = attempt(
-            &fake,
-            &rollback(),
-            &settings,
-            Duration::from_secs(5),
-            0,
-            None,
-        )
-        .await;
+        let (result, attempts) = tries(0).await;
         assert!(result.is_err() && attempts == 1, "no retries: one attempt");
     }
 
