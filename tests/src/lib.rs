@@ -1391,6 +1391,19 @@ pub async fn managed_node(admin: &kube::Client, prefix: &str) -> anyhow::Result<
     Ok(name)
 }
 
+/// Whether another request could take the Lease `lock` now; one that
+/// could takes it and gives it back at once.
+pub async fn lock_is_free(cluster: &Cluster, lock: &str) -> anyhow::Result<bool> {
+    let claim = cluster
+        .claim_lease(lock, "rr-other", Duration::from_secs(30))
+        .await?;
+    let free = claim.is_some();
+    if let Some(claim) = claim {
+        claim.release().await;
+    }
+    Ok(free)
+}
+
 /// How the tests run actions: as `holder`, at most 10 replicas, 30 s locks,
 /// one Job template (`flush-cache`).
 pub fn exec_settings(holder: &str) -> kubernaut_cluster::ExecSettings {

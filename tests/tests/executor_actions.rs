@@ -14,7 +14,8 @@ use kubernaut_api::ObjectRef;
 use kubernaut_cluster::{ActionCall, ActionError, ExecSettings};
 use kubernaut_e2e::{
     PROTECTED_NAMESPACE, Stack, controller_cluster, deployment, deployment_replicas,
-    deployment_with_pods, eventually, exec_settings, managed_namespace, managed_node, unique,
+    deployment_with_pods, eventually, exec_settings, lock_is_free, managed_namespace, managed_node,
+    unique,
 };
 use serde_json::json;
 
@@ -826,36 +827,30 @@ async fn a_lock_claimed_ahead_is_acted_under_or_given_back() -> anyhow::Result<(
             json!({"namespace": ns, "name": "api", "replicas": replicas}),
         )
     };
-    // Whether another request could take the lock now (and give it back).
-    let free = async || -> anyhow::Result<bool> {
-        Ok(
-            match cluster
-                .claim_lease(&lock, "rr-other", Duration::from_secs(30))
-                .await?
-            {
-                Some(claim) => {
-                    claim.release().await;
-                    true
-                }
-                None => false,
-            },
-        )
-    };
 
     let held = cluster.claim_lock(&scale(2), &mine).await;
     assert!(held.is_some(), "the lock was free");
-    assert!(!free().await?, "claimed ahead, the target is locked");
+    assert!(
+        !lock_is_free(&cluster, &lock).await?,
+        "claimed ahead, the target is locked"
+    );
     let out = cluster.run_action_holding(&scale(2), &mine, held).await?;
     assert_eq!(out.changes.len(), 1);
     assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 2);
-    assert!(free().await?, "released with the action");
+    assert!(
+        lock_is_free(&cluster, &lock).await?,
+        "released with the action"
+    );
 
     // Refused by the bounds before it takes its lock: the claim goes back.
     let held = cluster.claim_lock(&scale(11), &mine).await;
     assert!(held.is_some());
     let r = cluster.run_action_holding(&scale(11), &mine, held).await;
     assert!(matches!(&r, Err(ActionError::Refused(_))), "{r:?}");
-    assert!(free().await?, "given back, not left until it expires");
+    assert!(
+        lock_is_free(&cluster, &lock).await?,
+        "given back, not left until it expires"
+    );
     assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 2);
 
     // Held by another request: nothing is claimed ahead, and the action

@@ -122,6 +122,11 @@ impl LeaseClaim {
         }
     }
 
+    /// The Lease's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Deletes the Lease if it is still ours (same uid and version), so that a
     /// claim taken over after expiry is never released by its old holder.
     pub async fn release(self) {

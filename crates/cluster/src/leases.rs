@@ -124,16 +124,11 @@ impl Leases {
         if !self.synced.load(Ordering::Acquire) {
             return;
         }
-        let notify = self.register(name);
-        let _leave = Leave {
-            waiters: &self.waiters,
-            name,
-            notify: &notify,
-        };
+        let waiter = self.waiter(name);
         let mut logged = false;
         loop {
             // Registered before the check, so a change right after it wakes us.
-            let changed = notify.notified();
+            let changed = waiter.notify.notified();
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
             let (owner, until) = match free_for(self.get(name).as_deref(), holder, Timestamp::now())
@@ -155,12 +150,19 @@ impl Leases {
             }
         }
     }
-}
 
-impl Leases {
-    fn register(&self, name: &str) -> Arc<Notify> {
-        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        waiters.entry(name.to_string()).or_default().clone()
+    /// The wake-up for changes to the Lease `name`, shared by everyone
+    /// waiting on it, for as long as the returned guard lives.
+    fn waiter<'a>(&'a self, name: &'a str) -> Waiter<'a> {
+        let notify = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            waiters.entry(name.to_string()).or_default().clone()
+        };
+        Waiter {
+            waiters: &self.waiters,
+            name,
+            notify,
+        }
     }
 
     /// After the API server refused `holder` the Lease `name`: waits until
@@ -174,14 +176,9 @@ impl Leases {
             return false;
         }
         let deadline = tokio::time::Instant::now() + max;
-        let notify = self.register(name);
-        let _leave = Leave {
-            waiters: &self.waiters,
-            name,
-            notify: &notify,
-        };
+        let waiter = self.waiter(name);
         loop {
-            let changed = notify.notified();
+            let changed = waiter.notify.notified();
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
             let held = || free_for(self.get(name).as_deref(), holder, Timestamp::now()).is_err();
@@ -196,18 +193,19 @@ impl Leases {
     }
 }
 
-/// Removes a waiter's entry when it was the last one waiting on the name.
-struct Leave<'a> {
+/// One wait on a Lease name; dropped, it removes the name's entry when it
+/// was the last one waiting on it.
+struct Waiter<'a> {
     waiters: &'a Mutex<HashMap<String, Arc<Notify>>>,
     name: &'a str,
-    notify: &'a Arc<Notify>,
+    notify: Arc<Notify>,
 }
 
-impl Drop for Leave<'_> {
+impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         // The map's reference and ours: nobody else waits.
-        if Arc::strong_count(self.notify) <= 2 {
+        if Arc::strong_count(&self.notify) <= 2 {
             waiters.remove(self.name);
         }
     }

@@ -289,7 +289,6 @@ pub fn lock_name(target: &ObjectRef) -> String {
 /// not used: dropped, it holds the target until its Lease expires.
 #[derive(Debug)]
 pub struct HeldLock {
-    name: String,
     claim: LeaseClaim,
     claimed: std::time::Instant,
 }
@@ -354,17 +353,12 @@ impl Cluster {
         if !call.kind().writes {
             return None;
         }
-        let name = lock_name(&target);
         let claimed = std::time::Instant::now();
         let claim = self
-            .claim_lease(&name, &settings.holder, settings.lock_ttl)
+            .claim_lease(&lock_name(&target), &settings.holder, settings.lock_ttl)
             .await
             .ok()??;
-        Some(HeldLock {
-            name,
-            claim,
-            claimed,
-        })
+        Some(HeldLock { claim, claimed })
     }
 
     /// [`run_action`](Self::run_action), under `held` when it is the lock
@@ -381,7 +375,7 @@ impl Cluster {
         let ours = call.kind().writes
             && call
                 .target_of(&settings.holder)
-                .is_some_and(|t| lock_name(&t) == held.name);
+                .is_some_and(|t| lock_name(&t) == held.claim.name());
         if ours {
             // Our own claim: nothing to wait for, and it cannot be Busy.
             return Box::pin(self.run_action_once(call, settings, Some(held))).await;
