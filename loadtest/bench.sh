@@ -19,7 +19,7 @@ PIPELINE_N=${PIPELINE_N:-1000}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 # GATEWAY=reuse keeps the last run's gateway figures (to redo the rest).
-[ "${GATEWAY:-}" = reuse ] || bash loadtest/bench-gateway.sh "${GATEWAY_N:-1200}"
+[ "${GATEWAY:-}" = reuse ] || bash loadtest/bench-gateway.sh "${GATEWAY_N:-1800}"
 
 # PIPELINE=reuse keeps the last run's pipeline and reaction figures.
 if [ "${PIPELINE:-}" != reuse ]; then
@@ -175,7 +175,7 @@ tree_verdict=$(judge "$tree_kib <= 64 && $sup_kib <= 24" "met" \
   "$(judge "$tree_kib <= 64" "met per tree; not per supervisor" "not met")")
 restart_verdict=$(judge "$restart_ratio >= 0.5" "met" \
   "$(judge "$rollout_ratio >= 0.5" "not met as written; the same rollouts with no controller at all (the cluster's own work) run at ${raw_rollout}/s here, and against that rate the pipeline is over 0.5" "not met: a rollout is the cluster's work too (below)")")
-new_verdict="$(judge "$new_share >= 0.6" "met" "not met in this run (on shared cores the ratio has moved between 0.50 and 0.71 from run to run)"); $(judge "$new_full_share >= 0.9 * $new_share" "flat" "slower after the fill")"
+new_verdict="$(judge "$new_share >= 0.6" "met" "not met in this run"); $(judge "$new_full_share >= 0.9 * $new_share" "flat" "slower after the fill")"
 dup_verdict="$(judge "$dup128_rate >= 10000" "rate met" "rate not met in this run: Kubernaut's share of the two cores is the limit (see the scaling section)"); p99 $(judge "$dup5k_p99 < 10" "met" "not met in this run: an answer waits only for Redis now, and the tail is the wait for a core shared by the gateway, Redis and the load generator")"
 nored_verdict=$(judge "$nored128_rate >= 5000" "met: each answer waits for its batch's status PATCH, one PATCH per API round trip" \
   "not met in this run: without Redis each answer waits for its batch's status PATCH")
@@ -268,7 +268,7 @@ at 2d67f45 for the paths the issue did not measure).
 
 | path | before | now | limit (same run) |
 |---|---|---|---|
-| new signal → request created, concurrency 8, distinct alert names | 9–11 alerts/s, p50 777–835 ms, 0.025 × raw | **${new_rate} alerts/s**, p50 ${new_p50} ms, p99 ${new_p99} ms: **${new_share} × raw** | raw creates: ${raw_rate}/s, p50 ${raw_p50} ms |
+| new signal → request created, concurrency 8, distinct alert names (the median of three pairs, each a raw run then a new-signal run, after a warm-up) | 9–11 alerts/s, p50 777–835 ms, 0.025 × raw | **${new_rate} alerts/s**, p50 ${new_p50} ms, p99 ${new_p99} ms: **${new_share} × raw** (the pairs: ${new_shares}) | raw creates: ${raw_rate}/s, p50 ${raw_p50} ms |
 | the same after ${fill} more requests in the namespace | slower with every request (O(n) list) | ${new_full_rate} alerts/s, p50 ${new_full_p50} ms: ${new_full_share} × raw | raw creates: ${raw_full_rate}/s |
 | duplicate, concurrency 32 (Redis configured) | 1 373–2 101 alerts/s, p50 13–19 ms | ${dup32_rate} alerts/s, p50 ${dup32_p50} ms, p99 ${dup32_p99} ms | redis-benchmark GET ${redis_get}/s |
 | duplicate, concurrency 128 (Redis configured) | — | ${dup128_rate} alerts/s, p50 ${dup128_p50} ms, p99 ${dup128_p99} ms | |
@@ -291,7 +291,7 @@ Plots of latency over the run: [new signals](performance/new.svg),
 
 | goal | now | |
 |---|---|---|
-| new-signal path ≥ 0.6 × raw creates, flat as requests accumulate | ${new_share} × raw; ${new_full_share} × raw after ${fill} more requests | ${new_verdict} |
+| new-signal path ≥ 0.6 × raw creates, flat as requests accumulate | ${new_share} × raw (median of ${new_shares}); ${new_full_share} × raw after ${fill} more requests | ${new_verdict} |
 | duplicates ≥ 10 000/s, p99 < 10 ms at 5 000/s | ${dup128_rate}/s at concurrency 128; p99 ${dup5k_p99} ms at 5 000/s | ${dup_verdict} |
 | duplicates without Redis ≥ 5 000/s | ${nored128_rate}/s | ${nored_verdict} |
 | pipeline ≥ 150 requests/s (notify_only), ≤ 3 status writes on the straight path | ${notify_rate}/s, ${notify_writes} writes; ${notify_ratio} × the API server's own rate for those writes (${raw_pipeline}/s) | ${pipeline_verdict} |
