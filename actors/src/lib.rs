@@ -82,6 +82,9 @@ pub struct Settings {
     pub executor: ExecSettings,
     /// A workflow step's attempt timeout when the step gives none.
     pub step_timeout: Duration,
+    /// How long a request's status that nothing waits for may wait for
+    /// the next one, to be written with it (see `supervisor::status`).
+    pub status_linger: Duration,
     /// Supervise only the requests of this namespace; `None` for all.
     pub watch_namespace: Option<String>,
     pub timeouts: Timeouts,
@@ -156,6 +159,7 @@ impl Default for Settings {
             chaos: Chaos::default(),
             executor: ExecSettings::default(),
             step_timeout: Duration::from_secs(120),
+            status_linger: supervisor::status::LINGER,
             watch_namespace: None,
             timeouts: Timeouts::default(),
             retention: Duration::from_secs(24 * 3600),

@@ -1,15 +1,18 @@
 //! Controller habits on the real stack: the request watch survives an
-//! object its types reject, and every phase transition is told by a
+//! object its types reject, every phase transition is told by a
 //! Kubernetes Event on the request, as `kubectl describe` shows it (the
-//! transitions written together in one Event).
+//! transitions written together in one Event), and a request's status
+//! goes in as few writes as what waits for them allows.
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+use futures::TryStreamExt;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::core::DeserializeGuard;
-use kubernaut_api::{Phase, RemediationRequest};
+use kubernaut_api::{Phase, RemediationRequest, RemediationRequestStatus, StepPhase};
 use kubernaut_e2e::{
     Stack, api_target, control_plane, create_request, eventually, metric, phases, terminal_request,
 };
@@ -107,6 +110,122 @@ async fn every_phase_transition_is_told_by_a_kubernetes_event_on_the_request() -
         "{} Events for {writes} status writes: {:?}",
         told.len(),
         told.iter().map(|e| &e.note).collect::<Vec<_>>()
+    );
+    running.shutdown().await
+}
+
+/// A linger long enough that only what waits for a write sends it: these
+/// tests count writes, not how soon they go out.
+const LONG_LINGER: (&str, &str) = ("CONTROLLER__STATUS_LINGER_MILLIS", "10000");
+
+/// Every status the request is given from now on, in order, as a watch
+/// sees them.
+async fn statuses(
+    api: &Api<RemediationRequest>,
+    name: &str,
+) -> anyhow::Result<impl futures::Stream<Item = anyhow::Result<RemediationRequestStatus>> + use<>> {
+    let rv = api.get(name).await?.metadata.resource_version;
+    let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+    let events = api.watch(&params, rv.as_deref().unwrap_or("0")).await?;
+    Ok(events
+        .map_err(anyhow::Error::from)
+        .try_filter_map(|e| async move {
+            match e {
+                WatchEvent::Modified(rr) => Ok(Some(rr.status.unwrap_or_default())),
+                WatchEvent::Error(e) => Err(anyhow::anyhow!("the watch failed: {e}")),
+                _ => Ok(None),
+            }
+        }))
+}
+
+/// The write entering Executing waits for the first step's write-ahead
+/// record, and a step acts once that one write lands: the first status
+/// that shows Executing already records the step Running on the object it
+/// is about to change, with its UID (one status write and one round trip
+/// before the first change, not two).
+#[tokio::test]
+async fn the_write_entering_executing_carries_the_first_steps_intent() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let t = api_target(&admin, "habit-intent").await?;
+    let name = create_request(&admin, "HabitIntent", &t, false).await?;
+    let api: Api<RemediationRequest> = Api::namespaced(admin.clone(), &t.namespace);
+    let seen = statuses(&api, &name).await?;
+    let restart = json!([{"signal": "HabitIntent", "action": "rollout_restart",
+        "parameters": {"kind": "Deployment", "namespace": "{{target.namespace}}",
+                       "name": "{{target.name}}"}}]);
+    let running = control_plane(stack, &t.namespace, &[LONG_LINGER], restart).await?;
+    let mut seen = std::pin::pin!(seen);
+    let first = tokio::time::timeout(TIMEOUT, async {
+        while let Some(s) = seen.try_next().await? {
+            if s.phase_history.iter().any(|t| t.phase == Phase::Executing) {
+                return Ok(s);
+            }
+        }
+        anyhow::bail!("the watch ended")
+    })
+    .await
+    .context("no status showed Executing")??;
+    let history: Vec<Phase> = first.phase_history.iter().map(|t| t.phase).collect();
+    assert_eq!(
+        history,
+        [Phase::Processing, Phase::Analyzing, Phase::Executing],
+        "one write from Pending: {first:?}"
+    );
+    let step = first
+        .execution
+        .as_ref()
+        .and_then(|e| e.steps.first())
+        .context("the plan")?;
+    assert_eq!(step.phase, StepPhase::Running, "{first:?}");
+    assert_eq!(step.target.as_ref(), Some(&t), "{first:?}");
+    assert!(!step.target_uid.is_empty(), "{first:?}");
+    assert!(first.owner.is_some(), "the claim goes with it: {first:?}");
+    running.shutdown().await
+}
+
+/// A request that changes nothing writes its status once: its one step
+/// runs before the write entering Executing lands (it has nothing to
+/// record first), and Pending to Completed is one write and one Event.
+#[tokio::test]
+async fn a_notify_only_request_is_one_status_write() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let t = api_target(&admin, "habit-once").await?;
+    let running = control_plane(stack, &t.namespace, &[LONG_LINGER], rules("HabitOnce")).await?;
+    let name = create_request(&admin, "HabitOnce", &t, false).await?;
+    let rr = terminal_request(&admin, &t.namespace, &name, TIMEOUT).await?;
+    assert_eq!(
+        phases(&rr),
+        [
+            Phase::Processing,
+            Phase::Analyzing,
+            Phase::Executing,
+            Phase::Verifying,
+            Phase::Completed
+        ]
+    );
+    let writes = metric(&running, "kubernaut_controller_status_patch_seconds_count").await?;
+    assert_eq!(writes, 1.0, "status writes");
+    let events: Api<Event> = Api::namespaced(admin.clone(), &t.namespace);
+    let told = eventually("the request's Event", TIMEOUT, || async {
+        let told: Vec<String> = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+            .filter_map(|e| e.note)
+            .collect();
+        Ok((!told.is_empty()).then_some(told))
+    })
+    .await?;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(
+        told[0].starts_with(
+            "Pending -> Processing -> Analyzing -> Executing -> Verifying -> Completed"
+        ),
+        "{told:?}"
     );
     running.shutdown().await
 }

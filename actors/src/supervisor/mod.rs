@@ -175,6 +175,10 @@ pub struct Sup {
     /// When steps that change nothing in the cluster started: written
     /// with their end, as nothing has to be recorded before they run.
     started: BTreeMap<String, Timestamp>,
+    /// The status wanted enters Executing with a fresh plan and carries
+    /// this replica's claim, and no write has landed since: the workflow
+    /// may start before it lands (see [`runs_ahead`]).
+    claim_ahead: bool,
     /// How often this supervisor found its target busy (its backoff).
     times_held: u32,
     approval: Option<Approval>,
@@ -290,6 +294,7 @@ impl Sup {
                 resource_version: rr.metadata.resource_version.clone().unwrap_or_default(),
                 owner: status.owner.clone(),
                 loaded: status::driven_mark(rr.status.as_ref()),
+                linger: args.ctx.settings.status_linger,
             },
             me.clone(),
             span.clone(),
@@ -321,6 +326,7 @@ impl Sup {
             releasing: false,
             outcomes: BTreeMap::new(),
             started: BTreeMap::new(),
+            claim_ahead: false,
             times_held: 0,
             approval: Approval::of(&rr),
             timers: Timers::default(),
@@ -433,7 +439,10 @@ impl Sup {
         myself: &ActorRef<Envelope<Msg>>,
     ) -> Result<(), ActorProcessingErr> {
         let phase = self.phase();
-        let mine = self.status.owner.as_deref() == Some(self.ctx.identity.as_str());
+        // Its claim has landed, or goes with the write entering Executing,
+        // which every step that acts waits for.
+        let mine = self.status.owner.as_deref() == Some(self.ctx.identity.as_str())
+            || (self.claim_ahead && !self.releasing);
         let ahead = runs_ahead(phase) && (before_claim(phase) || mine);
         if self.stage.is_some() || (self.settling() && !ahead) {
             return Ok(());
@@ -677,20 +686,28 @@ impl Sup {
     }
 }
 
-/// Phases whose work only reads the cluster and decides: it starts before
-/// the write recording the phase lands (that write may linger for the
-/// next), and what it decides is written with it.
+/// Phases whose work starts before the write recording the phase lands
+/// (that write may linger for the next), and what it decides is written
+/// with it. Most only read the cluster and decide. Executing's steps read
+/// and then wait: a step that changes the cluster acts only once its
+/// intent is acknowledged, which its supervisor does only once a write
+/// carrying the intent (and with it the phase, the plan and the claim)
+/// has landed; so the write entering Executing goes out with the first
+/// step's intent, one status write and one round trip fewer before the
+/// first change. A step that changes nothing may run before it lands.
 fn runs_ahead(phase: Phase) -> bool {
     matches!(
         phase,
-        Phase::Pending | Phase::Processing | Phase::Analyzing | Phase::Verifying
+        Phase::Pending | Phase::Processing | Phase::Analyzing | Phase::Executing | Phase::Verifying
     )
 }
 
 /// Phases whose work may run before this replica's claim (K-RR-7) has
 /// landed: nothing has acted yet, and their own write carries the claim.
-/// Verifying follows an execution, so it runs ahead only for the replica
-/// that already holds the request; an adopted one is claimed first.
+/// Executing and Verifying run ahead only for the replica that holds the
+/// request, or whose claim goes with the write entering Executing with a
+/// fresh plan (nothing of it has run: no step to resume or roll back); an
+/// adopted request is claimed first.
 fn before_claim(phase: Phase) -> bool {
     matches!(phase, Phase::Pending | Phase::Processing | Phase::Analyzing)
 }
@@ -753,14 +770,19 @@ mod lingering {
     }
 
     /// Only what nothing waits for may wait for the next status: entering
-    /// a phase that reads and decides, records, messages.
+    /// a phase that reads and decides (or, Executing, whose steps wait for
+    /// their intents' writes), records, messages.
     #[test]
     fn a_write_lingers_only_when_nothing_waits_for_it() {
-        for to in [Phase::Processing, Phase::Analyzing, Phase::Verifying] {
+        for to in [
+            Phase::Processing,
+            Phase::Analyzing,
+            Phase::Executing,
+            Phase::Verifying,
+        ] {
             assert!(!entering(to).waits(), "{to}");
         }
         for to in [
-            Phase::Executing,
             Phase::AwaitingApproval,
             Phase::Blocked,
             Phase::Completed,

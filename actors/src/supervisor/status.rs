@@ -46,9 +46,10 @@ const WRITE_RETRY_BASE: Duration = Duration::from_millis(200);
 const WRITE_RETRY_CAP: Duration = Duration::from_secs(30);
 /// Conflicts re-read and written again before the write counts as failed.
 const CONFLICT_ROUNDS: usize = 5;
-/// How long a status that nothing waits for may wait for the next one.
-/// What it costs is only how soon `kubectl get` shows an intermediate
-/// phase (an LLM analysis shows Analyzing this much later).
+/// How long a status that nothing waits for may wait for the next one,
+/// unless configured otherwise (`controller.statusLingerMillis`). What it
+/// costs is only how soon `kubectl get` shows an intermediate phase (an
+/// LLM analysis shows Analyzing this much later).
 pub const LINGER: Duration = Duration::from_millis(250);
 
 /// What the writer tells its supervisor.
@@ -103,6 +104,8 @@ pub struct Target {
     /// another replica is taken over only while that replica leaves it as
     /// it was.
     pub loaded: u64,
+    /// How long a status that nothing waits for may wait for the next.
+    pub linger: Duration,
 }
 
 /// A digest of what a request's driver writes (everything of the status
@@ -145,8 +148,8 @@ impl Writer {
     }
 
     /// Wants `status` written as number `seq`; replaces what was wanted.
-    /// With `linger`, nothing waits for it: it may wait up to [`LINGER`]
-    /// for a newer status to be written with. The caller never lingers a
+    /// With `linger`, nothing waits for it: it may wait up to its linger
+    /// ([`LINGER`] by default) for a newer status to be written with. The caller never lingers a
     /// status that replaces an unwritten one something waits for.
     pub fn want(&self, seq: u64, status: RemediationRequestStatus, linger: bool) {
         self.tx.send_replace(Some(Wanted {
@@ -221,7 +224,7 @@ async fn deliver(
 ) -> std::ops::ControlFlow<()> {
     use std::ops::ControlFlow::{Break, Continue};
     if wanted.linger {
-        let until = tokio::time::Instant::now() + LINGER;
+        let until = tokio::time::Instant::now() + t.linger;
         while wanted.linger {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
@@ -380,10 +383,11 @@ impl Sup {
         if let Some(t) = &t {
             transitions::enter(&mut next, t, &self.clock())?;
             if next.phase == Phase::Executing && next.execution.is_none() {
-                // The plan goes with the phase: K-EX-1 wants it recorded
-                // before any step runs, and the workflow starts only once
-                // this write has landed.
+                // The plan goes with the phase (K-EX-1), and with them this
+                // replica's claim: the workflow may start at once, its
+                // steps acting only once a write carrying all of it lands.
                 next.execution = super::stages::execution::plan(&next, &self.spec.target);
+                self.claim_ahead = !self.releasing;
             }
         }
         next.owner = (!self.releasing).then(|| self.ctx.identity.clone());
@@ -446,6 +450,9 @@ impl Sup {
             WriteReport::Written { seq, status, .. } => {
                 self.writer.written(seq);
                 self.status = *status;
+                // The claim is in the status now (or this replica is
+                // handing the request over).
+                self.claim_ahead = false;
                 if seq >= self.seq {
                     self.desired = None;
                 }
@@ -492,6 +499,7 @@ impl Sup {
                 let refused = self.desired.take().map(|s| s.phase);
                 // What waited for it never happens (dropped acks stop steps).
                 self.effects.clear();
+                self.claim_ahead = false;
                 tracing::error!(%error, "the API server refused the request's status");
                 // Retrying cannot help, and the request would stay stuck.
                 // Failing it writes only the phase, which the server accepts.
@@ -629,6 +637,7 @@ mod tests {
             resource_version: rv.into(),
             owner: Some("me".into()),
             loaded: 0,
+            linger: LINGER,
         }
     }
 

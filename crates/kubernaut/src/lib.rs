@@ -341,6 +341,7 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
             audit_grace: Duration::from_secs(ctl.audit_grace_seconds),
             executor: executor.settings(ctl.dry_run)?,
             step_timeout: Duration::from_secs(executor.step_timeout_seconds),
+            status_linger: Duration::from_millis(ctl.status_linger_millis),
             watch_namespace: Some(ctl.watch_namespace).filter(|n| !n.is_empty()),
         },
     });

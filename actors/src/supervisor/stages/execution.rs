@@ -1,6 +1,10 @@
-//! Executing (K-EX-1): the plan is recorded before any step runs, then the
-//! workflow actor runs the analysis' workflow, resuming from the recorded
-//! steps after a restart.
+//! Executing (K-EX-1): the workflow actor runs the analysis' workflow,
+//! resuming from the recorded steps after a restart. The plan goes with the
+//! write that enters Executing, and the workflow may start before that
+//! write lands (see `runs_ahead` in the supervisor): a step that changes
+//! the cluster acts only once its intent is acknowledged, and that happens
+//! only once a write carrying the phase, the plan, the claim and the
+//! intent has landed.
 
 use kubernaut_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kubernaut_api::k8s_openapi::jiff::Timestamp;
@@ -18,10 +22,12 @@ pub struct Execution;
 
 impl Stage for Execution {
     fn next(&self, sup: &mut Sup) -> Next {
-        let Some(analysis) = sup.status.analysis.clone() else {
+        // What is wanted, not only what has landed: the workflow may start
+        // before the write entering Executing lands.
+        let Some(analysis) = sup.current().analysis.clone() else {
             return Next::Fail(Reason::NoDecision, "Executing without an analysis".into());
         };
-        match sup.status.execution.clone() {
+        match sup.current().execution.clone() {
             Some(exec) if exec.result.is_some() => Next::to(Transition::new(
                 Phase::Verifying,
                 Reason::ActionFinished,

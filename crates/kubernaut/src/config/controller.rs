@@ -18,6 +18,10 @@ pub struct Controller {
     pub lease_renew_seconds: u64,
     /// On shutdown, running workflows may finish within this.
     pub shutdown_grace_seconds: u64,
+    /// How long a request's status that nothing waits for may wait for the
+    /// next one, so that both go in one write.
+    #[serde(default = "default_status_linger")]
+    pub status_linger_millis: u64,
     /// A terminal request is deleted this long after it ended (K-RR-9).
     pub retention_seconds: u64,
     /// How often the janitor looks for expired requests.
@@ -31,6 +35,10 @@ pub struct Controller {
     /// Off unless set: the next `times` actors of one kind panic.
     #[serde(default)]
     pub fault_injection: Option<FaultInjection>,
+}
+
+fn default_status_linger() -> u64 {
+    kubernaut_actors::supervisor::status::LINGER.as_millis() as u64
 }
 
 /// K-RR-4, in seconds.
