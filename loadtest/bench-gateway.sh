@@ -14,6 +14,11 @@
 #              are warmed up first (a just-started replica's first signals
 #              open its connections), then measured in three alternating
 #              pairs, and the share is the median of the pairs' shares.
+#              Each pair also creates raw copies of a request the gateway
+#              created (`--like`): the gateway stores more per request
+#              than a minimal one (the alert as received, its labels, the
+#              owner chain), and its share of that rate is the gateway's
+#              own overhead.
 #   duplicate  re-deliveries of an alert whose request exists: closed loop
 #              at concurrency 32 and 128, and open loop at 5 000/s for 12 s
 #   no-redis   the duplicate path again with Redis switched off
@@ -141,22 +146,38 @@ lt warm_raw --raw-create --pods "$(pods "$NS" 0 "$Q")" --requests $((Q / 2)) \
   --concurrency 8 --expect-created $((Q / 2)) >/dev/null
 lt warm_new --url "$(url 0)" --pods "$(pods "$NS" 0 $((Q / 2)))" --requests $((Q / 2)) \
   --concurrency 8 --expect-created $((Q / 2)) --distinct-alertnames >/dev/null
+LIKE=$(kubectl -n "$NS" get remediationrequests -l app.kubernetes.io/managed-by=kubernaut \
+  -o jsonpath='{.items[0].metadata.name}')
+# size NAME: the bytes of JSON a request's labels and spec take.
+size() {
+  kubectl -n "$NS" get remediationrequest "$1" -o json | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print(len(json.dumps({"labels": r["metadata"].get("labels"), "spec": r["spec"]}, separators=(",", ":"))))'
+}
+echo "like_bytes=$(size "$LIKE")" >>"$FIG"
 for i in 1 2 3; do
-  say "pair $i: $Q RemediationRequests created on the API server, then $Q new signals (distinct names, $Q targets), concurrency 8"
+  say "pair $i: $Q RemediationRequests created on the API server (minimal, then copies of $LIKE), then $Q new signals (distinct names, $Q targets), concurrency 8"
   lt "raw$i" --raw-create --pods "$(pods "$NS" 0 "$Q")" --requests "$Q" \
+    --concurrency 8 --expect-created "$Q"
+  lt "like$i" --raw-create --like "$LIKE" --pods "$(pods "$NS" 0 "$Q")" --requests "$Q" \
     --concurrency 8 --expect-created "$Q"
   lt "new$i" --url "$(url 0)" --pods "$(pods "$NS" $((Q * i)) "$Q")" --requests "$Q" --concurrency 8 \
     --expect-created "$Q" --distinct-alertnames --svg "$OUT/new$i.svg"
   echo "new${i}_share=$(share "new$i" "raw$i")" >>"$FIG"
+  echo "new${i}_like_share=$(share "new$i" "like$i")" >>"$FIG"
 done
 # The pair whose share is the median stands for the run (its rates and
 # latencies are reported as raw_* and new_*); every pair's share is kept.
 median=$(for i in 1 2 3; do awk -F= -v k="new${i}_share" -v i="$i" '$1==k {print $2, i}' "$FIG"; done |
   sort -n | awk 'NR == 2 {print $2}')
 for m in rate p50 p99; do
-  awk -F= -v k="raw${median}_$m" -v o="raw_$m" '$1==k {print o "=" $2}' "$FIG"
-  awk -F= -v k="new${median}_$m" -v o="new_$m" '$1==k {print o "=" $2}' "$FIG"
+  for k in raw like new; do
+    awk -F= -v k="$k${median}_$m" -v o="${k}_$m" '$1==k {print o "=" $2}' "$FIG"
+  done
 done >>"$FIG"
+echo "new_like_share=$(share "new$median" "like$median")" >>"$FIG"
+echo "raw_bytes=$(size "$(kubectl -n "$NS" get remediationrequests -o name | sed -n 's|.*/\(raw-.*\)|\1|p' | awk 'NR == 1')")" >>"$FIG"
 echo "new_share=$(share "new$median" "raw$median")" >>"$FIG"
 echo "new_shares=$(for i in 1 2 3; do awk -F= -v k="new${i}_share" '$1==k {print $2}' "$FIG"; done | paste -sd/ -)" >>"$FIG"
 cp "$OUT/new$median.svg" "$OUT/new.svg"

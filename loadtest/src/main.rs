@@ -7,7 +7,11 @@
 //! `--raw-create` measures the limit instead: the same number of
 //! RemediationRequests created straight on the API server (`$KUBECONFIG`)
 //! at the same concurrency, so that a report can give the gateway's
-//! new-signal rate as a share of what the API server itself allows.
+//! new-signal rate as a share of what the API server itself allows. They
+//! are minimal requests; with `--like NAME` each is a copy of that request
+//! of the namespace (one the gateway created) under a new name and
+//! fingerprint, so that the API server stores exactly as much per request
+//! as it does for the gateway.
 //! `--distinct-alertnames` gives every new alert its own name, so that
 //! storm detection (one name over many targets) does not aggregate them.
 //!
@@ -97,6 +101,10 @@ struct Args {
     /// the new-signal path is measured against).
     #[arg(long)]
     raw_create: bool,
+    /// With --raw-create: copy this request of the namespace instead of
+    /// creating minimal ones.
+    #[arg(long, requires = "raw_create")]
+    like: Option<String>,
     /// Requests the storm should create (printed next to what it did create).
     #[arg(long)]
     expect_created: Option<usize>,
@@ -353,23 +361,61 @@ async fn raw_create(args: &Args, run: &str) -> anyhow::Result<()> {
         .await
         .context("a client for $KUBECONFIG")?;
     let api: kube::Api<RemediationRequest> = kube::Api::namespaced(client, &args.namespace);
+    let like = match &args.like {
+        Some(name) => {
+            let mut rr = api.get(name).await.context("the request to copy")?;
+            rr.status = None;
+            rr.metadata = kube::api::ObjectMeta {
+                labels: rr.metadata.labels.take(),
+                annotations: rr.metadata.annotations.take(),
+                ..Default::default()
+            };
+            Some(rr)
+        }
+        None => None,
+    };
+    let like = &like;
     let (samples, elapsed) = fire(args, |i| {
         let api = api.clone();
         async move {
             let pod = &args.pods[i % args.pods.len()];
             let now = "2026-11-22T03:00:00Z";
-            let rr: Result<RemediationRequest, _> = serde_json::from_value(json!({
-                "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
-                "metadata": {"name": format!("raw-{run}-{i}"), "namespace": args.namespace},
-                "spec": {
-                    "fingerprint": format!("{run}-{i:08}"), "signalName": "RawCreate",
-                    "severity": "warning", "source": "alertmanager",
-                    "instanceId": format!("{run}-{i}"),
-                    "target": {"kind": "Pod", "namespace": args.namespace, "name": pod},
-                    "signalResource": {"kind": "Pod", "namespace": args.namespace, "name": pod},
-                    "firingTime": now, "receivedTime": now, "originalPayload": "{}",
-                },
-            }));
+            let rr: Result<RemediationRequest, _> = match like {
+                // A copy: only the identity changes, and keeps its length.
+                Some(like) => {
+                    let mut rr = like.clone();
+                    rr.metadata.name = Some(format!("raw-{run}-{i}"));
+                    let renamed =
+                        |old: &str| format!("{:0>w$}", format!("{run}{i}"), w = old.len());
+                    let (fp, instance) =
+                        (renamed(&rr.spec.fingerprint), renamed(&rr.spec.instance_id));
+                    // The labels that index a request by digest prefix.
+                    for v in rr.metadata.labels.iter_mut().flat_map(|l| l.values_mut()) {
+                        for (old, new) in [
+                            (&rr.spec.fingerprint, &fp),
+                            (&rr.spec.instance_id, &instance),
+                        ] {
+                            if !v.is_empty() && old.starts_with(v.as_str()) {
+                                *v = new[..v.len().min(new.len())].to_string();
+                            }
+                        }
+                    }
+                    (rr.spec.fingerprint, rr.spec.instance_id) = (fp, instance);
+                    Ok(rr)
+                }
+                None => serde_json::from_value(json!({
+                    "apiVersion": "kubernaut.io/v1alpha1", "kind": "RemediationRequest",
+                    "metadata": {"name": format!("raw-{run}-{i}"), "namespace": args.namespace},
+                    "spec": {
+                        "fingerprint": format!("{run}-{i:08}"), "signalName": "RawCreate",
+                        "severity": "warning", "source": "alertmanager",
+                        "instanceId": format!("{run}-{i}"),
+                        "target": {"kind": "Pod", "namespace": args.namespace, "name": pod},
+                        "signalResource": {"kind": "Pod", "namespace": args.namespace, "name": pod},
+                        "firingTime": now, "receivedTime": now, "originalPayload": "{}",
+                    },
+                })),
+            };
             match rr {
                 Ok(rr) => match api.create(&kube::api::PostParams::default(), &rr).await {
                     Ok(_) => 201,
