@@ -3,6 +3,9 @@
 # against the local stack, then writes the document from them (and copies
 # the runner's plots next to it). A benchmark, not a test: it takes about
 # thirty-five minutes and fails only when a run's outcome counts are wrong.
+# Each part starts on a freshly started stack: an API server that has just
+# created and deleted tens of thousands of objects answers several times
+# slower for a while, and the parts would measure each other's debris.
 #
 #   loadtest/bench-gateway.sh    the gateway's paths, storm, replicas
 #   benches/pipeline.rs          the actor pipeline (PIPELINE_N requests)
@@ -12,28 +15,28 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kubernaut/target}"
-S="${KUBERNAUT_STACK_DIR:-${TMPDIR:-/tmp}/kubernaut-stack}"
-export BENCH_OUT="$S/bench"
+# Outside the stack's directory, which a fresh stack starts without.
+export BENCH_OUT="${BENCH_OUT:-$HOME/.cache/kubernaut/bench}"
 mkdir -p "$BENCH_OUT"
 PIPELINE_N=${PIPELINE_N:-1000}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# A freshly started stack (the pod simulator comes up with the first bench
+# that needs it).
+fresh() {
+  bash scripts/stack.sh down >/dev/null
+  bash scripts/stack.sh up >/dev/null
+  eval "$(bash scripts/stack.sh env)"
+}
 
 # GATEWAY=reuse keeps the last run's gateway figures (to redo the rest).
-[ "${GATEWAY:-}" = reuse ] || bash loadtest/bench-gateway.sh "${GATEWAY_N:-1800}"
+if [ "${GATEWAY:-}" != reuse ]; then
+  fresh
+  bash loadtest/bench-gateway.sh "${GATEWAY_N:-1800}"
+fi
 
 # PIPELINE=reuse keeps the last run's pipeline and reaction figures.
 if [ "${PIPELINE:-}" != reuse ]; then
-  # The bench namespaces deleted so far (thousands of objects) must be
-  # gone before anything else is timed on the same API server.
-  settle() {
-    for _ in $(seq 300); do
-      [ "$(kubectl get namespaces -o name | grep -c '/bench-' || true)" = 0 ] && return 0
-      sleep 2
-    done
-    echo "bench namespaces are still being deleted; timing anyway" >&2
-  }
-  eval "$(bash scripts/stack.sh env)"
-  settle
+  fresh
   say "the actor pipeline: $PIPELINE_N requests (cargo bench --bench pipeline)"
   cargo bench -p kubernaut-e2e --bench pipeline -- "$PIPELINE_N" | tee "$BENCH_OUT/pipeline.txt"
   awk '
@@ -73,7 +76,7 @@ if [ "${PIPELINE:-}" != reuse ]; then
     }
   ' "$BENCH_OUT/pipeline.txt" >"$BENCH_OUT/pipeline.env"
 
-  settle
+  fresh
 
   # TREES_N=10000 also holds that many full trees on locked targets (about
   # half an hour here); its output is kept in docs/performance/trees.txt,
@@ -85,14 +88,14 @@ if [ "${PIPELINE:-}" != reuse ]; then
       cargo bench -p kubernaut-e2e --bench pipeline -- "$TREES_N" --memory-only
     } | tee "$BENCH_OUT/trees.txt"
     mkdir -p docs/performance && cp "$BENCH_OUT/trees.txt" docs/performance/trees.txt
-    settle
+    fresh
   fi
 
   say "memory per live supervisor: 2000 requests waiting for approval"
   cargo bench -p kubernaut-e2e --bench pipeline -- 2000 --waiting | tee "$BENCH_OUT/waiting.txt"
   awk '/KiB per live supervisor/ { for (i = 1; i <= NF; i++) if ($i == "KiB") printf "sup_kib=%s\n", $(i - 1) }' \
     "$BENCH_OUT/waiting.txt" >>"$BENCH_OUT/pipeline.env"
-  settle
+  fresh
 
   say "where the API server's time goes: a 15 s CPU profile of kube-apiserver during a notify-only run"
   (
@@ -107,13 +110,13 @@ if [ "${PIPELINE:-}" != reuse ]; then
   # "API calls per notify_only request (every client's): VERB resource 1.00, ..."
   sed -n 's/^  API calls per notify_only request[^:]*: //p' "$BENCH_OUT/profiled.txt" |
     tr ',' '\n' | awk 'NF == 3 { printf "| %s %s | %s |\n", $1, $2, $3 }' >"$BENCH_OUT/notify_calls.md"
-  settle
+  fresh
   for rate in 5 10 20; do
     say "reaction time: 200 alerts at $rate/s, alert to first mutating API call"
     cargo bench -p kubernaut-e2e --bench reaction -- 200 "$rate" | tee "$BENCH_OUT/reaction$rate.txt"
     awk -v k="react$rate" '/^  p50/ { gsub(",", ""); printf "%s_p50=%s\n%s_p99=%s\n", k, $2, k, $8 }' \
       "$BENCH_OUT/reaction$rate.txt" >>"$BENCH_OUT/pipeline.env"
-    settle
+    fresh
   done
   # "    <stage>: p50 / p99" per rate, as one table: a stage per row.
   awk '/^    [^:]+: [0-9]+ \/ [0-9]+$/ {
@@ -221,7 +224,12 @@ project's build machine: $CPUS cores, the local stack of
 Redis) sharing those cores with Kubernaut and the load generator. Every
 "limit" is measured in the same run, on the same API server, at the same
 concurrency, so the ratios hold better than the absolute figures do on
-other machines. Run it again to check any figure here.
+other machines. Each part (the gateway's paths, the pipeline, memory, each
+reaction rate) starts on a freshly started stack: after creating and
+deleting tens of thousands of objects, this API server answered several
+times slower for a while (kube-apiserver at 1.4 GB of RSS, etcd's data at
+470 MB), and each part measured the debris of the one before. Run it again
+to check any figure here.
 
 ## Where a signal's time goes
 
@@ -274,7 +282,7 @@ at 2d67f45 for the paths the issue did not measure).
 | duplicate, concurrency 128 (Redis configured) | — | ${dup128_rate} alerts/s, p50 ${dup128_p50} ms, p99 ${dup128_p99} ms | |
 | duplicate, open loop at 5 000/s (Redis configured) | — | ${dup5k_rate} alerts/s, p50 ${dup5k_p50} ms, p99 ${dup5k_p99} ms (from when each was due; 12 s) | |
 | duplicate without Redis, concurrency 32 / 128 | 3–12 alerts/s (O(n) list) | ${nored32_rate} / ${nored128_rate} alerts/s, p99 ${nored32_p99} / ${nored128_p99} ms | |
-| pipeline, notify_only, creation → Completed (${PIPELINE_N}) | 26 requests/s, ~6 status writes and 5 Events each | ${notify_rate} requests/s, ${notify_writes} status writes each: **${notify_ratio} × raw**; ${like_ratio} × raw with the controller's status | the same writes without a controller (create, 2 status patches, 2 Events): ${raw_pipeline}/s; the same with the controller's status (${status_bytes} bytes of JSON) in each: ${raw_like}/s |
+| pipeline, notify_only, creation → Completed (${PIPELINE_N}) | 26 requests/s, ~6 status writes and 5 Events each | ${notify_rate} requests/s, ${notify_writes} status writes each: **${notify_ratio} × raw**; ${like_ratio} × raw with the controller's status | the same writes without a controller (create, a status patch, an Event): ${raw_pipeline}/s; the same with the controller's status (${status_bytes} bytes of JSON) in each: ${raw_like}/s |
 | pipeline, rollout_restart, verified (${PIPELINE_N}) | — | ${restart_rate} requests/s: ${restart_ratio} × the patch rate; **${rollout_ratio} × raw rollouts** | raw status merge patches: ${patch_rate}/s; the same rollouts without a controller (the pod template patched until the Deployment controller observed it): ${raw_rollout}/s |
 | ${PIPELINE_N} full trees waiting on targets locked elsewhere, Lease requests to the API server in 10 s | polling: one claim per step every 0.5–5 s | ${waiting_leases} (membership renewals included) | |
 ${trees_row}
@@ -307,28 +315,34 @@ A notify-only request used to take five status writes from Pending to
 Completed: Processing, then Analyzing and Executing, the execution plan,
 the step's end, Verifying, Completed (the writer coalesced some). Now a
 status that nothing waits for (entering a phase that only reads and
-decides, a step's end) lingers up to 250 ms for the one that follows, and
-the plan goes with the transition into Executing: the first write carries
-Processing, Analyzing and Executing with its plan (and the claim), the
-second the step's end, Verifying and Completed. A status something waits
-for (the claim before acting, a step's write-ahead record, an end) goes out
-at once and takes any lingering one with it, so nothing that acts waits
-longer than before, and an alert reaches its first mutating call after two
-writes instead of four. Lingering costs only how soon \`kubectl get\` shows
-an intermediate phase.
+decides, a step's end) lingers up to 250 ms (\`controller.statusLingerMillis\`)
+for the one that follows, and the plan goes with the transition into
+Executing. The workflow starts before that write lands: a step that
+changes the cluster acts only once a write carrying its write-ahead record
+has landed, so the write entering Executing waits for the first step's
+record and goes out with it, and a step that changes nothing runs at once.
+So a notify-only request goes from Pending to Completed in one write when
+it gets there within the linger (${notify_writes} writes per request in
+this run), and an alert reaches its first mutating call after one write
+(four at first, two before the workflow ran ahead). A status something
+waits for (a claim, a step's write-ahead record, an end) goes out at once
+and takes any lingering one with it, so nothing that acts waits longer
+than before. Lingering costs only how soon \`kubectl get\` shows an
+intermediate phase.
 
 ## The pipeline's rate
 
-A notify-only request costs the API server five writes: its creation (the
-gateway's, or here the bench's), two status writes, and two Events (one per
+A notify-only request costs the API server three writes: its creation (the
+gateway's, or here the bench's), one status write and one Event (one per
 status write that changes the phase: the transitions written together are
 one Event, as \`kubectl describe\` shows them; there used to be one per
 transition, published one at a time through kube-runtime's \`Recorder\`,
 which scans every recent Event on each publish). Here the API server does
-those five writes for ${raw_pipeline} requests a second with no controller
+those three writes for ${raw_pipeline} requests a second with no controller
 running at all (the "raw pipeline", measured first in the same run), and
 the pipeline reaches ${notify_ratio} of that. A system-wide profile of
-such a run (\`perf record -a\`, taken once by hand) put kube-apiserver at
+such a run (\`perf record -a\`, taken once by hand when the request took
+two status writes and two Events) put kube-apiserver at
 about 60% of both cores, etcd at 5%, kube-controller-manager at 6% and
 Kubernaut's own process at about 5%: the controller waits on the API
 server, not the other way round. Where the API server's CPU went during
@@ -349,38 +363,38 @@ namespace's requests, and the cluster's own controllers, too):
 |---|---|
 $(cat "$BENCH_OUT/notify_calls.md")
 
-Kubernaut makes the five writes of the raw pipeline and no others (the
-create, two status writes, two Events; the LIST is the bench's own polling
+Kubernaut makes the three writes of the raw pipeline and no others (the
+create, a status write, an Event; the LIST is the bench's own polling
 for the end, and WATCH counts watches opened by any client). What differs
 is what is written: the status of a Completed notify-only request, as the
 controller writes it, is ${status_bytes} bytes of JSON (its phase history,
 conditions, and the processing, analysis and execution records), where the
 raw pipeline writes a phase and a message. The API server decodes each write, validates it
 against the CRD's schema, merges it into the stored object, encodes it for
-etcd and for every watcher; written that large, the same five writes run at
-${raw_like} requests/s with no controller, and the pipeline reaches
-${like_ratio} of that. So about half of the distance to the raw figure is
-the size of the status, and the rest is the server-side apply's field
-management (a merge patch would skip it, but cannot remove what a status
-no longer has) and the control plane's own share of the two cores.
-
-150 requests/s would take the API server about 750 writes/s of that size
-on these two shared cores; it does not have them, with or without
-Kubernaut.
+etcd and for every watcher; written that large, the same three writes run
+at ${raw_like} requests/s with no controller, and the pipeline reaches
+${like_ratio} of that. The distance between the two raw figures is the
+size of the status; what remains between the second and the pipeline is
+the server-side apply's field management (a merge patch would skip it, but
+cannot remove what a status no longer has) and the control plane's own
+share of the two cores.
 
 ## Where a reaction's time goes
 
 The reaction runs above, split by a watch of the requests into what
 precedes the first mutating call: the gateway's answer (the request's
 create), the request reaching a watch (the controller's, here the
-bench's), the first status write (it carries Processing, Analyzing and
-Executing with the plan and the claim; the action waits for it), and then
-the step: its write-ahead record (K-RR-6: a rollout_restart must not run
-twice after a restart) with the target's lock Lease claimed alongside it
-(\`Cluster::claim_lock\`: the two round trips overlap), the read of the
-target, the server-side dry run and the patch. Every stage is an API round trip on
-the same two cores that run the rollouts, so at 10 and 20 alerts/s every
-stage grows alike; milliseconds, p50 / p99:
+bench's), the one status write the action waits for, and then the read of
+the target, the server-side dry run and the patch. That status write
+carries Processing, Analyzing and Executing with the plan, the claim and
+the step's write-ahead record (K-RR-6: a rollout_restart must not run
+twice after a restart): the workflow starts before the write entering
+Executing lands, that write waits for the step's record (after the step
+reads the target's UID and generation) and goes out with it, and the step
+claims the target's lock Lease meanwhile (\`Cluster::claim_lock\`). It
+used to be two writes in a row, the phase and then the record. Every
+stage is an API round trip on the same two cores that run the rollouts,
+so at 10 and 20 alerts/s every stage grows alike; milliseconds, p50 / p99:
 
 | stage | 5/s | 10/s | 20/s |
 |---|---|---|---|
@@ -439,7 +453,7 @@ re-sends every group interval), which cost one Redis script each and
 no API call until they are written: one status PATCH per open request
 every 100 ms at most, however many arrive. Say 1% are new incidents:
 100 creates/s, plus the duplicate writes of (at most) every open request
-with duplicates, plus the pipeline's own calls per request (above: two status writes, two Events and one read
+with duplicates, plus the pipeline's own calls per request (above: one status write, one Event and one read
 for a notify-only request; a rollout adds its action, the reads of its
 verification and the cluster's own work).
 

@@ -28,7 +28,7 @@
 //!    limit the mutating run is compared with).
 //!
 //! Before the control plane starts, the API server's own rate for what a
-//! notify-only request costs it (created, two status writes, two Events),
+//! notify-only request costs it (created, one status write, one Event),
 //! with no controller: the limit the notify-only run is compared with.
 //! Once it has stopped, the same again with status writes as large as the
 //! controller's (a Completed request's status): what of the difference is
@@ -466,12 +466,11 @@ async fn main() -> anyhow::Result<()> {
 
 /// The API server's own rate for what a notify-only request costs it, at
 /// the bench's concurrency and without a controller: the request created,
-/// two status writes (merge patches) and two Events. Done in a namespace
+/// one status write (a merge patch) and one Event. Done in a namespace
 /// of its own, which no control plane watches; `targets` only name the
-/// requests' targets. The status writes carry a phase and a message, or,
-/// given `like`, a status the controller wrote (its phase set to Executing,
-/// then as it was), so that the limit is measured with the controller's
-/// own object sizes.
+/// requests' targets. The status write carries a phase and a message, or,
+/// given `like`, a status the controller wrote, so that the limit is
+/// measured with the controller's own object sizes.
 async fn raw_pipeline(
     admin: &kube::Client,
     targets: &[ObjectRef],
@@ -484,9 +483,7 @@ async fn raw_pipeline(
     let body = |phase: &str, i: usize| match like {
         Some(status) => {
             let mut status = status.clone();
-            if phase != "Completed" {
-                status["phase"] = json!(phase);
-            }
+            status["phase"] = json!(phase);
             status["message"] = json!(format!("raw {i}"));
             json!({ "status": status })
         }
@@ -500,7 +497,7 @@ async fn raw_pipeline(
                 let mut t = t.clone();
                 t.namespace = ns.clone();
                 let name = create_request(admin, "BenchRaw", &t, false).await?;
-                for (phase, reason) in [("Executing", "ActionChosen"), ("Completed", "NothingChanged")] {
+                for (phase, reason) in [("Completed", "NothingChanged")] {
                     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body(phase, i)))
                         .await?;
                     let event: Event = serde_json::from_value(json!({
@@ -660,7 +657,7 @@ impl Notify {
     /// The API server's own rates, measured in the same run.
     fn print_limits(&self, n: usize, raw_rate: f64) {
         println!(
-            "  raw pipeline (create, two status patches, two Events per request), concurrency {CONCURRENCY}: {raw_rate:.0} requests/s; notify_only at {:.3} x that",
+            "  raw pipeline (create, one status patch, one Event per request), concurrency {CONCURRENCY}: {raw_rate:.0} requests/s; notify_only at {:.3} x that",
             n as f64 / self.secs / raw_rate
         );
     }

@@ -7,8 +7,10 @@
 //! `restartedAt`) as the API server reports it. It prints p50, p95, p99 and
 //! max of (patch seen − alert sent), and asserts nothing. A watch of the
 //! requests splits that time into stages: the alert's answer, the request
-//! seen by a watch, its status first seen Executing (the write-ahead record
-//! the action waits for) and the patch.
+//! seen by a watch, its status first seen Executing (one write carrying the
+//! phase, the plan, the claim and the step's write-ahead record, which the
+//! action waits for; the step claims the target's lock meanwhile) and the
+//! patch.
 //!
 //!   cargo bench -p kubernaut-e2e --bench reaction -- [N] [RATE]
 //!
@@ -186,8 +188,8 @@ async fn main() -> anyhow::Result<()> {
     let names = [
         "sent -> answered (the gateway's create)",
         "answered -> request seen by a watch",
-        "seen -> status Executing seen (the write-ahead status write)",
-        "Executing seen -> patch seen (lock, read, dry run, patch)",
+        "seen -> status Executing seen (the step's write-ahead record with the phase)",
+        "Executing seen -> patch seen (read, dry run, patch)",
     ];
     for (name, mut s) in names.iter().zip(stage) {
         s.sort();
