@@ -178,7 +178,7 @@ tree_verdict=$(judge "$tree_kib <= 64 && $sup_kib <= 24" "met" \
   "$(judge "$tree_kib <= 64" "met per tree; not per supervisor" "not met")")
 restart_verdict=$(judge "$restart_ratio >= 0.5" "met" \
   "$(judge "$rollout_ratio >= 0.5" "not met as written; the same rollouts with no controller at all (the cluster's own work) run at ${raw_rollout}/s here, and against that rate the pipeline is over 0.5" "not met: a rollout is the cluster's work too (below)")")
-new_verdict="$(judge "$new_share >= 0.6" "met" "not met in this run"); $(judge "$new_full_share >= 0.9 * $new_share" "flat" "slower after the fill")"
+new_verdict="$(judge "$new_share >= 0.6" "met" "not met in this run"); $(judge "$new_full_rate >= 0.9 * $new_rate" "flat (${new_full_rate}/s after the fill, ${new_rate}/s before)" "slower after the fill (${new_full_rate}/s, ${new_rate}/s before)")"
 dup_verdict="$(judge "$dup128_rate >= 10000" "rate met" "rate not met in this run: Kubernaut's share of the two cores is the limit (see the scaling section)"); p99 $(judge "$dup5k_p99 < 10" "met" "not met in this run: an answer waits only for Redis now, and the tail is the wait for a core shared by the gateway, Redis and the load generator")"
 nored_verdict=$(judge "$nored128_rate >= 5000" "met: each answer waits for its batch's status PATCH, one PATCH per API round trip" \
   "not met in this run: without Redis each answer waits for its batch's status PATCH")

@@ -375,6 +375,15 @@ async fn raw_create(args: &Args, run: &str) -> anyhow::Result<()> {
         None => None,
     };
     let like = &like;
+    // The client's connections are opened before the clock starts, as the
+    // gateway's are by the time it is measured: the limit is the API
+    // server's, not a TLS handshake's.
+    futures::future::try_join_all((0..args.concurrency).map(|i| {
+        let api = api.clone();
+        async move { api.get_opt(&format!("raw-{run}-warm-{i}")).await }
+    }))
+    .await
+    .context("opening the client's connections")?;
     let (samples, elapsed) = fire(args, |i| {
         let api = api.clone();
         async move {

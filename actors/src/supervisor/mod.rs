@@ -105,6 +105,8 @@ enum Effect {
     Entered {
         from: Phase,
         t: Transition,
+        /// Its work starts before this write lands (see [`runs_ahead`]).
+        ahead: bool,
     },
     /// Look at the phase's work again.
     Advance,
@@ -116,12 +118,12 @@ impl Effect {
     /// Whether something waits for the write this effect follows, so that
     /// it must go out at once: an acknowledgement, work that starts only
     /// once the status has landed (a phase that acts, a claim), a stop.
-    /// Entering a phase that only reads and decides, an audit record or a
-    /// message may wait for the next status (see [`status::LINGER`]).
+    /// Entering a phase whose work runs ahead of its write, an audit record
+    /// or a message may wait for the next status (see [`status::LINGER`]).
     fn waits(&self) -> bool {
         match self {
             Effect::Ack(_) | Effect::Advance | Effect::Stop => true,
-            Effect::Entered { t, .. } => !runs_ahead(t.to),
+            Effect::Entered { ahead, .. } => !ahead,
             Effect::Audit(_) | Effect::Notify(_) => false,
         }
     }
@@ -175,10 +177,10 @@ pub struct Sup {
     /// When steps that change nothing in the cluster started: written
     /// with their end, as nothing has to be recorded before they run.
     started: BTreeMap<String, Timestamp>,
-    /// The status wanted enters Executing with a fresh plan and carries
-    /// this replica's claim, and no write has landed since: the workflow
-    /// may start before it lands (see [`runs_ahead`]).
-    claim_ahead: bool,
+    /// The status wanted enters Executing with a plan nothing of which has
+    /// run, and carries this replica's claim, and no write has landed
+    /// since: the workflow may start before it lands (see [`runs_ahead`]).
+    fresh_plan: bool,
     /// How often this supervisor found its target busy (its backoff).
     times_held: u32,
     approval: Option<Approval>,
@@ -326,7 +328,7 @@ impl Sup {
             releasing: false,
             outcomes: BTreeMap::new(),
             started: BTreeMap::new(),
-            claim_ahead: false,
+            fresh_plan: false,
             times_held: 0,
             approval: Approval::of(&rr),
             timers: Timers::default(),
@@ -439,11 +441,14 @@ impl Sup {
         myself: &ActorRef<Envelope<Msg>>,
     ) -> Result<(), ActorProcessingErr> {
         let phase = self.phase();
-        // Its claim has landed, or goes with the write entering Executing,
-        // which every step that acts waits for.
-        let mine = self.status.owner.as_deref() == Some(self.ctx.identity.as_str())
-            || (self.claim_ahead && !self.releasing);
-        let ahead = runs_ahead(phase) && (before_claim(phase) || mine);
+        // Its claim has landed, or goes with the write entering Executing
+        // with a fresh plan, which every step that acts waits for.
+        let fresh = self.fresh_plan && !self.releasing;
+        let mine = self.status.owner.as_deref() == Some(self.ctx.identity.as_str()) || fresh;
+        let ahead = match phase {
+            Phase::Executing => fresh,
+            p => runs_ahead(p) && (before_claim(p) || mine),
+        };
         if self.stage.is_some() || (self.settling() && !ahead) {
             return Ok(());
         }
@@ -504,11 +509,11 @@ impl Sup {
         }
     }
 
-    /// A phase just entered whose work only reads and decides starts at
-    /// once, before the write recording it lands: its own write and the
-    /// ones before it go out together (a new request reaches Executing in
-    /// one or two writes, not four), and nothing acts on the world until a
-    /// write carrying the claim has landed.
+    /// A phase just entered whose work runs ahead of its write (see
+    /// [`runs_ahead`]) starts at once, before the write recording it lands:
+    /// its own write and the ones before it go out together (a new request
+    /// reaches its first change after one write, not four), and nothing
+    /// acts on the world until a write carrying the claim has landed.
     fn run_ahead(&self, from: Phase) {
         let to = self.phase();
         if to != from && runs_ahead(to) && !self.releasing {
@@ -695,6 +700,9 @@ impl Sup {
 /// has landed; so the write entering Executing goes out with the first
 /// step's intent, one status write and one round trip fewer before the
 /// first change. A step that changes nothing may run before it lands.
+/// Executing runs ahead only on a fresh plan, nothing of which has run:
+/// a recorded one may have steps to resume or roll back, which do not wait
+/// for a write, so its workflow starts once the phase has landed.
 fn runs_ahead(phase: Phase) -> bool {
     matches!(
         phase,
@@ -766,6 +774,7 @@ mod lingering {
         Effect::Entered {
             from: Phase::Pending,
             t: Transition::new(to, Reason::ActionChosen, String::new()),
+            ahead: runs_ahead(to),
         }
     }
 
@@ -791,6 +800,12 @@ mod lingering {
         ] {
             assert!(entering(to).waits(), "{to}");
         }
+        let recorded_plan = Effect::Entered {
+            from: Phase::Blocked,
+            t: Transition::new(Phase::Executing, Reason::ActionChosen, String::new()),
+            ahead: false,
+        };
+        assert!(recorded_plan.waits(), "Executing on a recorded plan");
         let (ack, _rx) = oneshot::channel();
         assert!(Effect::Ack(ack).waits());
         assert!(Effect::Advance.waits());

@@ -380,6 +380,7 @@ impl Sup {
         let mut next = self.current().clone();
         let from = next.phase;
         let t = change(&mut next);
+        let mut fresh = false;
         if let Some(t) = &t {
             transitions::enter(&mut next, t, &self.clock())?;
             if next.phase == Phase::Executing && next.execution.is_none() {
@@ -387,13 +388,19 @@ impl Sup {
                 // replica's claim: the workflow may start at once, its
                 // steps acting only once a write carrying all of it lands.
                 next.execution = super::stages::execution::plan(&next, &self.spec.target);
-                self.claim_ahead = !self.releasing;
+                self.fresh_plan = !self.releasing;
+                fresh = true;
             }
         }
         next.owner = (!self.releasing).then(|| self.ctx.identity.clone());
         self.seq += 1;
         match t {
-            Some(t) => self.effects.push((self.seq, Effect::Entered { from, t })),
+            Some(t) => {
+                // Executing runs ahead only on the plan just made.
+                let ahead = super::runs_ahead(t.to) && (t.to != Phase::Executing || fresh);
+                self.effects
+                    .push((self.seq, Effect::Entered { from, t, ahead }));
+            }
             None if advance => self.effects.push((self.seq, Effect::Advance)),
             None => {}
         }
@@ -452,7 +459,7 @@ impl Sup {
                 self.status = *status;
                 // The claim is in the status now (or this replica is
                 // handing the request over).
-                self.claim_ahead = false;
+                self.fresh_plan = false;
                 if seq >= self.seq {
                     self.desired = None;
                 }
@@ -470,7 +477,7 @@ impl Sup {
                         }
                         Effect::Audit(rec) => self.audit(*rec),
                         Effect::Notify(n) => self.ctx.notifier.send(*n),
-                        Effect::Entered { from, t } => {
+                        Effect::Entered { from, t, .. } => {
                             self.entered(from, &t);
                             entered.push((from, t));
                             advance = true;
@@ -499,7 +506,7 @@ impl Sup {
                 let refused = self.desired.take().map(|s| s.phase);
                 // What waited for it never happens (dropped acks stop steps).
                 self.effects.clear();
-                self.claim_ahead = false;
+                self.fresh_plan = false;
                 tracing::error!(%error, "the API server refused the request's status");
                 // Retrying cannot help, and the request would stay stuck.
                 // Failing it writes only the phase, which the server accepts.
