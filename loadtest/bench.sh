@@ -178,7 +178,7 @@ tree_verdict=$(judge "$tree_kib <= 64 && $sup_kib <= 24" "met" \
   "$(judge "$tree_kib <= 64" "met per tree; not per supervisor" "not met")")
 restart_verdict=$(judge "$restart_ratio >= 0.5" "met" \
   "$(judge "$rollout_ratio >= 0.5" "not met as written; the same rollouts with no controller at all (the cluster's own work) run at ${raw_rollout}/s here, and against that rate the pipeline is over 0.5" "not met: a rollout is the cluster's work too (below)")")
-new_verdict="$(judge "$new_share >= 0.6" "met" "not met in this run"); $(judge "$new_full_rate >= 0.9 * $new_rate" "flat (${new_full_rate}/s after the fill, ${new_rate}/s before)" "slower after the fill (${new_full_rate}/s, ${new_rate}/s before)")"
+new_verdict="$(judge "$new_share >= 0.6" "met" "$(judge "$new_like_share >= 0.6" "not met against minimal requests; against the same request as the gateway creates it, ${new_like_share} × (below)" "not met in this run")"); $(judge "$new_full_rate >= 0.9 * $new_rate" "flat (${new_full_rate}/s after the fill, ${new_rate}/s before)" "slower after the fill (${new_full_rate}/s, ${new_rate}/s before)")"
 dup_verdict="$(judge "$dup128_rate >= 10000" "rate met" "rate not met in this run: Kubernaut's share of the two cores is the limit (see the scaling section)"); p99 $(judge "$dup5k_p99 < 10" "met" "not met in this run: an answer waits only for Redis now, and the tail is the wait for a core shared by the gateway, Redis and the load generator")"
 nored_verdict=$(judge "$nored128_rate >= 5000" "met: each answer waits for its batch's status PATCH, one PATCH per API round trip" \
   "not met in this run: without Redis each answer waits for its batch's status PATCH")
@@ -249,6 +249,19 @@ place in its sequence come from a watch-fed index
 fingerprint and that place, so concurrent creators collide on the create
 itself; and the first occurrence is the spec's own (\`status.deduplication\`
 appears with the first duplicate).
+
+What that create costs the API server depends on what is created. The
+gateway's request carries what K-RR-1 wants in its spec (the alert as
+received, its labels and annotations, the owner chain): ${like_bytes} bytes
+of labels and spec, where the raw baseline's minimal request has
+${raw_bytes}. Created as copies of a request the gateway created, at the
+same concurrency, the API server takes ${like_rate} a second here
+(${raw_rate} minimal ones), and the new-signal path runs at
+${new_like_share} × that: the gateway's own work (HTTP, authentication,
+parsing, the owner chain from reflectors, one Redis script for the storm
+windows) is not what limits it; the size of the request is. Each of the
+three pairs is a fraction of a second, and the pairs' shares
+(${new_shares}) show how much one pause of the API server moves a run.
 
 A duplicate used to wait for the status PATCH that counted it (group
 commit: one PATCH per batch, on the object the previous write returned),
