@@ -376,9 +376,12 @@ namespace's requests, and the cluster's own controllers, too):
 |---|---|
 $(cat "$BENCH_OUT/notify_calls.md")
 
-Kubernaut makes the three writes of the raw pipeline and no others (the
-create, a status write, an Event; the LIST is the bench's own polling
-for the end, and WATCH counts watches opened by any client). What differs
+Kubernaut makes the three writes of the raw pipeline (the create, a status
+write, an Event) and one read: a supervisor reads its request from the API
+server when it starts, never from a cache, and this API server counts a
+GET of a custom resource as LIST (checked by hand: five GETs of one
+request, five LISTs). The bench's own polls for the end are a handful, and
+WATCH counts watches opened by any client. What differs
 is what is written: the status of a Completed notify-only request, as the
 controller writes it, is ${status_bytes} bytes of JSON (its phase history,
 conditions, and the processing, analysis and execution records), where the

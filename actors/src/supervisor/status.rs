@@ -149,8 +149,9 @@ impl Writer {
 
     /// Wants `status` written as number `seq`; replaces what was wanted.
     /// With `linger`, nothing waits for it: it may wait up to its linger
-    /// ([`LINGER`] by default) for a newer status to be written with. The caller never lingers a
-    /// status that replaces an unwritten one something waits for.
+    /// ([`LINGER`] by default) for a newer status to be written with. The
+    /// caller never lingers a status that replaces an unwritten one
+    /// something waits for.
     pub fn want(&self, seq: u64, status: RemediationRequestStatus, linger: bool) {
         self.tx.send_replace(Some(Wanted {
             seq,
