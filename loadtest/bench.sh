@@ -2,7 +2,7 @@
 # `make bench`: measures every figure of docs/performance.md on this machine
 # against the local stack, then writes the document from them (and copies
 # the runner's plots next to it). A benchmark, not a test: it takes about
-# thirty-five minutes and fails only when a run's outcome counts are wrong.
+# twenty minutes here and fails only when a run's outcome counts are wrong.
 # Each part starts on a freshly started stack: an API server that has just
 # created and deleted tens of thousands of objects answers several times
 # slower for a while, and the parts would measure each other's debris.
