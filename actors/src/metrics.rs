@@ -409,14 +409,16 @@ impl Metrics {
 /// supervisor ends (ractor skips `post_stop` when an actor panics or is
 /// killed).
 pub struct PhaseCount {
-    metrics: Metrics,
+    /// The one family, not all of [`Metrics`]: every live supervisor holds
+    /// one of these.
+    by_phase: Family<PhaseLabels, Gauge>,
     phase: Phase,
 }
 
 impl PhaseCount {
     pub fn new(metrics: &Metrics, phase: Phase) -> Self {
         let count = Self {
-            metrics: metrics.clone(),
+            by_phase: metrics.supervisors_by_phase.clone(),
             phase,
         };
         count.gauge().inc();
@@ -424,8 +426,7 @@ impl PhaseCount {
     }
 
     fn gauge(&self) -> prometheus_client::metrics::gauge::Gauge {
-        self.metrics
-            .supervisors_by_phase
+        self.by_phase
             .get_or_create(&PhaseLabels {
                 phase: self.phase.as_str(),
             })

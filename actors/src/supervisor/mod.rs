@@ -159,7 +159,9 @@ pub struct Sup {
     writer: Writer,
     /// The newest status wanted and not yet written, its number, and what
     /// waits for it (by the number it waits for).
-    desired: Option<RemediationRequestStatus>,
+    /// Boxed: a supervisor waits with none for most of its life, and a
+    /// status inline is over a kilobyte.
+    desired: Option<Box<RemediationRequestStatus>>,
     seq: u64,
     effects: Vec<(u64, Effect)>,
     stage: Option<Running>,
@@ -352,7 +354,7 @@ impl Sup {
     /// The status as it will be once what is wanted is written: what new
     /// decisions build on.
     fn current(&self) -> &RemediationRequestStatus {
-        self.desired.as_ref().unwrap_or(&self.status)
+        self.desired.as_deref().unwrap_or(&self.status)
     }
 
     fn phase(&self) -> Phase {

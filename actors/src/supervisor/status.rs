@@ -410,7 +410,7 @@ impl Sup {
         }
         let linger = !self.releasing && !self.effects.iter().any(|(_, e)| e.waits());
         self.writer.want(self.seq, next.clone(), linger);
-        self.desired = Some(next);
+        self.desired = Some(Box::new(next));
         Ok(())
     }
 
