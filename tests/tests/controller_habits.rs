@@ -68,16 +68,9 @@ async fn every_phase_transition_is_told_by_a_kubernetes_event_on_the_request() -
     let name = create_request(&admin, "HabitEvents", &t, false).await?;
     let rr = terminal_request(&admin, &t.namespace, &name, TIMEOUT).await?;
     assert_eq!(rr.phase(), Phase::Completed);
-    let events: Api<Event> = Api::namespaced(admin.clone(), &t.namespace);
     let path = "Pending -> Processing -> Analyzing -> Executing -> Verifying -> Completed";
     let told = eventually("Events telling every transition", TIMEOUT, || async {
-        let mut told: Vec<Event> = events
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
-            .collect();
+        let mut told = events_of(&admin, &t.namespace, &name).await?;
         told.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
         // Each Event's path starts where the one before ended.
         let mut walked = String::from("Pending");
@@ -112,6 +105,17 @@ async fn every_phase_transition_is_told_by_a_kubernetes_event_on_the_request() -
         told.iter().map(|e| &e.note).collect::<Vec<_>>()
     );
     running.shutdown().await
+}
+
+/// The Events about request `name`.
+async fn events_of(admin: &kube::Client, ns: &str, name: &str) -> anyhow::Result<Vec<Event>> {
+    Ok(Api::<Event>::namespaced(admin.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect())
 }
 
 /// A linger long enough that only what waits for a write sends it: these
@@ -207,14 +211,10 @@ async fn a_notify_only_request_is_one_status_write() -> anyhow::Result<()> {
     );
     let writes = metric(&running, "kubernaut_controller_status_patch_seconds_count").await?;
     assert_eq!(writes, 1.0, "status writes");
-    let events: Api<Event> = Api::namespaced(admin.clone(), &t.namespace);
     let told = eventually("the request's Event", TIMEOUT, || async {
-        let told: Vec<String> = events
-            .list(&ListParams::default())
+        let told: Vec<String> = events_of(&admin, &t.namespace, &name)
             .await?
-            .items
             .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
             .filter_map(|e| e.note)
             .collect();
         Ok((!told.is_empty()).then_some(told))
