@@ -215,8 +215,10 @@ pub async fn start(cfg: Config, kube: kube::Config) -> anyhow::Result<Running> {
     // and the controller's stages alike.
     .with_views();
     // The CRD must be servable before anything watches or creates requests.
+    // Metadata only: one request our types reject (the watch counts and
+    // skips those) must not keep every replica from starting.
     Api::<RemediationRequest>::all(cluster.client().clone())
-        .list(&ListParams::default().limit(1))
+        .list_metadata(&ListParams::default().limit(1))
         .await
         .context("RemediationRequests cannot be listed: is the CRD installed (kubernaut crds | kubectl apply -f -) and does the controller's role allow it?")?;
 
