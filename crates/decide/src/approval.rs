@@ -44,6 +44,11 @@ impl ApprovalPolicy {
                 path: path.to_string(),
                 message: e.to_string(),
             })?;
+        // The first evaluation analyses the policy (its rule order, loop
+        // hoisting) and keeps the result in the engine; done here, every
+        // evaluation's copy starts from it instead of analysing again.
+        // Its answer, for no input, does not matter.
+        let _ = engine.eval_rule(REQUIRED.into());
         Ok(Self { engine })
     }
 

@@ -123,20 +123,25 @@ pub fn writes(action: &str) -> bool {
     kind(action).is_some_and(|k| k.writes)
 }
 
-/// Every action Kubernaut can run, with its parameter schema.
-pub fn catalogue() -> Vec<ActionInfo> {
-    KINDS
-        .iter()
-        .map(|k| ActionInfo {
-            name: k.name,
-            risk: k.risk,
-            summary: k.summary,
-            parameters: k.schema(),
-            reversible: k.reversible,
-            acts_on: k.acts_on,
-            destructive: k.destructive,
-        })
-        .collect()
+/// Every action Kubernaut can run, with its parameter schema. Built once:
+/// deciding a request reads it several times, and its sixteen schemas
+/// cost more to generate than the rest of a decision.
+pub fn catalogue() -> &'static [ActionInfo] {
+    static CATALOGUE: std::sync::LazyLock<Vec<ActionInfo>> = std::sync::LazyLock::new(|| {
+        KINDS
+            .iter()
+            .map(|k| ActionInfo {
+                name: k.name,
+                risk: k.risk,
+                summary: k.summary,
+                parameters: k.schema(),
+                reversible: k.reversible,
+                acts_on: k.acts_on,
+                destructive: k.destructive,
+            })
+            .collect()
+    });
+    &CATALOGUE
 }
 
 /// Per-action limits (`executor.bounds` in the configuration).
@@ -757,7 +762,7 @@ mod tests {
             assert!(names.contains(&call.name()), "{}", call.name());
         }
         let scale = catalogue()
-            .into_iter()
+            .iter()
             .find(|a| a.name == "scale_deployment")
             .unwrap();
         assert_eq!(

@@ -20,10 +20,13 @@ pub struct Offered {
 
 pub fn offer(objects: &[ObjectRef], containers: &[String], bounds: &Bounds) -> Vec<Offered> {
     catalogue()
-        .into_iter()
+        .iter()
         .filter_map(|info| {
-            let schema = narrowed(&info, objects, containers, bounds)?;
-            Some(Offered { info, schema })
+            let schema = narrowed(info, objects, containers, bounds)?;
+            Some(Offered {
+                info: info.clone(),
+                schema,
+            })
         })
         .collect()
 }
