@@ -6,8 +6,30 @@ use std::time::Duration;
 
 use chrono::Utc;
 use kubernaut_e2e::{Stack, eventually, unique};
+use kubernaut_store::chain::ChainReport;
 use kubernaut_store::{AuditRecord, EventRecord, RequestRecord, Store};
 use serde_json::json;
+
+/// The edit test breaks the chain for a moment on the database every test
+/// shares. It holds this lock exclusively from its edit to the repair, and
+/// every other check of the whole chain holds it shared (nextest runs each
+/// test in a process of its own: the lock is PostgreSQL's).
+const EDITING: i64 = 0x6b6e_7464_6974;
+
+/// The whole chain, checked while no test has it broken on purpose.
+async fn chain_checked(store: &Store) -> anyhow::Result<ChainReport> {
+    let mut conn = store.pool().acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock_shared($1)")
+        .bind(EDITING)
+        .execute(&mut *conn)
+        .await?;
+    let report = store.verify_chain().await;
+    sqlx::query("SELECT pg_advisory_unlock_shared($1)")
+        .bind(EDITING)
+        .execute(&mut *conn)
+        .await?;
+    Ok(report?)
+}
 
 fn request(uid: &str, signal: &str, severity: &str) -> AuditRecord {
     AuditRecord::Request(RequestRecord {
@@ -146,7 +168,7 @@ async fn an_edited_event_breaks_the_chain_and_verify_names_it() -> anyhow::Resul
         Ok((ids.len() == 3).then_some(ids))
     })
     .await?;
-    let intact = store.verify_chain().await?;
+    let intact = chain_checked(&store).await?;
     assert_eq!(intact.broken, None, "{intact:?}");
 
     // The application's writes cannot change an event.
@@ -175,6 +197,11 @@ async fn an_edited_event_breaks_the_chain_and_verify_names_it() -> anyhow::Resul
             anyhow::Ok(())
         }
     };
+    let mut editing = store.pool().acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(EDITING)
+        .execute(&mut *editing)
+        .await?;
     edit(r#"{"message": "nothing to see"}"#).await?;
     let result = async {
         let report = store.verify_chain().await?;
@@ -196,8 +223,13 @@ async fn an_edited_event_breaks_the_chain_and_verify_names_it() -> anyhow::Resul
     .await;
     // Put it back: the database is shared with later runs.
     edit(r#"{"message": "Analyzed ok"}"#).await?;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(EDITING)
+        .execute(&mut *editing)
+        .await?;
+    drop(editing);
     result?;
-    assert_eq!(store.verify_chain().await?.broken, None);
+    assert_eq!(chain_checked(&store).await?.broken, None);
     Ok(())
 }
 
@@ -252,6 +284,97 @@ async fn two_writers_bursts_land_whole_in_order_on_one_unbroken_chain() -> anyho
         );
     }
     assert_eq!(a.dead_letters() + b.dead_letters(), 0);
-    assert_eq!(store.verify_chain().await?.broken, None);
+    assert_eq!(chain_checked(&store).await?.broken, None);
     Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_skips_events_already_stored_and_links_past_them() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let store = Store::connect(&stack.database_url, 2).await?;
+    store.migrate().await?;
+    let uid = unique("audit-again");
+    let step = |i: usize| {
+        AuditRecord::Event(EventRecord {
+            request_uid: uid.clone(),
+            at: Utc::now(),
+            kind: "action",
+            from_phase: None,
+            to_phase: None,
+            reason: "StepFinished".into(),
+            subject: format!("step-{i}"),
+            detail: json!({"seq": i}),
+        })
+    };
+    store
+        .write_batch(&[request(&uid, "AgainTest", "warning"), step(0)])
+        .await?;
+    // A replica that took the request over writes step 0 again, within
+    // one batch, between new events; and the request's row twice.
+    let mut newer = request(&uid, "AgainTest", "warning");
+    if let AuditRecord::Request(r) = &mut newer {
+        r.phase = "Verifying".into();
+    }
+    store
+        .write_batch(&[
+            request(&uid, "AgainTest", "warning"),
+            step(1),
+            step(0),
+            step(2),
+            step(1),
+            newer,
+            step(3),
+        ])
+        .await?;
+    let seqs: Vec<i64> = sqlx::query_scalar(
+        "SELECT (detail->>'seq')::bigint FROM remediation_events WHERE request_uid = $1 ORDER BY id",
+    )
+    .bind(&uid)
+    .fetch_all(store.pool())
+    .await?;
+    assert_eq!(seqs, [0, 1, 2, 3], "each event once, in order");
+    let phase: String = sqlx::query_scalar("SELECT phase FROM remediation_requests WHERE uid = $1")
+        .bind(&uid)
+        .fetch_one(store.pool())
+        .await?;
+    assert_eq!(phase, "Verifying", "the batch's last record of the request");
+    assert_eq!(chain_checked(&store).await?.broken, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_starts_on_a_database_a_newer_release_has_migrated() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = Store::connect(&stack.database_url, 1).await?;
+    let db = unique("upgrade").replace('-', "_");
+    // The name is this test's own: letters, digits and underscores.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(admin.pool())
+        .await?;
+    let url = match stack.database_url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{db}"),
+        None => anyhow::bail!("no database in {}", stack.database_url),
+    };
+    let result = async {
+        let store = Store::connect(&url, 1).await?;
+        store.migrate().await?;
+        // What a later release's migration leaves behind it.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (99991231000001, 'from a newer release', true, '\\x00'::bytea, 1)",
+        )
+        .execute(store.pool())
+        .await?;
+        store.migrate().await?;
+        store
+            .write_batch(&[request("after-upgrade", "UpgradeTest", "warning")])
+            .await?;
+        store.pool().close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)")))
+        .execute(admin.pool())
+        .await?;
+    result
 }

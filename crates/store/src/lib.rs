@@ -20,9 +20,6 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
-/// Migrations embedded from the workspace's `migrations/`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
-
 /// Queue capacity: about a minute of a heavy storm's transitions. When full,
 /// [`AuditLog::record`] waits and [`AuditLog::try_record`] drops.
 const QUEUE_CAPACITY: usize = 10_000;
@@ -125,6 +122,32 @@ impl AuditRecord {
     }
 }
 
+/// A batch's events as columns, the arrays `audit_append_events` takes.
+#[derive(Default)]
+struct Events {
+    uids: Vec<String>,
+    ats: Vec<DateTime<Utc>>,
+    kinds: Vec<&'static str>,
+    froms: Vec<Option<String>>,
+    tos: Vec<Option<String>>,
+    reasons: Vec<String>,
+    details: Vec<serde_json::Value>,
+    keys: Vec<String>,
+}
+
+impl Events {
+    fn push(&mut self, e: EventRecord) {
+        self.keys.push(e.dedup_key());
+        self.uids.push(e.request_uid);
+        self.ats.push(e.at);
+        self.kinds.push(e.kind);
+        self.froms.push(e.from_phase);
+        self.tos.push(e.to_phase);
+        self.reasons.push(e.reason);
+        self.details.push(e.detail);
+    }
+}
+
 impl EventRecord {
     /// Re-recording an event (after a restart) never duplicates it; events
     /// about different subjects (steps) are different events.
@@ -203,8 +226,15 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// Applies the migrations this release has and the database lacks.
+    /// Migrations newer than this release are left alone rather than
+    /// refused: they only add, and during a rolling update an old replica
+    /// that restarts meets the database the new ones have migrated.
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await?;
+        // Embedded from the workspace's `migrations/`.
+        let mut migrator = sqlx::migrate!("../../migrations");
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.pool).await?;
         Ok(())
     }
 
@@ -217,88 +247,96 @@ impl Store {
         self.write_batch(std::slice::from_ref(record)).await
     }
 
-    /// Writes `records` in order in one transaction: all of them or none.
-    /// A batch with events takes the chain's lock once, for all of them, so
-    /// it costs the round trips of its inserts and a single commit, and the
-    /// writers of other replicas wait for the lock once per batch rather
-    /// than once per event.
+    /// Writes `records` in one transaction: all of them or none, in three
+    /// statements at most, whatever their number: the requests' rows
+    /// (each request's last record: its newest phase), then the events in
+    /// their order, then the outcomes. A batch with events takes the
+    /// chain's lock once, for all of them, so the writers of other
+    /// replicas wait for the lock once per batch rather than once per
+    /// event; a round trip per statement rather than per record is what
+    /// lets one writer keep up with a storm's transitions.
     pub async fn write_batch(&self, records: &[AuditRecord]) -> Result<()> {
+        let mut requests: Vec<RequestRecord> = Vec::new();
+        let mut events = Events::default();
+        let mut outcomes: Vec<OutcomeRecord> = Vec::new();
+        for record in records {
+            match storable(record.clone()) {
+                AuditRecord::Request(r) => match requests.iter_mut().find(|q| q.uid == r.uid) {
+                    Some(q) => *q = r,
+                    None => requests.push(r),
+                },
+                AuditRecord::Event(e) => events.push(e),
+                AuditRecord::Outcome(o) => outcomes.push(o),
+            }
+        }
         let mut tx = self.pool.begin().await?;
         // One chain for all writers (replicas): the link to the last event
         // is taken under a lock held to the commit, so ids and links are in
         // the same order. Taken before any row lock, so that two writers
         // never wait for each other's locks in opposite orders.
-        if records.iter().any(|r| matches!(r, AuditRecord::Event(_))) {
+        if !events.uids.is_empty() {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(chain::LOCK)
                 .execute(&mut *tx)
                 .await?;
         }
-        for record in records {
-            let record = storable(record.clone());
-            match &record {
-                AuditRecord::Request(r) => {
-                    sqlx::query(
-                        "INSERT INTO remediation_requests (uid, namespace, name, fingerprint, signal_name, severity, source,
-                           target_kind, target_namespace, target_name, phase, firing_time)
-                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)
-                         ON CONFLICT (uid) DO UPDATE SET phase = EXCLUDED.phase, updated_at = now()",
-                    )
-                    .bind(&r.uid)
-                    .bind(&r.namespace)
-                    .bind(&r.name)
-                    .bind(&r.fingerprint)
-                    .bind(&r.signal_name)
-                    .bind(&r.severity)
-                    .bind(&r.source)
-                    .bind(&r.target_kind)
-                    .bind(&r.target_namespace)
-                    .bind(&r.target_name)
-                    .bind(&r.phase)
-                    .bind(r.firing_time)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                AuditRecord::Event(e) => {
-                    sqlx::query(
-                        "INSERT INTO remediation_events
-                           (request_uid, at, kind, from_phase, to_phase, reason, detail, dedup_key, prev_hash, hash)
-                         SELECT $1, $2, $3, $4, $5, $6, $7, $8, last.h,
-                                audit_event_hash(last.h, $1, $2, $3, $4, $5, $6, $7, $8)
-                         FROM (SELECT COALESCE((SELECT hash FROM remediation_events ORDER BY id DESC LIMIT 1), '') AS h) AS last
-                         ON CONFLICT (dedup_key) DO NOTHING",
-                    )
-                    .bind(&e.request_uid)
-                    .bind(e.at)
-                    .bind(e.kind)
-                    .bind(&e.from_phase)
-                    .bind(&e.to_phase)
-                    .bind(&e.reason)
-                    .bind(&e.detail)
-                    .bind(e.dedup_key())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                AuditRecord::Outcome(o) => {
-                    sqlx::query(
-                        "INSERT INTO remediation_outcomes
-                           (request_uid, action, signal_name, target_kind, environment, outcome, score, components)
-                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
-                         ON CONFLICT (request_uid, action) DO UPDATE SET outcome = EXCLUDED.outcome,
-                           score = EXCLUDED.score, components = EXCLUDED.components, recorded_at = now()",
-                    )
-                    .bind(&o.request_uid)
-                    .bind(&o.action)
-                    .bind(&o.signal_name)
-                    .bind(&o.target_kind)
-                    .bind(&o.environment)
-                    .bind(&o.outcome)
-                    .bind(o.score)
-                    .bind(&o.components)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
+        if !requests.is_empty() {
+            let column = |f: fn(&RequestRecord) -> &String| -> Vec<&str> {
+                requests.iter().map(|r| f(r).as_str()).collect()
+            };
+            sqlx::query(
+                "INSERT INTO remediation_requests (uid, namespace, name, fingerprint, signal_name, severity, source,
+                   target_kind, target_namespace, target_name, phase, firing_time)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                   $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[])
+                 ON CONFLICT (uid) DO UPDATE SET phase = EXCLUDED.phase, updated_at = now()",
+            )
+            .bind(column(|r| &r.uid))
+            .bind(column(|r| &r.namespace))
+            .bind(column(|r| &r.name))
+            .bind(column(|r| &r.fingerprint))
+            .bind(column(|r| &r.signal_name))
+            .bind(column(|r| &r.severity))
+            .bind(column(|r| &r.source))
+            .bind(column(|r| &r.target_kind))
+            .bind(column(|r| &r.target_namespace))
+            .bind(column(|r| &r.target_name))
+            .bind(column(|r| &r.phase))
+            .bind(requests.iter().map(|r| r.firing_time).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !events.uids.is_empty() {
+            sqlx::query("SELECT audit_append_events($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(&events.uids)
+                .bind(&events.ats)
+                .bind(&events.kinds)
+                .bind(&events.froms)
+                .bind(&events.tos)
+                .bind(&events.reasons)
+                .bind(&events.details)
+                .bind(&events.keys)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for o in &outcomes {
+            sqlx::query(
+                "INSERT INTO remediation_outcomes
+                   (request_uid, action, signal_name, target_kind, environment, outcome, score, components)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
+                 ON CONFLICT (request_uid, action) DO UPDATE SET outcome = EXCLUDED.outcome,
+                   score = EXCLUDED.score, components = EXCLUDED.components, recorded_at = now()",
+            )
+            .bind(&o.request_uid)
+            .bind(&o.action)
+            .bind(&o.signal_name)
+            .bind(&o.target_kind)
+            .bind(&o.environment)
+            .bind(&o.outcome)
+            .bind(o.score)
+            .bind(&o.components)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
