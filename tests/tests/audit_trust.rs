@@ -373,8 +373,10 @@ async fn a_replica_starts_on_a_database_a_newer_release_has_migrated() -> anyhow
         anyhow::Ok(())
     }
     .await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)")))
-        .execute(admin.pool())
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {db} WITH (FORCE)"
+    )))
+    .execute(admin.pool())
+    .await?;
     result
 }
