@@ -91,8 +91,8 @@ if [ "${PIPELINE:-}" != reuse ]; then
     fresh
   fi
 
-  say "memory per live supervisor: 2000 requests waiting for approval"
-  cargo bench -p kubernaut-e2e --bench pipeline -- 2000 --waiting | tee "$BENCH_OUT/waiting.txt"
+  say "memory per live supervisor: 2000 requests waiting for approval, each with an alert of 1500 bytes"
+  cargo bench -p kubernaut-e2e --bench pipeline -- 2000 --waiting --payload=1500 | tee "$BENCH_OUT/waiting.txt"
   awk '/KiB per live supervisor/ { for (i = 1; i <= NF; i++) if ($i == "KiB") printf "sup_kib=%s\n", $(i - 1) }' \
     "$BENCH_OUT/waiting.txt" >>"$BENCH_OUT/pipeline.env"
   fresh
@@ -302,7 +302,7 @@ ${trees_row}
 | alert received → first mutating API call (rule path, 200 alerts at 5 / 10 / 20 per s) | — | p50 ${react5_p50} / ${react10_p50} / ${react20_p50} ms, p99 ${react5_p99} / ${react10_p99} / ${react20_p99} ms | |
 | audit trail, a burst of 4 000 records (500 requests' worth) into PostgreSQL | one transaction per record: ${audit_single} records/s | a transaction per batch: **${audit_batched} records/s, ${audit_ratio} ×** | |
 | memory per full live tree (supervisor, workflow, step; the control plane's RSS) | 180 KiB | ${tree_kib} KiB | |
-| memory per live supervisor (2000 requests waiting for approval) | 54 KiB | ${sup_kib} KiB | |
+| memory per live supervisor (2000 requests waiting for approval, each with an alert of 1 500 bytes as received) | 54 KiB | ${sup_kib} KiB | |
 | storm: 10 000 alerts over 1 000 pods in 10 s | — | ${storm_accepted} accepted, **${storm_lost} lost**, ${storm_requests} requests (${storm_storm_requests} storm requests), ${storm_5xx} answers 5xx, p99 ${storm_p99} ms | |
 
 Plots of latency over the run: [new signals](performance/new.svg),

@@ -13,6 +13,8 @@
 //! holds N storm requests waiting for approval instead: one live
 //! supervisor each and no polling, so that N = 10 000 measures the tree's
 //! memory rather than 10 000 steps polling their locks on the API server.
+//! `--payload=BYTES` gives each an alert as received of that size (the
+//! gateway stores the alert in the request; by default it is `{}`).
 //!
 //! 1. Memory: N requests on N Deployments whose target locks another
 //!    holder has, so every request stays Executing with its whole tree live
@@ -47,8 +49,8 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
 use kubernaut_e2e::{
-    ControllerProcess, Stack, controller_cluster, create_request, deployments, get,
-    kubernaut_release_binary, managed_namespace,
+    ControllerProcess, Stack, controller_cluster, create_request, create_request_with, deployments,
+    get, kubernaut_release_binary, managed_namespace,
 };
 use serde_json::json;
 
@@ -307,7 +309,10 @@ async fn main() -> anyhow::Result<()> {
     let ns = managed_namespace(&admin, "bench", "staging").await?;
     eprintln!("pipeline bench: N = {n}, namespace {ns}");
     if std::env::args().any(|a| a == "--waiting") {
-        return waiting(stack, &admin, &ns, n).await;
+        let payload = std::env::args()
+            .find_map(|a| a.strip_prefix("--payload=")?.parse().ok())
+            .unwrap_or(0);
+        return waiting(stack, &admin, &ns, n, payload).await;
     }
     let targets = deployments(&admin, &ns, "svc", n, 0).await?;
     let cluster = controller_cluster(stack).await?;
@@ -761,7 +766,13 @@ async fn cleanup(admin: &kube::Client, ns: &str) -> anyhow::Result<()> {
 }
 
 /// N storm requests, each waiting for approval with its supervisor live.
-async fn waiting(stack: &Stack, admin: &kube::Client, ns: &str, n: usize) -> anyhow::Result<()> {
+async fn waiting(
+    stack: &Stack,
+    admin: &kube::Client,
+    ns: &str,
+    n: usize,
+    payload: usize,
+) -> anyhow::Result<()> {
     let target = deployments(admin, ns, "svc", 1, 0).await?;
     let running = ControllerProcess::start_binary(
         kubernaut_release_binary()?,
@@ -777,7 +788,19 @@ async fn waiting(stack: &Stack, admin: &kube::Client, ns: &str, n: usize) -> any
     let before = running.rss_kib()? / 1024.0;
     let start = Instant::now();
     futures::stream::iter(0..n)
-        .map(|_| create_request(admin, "BenchStorm", &target[0], true))
+        .map(|_| {
+            let extra = if payload == 0 {
+                json!({})
+            } else {
+                let alert = json!({"alerts": [{"labels": {"alertname": "BenchStorm"},
+                    "annotations": {"description": ""}}]});
+                let padding = payload.saturating_sub(alert.to_string().len());
+                let mut alert = alert;
+                alert["alerts"][0]["annotations"]["description"] = json!("x".repeat(padding));
+                json!({"originalPayload": alert.to_string()})
+            };
+            create_request_with(admin, "BenchStorm", &target[0], true, extra)
+        })
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await?;
@@ -795,7 +818,10 @@ async fn waiting(stack: &Stack, admin: &kube::Client, ns: &str, n: usize) -> any
         .lines()
         .find_map(|l| l.strip_prefix(sample)?.parse::<f64>().ok())
         .unwrap_or(0.0);
-    println!("pipeline bench, N = {n} waiting requests ({SETUP})");
+    println!(
+        "pipeline bench, N = {n} waiting requests, alerts of {} bytes ({SETUP})",
+        payload.max(2)
+    );
     println!(
         "  memory: RSS {before:.1} MiB before, {held:.1} MiB with {live} live supervisors: {:.1} KiB per live supervisor",
         (held - before) * 1024.0 / live.max(1.0)

@@ -303,16 +303,23 @@ impl Sup {
             me.clone(),
             span.clone(),
         );
+        let approval = Approval::of(&rr);
+        let uid = rr.metadata.uid.unwrap_or_default();
+        let created = rr
+            .metadata
+            .creation_timestamp
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0);
+        let mut spec = rr.spec;
+        // The alert as received stays in the request for people and the
+        // audit; no stage reads it, and a live supervisor would otherwise
+        // hold a copy of every alert (kilobytes each) for its whole life.
+        spec.original_payload = String::new();
         let mut sup = Sup {
             namespace: args.namespace.clone(),
             name: args.name.clone(),
-            uid: rr.metadata.uid.clone().unwrap_or_default(),
-            created: rr
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
-            spec: rr.spec.clone(),
+            uid,
+            created,
+            spec,
             counted: PhaseCount::new(&args.ctx.metrics, status.phase),
             status,
             ctx: args.ctx.clone(),
@@ -332,7 +339,7 @@ impl Sup {
             started: BTreeMap::new(),
             fresh_plan: false,
             times_held: 0,
-            approval: Approval::of(&rr),
+            approval,
             timers: Timers::default(),
             deadline: None,
             span,
