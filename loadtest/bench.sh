@@ -61,11 +61,17 @@ if [ "${PIPELINE:-}" != reuse ]; then
         if ($i == "x") printf "notify_ratio=%s\n", $(i - 1)
       }
     }
-    /raw pipeline with the controller.s status \(/ {
+    /raw pipeline with the controller.s status \(.*by merge patch/ {
       for (i = 1; i <= NF; i++) {
         if ($i == "requests/s;") printf "raw_like=%s\n", $(i - 1)
         if ($i == "x") printf "like_ratio=%s\n", $(i - 1)
         if ($i == "bytes") { v = $(i - 1); sub(/^\(/, "", v); printf "status_bytes=%s\n", v }
+      }
+    }
+    /raw pipeline with the controller.s status \(.*by server-side apply/ {
+      for (i = 1; i <= NF; i++) {
+        if ($i == "requests/s;") printf "raw_apply=%s\n", $(i - 1)
+        if ($i == "x") printf "apply_ratio=%s\n", $(i - 1)
       }
     }
     /notify_only:/ {
@@ -295,7 +301,7 @@ at 2d67f45 for the paths the issue did not measure).
 | duplicate, concurrency 128 (Redis configured) | — | ${dup128_rate} alerts/s, p50 ${dup128_p50} ms, p99 ${dup128_p99} ms | |
 | duplicate, open loop at 5 000/s (Redis configured) | — | ${dup5k_rate} alerts/s, p50 ${dup5k_p50} ms, p99 ${dup5k_p99} ms (from when each was due; 12 s) | |
 | duplicate without Redis, concurrency 32 / 128 | 3–12 alerts/s (O(n) list) | ${nored32_rate} / ${nored128_rate} alerts/s, p99 ${nored32_p99} / ${nored128_p99} ms | |
-| pipeline, notify_only, creation → Completed (${PIPELINE_N}) | 26 requests/s, ~6 status writes and 5 Events each | ${notify_rate} requests/s, ${notify_writes} status writes each: **${notify_ratio} × raw**; ${like_ratio} × raw with the controller's status | the same writes without a controller (create, a status patch, an Event): ${raw_pipeline}/s; the same with the controller's status (${status_bytes} bytes of JSON) in each: ${raw_like}/s |
+| pipeline, notify_only, creation → Completed (${PIPELINE_N}) | 26 requests/s, ~6 status writes and 5 Events each | ${notify_rate} requests/s, ${notify_writes} status writes each: **${notify_ratio} × raw**; ${like_ratio} × raw with the controller's status | the same writes without a controller (create, a status patch, an Event): ${raw_pipeline}/s; the same with the controller's status (${status_bytes} bytes of JSON) in each: ${raw_like}/s by merge patch, ${raw_apply}/s by server-side apply as the controller writes it |
 | pipeline, rollout_restart, verified (${PIPELINE_N}) | — | ${restart_rate} requests/s: ${restart_ratio} × the patch rate; **${rollout_ratio} × raw rollouts** | raw status merge patches: ${patch_rate}/s; the same rollouts without a controller (the pod template patched until the Deployment controller observed it): ${raw_rollout}/s |
 | ${PIPELINE_N} full trees waiting on targets locked elsewhere, Lease requests to the API server in 10 s | polling: one claim per step every 0.5–5 s | ${waiting_leases} (membership renewals included) | |
 ${trees_row}
@@ -353,12 +359,24 @@ transition, published one at a time through kube-runtime's \`Recorder\`,
 which scans every recent Event on each publish). Here the API server does
 those three writes for ${raw_pipeline} requests a second with no controller
 running at all (the "raw pipeline", measured first in the same run), and
-the pipeline reaches ${notify_ratio} of that. A system-wide profile of
-such a run (\`perf record -a\`, taken once by hand when the request took
-two status writes and two Events) put kube-apiserver at
-about 60% of both cores, etcd at 5%, kube-controller-manager at 6% and
-Kubernaut's own process at about 5%: the controller waits on the API
-server, not the other way round. Where the API server's CPU went during
+the pipeline reaches ${notify_ratio} of that. Everything here shares
+two cores, so what the control plane and its database spend is taken from
+the API server. Sampled once a second from \`/proc\` during a notify-only
+run (by hand, once each), the two cores were busy throughout: before the
+changes below, kube-apiserver about 120%, Kubernaut 37%, PostgreSQL 22%,
+etcd 11%, at 127 requests/s; after them, kube-apiserver about 135%,
+Kubernaut 28%, PostgreSQL 15%, at 185 requests/s. Per request that
+is 2.9 → 1.5 ms of Kubernaut's CPU and 1.7 → 0.8 ms of PostgreSQL's. A
+profile of Kubernaut (\`perf\`) showed where its share went: deciding
+rebuilt the action catalogue's sixteen JSON schemas several times per
+request (now built once) and re-analysed the approval policy on every
+evaluation (now prepared at start-up: 55 → 34 µs, \`cargo bench -p
+kubernaut-decide --bench decide\`), and the audit writer sent one
+statement per record, about fourteen per request (now three per batch at
+most: \`cargo bench --bench audit\` below). Before that, the bench itself
+listed the namespace's requests every 2 s to see them end, and those lists
+were a quarter of the API server's CPU in this profile; it watches them
+now. Where the API server's CPU went during
 this run's notify-only pass (a 15 s profile from its \`/debug/pprof\`,
 read by \`loadtest/pprof-top.py\`; a sample counts in every row whose
 work is on its stack):
@@ -369,8 +387,8 @@ $(cat "$BENCH_OUT/apiserver.md")
 
 The API calls per request during that run, counted with
 \`apiserver_request_total\` from the first create to the last Completed
-(every client's: the bench's creates and its polling lists of the
-namespace's requests, and the cluster's own controllers, too):
+(every client's: the bench's creates and its watch of the namespace's
+requests, and the cluster's own controllers, too):
 
 | verb resource | per request |
 |---|---|
@@ -380,8 +398,8 @@ Kubernaut makes the three writes of the raw pipeline (the create, a status
 write, an Event) and one read: a supervisor reads its request from the API
 server when it starts, never from a cache, and this API server counts a
 GET of a custom resource as LIST (checked by hand: five GETs of one
-request, five LISTs). The bench's own polls for the end are a handful, and
-WATCH counts watches opened by any client. What differs
+request, five LISTs). The bench's own reads are one list at the end and
+the start of its watch, and WATCH counts watches opened by any client. What differs
 is what is written: the status of a Completed notify-only request, as the
 controller writes it, is ${status_bytes} bytes of JSON (its phase history,
 conditions, and the processing, analysis and execution records), where the
@@ -443,7 +461,12 @@ how much a crash costs the trail. Written one transaction per record, each
 event took the chain's lock and a commit of its own: ${audit_single}
 records/s here, and every replica's writer queued behind the one lock.
 The writer now takes what has queued up (up to 128 records) into one
-transaction that takes the lock once: ${audit_batched} records/s, ${audit_ratio} ×.
+transaction that takes the lock once, in three statements at most: the
+requests' rows in one insert, the events through \`audit_append_events\`
+(which links and hashes each as the single insert did, at one round
+trip), then any verification outcomes: ${audit_batched} records/s,
+${audit_ratio} × (about 9 900 records/s when it still sent one statement
+per record in its one transaction).
 A batch PostgreSQL refuses for its content is written again record by
 record, so only the record at fault goes to \`audit_dead_letters\`.
 

@@ -19,7 +19,7 @@ PARTS = [
     ("decoding objects read from etcd", "storage/etcd3.decode"),
     ("creates (requests, Events)", "handlers.createHandler"),
     ("gets", "handlers.getResourceHandler"),
-    ("lists (the bench's progress polls)", "handlers.ListResource"),
+    ("lists", "handlers.ListResource"),
     ("watches: events from etcd", "etcd3.(*watchChan).processEvent"),
     ("watches: sending to watchers", "handlers.serveWatch"),
     ("Go's garbage collector", "runtime.gcBgMarkWorker"),
