@@ -48,6 +48,21 @@ fn request(uid: &str, signal: &str, severity: &str) -> AuditRecord {
     })
 }
 
+/// Step `i`'s end: the subject tells the events apart (it is in the dedup
+/// key), and the detail carries `i` for checking their order.
+fn step_finished(uid: &str, i: usize) -> AuditRecord {
+    AuditRecord::Event(EventRecord {
+        request_uid: uid.into(),
+        at: Utc::now(),
+        kind: "action",
+        from_phase: None,
+        to_phase: None,
+        reason: "StepFinished".into(),
+        subject: format!("step-{i}"),
+        detail: json!({"seq": i}),
+    })
+}
+
 fn event(uid: &str, detail: serde_json::Value) -> AuditRecord {
     AuditRecord::Event(EventRecord {
         request_uid: uid.into(),
@@ -250,19 +265,7 @@ async fn two_writers_bursts_land_whole_in_order_on_one_unbroken_chain() -> anyho
     }
     for i in 0..EVENTS {
         for (audit, uid) in [(&a, &uids[0]), (&b, &uids[1])] {
-            // The subject tells the events apart (it is in the dedup key).
-            audit
-                .record(AuditRecord::Event(EventRecord {
-                    request_uid: uid.clone(),
-                    at: Utc::now(),
-                    kind: "action",
-                    from_phase: None,
-                    to_phase: None,
-                    reason: "StepFinished".into(),
-                    subject: format!("step-{i}"),
-                    detail: json!({"seq": i}),
-                }))
-                .await?;
+            audit.record(step_finished(uid, i)).await?;
         }
     }
     for uid in &uids {
@@ -294,18 +297,7 @@ async fn a_batch_skips_events_already_stored_and_links_past_them() -> anyhow::Re
     let store = Store::connect(&stack.database_url, 2).await?;
     store.migrate().await?;
     let uid = unique("audit-again");
-    let step = |i: usize| {
-        AuditRecord::Event(EventRecord {
-            request_uid: uid.clone(),
-            at: Utc::now(),
-            kind: "action",
-            from_phase: None,
-            to_phase: None,
-            reason: "StepFinished".into(),
-            subject: format!("step-{i}"),
-            detail: json!({"seq": i}),
-        })
-    };
+    let step = |i: usize| step_finished(&uid, i);
     store
         .write_batch(&[request(&uid, "AgainTest", "warning"), step(0)])
         .await?;
