@@ -1660,6 +1660,32 @@ impl ControllerProcess {
         overrides: &[(&str, &str)],
         rules: serde_json::Value,
     ) -> anyhow::Result<Self> {
+        // A free port is free when asked, not necessarily when the process
+        // binds it: another test may take it in between. Such a start is
+        // tried again on other ports.
+        let mut attempts = 3;
+        loop {
+            attempts -= 1;
+            match Self::start_once(&binary, stack, ns, pod, overrides, &rules).await? {
+                Ok(process) => return Ok(process),
+                Err(taken) if attempts > 0 => {
+                    eprintln!("{pod}: {taken}; starting again on other ports");
+                }
+                Err(taken) => bail!("{taken}"),
+            }
+        }
+    }
+
+    /// One start on ports free a moment ago: `Ok(Err(..))` when one of
+    /// them was taken by the time the process bound it.
+    async fn start_once(
+        binary: &Path,
+        stack: &Stack,
+        ns: &str,
+        pod: &str,
+        overrides: &[(&str, &str)],
+        rules: &serde_json::Value,
+    ) -> anyhow::Result<Result<Self, String>> {
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = std::env::temp_dir().join(unique(&format!("kubernaut-{pod}")) + ".log");
@@ -1698,7 +1724,7 @@ impl ControllerProcess {
         loop {
             let problem = match process.child.try_wait()? {
                 Some(status) => format!("{pod} exited with {status}"),
-                None if get_status(&ready).await.ok() == Some(200) => return Ok(process),
+                None if get_status(&ready).await.ok() == Some(200) => return Ok(Ok(process)),
                 None if Instant::now() > deadline => format!("{pod} not ready within 60 s"),
                 None => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1706,7 +1732,12 @@ impl ControllerProcess {
                 }
             };
             process.kill9();
-            bail!("{problem}\n--- {pod}'s log ---\n{}", process.tail());
+            let tail = process.tail();
+            let problem = format!("{problem}\n--- {pod}'s log ---\n{tail}");
+            if tail.contains("Address already in use") {
+                return Ok(Err(problem));
+            }
+            bail!("{problem}");
         }
     }
 
