@@ -454,10 +454,7 @@ impl Sup {
         // with a fresh plan, which every step that acts waits for.
         let fresh = self.fresh_plan && !self.releasing;
         let mine = self.status.owner.as_deref() == Some(self.ctx.identity.as_str()) || fresh;
-        let ahead = match phase {
-            Phase::Executing => fresh,
-            p => runs_ahead(p) && (before_claim(p) || mine),
-        };
+        let ahead = runs_ahead(phase, fresh) && (before_claim(phase) || mine);
         if self.stage.is_some() || (self.settling() && !ahead) {
             return Ok(());
         }
@@ -525,7 +522,7 @@ impl Sup {
     /// acts on the world until a write carrying the claim has landed.
     fn run_ahead(&self, from: Phase) {
         let to = self.phase();
-        if to != from && runs_ahead(to) && !self.releasing {
+        if to != from && runs_ahead(to, self.fresh_plan) && !self.releasing {
             self.me.tell(Msg::Advance);
         }
     }
@@ -712,11 +709,14 @@ impl Sup {
 /// Executing runs ahead only on a fresh plan, nothing of which has run:
 /// a recorded one may have steps to resume or roll back, which do not wait
 /// for a write, so its workflow starts once the phase has landed.
-fn runs_ahead(phase: Phase) -> bool {
-    matches!(
-        phase,
-        Phase::Pending | Phase::Processing | Phase::Analyzing | Phase::Executing | Phase::Verifying
-    )
+fn runs_ahead(phase: Phase, fresh_plan: bool) -> bool {
+    match phase {
+        Phase::Executing => fresh_plan,
+        p => matches!(
+            p,
+            Phase::Pending | Phase::Processing | Phase::Analyzing | Phase::Verifying
+        ),
+    }
 }
 
 /// Phases whose work may run before this replica's claim (K-RR-7) has
@@ -783,7 +783,7 @@ mod lingering {
         Effect::Entered {
             from: Phase::Pending,
             t: Transition::new(to, Reason::ActionChosen, String::new()),
-            ahead: runs_ahead(to),
+            ahead: runs_ahead(to, true),
         }
     }
 

@@ -398,7 +398,7 @@ impl Sup {
         match t {
             Some(t) => {
                 // Executing runs ahead only on the plan just made.
-                let ahead = super::runs_ahead(t.to) && (t.to != Phase::Executing || fresh);
+                let ahead = super::runs_ahead(t.to, fresh);
                 self.effects
                     .push((self.seq, Effect::Entered { from, t, ahead }));
             }
