@@ -134,6 +134,10 @@ async fn wait_for(
     use kube::runtime::{WatchStreamExt as _, watcher};
     let start = Instant::now();
     let mut seen: BTreeMap<String, Phase> = BTreeMap::new();
+    // How many of `seen` are done, kept as events come: counting the map
+    // on every event would cost the bench's process, which shares the
+    // cores with what it measures, O(n) per event.
+    let mut count = 0usize;
     let mut told = Instant::now();
     let events = watcher(api.clone(), watcher::Config::default()).default_backoff();
     let mut events = std::pin::pin!(events);
@@ -151,26 +155,29 @@ async fn wait_for(
                 if rr.spec.signal_name == signal =>
             {
                 if let Some(name) = rr.metadata.name.clone() {
-                    seen.insert(name, rr.phase());
+                    let phase = rr.phase();
+                    count += usize::from(done(phase));
+                    if let Some(was) = seen.insert(name, phase) {
+                        count -= usize::from(done(was));
+                    }
                 }
             }
             Ok(Ok(Some(watcher::Event::Delete(rr)))) => {
-                if let Some(name) = &rr.metadata.name {
-                    seen.remove(name);
+                if let Some(was) = rr.metadata.name.as_ref().and_then(|n| seen.remove(n)) {
+                    count -= usize::from(done(was));
                 }
             }
             Ok(Ok(Some(_))) | Err(_) => {}
             Ok(Ok(None)) => anyhow::bail!("{what}: the watch ended"),
             Ok(Err(e)) => eprintln!("  {what}: watch error (retrying): {e}"),
         }
-        if seen.values().filter(|p| done(**p)).count() >= n {
+        if count >= n {
             return Ok(Instant::now());
         }
         if start.elapsed() > Duration::from_secs(3600) {
             anyhow::bail!("{what}: gave up after an hour: {:?}", by(&seen));
         }
         if told.elapsed() >= Duration::from_secs(2) {
-            let count = seen.values().filter(|p| done(**p)).count();
             eprintln!("  {what}: {count}/{n} {:?}", by(&seen));
             told = Instant::now();
         }
