@@ -26,6 +26,9 @@
 //! a request skipped, cancelled, or failed before acting says nothing about
 //! the target. Storm requests are not per-target work and are not indexed.
 
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -139,6 +142,55 @@ pub struct Asking<'a> {
 pub struct Holds {
     by_target: DashMap<String, Vec<Entry>>,
     targets: DashMap<RequestKey, ObjectRef>,
+    /// What the budget counts, kept as entries change: asking must not
+    /// walk every request the watch shows (a decision per request would
+    /// cost O(requests) in a cluster with thousands of them).
+    budget: Mutex<BudgetCounts>,
+}
+
+/// The other side of [`Holds::over_budget`]: requests executing per
+/// namespace, and execution starts by time (a multiset). Both change only
+/// with an entry, so they hold exactly what a walk over the entries would
+/// count.
+#[derive(Default)]
+struct BudgetCounts {
+    executing: HashMap<String, usize>,
+    starts: BTreeMap<Timestamp, usize>,
+}
+
+impl BudgetCounts {
+    fn add(&mut self, e: &Entry) {
+        if e.phase == Phase::Executing {
+            *self.executing.entry(e.key.namespace.clone()).or_default() += 1;
+        }
+        if let Some(t) = e.started {
+            *self.starts.entry(t).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, e: &Entry) {
+        if e.phase == Phase::Executing
+            && let Some(n) = self.executing.get_mut(&e.key.namespace)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.executing.remove(&e.key.namespace);
+            }
+        }
+        if let Some(t) = e.started
+            && let Some(n) = self.starts.get_mut(&t)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.starts.remove(&t);
+            }
+        }
+    }
+}
+
+/// Whether `t` is within the minute up to `now` (`now` included).
+fn in_last_minute(t: Timestamp, now: Timestamp) -> bool {
+    t <= now && now.duration_since(t) < SignedDuration::from_secs(60)
 }
 
 pub fn target_key(t: &ObjectRef) -> String {
@@ -158,7 +210,9 @@ impl Holds {
         if rr.spec.storm.is_some() {
             return;
         }
-        let status = rr.status.clone().unwrap_or_default();
+        // Borrowed, not cloned: this runs on every watch event.
+        let status = rr.status.as_ref();
+        let execution = status.and_then(|s| s.execution.as_ref());
         let entry = Entry {
             key: request_key(rr),
             created: rr
@@ -166,11 +220,13 @@ impl Holds {
                 .creation_timestamp
                 .as_ref()
                 .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
-            phase: status.phase,
-            action: status.analysis.map(|a| a.action),
-            executed: status.execution.is_some(),
-            started: status.execution.as_ref().map(|e| e.started_at.0),
-            finished: status.completion_time.map(|t| t.0),
+            phase: status.map(|s| s.phase).unwrap_or_default(),
+            action: status
+                .and_then(|s| s.analysis.as_ref())
+                .map(|a| a.action.clone()),
+            executed: execution.is_some(),
+            started: execution.map(|e| e.started_at.0),
+            finished: status.and_then(|s| s.completion_time.as_ref()).map(|t| t.0),
         };
         self.targets
             .insert(entry.key.clone(), rr.spec.target.clone());
@@ -179,10 +235,27 @@ impl Holds {
 
     fn record(&self, target: &ObjectRef, entry: Entry) {
         let mut list = self.by_target.entry(target_key(target)).or_default();
+        let mut budget = self.budget();
+        budget.add(&entry);
         match list.iter_mut().find(|e| e.key == entry.key) {
-            Some(e) => *e = entry,
+            Some(e) => {
+                budget.remove(e);
+                *e = entry;
+            }
             None => list.push(entry),
         }
+    }
+
+    fn budget(&self) -> MutexGuard<'_, BudgetCounts> {
+        // The counts are plain numbers: a panic elsewhere leaves them whole.
+        self.budget.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The entry of `key`, if the watch has shown it.
+    fn entry_of(&self, key: &RequestKey) -> Option<Entry> {
+        let target = self.targets.get(key)?.clone();
+        let list = self.by_target.get(&target_key(&target))?;
+        list.iter().find(|e| e.key == *key).cloned()
     }
 
     /// Forgets a deleted request; its target, if it was known.
@@ -190,7 +263,14 @@ impl Holds {
         let (_, target) = self.targets.remove(request)?;
         let key = target_key(&target);
         let now_empty = self.by_target.get_mut(&key).is_some_and(|mut list| {
-            list.retain(|e| e.key != *request);
+            let mut budget = self.budget();
+            list.retain(|e| {
+                let gone = e.key == *request;
+                if gone {
+                    budget.remove(e);
+                }
+                !gone
+            });
             list.is_empty()
         });
         if now_empty {
@@ -202,19 +282,33 @@ impl Holds {
     /// Why request `me` may not start executing now without a human: the
     /// budget's bound it would pass, or `None`. Counts every other request
     /// the watch shows (storm requests aside, which are approved by hand).
+    ///
+    /// O(starts in the last minute), which the budget itself bounds, not
+    /// O(requests): the counts are kept as the watch changes entries.
     pub fn over_budget(&self, b: &Budget, me: &RequestKey, now: Timestamp) -> Option<String> {
-        let minute = SignedDuration::from_secs(60);
-        let (mut executing, mut started) = (0usize, 0usize);
-        for list in self.by_target.iter() {
-            for e in list.iter().filter(|e| e.key != *me) {
-                if e.key.namespace == me.namespace && e.phase == Phase::Executing {
-                    executing += 1;
-                }
-                if e.started
-                    .is_some_and(|t| t <= now && now.duration_since(t) < minute)
-                {
-                    started += 1;
-                }
+        // Taken before the counts' lock: `record` holds a target's list
+        // while it takes that lock, so the other order could deadlock.
+        let mine = self.entry_of(me);
+        let (mut executing, mut started) = {
+            let counts = self.budget();
+            let executing = counts.executing.get(&me.namespace).copied().unwrap_or(0);
+            let from = now
+                .checked_sub(SignedDuration::from_secs(60))
+                .unwrap_or(now);
+            let started: usize = counts
+                .starts
+                .range((Bound::Excluded(from), Bound::Included(now)))
+                .map(|(_, n)| n)
+                .sum();
+            (executing, started)
+        };
+        // `me` does not count against itself.
+        if let Some(m) = &mine {
+            if m.phase == Phase::Executing {
+                executing = executing.saturating_sub(1);
+            }
+            if m.started.is_some_and(|t| in_last_minute(t, now)) {
+                started = started.saturating_sub(1);
             }
         }
         if executing >= b.max_executing_per_namespace {
@@ -407,6 +501,98 @@ mod tests {
             None,
             "a minute later the starts are spent"
         );
+    }
+
+    /// What the budget counted before it kept counts: a walk over every
+    /// entry. The kept counts must agree with it after any sequence of
+    /// updates and deletions.
+    fn walked(holds: &Holds, me: &RequestKey, now: Timestamp) -> (usize, usize) {
+        let (mut executing, mut started) = (0, 0);
+        for list in holds.by_target.iter() {
+            for e in list.iter().filter(|e| e.key != *me) {
+                if e.key.namespace == me.namespace && e.phase == Phase::Executing {
+                    executing += 1;
+                }
+                if e.started.is_some_and(|t| in_last_minute(t, now)) {
+                    started += 1;
+                }
+            }
+        }
+        (executing, started)
+    }
+
+    #[test]
+    fn the_budget_counts_follow_updates_and_deletions_as_a_walk_would() {
+        let holds = Holds::default();
+        let b = Budget {
+            max_executing_per_namespace: 1_000,
+            max_starts_per_minute: 1_000,
+        };
+        let phases = [
+            Phase::Pending,
+            Phase::Executing,
+            Phase::Verifying,
+            Phase::Completed,
+        ];
+        // A fixed pseudo-random walk: requests move between phases, start
+        // at various times, move between targets and are deleted.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let names: Vec<RequestKey> = (0..12)
+            .map(|i| RequestKey::new(["shop", "bank"][i % 2], format!("r{i}")))
+            .collect();
+        for round in 0..400 {
+            let key = &names[next(names.len() as u64) as usize];
+            if next(6) == 0 {
+                holds.forget(key);
+            } else {
+                let target = ObjectRef::new("Deployment", &key.namespace, &format!("t{}", next(3)));
+                // A request keeps its target (the spec's); a new one may
+                // take any.
+                let target = holds.targets.get(key).map_or(target, |t| t.clone());
+                holds.targets.insert(key.clone(), target.clone());
+                let phase = phases[next(4) as usize];
+                holds.record(
+                    &target,
+                    Entry {
+                        key: key.clone(),
+                        created: at(0),
+                        phase,
+                        action: None,
+                        executed: phase != Phase::Pending,
+                        started: (phase != Phase::Pending).then(|| at(next(120) as i64)),
+                        finished: None,
+                    },
+                );
+            }
+            for me in [&names[0], &names[1], &RequestKey::new("shop", "other")] {
+                let now = at(30 + next(90) as i64);
+                let (executing, started) = walked(&holds, me, now);
+                let tight = Budget {
+                    max_executing_per_namespace: executing.max(1),
+                    max_starts_per_minute: started.max(1),
+                };
+                let why = holds.over_budget(&tight, me, now);
+                assert_eq!(
+                    why.is_some(),
+                    executing >= 1 || started >= 1,
+                    "round {round}, {me} at {now}: walked {executing} executing, {started} started; {why:?}"
+                );
+                if let Some(why) = why {
+                    assert!(
+                        why.contains(&format!("{executing} requests are executing"))
+                            || why.contains(&format!("{started} remediations started")),
+                        "round {round}: walked {executing}/{started}; {why}"
+                    );
+                }
+                assert_eq!(holds.over_budget(&b, me, now), None);
+            }
+        }
     }
 
     /// Asks for `shop/me` (created at 1000) with `others` on its target.
