@@ -75,6 +75,9 @@ pub async fn run(
             }
         }
     }
+    // The watch is shared with the intake's index, which must not wait on
+    // a reader that has stopped reading.
+    drop(events);
     if let Some(why) = gave_up {
         root.stop_children_and_wait(None, None).await;
         let _ = handle.await;

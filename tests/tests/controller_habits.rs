@@ -2,19 +2,23 @@
 //! object its types reject, every phase transition is told by a
 //! Kubernetes Event on the request, as `kubectl describe` shows it (the
 //! transitions written together in one Event), and a request's status
-//! goes in as few writes as what waits for them allows.
+//! goes in as few writes as what waits for them allows. One watch of the
+//! requests serves both the controller and the intake's index.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::StreamExt;
 use futures::TryStreamExt;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::core::DeserializeGuard;
-use kubernaut_api::{Phase, RemediationRequest, RemediationRequestStatus, StepPhase};
+use kubernaut_api::{Phase, RemediationRequest, RemediationRequestStatus, RequestKey, StepPhase};
+use kubernaut_cluster::RequestEvent;
 use kubernaut_e2e::{
-    Stack, api_target, control_plane, create_request, eventually, metric, phases, terminal_request,
+    Stack, api_target, control_plane, controller_cluster, create_request, eventually, metric,
+    phases, terminal_request,
 };
 use serde_json::json;
 
@@ -230,4 +234,85 @@ async fn a_notify_only_request_is_one_status_write() -> anyhow::Result<()> {
         "{told:?}"
     );
     running.shutdown().await
+}
+
+/// The requests a controller's stream brings (Applied), skipping its other
+/// events: the next one, or every one up to the end of a list if
+/// `until_synced`.
+async fn next_applied(
+    events: &mut (impl futures::Stream<Item = RequestEvent> + Unpin),
+    until_synced: bool,
+) -> anyhow::Result<Vec<String>> {
+    let mut seen = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(TIMEOUT, events.next())
+            .await
+            .context("no event from the request stream")?
+            .context("the request stream ended")?;
+        match ev {
+            RequestEvent::Applied(rr) => {
+                seen.push(format!(
+                    "{}/{}",
+                    rr.metadata.namespace.unwrap_or_default(),
+                    rr.metadata.name.unwrap_or_default()
+                ));
+                if !until_synced {
+                    return Ok(seen);
+                }
+            }
+            RequestEvent::Synced if until_synced => return Ok(seen),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_watch_of_the_requests_feeds_the_controller_and_the_intake() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let t = api_target(&admin, "habit-feed").await?;
+    let other = api_target(&admin, "habit-feed-other").await?;
+    let key = |t: &kubernaut_api::ObjectRef, name: &str| RequestKey::new(&t.namespace, name);
+    let a = create_request(&admin, "HabitFeed", &t, false).await?;
+    let cluster = controller_cluster(stack).await?;
+    let known = cluster.known_requests();
+    assert!(known.wait_synced(TIMEOUT).await, "the index lists");
+
+    // A subscriber starts from a full list of its namespace.
+    let mut first = Box::pin(cluster.request_events(Some(&t.namespace)));
+    let listed = next_applied(&mut first, true).await?;
+    assert_eq!(listed, [format!("{}/{a}", t.namespace)]);
+
+    // A second one (a controller listing again) gets the list again, and
+    // the first one's stream ends.
+    let mut second = Box::pin(cluster.request_events(Some(&t.namespace)));
+    let listed = next_applied(&mut second, true).await?;
+    assert_eq!(listed, [format!("{}/{a}", t.namespace)]);
+    let ended =
+        tokio::time::timeout(TIMEOUT, async { while first.next().await.is_some() {} }).await;
+    assert!(ended.is_ok(), "the replaced stream ends");
+
+    // Another namespace's request reaches the index, not this stream.
+    let d = create_request(&admin, "HabitFeed", &other, false).await?;
+    let b = create_request(&admin, "HabitFeed", &t, false).await?;
+    let next = next_applied(&mut second, false).await?;
+    assert_eq!(next, [format!("{}/{b}", t.namespace)]);
+    for k in [key(&other, &d), key(&t, &b)] {
+        eventually("the index to know the request", TIMEOUT, || async {
+            Ok(known.read(|ix| ix.countable(&k)).map(|_| ()))
+        })
+        .await?;
+    }
+
+    // With no subscriber left, the index still follows the watch.
+    drop(second);
+    let c = create_request(&admin, "HabitFeed", &t, false).await?;
+    let k = key(&t, &c);
+    eventually(
+        "the index to know a request created after",
+        TIMEOUT,
+        || async { Ok(known.read(|ix| ix.countable(&k)).map(|_| ())) },
+    )
+    .await?;
+    Ok(())
 }

@@ -15,15 +15,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use kube::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kubernaut_api::{RemediationRequest, RequestKey, SEQUENCE_LABEL};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::Cluster;
+use crate::watch::{RequestEvent, request_event};
 
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 pub const MAX_TOMBSTONES: usize = 100_000;
@@ -278,59 +279,92 @@ impl Index {
 }
 
 /// The shared, watch-fed [`Index`]. Cheap to clone.
+///
+/// Its watch also feeds one subscriber, the controller
+/// ([`Cluster::request_events`]): a request write reaches the process once.
+/// A subscriber is fed through a bounded channel and the watch waits for
+/// room, as a watch of its own would wait for it to read.
 #[derive(Clone)]
 pub struct KnownRequests {
     index: Arc<RwLock<Index>>,
     synced: watch::Receiver<bool>,
+    /// The latest subscriber, sent to the watch's task, which restarts the
+    /// watch for it (a full list first) and drops the one before.
+    subscriber: Arc<watch::Sender<Option<mpsc::Sender<RequestEvent>>>>,
 }
+
+/// Events waiting for the subscriber before the watch waits for it: the
+/// controller only hands each to an actor's mailbox.
+const SUBSCRIBER_BUFFER: usize = 1024;
 
 impl KnownRequests {
     /// Watches every request the client may see, for as long as the runtime
-    /// runs (the watcher backs off and re-lists on its own).
-    pub fn start(cluster: &Cluster) -> Self {
+    /// runs (the watcher backs off and re-lists on its own). One per
+    /// [`Cluster`] handle: see [`Cluster::known_requests`].
+    pub(crate) fn start(cluster: &Cluster) -> Self {
         let index = Arc::new(RwLock::new(Index::default()));
         let (tx, synced) = watch::channel(false);
+        let (subscriber, mut subscribed) = watch::channel(None);
         let api: Api<DeserializeGuard<RemediationRequest>> = Api::all(cluster.client().clone());
         let feed = index.clone();
         tokio::spawn(async move {
-            let mut events =
-                std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
-            while let Some(ev) = events.next().await {
-                let mut ix = feed
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                match ev {
-                    Ok(Event::Init) => ix.begin_list(),
-                    Ok(Event::InitApply(g) | Event::Apply(g)) => {
-                        // A request these types reject is not one the intake
-                        // could count on; it is skipped (the controller
-                        // reports it).
-                        if let Ok(rr) = g.0 {
-                            ix.apply(&rr);
+            let new_watch = || {
+                Box::pin(
+                    watcher::watcher(api.clone(), watcher::Config::default()).default_backoff(),
+                )
+            };
+            let mut events = new_watch();
+            let mut to: Option<mpsc::Sender<RequestEvent>> = None;
+            loop {
+                let ev = tokio::select! {
+                    changed = subscribed.changed() => {
+                        if changed.is_err() {
+                            // Every handle is gone: nobody reads the index.
+                            return;
                         }
+                        to = subscribed.borrow_and_update().clone();
+                        // The subscriber starts from a full list.
+                        events = new_watch();
+                        continue;
                     }
-                    Ok(Event::Delete(g)) => {
-                        let meta = match g.0 {
-                            Ok(rr) => rr.metadata,
-                            Err(invalid) => invalid.metadata,
-                        };
-                        let key = RequestKey::new(
-                            meta.namespace.unwrap_or_default(),
-                            meta.name.unwrap_or_default(),
-                        );
-                        ix.delete(&key, Instant::now());
-                    }
-                    Ok(Event::InitDone) => {
-                        ix.end_list(Instant::now());
-                        let _ = tx.send(true);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the intake's request watch failed; it backs off and retries");
-                    }
+                    ev = events.next() => match ev {
+                        Some(ev) => ev,
+                        None => return,
+                    },
+                };
+                let listed = matches!(ev, Ok(Event::InitDone));
+                index_event(&feed, &ev);
+                if listed {
+                    let _ = tx.send(true);
+                }
+                // Errors were logged with the index; the watcher retries.
+                if let Some(sub) = &to
+                    && ev.is_ok()
+                    && let Some(ev) = request_event(ev)
+                    && sub.send(ev).await.is_err()
+                {
+                    // The subscriber has stopped reading (a controller
+                    // shutting down); the index goes on.
+                    to = None;
                 }
             }
         });
-        Self { index, synced }
+        Self {
+            index,
+            synced,
+            subscriber: Arc::new(subscriber),
+        }
+    }
+
+    /// The watch's events from a full list on, for one reader at a time: a
+    /// new subscription ends the previous one's stream.
+    pub(crate) fn subscribe(&self) -> impl Stream<Item = RequestEvent> + Send + use<> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        self.subscriber.send_replace(Some(tx));
+        futures::stream::unfold(rx, |mut rx| async move {
+            let ev = rx.recv().await?;
+            Some((ev, rx))
+        })
     }
 
     /// Waits until the first list is in, at most `timeout`.
@@ -346,6 +380,41 @@ impl KnownRequests {
             .index
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+/// What a watch event changes in the index.
+fn index_event(
+    index: &RwLock<Index>,
+    ev: &Result<Event<DeserializeGuard<RemediationRequest>>, watcher::Error>,
+) {
+    let mut ix = index
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match ev {
+        Ok(Event::Init) => ix.begin_list(),
+        Ok(Event::InitApply(g) | Event::Apply(g)) => {
+            // A request these types reject is not one the intake could
+            // count on; it is skipped (the controller reports it).
+            if let Ok(rr) = &g.0 {
+                ix.apply(rr);
+            }
+        }
+        Ok(Event::Delete(g)) => {
+            let meta = match &g.0 {
+                Ok(rr) => &rr.metadata,
+                Err(invalid) => &invalid.metadata,
+            };
+            let key = RequestKey::new(
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            );
+            ix.delete(&key, Instant::now());
+        }
+        Ok(Event::InitDone) => ix.end_list(Instant::now()),
+        Err(e) => {
+            tracing::warn!(error = %e, "the intake's request watch failed; it backs off and retries");
+        }
     }
 }
 

@@ -131,6 +131,9 @@ pub struct Cluster {
     views: Option<Arc<views::Views>>,
     /// Watch-fed target locks, when started with the views.
     leases: Option<Arc<leases::Leases>>,
+    /// The requests' watch that this handle and its clones share, started
+    /// by the first reader ([`Cluster::known_requests`]).
+    requests: Arc<std::sync::OnceLock<known::KnownRequests>>,
 }
 
 impl Cluster {
@@ -144,7 +147,18 @@ impl Cluster {
             config,
             views: None,
             leases: None,
+            requests: Arc::default(),
         })
+    }
+
+    /// The watch-fed index of every request, shared by every clone of this
+    /// handle, and the watch behind it (which [`Cluster::request_events`]
+    /// shares too). Started on the first call, which must be within a
+    /// Tokio runtime.
+    pub fn known_requests(&self) -> KnownRequests {
+        self.requests
+            .get_or_init(|| KnownRequests::start(self))
+            .clone()
     }
 
     /// This handle, resolving owners and scope from reflectors it starts

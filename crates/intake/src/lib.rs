@@ -114,7 +114,7 @@ impl Intake {
             inner: Arc::new(Inner {
                 journal,
                 occurrences,
-                known: KnownRequests::start(&cluster),
+                known: cluster.known_requests(),
                 cluster,
                 index,
                 settings,
