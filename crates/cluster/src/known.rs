@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use kube::Api;
-use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kubernaut_api::{RemediationRequest, RequestKey, SEQUENCE_LABEL};
 use tokio::sync::{mpsc, watch};
 
 use crate::Cluster;
-use crate::watch::{RequestEvent, request_event};
+use crate::watch::{Guarded, RequestEvent, request_event};
 
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 pub const MAX_TOMBSTONES: usize = 100_000;
@@ -305,7 +304,7 @@ impl KnownRequests {
         let index = Arc::new(RwLock::new(Index::default()));
         let (tx, synced) = watch::channel(false);
         let (subscriber, mut subscribed) = watch::channel(None);
-        let api: Api<DeserializeGuard<RemediationRequest>> = Api::all(cluster.client().clone());
+        let api: Api<Guarded> = Api::all(cluster.client().clone());
         let feed = index.clone();
         tokio::spawn(async move {
             let new_watch = || {
@@ -384,10 +383,7 @@ impl KnownRequests {
 }
 
 /// What a watch event changes in the index.
-fn index_event(
-    index: &RwLock<Index>,
-    ev: &Result<Event<DeserializeGuard<RemediationRequest>>, watcher::Error>,
-) {
+fn index_event(index: &RwLock<Index>, ev: &Result<Event<Guarded>, watcher::Error>) {
     let mut ix = index
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -43,7 +43,7 @@ pub use recorder::{EventSink, Note};
 pub use requests::{Created, Scope, request_name};
 pub use status::FIELD_MANAGER;
 pub use tokens::KubeTokenReviewer;
-pub use watch::RequestEvent;
+pub use watch::{Guarded, Rejected, RequestEvent};
 
 /// Every API call is bounded; a hung connection must not hang a request.
 pub const API_TIMEOUT: Duration = Duration::from_secs(10);
