@@ -14,6 +14,12 @@
 #              are warmed up first (a just-started replica's first signals
 #              open its connections), then measured in three alternating
 #              pairs, and the share is the median of the pairs' shares.
+#              Every measured run starts from a quiet stack (SETTLE
+#              seconds, default 3, after the run before): otherwise what
+#              one run leaves the API server and etcd to finish lands in
+#              the next one, and a raw run measured right after a
+#              new-signal run came out at a third of one measured after a
+#              raw run (325-421/s against 1 180/s in one make bench).
 #              Each pair also creates raw copies of a request the gateway
 #              created (`--like`): the gateway stores more per request
 #              than a minimal one (the alert as received, its labels, the
@@ -130,6 +136,7 @@ figures() {
 }
 lt() { # KEY loadtest-args...
   local key=$1; shift
+  sleep "${SETTLE:-3}"
   "$BIN/loadtest" --namespace "$NS" --label "$key" "$@" | tee "$OUT/$key.txt"
   figures "$key" "$OUT/$key.txt"
 }
