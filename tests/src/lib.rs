@@ -935,7 +935,7 @@ async fn serve(
     dir: PathBuf,
     log: &str,
     what: &str,
-    ready: Option<String>,
+    ready: Ready,
 ) -> anyhow::Result<Process> {
     let out = std::fs::File::create(dir.join(log))?;
     let child = cmd
@@ -943,16 +943,87 @@ async fn serve(
         .stderr(out)
         .spawn()
         .with_context(|| format!("starting {what} (scripts/deps.sh installs it)"))?;
-    let process = Process { child, dir };
-    if let Some(ready) = ready {
-        eventually(
-            &format!("{what} to be ready"),
-            Duration::from_secs(60),
-            || async { Ok((get_status(&ready).await.ok() == Some(200)).then_some(())) },
-        )
-        .await?;
+    let mut process = Process { child, dir };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // A server that exited (its port taken, say) is not waited for: and
+        // whatever answers on that port now is not it.
+        if let Some(status) = process.child.try_wait()? {
+            let tail = std::fs::read_to_string(process.dir.join(log)).unwrap_or_default();
+            bail!("{what} exited with {status}\n--- its log ---\n{tail}");
+        }
+        let up = match &ready {
+            Ready::Http(url) => get_status(url).await.ok() == Some(200),
+            Ready::Listening(port) => tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                .await
+                .is_ok(),
+        };
+        if up {
+            // What answered may be another server holding the port, and
+            // this one about to exit for it (a Python server binds after
+            // its imports): it is asked again a moment later.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if process.child.try_wait()?.is_none() {
+                return Ok(process);
+            }
+            continue;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "timed out after 60 s waiting for {what} to be ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(process)
+}
+
+/// How [`serve`] knows its server is up.
+enum Ready {
+    /// This URL answers 200.
+    Http(String),
+    /// The port accepts connections.
+    Listening(u16),
+}
+
+/// Starts a server with `start` on a port free a moment ago; again on
+/// another, up to three times, when that one was taken by the time the
+/// server bound it (by a server another test started in between).
+async fn on_free_port<T, F, Fut>(what: &str, start: F) -> anyhow::Result<T>
+where
+    F: Fn(u16) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    on_ports(what, std::iter::from_fn(|| free_port().ok()), start).await
+}
+
+/// [`on_free_port`] over the ports `ports` gives.
+pub async fn on_ports<T, F, Fut>(
+    what: &str,
+    mut ports: impl Iterator<Item = u16>,
+    start: F,
+) -> anyhow::Result<T>
+where
+    F: Fn(u16) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut attempts = 3;
+    loop {
+        attempts -= 1;
+        let port = ports.next().context("no port to start on")?;
+        match start(port).await {
+            Err(e) if attempts > 0 && port_taken(&e) => {
+                eprintln!("{what}: port {port} was taken; starting again on another");
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Whether a server's start failed because its port was taken (Go's and
+/// Python's words for it).
+fn port_taken(e: &anyhow::Error) -> bool {
+    format!("{e:#}")
+        .to_ascii_lowercase()
+        .contains("address already in use")
 }
 
 /// A real Alertmanager (Debian's prometheus-alertmanager) on a free port,
@@ -965,7 +1036,14 @@ pub struct AlertmanagerServer {
 
 impl AlertmanagerServer {
     pub async fn start(webhook_url: &str, token: &str) -> anyhow::Result<Self> {
-        let port = free_port()?;
+        on_free_port("Alertmanager", |port| {
+            Self::start_on(port, webhook_url, token)
+        })
+        .await
+    }
+
+    /// [`Self::start`] on `port`.
+    pub async fn start_on(port: u16, webhook_url: &str, token: &str) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(unique("kubernaut-alertmanager"));
         std::fs::create_dir_all(&dir)?;
         let config = format!(
@@ -997,7 +1075,7 @@ receivers:
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--cluster.listen-address=");
         let url = format!("http://127.0.0.1:{port}");
-        let ready = Some(format!("{url}/-/ready"));
+        let ready = Ready::Http(format!("{url}/-/ready"));
         let process = serve(
             cmd,
             dir,
@@ -1041,7 +1119,10 @@ pub struct PrometheusServer {
 
 impl PrometheusServer {
     pub async fn start(targets: &[String]) -> anyhow::Result<Self> {
-        let port = free_port()?;
+        on_free_port("Prometheus", |port| Self::start_on(port, targets)).await
+    }
+
+    async fn start_on(port: u16, targets: &[String]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(unique("kubernaut-prometheus"));
         std::fs::create_dir_all(&dir)?;
         let config = format!(
@@ -1061,7 +1142,7 @@ impl PrometheusServer {
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"));
         let url = format!("http://127.0.0.1:{port}");
-        let ready = Some(format!("{url}/-/ready"));
+        let ready = Ready::Http(format!("{url}/-/ready"));
         let process = serve(cmd, dir, "prometheus.log", "prometheus", ready).await?;
         Ok(Self {
             url,
@@ -1095,7 +1176,10 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub async fn start() -> anyhow::Result<Self> {
-        let port = free_port()?;
+        on_free_port("the SMTP server", Self::start_on).await
+    }
+
+    async fn start_on(port: u16) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(unique("kubernaut-smtp"));
         for sub in ["tmp", "new", "cur"] {
             std::fs::create_dir_all(dir.join("mail").join(sub))?;
@@ -1106,16 +1190,12 @@ impl SmtpServer {
             .arg(format!("127.0.0.1:{port}"))
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(dir.join("mail"));
-        let process = serve(cmd, dir, "smtp.log", "aiosmtpd (python3-aiosmtpd)", None).await?;
-        eventually(
-            "the SMTP server to listen",
-            Duration::from_secs(30),
-            || async {
-                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ()))
-            },
+        let process = serve(
+            cmd,
+            dir,
+            "smtp.log",
+            "aiosmtpd (python3-aiosmtpd)",
+            Ready::Listening(port),
         )
         .await?;
         Ok(Self { port, process })

@@ -99,3 +99,39 @@ async fn alertmanager_webhook_notifications_become_requests_and_resolutions() ->
     assert_eq!(rrs.list(&ListParams::default()).await?.items.len(), 1);
     Ok(())
 }
+
+/// A port free when asked may be taken by the time a server binds it (by a
+/// server another test started in between): the start goes on, on another
+/// port, and never takes what answers on the taken one for its server.
+#[tokio::test]
+async fn a_server_whose_port_was_taken_starts_again_on_another() -> anyhow::Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let held = taken.local_addr()?.port();
+    let ports = [held, kubernaut_e2e::free_port()?];
+    let am = kubernaut_e2e::on_ports("Alertmanager", ports.into_iter(), |port| {
+        AlertmanagerServer::start_on(port, "http://127.0.0.1:9/hook", DEV_TOKEN)
+    })
+    .await?;
+    assert_eq!(am.url, format!("http://127.0.0.1:{}", ports[1]));
+    assert!(
+        !am.log()
+            .to_ascii_lowercase()
+            .contains("address already in use"),
+        "the log is the running server's own"
+    );
+    // With every port taken, it says why (not that a minute passed).
+    let err = kubernaut_e2e::on_ports("Alertmanager", std::iter::repeat(held), |port| {
+        AlertmanagerServer::start_on(port, "http://127.0.0.1:9/hook", DEV_TOKEN)
+    })
+    .await
+    .err()
+    .expect("no start on a port that stays taken");
+    assert!(
+        format!("{err:#}")
+            .to_ascii_lowercase()
+            .contains("address already in use"),
+        "{err:#}"
+    );
+    drop(taken);
+    Ok(())
+}
