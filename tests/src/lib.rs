@@ -992,26 +992,22 @@ where
     F: Fn(u16) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    on_ports(what, std::iter::from_fn(|| free_port().ok()), start).await
+    retry_while_port_taken(what, || async { start(free_port()?).await }).await
 }
 
-/// [`on_free_port`] over the ports `ports` gives.
-pub async fn on_ports<T, F, Fut>(
-    what: &str,
-    mut ports: impl Iterator<Item = u16>,
-    start: F,
-) -> anyhow::Result<T>
+/// Runs `start` (which picks its ports) again, up to three times in all,
+/// while it fails because a port it picked was taken.
+pub async fn retry_while_port_taken<T, F, Fut>(what: &str, mut start: F) -> anyhow::Result<T>
 where
-    F: Fn(u16) -> Fut,
+    F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
     let mut attempts = 3;
     loop {
         attempts -= 1;
-        let port = ports.next().context("no port to start on")?;
-        match start(port).await {
+        match start().await {
             Err(e) if attempts > 0 && port_taken(&e) => {
-                eprintln!("{what}: port {port} was taken; starting again on another");
+                eprintln!("{what}: a port was taken; starting again on another");
             }
             r => return r,
         }
@@ -1741,23 +1737,14 @@ impl ControllerProcess {
         rules: serde_json::Value,
     ) -> anyhow::Result<Self> {
         // A free port is free when asked, not necessarily when the process
-        // binds it: another test may take it in between. Such a start is
-        // tried again on other ports.
-        let mut attempts = 3;
-        loop {
-            attempts -= 1;
-            match Self::start_once(&binary, stack, ns, pod, overrides, &rules).await? {
-                Ok(process) => return Ok(process),
-                Err(taken) if attempts > 0 => {
-                    eprintln!("{pod}: {taken}; starting again on other ports");
-                }
-                Err(taken) => bail!("{taken}"),
-            }
-        }
+        // binds it: another test may take it in between.
+        retry_while_port_taken(pod, || {
+            Self::start_once(&binary, stack, ns, pod, overrides, &rules)
+        })
+        .await
     }
 
-    /// One start on ports free a moment ago: `Ok(Err(..))` when one of
-    /// them was taken by the time the process bound it.
+    /// One start on ports free a moment ago.
     async fn start_once(
         binary: &Path,
         stack: &Stack,
@@ -1765,7 +1752,7 @@ impl ControllerProcess {
         pod: &str,
         overrides: &[(&str, &str)],
         rules: &serde_json::Value,
-    ) -> anyhow::Result<Result<Self, String>> {
+    ) -> anyhow::Result<Self> {
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = std::env::temp_dir().join(unique(&format!("kubernaut-{pod}")) + ".log");
@@ -1804,7 +1791,7 @@ impl ControllerProcess {
         loop {
             let problem = match process.child.try_wait()? {
                 Some(status) => format!("{pod} exited with {status}"),
-                None if get_status(&ready).await.ok() == Some(200) => return Ok(Ok(process)),
+                None if get_status(&ready).await.ok() == Some(200) => return Ok(process),
                 None if Instant::now() > deadline => format!("{pod} not ready within 60 s"),
                 None => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1813,11 +1800,7 @@ impl ControllerProcess {
             };
             process.kill9();
             let tail = process.tail();
-            let problem = format!("{problem}\n--- {pod}'s log ---\n{tail}");
-            if tail.contains("Address already in use") {
-                return Ok(Err(problem));
-            }
-            bail!("{problem}");
+            bail!("{problem}\n--- {pod}'s log ---\n{tail}");
         }
     }
 

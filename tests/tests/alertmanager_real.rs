@@ -108,7 +108,9 @@ async fn a_server_whose_port_was_taken_starts_again_on_another() -> anyhow::Resu
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let held = taken.local_addr()?.port();
     let ports = [held, kubernaut_e2e::free_port()?];
-    let am = kubernaut_e2e::on_ports("Alertmanager", ports.into_iter(), |port| {
+    let mut next = ports.into_iter();
+    let am = kubernaut_e2e::retry_while_port_taken("Alertmanager", || {
+        let port = next.next().unwrap_or(held);
         AlertmanagerServer::start_on(port, "http://127.0.0.1:9/hook", DEV_TOKEN)
     })
     .await?;
@@ -120,8 +122,8 @@ async fn a_server_whose_port_was_taken_starts_again_on_another() -> anyhow::Resu
         "the log is the running server's own"
     );
     // With every port taken, it says why (not that a minute passed).
-    let err = kubernaut_e2e::on_ports("Alertmanager", std::iter::repeat(held), |port| {
-        AlertmanagerServer::start_on(port, "http://127.0.0.1:9/hook", DEV_TOKEN)
+    let err = kubernaut_e2e::retry_while_port_taken("Alertmanager", || {
+        AlertmanagerServer::start_on(held, "http://127.0.0.1:9/hook", DEV_TOKEN)
     })
     .await
     .err()

@@ -338,7 +338,7 @@ impl KnownRequests {
                 }
                 // Errors were logged with the index; the watcher retries.
                 if let Some(sub) = &to
-                    && ev.is_ok()
+                    && let Ok(ev) = ev
                     && let Some(ev) = request_event(ev)
                     && sub.send(ev).await.is_err()
                 {
@@ -409,7 +409,7 @@ fn index_event(index: &RwLock<Index>, ev: &Result<Event<Guarded>, watcher::Error
         }
         Ok(Event::InitDone) => ix.end_list(Instant::now()),
         Err(e) => {
-            tracing::warn!(error = %e, "the intake's request watch failed; it backs off and retries");
+            tracing::warn!(error = %e, "the request watch failed; it backs off and retries");
         }
     }
 }

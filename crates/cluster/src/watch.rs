@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::Event;
 use kubernaut_api::RemediationRequest;
 use serde::{Deserialize, Deserializer};
 
@@ -113,11 +113,11 @@ impl Resource for Guarded {
 }
 
 /// A watch event as the controller sees it; `None` for what it does not
-/// need (a list beginning, an error the watcher retries on its own).
-pub(crate) fn request_event(ev: Result<Event<Guarded>, watcher::Error>) -> Option<RequestEvent> {
+/// need (a list beginning).
+pub(crate) fn request_event(ev: Event<Guarded>) -> Option<RequestEvent> {
     match ev {
-        Ok(Event::Apply(g)) | Ok(Event::InitApply(g)) => Some(applied(g)),
-        Ok(Event::Delete(g)) => {
+        Event::Apply(g) | Event::InitApply(g) => Some(applied(g)),
+        Event::Delete(g) => {
             let meta = match g.0 {
                 Ok(rr) => rr.metadata,
                 Err(invalid) => invalid.metadata,
@@ -127,12 +127,8 @@ pub(crate) fn request_event(ev: Result<Event<Guarded>, watcher::Error>) -> Optio
                 name: meta.name.unwrap_or_default(),
             })
         }
-        Ok(Event::InitDone) => Some(RequestEvent::Synced),
-        Ok(Event::Init) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "request watch error; the watcher backs off and retries");
-            None
-        }
+        Event::InitDone => Some(RequestEvent::Synced),
+        Event::Init => None,
     }
 }
 
