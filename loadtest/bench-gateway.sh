@@ -9,17 +9,22 @@
 #              request; printed as a share of raw-create, once with the
 #              namespace nearly empty and once after FILL more requests
 #              (the new-signal path must not slow down as requests pile up).
-#              A run of 200 takes a fraction of a second, so one pause of
-#              the API server moves a single run's rate by half: both paths
-#              are warmed up first (a just-started replica's first signals
-#              open its connections), then measured in three alternating
-#              pairs, and the share is the median of the pairs' shares.
-#              Every measured run starts from a quiet stack (SETTLE
-#              seconds, default 3, after the run before): otherwise what
-#              one run leaves the API server and etcd to finish lands in
-#              the next one, and a raw run measured right after a
-#              new-signal run came out at a third of one measured after a
-#              raw run (325-421/s against 1 180/s in one make bench).
+#              Every new-signal run sends one alert to each of the TARGETS
+#              Deployments, and the requests it created are deleted before
+#              the next one (a target has one open request: the next alert
+#              for it would be a duplicate), so runs can be long without
+#              thousands of Deployments more: with 200 alerts a run took a
+#              fraction of a second, and one pause of the API server moved
+#              a run's rate by half (the pairs' shares went from 0.56 to
+#              1.17 in one make bench). Both paths are warmed up first (a
+#              just-started replica's first signals open its connections),
+#              then measured in PAIRS alternating pairs (default 5), and the
+#              share is the median of the pairs' shares. Every measured run
+#              starts from a quiet stack (SETTLE seconds, default 3, after
+#              the run before): otherwise what one run leaves the API server
+#              and etcd to finish lands in the next one, and a raw run
+#              measured right after a new-signal run came out at a third of
+#              one measured after a raw run (325-421/s against 1 180/s).
 #              Each pair also creates raw copies of a request the gateway
 #              created (`--like`): the gateway stores more per request
 #              than a minimal one (the alert as received, its labels, the
@@ -37,12 +42,14 @@
 # gateway's alone) and of the loadtest runner, then redis-benchmark against
 # the same Redis for reference. Figures also go, one `key=value` per line,
 # to $BENCH_OUT/gateway.env (for loadtest/bench.sh). Usage:
-#   loadtest/bench-gateway.sh [TARGETS]     (default 1800 Deployments: nine
-#   slices of TARGETS/9, a fresh one for every run that creates requests)
+#   loadtest/bench-gateway.sh [TARGETS]     (default 1000 Deployments, and
+#   100 more for the warm-up)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-N=${1:-1800}
+N=${1:-1000}
+PAIRS=${PAIRS:-5}
+WARM=100
 FILL=${FILL:-10000}
 DUPS=${DUPS:-20000}
 DUPS5K=${DUPS5K:-60000}
@@ -96,9 +103,8 @@ pods() {
 
 RUN=$(date +%s)
 NS="bench-$RUN"
-say "$N Deployments with one pod each in $NS"
-namespace "$NS" "$N"
-Q=$((N / 9))
+say "$((N + WARM)) Deployments with one pod each in $NS"
+namespace "$NS" $((N + WARM))
 
 GW=127.0.0.1:18080
 KPIDS=()
@@ -145,16 +151,28 @@ share() { # NEW RAW
     -v r="$(awk -F= -v k="$2_rate" '$1==k {print $2}' "$FIG")" 'BEGIN { printf "%.3f", n / r }'
 }
 
-# Slices of Q targets: 0 warm-up, 1-3 the pairs, 4 after the fill, 5-7
-# the replicas, 8 spare. Raw creates need no targets of their own.
+# The measured runs' targets, and the warm-up's (whose requests stay: one of
+# them is the request the `--like` runs copy).
+ALL=$(pods "$NS" 0 "$N")
 serve 0 REDIS_URL="$REDIS_URL"
-say "warm-up: $((Q / 2)) raw creates and $((Q / 2)) new signals, not measured"
-lt warm_raw --raw-create --pods "$(pods "$NS" 0 "$Q")" --requests $((Q / 2)) \
-  --concurrency 8 --expect-created $((Q / 2)) >/dev/null
-lt warm_new --url "$(url 0)" --pods "$(pods "$NS" 0 $((Q / 2)))" --requests $((Q / 2)) \
-  --concurrency 8 --expect-created $((Q / 2)) --distinct-alertnames >/dev/null
+say "warm-up: 300 raw creates and $WARM new signals, not measured"
+lt warm_raw --raw-create --pods "$ALL" --requests 300 --concurrency 8 --expect-created 300 >/dev/null
+lt warm_new --url "$(url 0)" --pods "$(pods "$NS" "$N" "$WARM")" --requests "$WARM" \
+  --concurrency 8 --expect-created "$WARM" --distinct-alertnames >/dev/null
 LIKE=$(kubectl -n "$NS" get remediationrequests -l app.kubernetes.io/managed-by=kubernaut \
   -o jsonpath='{.items[0].metadata.name}')
+# forget: the requests of the measured targets (the gateway's and their
+# copies) deleted, so that each target takes a new signal again; returns
+# once the API server lists none of them.
+forget() {
+  local keep=(-l app.kubernetes.io/managed-by=kubernaut --field-selector "metadata.name!=$LIKE")
+  kubectl -n "$NS" delete remediationrequests "${keep[@]}" --wait=false >/dev/null
+  for _ in $(seq 600); do
+    [ -z "$(kubectl -n "$NS" get remediationrequests "${keep[@]}" -o name)" ] && return
+    sleep 0.5
+  done
+  echo "the requests of $NS's targets were not deleted in 5 minutes" >&2; exit 1
+}
 # size NAME: the bytes of JSON a request's labels and spec take.
 size() {
   kubectl -n "$NS" get remediationrequest "$1" -o json | python3 -c '
@@ -163,39 +181,45 @@ r = json.load(sys.stdin)
 print(len(json.dumps({"labels": r["metadata"].get("labels"), "spec": r["spec"]}, separators=(",", ":"))))'
 }
 echo "like_bytes=$(size "$LIKE")" >>"$FIG"
-for i in 1 2 3; do
-  say "pair $i: $Q RemediationRequests created on the API server (minimal, then copies of $LIKE), then $Q new signals (distinct names, $Q targets), concurrency 8"
-  lt "raw$i" --raw-create --pods "$(pods "$NS" 0 "$Q")" --requests "$Q" \
-    --concurrency 8 --expect-created "$Q"
-  lt "like$i" --raw-create --like "$LIKE" --pods "$(pods "$NS" 0 "$Q")" --requests "$Q" \
-    --concurrency 8 --expect-created "$Q"
-  lt "new$i" --url "$(url 0)" --pods "$(pods "$NS" $((Q * i)) "$Q")" --requests "$Q" --concurrency 8 \
-    --expect-created "$Q" --distinct-alertnames --svg "$OUT/new$i.svg"
+for i in $(seq "$PAIRS"); do
+  forget
+  say "pair $i of $PAIRS: $N RemediationRequests created on the API server (minimal, then copies of $LIKE), then $N new signals (distinct names, one per target), concurrency 8"
+  lt "raw$i" --raw-create --pods "$ALL" --requests "$N" --concurrency 8 --expect-created "$N"
+  lt "like$i" --raw-create --like "$LIKE" --pods "$ALL" --requests "$N" --concurrency 8 \
+    --expect-created "$N"
+  lt "new$i" --url "$(url 0)" --pods "$ALL" --requests "$N" --concurrency 8 \
+    --expect-created "$N" --distinct-alertnames --svg "$OUT/new$i.svg"
   echo "new${i}_share=$(share "new$i" "raw$i")" >>"$FIG"
   echo "new${i}_like_share=$(share "new$i" "like$i")" >>"$FIG"
 done
 # The pair whose share is the median stands for the run (its rates and
 # latencies are reported as raw_* and new_*); every pair's share is kept.
-median=$(for i in 1 2 3; do awk -F= -v k="new${i}_share" -v i="$i" '$1==k {print $2, i}' "$FIG"; done |
-  sort -n | awk 'NR == 2 {print $2}')
+median=$(for i in $(seq "$PAIRS"); do awk -F= -v k="new${i}_share" -v i="$i" '$1==k {print $2, i}' "$FIG"; done |
+  sort -n | awk -v m=$(((PAIRS + 1) / 2)) 'NR == m {print $2}')
 for m in rate p50 p99; do
   for k in raw like new; do
     awk -F= -v k="$k${median}_$m" -v o="${k}_$m" '$1==k {print o "=" $2}' "$FIG"
   done
 done >>"$FIG"
-echo "new_like_share=$(share "new$median" "like$median")" >>"$FIG"
 echo "raw_bytes=$(size "$(kubectl -n "$NS" get remediationrequests -o name | sed -n 's|.*/\(raw-.*\)|\1|p' | awk 'NR == 1')")" >>"$FIG"
 echo "new_share=$(share "new$median" "raw$median")" >>"$FIG"
-echo "new_shares=$(for i in 1 2 3; do awk -F= -v k="new${i}_share" '$1==k {print $2}' "$FIG"; done | paste -sd/ -)" >>"$FIG"
+shares() { for i in $(seq "$PAIRS"); do awk -F= -v k="new${i}_$1" '$1==k {print $2}' "$FIG"; done | paste -sd/ -; }
+echo "new_shares=$(shares share)" >>"$FIG"
+# The median of the shares of the copies, each pair's own.
+echo "new_like_share=$(shares like_share | tr / '\n' | sort -n | awk -v m=$(((PAIRS + 1) / 2)) 'NR == m')" >>"$FIG"
+echo "new_like_shares=$(shares like_share)" >>"$FIG"
+echo "pairs=$PAIRS" >>"$FIG"
+echo "targets=$N" >>"$FIG"
 cp "$OUT/new$median.svg" "$OUT/new.svg"
 
-say "$FILL more requests in $NS, then the new-signal path again on other targets"
-lt fill --raw-create --pods "$(pods "$NS" 0 "$Q")" --requests "$FILL" \
+say "$FILL more requests in $NS, then the new-signal path again"
+lt fill --raw-create --pods "$ALL" --requests "$FILL" \
   --concurrency 16 --expect-created "$FILL"
-lt raw_full --raw-create --pods "$(pods "$NS" 0 "$Q")" --requests "$Q" \
-  --concurrency 8 --expect-created "$Q"
-lt new_full --url "$(url 0)" --pods "$(pods "$NS" $((Q * 4)) "$Q")" --requests "$Q" --concurrency 8 \
-  --expect-created "$Q" --distinct-alertnames
+forget
+lt raw_full --raw-create --pods "$ALL" --requests "$N" \
+  --concurrency 8 --expect-created "$N"
+lt new_full --url "$(url 0)" --pods "$ALL" --requests "$N" --concurrency 8 \
+  --expect-created "$N" --distinct-alertnames
 echo "new_full_share=$(share new_full raw_full)" >>"$FIG"
 echo "fill=$FILL" >>"$FIG"
 
@@ -226,8 +250,9 @@ for r in 1 2 3; do
     serve "$i" REDIS_URL="$REDIS_URL"
     urls="$urls${urls:+,}$(url "$i")"
   done
-  lt "replicas$r" --url "$urls" --pods "$(pods "$NS" $((Q * (r + 4))) "$Q")" --requests "$Q" \
-    --concurrency $((8 * r)) --expect-created "$Q" --distinct-alertnames
+  forget
+  lt "replicas$r" --url "$urls" --pods "$ALL" --requests "$N" \
+    --concurrency $((8 * r)) --expect-created "$N" --distinct-alertnames
   stop
 done
 
