@@ -503,6 +503,23 @@ metric family rather than every metric. RSS moves by one to two KiB per
 supervisor between runs of the same build, so a figure within that of 24
 KiB is not a clear verdict either way.
 
+Where the rest goes, from a heap profile of the same run
+(\`KUBERNAUT_PROFILE_WRAPPER=heaptrack\` runs the control plane under
+heaptrack; what is live when it is killed with 2000 supervisors waiting),
+per supervisor: the actor itself is about 6.5 KiB of ractor's (its
+supervision mailbox allocates 32 slots up front, 3 KiB; its message
+mailbox 32 more; the task and the span of its loop), the actor's state 2.3
+KiB (the spec and the status inline) and about as much again in what they
+point to, and its status writer's task 0.9 KiB. Two things there were
+waste and are gone: the writer's channel kept a slot for a whole status
+for the request's life (1.5 KiB, now boxed), and each message slot had
+room for the sender's tracing span (ractor's \`message_span_propogation\`,
+1.3 KiB per actor, now off: handlers log under their own spans). Measured
+three times each, alternating, on one stack: 20.0–21.0 KiB per supervisor
+against 22.4–22.8 before. Memory per supervisor was also measured with
+mimalloc as the allocator: the process held 25 MiB more with the same 2000
+supervisors (its idle RSS was 12 MiB more), so glibc's stays.
+
 ## Scaling
 
 The new-signal path through 1, 2 and 3 replicas at once (${targets} alerts a

@@ -1758,7 +1758,17 @@ impl ControllerProcess {
         let log = std::env::temp_dir().join(unique(&format!("kubernaut-{pod}")) + ".log");
         let out = std::fs::File::create(&log)?;
         let own_database = overrides.iter().any(|(k, _)| *k == "STORE__DATABASE_URL");
-        let mut cmd = Command::new(binary);
+        // KUBERNAUT_PROFILE_WRAPPER=heaptrack (or a script) runs the binary
+        // under a profiler, as `$WRAPPER BINARY serve ...`.
+        let mut cmd = match std::env::var_os("KUBERNAUT_PROFILE_WRAPPER").filter(|w| !w.is_empty())
+        {
+            Some(w) => {
+                let mut c = Command::new(w);
+                c.arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         if !own_database {
             cmd.env("DATABASE_URL", &stack.database_url);
         }

@@ -768,9 +768,11 @@ mod future_sizes {
         let wf = handler(<WorkflowActor as Actor>::handle);
         let act = action(kubernaut_cluster::Cluster::run_action);
         let writer = status::writer_task_size();
+        let slot = status::writer_slot_size();
         assert!(sup <= 512, "the supervisor's handler future: {sup} bytes");
         assert!(wf <= 512, "the workflow's handler future: {wf} bytes");
         assert!(writer <= 768, "a status writer's task: {writer} bytes");
+        assert!(slot <= 64, "a status writer's slot: {slot} bytes");
         assert!(act <= 1024, "a waiting action's future: {act} bytes");
     }
 }

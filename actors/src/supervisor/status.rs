@@ -73,7 +73,10 @@ pub enum WriteReport {
 #[derive(Clone)]
 struct Wanted {
     seq: u64,
-    status: RemediationRequestStatus,
+    /// Boxed: the writer's channel keeps a slot of this type for the
+    /// request's whole life, empty most of it, and a status inline is over
+    /// a kilobyte.
+    status: Box<RemediationRequestStatus>,
     linger: bool,
 }
 
@@ -155,7 +158,7 @@ impl Writer {
     pub fn want(&self, seq: u64, status: RemediationRequestStatus, linger: bool) {
         self.tx.send_replace(Some(Wanted {
             seq,
-            status,
+            status: Box::new(status),
             linger,
         }));
     }
@@ -193,6 +196,13 @@ async fn run<R: Fn(WriteReport)>(
             return;
         }
     }
+}
+
+/// The size of the writer's slot for a wanted status, which lives as long
+/// as its request.
+#[cfg(test)]
+pub(super) fn writer_slot_size() -> usize {
+    std::mem::size_of::<Option<Wanted>>()
 }
 
 /// The size of a writer's task, which lives as long as its request.
@@ -244,7 +254,7 @@ async fn deliver(
                 report(WriteReport::Written {
                     seq: wanted.seq,
                     resource_version: t.resource_version.clone(),
-                    status: Box::new(wanted.status),
+                    status: wanted.status,
                 });
                 return Continue(());
             }
@@ -685,7 +695,7 @@ mod tests {
     fn want(tx: &watch::Sender<Option<Wanted>>, seq: u64, status: RemediationRequestStatus) {
         tx.send_replace(Some(Wanted {
             seq,
-            status,
+            status: Box::new(status),
             linger: false,
         }));
     }
@@ -693,7 +703,7 @@ mod tests {
     fn linger(tx: &watch::Sender<Option<Wanted>>, seq: u64, status: RemediationRequestStatus) {
         tx.send_replace(Some(Wanted {
             seq,
-            status,
+            status: Box::new(status),
             linger: true,
         }));
     }
