@@ -4,7 +4,8 @@
 //! runs as a task the actor owns, so its handler awaits nothing and a kill
 //! aborts the work. A panic in the work fails the actor; the parent sees
 //! `ActorFailed` and applies the [`RestartPolicy`]. The work is a factory,
-//! so a restarted stage starts it afresh.
+//! so a restarted stage starts it afresh. The work logs under the span
+//! the actor was spawned in (its request's): a task inherits none.
 //!
 //! [`RestartPolicy`]: crate::children::RestartPolicy
 
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
+use tracing::Instrument;
 
 use crate::mailbox::{Envelope, Inbox};
 use crate::metrics::{ActorKind, Metrics};
@@ -63,6 +65,7 @@ pub struct State<T> {
     report: Option<Report<T>>,
     chaos: Chaos,
     running: Option<Task>,
+    span: tracing::Span,
 }
 
 pub enum Run<T> {
@@ -90,6 +93,8 @@ impl<T: Send + 'static> Actor for Worker<T> {
             report: Some(args.report),
             chaos: args.chaos,
             running: None,
+            // pre_start runs in the spawner's task, within its span.
+            span: tracing::Span::current(),
         })
     }
 
@@ -106,7 +111,7 @@ impl<T: Send + 'static> Actor for Worker<T> {
                     panic!("injected fault: {:?} actor panics", st.inbox.kind);
                 }
                 let me = st.inbox.addr(myself);
-                let work = tokio::spawn((st.work)());
+                let work = tokio::spawn((st.work)().instrument(st.span.clone()));
                 // Killing this actor drops its state, which aborts the work.
                 st.running = Some(Task::of(work.abort_handle()));
                 tokio::spawn(async move {
@@ -152,4 +157,90 @@ pub async fn spawn<T: Send + 'static>(
     };
     let (actor, _) = Actor::spawn_linked(None, Worker(PhantomData), args, parent).await?;
     Ok(actor.get_cell())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use futures::FutureExt;
+    use ractor::SupervisionEvent;
+
+    use super::*;
+
+    /// Log lines, as the control plane's subscriber writes them.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Parent;
+
+    impl Actor for Parent {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+
+        async fn handle_supervisor_evt(
+            &self,
+            _: ActorRef<()>,
+            _: SupervisionEvent,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stage_actors_work_logs_under_the_span_it_was_spawned_in() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        // A current-thread runtime: every task runs where this is the default.
+        let _default = tracing::subscriber::set_default(subscriber);
+        let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();
+        let metrics = Metrics::register(&mut Default::default());
+        let (tx, done) = tokio::sync::oneshot::channel();
+        let work: Work<()> = Arc::new(|| async { tracing::warn!("the stage's work ran") }.boxed());
+        spawn(
+            ActorKind::processing,
+            &metrics,
+            &Chaos::default(),
+            work,
+            Box::new(move |()| {
+                let _ = tx.send(());
+            }),
+            parent.get_cell(),
+        )
+        .instrument(tracing::info_span!("request", name = "rr-7"))
+        .await
+        .unwrap();
+        done.await.unwrap();
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.contains("the stage's work ran"))
+            .unwrap_or_else(|| panic!("no line of the work in {text}"));
+        assert!(
+            line.contains("request{name=\"rr-7\"}"),
+            "the work's line lacks its request: {line}"
+        );
+        parent.stop(None);
+    }
 }

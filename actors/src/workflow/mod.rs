@@ -39,6 +39,7 @@ use kubernaut_cluster::{ActionCall, Cluster, ExecSettings, Outcome, catalogue};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::Serialize;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::children::{self, Children, RestartPolicy, Verdict};
 use crate::mailbox::{Addr, Envelope, Inbox};
@@ -290,6 +291,9 @@ pub struct State {
     /// The rollback under way.
     undo: Option<Undo>,
     timers: Timers,
+    /// The span it was started in (its request's): its handlers, and the
+    /// step actors they start, log under it.
+    span: tracing::Span,
 }
 
 impl State {
@@ -350,6 +354,7 @@ impl Actor for WorkflowActor {
             checks: Vec::new(),
             undo: None,
             timers: Timers::default(),
+            span: tracing::Span::current(),
         })
     }
 
@@ -361,7 +366,8 @@ impl Actor for WorkflowActor {
     ) -> Result<(), ActorProcessingErr> {
         // Boxed: the actor's task holds its handler's future for its whole
         // life; boxed, it exists only while a message is handled.
-        Box::pin(on_message(myself, env, st)).await
+        let span = st.span.clone();
+        Box::pin(on_message(myself, env, st).instrument(span)).await
     }
 
     async fn handle_supervisor_evt(
@@ -370,7 +376,8 @@ impl Actor for WorkflowActor {
         evt: SupervisionEvent,
         st: &mut State,
     ) -> Result<(), ActorProcessingErr> {
-        Box::pin(on_child_failed(myself, evt, st)).await
+        let span = st.span.clone();
+        Box::pin(on_child_failed(myself, evt, st).instrument(span)).await
     }
 }
 
