@@ -119,11 +119,6 @@ async fn phases(
     Ok(by)
 }
 
-/// Waits until `n` requests of `signal` satisfy `done`; returns when.
-/// It watches the namespace rather than listing it: a list of thousands
-/// of requests every few seconds cost the API server a quarter of its CPU
-/// in the notify-only run (its pprof), load that was measured against
-/// the control plane, and a poll's period blurred the end time.
 /// What the bench's wait reads of a request: its signal and its phase.
 /// The whole typed request (its spec, the alert as received, its status's
 /// history) would cost the bench's process, which shares the cores with
@@ -143,6 +138,11 @@ struct PhaseOf {
 
 type Progress = kube::core::Object<SignalOf, PhaseOf>;
 
+/// Waits until `n` requests of `signal` satisfy `done`; returns when.
+/// It watches the namespace rather than listing it: a list of thousands
+/// of requests every few seconds cost the API server a quarter of its CPU
+/// in the notify-only run (its pprof), load that was measured against
+/// the control plane, and a poll's period blurred the end time.
 async fn wait_for(
     api: &Api<RemediationRequest>,
     signal: &str,

@@ -16,9 +16,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
 use kubernaut_api::{RemediationRequest, RequestKey, SEQUENCE_LABEL};
 use tokio::sync::{mpsc, watch};
 
@@ -397,10 +397,7 @@ fn index_event(index: &RwLock<Index>, ev: &Result<Event<Guarded>, watcher::Error
             }
         }
         Ok(Event::Delete(g)) => {
-            let meta = match &g.0 {
-                Ok(rr) => &rr.metadata,
-                Err(invalid) => &invalid.metadata,
-            };
+            let meta = g.meta();
             let key = RequestKey::new(
                 meta.namespace.clone().unwrap_or_default(),
                 meta.name.clone().unwrap_or_default(),

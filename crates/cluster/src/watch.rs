@@ -118,13 +118,10 @@ pub(crate) fn request_event(ev: Event<Guarded>) -> Option<RequestEvent> {
     match ev {
         Event::Apply(g) | Event::InitApply(g) => Some(applied(g)),
         Event::Delete(g) => {
-            let meta = match g.0 {
-                Ok(rr) => rr.metadata,
-                Err(invalid) => invalid.metadata,
-            };
+            let meta = g.meta();
             Some(RequestEvent::Deleted {
-                namespace: meta.namespace.unwrap_or_default(),
-                name: meta.name.unwrap_or_default(),
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                name: meta.name.clone().unwrap_or_default(),
             })
         }
         Event::InitDone => Some(RequestEvent::Synced),
