@@ -396,8 +396,38 @@ async fn every_dashboard_query_and_alerting_rule_has_data_on_a_real_prometheus()
     )
     .await
     .with_context(|| format!("{}\n{}", a.tail(), b.tail()))?;
-    // Scrapes after the end, and the rules evaluated on them.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Two successful scrapes of each replica after the end, so that every
+    // counter the storm created has the two samples rate() needs. A fixed
+    // five seconds was not enough on a loaded CI machine: one run found
+    // every rate() empty, the gauges present (scrapes late or timed out).
+    // The window is rounded down, so it never reaches back past the end.
+    let settled_at = std::time::Instant::now();
+    let scraped = eventually(
+        "two successful scrapes of each replica after the storm",
+        Duration::from_secs(90),
+        || async {
+            let window = settled_at.elapsed().as_secs().max(1);
+            let scrapes = prometheus
+                .query(&format!(
+                    "sum_over_time(up{{job=\"kubernaut\"}}[{window}s])"
+                ))
+                .await?;
+            let good = |r: &Value| {
+                r["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|n| n >= 2.0)
+            };
+            Ok((scrapes.len() == 2 && scrapes.iter().all(good)).then_some(()))
+        },
+    )
+    .await;
+    if let Err(e) = scraped {
+        let targets = get(&format!("{}/api/v1/targets", prometheus.url)).await;
+        return Err(e.context(targets.map(|t| t.1).unwrap_or_default()));
+    }
+    // ...and the rules evaluated on them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     let mut missing = Vec::new();
     let mut report = Vec::new();
