@@ -81,6 +81,8 @@ if [ "${PIPELINE:-}" != reuse ]; then
       }
     }
   ' "$BENCH_OUT/pipeline.txt" >"$BENCH_OUT/pipeline.env"
+  sed -n 's/^  API calls per rollout_restart request[^:]*: //p' "$BENCH_OUT/pipeline.txt" |
+    tr ',' '\n' | awk 'NF == 3 { printf "| %s %s | %s |\n", $1, $2, $3 }' >"$BENCH_OUT/restart_calls.md"
 
   fresh
 
@@ -465,10 +467,20 @@ Deployment and ReplicaSet controllers do the rollout). Calls per request:
 | verb resource | per request |
 |---|---|
 $(cat "$BENCH_OUT/calls.md")
+$(if [ -s "$BENCH_OUT/restart_calls.md" ]; then
+  printf '\nAnd with %s requests verifying at once (the pipeline bench, from the\nlocks'"'"' release to the last Completed):\n\n| verb resource | per request |\n|---|---|\n' "$PIPELINE_N"
+  cat "$BENCH_OUT/restart_calls.md"
+fi)
 
-The status writes (\`APPLY remediationrequests/status\`) and the reads of
-the target during verification are Kubernaut's to cut next; the rollout's
-own work (ReplicaSets, pods, their status and events) is the cluster's.
+Verification asks whether the Deployment controller has observed the
+change of the workloads' watch (the same reflectors that resolve owners),
+not of the API server: it used to GET the Deployment every 250 ms for as
+long as the rollout took. Kubernaut's reads left are the action's read of
+the target and verification's two looks at its health (\`GET
+deployments\` and \`LIST pods\`, before and after the window); the status
+writes (\`APPLY remediationrequests/status\`) are the next to cut. The
+rollout's own work (ReplicaSets, pods, their status and events) is the
+cluster's.
 (\`POST events\` counts the cluster's Events and Kubernaut's: one per
 status write that changes the phase.)
 

@@ -297,6 +297,26 @@ async fn api_calls(admin: &kube::Client) -> anyhow::Result<BTreeMap<String, f64>
     Ok(calls)
 }
 
+/// API calls per request since `before` (every client's), most first,
+/// leaving out those under 0.05.
+async fn calls_since(
+    admin: &kube::Client,
+    before: &BTreeMap<String, f64>,
+    n: usize,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut calls: Vec<(String, f64)> = api_calls(admin)
+        .await?
+        .into_iter()
+        .map(|(k, v)| {
+            let per = (v - before.get(&k).copied().unwrap_or(0.0)) / n as f64;
+            (k, per)
+        })
+        .filter(|(_, per)| *per >= 0.05)
+        .collect();
+    calls.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(calls)
+}
+
 /// Requests to the API server about Leases so far (every client's: the
 /// membership renewals too).
 async fn lease_requests(admin: &kube::Client) -> anyhow::Result<f64> {
@@ -486,6 +506,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 2. Release: the rollouts happen and are verified.
+    let calls_before = api_calls(&admin).await?;
     let released = Instant::now();
     for claim in locks {
         claim.release().await;
@@ -493,6 +514,7 @@ async fn main() -> anyhow::Result<()> {
     let restarted = wait_for(&api, "BenchRestart", n, "restarted", |p| p.is_terminal()).await?;
     let restart_secs = restarted.duration_since(released).as_secs_f64();
     let restart_done = phases(&api, "BenchRestart").await?;
+    let restart_calls = calls_since(&admin, &calls_before, n).await?;
 
     // 3. The whole pipeline, creation to Completed.
     let notify = notify_run(&admin, &api, &running, &targets).await?;
@@ -516,6 +538,14 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  raw rollout restarts (the pod template patched until the Deployment controller observed it), concurrency {CONCURRENCY}: {raw_rollout_rate:.0}/s; rollout_restart at {:.3} x that",
         restart_rate / raw_rollout_rate
+    );
+    println!(
+        "  API calls per rollout_restart request from the release to the end (every client's, the cluster's rollouts too): {}",
+        restart_calls
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     notify.print(n);
     notify.print_limits(n, raw_rate);
@@ -687,16 +717,7 @@ async fn notify_run(
     let secs = notified.duration_since(start).as_secs_f64();
     // The control plane's last Events may still be on their way.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut calls: Vec<(String, f64)> = api_calls(admin)
-        .await?
-        .into_iter()
-        .map(|(k, v)| {
-            let per = (v - calls_before.get(&k).copied().unwrap_or(0.0)) / n as f64;
-            (k, per)
-        })
-        .filter(|(_, per)| *per >= 0.05)
-        .collect();
-    calls.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let calls = calls_since(admin, &calls_before, n).await?;
     let done = phases(api, "BenchNotify").await?;
     let metrics = get(&url).await?.1;
     let writes_per_request = (patch_count(&metrics) - patches_before) / n as f64;

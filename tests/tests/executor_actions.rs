@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kubernaut_api::ObjectRef;
-use kubernaut_cluster::{ActionCall, ActionError, ExecSettings};
+use kubernaut_cluster::{ActionCall, ActionError, Cluster, ExecSettings};
 use kubernaut_e2e::{
-    PROTECTED_NAMESPACE, Stack, controller_cluster, deployment, deployment_replicas,
+    PROTECTED_NAMESPACE, Stack, config_from, controller_cluster, deployment, deployment_replicas,
     deployment_with_pods, eventually, exec_settings, lock_is_free, managed_namespace, managed_node,
     unique,
 };
@@ -103,6 +104,73 @@ async fn rollout_restart_makes_the_controller_manager_roll_a_new_replicaset() ->
         Ok((rs.list(&ListParams::default()).await?.items.len() == 2).then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+/// Verifying a rollout reads the workload's observed generation from the
+/// watch, not from a GET every poll: an identity that may list and watch
+/// but not get sees the rollout verified (a GET would be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_is_verified_from_the_watch_without_a_get() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-verify", "staging").await?;
+    deployment_with_pods(&admin, &ns, "api", 1).await?;
+
+    let user = unique("watch-only");
+    let roles = Api::<ClusterRole>::all(admin.clone());
+    let bindings = Api::<ClusterRoleBinding>::all(admin.clone());
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": user}, "rules": [
+                {"apiGroups": [""], "resources": ["pods", "nodes", "namespaces"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["apps"], "resources": ["replicasets", "deployments", "statefulsets", "daemonsets"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list", "watch"]},
+            ]}))?,
+        )
+        .await?;
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": user},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+                "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}]}))?,
+        )
+        .await?;
+    let mut config = config_from(&stack.admin_kubeconfig).await?;
+    config.auth_info.impersonate = Some(user.clone());
+    let watch_only = Cluster::connect(config, cluster.config().clone())?.with_views();
+    // The role may take a moment to apply; the watches retry until it does.
+    assert!(watch_only.views_synced(Duration::from_secs(60)).await);
+    let get = Api::<Deployment>::namespaced(watch_only.client().clone(), &ns)
+        .get("api")
+        .await;
+    assert!(
+        get.is_err(),
+        "the identity must not be allowed to get: {get:?}"
+    );
+
+    let restart = call(
+        "rollout_restart",
+        json!({"kind": "Deployment", "namespace": ns, "name": "api"}),
+    );
+    let out = cluster
+        .run_action(&restart, &exec_settings("rr-verify"))
+        .await?;
+    let verified = eventually("the rollout verified", Duration::from_secs(60), || async {
+        // An error is the answer, not a reason to ask again.
+        match watch_only.verify(&restart, &out).await {
+            Ok(seen) => Ok(seen),
+            Err(e) => Ok(Some(format!("error: {e}"))),
+        }
+    })
+    .await?;
+    let _ = roles.delete(&user, &Default::default()).await;
+    let _ = bindings.delete(&user, &Default::default()).await;
+    assert_eq!(verified, "the workload's controller observed the change");
     Ok(())
 }
 

@@ -1,13 +1,18 @@
 //! Watch-fed metadata of the objects every signal's resolution reads
 //! (K-GW-4, K-GW-8): Pods, their controllers, Nodes and Namespaces, kept by
-//! kube-runtime reflectors over metadata-only watches, so that resolving an
-//! owner chain and checking scope costs no API round trip.
+//! kube-runtime reflectors, so that resolving an owner chain and checking
+//! scope costs no API round trip. The workloads an action changes
+//! (Deployments, StatefulSets, DaemonSets) are watched whole and keep their
+//! status's observed generation too, so that verifying an action polls
+//! memory instead of the API server.
 //!
 //! Only labels and owner references are kept (managed fields and
-//! annotations are dropped as they arrive), which is what resolution needs
-//! and keeps a large cluster's Pods cheap to hold. A cache is never the
-//! last word on absence: an object it does not hold (yet) is asked for, so
-//! a Pod created a moment ago still resolves.
+//! annotations are dropped as they arrive, and the workloads' spec and the
+//! rest of their status), which is what resolution needs and keeps a large
+//! cluster's Pods cheap to hold. A cache is never the last word on absence:
+//! an object it does not hold (yet) is asked for, so a Pod created a moment
+//! ago still resolves; and while a watch fails, every lookup of its kind is
+//! asked for, since what it holds may be stale.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -15,7 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetStatus, Deployment, DeploymentStatus, ReplicaSet, StatefulSet,
+    StatefulSetStatus,
+};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -26,29 +34,73 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-/// One kind's metadata, and whether its first list is in.
-struct View<K: Resource<DynamicType = ()> + Clone + 'static> {
-    store: Store<PartialObjectMeta<K>>,
-    synced: Arc<AtomicBool>,
+/// What a view keeps of each object it watches.
+trait Kept:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    /// Drops what lookups never read, as the object arrives.
+    fn strip(&mut self);
 }
 
-impl<K> View<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+impl<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static> Kept
+    for PartialObjectMeta<K>
 {
+    fn strip(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+    }
+}
+
+/// A workload whose controller reports the generation it has observed.
+trait Workload: Kept {
+    fn observed_generation(&self) -> Option<i64>;
+}
+
+macro_rules! workload {
+    ($kind:ty, $status:ident) => {
+        impl Kept for $kind {
+            fn strip(&mut self) {
+                self.metadata.managed_fields = None;
+                self.metadata.annotations = None;
+                self.spec = None;
+                self.status = self.status.take().map(|s| $status {
+                    observed_generation: s.observed_generation,
+                    ..Default::default()
+                });
+            }
+        }
+        impl Workload for $kind {
+            fn observed_generation(&self) -> Option<i64> {
+                self.status.as_ref()?.observed_generation
+            }
+        }
+    };
+}
+workload!(Deployment, DeploymentStatus);
+workload!(StatefulSet, StatefulSetStatus);
+workload!(DaemonSet, DaemonSetStatus);
+
+/// One kind's objects, whether its first list is in, and whether its watch
+/// works now.
+struct View<W: Kept> {
+    store: Store<W>,
+    synced: Arc<AtomicBool>,
+    failing: Arc<AtomicBool>,
+}
+
+impl<W: Kept> View<W> {
+    /// Metadata-only requests for `PartialObjectMeta` kinds; whole objects
+    /// (stripped as they arrive) for workloads.
     fn start(client: &Client) -> Self {
         let (store, writer) = reflector::store();
         let synced = Arc::new(AtomicBool::new(false));
-        // An Api of PartialObjectMeta makes metadata-only requests.
-        let api: Api<PartialObjectMeta<K>> = Api::all(client.clone());
+        let failing = Arc::new(AtomicBool::new(false));
+        let api: Api<W> = Api::all(client.clone());
         let stream = reflector::reflector(
             writer,
             watcher::watcher(api, watcher::Config::default())
                 .default_backoff()
-                .modify(|m| {
-                    m.metadata.managed_fields = None;
-                    m.metadata.annotations = None;
-                }),
+                .modify(W::strip),
         );
         let ready = store.clone();
         let flag = synced.clone();
@@ -57,34 +109,42 @@ where
                 flag.store(true, Ordering::Release);
             }
         });
+        let down = failing.clone();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
-            let mut warned = false;
             while let Some(ev) = stream.next().await {
                 match ev {
-                    Ok(_) => warned = false,
+                    Ok(_) => down.store(false, Ordering::Release),
                     // Until it works again, lookups go to the API server.
-                    Err(e) if !warned => {
-                        warned = true;
-                        tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "a metadata watch failed; resolving through API calls until it recovers");
+                    Err(e) => {
+                        if !down.swap(true, Ordering::AcqRel) {
+                            tracing::warn!(kind = W::kind(&()).as_ref(), error = %e, "a watch failed; looking objects up through API calls until it recovers");
+                        }
                     }
-                    Err(_) => {}
                 }
             }
         });
-        Self { store, synced }
+        Self {
+            store,
+            synced,
+            failing,
+        }
     }
 
-    /// `Some(meta)` when the cache holds it; `None` when it cannot say.
-    fn get(&self, namespace: &str, name: &str) -> Option<ObjectMeta> {
-        if !self.synced.load(Ordering::Acquire) {
+    /// `Some(object)` when the cache holds it; `None` when it cannot say.
+    fn object(&self, namespace: &str, name: &str) -> Option<Arc<W>> {
+        if !self.synced() || self.failing.load(Ordering::Acquire) {
             return None;
         }
         let mut key = ObjectRef::new(name);
         if !namespace.is_empty() {
             key = key.within(namespace);
         }
-        self.store.get(&key).map(|m| m.metadata.clone())
+        self.store.get(&key)
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<ObjectMeta> {
+        self.object(namespace, name).map(|o| o.meta().clone())
     }
 
     fn synced(&self) -> bool {
@@ -94,14 +154,14 @@ where
 
 /// The reflectors. Cheap to share behind an `Arc`.
 pub struct Views {
-    pods: View<Pod>,
-    replica_sets: View<ReplicaSet>,
+    pods: View<PartialObjectMeta<Pod>>,
+    replica_sets: View<PartialObjectMeta<ReplicaSet>>,
     deployments: View<Deployment>,
     stateful_sets: View<StatefulSet>,
     daemon_sets: View<DaemonSet>,
-    jobs: View<Job>,
-    nodes: View<Node>,
-    namespaces: View<Namespace>,
+    jobs: View<PartialObjectMeta<Job>>,
+    nodes: View<PartialObjectMeta<Node>>,
+    namespaces: View<PartialObjectMeta<Namespace>>,
 }
 
 impl Views {
@@ -130,6 +190,32 @@ impl Views {
             "Job" => self.jobs.get(namespace, name),
             "Node" => self.nodes.get("", name),
             "Namespace" => self.namespaces.get("", name),
+            _ => None,
+        }
+    }
+
+    /// The generation a workload's controller has observed, as the watch
+    /// last saw it: `Some(None)` while its status has none, `None` when the
+    /// cache cannot say (not a workload kind, list not in, watch failing,
+    /// or the object known is not the one with `uid`). A watch is late,
+    /// never ahead, and an object's observed generation only grows, so a
+    /// cached one that reached a generation is the truth; the UID keeps a
+    /// stale copy of a deleted object from answering for its successor.
+    pub fn observed_generation(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Option<Option<i64>> {
+        fn of<W: Workload>(view: &View<W>, ns: &str, name: &str, uid: &str) -> Option<Option<i64>> {
+            let w = view.object(ns, name)?;
+            (w.meta().uid.as_deref() == Some(uid)).then(|| w.observed_generation())
+        }
+        match kind {
+            "Deployment" => of(&self.deployments, namespace, name, uid),
+            "StatefulSet" => of(&self.stateful_sets, namespace, name, uid),
+            "DaemonSet" => of(&self.daemon_sets, namespace, name, uid),
             _ => None,
         }
     }

@@ -59,7 +59,8 @@ impl Cluster {
             let Some(wanted) = change.after["metadata"]["generation"].as_i64() else {
                 continue;
             };
-            let observed = self.observed_generation(&change.object).await?;
+            let uid = change.after["metadata"]["uid"].as_str().unwrap_or_default();
+            let observed = self.observed_generation(&change.object, uid).await?;
             if observed.is_none_or(|o| o < wanted) {
                 return Ok(None);
             }
@@ -67,7 +68,22 @@ impl Cluster {
         Ok(Some("the workload's controller observed the change".into()))
     }
 
-    async fn observed_generation(&self, object: &ObjectRef) -> Result<Option<i64>, ActionError> {
+    /// From the workloads' watch while it holds the object: a verification
+    /// polls for as long as a rollout takes (up to the verifying timeout),
+    /// and four GETs a second per request waiting on a rollout was API
+    /// server time the rollouts themselves needed.
+    async fn observed_generation(
+        &self,
+        object: &ObjectRef,
+        uid: &str,
+    ) -> Result<Option<i64>, ActionError> {
+        if let Some(observed) = self
+            .views
+            .as_ref()
+            .and_then(|v| v.observed_generation(&object.kind, &object.namespace, &object.name, uid))
+        {
+            return Ok(observed);
+        }
         let client = self.client().clone();
         macro_rules! observed {
             ($k:ty) => {
