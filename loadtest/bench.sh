@@ -19,6 +19,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kubernaut/target}"
 export BENCH_OUT="${BENCH_OUT:-$HOME/.cache/kubernaut/bench}"
 mkdir -p "$BENCH_OUT"
 PIPELINE_N=${PIPELINE_N:-1000}
+# The pipeline bench's line "API calls per KIND request (...): VERB
+# resource 1.00, ..." in FILE, as the rows of a markdown table.
+calls_table() {
+  sed -n "s/^  API calls per $1 request[^:]*: //p" "$2" |
+    tr ',' '\n' | awk 'NF == 3 { printf "| %s %s | %s |\n", $1, $2, $3 }'
+}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # A freshly started stack (the pod simulator comes up with the first bench
 # that needs it).
@@ -81,8 +87,7 @@ if [ "${PIPELINE:-}" != reuse ]; then
       }
     }
   ' "$BENCH_OUT/pipeline.txt" >"$BENCH_OUT/pipeline.env"
-  sed -n 's/^  API calls per rollout_restart request[^:]*: //p' "$BENCH_OUT/pipeline.txt" |
-    tr ',' '\n' | awk 'NF == 3 { printf "| %s %s | %s |\n", $1, $2, $3 }' >"$BENCH_OUT/restart_calls.md"
+  calls_table rollout_restart "$BENCH_OUT/pipeline.txt" >"$BENCH_OUT/restart_calls.md"
 
   fresh
 
@@ -115,9 +120,7 @@ if [ "${PIPELINE:-}" != reuse ]; then
   cargo bench -p kubernaut-e2e --bench pipeline -- "$PIPELINE_N" --notify-only | tee "$BENCH_OUT/profiled.txt"
   wait "$profiler"
   python3 loadtest/pprof-top.py "$BENCH_OUT/apiserver.prof" >"$BENCH_OUT/apiserver.md"
-  # "API calls per notify_only request (every client's): VERB resource 1.00, ..."
-  sed -n 's/^  API calls per notify_only request[^:]*: //p' "$BENCH_OUT/profiled.txt" |
-    tr ',' '\n' | awk 'NF == 3 { printf "| %s %s | %s |\n", $1, $2, $3 }' >"$BENCH_OUT/notify_calls.md"
+  calls_table notify_only "$BENCH_OUT/profiled.txt" >"$BENCH_OUT/notify_calls.md"
   fresh
   for rate in 5 10 20; do
     say "reaction time: 200 alerts at $rate/s, alert to first mutating API call"

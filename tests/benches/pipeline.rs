@@ -317,6 +317,15 @@ async fn calls_since(
     Ok(calls)
 }
 
+/// `calls` as the report's line has them: "VERB resource 1.00, ...".
+fn listed(calls: &[(String, f64)]) -> String {
+    calls
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Requests to the API server about Leases so far (every client's: the
 /// membership renewals too).
 async fn lease_requests(admin: &kube::Client) -> anyhow::Result<f64> {
@@ -541,11 +550,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "  API calls per rollout_restart request from the release to the end (every client's, the cluster's rollouts too): {}",
-        restart_calls
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        listed(&restart_calls)
     );
     notify.print(n);
     notify.print_limits(n, raw_rate);
@@ -797,14 +802,9 @@ impl Notify {
             self.writes_per_request,
             self.done
         );
-        let calls: Vec<String> = self
-            .calls
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.2}"))
-            .collect();
         println!(
             "  API calls per notify_only request (every client's): {}",
-            calls.join(", ")
+            listed(&self.calls)
         );
     }
 }

@@ -46,9 +46,14 @@ impl<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + S
     for PartialObjectMeta<K>
 {
     fn strip(&mut self) {
-        self.metadata.managed_fields = None;
-        self.metadata.annotations = None;
+        strip_meta(&mut self.metadata);
     }
+}
+
+/// What no lookup reads of any object's metadata.
+fn strip_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
 }
 
 /// A workload whose controller reports the generation it has observed.
@@ -60,8 +65,7 @@ macro_rules! workload {
     ($kind:ty, $status:ident) => {
         impl Kept for $kind {
             fn strip(&mut self) {
-                self.metadata.managed_fields = None;
-                self.metadata.annotations = None;
+                strip_meta(&mut self.metadata);
                 self.spec = None;
                 self.status = self.status.take().map(|s| $status {
                     observed_generation: s.observed_generation,
