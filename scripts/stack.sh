@@ -26,7 +26,7 @@ SERVICES=(etcd kube-apiserver kube-controller-manager postgres redis)
 FEATURE_GATES=TTLAfterFinished=true
 # Bumped when the servers' flags change: a running stack with an older
 # revision has its API server and controller-manager restarted.
-STACK_REV=3
+STACK_REV=4
 
 log() { echo "stack: $*" >&2; }
 
@@ -111,6 +111,8 @@ up() {
         log "restarting $svc with the flags of stack revision $STACK_REV"
         kill "$(cat "$S/$svc.pid")" 2>/dev/null || true
         for _ in $(seq 100); do alive "$svc" || break; sleep 0.1; done
+        # An API server with watches open can hang in its shutdown.
+        if alive "$svc"; then kill -9 "$(cat "$S/$svc.pid")" 2>/dev/null || true; sleep 0.5; fi
       fi
     done
     echo "$STACK_REV" > "$S/rev"
@@ -163,7 +165,7 @@ up() {
       --kubeconfig "$S/kcm.kubeconfig" --controllers '*,-nodeipam,-nodelifecycle' --leader-elect=false \
       --service-account-private-key-file "$S/pki/sa.key" --root-ca-file "$S/pki/ca.crt" \
       --port 0 --secure-port 0 --feature-gates "$FEATURE_GATES" \
-      --kube-api-qps 100 --kube-api-burst 200 \
+      --kube-api-qps 1000 --kube-api-burst 2000 --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10 \
       > "$S/kube-controller-manager.log" 2>&1 9>&- &
     echo $! > "$S/kube-controller-manager.pid"
     # The service-account controller creating `default` shows it is working.
