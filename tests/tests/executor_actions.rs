@@ -12,7 +12,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kubernaut_api::ObjectRef;
-use kubernaut_cluster::{ActionCall, ActionError, Cluster, ExecSettings};
+use kubernaut_cluster::{ActionCall, ActionError, Cluster, ExecSettings, canonical_hash};
 use kubernaut_e2e::{
     PROTECTED_NAMESPACE, Stack, config_from, controller_cluster, deployment, deployment_replicas,
     deployment_with_pods, eventually, exec_settings, lock_is_free, managed_namespace, managed_node,
@@ -108,8 +108,9 @@ async fn rollout_restart_makes_the_controller_manager_roll_a_new_replicaset() ->
 }
 
 /// Verifying a rollout reads the workload's observed generation from the
-/// watch, not from a GET every poll: an identity that may list and watch
-/// but not get sees the rollout verified (a GET would be refused).
+/// watch, not from a GET every poll, and its health and drift readings
+/// too: an identity that may list and watch but not get sees the rollout
+/// verified and its target observed (a GET would be refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_is_verified_from_the_watch_without_a_get() -> anyhow::Result<()> {
     let stack = Stack::get();
@@ -168,9 +169,26 @@ async fn a_rollout_is_verified_from_the_watch_without_a_get() -> anyhow::Result<
         }
     })
     .await?;
+    // The health and drift readings come from the watch too, and its
+    // spec hash is the one of the object as a GET returns it.
+    let target = ObjectRef {
+        kind: "Deployment".into(),
+        namespace: ns.clone(),
+        name: "api".into(),
+    };
+    let whole = Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .get("api")
+        .await?;
+    let expected = canonical_hash(&serde_json::to_value(&whole)?["spec"]);
+    let observed = eventually("the spec as read", Duration::from_secs(30), || async {
+        let seen = watch_only.observe(&target).await?;
+        Ok(seen.filter(|o| o.spec_hash == expected))
+    })
+    .await;
     let _ = roles.delete(&user, &Default::default()).await;
     let _ = bindings.delete(&user, &Default::default()).await;
     assert_eq!(verified, "the workload's controller observed the change");
+    assert_eq!(observed?.desired, Some(1));
     Ok(())
 }
 

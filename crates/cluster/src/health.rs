@@ -4,6 +4,7 @@
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Api;
 use kube::api::ListParams;
 use kubernaut_api::ObjectRef;
@@ -72,14 +73,46 @@ impl PodHealth {
 
 /// A workload spec's `selector.matchLabels` as a label selector.
 pub(crate) fn pod_selector(spec: &Value) -> Option<String> {
-    let labels = spec["selector"]["matchLabels"].as_object()?;
+    let selector: LabelSelector = serde_json::from_value(spec["selector"].clone()).ok()?;
+    selector_string(&selector)
+}
+
+/// A selector's `matchLabels` as the `labelSelector` of a list.
+pub(crate) fn selector_string(selector: &LabelSelector) -> Option<String> {
+    let labels = selector.match_labels.as_ref()?;
     Some(
         labels
             .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(","),
     )
+}
+
+/// What verification needs of a workload besides its pods.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Shape {
+    pub spec_hash: String,
+    pub desired: Option<i32>,
+    pub selector: Option<String>,
+}
+
+impl Shape {
+    /// Of a workload read whole (by GET).
+    pub(crate) fn of(kind: &str, object: &Value) -> Shape {
+        let spec = &object["spec"];
+        let desired = if kind == "DaemonSet" {
+            object["status"]["desiredNumberScheduled"].as_i64()
+        } else {
+            Some(spec["replicas"].as_i64().unwrap_or(1))
+        }
+        .map(|d| i32::try_from(d).unwrap_or(i32::MAX));
+        Shape {
+            spec_hash: canonical_hash(spec),
+            desired,
+            selector: pod_selector(spec),
+        }
+    }
 }
 
 /// SHA-256 of `value`'s canonical JSON: serde_json's map is ordered by key
@@ -91,21 +124,30 @@ pub fn canonical_hash(value: &Value) -> String {
 
 impl Cluster {
     /// The target's spec hash and pods, or `None` when it does not exist.
-    /// Pods come from one label-selected list of the target's namespace,
-    /// read once per verification, not on a hot path.
+    /// A Deployment, StatefulSet or DaemonSet is read from its watch (a
+    /// GET only while the watch cannot say); its pods come from one
+    /// label-selected list served by the API server's watch cache, which
+    /// costs the server a scan of its memory instead of a read of every
+    /// pod of the namespace from etcd.
     pub async fn observe(&self, target: &ObjectRef) -> Result<Option<Observed>> {
         let client = self.client().clone();
         let ns = &target.namespace;
+        let kind = target.kind.as_str();
+        let cached = self
+            .views
+            .as_ref()
+            .and_then(|v| v.workload(kind, ns, &target.name));
         macro_rules! get {
             ($k:ty) => {{
                 let api: Api<$k> = Api::namespaced(client.clone(), ns);
                 bounded(api.get_opt(&target.name))
                     .await?
-                    .map(|o| serde_json::to_value(o).unwrap_or(Value::Null))
+                    .map(|o| Shape::of(kind, &serde_json::to_value(o).unwrap_or(Value::Null)))
             }};
         }
-        let object = match target.kind.as_str() {
-            "Pod" => {
+        let shape = match (cached, kind) {
+            (Some(shape), _) => Some(shape),
+            (None, "Pod") => {
                 let api: Api<Pod> = Api::namespaced(client.clone(), ns);
                 return Ok(bounded(api.get_opt(&target.name)).await?.map(|p| {
                     let spec = serde_json::to_value(&p.spec).unwrap_or(Value::Null);
@@ -119,11 +161,11 @@ impl Cluster {
                     }
                 }));
             }
-            "Deployment" => get!(Deployment),
-            "ReplicaSet" => get!(ReplicaSet),
-            "StatefulSet" => get!(StatefulSet),
-            "DaemonSet" => get!(DaemonSet),
-            "Node" => {
+            (None, "Deployment") => get!(Deployment),
+            (None, "ReplicaSet") => get!(ReplicaSet),
+            (None, "StatefulSet") => get!(StatefulSet),
+            (None, "DaemonSet") => get!(DaemonSet),
+            (None, "Node") => {
                 let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
                 return Ok(bounded(api.get_opt(&target.name)).await?.map(|n| {
                     let spec = serde_json::to_value(&n.spec).unwrap_or(Value::Null);
@@ -136,33 +178,29 @@ impl Cluster {
             }
             _ => None,
         };
-        let Some(object) = object else {
+        let Some(shape) = shape else {
             return Ok(None);
         };
-        let spec = &object["spec"];
-        let desired = if target.kind == "DaemonSet" {
-            object["status"]["desiredNumberScheduled"].as_i64()
-        } else {
-            Some(spec["replicas"].as_i64().unwrap_or(1))
-        }
-        .map(|d| i32::try_from(d).unwrap_or(i32::MAX));
         let mut pods = Vec::new();
-        if let Some(selector) = pod_selector(spec) {
+        if let Some(selector) = &shape.selector {
             let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+            // The watch cache ignores the limit; the cut below keeps it.
             let list = ListParams::default()
-                .labels(&selector)
-                .limit(MAX_HEALTH_PODS);
+                .labels(selector)
+                .limit(MAX_HEALTH_PODS)
+                .match_any();
             pods = bounded(api.list(&list))
                 .await?
                 .items
                 .iter()
                 .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .take(MAX_HEALTH_PODS as usize)
                 .map(PodHealth::of)
                 .collect();
         }
         Ok(Some(Observed {
-            spec_hash: canonical_hash(spec),
-            desired,
+            spec_hash: shape.spec_hash,
+            desired: shape.desired,
             pods,
         }))
     }

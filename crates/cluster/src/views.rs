@@ -2,14 +2,15 @@
 //! (K-GW-4, K-GW-8): Pods, their controllers, Nodes and Namespaces, kept by
 //! kube-runtime reflectors, so that resolving an owner chain and checking
 //! scope costs no API round trip. The workloads an action changes
-//! (Deployments, StatefulSets, DaemonSets) are watched whole and keep their
-//! status's observed generation too, so that verifying an action polls
-//! memory instead of the API server.
+//! (Deployments, StatefulSets, DaemonSets) are watched whole and keep what
+//! verification reads of them too (their status's observed generation,
+//! replicas, pod selector and the hash of their spec), so that verifying an
+//! action reads memory instead of the API server.
 //!
 //! Only labels and owner references are kept (managed fields and
-//! annotations are dropped as they arrive, and the workloads' spec and the
-//! rest of their status), which is what resolution needs and keeps a large
-//! cluster's Pods cheap to hold. A cache is never the last word on absence:
+//! annotations are dropped as they arrive, and the workloads' pod template
+//! and the rest of their status), which is what resolution needs and keeps
+//! a large cluster's Pods cheap to hold. A cache is never the last word on absence:
 //! an object it does not hold (yet) is asked for, so a Pod created a moment
 //! ago still resolves; and while a watch fails, every lookup of its kind is
 //! asked for, since what it holds may be stale.
@@ -21,18 +22,20 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetStatus, Deployment, DeploymentStatus, ReplicaSet, StatefulSet,
-    StatefulSetStatus,
+    DaemonSet, DaemonSetSpec, DaemonSetStatus, Deployment, DeploymentSpec, DeploymentStatus,
+    ReplicaSet, StatefulSet, StatefulSetSpec, StatefulSetStatus,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
+
+use crate::health::{Shape, canonical_hash, selector_string};
 
 /// What a view keeps of each object it watches.
 trait Kept:
@@ -59,30 +62,107 @@ fn strip_meta(meta: &mut ObjectMeta) {
 /// A workload whose controller reports the generation it has observed.
 trait Workload: Kept {
     fn observed_generation(&self) -> Option<i64>;
+    /// The pods it should have, from what its strip kept.
+    fn desired(&self) -> Option<i32>;
+    fn selector(&self) -> Option<&LabelSelector>;
 }
 
-macro_rules! workload {
-    ($kind:ty, $status:ident) => {
-        impl Kept for $kind {
-            fn strip(&mut self) {
-                strip_meta(&mut self.metadata);
-                self.spec = None;
-                self.status = self.status.take().map(|s| $status {
-                    observed_generation: s.observed_generation,
-                    ..Default::default()
-                });
-            }
-        }
-        impl Workload for $kind {
-            fn observed_generation(&self) -> Option<i64> {
-                self.status.as_ref()?.observed_generation
-            }
-        }
-    };
+/// Where a stripped workload keeps the hash of the spec it arrived with:
+/// the spec itself is dropped (its pod template is most of the object),
+/// and the view's copies are never written back, so the key is seen by
+/// nothing but [`Views::workload`].
+const SPEC_HASH: &str = "view.kubernaut.io/spec-sha256";
+
+/// Strips a workload's metadata and notes the hash of its spec, computed
+/// exactly as [`crate::health`] computes it of an object read by GET, so
+/// that a baseline from one and a reading from the other compare equal.
+fn strip_workload<S: serde::Serialize>(meta: &mut ObjectMeta, spec: &Option<S>) {
+    let spec = serde_json::to_value(spec).unwrap_or(serde_json::Value::Null);
+    strip_meta(meta);
+    meta.annotations = Some([(SPEC_HASH.to_string(), canonical_hash(&spec))].into());
 }
-workload!(Deployment, DeploymentStatus);
-workload!(StatefulSet, StatefulSetStatus);
-workload!(DaemonSet, DaemonSetStatus);
+
+impl Kept for Deployment {
+    fn strip(&mut self) {
+        strip_workload(&mut self.metadata, &self.spec);
+        self.spec = self.spec.take().map(|s| DeploymentSpec {
+            replicas: s.replicas,
+            selector: s.selector,
+            ..Default::default()
+        });
+        self.status = self.status.take().map(|s| DeploymentStatus {
+            observed_generation: s.observed_generation,
+            ..Default::default()
+        });
+    }
+}
+
+impl Workload for Deployment {
+    fn observed_generation(&self) -> Option<i64> {
+        self.status.as_ref()?.observed_generation
+    }
+    fn desired(&self) -> Option<i32> {
+        Some(self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+    }
+    fn selector(&self) -> Option<&LabelSelector> {
+        Some(&self.spec.as_ref()?.selector)
+    }
+}
+
+impl Kept for StatefulSet {
+    fn strip(&mut self) {
+        strip_workload(&mut self.metadata, &self.spec);
+        self.spec = self.spec.take().map(|s| StatefulSetSpec {
+            replicas: s.replicas,
+            selector: s.selector,
+            ..Default::default()
+        });
+        self.status = self.status.take().map(|s| StatefulSetStatus {
+            observed_generation: s.observed_generation,
+            ..Default::default()
+        });
+    }
+}
+
+impl Workload for StatefulSet {
+    fn observed_generation(&self) -> Option<i64> {
+        self.status.as_ref()?.observed_generation
+    }
+    fn desired(&self) -> Option<i32> {
+        Some(self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+    }
+    fn selector(&self) -> Option<&LabelSelector> {
+        Some(&self.spec.as_ref()?.selector)
+    }
+}
+
+impl Kept for DaemonSet {
+    fn strip(&mut self) {
+        strip_workload(&mut self.metadata, &self.spec);
+        self.spec = self.spec.take().map(|s| DaemonSetSpec {
+            selector: s.selector,
+            ..Default::default()
+        });
+        // A DaemonSet's desired count is what its controller scheduled.
+        self.status = self.status.take().map(|s| DaemonSetStatus {
+            observed_generation: s.observed_generation,
+            desired_number_scheduled: s.desired_number_scheduled,
+            ..Default::default()
+        });
+    }
+}
+
+impl Workload for DaemonSet {
+    fn observed_generation(&self) -> Option<i64> {
+        self.status.as_ref()?.observed_generation
+    }
+    fn desired(&self) -> Option<i32> {
+        Some(self.status.as_ref()?.desired_number_scheduled)
+    }
+    fn selector(&self) -> Option<&LabelSelector> {
+        Some(&self.spec.as_ref()?.selector)
+    }
+}
 
 /// One kind's objects, whether its first list is in, and whether its watch
 /// works now.
@@ -224,6 +304,29 @@ impl Views {
         }
     }
 
+    /// What verification reads of a workload (its spec's hash, the pods it
+    /// should have and their selector), as the watch last saw it; `None`
+    /// when the cache cannot say. A health reading is a sample taken after
+    /// the change was observed, so a watch's lag of milliseconds does not
+    /// matter to it, and a spec's hash seen through the watch equals the
+    /// one a GET would give.
+    pub fn workload(&self, kind: &str, namespace: &str, name: &str) -> Option<Shape> {
+        fn of<W: Workload>(view: &View<W>, ns: &str, name: &str) -> Option<Shape> {
+            let w = view.object(ns, name)?;
+            Some(Shape {
+                spec_hash: w.meta().annotations.as_ref()?.get(SPEC_HASH)?.clone(),
+                desired: w.desired(),
+                selector: w.selector().and_then(selector_string),
+            })
+        }
+        match kind {
+            "Deployment" => of(&self.deployments, namespace, name),
+            "StatefulSet" => of(&self.stateful_sets, namespace, name),
+            "DaemonSet" => of(&self.daemon_sets, namespace, name),
+            _ => None,
+        }
+    }
+
     /// Waits until every view has its first list, at most `timeout`.
     pub async fn wait_synced(&self, timeout: Duration) -> bool {
         let all = || {
@@ -244,5 +347,63 @@ impl Views {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(replicas: Option<i32>) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1",
+                         "annotations": {"note": "x"}, "managedFields": [{"manager": "m"}]},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web", "tier": "a"}},
+                     "template": {"metadata": {"labels": {"app": "web", "tier": "a"}},
+                                  "spec": {"containers": [{"name": "c", "image": "web:1"}]}}},
+            "status": {"observedGeneration": 4, "replicas": 3, "readyReplicas": 2}
+        }))
+        .expect("a valid Deployment")
+    }
+
+    #[test]
+    fn a_stripped_workload_keeps_what_verification_reads_and_hashes_as_a_get_would() {
+        let whole = deployment(Some(3));
+        let mut kept = whole.clone();
+        kept.strip();
+        let meta = &kept.metadata;
+        assert!(meta.managed_fields.is_none());
+        let annotations = meta.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.len(), 1, "only the hash: {annotations:?}");
+        assert!(
+            kept.spec
+                .as_ref()
+                .is_some_and(|s| s.template.spec.is_none())
+        );
+        assert_eq!(kept.observed_generation(), Some(4));
+        assert_eq!(kept.desired(), Some(3));
+        let read = Shape::of("Deployment", &serde_json::to_value(&whole).unwrap());
+        assert_eq!(annotations.get(SPEC_HASH), Some(&read.spec_hash));
+        assert_eq!(read.selector.as_deref(), Some("app=web,tier=a"));
+        assert_eq!(kept.selector().and_then(selector_string), read.selector);
+        assert_eq!(kept.desired(), read.desired);
+
+        // A spec without replicas means one, read either way.
+        let mut one = deployment(None);
+        one.strip();
+        assert_eq!(one.desired(), Some(1));
+
+        // Another spec, another hash.
+        let mut other = deployment(Some(4));
+        other.strip();
+        assert_ne!(
+            other
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .get(SPEC_HASH),
+            annotations.get(SPEC_HASH)
+        );
     }
 }
