@@ -192,7 +192,10 @@ restart_verdict=$(judge "$restart_ratio >= 0.5" "met" \
 like_verdict=$(judge "$new_like_share >= 0.8" \
   "most of what a new signal costs over a minimal create is the size of the request, and the gateway's own work (HTTP, authentication, parsing, the owner chain from reflectors, one Redis script for the storm windows) is the rest" \
   "the gateway's own work (HTTP, authentication, parsing, the owner chain from reflectors, one Redis script for the storm windows) costs as much as a larger request does")
-new_verdict="$(judge "$new_share >= 0.6" "met" "$(judge "$new_like_share >= 0.6" "not met against minimal requests; against the same request as the gateway creates it, ${new_like_share} × (below)" "not met in this run")"); $(judge "$new_full_share >= 0.9 * $new_share" "flat (${new_full_share} × raw after the fill, ${new_share} × before)" "slower after the fill (${new_full_share} × raw, ${new_share} × before)")"
+# Flat is the goal's "the 10 000th new signal as fast as the first": the
+# rates themselves. The raw baseline is measured again after the fill and
+# moves from run to run on its own (496/s before and 807/s after, once).
+new_verdict="$(judge "$new_share >= 0.6" "met" "$(judge "$new_like_share >= 0.6" "not met against minimal requests; against the same request as the gateway creates it, ${new_like_share} × (below)" "not met in this run")"); $(judge "$new_full_rate >= 0.9 * $new_rate" "flat: ${new_full_rate} alerts/s after the fill, ${new_rate} before" "slower after the fill: ${new_full_rate} alerts/s, ${new_rate} before")"
 dup_verdict="$(judge "$dup128_rate >= 10000" "rate met" "rate not met in this run: Kubernaut's share of the two cores is the limit (see the scaling section)"); p99 $(judge "$dup5k_p99 < 10" "met" "not met in this run: an answer waits only for Redis now, and the tail is the wait for a core shared by the gateway, Redis and the load generator")"
 nored_verdict=$(judge "$nored128_rate >= 5000" "met: each answer waits for its batch's status PATCH, one PATCH per API round trip" \
   "not met in this run: without Redis each answer waits for its batch's status PATCH")
@@ -204,7 +207,7 @@ for r in 5 10 20; do
 done
 rates() { echo "$*" | sed 's/ /, /g; s/\(.*\), /\1 and /'; }
 react_verdict="$([ ${#react_met[@]} -gt 0 ] && echo "met at $(rates "${react_met[@]}") alerts/s" || echo "not met")"
-[ ${#react_unmet[@]} -gt 0 ] && react_verdict="$react_verdict; not at $(rates "${react_unmet[@]}")/s, where the API server also does the rollouts themselves, and the cluster restarts only ${raw_rollout} Deployments/s here with no controller at all"
+[ ${#react_unmet[@]} -gt 0 ] && react_verdict="$react_verdict; not at $(rates "${react_unmet[@]}")/s, where the same two cores also run the rollouts themselves (the API server, the Deployment and ReplicaSet controllers, the pod simulator), and each stage's tail grows alike (below)"
 storm_verdict=$(judge "$storm_lost == 0 && $storm_storm_requests <= 1 && $storm_5xx == 0" "met" "not met")
 # The last TREES_N run (see above), if any.
 trees_row="| many full trees waiting on locked targets | — | not measured yet: \`TREES_N=10000 make bench\` | |"
@@ -478,12 +481,21 @@ fi)
 Verification asks whether the Deployment controller has observed the
 change of the workloads' watch (the same reflectors that resolve owners),
 not of the API server: it used to GET the Deployment every 250 ms for as
-long as the rollout took. Kubernaut's reads left are the action's read of
-the target and verification's two looks at its health (\`GET
-deployments\` and \`LIST pods\`, before and after the window); the status
-writes (\`APPLY remediationrequests/status\`) are the next to cut. The
-rollout's own work (ReplicaSets, pods, their status and events) is the
-cluster's.
+long as the rollout took. Its two looks at the target's health, before
+and after the window, read the workload (its spec's hash, replicas and
+selector) from that watch too, and list its pods from the API server's
+watch cache (\`LIST pods\` with resourceVersion 0: a scan of memory, not
+of etcd). Kubernaut's one \`GET deployments\` left is the action's own
+read-modify-write, which records the whole object for undo and must not
+be stale; the status writes (\`APPLY remediationrequests/status\`) are
+the next to cut. The rollout's own work (ReplicaSets, pods, their status
+and events) is the cluster's: with no Kubernaut at all, the same rollouts
+run at ${raw_rollout}/s here. A verified request adds about twelve calls
+of Kubernaut's own to the rollout's five (three status writes, two
+Events, the dry run and the patch, the lock's create and delete, the read
+and two pod lists), all served by one API server on the two cores it
+shares with everything else, which is why the mutating pipeline stays far
+below the status-patch rate the goal measures it against.
 (\`POST events\` counts the cluster's Events and Kubernaut's: one per
 status write that changes the phase.)
 
