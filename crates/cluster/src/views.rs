@@ -82,87 +82,62 @@ fn strip_workload<S: serde::Serialize>(meta: &mut ObjectMeta, spec: &Option<S>) 
     meta.annotations = Some([(SPEC_HASH.to_string(), canonical_hash(&spec))].into());
 }
 
-impl Kept for Deployment {
-    fn strip(&mut self) {
-        strip_workload(&mut self.metadata, &self.spec);
-        self.spec = self.spec.take().map(|s| DeploymentSpec {
-            replicas: s.replicas,
-            selector: s.selector,
-            ..Default::default()
-        });
-        self.status = self.status.take().map(|s| DeploymentStatus {
-            observed_generation: s.observed_generation,
-            ..Default::default()
-        });
-    }
+/// A workload kind's [`Kept`] and [`Workload`]: the fields of its spec and
+/// of its status that its strip keeps, and how it says how many pods it
+/// should have.
+macro_rules! workload {
+    (
+        $kind:ty,
+        $spec:ident { $($spec_kept:ident),* },
+        $status:ident { $($status_kept:ident),* },
+        desired: |$w:ident| $desired:expr
+    ) => {
+        impl Kept for $kind {
+            fn strip(&mut self) {
+                strip_workload(&mut self.metadata, &self.spec);
+                self.spec = self.spec.take().map(|s| $spec {
+                    $($spec_kept: s.$spec_kept,)*
+                    ..Default::default()
+                });
+                self.status = self.status.take().map(|s| $status {
+                    $($status_kept: s.$status_kept,)*
+                    ..Default::default()
+                });
+            }
+        }
+        impl Workload for $kind {
+            fn observed_generation(&self) -> Option<i64> {
+                self.status.as_ref()?.observed_generation
+            }
+            fn desired(&self) -> Option<i32> {
+                let $w = self;
+                $desired
+            }
+            fn selector(&self) -> Option<&LabelSelector> {
+                Some(&self.spec.as_ref()?.selector)
+            }
+        }
+    };
 }
-
-impl Workload for Deployment {
-    fn observed_generation(&self) -> Option<i64> {
-        self.status.as_ref()?.observed_generation
-    }
-    fn desired(&self) -> Option<i32> {
-        Some(self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
-    }
-    fn selector(&self) -> Option<&LabelSelector> {
-        Some(&self.spec.as_ref()?.selector)
-    }
-}
-
-impl Kept for StatefulSet {
-    fn strip(&mut self) {
-        strip_workload(&mut self.metadata, &self.spec);
-        self.spec = self.spec.take().map(|s| StatefulSetSpec {
-            replicas: s.replicas,
-            selector: s.selector,
-            ..Default::default()
-        });
-        self.status = self.status.take().map(|s| StatefulSetStatus {
-            observed_generation: s.observed_generation,
-            ..Default::default()
-        });
-    }
-}
-
-impl Workload for StatefulSet {
-    fn observed_generation(&self) -> Option<i64> {
-        self.status.as_ref()?.observed_generation
-    }
-    fn desired(&self) -> Option<i32> {
-        Some(self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
-    }
-    fn selector(&self) -> Option<&LabelSelector> {
-        Some(&self.spec.as_ref()?.selector)
-    }
-}
-
-impl Kept for DaemonSet {
-    fn strip(&mut self) {
-        strip_workload(&mut self.metadata, &self.spec);
-        self.spec = self.spec.take().map(|s| DaemonSetSpec {
-            selector: s.selector,
-            ..Default::default()
-        });
-        // A DaemonSet's desired count is what its controller scheduled.
-        self.status = self.status.take().map(|s| DaemonSetStatus {
-            observed_generation: s.observed_generation,
-            desired_number_scheduled: s.desired_number_scheduled,
-            ..Default::default()
-        });
-    }
-}
-
-impl Workload for DaemonSet {
-    fn observed_generation(&self) -> Option<i64> {
-        self.status.as_ref()?.observed_generation
-    }
-    fn desired(&self) -> Option<i32> {
-        Some(self.status.as_ref()?.desired_number_scheduled)
-    }
-    fn selector(&self) -> Option<&LabelSelector> {
-        Some(&self.spec.as_ref()?.selector)
-    }
-}
+workload!(
+    Deployment,
+    DeploymentSpec { replicas, selector },
+    DeploymentStatus { observed_generation },
+    desired: |w| Some(w.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+);
+workload!(
+    StatefulSet,
+    StatefulSetSpec { replicas, selector },
+    StatefulSetStatus { observed_generation },
+    desired: |w| Some(w.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+);
+// A DaemonSet's desired count is what its controller scheduled.
+workload!(
+    DaemonSet,
+    DaemonSetSpec { selector },
+    DaemonSetStatus { observed_generation, desired_number_scheduled },
+    desired: |w| Some(w.status.as_ref()?.desired_number_scheduled)
+);
 
 /// One kind's objects, whether its first list is in, and whether its watch
 /// works now.
