@@ -171,11 +171,7 @@ async fn a_rollout_is_verified_from_the_watch_without_a_get() -> anyhow::Result<
     .await?;
     // The health and drift readings come from the watch too, and its
     // spec hash is the one of the object as a GET returns it.
-    let target = ObjectRef {
-        kind: "Deployment".into(),
-        namespace: ns.clone(),
-        name: "api".into(),
-    };
+    let target = ObjectRef::new("Deployment", &ns, "api");
     let whole = Api::<Deployment>::namespaced(admin.clone(), &ns)
         .get("api")
         .await?;
