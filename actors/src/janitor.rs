@@ -7,7 +7,11 @@
 //! It also makes sure the audit trail has every terminal request it owns:
 //! `audit_grace` after a request ended, a final record that is not in
 //! PostgreSQL (the replica that drove it died with records still queued)
-//! is rebuilt from the status ([`crate::backfill`]).
+//! is rebuilt from the status ([`crate::backfill`]). It first waits for its
+//! own replica's writer to settle what was queued by then: a rebuilt record
+//! names no replica and takes the place of the real one (the trail keeps
+//! one record per transition), so rebuilding what this replica's slow
+//! writer still holds would lose who drove the request.
 //!
 //! The registry tells it of every terminal request the watch shows, of
 //! deletions, and of the live replicas. Each replica sweeps only the
@@ -50,6 +54,9 @@ pub struct Ended {
     steps: usize,
     /// The audit trail was found to hold it (or was backfilled).
     audited: bool,
+    /// This replica's audit queue mark when the grace ran out: the trail
+    /// is checked once the writer has settled up to it.
+    audit_mark: Option<u64>,
 }
 
 impl Ended {
@@ -86,8 +93,23 @@ impl Ended {
                         .count()
                 }),
                 audited: false,
+                audit_mark: None,
             },
         ))
+    }
+
+    /// Notes the audit queue's mark `queued` once the grace after the
+    /// request's end has run out.
+    fn mark_after_grace(&mut self, now: Timestamp, grace: SignedDuration, queued: u64) {
+        if !self.audited && self.completed.checked_add(grace).is_ok_and(|t| t <= now) {
+            self.audit_mark.get_or_insert(queued);
+        }
+    }
+
+    /// Due for the audit check: not found audited yet, and this replica's
+    /// writer has `settled` every record queued before the mark.
+    fn audit_due(&self, settled: u64) -> bool {
+        !self.audited && self.audit_mark.is_some_and(|mark| mark <= settled)
     }
 }
 
@@ -172,8 +194,11 @@ impl Actor for Janitor {
         let (msg, _handling) = st.inbox.open(env);
         match msg {
             Msg::Ended(key, mut ended) => {
-                if let Some(known) = st.ended.get(&key) {
-                    ended.audited = known.audited && known.uid == ended.uid;
+                if let Some(known) = st.ended.get(&key)
+                    && known.uid == ended.uid
+                {
+                    ended.audited = known.audited;
+                    ended.audit_mark = known.audit_mark;
                 }
                 st.ended.insert(key, ended);
             }
@@ -185,13 +210,15 @@ impl Actor for Janitor {
                 if st.sweeping.as_ref().is_some_and(|t| !t.is_finished()) {
                     return Ok(());
                 }
-                let grace = SignedDuration::try_from(st.ctx.settings.audit_grace).ok();
                 let now = Timestamp::now();
-                let unchecked = grace.map_or_else(Vec::new, |grace| {
-                    mine(st, |e| {
-                        !e.audited && e.completed.checked_add(grace).is_ok_and(|t| t <= now)
-                    })
-                });
+                if let Ok(grace) = SignedDuration::try_from(st.ctx.settings.audit_grace) {
+                    let queued = st.ctx.audit.queued();
+                    for e in st.ended.values_mut() {
+                        e.mark_after_grace(now, grace, queued);
+                    }
+                }
+                let settled = st.ctx.audit.settled();
+                let unchecked = mine(st, |e| e.audit_due(settled));
                 let due = mine(st, |e| e.expires <= now);
                 let (ctx, me) = (st.ctx.clone(), st.me.clone());
                 st.sweeping = Some(Task::spawn(async move {
@@ -390,6 +417,29 @@ mod tests {
         assert_eq!(e.steps, 2, "a running step has no end to look for");
     }
 
+    #[test]
+    fn the_audit_check_waits_for_the_grace_and_for_this_replicas_queue() {
+        let rr = request(
+            serde_json::json!({"phase": "Completed", "completionTime": "2026-11-22T04:00:00Z"}),
+        );
+        let (_, mut e) = Ended::of(&rr, DAY).unwrap();
+        let grace = SignedDuration::from_secs(60);
+        let within: Timestamp = "2026-11-22T04:00:59Z".parse().unwrap();
+        e.mark_after_grace(within, grace, 10);
+        assert!(!e.audit_due(u64::MAX), "within the grace: not checked");
+        let after: Timestamp = "2026-11-22T04:01:00Z".parse().unwrap();
+        e.mark_after_grace(after, grace, 10);
+        assert!(
+            !e.audit_due(9),
+            "the writer still holds records queued before the grace ran out"
+        );
+        // A later sweep sees more queued; the mark stays where it was.
+        e.mark_after_grace(after, grace, 500);
+        assert!(e.audit_due(10));
+        e.audited = true;
+        assert!(!e.audit_due(10), "found once, never checked again");
+    }
+
     mod sweeps {
         use std::sync::atomic::Ordering;
 
@@ -405,6 +455,7 @@ mod tests {
                 expires: "2026-11-23T04:00:00Z".parse().unwrap(),
                 steps,
                 audited: false,
+                audit_mark: None,
             }
         }
 

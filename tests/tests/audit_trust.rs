@@ -145,6 +145,15 @@ async fn a_nul_bearing_record_and_a_refused_one_hold_up_none_of_the_100_behind_t
     assert_eq!(record["Event"]["request_uid"], json!(orphan), "{record}");
     assert!(error.contains("foreign key"), "{error}");
     assert_eq!(audit.dead_letters(), 1);
+    // The janitor waits for its writer by these counts: the dead letter is
+    // settled as much as the records written.
+    assert_eq!(audit.queued(), 103);
+    eventually(
+        "the writer to settle all 103",
+        Duration::from_secs(10),
+        || async { Ok((audit.settled() == 103).then_some(())) },
+    )
+    .await?;
     Ok(())
 }
 

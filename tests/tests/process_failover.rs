@@ -387,6 +387,10 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
     .await?;
     a.kill9();
     let killed = Instant::now();
+    // A status write fo-a had sent may still land after its death (the
+    // API server finishes what it received); what is in flight is read
+    // once that settles, well inside the lease fo-b waits out.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let in_flight: Vec<String> =
         live_owned(&api.list(&ListParams::default()).await?.items, "fo-a-")
             .filter_map(|r| r.metadata.uid.clone())
@@ -479,7 +483,7 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
     }
     // fo-b's records may still be in its queue when its request ends.
     for uid in &traced {
-        eventually(
+        let handed_over = eventually(
             "a request fo-a drove when it died to end driven by fo-b",
             Duration::from_secs(30),
             || async {
@@ -490,7 +494,20 @@ async fn two_replica_processes_share_200_requests_and_survive_a_kill() -> anyhow
                     .then_some(()))
             },
         )
-        .await?;
+        .await;
+        if let Err(e) = handed_over {
+            let trail: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT to_phase, detail->>'replica', detail->>'backfilled'
+                 FROM remediation_events WHERE request_uid = $1 AND kind = 'transition' ORDER BY id",
+            )
+            .bind(uid)
+            .fetch_all(&db)
+            .await?;
+            return Err(e.context(format!(
+                "request {uid}: transitions (to, replica, backfilled) {trail:?}\n{}",
+                b.tail()
+            )));
+        }
     }
     assert_eq!(
         finished_by.values().sum::<usize>(),

@@ -14,6 +14,7 @@
 pub mod chain;
 pub mod index;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -380,9 +381,13 @@ pub struct AuditLog {
     counts: Counts,
 }
 
-/// What the writer could not write as asked, since start.
+/// What the writer was given and what it did with it, since start.
 #[derive(Clone, Default)]
 struct Counts {
+    /// Queued for the writer.
+    queued: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Taken off the queue and settled: written, or kept as dead letters.
+    settled: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Dropped because the queue was full.
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Refused by PostgreSQL for their content, kept as dead letters.
@@ -393,7 +398,9 @@ impl AuditLog {
     /// Queues `record`, waiting while the queue is full: for tools and
     /// tasks, never for an actor's handler (see [`AuditLog::try_record`]).
     pub async fn record(&self, record: AuditRecord) -> Result<()> {
-        self.tx.send(record).await.map_err(|_| Error::Closed)
+        self.tx.send(record).await.map_err(|_| Error::Closed)?;
+        self.counts.queued.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Queues `record` without waiting. A full queue drops it and counts
@@ -402,20 +409,31 @@ impl AuditLog {
     pub fn try_record(&self, record: AuditRecord) -> Result<()> {
         self.tx.try_send(record).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
-                self.counts
-                    .dropped
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
                 Error::Full
             }
             mpsc::error::TrySendError::Closed(_) => Error::Closed,
-        })
+        })?;
+        self.counts.queued.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Records dropped because the queue was full, since start.
     pub fn dropped(&self) -> u64 {
-        self.counts
-            .dropped
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.counts.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records queued since start: a mark that [`AuditLog::settled`]
+    /// passes once everything queued before it is written (the queue is
+    /// first in, first out).
+    pub fn queued(&self) -> u64 {
+        self.counts.queued.load(Ordering::Relaxed)
+    }
+
+    /// Records the writer has settled since start: written to PostgreSQL,
+    /// or kept as dead letters.
+    pub fn settled(&self) -> u64 {
+        self.counts.settled.load(Ordering::Relaxed)
     }
 
     /// Records PostgreSQL refused for their content, since start (each is
@@ -567,6 +585,9 @@ async fn drain(store: Store, mut rx: mpsc::Receiver<AuditRecord>, counts: Counts
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         write_batch(&store, &batch, &counts).await;
+        counts
+            .settled
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         batch.clear();
     }
 }
