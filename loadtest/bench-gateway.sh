@@ -62,7 +62,9 @@ S="${KUBERNAUT_STACK_DIR:-${TMPDIR:-/tmp}/kubernaut-stack}"
 OUT=${BENCH_OUT:-$S/bench}
 mkdir -p "$OUT"
 FIG="$OUT/gateway.env"
-: >"$FIG"
+# Which code the figures are of: loadtest/bench.sh may write its page
+# again later from these figures, at another commit.
+echo "gateway_rev=$(git rev-parse --short HEAD)" >"$FIG"
 CONTROLLER_KUBECONFIG=$(bash scripts/controller-kubeconfig.sh)
 say "building release binaries (kubernaut, loadtest)"
 cargo build --release -p kubernaut -p kubernaut-loadtest
