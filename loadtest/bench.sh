@@ -201,9 +201,11 @@ like_verdict=$(judge "$new_like_share >= 0.8" \
   "most of what a new signal costs over a minimal create is the size of the request, and the gateway's own work (HTTP, authentication, parsing, the owner chain from reflectors, one Redis script for the storm windows) is the rest" \
   "the gateway's own work (HTTP, authentication, parsing, the owner chain from reflectors, one Redis script for the storm windows) costs as much as a larger request does")
 # Flat is the goal's "the 10 000th new signal as fast as the first": the
-# rates themselves. The raw baseline is measured again after the fill and
-# moves from run to run on its own (496/s before and 807/s after, once).
-new_verdict="$(judge "$new_share >= 0.6" "met" "$(judge "$new_like_share >= 0.6" "not met against minimal requests; against the same request as the gateway creates it, ${new_like_share} × (below)" "not met in this run")"); $(judge "$new_full_rate >= 0.9 * $new_rate" "flat: ${new_full_rate} alerts/s after the fill, ${new_rate} before" "slower after the fill: ${new_full_rate} alerts/s, ${new_rate} before")"
+# rates themselves, the median of each side's runs. The raw baseline is
+# measured again after the fill and moves from run to run on its own
+# (496/s before and 807/s after, once), and so does a single new-signal
+# run (382 after and 337 before in one make bench, 355 and 428 in the next).
+new_verdict="$(judge "$new_share >= 0.6" "met" "$(judge "$new_like_share >= 0.6" "not met against minimal requests; against the same request as the gateway creates it, ${new_like_share} × (below)" "not met in this run")"); $(judge "$new_full_rates_median >= 0.9 * $new_rates_median" "flat" "slower after the fill"): the median of ${after} runs after the fill ${new_full_rates_median} alerts/s (${new_full_rates}), of the ${pairs} before ${new_rates_median} (${new_rates})"
 dup_verdict="$(judge "$dup128_rate >= 10000" "rate met" "rate not met in this run: Kubernaut's share of the two cores is the limit (see the scaling section)"); p99 $(judge "$dup5k_p99 < 10" "met" "not met in this run: an answer waits only for Redis now, and the tail is the wait for a core shared by the gateway, Redis and the load generator")"
 nored_verdict=$(judge "$nored128_rate >= 5000" "met: each answer waits for its batch's status PATCH, one PATCH per API round trip" \
   "not met in this run: without Redis each answer waits for its batch's status PATCH")
@@ -320,7 +322,7 @@ at 2d67f45 for the paths the issue did not measure).
 | path | before | now | limit (same run) |
 |---|---|---|---|
 | new signal → request created, concurrency 8, distinct alert names (the median of ${pairs} pairs, each a raw run, a run of copies and a new-signal run of ${targets} alerts, after a warm-up) | 9–11 alerts/s, p50 777–835 ms, 0.025 × raw | **${new_rate} alerts/s**, p50 ${new_p50} ms, p99 ${new_p99} ms: **${new_share} × raw** (the pairs: ${new_shares}); ${new_like_share} × raw copies of the gateway's own request | raw creates: ${raw_rate}/s, p50 ${raw_p50} ms; raw copies of a request the gateway created (${like_bytes} bytes of labels and spec, where a minimal one has ${raw_bytes}): ${like_rate}/s, p50 ${like_p50} ms |
-| the same after ${fill} more requests in the namespace | slower with every request (O(n) list) | ${new_full_rate} alerts/s, p50 ${new_full_p50} ms: ${new_full_share} × raw | raw creates: ${raw_full_rate}/s |
+| the same after ${fill} more requests in the namespace (the median of ${after} pairs) | slower with every request (O(n) list) | ${new_full_rate} alerts/s, p50 ${new_full_p50} ms: ${new_full_share} × raw | raw creates: ${raw_full_rate}/s |
 | duplicate, concurrency 32 (Redis configured) | 1 373–2 101 alerts/s, p50 13–19 ms | ${dup32_rate} alerts/s, p50 ${dup32_p50} ms, p99 ${dup32_p99} ms | redis-benchmark GET ${redis_get}/s |
 | duplicate, concurrency 128 (Redis configured) | — | ${dup128_rate} alerts/s, p50 ${dup128_p50} ms, p99 ${dup128_p99} ms | |
 | duplicate, open loop at 5 000/s (Redis configured) | — | ${dup5k_rate} alerts/s, p50 ${dup5k_p50} ms, p99 ${dup5k_p99} ms (from when each was due; 12 s) | |
@@ -434,11 +436,16 @@ requests, and the cluster's own controllers, too):
 $(cat "$BENCH_OUT/notify_calls.md")
 
 Kubernaut makes the three writes of the raw pipeline (the create, a status
-write, an Event) and one read: a supervisor reads its request from the API
-server when it starts, never from a cache, and this API server counts a
-GET of a custom resource as LIST (checked by hand: five GETs of one
-request, five LISTs). The bench's own reads are one list at the end and
-the start of its watch, and WATCH counts watches opened by any client. What differs
+write, an Event) and no read: the supervisor of a request nobody has
+driven yet starts from the watch's copy (read again it could only say the
+same, or that another replica claimed it, which the first status write
+finds out as surely, since it names the version it is based on); one of
+a request someone drove reads it from the API server, whose records decide
+what runs again. It used to read every request so, one \`LIST
+remediationrequests\` each (this API server counts a GET of a custom
+resource as LIST: five GETs of one request, five LISTs, checked by hand).
+The bench's own reads are one list at the end and the start of its watch,
+and WATCH counts watches opened by any client. What differs
 is what is written: the status of a Completed notify-only request, as the
 controller writes it, is ${status_bytes} bytes of JSON (its phase history,
 conditions, and the processing, analysis and execution records), where the
@@ -522,7 +529,7 @@ cheap as a status patch and the reads free, a request would cost about
 $(awk "BEGIN { printf \"%.1f\", 7 + $patch_rate / $raw_rollout }") patches' worth,
 a ceiling near ${restart_ceiling} × the
 patch rate; the pipeline runs at ${restart_ratio} ×. The Events (one per
-phase-changing write) and the reads (the request, the target, its pods)
+phase-changing write) and the reads (the target and its pods)
 are the rest.
 
 ## The audit trail

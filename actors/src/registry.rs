@@ -196,7 +196,8 @@ impl Actor for Registry {
                 }
                 st.known.insert(key.clone(), owner);
                 if st.adoptable(&key) {
-                    spawn(&myself, st, key).await;
+                    let seen = supervisor::never_driven(&rr).then_some(rr);
+                    spawn(&myself, st, key, seen).await;
                 }
             }
             RegistryMsg::Gone { namespace, name } => {
@@ -218,7 +219,7 @@ impl Actor for Registry {
                     && st.mine(&key)
                     && st.known.get(&key).is_some_and(|o| st.free(o))
                 {
-                    spawn(&myself, st, key).await;
+                    spawn(&myself, st, key, None).await;
                 }
             }
             RegistryMsg::Members(members) => {
@@ -236,7 +237,7 @@ impl Actor for Registry {
                     .cloned()
                     .collect();
                 for key in gained {
-                    spawn(&myself, st, key).await;
+                    spawn(&myself, st, key, None).await;
                 }
             }
             RegistryMsg::ReleaseAll(reply) => {
@@ -298,13 +299,21 @@ impl Actor for Registry {
     }
 }
 
-async fn spawn(myself: &ActorRef<Envelope<RegistryMsg>>, st: &mut RegistryState, key: RequestKey) {
+/// Starts the supervisor of `key`, from `seen` when the watch's copy will
+/// do ([`supervisor::never_driven`]).
+async fn spawn(
+    myself: &ActorRef<Envelope<RegistryMsg>>,
+    st: &mut RegistryState,
+    key: RequestKey,
+    seen: Option<Box<RemediationRequest>>,
+) {
     let inbox = Inbox::new(&st.ctx.metrics, ActorKind::supervisor);
     let args = supervisor::Args {
         namespace: key.namespace.clone(),
         name: key.name.clone(),
         ctx: st.ctx.clone(),
         inbox: inbox.clone(),
+        seen,
     };
     match Actor::spawn_linked(None, Supervisor, args, myself.get_cell()).await {
         Ok((sup, _join)) => {

@@ -4,7 +4,8 @@
 //!
 //! No handler here awaits the network or the database (the mailbox stays
 //! responsive to deadlines, approvals and hand-overs whatever the API
-//! server or PostgreSQL do): the request is read by a task, the status is
+//! server or PostgreSQL do): the request is read by a task (or, nobody
+//! having driven it yet, taken from the watch: [`never_driven`]), the status is
 //! written by the request's [`status::Writer`], audit records are queued
 //! without waiting, and each phase's work runs in a stage actor.
 //!
@@ -59,6 +60,25 @@ pub struct Args {
     pub name: String,
     pub ctx: Arc<Context>,
     pub inbox: Inbox,
+    /// The request as the watch showed it, when nobody has driven it yet
+    /// ([`never_driven`]); otherwise it is read from the API server.
+    pub seen: Option<Box<RemediationRequest>>,
+}
+
+/// Whether nobody has driven `rr` yet: no phase entered, no owner. Such a
+/// request is started from the watch's copy. Read again, it could only say
+/// the same, or that another replica claimed it meanwhile; this replica's
+/// first status write finds that out as surely (it names the version it is
+/// based on, and a conflict re-reads the owner), and two replicas that
+/// start it at once read it the same either way. A request someone drove
+/// is read fresh: its steps' records decide what runs again (K-RR-6).
+pub fn never_driven(rr: &RemediationRequest) -> bool {
+    rr.status.as_ref().is_none_or(|s| {
+        s.phase == kubernaut_api::Phase::Pending
+            && s.owner.is_none()
+            && s.phase_history.is_empty()
+            && s.execution.is_none()
+    })
 }
 
 pub enum Msg {
@@ -142,7 +162,8 @@ pub struct Loading {
     me: Addr<Msg>,
     early: Vec<Msg>,
     live: Option<Live>,
-    _read: Task,
+    /// The read of the request, unless the watch's copy was given.
+    _read: Option<Task>,
 }
 
 pub struct Sup {
@@ -203,23 +224,30 @@ impl Actor for Supervisor {
     async fn pre_start(
         &self,
         myself: ActorRef<Envelope<Msg>>,
-        args: Args,
+        mut args: Args,
     ) -> Result<Slot, ActorProcessingErr> {
         let live = Some(args.inbox.started());
         let me = args.inbox.addr(myself);
-        let (cluster, ns, name, to) = (
-            args.ctx.cluster.clone(),
-            args.namespace.clone(),
-            args.name.clone(),
-            me.clone(),
-        );
-        // Always from the cluster, never from a cached copy.
-        let read = Task::spawn(async move {
-            let rr = cluster.get_request(&ns, &name).await;
-            to.tell(Msg::Loaded(
-                rr.map(|r| r.map(Box::new)).map_err(|e| e.to_string()),
-            ));
-        });
+        let read = match args.seen.take() {
+            Some(rr) => {
+                me.tell(Msg::Loaded(Ok(Some(rr))));
+                None
+            }
+            None => {
+                let (cluster, ns, name, to) = (
+                    args.ctx.cluster.clone(),
+                    args.namespace.clone(),
+                    args.name.clone(),
+                    me.clone(),
+                );
+                Some(Task::spawn(async move {
+                    let rr = cluster.get_request(&ns, &name).await;
+                    to.tell(Msg::Loaded(
+                        rr.map(|r| r.map(Box::new)).map_err(|e| e.to_string()),
+                    ));
+                }))
+            }
+        };
         Ok(Slot::Loading(Box::new(Loading {
             args,
             me,
@@ -821,5 +849,34 @@ mod lingering {
         assert!(Effect::Ack(ack).waits());
         assert!(Effect::Advance.waits());
         assert!(Effect::Stop.waits());
+    }
+}
+
+#[cfg(test)]
+mod starting {
+    use super::*;
+    use crate::ports::doubles::request;
+
+    /// Only a request nobody has driven starts from the watch's copy: one
+    /// with a phase entered, an owner (even a handed-over one's history) or
+    /// a plan is read fresh, since its records decide what runs again.
+    #[test]
+    fn only_a_request_nobody_drove_starts_from_the_watch() {
+        let mut rr = request(serde_json::json!(null));
+        rr.status = None;
+        assert!(never_driven(&rr), "no status at all");
+        let counted = serde_json::json!({"deduplication": {"occurrenceCount": 3,
+            "firstSeenAt": "2026-11-22T03:00:00Z", "lastSeenAt": "2026-11-22T03:01:00Z"}});
+        assert!(
+            never_driven(&request(counted)),
+            "the gateway's duplicate count drives nothing"
+        );
+        assert!(!never_driven(&request(
+            serde_json::json!({"phase": "Processing", "owner": "a"})
+        )));
+        assert!(!never_driven(&request(serde_json::json!({"owner": "a"}))));
+        let handed_over = serde_json::json!({"phaseHistory": [
+            {"phase": "Processing", "time": "2026-11-22T03:00:00Z", "reason": "Started"}]});
+        assert!(!never_driven(&request(handed_over)));
     }
 }
