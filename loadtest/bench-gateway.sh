@@ -7,8 +7,9 @@
 #   new        one alert per target, each with its own alert name (one name
 #              over many targets would be a storm), every one creates a
 #              request; printed as a share of raw-create, once with the
-#              namespace nearly empty and once after FILL more requests
-#              (the new-signal path must not slow down as requests pile up).
+#              namespace nearly empty and again in AFTER pairs (default 3)
+#              after FILL more requests (the new-signal path must not slow
+#              down as requests pile up).
 #              Every new-signal run sends one alert to each of the TARGETS
 #              Deployments, and the requests it created are deleted before
 #              the next one (a target has one open request: the next alert
@@ -51,6 +52,7 @@ N=${1:-1000}
 PAIRS=${PAIRS:-5}
 WARM=100
 FILL=${FILL:-10000}
+AFTER=${AFTER:-3}
 DUPS=${DUPS:-20000}
 DUPS5K=${DUPS5K:-60000}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kubernaut/target}"
@@ -217,13 +219,37 @@ cp "$OUT/new$median.svg" "$OUT/new.svg"
 say "$FILL more requests in $NS, then the new-signal path again"
 lt fill --raw-create --pods "$ALL" --requests "$FILL" \
   --concurrency 16 --expect-created "$FILL"
-forget
-lt raw_full --raw-create --pods "$ALL" --requests "$N" \
-  --concurrency 8 --expect-created "$N"
-lt new_full --url "$(url 0)" --pods "$ALL" --requests "$N" --concurrency 8 \
-  --expect-created "$N" --distinct-alertnames
-echo "new_full_share=$(share new_full raw_full)" >>"$FIG"
-echo "fill=$FILL" >>"$FIG"
+# Several runs after the fill too: one run's rate moves by a fifth from
+# run to run here, so "flat" compares medians.
+for i in $(seq "$AFTER"); do
+  forget
+  lt "raw_full$i" --raw-create --pods "$ALL" --requests "$N" \
+    --concurrency 8 --expect-created "$N"
+  lt "new_full$i" --url "$(url 0)" --pods "$ALL" --requests "$N" --concurrency 8 \
+    --expect-created "$N" --distinct-alertnames
+  echo "new_full${i}_share=$(share "new_full$i" "raw_full$i")" >>"$FIG"
+done
+# median KEY COUNT: the median of KEY1..KEYCOUNT's figures.
+median() {
+  for i in $(seq "$2"); do awk -F= -v k="${1/@/$i}" '$1==k {print $2}' "$FIG"; done |
+    sort -n | awk -v m=$((($2 + 1) / 2)) 'NR == m'
+}
+median_full=$(for i in $(seq "$AFTER"); do awk -F= -v k="new_full${i}_share" -v i="$i" '$1==k {print $2, i}' "$FIG"; done |
+  sort -n | awk -v m=$(((AFTER + 1) / 2)) 'NR == m {print $2}')
+for m in rate p50 p99; do
+  for k in raw_full new_full; do
+    awk -F= -v k="$k${median_full}_$m" -v o="${k}_$m" '$1==k {print o "=" $2}' "$FIG"
+  done
+done >>"$FIG"
+{
+  echo "new_full_share=$(share "new_full$median_full" "raw_full$median_full")"
+  echo "new_rates_median=$(median new@_rate "$PAIRS")"
+  echo "new_full_rates_median=$(median new_full@_rate "$AFTER")"
+  echo "new_full_rates=$(for i in $(seq "$AFTER"); do awk -F= -v k="new_full${i}_rate" '$1==k {print $2}' "$FIG"; done | paste -sd/ -)"
+  echo "new_rates=$(for i in $(seq "$PAIRS"); do awk -F= -v k="new${i}_rate" '$1==k {print $2}' "$FIG"; done | paste -sd/ -)"
+  echo "after=$AFTER"
+  echo "fill=$FILL"
+} >>"$FIG"
 
 ONE=$(pods "$NS" 0 1)
 say "duplicate path (Redis): $DUPS re-deliveries of one alert"
