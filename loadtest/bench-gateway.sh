@@ -154,6 +154,29 @@ share() { # NEW RAW
   awk -v n="$(awk -F= -v k="$1_rate" '$1==k {print $2}' "$FIG")" \
     -v r="$(awk -F= -v k="$2_rate" '$1==k {print $2}' "$FIG")" 'BEGIN { printf "%.3f", n / r }'
 }
+# Runs repeated COUNT times are keyed with their number where KEY has '@'.
+# each KEY COUNT: their figures, joined by '/'.
+each() {
+  for i in $(seq "$2"); do awk -F= -v k="${1/@/$i}" '$1==k {print $2}' "$FIG"; done | paste -sd/ -
+}
+# median KEY COUNT: the median of their figures.
+median() { each "$1" "$2" | tr / '\n' | sort -n | awk -v m=$((($2 + 1) / 2)) 'NR == m'; }
+# median_run KEY COUNT: the number of the run whose figure is the median.
+median_run() {
+  for i in $(seq "$2"); do awk -F= -v k="${1/@/$i}" -v i="$i" '$1==k {print $2, i}' "$FIG"; done |
+    sort -n | awk -v m=$((($2 + 1) / 2)) 'NR == m {print $2}'
+}
+# stands_for RUN KINDS...: run RUN's rates and latencies of each KIND, as
+# KIND_rate, KIND_p50 and KIND_p99.
+stands_for() {
+  local run=$1 m k
+  shift
+  for m in rate p50 p99; do
+    for k in "$@"; do
+      awk -F= -v k="$k${run}_$m" -v o="${k}_$m" '$1==k {print o "=" $2}' "$FIG"
+    done
+  done
+}
 
 # The measured runs' targets, and the warm-up's (whose requests stay: one of
 # them is the request the `--like` runs copy).
@@ -198,23 +221,19 @@ for i in $(seq "$PAIRS"); do
 done
 # The pair whose share is the median stands for the run (its rates and
 # latencies are reported as raw_* and new_*); every pair's share is kept.
-median=$(for i in $(seq "$PAIRS"); do awk -F= -v k="new${i}_share" -v i="$i" '$1==k {print $2, i}' "$FIG"; done |
-  sort -n | awk -v m=$(((PAIRS + 1) / 2)) 'NR == m {print $2}')
-for m in rate p50 p99; do
-  for k in raw like new; do
-    awk -F= -v k="$k${median}_$m" -v o="${k}_$m" '$1==k {print o "=" $2}' "$FIG"
-  done
-done >>"$FIG"
+median_pair=$(median_run new@_share "$PAIRS")
+stands_for "$median_pair" raw like new >>"$FIG"
 echo "raw_bytes=$(size "$(kubectl -n "$NS" get remediationrequests -o name | sed -n 's|.*/\(raw-.*\)|\1|p' | awk 'NR == 1')")" >>"$FIG"
-echo "new_share=$(share "new$median" "raw$median")" >>"$FIG"
-shares() { for i in $(seq "$PAIRS"); do awk -F= -v k="new${i}_$1" '$1==k {print $2}' "$FIG"; done | paste -sd/ -; }
-echo "new_shares=$(shares share)" >>"$FIG"
-# The median of the shares of the copies, each pair's own.
-echo "new_like_share=$(shares like_share | tr / '\n' | sort -n | awk -v m=$(((PAIRS + 1) / 2)) 'NR == m')" >>"$FIG"
-echo "new_like_shares=$(shares like_share)" >>"$FIG"
-echo "pairs=$PAIRS" >>"$FIG"
-echo "targets=$N" >>"$FIG"
-cp "$OUT/new$median.svg" "$OUT/new.svg"
+{
+  echo "new_share=$(share "new$median_pair" "raw$median_pair")"
+  echo "new_shares=$(each new@_share "$PAIRS")"
+  # The median of the shares of the copies, each pair's own.
+  echo "new_like_share=$(median new@_like_share "$PAIRS")"
+  echo "new_like_shares=$(each new@_like_share "$PAIRS")"
+  echo "pairs=$PAIRS"
+  echo "targets=$N"
+} >>"$FIG"
+cp "$OUT/new$median_pair.svg" "$OUT/new.svg"
 
 say "$FILL more requests in $NS, then the new-signal path again"
 lt fill --raw-create --pods "$ALL" --requests "$FILL" \
@@ -229,24 +248,14 @@ for i in $(seq "$AFTER"); do
     --expect-created "$N" --distinct-alertnames
   echo "new_full${i}_share=$(share "new_full$i" "raw_full$i")" >>"$FIG"
 done
-# median KEY COUNT: the median of KEY1..KEYCOUNT's figures.
-median() {
-  for i in $(seq "$2"); do awk -F= -v k="${1/@/$i}" '$1==k {print $2}' "$FIG"; done |
-    sort -n | awk -v m=$((($2 + 1) / 2)) 'NR == m'
-}
-median_full=$(for i in $(seq "$AFTER"); do awk -F= -v k="new_full${i}_share" -v i="$i" '$1==k {print $2, i}' "$FIG"; done |
-  sort -n | awk -v m=$(((AFTER + 1) / 2)) 'NR == m {print $2}')
-for m in rate p50 p99; do
-  for k in raw_full new_full; do
-    awk -F= -v k="$k${median_full}_$m" -v o="${k}_$m" '$1==k {print o "=" $2}' "$FIG"
-  done
-done >>"$FIG"
+median_after=$(median_run new_full@_share "$AFTER")
+stands_for "$median_after" raw_full new_full >>"$FIG"
 {
-  echo "new_full_share=$(share "new_full$median_full" "raw_full$median_full")"
+  echo "new_full_share=$(share "new_full$median_after" "raw_full$median_after")"
   echo "new_rates_median=$(median new@_rate "$PAIRS")"
   echo "new_full_rates_median=$(median new_full@_rate "$AFTER")"
-  echo "new_full_rates=$(for i in $(seq "$AFTER"); do awk -F= -v k="new_full${i}_rate" '$1==k {print $2}' "$FIG"; done | paste -sd/ -)"
-  echo "new_rates=$(for i in $(seq "$PAIRS"); do awk -F= -v k="new${i}_rate" '$1==k {print $2}' "$FIG"; done | paste -sd/ -)"
+  echo "new_full_rates=$(each new_full@_rate "$AFTER")"
+  echo "new_rates=$(each new@_rate "$PAIRS")"
   echo "after=$AFTER"
   echo "fill=$FILL"
 } >>"$FIG"
