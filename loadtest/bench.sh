@@ -603,7 +603,7 @@ re-sends every group interval), which cost one Redis script each and
 no API call until they are written: one status PATCH per open request
 every 100 ms at most, however many arrive. Say 1% are new incidents:
 100 creates/s, plus the duplicate writes of (at most) every open request
-with duplicates, plus the pipeline's own calls per request (above: one status write, one Event and one read
+with duplicates, plus the pipeline's own calls per request (above: one status write and one Event
 for a notify-only request; a rollout adds its action, the reads of its
 verification and the cluster's own work).
 
