@@ -9,8 +9,8 @@
 //! requests splits that time into stages: the alert's answer, the request
 //! seen by a watch, its status first seen Executing (one write carrying the
 //! phase, the plan, the claim and the step's write-ahead record, which the
-//! action waits for; the step claims the target's lock meanwhile) and the
-//! patch.
+//! action waits for; the step claims the target's lock and reads the target
+//! meanwhile) and the patch (its server-side dry run first).
 //!
 //!   cargo bench -p kubernaut-e2e --bench reaction -- [N] [RATE]
 //!
@@ -189,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
         "sent -> answered (the gateway's create)",
         "answered -> request seen by a watch",
         "seen -> status Executing seen (the step's write-ahead record with the phase)",
-        "Executing seen -> patch seen (read, dry run, patch)",
+        "Executing seen -> patch seen (dry run, patch)",
     ];
     for (name, mut s) in names.iter().zip(stage) {
         s.sort();

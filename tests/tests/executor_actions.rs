@@ -10,9 +10,11 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kubernaut_api::ObjectRef;
-use kubernaut_cluster::{ActionCall, ActionError, Cluster, ExecSettings, canonical_hash};
+use kubernaut_cluster::{
+    ActionCall, ActionError, Cluster, ExecSettings, WriteMode, canonical_hash,
+};
 use kubernaut_e2e::{
     PROTECTED_NAMESPACE, Stack, config_from, controller_cluster, deployment, deployment_replicas,
     deployment_with_pods, eventually, exec_settings, lock_is_free, managed_namespace, managed_node,
@@ -434,17 +436,22 @@ async fn an_object_changed_between_read_and_write_is_read_again() -> anyhow::Res
 
     let mut reads = 0;
     let change = cluster
-        .update_object(&api, &object, false, |d: &mut Deployment| {
-            reads += 1;
-            if reads == 1 {
-                // Someone else writes after our read: our replace must conflict.
-                stack
-                    .kubectl(&["-n", &ns, "annotate", "deployment", "cart", "team=payments"])
-                    .map_err(|e| ActionError::Refused(e.to_string()))?;
-            }
-            d.spec.get_or_insert_with(Default::default).replicas = Some(2);
-            Ok(true)
-        })
+        .update_object(
+            &api,
+            &object,
+            WriteMode::fresh(false),
+            |d: &mut Deployment| {
+                reads += 1;
+                if reads == 1 {
+                    // Someone else writes after our read: our replace must conflict.
+                    stack
+                        .kubectl(&["-n", &ns, "annotate", "deployment", "cart", "team=payments"])
+                        .map_err(|e| ActionError::Refused(e.to_string()))?;
+                }
+                d.spec.get_or_insert_with(Default::default).replicas = Some(2);
+                Ok(true)
+            },
+        )
         .await?
         .expect("a change");
     // At least once more; the deployment controller, which annotates a new
@@ -948,5 +955,49 @@ async fn a_lock_claimed_ahead_is_acted_under_or_given_back() -> anyhow::Result<(
         "{r:?}"
     );
     other.release().await;
+    Ok(())
+}
+
+/// A lock claimed ahead also reads the target, so that the action's
+/// read-modify-write need not read after the step's intent is written. A
+/// change made after that read is not lost: the write names the version
+/// read, conflicts, and the action reads again and decides on what is
+/// there now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_read_ahead_and_changed_since_is_read_again() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-read-ahead", "staging").await?;
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
+    deployments
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    let mine = exec_settings("rr-read-ahead");
+    let scale = call(
+        "scale_deployment",
+        json!({"namespace": ns, "name": "api", "replicas": 3}),
+    );
+
+    let held = cluster.claim_lock(&scale, &mine).await;
+    assert!(held.is_some(), "the lock was free");
+    let annotate = json!({"metadata": {"annotations": {"team": "payments"}}});
+    deployments
+        .patch("api", &PatchParams::default(), &Patch::Merge(&annotate))
+        .await?;
+    let out = cluster.run_action_holding(&scale, &mine, held).await?;
+
+    assert_eq!(out.changes.len(), 1);
+    assert_eq!(
+        out.changes[0].before["metadata"]["annotations"]["team"], "payments",
+        "the change was decided on the target as it is now, not as read ahead"
+    );
+    let now = deployments.get("api").await?;
+    assert_eq!(now.spec.and_then(|s| s.replicas), Some(3));
+    assert_eq!(
+        now.metadata.annotations.unwrap_or_default().get("team"),
+        Some(&"payments".to_string()),
+        "the other writer's change survived"
+    );
     Ok(())
 }

@@ -15,17 +15,29 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ActionError, Bounds, Change, ExecSettings, Risk};
+use super::{ActionError, Bounds, Change, ExecSettings, ReadAhead, Risk, WriteMode};
 use crate::Cluster;
 
 /// What running an action needs: the cluster, the request's settings, the
-/// target (already in scope and, for a writing action, locked) and whether
-/// only server-side dry runs may be made.
+/// target (already in scope and, for a writing action, locked), whether
+/// only server-side dry runs may be made, and the target as read while its
+/// lock was claimed, if it was.
 pub struct RunCx<'a> {
     pub cluster: &'a Cluster,
     pub settings: &'a ExecSettings,
     pub target: &'a ObjectRef,
     pub dry_run: bool,
+    pub(super) read_ahead: Option<&'a ReadAhead>,
+}
+
+impl<'a> RunCx<'a> {
+    /// How its read-modify-writes go ([`Cluster::update_object`]).
+    pub(super) fn write_mode(&self) -> WriteMode<'a> {
+        WriteMode {
+            dry_run: self.dry_run,
+            read_ahead: self.read_ahead,
+        }
+    }
 }
 
 /// What an action did.
@@ -94,6 +106,10 @@ pub struct Kind {
     /// Its target does not exist before it runs: the namespace's scope
     /// decides.
     pub creates: bool,
+    /// Its change is a read-modify-write of its target
+    /// ([`Cluster::update_object`]), so the target can be read while the
+    /// step's intent is written ([`Cluster::claim_lock`]).
+    pub updates_target: bool,
     /// How its effect is verified.
     pub verify: Verify,
     /// It can take something away: capacity (a scale, which may be a
@@ -132,6 +148,7 @@ impl Kind {
             repeatable: true,
             writes: true,
             creates: false,
+            updates_target: false,
             verify: Verify::Answered,
             destructive: false,
             schema: schema_of::<A>,
@@ -176,6 +193,13 @@ impl Kind {
     pub const fn creates(self) -> Kind {
         Kind {
             creates: true,
+            ..self
+        }
+    }
+
+    pub const fn updates_target(self) -> Kind {
+        Kind {
+            updates_target: true,
             ..self
         }
     }

@@ -26,7 +26,7 @@ use futures::future::BoxFuture;
 
 use super::{
     Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, NodeTarget, Ran, Risk,
-    RunCx, UncordonNode, dry_run_refused, to_value,
+    RunCx, UncordonNode, WriteMode, dry_run_refused, to_value,
 };
 use crate::{Cluster, Error, bounded};
 
@@ -139,7 +139,7 @@ impl Cluster {
             )));
         }
         let mut changes: Vec<Change> = self
-            .set_unschedulable(&d.name, true, dry_run)
+            .set_unschedulable(&d.name, true, WriteMode::fresh(dry_run))
             .await?
             .into_iter()
             .collect();

@@ -11,8 +11,9 @@
 //! `kubernaut-target-<hash>`) so that two requests never change one object at
 //! once, and for each mutation a read-modify-write with the
 //! `resourceVersion` read (conflicts are re-read and retried) made first as a
-//! server-side dry run. In dry-run-only mode (global or per namespace) only
-//! the dry runs are made. Every changed object's state before and after is
+//! server-side dry run (the first read may be made ahead, while a step's
+//! intent is written: [`Cluster::claim_lock`]). In dry-run-only mode
+//! (global or per namespace) only the dry runs are made. Every changed object's state before and after is
 //! returned for the audit trail and for rollback, which is itself an action
 //! ([`ActionCall::rollback`]).
 
@@ -296,6 +297,51 @@ pub fn lock_name(target: &ObjectRef) -> String {
 pub struct HeldLock {
     claim: LeaseClaim,
     claimed: std::time::Instant,
+    read_ahead: ReadAhead,
+}
+
+/// The target of an action that [updates it](Kind::updates_target), read
+/// once its lock was claimed ahead of the action: the action's
+/// read-modify-write starts from it instead of reading again after the
+/// step's intent is written, so the read is off the path to the change.
+/// The write names the copy's `resourceVersion`, so a copy that fell
+/// behind costs a conflict and a fresh read, never a lost change. Taken
+/// once: a conflict's retry reads afresh.
+#[derive(Debug, Default)]
+pub(crate) struct ReadAhead(std::sync::Mutex<Option<(ObjectRef, Value)>>);
+
+impl ReadAhead {
+    fn new(object: &ObjectRef, read: Option<Value>) -> Self {
+        Self(std::sync::Mutex::new(read.map(|v| (object.clone(), v))))
+    }
+
+    /// The copy of `object`, if this is one and it was not taken yet.
+    fn take<K: DeserializeOwned>(&self, object: &ObjectRef) -> Option<K> {
+        let mut slot = self.0.lock().ok()?;
+        if slot.as_ref().is_none_or(|(o, _)| o != object) {
+            return None;
+        }
+        serde_json::from_value(slot.take()?.1).ok()
+    }
+}
+
+/// How an action's read-modify-writes go: as server-side dry runs only or
+/// for real, and from which [`ReadAhead`] the first one starts.
+#[derive(Clone, Copy)]
+pub struct WriteMode<'a> {
+    pub dry_run: bool,
+    read_ahead: Option<&'a ReadAhead>,
+}
+
+impl WriteMode<'_> {
+    /// Reads the object afresh (a drain's cordon, which no step read
+    /// ahead).
+    pub fn fresh(dry_run: bool) -> Self {
+        WriteMode {
+            dry_run,
+            read_ahead: None,
+        }
+    }
 }
 
 impl HeldLock {
@@ -363,7 +409,46 @@ impl Cluster {
             .claim_lease(&lock_name(&target), &settings.holder, settings.lock_ttl)
             .await
             .ok()??;
-        Some(HeldLock { claim, claimed })
+        // Read only once the target is ours: a target another request holds
+        // may change before this one's turn.
+        let read = if call.kind().updates_target {
+            self.read_target(&target).await
+        } else {
+            None
+        };
+        Some(HeldLock {
+            claim,
+            claimed,
+            read_ahead: ReadAhead::new(&target, read),
+        })
+    }
+
+    /// `target` whole, for a [`ReadAhead`]; `None` when it cannot be read
+    /// (the action reads again and reports why) or is of a kind no action
+    /// updates.
+    async fn read_target(&self, target: &ObjectRef) -> Option<Value> {
+        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+        use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
+        use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+        macro_rules! read {
+            ($k:ty, $api:expr) => {{
+                let api: Api<$k> = $api;
+                serde_json::to_value(bounded(api.get_opt(&target.name)).await.ok()??).ok()
+            }};
+        }
+        let (client, ns) = (self.client().clone(), target.namespace.as_str());
+        match target.kind.as_str() {
+            "Deployment" => read!(Deployment, Api::namespaced(client, ns)),
+            "StatefulSet" => read!(StatefulSet, Api::namespaced(client, ns)),
+            "DaemonSet" => read!(DaemonSet, Api::namespaced(client, ns)),
+            "Pod" => read!(Pod, Api::namespaced(client, ns)),
+            "PersistentVolumeClaim" => read!(PersistentVolumeClaim, Api::namespaced(client, ns)),
+            "HorizontalPodAutoscaler" => {
+                read!(HorizontalPodAutoscaler, Api::namespaced(client, ns))
+            }
+            "Node" => read!(Node, Api::all(client)),
+            _ => None,
+        }
     }
 
     /// [`run_action`](Self::run_action), under `held` when it is the lock
@@ -421,32 +506,34 @@ impl Cluster {
         };
         let kind = call.kind();
         self.check_scope(kind, &target).await?;
-        let cx = |dry_run| RunCx {
+        let cx = |dry_run, read_ahead| RunCx {
             cluster: self,
             settings,
             target: &target,
             dry_run,
+            read_ahead,
         };
         if !kind.writes {
             // Read-only: no lock, and the same in dry-run mode.
-            let ran = call.action().run(cx(false)).await?;
+            let ran = call.action().run(cx(false, None)).await?;
             return Ok(outcome(call, &target, false, ran));
         }
         let dry_run = settings.dry_run_only
             || (!target.namespace.is_empty()
                 && settings.dry_run_namespaces.contains(&target.namespace));
-        let lock = match held.take() {
-            Some(h) => Some(h.claim),
-            None => {
+        let (lock, read_ahead) = match held.take() {
+            Some(h) => (Some(h.claim), h.read_ahead),
+            None => (
                 self.claim_lease(&lock_name(&target), &settings.holder, settings.lock_ttl)
-                    .await?
-            }
+                    .await?,
+                ReadAhead::default(),
+            ),
         };
         let Some(lock) = lock else {
             let holder = self.lock_holder(&target).await.unwrap_or_default();
             return Err(ActionError::Busy(target, holder));
         };
-        let result = call.action().run(cx(dry_run)).await;
+        let result = call.action().run(cx(dry_run, Some(&read_ahead))).await;
         lock.release().await;
         Ok(outcome(call, &target, dry_run, result?))
     }
@@ -493,8 +580,9 @@ impl Cluster {
         }
     }
 
-    /// Read-modify-write of one object: `change` edits a fresh copy and
-    /// says whether anything needs changing. What changed is sent as a JSON
+    /// Read-modify-write of one object: `change` edits a copy (the
+    /// [`ReadAhead`]'s first, if it holds this object; else a fresh read)
+    /// and says whether anything needs changing. What changed is sent as a JSON
     /// merge patch (RBAC `patch`, not `update`: nothing else of the object
     /// is written back) carrying the `resourceVersion` read, so a change
     /// made meanwhile is a conflict; it goes first as a server-side dry
@@ -505,7 +593,7 @@ impl Cluster {
         &self,
         api: &Api<K>,
         object: &ObjectRef,
-        dry_run: bool,
+        writes: WriteMode<'_>,
         mut change: impl FnMut(&mut K) -> Result<bool, ActionError>,
     ) -> Result<Option<Change>, ActionError>
     where
@@ -516,9 +604,15 @@ impl Cluster {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
         };
+        let dry_run = writes.dry_run;
+        let mut read_ahead = writes.read_ahead.and_then(|r| r.take::<K>(object));
         for _ in 0..CONFLICT_RETRIES {
-            let Some(before) = bounded(api.get_opt(&object.name)).await? else {
-                return Err(ActionError::NotFound(object.clone()));
+            let before = match read_ahead.take() {
+                Some(before) => before,
+                None => match bounded(api.get_opt(&object.name)).await? {
+                    Some(before) => before,
+                    None => return Err(ActionError::NotFound(object.clone())),
+                },
             };
             let mut wanted = before.clone();
             if !change(&mut wanted)? {
@@ -610,6 +704,56 @@ mod tests {
         );
     }
     use serde_json::json;
+
+    #[test]
+    fn a_read_ahead_serves_its_own_object_once() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let api = ObjectRef::new("Deployment", "shop", "api");
+        let read =
+            json!({"metadata": {"name": "api", "namespace": "shop", "resourceVersion": "7"}});
+        let ahead = ReadAhead::new(&api, Some(read));
+        let other = ObjectRef::new("Deployment", "shop", "web");
+        assert!(ahead.take::<Deployment>(&other).is_none(), "not its object");
+        let copy = ahead.take::<Deployment>(&api).expect("its object");
+        assert_eq!(copy.metadata.resource_version.as_deref(), Some("7"));
+        assert!(
+            ahead.take::<Deployment>(&api).is_none(),
+            "taken once: a conflict's retry reads afresh"
+        );
+        assert!(
+            ReadAhead::new(&api, None)
+                .take::<Deployment>(&api)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn only_read_modify_writes_read_their_target_ahead() {
+        let ahead: Vec<&str> = KINDS
+            .iter()
+            .filter(|k| k.updates_target)
+            .map(|k| k.name)
+            .collect();
+        for name in [
+            "rollout_restart",
+            "scale_deployment",
+            "cordon_node",
+            "update_hpa",
+        ] {
+            assert!(ahead.contains(&name), "{name} is a read-modify-write");
+        }
+        // A deletion or an eviction reads nothing whole: a read ahead
+        // would be a wasted call.
+        for name in [
+            "restart_pod",
+            "delete_job",
+            "drain_node",
+            "notify_only",
+            "run_job",
+        ] {
+            assert!(!ahead.contains(&name), "{name} does not update its target");
+        }
+    }
 
     #[test]
     fn calls_parse_strictly_from_name_and_parameters() {

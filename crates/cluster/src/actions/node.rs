@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use futures::future::BoxFuture;
 
-use super::{Action, ActionCall, ActionError, Catalogued, Change, Kind, Ran, Risk, RunCx};
+use super::{
+    Action, ActionCall, ActionError, Catalogued, Change, Kind, Ran, Risk, RunCx, WriteMode,
+};
 use crate::Cluster;
 
 /// Parameters of the node actions.
@@ -28,11 +30,11 @@ impl Cluster {
         &self,
         name: &str,
         unschedulable: bool,
-        dry_run: bool,
+        writes: WriteMode<'_>,
     ) -> Result<Option<Change>, ActionError> {
         let api: Api<Node> = Api::all(self.client().clone());
         let object = ObjectRef::new("Node", "", name);
-        self.update_object(&api, &object, dry_run, |n: &mut Node| {
+        self.update_object(&api, &object, writes, |n: &mut Node| {
             let spec = n.spec.get_or_insert_with(Default::default);
             let now = spec.unschedulable.unwrap_or(false);
             // Uncordoned is the absence of the field, as kubectl leaves it.
@@ -60,7 +62,8 @@ impl Catalogued for CordonNode {
         "Mark a Node unschedulable; its pods keep running.",
         &["Node"],
     )
-    .reversible();
+    .reversible()
+    .updates_target();
 }
 
 impl Catalogued for UncordonNode {
@@ -70,7 +73,8 @@ impl Catalogued for UncordonNode {
         "Mark a Node schedulable again.",
         &["Node"],
     )
-    .reversible();
+    .reversible()
+    .updates_target();
 }
 
 /// Sets `unschedulable`; each undoes the other, unless the node was
@@ -86,7 +90,7 @@ macro_rules! schedulability {
                 Box::pin(async move {
                     let change = cx
                         .cluster
-                        .set_unschedulable(&self.0.name, $unschedulable, cx.dry_run)
+                        .set_unschedulable(&self.0.name, $unschedulable, cx.write_mode())
                         .await?;
                     Ok(Ran::Changed(change))
                 })

@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 
 use super::{
     Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Ran, Risk, RunCx, Verify,
-    dry_run_refused, to_value,
+    WriteMode, dry_run_refused, to_value,
 };
 use crate::{Cluster, bounded};
 
@@ -155,7 +155,7 @@ impl Cluster {
     pub(super) async fn quarantine_pod(
         &self,
         p: &Named,
-        dry_run: bool,
+        writes: WriteMode<'_>,
     ) -> Result<Option<Change>, ActionError> {
         let services: Api<Service> = Api::namespaced(self.client().clone(), &p.namespace);
         let selectors: Vec<std::collections::BTreeMap<String, String>> =
@@ -168,7 +168,7 @@ impl Cluster {
                 .collect();
         let api: Api<Pod> = Api::namespaced(self.client().clone(), &p.namespace);
         let object = ObjectRef::new("Pod", &p.namespace, &p.name);
-        self.update_object(&api, &object, dry_run, |pod: &mut Pod| {
+        self.update_object(&api, &object, writes, |pod: &mut Pod| {
             let labels = pod.metadata.labels.get_or_insert_with(Default::default);
             let selected: std::collections::BTreeSet<String> = selectors
                 .iter()
@@ -210,7 +210,7 @@ impl Cluster {
     pub(super) async fn update_hpa(
         &self,
         h: &UpdateHpa,
-        dry_run: bool,
+        writes: WriteMode<'_>,
     ) -> Result<Option<Change>, ActionError> {
         let api: Api<HorizontalPodAutoscaler> =
             Api::namespaced(self.client().clone(), &h.namespace);
@@ -218,7 +218,7 @@ impl Cluster {
         self.update_object(
             &api,
             &object,
-            dry_run,
+            writes,
             |hpa: &mut HorizontalPodAutoscaler| {
                 let spec = hpa.spec.get_or_insert_with(Default::default);
                 let (min, max) = (
@@ -273,7 +273,8 @@ impl Catalogued for QuarantinePod {
         "Take a pod out of its Services (and its ReplicaSet, which replaces it) by moving the selected labels into an annotation; the pod keeps running for inspection.",
         &["Pod"],
     )
-    .destructive();
+    .destructive()
+    .updates_target();
 }
 
 impl Catalogued for DeleteJob {
@@ -295,7 +296,8 @@ impl Catalogued for UpdateHpa {
         "Set a HorizontalPodAutoscaler's minReplicas and/or maxReplicas (within bounds.maxReplicas).",
         &["HorizontalPodAutoscaler"],
     )
-    .reversible();
+    .reversible()
+    .updates_target();
 }
 
 impl Action for RestartPod {
@@ -318,7 +320,7 @@ impl Action for QuarantinePod {
 
     fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
         Box::pin(async move {
-            let change = cx.cluster.quarantine_pod(&self.0, cx.dry_run).await?;
+            let change = cx.cluster.quarantine_pod(&self.0, cx.write_mode()).await?;
             Ok(Ran::Changed(change))
         })
     }
@@ -352,7 +354,7 @@ impl Action for UpdateHpa {
 
     fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
         Box::pin(async move {
-            let change = cx.cluster.update_hpa(self, cx.dry_run).await?;
+            let change = cx.cluster.update_hpa(self, cx.write_mode()).await?;
             Ok(Ran::Changed(change))
         })
     }

@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 
 use super::{
     Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Ran, Risk, RunCx, Verify,
-    WorkloadKind,
+    WorkloadKind, WriteMode,
 };
 use crate::{Cluster, bounded};
 
@@ -150,14 +150,14 @@ impl Cluster {
         &self,
         r: &IncreaseResources,
         bounds: &Bounds,
-        dry_run: bool,
+        writes: WriteMode<'_>,
     ) -> Result<Option<Change>, ActionError> {
         let object = ObjectRef::new(r.kind.as_str(), &r.namespace, &r.name);
         let client = self.client().clone();
         macro_rules! grow {
             ($k:ty) => {{
                 let api: Api<$k> = Api::namespaced(client, &r.namespace);
-                self.update_object(&api, &object, dry_run, |w: &mut $k| {
+                self.update_object(&api, &object, writes, |w: &mut $k| {
                     let template = &mut w.spec.get_or_insert_with(Default::default).template;
                     grow(
                         template.spec.get_or_insert_with(Default::default),
@@ -181,7 +181,7 @@ impl Cluster {
         &self,
         p: &ExpandPvc,
         bounds: &Bounds,
-        dry_run: bool,
+        writes: WriteMode<'_>,
     ) -> Result<Option<Change>, ActionError> {
         let object = ObjectRef::new("PersistentVolumeClaim", &p.namespace, &p.name);
         let size: Quantity = p
@@ -211,7 +211,7 @@ impl Cluster {
                 "StorageClass {class} does not allow volume expansion"
             )));
         }
-        self.update_object(&api, &object, dry_run, |pvc: &mut PersistentVolumeClaim| {
+        self.update_object(&api, &object, writes, |pvc: &mut PersistentVolumeClaim| {
             let requests = pvc
                 .spec
                 .get_or_insert_with(Default::default)
@@ -267,7 +267,8 @@ impl Catalogued for IncreaseResources {
     )
     .reversible()
     .not_repeatable()
-    .verified(Verify::Observed);
+    .verified(Verify::Observed)
+    .updates_target();
 }
 
 impl Catalogued for ExpandPvc {
@@ -276,7 +277,8 @@ impl Catalogued for ExpandPvc {
         Risk::Medium,
         "Raise a PersistentVolumeClaim's storage request, only when its StorageClass allows expansion (at most bounds.maxIncreaseFactor times, capped at bounds.maxStorage); claims never shrink.",
         &["PersistentVolumeClaim"],
-    );
+    )
+    .updates_target();
 }
 
 impl Action for IncreaseResources {
@@ -297,7 +299,7 @@ impl Action for IncreaseResources {
             let bounds = &cx.settings.bounds;
             let change = cx
                 .cluster
-                .increase_resources(self, bounds, cx.dry_run)
+                .increase_resources(self, bounds, cx.write_mode())
                 .await?;
             Ok(Ran::Changed(change))
         })
@@ -327,7 +329,7 @@ impl Action for ExpandPvc {
     fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
         Box::pin(async move {
             let bounds = &cx.settings.bounds;
-            let change = cx.cluster.expand_pvc(self, bounds, cx.dry_run).await?;
+            let change = cx.cluster.expand_pvc(self, bounds, cx.write_mode()).await?;
             Ok(Ran::Changed(change))
         })
     }

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use super::objects::Named;
 use super::{
     Action, ActionCall, ActionError, Bounds, Catalogued, Change, Kind, Ran, Risk, RunCx, Verify,
+    WriteMode,
 };
 use crate::{Cluster, bounded};
 
@@ -94,14 +95,14 @@ impl Cluster {
         &self,
         kind: WorkloadKind,
         s: &Scale,
-        dry_run: bool,
+        writes: WriteMode<'_>,
     ) -> Result<Option<Change>, ActionError> {
         let object = ObjectRef::new(kind.as_str(), &s.namespace, &s.name);
         let client = self.client().clone();
         macro_rules! scale {
             ($k:ty) => {{
                 let api: Api<$k> = Api::namespaced(client, &s.namespace);
-                self.update_object(&api, &object, dry_run, |w: &mut $k| {
+                self.update_object(&api, &object, writes, |w: &mut $k| {
                     let spec = w.spec.get_or_insert_with(Default::default);
                     let changed = spec.replicas != Some(s.replicas);
                     spec.replicas = Some(s.replicas);
@@ -125,7 +126,7 @@ impl Cluster {
     pub(super) async fn rollback_deployment(
         &self,
         d: &Named,
-        dry_run: bool,
+        writes: WriteMode<'_>,
     ) -> Result<Option<Change>, ActionError> {
         let object = ObjectRef::new("Deployment", &d.namespace, &d.name);
         let api: Api<Deployment> = Api::namespaced(self.client().clone(), &d.namespace);
@@ -164,7 +165,7 @@ impl Cluster {
         if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
             labels.remove("pod-template-hash");
         }
-        self.update_object(&api, &object, dry_run, |dep: &mut Deployment| {
+        self.update_object(&api, &object, writes, |dep: &mut Deployment| {
             if dep.metadata.uid != uid {
                 return Err(ActionError::Refused(format!(
                     "{object} was replaced while rolling it back"
@@ -183,7 +184,7 @@ impl Cluster {
     pub(super) async fn rollout_restart(
         &self,
         r: &RolloutRestart,
-        dry_run: bool,
+        writes: WriteMode<'_>,
     ) -> Result<Option<Change>, ActionError> {
         let object = ObjectRef::new(r.kind.as_str(), &r.namespace, &r.name);
         let stamp = Timestamp::now().to_string();
@@ -191,7 +192,7 @@ impl Cluster {
         macro_rules! restart {
             ($k:ty) => {{
                 let api: Api<$k> = Api::namespaced(client, &r.namespace);
-                self.update_object(&api, &object, dry_run, |w: &mut $k| {
+                self.update_object(&api, &object, writes, |w: &mut $k| {
                     let template = &mut w.spec.get_or_insert_with(Default::default).template;
                     template
                         .metadata
@@ -239,7 +240,8 @@ impl Catalogued for ScaleDeployment {
     )
     .reversible()
     .verified(Verify::Observed)
-    .destructive();
+    .destructive()
+    .updates_target();
 }
 
 impl Catalogued for ScaleStatefulset {
@@ -251,7 +253,8 @@ impl Catalogued for ScaleStatefulset {
     )
     .reversible()
     .verified(Verify::Observed)
-    .destructive();
+    .destructive()
+    .updates_target();
 }
 
 impl Catalogued for RolloutRestart {
@@ -262,7 +265,8 @@ impl Catalogued for RolloutRestart {
         WORKLOADS,
     )
     .not_repeatable()
-    .verified(Verify::Observed);
+    .verified(Verify::Observed)
+    .updates_target();
 }
 
 impl Catalogued for RollbackDeployment {
@@ -273,7 +277,8 @@ impl Catalogued for RollbackDeployment {
         &["Deployment"],
     )
     .not_repeatable()
-    .verified(Verify::Observed);
+    .verified(Verify::Observed)
+    .updates_target();
 }
 
 macro_rules! scale_action {
@@ -289,7 +294,7 @@ macro_rules! scale_action {
 
             fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
                 Box::pin(async move {
-                    let change = cx.cluster.scale($kind, &self.0, cx.dry_run).await?;
+                    let change = cx.cluster.scale($kind, &self.0, cx.write_mode()).await?;
                     Ok(Ran::Changed(change))
                 })
             }
@@ -315,7 +320,7 @@ impl Action for RolloutRestart {
 
     fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
         Box::pin(async move {
-            let change = cx.cluster.rollout_restart(self, cx.dry_run).await?;
+            let change = cx.cluster.rollout_restart(self, cx.write_mode()).await?;
             Ok(Ran::Changed(change))
         })
     }
@@ -332,7 +337,10 @@ impl Action for RollbackDeployment {
 
     fn run<'a>(&'a self, cx: RunCx<'a>) -> BoxFuture<'a, Result<Ran, ActionError>> {
         Box::pin(async move {
-            let change = cx.cluster.rollback_deployment(&self.0, cx.dry_run).await?;
+            let change = cx
+                .cluster
+                .rollback_deployment(&self.0, cx.write_mode())
+                .await?;
             Ok(Ran::Changed(change))
         })
     }
