@@ -27,12 +27,13 @@ pub struct RunCx<'a> {
     pub settings: &'a ExecSettings,
     pub target: &'a ObjectRef,
     pub dry_run: bool,
-    pub(super) read_ahead: Option<&'a ReadAhead>,
+    pub(super) read_ahead: Option<ReadAhead>,
 }
 
-impl<'a> RunCx<'a> {
-    /// How its read-modify-writes go ([`Cluster::update_object`]).
-    pub(super) fn write_mode(&self) -> WriteMode<'a> {
+impl RunCx<'_> {
+    /// How its read-modify-writes go ([`Cluster::update_object`]); the
+    /// read ahead goes with it.
+    pub(super) fn write_mode(self) -> WriteMode {
         WriteMode {
             dry_run: self.dry_run,
             read_ahead: self.read_ahead,

@@ -4,9 +4,7 @@
 //! `managedFields` dropped: evidence is read by people and, later, by the
 //! analysis prompt, and must never carry credentials.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use kube::api::ListParams;
 use kubernaut_api::ObjectRef;
@@ -52,33 +50,13 @@ impl Cluster {
     ) -> Result<Value, ActionError> {
         let target = ObjectRef::new(&d.kind, &d.namespace, &d.name);
         let client = self.client().clone();
-        macro_rules! get {
-            ($k:ty) => {{
-                let api: Api<$k> = Api::namespaced(client.clone(), &d.namespace);
-                bounded(api.get_opt(&d.name))
-                    .await?
-                    .map(|o| serde_json::to_value(o).unwrap_or(Value::Null))
-            }};
+        if !CollectDiagnostics::KIND.acts_on.contains(&d.kind.as_str()) {
+            return Err(ActionError::Refused(format!(
+                "collect_diagnostics does not know kind {}",
+                d.kind
+            )));
         }
-        let object = match d.kind.as_str() {
-            "Pod" => get!(Pod),
-            "Deployment" => get!(Deployment),
-            "ReplicaSet" => get!(ReplicaSet),
-            "StatefulSet" => get!(StatefulSet),
-            "DaemonSet" => get!(DaemonSet),
-            "Job" => get!(Job),
-            "Node" => {
-                let api: Api<Node> = Api::all(client.clone());
-                bounded(api.get_opt(&d.name))
-                    .await?
-                    .map(|o| serde_json::to_value(o).unwrap_or(Value::Null))
-            }
-            other => {
-                return Err(ActionError::Refused(format!(
-                    "collect_diagnostics does not know kind {other}"
-                )));
-            }
-        };
+        let object = self.read_object(&target).await?;
         let Some(mut object) = object else {
             return Err(ActionError::NotFound(target));
         };

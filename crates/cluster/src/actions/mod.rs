@@ -297,7 +297,7 @@ pub fn lock_name(target: &ObjectRef) -> String {
 pub struct HeldLock {
     claim: LeaseClaim,
     claimed: std::time::Instant,
-    read_ahead: ReadAhead,
+    read_ahead: Option<ReadAhead>,
 }
 
 /// The target of an action that [updates it](Kind::updates_target), read
@@ -305,35 +305,33 @@ pub struct HeldLock {
 /// read-modify-write starts from it instead of reading again after the
 /// step's intent is written, so the read is off the path to the change.
 /// The write names the copy's `resourceVersion`, so a copy that fell
-/// behind costs a conflict and a fresh read, never a lost change. Taken
-/// once: a conflict's retry reads afresh.
-#[derive(Debug, Default)]
-pub(crate) struct ReadAhead(std::sync::Mutex<Option<(ObjectRef, Value)>>);
+/// behind costs a conflict and a fresh read, never a lost change. Used
+/// once (it is moved into the first round): a conflict's retry reads
+/// afresh.
+#[derive(Debug)]
+pub(crate) struct ReadAhead {
+    object: ObjectRef,
+    read: Value,
+}
 
 impl ReadAhead {
-    fn new(object: &ObjectRef, read: Option<Value>) -> Self {
-        Self(std::sync::Mutex::new(read.map(|v| (object.clone(), v))))
-    }
-
-    /// The copy of `object`, if this is one and it was not taken yet.
-    fn take<K: DeserializeOwned>(&self, object: &ObjectRef) -> Option<K> {
-        let mut slot = self.0.lock().ok()?;
-        if slot.as_ref().is_none_or(|(o, _)| o != object) {
+    /// The copy as a `K`, if it is a copy of `object`.
+    fn of<K: DeserializeOwned>(self, object: &ObjectRef) -> Option<K> {
+        if self.object != *object {
             return None;
         }
-        serde_json::from_value(slot.take()?.1).ok()
+        serde_json::from_value(self.read).ok()
     }
 }
 
 /// How an action's read-modify-writes go: as server-side dry runs only or
 /// for real, and from which [`ReadAhead`] the first one starts.
-#[derive(Clone, Copy)]
-pub struct WriteMode<'a> {
+pub struct WriteMode {
     pub dry_run: bool,
-    read_ahead: Option<&'a ReadAhead>,
+    read_ahead: Option<ReadAhead>,
 }
 
-impl WriteMode<'_> {
+impl WriteMode {
     /// Reads the object afresh (a drain's cordon, which no step read
     /// ahead).
     pub fn fresh(dry_run: bool) -> Self {
@@ -411,44 +409,57 @@ impl Cluster {
             .ok()??;
         // Read only once the target is ours: a target another request holds
         // may change before this one's turn.
-        let read = if call.kind().updates_target {
-            self.read_target(&target).await
+        let read_ahead = if call.kind().updates_target {
+            // Unreadable: the action reads again and reports why.
+            let read = self.read_object(&target).await.ok().flatten();
+            read.map(|read| ReadAhead {
+                object: target,
+                read,
+            })
         } else {
             None
         };
         Some(HeldLock {
             claim,
             claimed,
-            read_ahead: ReadAhead::new(&target, read),
+            read_ahead,
         })
     }
 
-    /// `target` whole, for a [`ReadAhead`]; `None` when it cannot be read
-    /// (the action reads again and reports why) or is of a kind no action
-    /// updates.
-    async fn read_target(&self, target: &ObjectRef) -> Option<Value> {
-        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    /// An object whole, as JSON; `None` when it does not exist.
+    pub(super) async fn read_object(&self, obj: &ObjectRef) -> Result<Option<Value>, ActionError> {
+        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
         use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
+        use k8s_openapi::api::batch::v1::Job;
         use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
         macro_rules! read {
             ($k:ty, $api:expr) => {{
                 let api: Api<$k> = $api;
-                serde_json::to_value(bounded(api.get_opt(&target.name)).await.ok()??).ok()
+                match bounded(api.get_opt(&obj.name)).await? {
+                    Some(o) => Some(to_value(&o)?),
+                    None => None,
+                }
             }};
         }
-        let (client, ns) = (self.client().clone(), target.namespace.as_str());
-        match target.kind.as_str() {
+        let (client, ns) = (self.client().clone(), obj.namespace.as_str());
+        Ok(match obj.kind.as_str() {
+            "Pod" => read!(Pod, Api::namespaced(client, ns)),
             "Deployment" => read!(Deployment, Api::namespaced(client, ns)),
+            "ReplicaSet" => read!(ReplicaSet, Api::namespaced(client, ns)),
             "StatefulSet" => read!(StatefulSet, Api::namespaced(client, ns)),
             "DaemonSet" => read!(DaemonSet, Api::namespaced(client, ns)),
-            "Pod" => read!(Pod, Api::namespaced(client, ns)),
+            "Job" => read!(Job, Api::namespaced(client, ns)),
             "PersistentVolumeClaim" => read!(PersistentVolumeClaim, Api::namespaced(client, ns)),
             "HorizontalPodAutoscaler" => {
                 read!(HorizontalPodAutoscaler, Api::namespaced(client, ns))
             }
             "Node" => read!(Node, Api::all(client)),
-            _ => None,
-        }
+            other => {
+                return Err(ActionError::Refused(format!(
+                    "no action reads objects of kind {other}"
+                )));
+            }
+        })
     }
 
     /// [`run_action`](Self::run_action), under `held` when it is the lock
@@ -526,14 +537,14 @@ impl Cluster {
             None => (
                 self.claim_lease(&lock_name(&target), &settings.holder, settings.lock_ttl)
                     .await?,
-                ReadAhead::default(),
+                None,
             ),
         };
         let Some(lock) = lock else {
             let holder = self.lock_holder(&target).await.unwrap_or_default();
             return Err(ActionError::Busy(target, holder));
         };
-        let result = call.action().run(cx(dry_run, Some(&read_ahead))).await;
+        let result = call.action().run(cx(dry_run, read_ahead)).await;
         lock.release().await;
         Ok(outcome(call, &target, dry_run, result?))
     }
@@ -593,7 +604,7 @@ impl Cluster {
         &self,
         api: &Api<K>,
         object: &ObjectRef,
-        writes: WriteMode<'_>,
+        writes: WriteMode,
         mut change: impl FnMut(&mut K) -> Result<bool, ActionError>,
     ) -> Result<Option<Change>, ActionError>
     where
@@ -605,7 +616,7 @@ impl Cluster {
             ..PatchParams::default()
         };
         let dry_run = writes.dry_run;
-        let mut read_ahead = writes.read_ahead.and_then(|r| r.take::<K>(object));
+        let mut read_ahead = writes.read_ahead.and_then(|r| r.of::<K>(object));
         for _ in 0..CONFLICT_RETRIES {
             let before = match read_ahead.take() {
                 Some(before) => before,
@@ -706,25 +717,17 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a_read_ahead_serves_its_own_object_once() {
+    fn a_read_ahead_serves_only_its_own_object() {
         use k8s_openapi::api::apps::v1::Deployment;
         let api = ObjectRef::new("Deployment", "shop", "api");
-        let read =
-            json!({"metadata": {"name": "api", "namespace": "shop", "resourceVersion": "7"}});
-        let ahead = ReadAhead::new(&api, Some(read));
+        let ahead = || ReadAhead {
+            object: api.clone(),
+            read: json!({"metadata": {"name": "api", "namespace": "shop", "resourceVersion": "7"}}),
+        };
         let other = ObjectRef::new("Deployment", "shop", "web");
-        assert!(ahead.take::<Deployment>(&other).is_none(), "not its object");
-        let copy = ahead.take::<Deployment>(&api).expect("its object");
+        assert!(ahead().of::<Deployment>(&other).is_none(), "not its object");
+        let copy = ahead().of::<Deployment>(&api).expect("its object");
         assert_eq!(copy.metadata.resource_version.as_deref(), Some("7"));
-        assert!(
-            ahead.take::<Deployment>(&api).is_none(),
-            "taken once: a conflict's retry reads afresh"
-        );
-        assert!(
-            ReadAhead::new(&api, None)
-                .take::<Deployment>(&api)
-                .is_none()
-        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ impl Cluster {
         &self,
         name: &str,
         unschedulable: bool,
-        writes: WriteMode<'_>,
+        writes: WriteMode,
     ) -> Result<Option<Change>, ActionError> {
         let api: Api<Node> = Api::all(self.client().clone());
         let object = ObjectRef::new("Node", "", name);

@@ -155,7 +155,7 @@ impl Cluster {
     pub(super) async fn quarantine_pod(
         &self,
         p: &Named,
-        writes: WriteMode<'_>,
+        writes: WriteMode,
     ) -> Result<Option<Change>, ActionError> {
         let services: Api<Service> = Api::namespaced(self.client().clone(), &p.namespace);
         let selectors: Vec<std::collections::BTreeMap<String, String>> =
@@ -210,7 +210,7 @@ impl Cluster {
     pub(super) async fn update_hpa(
         &self,
         h: &UpdateHpa,
-        writes: WriteMode<'_>,
+        writes: WriteMode,
     ) -> Result<Option<Change>, ActionError> {
         let api: Api<HorizontalPodAutoscaler> =
             Api::namespaced(self.client().clone(), &h.namespace);

@@ -150,7 +150,7 @@ impl Cluster {
         &self,
         r: &IncreaseResources,
         bounds: &Bounds,
-        writes: WriteMode<'_>,
+        writes: WriteMode,
     ) -> Result<Option<Change>, ActionError> {
         let object = ObjectRef::new(r.kind.as_str(), &r.namespace, &r.name);
         let client = self.client().clone();
@@ -181,7 +181,7 @@ impl Cluster {
         &self,
         p: &ExpandPvc,
         bounds: &Bounds,
-        writes: WriteMode<'_>,
+        writes: WriteMode,
     ) -> Result<Option<Change>, ActionError> {
         let object = ObjectRef::new("PersistentVolumeClaim", &p.namespace, &p.name);
         let size: Quantity = p

@@ -95,7 +95,7 @@ impl Cluster {
         &self,
         kind: WorkloadKind,
         s: &Scale,
-        writes: WriteMode<'_>,
+        writes: WriteMode,
     ) -> Result<Option<Change>, ActionError> {
         let object = ObjectRef::new(kind.as_str(), &s.namespace, &s.name);
         let client = self.client().clone();
@@ -126,7 +126,7 @@ impl Cluster {
     pub(super) async fn rollback_deployment(
         &self,
         d: &Named,
-        writes: WriteMode<'_>,
+        writes: WriteMode,
     ) -> Result<Option<Change>, ActionError> {
         let object = ObjectRef::new("Deployment", &d.namespace, &d.name);
         let api: Api<Deployment> = Api::namespaced(self.client().clone(), &d.namespace);
@@ -184,7 +184,7 @@ impl Cluster {
     pub(super) async fn rollout_restart(
         &self,
         r: &RolloutRestart,
-        writes: WriteMode<'_>,
+        writes: WriteMode,
     ) -> Result<Option<Change>, ActionError> {
         let object = ObjectRef::new(r.kind.as_str(), &r.namespace, &r.name);
         let stamp = Timestamp::now().to_string();
