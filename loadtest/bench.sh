@@ -465,16 +465,18 @@ The reaction runs above, split by a watch of the requests into what
 precedes the first mutating call: the gateway's answer (the request's
 create), the request reaching a watch (the controller's, here the
 bench's), the one status write the action waits for, and then the
-server-side dry run and the patch. That status write
+patch. That status write
 carries Processing, Analyzing and Executing with the plan, the claim and
 the step's write-ahead record (K-RR-6: a rollout_restart must not run
 twice after a restart): the workflow starts before the write entering
 Executing lands, that write waits for the step's record (after the step
 reads the target's UID and generation) and goes out with it, and the step
 claims the target's lock Lease meanwhile (\`Cluster::claim_lock\`) and,
-once the target is its own, reads it whole for the action's
-read-modify-write, which used to read it only after the write landed (a
-change made after that read is a conflict, and read again). It used to be
+once the target is its own, reads it whole and runs the action up to
+its server-side dry run; only the patch waits for the write to land (and
+is never made if the record was not stored). The action used to read
+and dry-run only after the write landed (a change made after the read is
+a conflict, and read again). It used to be
 two writes in a row, the phase and then the record. Every
 stage is an API round trip on the same two cores that run the rollouts,
 so at 10 and 20 alerts/s every stage grows alike; milliseconds, p50 / p99:

@@ -9,8 +9,8 @@
 //! requests splits that time into stages: the alert's answer, the request
 //! seen by a watch, its status first seen Executing (one write carrying the
 //! phase, the plan, the claim and the step's write-ahead record, which the
-//! action waits for; the step claims the target's lock and reads the target
-//! meanwhile) and the patch (its server-side dry run first).
+//! action waits for; the step claims the target's lock, reads the target
+//! and makes the server-side dry run meanwhile) and the patch.
 //!
 //!   cargo bench -p kubernaut-e2e --bench reaction -- [N] [RATE]
 //!
@@ -189,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
         "sent -> answered (the gateway's create)",
         "answered -> request seen by a watch",
         "seen -> status Executing seen (the step's write-ahead record with the phase)",
-        "Executing seen -> patch seen (dry run, patch)",
+        "Executing seen -> patch seen (the patch; its dry run went ahead)",
     ];
     for (name, mut s) in names.iter().zip(stage) {
         s.sort();

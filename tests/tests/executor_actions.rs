@@ -1001,3 +1001,75 @@ async fn a_target_read_ahead_and_changed_since_is_read_again() -> anyhow::Result
     );
     Ok(())
 }
+
+/// An action run while its step's intent is written (K-RR-6) goes as far
+/// as its server-side dry run and waits there: the target changes only
+/// once the record is stored, and never when it was not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waits_for_the_steps_record_and_is_never_made_without_it() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "act-recorded", "staging").await?;
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
+    for name in ["stored", "refused"] {
+        deployments
+            .create(&PostParams::default(), &deployment(name, 1))
+            .await?;
+    }
+    let replicas = |name: &'static str| {
+        let deployments = deployments.clone();
+        async move { anyhow::Ok(deployments.get(name).await?.spec.and_then(|s| s.replicas)) }
+    };
+    let mine = exec_settings("rr-recorded");
+    let scale = |name: &str| {
+        call(
+            "scale_deployment",
+            json!({"namespace": ns, "name": name, "replicas": 3}),
+        )
+    };
+
+    // Stored late: the write waits for it.
+    let stored = scale("stored");
+    let held = cluster.claim_lock(&stored, &mine).await;
+    let held = held.expect("the lock was free");
+    assert!(held.read_ahead(), "a scale reads its target ahead");
+    let (record, recorded) = kubernaut_cluster::write_ahead();
+    let run = {
+        let (cluster, stored, mine) = (cluster.clone(), stored.clone(), mine.clone());
+        let held = held.until_recorded(recorded);
+        tokio::spawn(async move { cluster.run_action_holding(&stored, &mine, Some(held)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        replicas("stored").await?,
+        Some(1),
+        "nothing changed before the record was stored"
+    );
+    assert!(!run.is_finished(), "the action waits for the record");
+    record.stored();
+    let out = run.await??;
+    assert_eq!(out.changes.len(), 1);
+    assert_eq!(replicas("stored").await?, Some(3));
+
+    // Never stored: no write, and the lock is given back.
+    let refused = scale("refused");
+    let held = cluster.claim_lock(&refused, &mine).await;
+    let held = held.expect("the lock was free");
+    let (record, recorded) = kubernaut_cluster::write_ahead();
+    drop(record);
+    let err = cluster
+        .run_action_holding(&refused, &mine, Some(held.until_recorded(recorded)))
+        .await
+        .expect_err("the record was not stored");
+    assert!(
+        matches!(err, kubernaut_cluster::ActionError::NotRecorded(_)),
+        "{err}"
+    );
+    assert_eq!(replicas("refused").await?, Some(1), "nothing changed");
+    let other = exec_settings("rr-someone-else");
+    let theirs = cluster.claim_lock(&refused, &other).await;
+    let theirs = theirs.expect("the lock was released");
+    theirs.release().await;
+    Ok(())
+}

@@ -249,3 +249,58 @@ async fn a_step_whose_intent_is_not_recorded_gives_its_lock_back() -> anyhow::Re
     );
     Ok(())
 }
+
+/// A step that reads its target ahead makes its dry run while its intent
+/// is written, but changes the target only once the supervisor recorded
+/// the intent (K-RR-6): here the record takes half a second, and the
+/// target is unchanged until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_changes_its_target_only_after_its_intent_is_recorded() -> anyhow::Result<()> {
+    let stack = Stack::get();
+    let admin = stack.admin_client().await?;
+    let cluster = controller_cluster(stack).await?;
+    let ns = managed_namespace(&admin, "wf-recorded-late", "staging").await?;
+    Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    let parameters = json!({"namespace": ns, "name": "api", "replicas": 2});
+    // What the target held when the intent was recorded.
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    let seen_tx = std::sync::Mutex::new(Some(seen_tx));
+    let sink: workflow::Sink = {
+        let (admin, ns) = (admin.clone(), ns.clone());
+        std::sync::Arc::new(move |out| {
+            if let workflow::Out::Step(workflow::StepEvent::Starting { ack, .. }) = out {
+                let (admin, ns) = (admin.clone(), ns.clone());
+                let seen = seen_tx.lock().unwrap().take();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let replicas = deployment_replicas(&admin, &ns, "api").await;
+                    if let Some(seen) = seen {
+                        let _ = seen.send(replicas.map_err(|e| e.to_string()));
+                    }
+                    let _ = ack.send(());
+                });
+            }
+        })
+    };
+    let run = workflow::steps::StepRun {
+        cluster: std::sync::Arc::new(cluster.clone()),
+        settings: exec_settings("rr-recorded-late"),
+        sink,
+        step: serde_json::from_value(json!({
+            "id": "scale", "action": "scale_deployment", "parameters": parameters
+        }))?,
+        call: kubernaut_cluster::ActionCall::parse("scale_deployment", parameters.clone()),
+        prior: None,
+        timeout: Duration::from_secs(30),
+        announced: std::sync::Arc::new(|_| {}),
+    };
+    let report = run.run().await;
+    assert_eq!(report.state, StepPhase::Succeeded, "{report:?}");
+    assert_eq!(report.attempts, 1);
+    let at_record = seen_rx.await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(at_record, 1, "unchanged until the intent was recorded");
+    assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 2);
+    Ok(())
+}

@@ -1,6 +1,9 @@
 //! One step's work, run in its step actor: reconcile a recorded intent,
 //! announce the intent (acknowledged once the supervisor recorded it), then
 //! up to `1 + retries` attempts of the action, each bounded by its timeout.
+//! No attempt changes the cluster before the intent is recorded; the first
+//! may start while it is being written, when its only write is a
+//! read-modify-write of a target read ahead (it then waits at the write).
 //! Also how a step's call is made from its parameters and the results of
 //! the steps it depends on.
 
@@ -85,27 +88,57 @@ impl StepRun {
         // The target's lock is claimed while the intent is written: both
         // are a round trip, and the action needs both. Claiming early only
         // holds the target one write longer; a claim left unused is
-        // released.
-        let (announced, held) = tokio::join!(
-            announce(
+        // released. When the claim also read the target (an action whose
+        // one write is a read-modify-write of it), the first attempt goes
+        // on meanwhile: its server-side dry run is made while the intent is
+        // written, and its write waits until the intent is recorded.
+        let (record, recorded) = kubernaut_cluster::write_ahead();
+        let announcing = async {
+            let announced = announce(
                 &*self.cluster,
                 &self.sink,
                 &step.id,
                 call,
                 &self.settings.holder,
-            ),
-            self.cluster.claim_lock(call, &self.settings)
-        );
-        match announced {
-            Ok(intent) => (self.announced)(intent),
-            Err(e) => {
-                if let Some(h) = held {
-                    h.release().await;
+            )
+            .await;
+            // The workflow knows the intent before the write can go: a step
+            // restarted after it must reconcile it first (K-RR-6).
+            match &announced {
+                Ok(intent) => {
+                    (self.announced)(intent.clone());
+                    record.stored();
                 }
-                report.error = Some(e);
-                return report;
+                Err(e) => record.refused(e.clone()),
             }
+            announced
+        };
+        let claiming = async {
+            // No later than the claim: the lock's age is counted from here.
+            let claimed = std::time::Instant::now();
+            match self.cluster.claim_lock(call, &self.settings).await {
+                Some(h) if h.read_ahead() => {
+                    Ahead::Tried(self.first_attempt(call, h, claimed, recorded).await)
+                }
+                held => Ahead::Claimed(held.map(Box::new)),
+            }
+        };
+        let (announced, ahead) = tokio::join!(announcing, claiming);
+        if let Err(e) = announced {
+            // Nothing was written: every write waited for the intent.
+            if let Ahead::Claimed(Some(h)) = ahead {
+                h.release().await;
+            }
+            report.error = Some(e);
+            return report;
         }
+        let (done, held) = match ahead {
+            // The lock aged while the intent was written: the attempt
+            // claims afresh, as below.
+            Ahead::Tried(Tried::Ran(Err(ActionError::NotRecorded(_)))) => (None, None),
+            Ahead::Tried(tried) => (Some(tried), None),
+            Ahead::Claimed(held) => (None, held.map(|h| *h)),
+        };
         let held = match held {
             // The Lease could expire before a first attempt ends (the intent
             // took long to write): the attempt claims afresh.
@@ -115,13 +148,14 @@ impl StepRun {
             }
             held => held,
         };
-        let (result, attempts) = attempt(
+        let (result, attempts) = attempt_after(
             &*self.cluster,
             call,
             &self.settings,
             self.timeout,
             step.retries,
             held,
+            done,
         )
         .await;
         report.attempts = attempts;
@@ -133,6 +167,67 @@ impl StepRun {
             Err(e) => report.error = Some(e),
         }
         report
+    }
+}
+
+/// The step's lock, claimed while its intent was written, or its first
+/// attempt, made meanwhile when the claim read the target ahead.
+enum Ahead {
+    Claimed(Option<Box<HeldLock>>),
+    Tried(Tried),
+}
+
+/// How an attempt ended: with the action's result, or out of time.
+enum Tried {
+    Ran(Result<Outcome, ActionError>),
+    TimedOut,
+}
+
+impl StepRun {
+    /// The first attempt, run while the intent is written: everything up to
+    /// its write changes nothing, and the write waits for `recorded`. The
+    /// lock must outlast the attempt counted from then, as a first
+    /// attempt's would (else `NotRecorded`: the attempt claims afresh),
+    /// and the attempt's timeout starts then too.
+    async fn first_attempt(
+        &self,
+        call: &ActionCall,
+        held: HeldLock,
+        claimed: std::time::Instant,
+        mut recorded: kubernaut_cluster::Recorded,
+    ) -> Tried {
+        let (fresh, gate) = kubernaut_cluster::write_ahead();
+        let opened = async {
+            match recorded.wait().await {
+                Ok(()) if claimed.elapsed() + self.timeout < self.settings.lock_ttl => {
+                    fresh.stored();
+                    true
+                }
+                Ok(()) => {
+                    fresh.refused("the target's lock aged while the intent was written");
+                    false
+                }
+                Err(e) => {
+                    fresh.refused(e.to_string());
+                    false
+                }
+            }
+        };
+        let limit = async {
+            if opened.await {
+                tokio::time::sleep(self.timeout).await;
+            } else {
+                // The attempt fails at its write; nothing to time.
+                std::future::pending::<()>().await;
+            }
+        };
+        let run = self
+            .cluster
+            .run_action(call, &self.settings, Some(held.until_recorded(gate)));
+        tokio::select! {
+            ran = run => Tried::Ran(ran),
+            () = limit => Tried::TimedOut,
+        }
     }
 }
 
@@ -240,19 +335,41 @@ pub async fn attempt(
     settings: &ExecSettings,
     timeout: Duration,
     retries: u32,
+    held: Option<HeldLock>,
+) -> (Result<Outcome, String>, u32) {
+    attempt_after(cluster, call, settings, timeout, retries, held, None).await
+}
+
+/// [`attempt`], the first attempt already made when `first` is given.
+async fn attempt_after(
+    cluster: &dyn Steps,
+    call: &ActionCall,
+    settings: &ExecSettings,
+    timeout: Duration,
+    retries: u32,
     mut held: Option<HeldLock>,
+    mut first: Option<Tried>,
 ) -> (Result<Outcome, String>, u32) {
     let mut backoff = FIRST_BACKOFF;
     let mut n = 0;
     loop {
         n += 1;
-        let run = cluster.run_action(call, settings, held.take());
-        let err = match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(o)) => return (Ok(o), n),
-            Ok(Err(e)) if transient(&e) && n <= retries => e.to_string(),
-            Ok(Err(e)) => return (Err(e.to_string()), n),
-            Err(_) if n <= retries => format!("timed out after {timeout:?}"),
-            Err(_) => return (Err(format!("timed out after {timeout:?}")), n),
+        let tried = match first.take() {
+            Some(tried) => tried,
+            None => {
+                let run = cluster.run_action(call, settings, held.take());
+                match tokio::time::timeout(timeout, run).await {
+                    Ok(ran) => Tried::Ran(ran),
+                    Err(_) => Tried::TimedOut,
+                }
+            }
+        };
+        let err = match tried {
+            Tried::Ran(Ok(o)) => return (Ok(o), n),
+            Tried::Ran(Err(e)) if transient(&e) && n <= retries => e.to_string(),
+            Tried::Ran(Err(e)) => return (Err(e.to_string()), n),
+            Tried::TimedOut if n <= retries => format!("timed out after {timeout:?}"),
+            Tried::TimedOut => return (Err(format!("timed out after {timeout:?}")), n),
         };
         tracing::info!(action = call.name(), attempt = n, error = %err, "retrying a workflow step");
         tokio::time::sleep(backoff).await;

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 pub use actions::{
     Action, ActionCall, ActionError, ActionInfo, Bounds, Catalogued, Change, ExecSettings,
-    HeldLock, KINDS, Kind, Outcome, Quantity, Ran, Risk, RunCx, WriteMode, catalogue, kind,
-    lock_name, repeatable, writes,
+    HeldLock, KINDS, Kind, Outcome, Quantity, Ran, Record, Recorded, Risk, RunCx, WriteMode,
+    catalogue, kind, lock_name, repeatable, write_ahead, writes,
 };
 pub use actions::{DeleteOutcome, PodState};
 pub use approvals::KubeApprovals;

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ActionError, Bounds, Change, ExecSettings, ReadAhead, Risk, WriteMode};
+use super::{ActionError, Bounds, Change, ExecSettings, ReadAhead, Recorded, Risk, WriteMode};
 use crate::Cluster;
 
 /// What running an action needs: the cluster, the request's settings, the
@@ -28,15 +28,17 @@ pub struct RunCx<'a> {
     pub target: &'a ObjectRef,
     pub dry_run: bool,
     pub(super) read_ahead: Option<ReadAhead>,
+    pub(super) recorded: Option<Recorded>,
 }
 
 impl RunCx<'_> {
     /// How its read-modify-writes go ([`Cluster::update_object`]); the
-    /// read ahead goes with it.
+    /// read ahead, and the record its write waits for, go with it.
     pub(super) fn write_mode(self) -> WriteMode {
         WriteMode {
             dry_run: self.dry_run,
             read_ahead: self.read_ahead,
+            recorded: self.recorded,
         }
     }
 }

@@ -11,8 +11,9 @@
 //! `kubernaut-target-<hash>`) so that two requests never change one object at
 //! once, and for each mutation a read-modify-write with the
 //! `resourceVersion` read (conflicts are re-read and retried) made first as a
-//! server-side dry run (the first read may be made ahead, while a step's
-//! intent is written: [`Cluster::claim_lock`]). In dry-run-only mode
+//! server-side dry run (the first read and dry run may be made ahead, while
+//! a step's intent is written: [`Cluster::claim_lock`]; the write then
+//! waits until the intent is recorded, [`Recorded`]). In dry-run-only mode
 //! (global or per namespace) only the dry runs are made. Every changed object's state before and after is
 //! returned for the audit trail and for rollback, which is itself an action
 //! ([`ActionCall::rollback`]).
@@ -241,6 +242,10 @@ pub enum ActionError {
     Timeout(String),
     #[error("{0} kept changing under us: gave up after {1} conflicts")]
     Conflict(ObjectRef, usize),
+    /// The step's write-ahead record (K-RR-6) was not stored, so its
+    /// write was not made ([`Recorded`]).
+    #[error("not started: {0}")]
+    NotRecorded(String),
     #[error(transparent)]
     Api(#[from] Error),
 }
@@ -298,6 +303,56 @@ pub struct HeldLock {
     claim: LeaseClaim,
     claimed: std::time::Instant,
     read_ahead: Option<ReadAhead>,
+    recorded: Option<Recorded>,
+}
+
+/// Whether a step's write-ahead record (K-RR-6) is stored yet, for an
+/// action run while it is being written ([`HeldLock::until_recorded`]):
+/// everything up to the action's write (its reads, its server-side dry
+/// run) changes nothing and may go ahead; the write waits here, and is
+/// never made if the record was not stored. Made by [`write_ahead`].
+#[derive(Clone, Debug)]
+pub struct Recorded(tokio::sync::watch::Receiver<Option<Result<(), String>>>);
+
+/// The step's side of a [`Recorded`]: says once whether the record was
+/// stored. Dropped without saying, the record counts as not stored.
+#[derive(Debug)]
+pub struct Record(tokio::sync::watch::Sender<Option<Result<(), String>>>);
+
+/// A [`Record`] and the [`Recorded`] it opens.
+pub fn write_ahead() -> (Record, Recorded) {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    (Record(tx), Recorded(rx))
+}
+
+impl Record {
+    /// The record is stored: writes waiting on it go.
+    pub fn stored(self) {
+        self.0.send_replace(Some(Ok(())));
+    }
+
+    /// It was not (or the write must not go ahead): writes waiting on it
+    /// fail with `why`.
+    pub fn refused(self, why: impl Into<String>) {
+        self.0.send_replace(Some(Err(why.into())));
+    }
+}
+
+impl Recorded {
+    /// Waits until the record is stored; `Err` with why it is not.
+    pub async fn wait(&mut self) -> Result<(), ActionError> {
+        let said = match self.0.wait_for(Option::is_some).await {
+            Ok(said) => said.clone(),
+            Err(_) => None,
+        };
+        match said {
+            Some(Ok(())) => Ok(()),
+            Some(Err(why)) => Err(ActionError::NotRecorded(why)),
+            None => Err(ActionError::NotRecorded(
+                "the step's write-ahead record was not stored".into(),
+            )),
+        }
+    }
 }
 
 /// The target of an action that [updates it](Kind::updates_target), read
@@ -329,6 +384,9 @@ impl ReadAhead {
 pub struct WriteMode {
     pub dry_run: bool,
     read_ahead: Option<ReadAhead>,
+    /// What a real write waits for first, if the action runs while its
+    /// step's record is written.
+    recorded: Option<Recorded>,
 }
 
 impl WriteMode {
@@ -338,6 +396,7 @@ impl WriteMode {
         WriteMode {
             dry_run,
             read_ahead: None,
+            recorded: None,
         }
     }
 }
@@ -350,6 +409,23 @@ impl HeldLock {
 
     pub async fn release(self) {
         self.claim.release().await;
+    }
+
+    /// The target was read ahead: the action's one write is its
+    /// read-modify-write of that target ([`Kind::updates_target`]), so it
+    /// can run [`until_recorded`](Self::until_recorded).
+    pub fn read_ahead(&self) -> bool {
+        self.read_ahead.is_some()
+    }
+
+    /// Lets the action run before its step's write-ahead record is stored:
+    /// its write waits for `recorded`. An action that does not update its
+    /// target whole waits for `recorded` before it starts.
+    pub fn until_recorded(self, recorded: Recorded) -> Self {
+        HeldLock {
+            recorded: Some(recorded),
+            ..self
+        }
     }
 }
 
@@ -423,6 +499,7 @@ impl Cluster {
             claim,
             claimed,
             read_ahead,
+            recorded: None,
         })
     }
 
@@ -481,7 +558,11 @@ impl Cluster {
             // Our own claim: nothing to wait for, and it cannot be Busy.
             return Box::pin(self.run_action_once(call, settings, Some(held))).await;
         }
+        let recorded = held.recorded.clone();
         Box::pin(held.release()).await;
+        if let Some(mut recorded) = recorded {
+            recorded.wait().await?;
+        }
         Box::pin(self.run_action(call, settings)).await
     }
 
@@ -517,26 +598,28 @@ impl Cluster {
         };
         let kind = call.kind();
         self.check_scope(kind, &target).await?;
-        let cx = |dry_run, read_ahead| RunCx {
+        let cx = |dry_run, read_ahead, recorded| RunCx {
             cluster: self,
             settings,
             target: &target,
             dry_run,
             read_ahead,
+            recorded,
         };
         if !kind.writes {
             // Read-only: no lock, and the same in dry-run mode.
-            let ran = call.action().run(cx(false, None)).await?;
+            let ran = call.action().run(cx(false, None, None)).await?;
             return Ok(outcome(call, &target, false, ran));
         }
         let dry_run = settings.dry_run_only
             || (!target.namespace.is_empty()
                 && settings.dry_run_namespaces.contains(&target.namespace));
-        let (lock, read_ahead) = match held.take() {
-            Some(h) => (Some(h.claim), h.read_ahead),
+        let (lock, read_ahead, mut recorded) = match held.take() {
+            Some(h) => (Some(h.claim), h.read_ahead, h.recorded),
             None => (
                 self.claim_lease(&lock_name(&target), &settings.holder, settings.lock_ttl)
                     .await?,
+                None,
                 None,
             ),
         };
@@ -544,7 +627,17 @@ impl Cluster {
             let holder = self.lock_holder(&target).await.unwrap_or_default();
             return Err(ActionError::Busy(target, holder));
         };
-        let result = call.action().run(cx(dry_run, read_ahead)).await;
+        // Only a read-modify-write of the target makes its one write
+        // through `update_object`, which waits for the record itself;
+        // any other action waits before it starts.
+        if !kind.updates_target
+            && let Some(mut r) = recorded.take()
+            && let Err(e) = r.wait().await
+        {
+            lock.release().await;
+            return Err(e);
+        }
+        let result = call.action().run(cx(dry_run, read_ahead, recorded)).await;
         lock.release().await;
         Ok(outcome(call, &target, dry_run, result?))
     }
@@ -616,6 +709,7 @@ impl Cluster {
             ..PatchParams::default()
         };
         let dry_run = writes.dry_run;
+        let mut recorded = writes.recorded;
         let mut read_ahead = writes.read_ahead.and_then(|r| r.of::<K>(object));
         for _ in 0..CONFLICT_RETRIES {
             let before = match read_ahead.take() {
@@ -640,6 +734,11 @@ impl Cluster {
             let after = if dry_run {
                 preview
             } else {
+                // The dry run may have gone while the step's record was
+                // written; the change itself waits for it (K-RR-6).
+                if let Some(r) = recorded.as_mut() {
+                    r.wait().await?;
+                }
                 match bounded(api.patch(&object.name, &params(false), &patch)).await {
                     Ok(done) => done,
                     Err(e) if e.is_conflict() => continue,
