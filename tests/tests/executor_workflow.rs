@@ -210,23 +210,8 @@ async fn a_step_whose_intent_is_not_recorded_gives_its_lock_back() -> anyhow::Re
     let admin = stack.admin_client().await?;
     let cluster = controller_cluster(stack).await?;
     let ns = managed_namespace(&admin, "wf-unrecorded", "staging").await?;
-    Api::<Deployment>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &deployment("api", 1))
-        .await?;
-    let parameters = json!({"namespace": ns, "name": "api", "replicas": 2});
-    let run = workflow::steps::StepRun {
-        cluster: std::sync::Arc::new(cluster.clone()),
-        settings: exec_settings("rr-unrecorded"),
-        // The supervisor went away: the intent's acknowledgement is dropped.
-        sink: std::sync::Arc::new(|_| {}),
-        step: serde_json::from_value(json!({
-            "id": "scale", "action": "scale_deployment", "parameters": parameters
-        }))?,
-        call: kubernaut_cluster::ActionCall::parse("scale_deployment", parameters.clone()),
-        prior: None,
-        timeout: Duration::from_secs(30),
-        announced: std::sync::Arc::new(|_| {}),
-    };
+    // The supervisor went away: the intent's acknowledgement is dropped.
+    let run = scale_api_to_2(&admin, &cluster, &ns, std::sync::Arc::new(|_| {})).await?;
     let report = run.run().await;
     assert_eq!(report.state, StepPhase::Failed);
     assert!(
@@ -260,10 +245,6 @@ async fn a_step_changes_its_target_only_after_its_intent_is_recorded() -> anyhow
     let admin = stack.admin_client().await?;
     let cluster = controller_cluster(stack).await?;
     let ns = managed_namespace(&admin, "wf-recorded-late", "staging").await?;
-    Api::<Deployment>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &deployment("api", 1))
-        .await?;
-    let parameters = json!({"namespace": ns, "name": "api", "replicas": 2});
     // What the target held when the intent was recorded.
     let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
     let seen_tx = std::sync::Mutex::new(Some(seen_tx));
@@ -284,9 +265,31 @@ async fn a_step_changes_its_target_only_after_its_intent_is_recorded() -> anyhow
             }
         })
     };
-    let run = workflow::steps::StepRun {
+    let run = scale_api_to_2(&admin, &cluster, &ns, sink).await?;
+    let report = run.run().await;
+    assert_eq!(report.state, StepPhase::Succeeded, "{report:?}");
+    assert_eq!(report.attempts, 1);
+    let at_record = seen_rx.await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(at_record, 1, "unchanged until the intent was recorded");
+    assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 2);
+    Ok(())
+}
+
+/// A step scaling a new Deployment `api` in `ns` from 1 to 2 replicas,
+/// telling `sink` what a supervisor would be told.
+async fn scale_api_to_2(
+    admin: &kube::Client,
+    cluster: &kubernaut_cluster::Cluster,
+    ns: &str,
+    sink: workflow::Sink,
+) -> anyhow::Result<workflow::steps::StepRun> {
+    Api::<Deployment>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await?;
+    let parameters = json!({"namespace": ns, "name": "api", "replicas": 2});
+    Ok(workflow::steps::StepRun {
         cluster: std::sync::Arc::new(cluster.clone()),
-        settings: exec_settings("rr-recorded-late"),
+        settings: exec_settings(&format!("rr-{ns}")),
         sink,
         step: serde_json::from_value(json!({
             "id": "scale", "action": "scale_deployment", "parameters": parameters
@@ -295,12 +298,5 @@ async fn a_step_changes_its_target_only_after_its_intent_is_recorded() -> anyhow
         prior: None,
         timeout: Duration::from_secs(30),
         announced: std::sync::Arc::new(|_| {}),
-    };
-    let report = run.run().await;
-    assert_eq!(report.state, StepPhase::Succeeded, "{report:?}");
-    assert_eq!(report.attempts, 1);
-    let at_record = seen_rx.await?.map_err(anyhow::Error::msg)?;
-    assert_eq!(at_record, 1, "unchanged until the intent was recorded");
-    assert_eq!(deployment_replicas(&admin, &ns, "api").await?, 2);
-    Ok(())
+    })
 }
