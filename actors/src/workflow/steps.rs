@@ -93,6 +93,8 @@ impl StepRun {
         // on meanwhile: its server-side dry run is made while the intent is
         // written, and its write waits until the intent is recorded.
         let (record, recorded) = kubernaut_cluster::write_ahead();
+        // No later than the claim: the lock's age is counted from here.
+        let claimed = std::time::Instant::now();
         let announcing = async {
             let announced = announce(
                 &*self.cluster,
@@ -107,18 +109,20 @@ impl StepRun {
             match &announced {
                 Ok(intent) => {
                     (self.announced)(intent.clone());
-                    record.stored();
+                    if self.lock_outlasts_attempt(claimed.elapsed()) {
+                        record.stored();
+                    } else {
+                        record.refused("the target's lock aged while the intent was written");
+                    }
                 }
                 Err(e) => record.refused(e.clone()),
             }
             announced
         };
         let claiming = async {
-            // No later than the claim: the lock's age is counted from here.
-            let claimed = std::time::Instant::now();
             match self.cluster.claim_lock(call, &self.settings).await {
                 Some(h) if h.read_ahead() => {
-                    Ahead::Tried(self.first_attempt(call, h, claimed, recorded).await)
+                    Ahead::Tried(self.first_attempt(call, h, recorded).await)
                 }
                 held => Ahead::Claimed(held.map(Box::new)),
             }
@@ -142,7 +146,7 @@ impl StepRun {
         let held = match held {
             // The Lease could expire before a first attempt ends (the intent
             // took long to write): the attempt claims afresh.
-            Some(h) if h.age() + self.timeout >= self.settings.lock_ttl => {
+            Some(h) if !self.lock_outlasts_attempt(h.age()) => {
                 h.release().await;
                 None
             }
@@ -184,46 +188,34 @@ enum Tried {
 }
 
 impl StepRun {
+    /// Whether a lock claimed `age` ago outlasts an attempt started now:
+    /// one that would not is given back, and the attempt claims afresh.
+    fn lock_outlasts_attempt(&self, age: Duration) -> bool {
+        age + self.timeout < self.settings.lock_ttl
+    }
+
     /// The first attempt, run while the intent is written: everything up to
-    /// its write changes nothing, and the write waits for `recorded`. The
-    /// lock must outlast the attempt counted from then, as a first
-    /// attempt's would (else `NotRecorded`: the attempt claims afresh),
-    /// and the attempt's timeout starts then too.
+    /// its write changes nothing, and the write waits for `recorded`. Its
+    /// timeout starts once the intent is recorded, as a first attempt's
+    /// would.
     async fn first_attempt(
         &self,
         call: &ActionCall,
         held: HeldLock,
-        claimed: std::time::Instant,
-        mut recorded: kubernaut_cluster::Recorded,
+        recorded: kubernaut_cluster::Recorded,
     ) -> Tried {
-        let (fresh, gate) = kubernaut_cluster::write_ahead();
-        let opened = async {
-            match recorded.wait().await {
-                Ok(()) if claimed.elapsed() + self.timeout < self.settings.lock_ttl => {
-                    fresh.stored();
-                    true
-                }
-                Ok(()) => {
-                    fresh.refused("the target's lock aged while the intent was written");
-                    false
-                }
-                Err(e) => {
-                    fresh.refused(e.to_string());
-                    false
-                }
-            }
-        };
+        let mut opened = recorded.clone();
         let limit = async {
-            if opened.await {
+            if opened.wait().await.is_ok() {
                 tokio::time::sleep(self.timeout).await;
             } else {
                 // The attempt fails at its write; nothing to time.
                 std::future::pending::<()>().await;
             }
         };
-        let run = self
-            .cluster
-            .run_action(call, &self.settings, Some(held.until_recorded(gate)));
+        let run =
+            self.cluster
+                .run_action(call, &self.settings, Some(held.until_recorded(recorded)));
         tokio::select! {
             ran = run => Tried::Ran(ran),
             () = limit => Tried::TimedOut,
