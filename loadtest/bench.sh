@@ -86,6 +86,9 @@ if [ "${PIPELINE:-}" != reuse ]; then
         if ($i == "status" && $(i + 1) == "writes") printf "notify_writes=%s\n", $(i - 1)
       }
     }
+    /the control plane.s CPU:/ {
+      for (i = 1; i <= NF; i++) if ($i == "ms") printf "notify_cpu_ms=%s\n", $(i - 1)
+    }
   ' "$BENCH_OUT/pipeline.txt" >"$BENCH_OUT/pipeline.env"
   echo "pipeline_rev=$(git rev-parse --short HEAD)" >>"$BENCH_OUT/pipeline.env"
   calls_table rollout_restart "$BENCH_OUT/pipeline.txt" >"$BENCH_OUT/restart_calls.md"
@@ -392,7 +395,9 @@ run (by hand, once each), the two cores were busy throughout: before the
 changes below, kube-apiserver about 120%, Kubernaut 37%, PostgreSQL 22%,
 etcd 11%, at 127 requests/s; after them, kube-apiserver about 135%,
 Kubernaut 28%, PostgreSQL 15%, at 185 requests/s. Per request that
-is 2.9 → 1.5 ms of Kubernaut's CPU and 1.7 → 0.8 ms of PostgreSQL's. A
+is 2.9 → 1.5 ms of Kubernaut's CPU and 1.7 → 0.8 ms of PostgreSQL's (the
+bench now reads the control plane's CPU time from \`/proc\` itself:
+${notify_cpu_ms} ms per request in this run). A
 profile of Kubernaut (\`perf\`) showed where its share went: deciding
 rebuilt the action catalogue's sixteen JSON schemas several times per
 request (now built once) and re-analysed the approval policy on every
@@ -583,7 +588,14 @@ room for the sender's tracing span (ractor's \`message_span_propogation\`,
 three times each, alternating, on one stack: 20.0–21.0 KiB per supervisor
 against 22.4–22.8 before. Memory per supervisor was also measured with
 mimalloc as the allocator: the process held 25 MiB more with the same 2000
-supervisors (its idle RSS was 12 MiB more), so glibc's stays.
+supervisors (its idle RSS was 12 MiB more), so glibc's stays. Tried again
+on 2026-12-05, for CPU this time, since a \`perf\` profile of a notify-only
+run put a quarter of the control plane's samples in glibc's malloc and
+free: with mimalloc the control plane spent 1.40–1.56 ms per notify-only
+request against 1.49–1.71 ms (three runs of 2000 each), the pipeline's
+rate did not move beyond the runs' spread, and a supervisor cost 24.7 KiB
+against 19.8 (a full tree 50.8 against 49.3), one goal traded for nothing
+measurable.
 
 ## Scaling
 

@@ -40,6 +40,14 @@
 //! Mailbox wait p99 per actor kind comes from the control plane's own
 //! histogram (`kubernaut_controller_actor_mailbox_wait_seconds`), over all
 //! three runs.
+//!
+//! The notify-only run prints the control plane's CPU time per request: on
+//! two cores shared with the API server, what the control plane spends is
+//! what the API server cannot. Every run first waits until no namespace is
+//! being deleted: an earlier run's namespace keeps the namespace
+//! controller deleting its thousands of objects for a minute or more, and
+//! three back-to-back notify-only runs measured meanwhile gave 162, 130
+//! and 125 requests/s (143, 144 and 148 with the wait).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -50,7 +58,7 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kubernaut_api::{ObjectRef, Phase, RemediationRequest};
 use kubernaut_e2e::{
     ControllerProcess, Stack, controller_cluster, create_request, create_request_with, deployments,
-    get, kubernaut_release_binary, managed_namespace,
+    get, kubernaut_release_binary, managed_namespace, quiet_namespaces,
 };
 use serde_json::json;
 
@@ -367,6 +375,7 @@ async fn main() -> anyhow::Result<()> {
     let notify_only = std::env::args().any(|a| a == "--notify-only");
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
+    quiet_namespaces(&admin).await?;
     let ns = managed_namespace(&admin, "bench", "staging").await?;
     eprintln!("pipeline bench: N = {n}, namespace {ns}");
     if std::env::args().any(|a| a == "--waiting") {
@@ -693,6 +702,9 @@ struct Notify {
     created: Duration,
     secs: f64,
     writes_per_request: f64,
+    /// The control plane's CPU seconds from the first create until the
+    /// last request ended, plus the wait for its last Events.
+    cpu: f64,
     done: BTreeMap<&'static str, usize>,
     patch_rate: f64,
     /// A Completed request's status, as the controller wrote it.
@@ -715,6 +727,7 @@ async fn notify_run(
     let url = format!("http://{}/metrics", running.admin_addr);
     let patches_before = patch_count(&get(&url).await?.1);
     let calls_before = api_calls(admin).await?;
+    let cpu_before = running.cpu_secs()?;
     let start = Instant::now();
     create_all(admin, "BenchNotify", targets).await?;
     let created = start.elapsed();
@@ -722,6 +735,9 @@ async fn notify_run(
     let secs = notified.duration_since(start).as_secs_f64();
     // The control plane's last Events may still be on their way.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Its CPU, with the Events and audit records of the last requests:
+    // on two shared cores, what it spends the API server cannot.
+    let cpu = running.cpu_secs()? - cpu_before;
     let calls = calls_since(admin, &calls_before, n).await?;
     let done = phases(api, "BenchNotify").await?;
     let metrics = get(&url).await?.1;
@@ -749,6 +765,7 @@ async fn notify_run(
         created,
         secs,
         writes_per_request,
+        cpu,
         done,
         patch_rate,
         written,
@@ -801,6 +818,11 @@ impl Notify {
             n as f64 / self.secs,
             self.writes_per_request,
             self.done
+        );
+        println!(
+            "  the control plane's CPU: {:.2} s, {:.2} ms per request",
+            self.cpu,
+            self.cpu * 1000.0 / n as f64
         );
         println!(
             "  API calls per notify_only request (every client's): {}",

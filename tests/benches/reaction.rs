@@ -15,6 +15,7 @@
 //!   cargo bench -p kubernaut-e2e --bench reaction -- [N] [RATE]
 //!
 //! N defaults to 200, RATE to 20 alerts/s.
+//! It first waits until no earlier run's namespace is still being deleted.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kubernaut_api::{Phase, RemediationRequest};
-use kubernaut_e2e::{Stack, control_plane, deployments, managed_namespace, post};
+use kubernaut_e2e::{Stack, control_plane, deployments, managed_namespace, post, quiet_namespaces};
 use serde_json::json;
 
 const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
@@ -38,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let rate = args.next().unwrap_or(20.0);
     let stack = Stack::get();
     let admin = stack.admin_client().await?;
+    quiet_namespaces(&admin).await?;
     let ns = managed_namespace(&admin, "bench-react", "development").await?;
     let targets = deployments(&admin, &ns, "app", n, 1).await?;
     let rules = json!([{"signal": "BenchReact", "action": "rollout_restart",

@@ -732,6 +732,44 @@ impl Drop for PostgresServer {
     }
 }
 
+/// Waits until no namespace is being deleted, for at most ten minutes.
+/// A bench deletes its namespace when it ends, and the namespace
+/// controller then deletes its thousands of objects for a minute or more;
+/// a measurement started meanwhile would share the API server with that.
+/// Says on stderr what it waited for.
+pub async fn quiet_namespaces(admin: &kube::Client) -> anyhow::Result<()> {
+    let api = Api::<Namespace>::all(admin.clone());
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let deleting = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|ns| ns.metadata.deletion_timestamp.is_some())
+            .count();
+        if deleting == 0 {
+            if said {
+                eprintln!(
+                    "  (waited {:.0} s for the namespaces to be deleted)",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            eprintln!("  {deleting} namespaces are still being deleted after 10 min; going on");
+            return Ok(());
+        }
+        if !said {
+            eprintln!("  waiting for {deleting} namespaces still being deleted (an earlier run's)");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 /// Creates a namespace opted in to remediation, with the given
 /// environment, and lets Kubernaut's actions write there (as an installer
 /// does with `kubernaut rbac`). Its pods run, as the pod simulator says.
@@ -1812,6 +1850,22 @@ impl ControllerProcess {
             let tail = process.tail();
             bail!("{problem}\n--- {pod}'s log ---\n{tail}");
         }
+    }
+
+    /// The CPU time the process has used so far (user and system, all its
+    /// threads), in seconds, from `/proc/PID/stat`. Its fields 14 and 15
+    /// count in USER_HZ, which Linux fixes at 100 for every architecture's
+    /// user-space ABI; the field after the command's closing parenthesis
+    /// is the third, so the command's own spaces cannot shift them.
+    pub fn cpu_secs(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let after_comm = stat.rsplit_once(')').context("no command in stat")?.1;
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        let ticks = |i: usize| -> anyhow::Result<f64> {
+            Ok(fields.get(i).context("short stat")?.parse::<f64>()?)
+        };
+        // Fields 14 and 15 of stat(5), counted from the third.
+        Ok((ticks(14 - 3)? + ticks(15 - 3)?) / 100.0)
     }
 
     /// The process's resident memory now, in KiB (`VmRSS`).
