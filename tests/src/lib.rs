@@ -732,42 +732,32 @@ impl Drop for PostgresServer {
     }
 }
 
-/// Waits until no namespace is being deleted, for at most ten minutes.
+/// Waits until no namespace is being deleted; fails after ten minutes.
 /// A bench deletes its namespace when it ends, and the namespace
 /// controller then deletes its thousands of objects for a minute or more;
 /// a measurement started meanwhile would share the API server with that.
-/// Says on stderr what it waited for.
 pub async fn quiet_namespaces(admin: &kube::Client) -> anyhow::Result<()> {
     let api = Api::<Namespace>::all(admin.clone());
     let start = Instant::now();
-    let mut said = false;
-    loop {
-        let deleting = api
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|ns| ns.metadata.deletion_timestamp.is_some())
-            .count();
-        if deleting == 0 {
-            if said {
-                eprintln!(
-                    "  (waited {:.0} s for the namespaces to be deleted)",
-                    start.elapsed().as_secs_f64()
-                );
-            }
-            return Ok(());
-        }
-        if start.elapsed() > Duration::from_secs(600) {
-            eprintln!("  {deleting} namespaces are still being deleted after 10 min; going on");
-            return Ok(());
-        }
-        if !said {
-            eprintln!("  waiting for {deleting} namespaces still being deleted (an earlier run's)");
-            said = true;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually(
+        "an earlier run's namespaces to be deleted",
+        Duration::from_secs(600),
+        || async {
+            let namespaces = api.list(&ListParams::default()).await?.items;
+            Ok(namespaces
+                .iter()
+                .all(|ns| ns.metadata.deletion_timestamp.is_none())
+                .then_some(()))
+        },
+    )
+    .await?;
+    if start.elapsed() > Duration::from_secs(1) {
+        eprintln!(
+            "  (waited {:.0} s for an earlier run's namespaces to be deleted)",
+            start.elapsed().as_secs_f64()
+        );
     }
+    Ok(())
 }
 
 /// Creates a namespace opted in to remediation, with the given
